@@ -1,0 +1,3 @@
+//! pgbouncers command line: parse arguments, set up logging, hand the config to the supervisor.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Supervisor: listeners, worker processes, signals, reload and shared memory.

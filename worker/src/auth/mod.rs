@@ -1,0 +1,1 @@
+//! Client and server authentication: userlist, md5, SCRAM-SHA-256.

@@ -1,0 +1,1 @@
+//! Configuration: types, YAML loading and validation.
