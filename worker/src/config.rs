@@ -1,1 +1,0 @@
-//! Configuration: types, YAML loading and validation.
