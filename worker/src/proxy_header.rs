@@ -1,1 +1,0 @@
-//! PROXY protocol v1/v2 header decoder (sans-IO).
