@@ -1,0 +1,263 @@
+//! Session parameters: what each client expects, what each server has, and the SET that aligns them.
+//!
+//! The server reports some parameters (GUC_REPORT) by ParameterStatus. Of those, the ones a
+//! client can change and expects to keep are `TRACKED`: they come from the pool's welcome or
+//! the client's startup packet and follow every ParameterStatus while linked. Any other startup
+//! parameter (extra_float_digits, search_path, `-c` options) is an extra: applied with SET when
+//! the client gets a server, and RESET when a client without it gets that server later.
+
+/// Reported parameters synced to every server a client uses, in the server's spelling.
+pub const TRACKED: [&str; 6] = [
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
+];
+
+/// Startup parameters that pick the pool or the protocol and are never SET.
+const NOT_SETTABLE: [&str; 4] = ["user", "database", "replication", "options"];
+
+/// The canonical spelling of a tracked name, or None for an extra.
+pub fn tracked_name(name: &str) -> Option<&'static str> {
+    TRACKED
+        .iter()
+        .copied()
+        .find(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// Whether a startup parameter name may be applied with SET: a plain GUC name.
+pub fn is_settable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !NOT_SETTABLE.iter().any(|n| n.eq_ignore_ascii_case(name))
+        && name.len() < 64
+}
+
+/// A small name -> value list; names compare case-insensitively, as GUC names do.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Params {
+    list: Vec<(Box<str>, Box<str>)>,
+}
+
+impl Params {
+    pub fn new() -> Params {
+        Params::default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.list
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &**v)
+    }
+
+    /// Sets a value; returns whether anything changed.
+    pub fn set(&mut self, name: &str, value: &str) -> bool {
+        match self
+            .list
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            Some((_, v)) if **v == *value => false,
+            Some((_, v)) => {
+                *v = value.into();
+                true
+            }
+            None => {
+                self.list.push((name.into(), value.into()));
+                true
+            }
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.list.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.list.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Keeps only tracked parameters: what a server has after DISCARD ALL.
+    pub fn retain_tracked(&mut self) {
+        self.list.retain(|(k, _)| tracked_name(k).is_some());
+    }
+}
+
+/// Parses the `options` startup parameter: `-c name=value` and `--name=value` items,
+/// with backslash escaping spaces as libpq does.
+pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next()
+                .ok_or_else(|| "\"-c\" without a setting in options".to_string())?
+        } else if let Some(s) = w.strip_prefix("--") {
+            s.to_string()
+        } else if let Some(s) = w.strip_prefix("-c") {
+            s.to_string()
+        } else {
+            return Err(format!("unsupported item in options: {w}"));
+        };
+        let (k, v) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("option \"{setting}\" has no value"))?;
+        out.push((k.replace('-', "_"), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// The statements that make a server with `server` parameters look like `client` expects,
+/// appended to `sql`; returns whether any were needed.
+pub fn sync_statements(client: &Params, server: &Params, sql: &mut String) -> bool {
+    let start = sql.len();
+    for (k, v) in client.iter() {
+        if server.get(k) != Some(v) {
+            sql.push_str("SET ");
+            sql.push_str(k);
+            sql.push_str(" TO ");
+            push_literal(sql, v);
+            sql.push(';');
+        }
+    }
+    for (k, _) in server.iter() {
+        if tracked_name(k).is_none() && client.get(k).is_none() {
+            sql.push_str("RESET ");
+            sql.push_str(k);
+            sql.push(';');
+        }
+    }
+    sql.len() > start
+}
+
+/// Applies to `server` what `sync_statements` asked for: extras it SET and RESET.
+/// Tracked values arrive by ParameterStatus; extras are not reported, so record them here.
+pub fn apply_extras(client: &Params, server: &mut Params) {
+    server
+        .list
+        .retain(|(k, _)| tracked_name(k).is_some() || client.get(k).is_some());
+    for (k, v) in client.iter() {
+        if tracked_name(k).is_none() {
+            server.set(k, v);
+        }
+    }
+}
+
+/// A string literal that means the same whatever standard_conforming_strings is.
+fn push_literal(sql: &mut String, v: &str) {
+    sql.push_str("E'");
+    for c in v.chars() {
+        match c {
+            '\'' => sql.push_str("''"),
+            '\\' => sql.push_str("\\\\"),
+            c => sql.push(c),
+        }
+    }
+    sql.push('\'');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        let mut p = Params::new();
+        for (k, v) in pairs {
+            p.set(k, v);
+        }
+        p
+    }
+
+    #[test]
+    fn equal_params_need_nothing() {
+        let c = params(&[("TimeZone", "UTC"), ("extra_float_digits", "3")]);
+        let s = params(&[("timezone", "UTC"), ("extra_float_digits", "3")]);
+        let mut sql = String::new();
+        assert!(!sync_statements(&c, &s, &mut sql));
+        assert_eq!(sql, "");
+    }
+
+    #[test]
+    fn differences_set_and_extras_reset() {
+        let c = params(&[("TimeZone", "Europe/Paris"), ("application_name", "it's")]);
+        let s = params(&[
+            ("TimeZone", "UTC"),
+            ("application_name", "it's"),
+            ("search_path", "x"),
+        ]);
+        let mut sql = String::new();
+        assert!(sync_statements(&c, &s, &mut sql));
+        assert_eq!(sql, "SET TimeZone TO E'Europe/Paris';RESET search_path;");
+    }
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes() {
+        let mut sql = String::new();
+        push_literal(&mut sql, r"a'b\c");
+        assert_eq!(sql, r"E'a''b\\c'");
+    }
+
+    #[test]
+    fn apply_extras_tracks_set_and_reset() {
+        let c = params(&[("TimeZone", "UTC"), ("extra_float_digits", "3")]);
+        let mut s = params(&[("TimeZone", "UTC"), ("search_path", "x")]);
+        apply_extras(&c, &mut s);
+        assert_eq!(s.get("extra_float_digits"), Some("3"));
+        assert_eq!(s.get("search_path"), None);
+        assert_eq!(s.get("TimeZone"), Some("UTC"));
+    }
+
+    #[test]
+    fn options_parse() {
+        assert_eq!(
+            parse_options(r"-c statement_timeout=5s --search-path=a\ b -cwork_mem=4MB").unwrap(),
+            vec![
+                ("statement_timeout".into(), "5s".into()),
+                ("search_path".into(), "a b".into()),
+                ("work_mem".into(), "4MB".into()),
+            ]
+        );
+        assert!(parse_options("-c").is_err());
+        assert!(parse_options("-x").is_err());
+        assert!(parse_options("-c foo").is_err());
+    }
+
+    #[test]
+    fn settable_names() {
+        assert!(is_settable_name("extra_float_digits"));
+        assert!(is_settable_name("myapp.tenant"));
+        assert!(!is_settable_name("user"));
+        assert!(!is_settable_name("a;drop"));
+        assert!(!is_settable_name("1abc"));
+        assert_eq!(tracked_name("datestyle"), Some("DateStyle"));
+    }
+}
