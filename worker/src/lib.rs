@@ -1,5 +1,20 @@
 //! Everything that runs inside one pgbouncers worker process: codecs, auth, pools and the event loop.
 
 pub mod auth;
+mod auth_cache;
+pub mod buf;
+mod cancel;
+mod client;
 pub mod config;
+mod janitor;
+mod link;
+pub mod params;
+mod pool;
 pub mod proxy_header;
+pub mod relay;
+mod server;
+mod stream;
+pub mod wire;
+mod worker;
+
+pub use worker::{run, ListenSocket, WorkerInit};

@@ -1,0 +1,85 @@
+//! Cancel requests: find the client's server by the key we handed out, and pass the
+//! request on to PostgreSQL over a new connection.
+
+use crate::stream::Sock;
+use crate::wire::write;
+use crate::worker::{Conn, Worker};
+use std::io::Write;
+use std::time::Instant;
+
+pub(crate) struct CancelConn {
+    sock: Sock,
+    packet: [u8; 16],
+    pub started: Instant,
+}
+
+impl Worker {
+    /// A CancelRequest arrived: unknown keys are dropped silently, as PostgreSQL does.
+    pub(crate) fn cancel_request(&mut self, pid: u32, key: &[u8]) {
+        let Ok(secret) = <[u8; 4]>::try_from(key) else {
+            return;
+        };
+        let k = (pid as u64) << 32 | u32::from_be_bytes(secret) as u64;
+        let Some(&(ct, id)) = self.cancel_keys.get(&k) else {
+            log::debug!("cancel request with an unknown key");
+            return;
+        };
+        let Some(c) = self.client(ct).filter(|c| c.id == id) else {
+            return;
+        };
+        let Some(st) = c.server else {
+            log::debug!("{}: cancel request while no query runs", c.name());
+            return;
+        };
+        let Some(Conn::Server(s)) = self.conns.get(st) else {
+            return;
+        };
+        let Some((spid, skey)) = s.backend_key else {
+            return;
+        };
+        let mut sock = match s.addr.connect() {
+            Ok(sock) => sock,
+            Err(e) => {
+                log::warn!("cannot connect to send a cancel request: {e}");
+                return;
+            }
+        };
+        let mut out = Vec::with_capacity(16);
+        write::cancel_request(&mut out, spid, &skey.to_be_bytes());
+        let mut packet = [0u8; 16];
+        packet.copy_from_slice(&out);
+        let t = self.conns.vacant_entry().key();
+        if self.register(t, &mut sock).is_err() {
+            return;
+        }
+        self.conns.insert(Conn::Cancel(CancelConn {
+            sock,
+            packet,
+            started: self.now,
+        }));
+    }
+
+    /// The cancel connection is writable: send the 16 bytes and hang up.
+    pub(crate) fn drive_cancel(&mut self, t: usize, ready: bool) {
+        let Some(Conn::Cancel(x)) = self.conns.get_mut(t) else {
+            return;
+        };
+        if !ready || !x.sock.is_connected() {
+            if let Ok(Some(_)) | Err(_) = x.sock.take_error() {
+                self.conns.try_remove(t);
+            }
+            return;
+        }
+        let sent = match &mut x.sock {
+            Sock::Tcp(s) => s.write(&x.packet),
+            Sock::Unix(s) => s.write(&x.packet),
+        };
+        if let Err(e) = &sent {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return;
+            }
+        }
+        // 16 bytes fit in any fresh socket buffer; PostgreSQL answers by closing.
+        self.conns.try_remove(t);
+    }
+}

@@ -1,0 +1,801 @@
+//! Client connections: the opening packet, authentication, login and closing.
+
+use crate::auth::{Nonce, ScramServer, Secret};
+use crate::config::AuthType;
+use crate::params::{self, Params};
+use crate::pool::PoolId;
+use crate::relay::{Scan, TxState};
+use crate::stream::{Filled, Sock, Stream};
+use crate::wire::startup::{self, FirstPacket, Startup};
+use crate::wire::write::{self, Severity};
+use crate::wire::{frame, sqlstate, NEWEST_MINOR};
+use crate::worker::{Conn, Worker};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Longest message accepted while logging in (passwords and SASL messages).
+const MAX_AUTH_MESSAGE: usize = 8192;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CState {
+    /// Reading the startup packet (or an SSL/GSS/cancel request before it).
+    Startup,
+    /// Exchanging password or SASL messages.
+    Auth,
+    /// Authenticated; waiting for the pool's first server login to greet the client.
+    LoginWait,
+    /// Logged in, no request in flight, no server.
+    Idle,
+    /// Has sent a request and waits in its pool's queue for a server.
+    Waiting,
+    /// Linked to a server.
+    Active,
+}
+
+/// The peer's address: from the socket, or from a PROXY header when one was trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{}:{}", a.ip(), a.port()),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
+}
+
+/// The authentication exchange in progress.
+pub(crate) enum AuthStep {
+    Cleartext,
+    Md5 {
+        salt: [u8; 4],
+    },
+    Scram {
+        server: Box<ScramServer>,
+        started: bool,
+    },
+}
+
+pub(crate) struct Client {
+    pub id: u64,
+    pub io: Stream,
+    pub state: CState,
+    pub peer: Peer,
+    pub user: Box<str>,
+    pub db: Box<str>,
+    pub pool: Option<PoolId>,
+    pub server: Option<usize>,
+    pub params: Params,
+    pub tx: TxState,
+    pub scan: Scan,
+    /// Cancel key handed out at login: pid << 32 | secret.
+    pub cancel_key: u64,
+    pub connect_time: Instant,
+    /// When the current state began, or the last ReadyForQuery while linked.
+    pub since: Instant,
+    /// When the request in flight was sent.
+    pub request_time: Instant,
+    pub auth: Option<AuthStep>,
+}
+
+impl Client {
+    /// `C-<id>: db/user@addr:port`, PgBouncer's way of naming a client in logs.
+    pub fn name(&self) -> ClientName<'_> {
+        ClientName(self)
+    }
+}
+
+pub(crate) struct ClientName<'a>(&'a Client);
+
+impl fmt::Display for ClientName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        let db = if c.db.is_empty() { "(nodb)" } else { &c.db };
+        let user = if c.user.is_empty() {
+            "(nouser)"
+        } else {
+            &c.user
+        };
+        write!(f, "C-{}: {db}/{user}@{}", c.id, c.peer)
+    }
+}
+
+/// Why a client is closed, and what it is told.
+pub(crate) enum Close {
+    /// Closed without a message (the client left, or it is beyond talking to).
+    Quiet(&'static str),
+    /// A FATAL ErrorResponse, then the close.
+    Fatal(&'static str, String),
+    /// An error from a server, passed on as it came.
+    Relay(crate::wire::fields::ErrorFields),
+}
+
+impl Worker {
+    pub(crate) fn add_client(&mut self, mut sock: Sock, peer: Option<SocketAddr>) {
+        if let Sock::Tcp(s) = &sock {
+            let _ = s.set_nodelay(true);
+            if self.cfg.tcp_keepalive {
+                let _ = socket2::SockRef::from(s).set_keepalive(true);
+            }
+        }
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            sock.source(),
+            mio::Token(token),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register client socket: {e}");
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut io = Stream::new(sock);
+        io.readable = false;
+        let client = Client {
+            id,
+            io,
+            state: CState::Startup,
+            peer: peer.map(Peer::Tcp).unwrap_or(Peer::Unix),
+            user: "".into(),
+            db: "".into(),
+            pool: None,
+            server: None,
+            params: Params::new(),
+            tx: TxState::new(),
+            scan: Scan::default(),
+            cancel_key: 0,
+            connect_time: self.now,
+            since: self.now,
+            request_time: self.now,
+            auth: None,
+        };
+        entry.insert(Conn::Client(Box::new(client)));
+        self.clients += 1;
+    }
+
+    pub(crate) fn client(&mut self, ct: usize) -> Option<&mut Client> {
+        match self.conns.get_mut(ct) {
+            Some(Conn::Client(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Acts on whatever a client's socket allows now.
+    pub(crate) fn drive_client(&mut self, ct: usize) {
+        let Some(c) = self.client(ct) else { return };
+        match c.state {
+            CState::Startup | CState::Auth | CState::LoginWait => self.login_io(ct),
+            CState::Idle | CState::Waiting => self.unlinked_io(ct),
+            CState::Active => {
+                if let Some(st) = c.server {
+                    self.pump(ct, st);
+                }
+            }
+        }
+    }
+
+    /// Reads and answers login traffic until the socket has nothing more.
+    fn login_io(&mut self, ct: usize) {
+        loop {
+            let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+                return;
+            };
+            if let Err(e) = c.io.flush_own(&mut self.bufs) {
+                return self.close_client(ct, Close::Quiet(io_reason(&e)));
+            }
+            if c.state == CState::LoginWait {
+                // Bytes sent before the greeting wait in the buffer; only EOF matters.
+                match c.io.fill(&mut self.bufs) {
+                    Ok(Filled::Eof) | Err(_) => {
+                        return self.close_client(ct, Close::Quiet("client close request"))
+                    }
+                    _ => return,
+                }
+            }
+            let got = match c.io.fill(&mut self.bufs) {
+                Ok(f) => f,
+                Err(e) => return self.close_client(ct, Close::Quiet(io_reason(&e))),
+            };
+            if got == Filled::Eof {
+                return self.close_client(ct, Close::Quiet("client unexpected eof"));
+            }
+            match self.login_step(ct) {
+                Step::Again => continue,
+                Step::Wait => {
+                    if got == Filled::Nothing {
+                        // Nothing new arrived and nothing buffered could be used.
+                        if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
+                            c.io.release_buffers(&mut self.bufs);
+                        }
+                        return;
+                    }
+                }
+                Step::Done => return,
+            }
+        }
+    }
+
+    /// Handles one buffered login message if a whole one is there.
+    fn login_step(&mut self, ct: usize) -> Step {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return Step::Done;
+        };
+        match c.state {
+            CState::Startup => {
+                let (packet, n) = match startup::decode(c.io.rbuf.bytes()) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => return Step::Wait,
+                    Err(e) => {
+                        let code = match e {
+                            startup::StartupError::UnsupportedVersion(..)
+                            | startup::StartupError::UnknownCode(_) => {
+                                sqlstate::FEATURE_NOT_SUPPORTED
+                            }
+                            _ => sqlstate::PROTOCOL_VIOLATION,
+                        };
+                        self.close_client(ct, Close::Fatal(code, e.to_string()));
+                        return Step::Done;
+                    }
+                };
+                c.io.rbuf.consume(n);
+                match packet {
+                    FirstPacket::SslRequest | FirstPacket::GssEncRequest => {
+                        c.io.wbuf.vec(&mut self.bufs).push(b'N');
+                        Step::Again
+                    }
+                    FirstPacket::Cancel { pid, key } => {
+                        self.cancel_request(pid, &key);
+                        self.close_client(ct, Close::Quiet("cancel request"));
+                        Step::Done
+                    }
+                    FirstPacket::Startup(s) => {
+                        self.on_startup(ct, s);
+                        Step::Again
+                    }
+                }
+            }
+            CState::Auth => {
+                let (tag, body) = match frame::message(c.io.rbuf.bytes(), MAX_AUTH_MESSAGE) {
+                    Ok(Some((h, body))) => (h.tag, body.to_vec()),
+                    Ok(None) => return Step::Wait,
+                    Err(e) => {
+                        self.close_client(
+                            ct,
+                            Close::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+                        );
+                        return Step::Done;
+                    }
+                };
+                c.io.rbuf.consume(body.len() + 5);
+                if tag != b'p' {
+                    self.close_client(
+                        ct,
+                        Close::Fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            format!(
+                                "expected password response, got message type {}",
+                                tag as char
+                            ),
+                        ),
+                    );
+                    return Step::Done;
+                }
+                self.on_auth_message(ct, &body);
+                Step::Again
+            }
+            _ => Step::Done,
+        }
+    }
+
+    /// Checks the startup packet, picks the database and starts authentication.
+    fn on_startup(&mut self, ct: usize, s: Startup) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let unknown: Vec<&str> = s
+            .params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if s.minor > NEWEST_MINOR || !unknown.is_empty() {
+            write::negotiate_protocol_version(
+                c.io.wbuf.vec(&mut self.bufs),
+                NEWEST_MINOR,
+                &unknown,
+            );
+        }
+        let Some(user) = s.get("user").filter(|u| !u.is_empty()) else {
+            return self.close_client(
+                ct,
+                Close::Fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    "no PostgreSQL user name specified in startup packet".into(),
+                ),
+            );
+        };
+        c.user = user.into();
+        c.db = s
+            .get("database")
+            .filter(|d| !d.is_empty())
+            .unwrap_or(user)
+            .into();
+        if let Some(r) = s.get("replication") {
+            if !matches!(
+                r.to_ascii_lowercase().as_str(),
+                "false" | "0" | "off" | "no"
+            ) {
+                return self.close_client(
+                    ct,
+                    Close::Fatal(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "unsupported startup parameter: replication".into(),
+                    ),
+                );
+            }
+        }
+        let mut params = Params::new();
+        for (k, v) in &s.params {
+            if matches!(k.as_str(), "user" | "database" | "replication") || k.starts_with("_pq_.") {
+                continue;
+            }
+            if self
+                .cfg
+                .ignore_startup_parameters
+                .iter()
+                .any(|i| i.eq_ignore_ascii_case(k))
+            {
+                continue;
+            }
+            if k == "options" {
+                match params::parse_options(v) {
+                    Ok(opts) => {
+                        for (k, v) in opts {
+                            if !params::is_settable_name(&k) {
+                                return self.close_client(
+                                    ct,
+                                    Close::Fatal(
+                                        sqlstate::PROTOCOL_VIOLATION,
+                                        format!("unsupported startup parameter in options: {k}"),
+                                    ),
+                                );
+                            }
+                            params.set(params::tracked_name(&k).unwrap_or(&k), &v);
+                        }
+                    }
+                    Err(e) => {
+                        return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, e))
+                    }
+                }
+                continue;
+            }
+            if let Some(name) = params::tracked_name(k) {
+                params.set(name, v);
+            } else if params::is_settable_name(k) {
+                params.set(k, v);
+            } else {
+                return self.close_client(
+                    ct,
+                    Close::Fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("unsupported startup parameter: {k}"),
+                    ),
+                );
+            }
+        }
+        if self.cfg.application_name_add_host {
+            if let Peer::Tcp(a) = c.peer {
+                let app = params.get("application_name").unwrap_or("").to_string();
+                let app = if app.is_empty() {
+                    format!("{}:{}", a.ip(), a.port())
+                } else {
+                    format!("{app} - {}:{}", a.ip(), a.port())
+                };
+                params.set("application_name", &app);
+            }
+        }
+        c.params = params;
+        c.state = CState::Auth;
+        let db = c.db.clone();
+        if self.cfg.database(&db).is_none() {
+            return self.close_client(
+                ct,
+                Close::Fatal(
+                    sqlstate::INVALID_CATALOG_NAME,
+                    format!("no such database: {db}"),
+                ),
+            );
+        }
+        if self.clients > self.cfg.max_client_conn as usize {
+            return self.close_client(
+                ct,
+                Close::Fatal(
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    "no more connections allowed (max_client_conn)".into(),
+                ),
+            );
+        }
+        self.begin_auth(ct);
+    }
+
+    /// Sends the first authentication request for the configured method.
+    fn begin_auth(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let user = c.user.to_string();
+        let has_file = self.cfg.auth_file.is_some();
+        let secret_kind = self.auth.secret(&user).map(|s| match s {
+            Secret::Plain(_) => 0,
+            Secret::Md5(_) => 1,
+            Secret::Scram(_) => 2,
+        });
+        let step = match self.cfg.auth_type {
+            AuthType::Hba => {
+                let msg = "auth_type hba is not supported yet".to_string();
+                return self.close_client(ct, Close::Fatal(sqlstate::FEATURE_NOT_SUPPORTED, msg));
+            }
+            AuthType::Trust => {
+                if has_file && secret_kind.is_none() {
+                    // PgBouncer: with trust the user must still be in the auth file.
+                    None
+                } else {
+                    return self.client_authenticated(ct);
+                }
+            }
+            AuthType::Plain => Some(AuthStep::Cleartext),
+            AuthType::Md5 if secret_kind != Some(2) => match crate::auth::md5_random_salt() {
+                Ok(salt) => Some(AuthStep::Md5 { salt }),
+                Err(_) => None,
+            },
+            AuthType::Md5 | AuthType::ScramSha256 => None,
+        };
+        let step = match step {
+            Some(s) => s,
+            None if matches!(self.cfg.auth_type, AuthType::Trust) => {
+                return self.auth_failed(ct);
+            }
+            None => {
+                let nonce = match Nonce::random() {
+                    Ok(n) => n,
+                    Err(_) => return self.auth_failed(ct),
+                };
+                let server = match self.auth.scram_secret(&user) {
+                    Some(secret) => ScramServer::new(secret, nonce),
+                    // Unknown users and md5-only secrets get an exchange that always fails.
+                    None => ScramServer::mock(&user, &self.auth.mock_key, nonce),
+                };
+                AuthStep::Scram {
+                    server: Box::new(server),
+                    started: false,
+                }
+            }
+        };
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let out = c.io.wbuf.vec(&mut self.bufs);
+        match &step {
+            AuthStep::Cleartext => write::auth_cleartext(out),
+            AuthStep::Md5 { salt } => write::auth_md5(out, *salt),
+            AuthStep::Scram { .. } => write::auth_sasl(out, &["SCRAM-SHA-256"]),
+        }
+        c.auth = Some(step);
+    }
+
+    /// One PasswordMessage / SASLInitialResponse / SASLResponse from the client.
+    fn on_auth_message(&mut self, ct: usize, body: &[u8]) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let user = c.user.to_string();
+        let Some(step) = c.auth.as_mut() else {
+            return self.close_client(
+                ct,
+                Close::Fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "unexpected password message".into(),
+                ),
+            );
+        };
+        let ok = match step {
+            AuthStep::Cleartext => {
+                let pw = body.strip_suffix(&[0]).unwrap_or(body);
+                let pw = String::from_utf8_lossy(pw);
+                self.auth
+                    .secret(&user)
+                    .is_some_and(|s| s.verify_cleartext(&user, &pw))
+            }
+            AuthStep::Md5 { salt } => {
+                let resp = body.strip_suffix(&[0]).unwrap_or(body);
+                self.auth
+                    .secret(&user)
+                    .is_some_and(|s| s.verify_md5_response(&user, *salt, resp))
+            }
+            AuthStep::Scram { server, started } if !*started => {
+                let Some((mech, rest)) = crate::wire::fields::cstr(body) else {
+                    return self.close_client(
+                        ct,
+                        Close::Fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "malformed SASLInitialResponse".into(),
+                        ),
+                    );
+                };
+                if mech != b"SCRAM-SHA-256" {
+                    return self.close_client(
+                        ct,
+                        Close::Fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "client selected an invalid SASL authentication mechanism".into(),
+                        ),
+                    );
+                }
+                let data = match crate::wire::fields::u32_be(rest) {
+                    Some((len, data)) if len as usize == data.len() => data,
+                    _ => {
+                        return self.close_client(
+                            ct,
+                            Close::Fatal(
+                                sqlstate::PROTOCOL_VIOLATION,
+                                "malformed SASLInitialResponse".into(),
+                            ),
+                        )
+                    }
+                };
+                match server.handle_client_first(data) {
+                    Ok(reply) => {
+                        *started = true;
+                        write::auth_sasl_continue(c.io.wbuf.vec(&mut self.bufs), &reply);
+                        return;
+                    }
+                    Err(e) => {
+                        log::debug!("{}: SCRAM client-first rejected: {e}", c.name());
+                        return self.close_client(
+                            ct,
+                            Close::Fatal(
+                                sqlstate::PROTOCOL_VIOLATION,
+                                format!("malformed SCRAM message: {e}"),
+                            ),
+                        );
+                    }
+                }
+            }
+            AuthStep::Scram { server, .. } => match server.handle_client_final(body) {
+                Ok(success) => {
+                    write::auth_sasl_final(c.io.wbuf.vec(&mut self.bufs), &success.server_final);
+                    if matches!(self.auth.secret(&user), Some(Secret::Scram(_))) {
+                        self.auth.remember_client_key(&user, success.client_key);
+                    }
+                    true
+                }
+                Err(e) => {
+                    log::debug!("SCRAM exchange failed for {user}: {e}");
+                    false
+                }
+            },
+        };
+        if ok {
+            if let Some(c) = self.client(ct) {
+                c.auth = None;
+            }
+            self.client_authenticated(ct);
+        } else {
+            self.auth_failed(ct);
+        }
+    }
+
+    fn auth_failed(&mut self, ct: usize) {
+        let Some(c) = self.client(ct) else { return };
+        let msg = format!("password authentication failed for user \"{}\"", c.user);
+        log::info!("{}: {msg}", c.name());
+        self.close_client(ct, Close::Fatal(sqlstate::INVALID_PASSWORD, msg));
+    }
+
+    /// The client proved who it is: find its pool and greet it once the pool can.
+    fn client_authenticated(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        write::auth_ok(c.io.wbuf.vec(&mut self.bufs));
+        let (db, user) = (c.db.to_string(), c.user.to_string());
+        let pool = match self.pool_for(&db, &user) {
+            Ok(p) => p,
+            Err(msg) => {
+                return self.close_client(ct, Close::Fatal(sqlstate::INVALID_CATALOG_NAME, msg))
+            }
+        };
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        c.pool = Some(pool);
+        if self.cfg.log_connections {
+            log::info!("{}: login attempt: db={db} user={user}", c.name());
+        }
+        let p = self.pools.get_mut(pool);
+        if p.welcome.is_some() {
+            return self.finish_login(ct);
+        }
+        if let Some((at, err)) = &p.last_failure {
+            if self.now.duration_since(*at) < self.cfg.server_login_retry && p.launching == 0 {
+                let msg = format!(
+                    "server login has been failing, cached error: {} (server_login_retry)",
+                    err.message()
+                );
+                return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
+            }
+        }
+        c.state = CState::LoginWait;
+        c.since = self.now;
+        let id = c.id;
+        p.login_waiting.push((ct, id));
+        if p.launching == 0 {
+            self.launch_server(pool);
+        }
+    }
+
+    /// Sends the welcome: parameters, cancel key and the first ReadyForQuery.
+    pub(crate) fn finish_login(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let Some(pool) = c.pool else { return };
+        let Some(welcome) = self.pools.get(pool).welcome.as_ref() else {
+            return;
+        };
+        let out = c.io.wbuf.vec(&mut self.bufs);
+        for (k, v) in &welcome.params {
+            let v = match params::tracked_name(k) {
+                Some(name) => match c.params.get(name) {
+                    Some(mine) => mine.to_string(),
+                    None => {
+                        c.params.set(name, v);
+                        v.clone()
+                    }
+                },
+                None => v.clone(),
+            };
+            write::parameter_status(out, k, &v);
+        }
+        let pid = ((self.slot as u32 & 0x7f) << 24) | (rand_u32() & 0x00ff_ffff);
+        let secret = rand_u32();
+        write::backend_key_data(out, pid, secret);
+        write::ready_for_query(out, b'I');
+        let key = (pid as u64) << 32 | secret as u64;
+        c.cancel_key = key;
+        c.state = CState::Idle;
+        c.since = self.now;
+        let id = c.id;
+        self.cancel_keys.insert(key, (ct, id));
+        self.drive_client(ct);
+    }
+
+    /// A logged-in client without a server: watch for EOF, Terminate, or a request.
+    fn unlinked_io(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        if let Err(e) = c.io.flush_own(&mut self.bufs) {
+            return self.close_client(ct, Close::Quiet(io_reason(&e)));
+        }
+        loop {
+            match c.io.fill(&mut self.bufs) {
+                Ok(Filled::Eof) => {
+                    return self.close_client(ct, Close::Quiet("client unexpected eof"))
+                }
+                Err(e) => return self.close_client(ct, Close::Quiet(io_reason(&e))),
+                Ok(Filled::Bytes(_)) => continue,
+                Ok(Filled::Nothing) => break,
+            }
+        }
+        if c.io.rbuf.is_empty() {
+            c.io.release_buffers(&mut self.bufs);
+            return;
+        }
+        if c.state != CState::Idle {
+            return;
+        }
+        if c.io.rbuf.bytes()[0] == b'X' {
+            return self.close_client(ct, Close::Quiet("client close request"));
+        }
+        self.request_server(ct);
+    }
+
+    /// Closes a client, telling it why when there is something to tell.
+    pub(crate) fn close_client(&mut self, ct: usize, why: Close) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let reason: &str = match &why {
+            Close::Quiet(r) => r,
+            Close::Fatal(_, m) => m,
+            Close::Relay(e) => e.message(),
+        };
+        if self.cfg.log_disconnections || !matches!(why, Close::Quiet(_)) {
+            let age = self.now.duration_since(c.connect_time).as_secs();
+            log::info!("{}: closing because: {reason} (age={age}s)", c.name());
+        }
+        // An error can only be told at a message boundary of what the client receives.
+        let at_boundary = match c.server {
+            Some(st) => match self.conns.get(st) {
+                Some(Conn::Server(s)) => s.scan.ready == 0 && s.scan.at_boundary(),
+                _ => true,
+            },
+            None => true,
+        };
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        if at_boundary {
+            let (code, msg) = match &why {
+                Close::Quiet(_) => ("", ""),
+                Close::Fatal(code, msg) => (*code, msg.as_str()),
+                Close::Relay(e) => (e.code(), e.message()),
+            };
+            if !code.is_empty() {
+                write::error_response(c.io.wbuf.vec(&mut self.bufs), Severity::Fatal, code, msg);
+            }
+        }
+        let _ = c.io.flush_own(&mut self.bufs);
+        let clean = c.tx.is_idle() && c.scan.ready == 0 && c.scan.at_boundary();
+        let server = c.server.take();
+        let key = c.cancel_key;
+        let pool = c.pool;
+        let id = c.id;
+        let state = c.state;
+        if key != 0 && self.cancel_keys.get(&key).map(|e| e.1) == Some(id) {
+            self.cancel_keys.remove(&key);
+        }
+        if let (Some(st), Some(pool)) = (server, pool) {
+            let mode = self.pools.get(pool).limits.mode;
+            self.client_left_server(st, clean, mode);
+        }
+        if let (Some(pool), CState::LoginWait) = (pool, state) {
+            self.pools
+                .get_mut(pool)
+                .login_waiting
+                .retain(|(t, i)| (*t, *i) != (ct, id));
+        }
+        if let Some(Conn::Client(mut c)) = self.conns.try_remove(ct) {
+            c.io.sock.shutdown();
+            c.io.drop_buffers(&mut self.bufs);
+        }
+        self.clients -= 1;
+    }
+}
+
+enum Step {
+    /// Something was handled; look again.
+    Again,
+    /// A whole message is not there yet.
+    Wait,
+    /// The client is gone or waits on something else.
+    Done,
+}
+
+pub(crate) fn io_reason(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset => "client connection reset",
+        std::io::ErrorKind::BrokenPipe => "client connection broken",
+        _ => "client socket error",
+    }
+}
+
+pub(crate) fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        // getrandom only fails without a kernel entropy source; fall back to the clock.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        return t ^ std::process::id();
+    }
+    u32::from_be_bytes(b)
+}

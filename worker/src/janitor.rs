@@ -1,0 +1,163 @@
+//! Periodic maintenance: every timeout, pool minimums, and retries after failed logins.
+
+use crate::client::{CState, Close};
+use crate::config::PoolMode;
+use crate::server::SState;
+use crate::wire::fields::ErrorFields;
+use crate::wire::sqlstate;
+use crate::worker::{Conn, Worker};
+use std::time::{Duration, Instant};
+
+fn expired(since: Instant, limit: Duration, now: Instant) -> bool {
+    !limit.is_zero() && now.duration_since(since) >= limit
+}
+
+pub(crate) enum Action {
+    Client(usize, &'static str),
+    Server(usize, &'static str),
+    ServerLogin(usize),
+    Cancel(usize),
+}
+
+impl Worker {
+    /// Looks at every connection's timers, then at every pool's needs.
+    pub(crate) fn janitor(&mut self) {
+        let now = self.now;
+        let cfg = &self.cfg;
+        let mut actions = std::mem::take(&mut self.janitor_scratch);
+        let mut reserve_wanted = Vec::new();
+        for (t, conn) in self.conns.iter() {
+            match conn {
+                Conn::Client(c) => {
+                    let mode = c.pool.map(|p| self.pools.get(p).limits.mode);
+                    match c.state {
+                        CState::Startup | CState::Auth | CState::LoginWait => {
+                            if expired(c.connect_time, cfg.client_login_timeout, now) {
+                                actions.push(Action::Client(t, "client_login_timeout"));
+                            }
+                        }
+                        CState::Idle => {
+                            if expired(c.since, cfg.client_idle_timeout, now) {
+                                actions.push(Action::Client(t, "client_idle_timeout"));
+                            }
+                        }
+                        CState::Waiting => {
+                            if expired(c.since, cfg.query_wait_timeout, now) {
+                                actions.push(Action::Client(t, "query_wait_timeout"));
+                            } else if let Some(p) = c.pool {
+                                if expired(c.since, cfg.reserve_pool_timeout, now)
+                                    || cfg.reserve_pool_timeout.is_zero()
+                                {
+                                    reserve_wanted.push(p);
+                                }
+                            }
+                        }
+                        CState::Active => {
+                            if c.tx.in_request() {
+                                if expired(c.request_time, cfg.query_timeout, now) {
+                                    actions.push(Action::Client(t, "query_timeout"));
+                                }
+                            } else if c.tx.status != b'I' {
+                                if expired(c.since, cfg.idle_transaction_timeout, now) {
+                                    actions.push(Action::Client(t, "idle transaction timeout"));
+                                }
+                            } else if mode == Some(PoolMode::Session)
+                                && expired(c.since, cfg.client_idle_timeout, now)
+                            {
+                                actions.push(Action::Client(t, "client_idle_timeout"));
+                            }
+                        }
+                    }
+                }
+                Conn::Server(s) => match s.state {
+                    SState::Connecting | SState::Login => {
+                        if expired(s.connect_time, cfg.server_connect_timeout, now) {
+                            actions.push(Action::ServerLogin(t));
+                        }
+                    }
+                    SState::Idle => {
+                        let p = self.pools.get(s.pool);
+                        if s.close_needed || p.obsolete {
+                            actions.push(Action::Server(t, "obsolete connection"));
+                        } else if expired(s.connect_time, cfg.server_lifetime, now) {
+                            actions.push(Action::Server(t, "server lifetime over"));
+                        } else if expired(s.since, cfg.server_idle_timeout, now)
+                            && p.total() > p.limits.min
+                        {
+                            actions.push(Action::Server(t, "server idle timeout"));
+                        }
+                    }
+                    SState::Active | SState::Reset => {}
+                },
+                Conn::Cancel(x) => {
+                    if expired(
+                        x.started,
+                        cfg.cancel_wait_timeout.max(Duration::from_secs(1)),
+                        now,
+                    ) {
+                        actions.push(Action::Cancel(t));
+                    }
+                }
+            }
+        }
+        for a in actions.drain(..) {
+            match a {
+                Action::Client(t, why) => self.close_client(
+                    t,
+                    Close::Fatal(sqlstate::PROTOCOL_VIOLATION, why.to_string()),
+                ),
+                Action::Server(t, why) => self.remove_server(t, why),
+                Action::ServerLogin(t) => {
+                    let err = ErrorFields {
+                        severity: Some("FATAL".into()),
+                        code: Some(sqlstate::CONNECTION_FAILURE.into()),
+                        message: Some("server_connect_timeout".into()),
+                        detail: None,
+                    };
+                    self.server_login_failed(t, err);
+                }
+                Action::Cancel(t) => {
+                    self.conns.try_remove(t);
+                }
+            }
+        }
+        self.janitor_scratch = actions;
+        for pool in 0..self.pools.list.len() {
+            self.pool_maintenance(pool, reserve_wanted.contains(&pool));
+        }
+    }
+
+    /// Keeps min_pool_size servers, retries for waiting clients, opens the reserve.
+    fn pool_maintenance(&mut self, pool: usize, use_reserve: bool) {
+        let p = self.pools.get(pool);
+        if p.paused || p.obsolete {
+            return;
+        }
+        // A pool that never logged in has no welcome: only clients' logins start it.
+        if p.welcome.is_some() {
+            let mut need = p.limits.min.saturating_sub(p.total());
+            while need > 0
+                && self
+                    .pools
+                    .get(pool)
+                    .may_launch(false, self.now, self.cfg.server_login_retry)
+            {
+                self.launch_server(pool);
+                need -= 1;
+            }
+        }
+        self.serve_waiting(pool);
+        let p = self.pools.get(pool);
+        if use_reserve
+            && p.waiting.len() > p.launching
+            && p.may_launch(true, self.now, self.cfg.server_login_retry)
+        {
+            log::info!(
+                "{}/{}: taking a connection from the reserve pool",
+                p.db,
+                p.user
+            );
+            self.launch_server(pool);
+        }
+    }
+}

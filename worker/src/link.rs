@@ -1,0 +1,318 @@
+//! A client and its server: assignment, parameter sync, the byte pump, and release.
+
+use crate::client::{CState, Close};
+use crate::config::PoolMode;
+use crate::params;
+use crate::pool::PoolId;
+use crate::relay::{self, FromClient, FromServer, Scan, TxState};
+use crate::server::SState;
+use crate::stream::{self, Filled};
+use crate::wire::fields::{self, ErrorFields};
+use crate::wire::{sqlstate, write};
+use crate::worker::{Conn, Worker};
+
+/// Rounds of the pump per event before other connections get a turn.
+const PUMP_ROUNDS: usize = 16;
+
+impl Worker {
+    /// A logged-in client has a request: give it a server now or queue it.
+    pub(crate) fn request_server(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let Some(pool) = c.pool else { return };
+        c.state = CState::Waiting;
+        c.since = self.now;
+        let id = c.id;
+        let p = self.pools.get_mut(pool);
+        if !p.paused {
+            if let Some(&st) = p.idle.last() {
+                self.set_server_state(st, SState::Active);
+                return self.link(ct, st);
+            }
+        }
+        p.waiting.push_back((ct, id));
+        self.serve_waiting(pool);
+    }
+
+    /// The next client still waiting in a pool's queue.
+    pub(crate) fn next_waiting(&mut self, pool: PoolId) -> Option<usize> {
+        let p = self.pools.get_mut(pool);
+        if p.paused {
+            return None;
+        }
+        while let Some((ct, id)) = p.waiting.pop_front() {
+            if let Some(Conn::Client(c)) = self.conns.get(ct) {
+                if c.id == id && c.state == CState::Waiting {
+                    return Some(ct);
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts servers for waiting clients when the pool has room.
+    pub(crate) fn serve_waiting(&mut self, pool: PoolId) {
+        let p = self.pools.get(pool);
+        if p.paused || p.obsolete && p.waiting.is_empty() {
+            return;
+        }
+        let want = p.waiting.len().saturating_sub(p.launching);
+        for _ in 0..want {
+            let p = self.pools.get(pool);
+            if !p.may_launch(false, self.now, self.cfg.server_login_retry) {
+                break;
+            }
+            self.launch_server(pool);
+        }
+    }
+
+    /// Links a client to a server; states are already Waiting and Active.
+    pub(crate) fn link(&mut self, ct: usize, st: usize) {
+        let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
+            return;
+        };
+        c.server = Some(st);
+        c.state = CState::Active;
+        c.since = self.now;
+        c.tx = TxState::new();
+        c.scan = Scan::default();
+        s.client = Some(ct);
+        s.scan = Scan::default();
+        s.release_pending = false;
+        let mut sql = String::new();
+        if params::sync_statements(&c.params, &s.params, &mut sql) {
+            write::query(s.io.wbuf.vec(&mut self.bufs), &sql);
+            s.own += 1;
+            params::apply_extras(&c.params, &mut s.params);
+        }
+        self.pump(ct, st);
+    }
+
+    /// Moves bytes both ways between a linked client and server until neither can move.
+    pub(crate) fn pump(&mut self, ct: usize, st: usize) {
+        let mode = match self.client(ct).and_then(|c| c.pool) {
+            Some(p) => self.pools.get(p).limits.mode,
+            None => return,
+        };
+        let max_packet = self.cfg.max_packet_size as usize;
+        for _ in 0..PUMP_ROUNDS {
+            let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
+                return;
+            };
+            let mut progress = false;
+
+            // Towards the server: the pooler's own query first, then the client's bytes.
+            match s.io.flush_own(&mut self.bufs) {
+                Ok(true) if s.own == 0 && c.scan.ready > 0 => {
+                    match stream::forward(&mut c.io, &mut s.io, c.scan.ready) {
+                        Ok(n) => {
+                            c.scan.sent(n);
+                            progress |= n > 0;
+                        }
+                        Err(_) => return self.remove_server(st, "server connection broken"),
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return self.remove_server(st, "server connection broken"),
+            }
+            match c.io.fill(&mut self.bufs) {
+                Ok(Filled::Bytes(_)) => progress = true,
+                Ok(Filled::Nothing) => {}
+                Ok(Filled::Eof) => {
+                    return self.close_client(ct, Close::Quiet("client unexpected eof"))
+                }
+                Err(e) => return self.close_client(ct, Close::Quiet(crate::client::io_reason(&e))),
+            }
+            if c.scan.ready < c.io.rbuf.len() {
+                let was_idle = !c.tx.in_request();
+                let before = c.scan.ready;
+                let verdict = relay::from_client(
+                    c.io.rbuf.bytes(),
+                    &mut c.scan,
+                    &mut c.tx,
+                    mode == PoolMode::Session,
+                    max_packet,
+                );
+                if was_idle && c.tx.in_request() {
+                    c.request_time = self.now;
+                }
+                progress |= c.scan.ready > before;
+                match verdict {
+                    FromClient::NeedMore => {}
+                    FromClient::Terminate if c.scan.ready == 0 => {
+                        return self.close_client(ct, Close::Quiet("client close request"));
+                    }
+                    FromClient::NamedParse if c.scan.ready == 0 => {
+                        let msg = "prepared statements are not supported in transaction pooling mode: \
+                                   use unnamed statements (pgJDBC prepareThreshold=0, psycopg prepare_threshold=None, \
+                                   asyncpg statement_cache_size=0) or session pooling";
+                        return self.close_client(
+                            ct,
+                            Close::Fatal(sqlstate::FEATURE_NOT_SUPPORTED, msg.into()),
+                        );
+                    }
+                    FromClient::Terminate | FromClient::NamedParse => {}
+                    FromClient::Bad(e) => {
+                        return self.close_client(
+                            ct,
+                            Close::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+                        );
+                    }
+                }
+            }
+
+            // Towards the client: the pooler's own messages first, then the server's bytes.
+            match c.io.flush_own(&mut self.bufs) {
+                Ok(true) if s.scan.ready > 0 => {
+                    match stream::forward(&mut s.io, &mut c.io, s.scan.ready) {
+                        Ok(n) => {
+                            s.scan.sent(n);
+                            progress |= n > 0;
+                        }
+                        Err(e) => {
+                            return self
+                                .close_client(ct, Close::Quiet(crate::client::io_reason(&e)))
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return self.close_client(ct, Close::Quiet(crate::client::io_reason(&e))),
+            }
+            if s.release_pending {
+                if s.scan.ready == 0 {
+                    return self.release(ct, st);
+                }
+                if !progress {
+                    break;
+                }
+                continue;
+            }
+            match s.io.fill(&mut self.bufs) {
+                Ok(Filled::Bytes(_)) => progress = true,
+                Ok(Filled::Nothing) => {}
+                Ok(Filled::Eof) | Err(_) => return self.remove_server(st, "server conn crashed?"),
+            }
+            let before = s.scan.ready;
+            loop {
+                match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own) {
+                    FromServer::NeedMore => {
+                        if let Some(total) = relay::wants_whole(s.io.rbuf.bytes(), &s.scan, s.own) {
+                            s.io.rbuf.make_room(total, &mut self.bufs);
+                        }
+                        break;
+                    }
+                    FromServer::ReadyForQuery => {
+                        c.since = self.now;
+                        if mode == PoolMode::Session {
+                            continue;
+                        }
+                        if c.tx.is_idle() && c.scan.at_boundary() {
+                            s.release_pending = true;
+                            progress = true;
+                            break;
+                        }
+                        if mode == PoolMode::Statement && c.tx.expected == 0 && c.tx.status != b'I'
+                        {
+                            let msg = "transaction blocks not allowed in statement pooling mode";
+                            s.close_needed = true;
+                            return self.close_client(
+                                ct,
+                                Close::Fatal(sqlstate::FEATURE_NOT_SUPPORTED, msg.into()),
+                            );
+                        }
+                    }
+                    FromServer::Parameter(k, v) => {
+                        if let Some(name) = params::tracked_name(k) {
+                            s.params.set(name, v);
+                            c.params.set(name, v);
+                        } else if c.params.get(k).is_some() {
+                            s.params.set(k, v);
+                            c.params.set(k, v);
+                        }
+                    }
+                    FromServer::Own { tag, body } => {
+                        let len = body.len() + 5;
+                        match tag {
+                            b'E' => s.own_error = Some(ErrorFields::parse(body)),
+                            b'S' => {
+                                if let Some((k, v)) = fields::parameter_status(body) {
+                                    if let Some(name) = params::tracked_name(k) {
+                                        s.params.set(name, v);
+                                        c.params.set(name, v);
+                                    }
+                                }
+                            }
+                            b'Z' => s.own -= 1,
+                            _ => {}
+                        }
+                        s.io.rbuf.consume(len);
+                        progress = true;
+                        if s.own == 0 {
+                            if let Some(e) = s.own_error.take() {
+                                // The client's settings can't be applied: tell it, keep the server.
+                                log::warn!("C-{}: cannot apply session parameters: {e}", c.id);
+                                return self.close_client(ct, Close::Relay(e));
+                            }
+                        }
+                    }
+                    FromServer::Bad(e) => {
+                        return self.remove_server(st, &format!("server sent {e}"));
+                    }
+                }
+            }
+            progress |= s.scan.ready > before;
+            if !progress {
+                let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
+                    return;
+                };
+                c.io.release_buffers(&mut self.bufs);
+                s.io.release_buffers(&mut self.bufs);
+                return;
+            }
+        }
+        // Out of rounds with work left: come back after other connections had a turn.
+        self.again.push(ct);
+    }
+
+    /// The client's transaction is over: the server goes back to the pool.
+    fn release(&mut self, ct: usize, st: usize) {
+        let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
+            return;
+        };
+        c.server = None;
+        c.state = CState::Idle;
+        c.since = self.now;
+        s.client = None;
+        s.release_pending = false;
+        if self.cfg.server_reset_query_always {
+            self.start_reset(st);
+        } else {
+            self.server_ready(st);
+        }
+        // A request that arrived meanwhile asks for a server again.
+        self.drive_client(ct);
+    }
+
+    /// A linked client is going away: keep its server if it is clean, else close it.
+    pub(crate) fn client_left_server(&mut self, st: usize, clean: bool, mode: PoolMode) {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        s.client = None;
+        let clean = clean
+            && s.own == 0
+            && s.scan.ready == 0
+            && s.scan.at_boundary()
+            && s.io.rbuf.is_empty();
+        if !clean {
+            return self.remove_server(st, "client disconnect while server was not ready");
+        }
+        s.release_pending = false;
+        if mode == PoolMode::Session || self.cfg.server_reset_query_always {
+            self.start_reset(st);
+        } else {
+            self.server_ready(st);
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Pools of server connections, one per (database, server user): sizes, queues and welcome.
+
+use crate::wire::fields::ErrorFields;
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+pub type PoolId = usize;
+
+pub use crate::config::PoolMode;
+
+/// Where and as whom a pool's servers log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name, IP address, or a directory holding PostgreSQL's Unix socket.
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    /// The database entry's password, which wins over the auth file.
+    pub password: Option<String>,
+}
+
+/// What a pool's first server login reported: what new clients are told at login.
+#[derive(Debug, Clone, Default)]
+pub struct Welcome {
+    pub params: Vec<(String, String)>,
+}
+
+/// Limits of one pool, resolved from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min: usize,
+    pub reserve: usize,
+}
+
+pub struct Pool {
+    /// The database name clients ask for.
+    pub db: String,
+    /// The user servers log in as (the client's, or the database's forced user).
+    pub user: String,
+    pub target: Target,
+    pub limits: Limits,
+    /// Idle servers, most recently used last (reused first, so the rest can time out).
+    pub idle: Vec<usize>,
+    /// Clients waiting for a server: (token, client id); stale entries are skipped.
+    pub waiting: VecDeque<(usize, u64)>,
+    /// Clients waiting for the welcome of a first server login.
+    pub login_waiting: Vec<(usize, u64)>,
+    pub active: usize,
+    /// Servers connecting or logging in.
+    pub launching: usize,
+    /// Servers running the reset query.
+    pub resetting: usize,
+    pub welcome: Option<Welcome>,
+    /// The last server login failure, for server_login_retry.
+    pub last_failure: Option<(Instant, ErrorFields)>,
+    pub paused: bool,
+    /// A reload removed or changed the database: serve who is here, then go.
+    pub obsolete: bool,
+}
+
+impl Pool {
+    pub fn new(db: String, user: String, target: Target, limits: Limits) -> Pool {
+        Pool {
+            db,
+            user,
+            target,
+            limits,
+            idle: Vec::new(),
+            waiting: VecDeque::new(),
+            login_waiting: Vec::new(),
+            active: 0,
+            launching: 0,
+            resetting: 0,
+            welcome: None,
+            last_failure: None,
+            paused: false,
+            obsolete: false,
+        }
+    }
+
+    /// Every server this pool holds, whatever its state.
+    pub fn total(&self) -> usize {
+        self.idle.len() + self.active + self.launching + self.resetting
+    }
+
+    /// Whether a new server may be started now: below the pool size (or the reserve when
+    /// `use_reserve`), and not inside server_login_retry after a failure.
+    pub fn may_launch(
+        &self,
+        use_reserve: bool,
+        now: Instant,
+        login_retry: std::time::Duration,
+    ) -> bool {
+        let cap = self.limits.size + if use_reserve { self.limits.reserve } else { 0 };
+        if self.total() >= cap {
+            return false;
+        }
+        match &self.last_failure {
+            Some((at, _)) => now.duration_since(*at) >= login_retry,
+            None => true,
+        }
+    }
+}
+
+/// All pools of a worker, found by (database, server user).
+#[derive(Default)]
+pub struct Pools {
+    pub list: Vec<Pool>,
+    index: HashMap<(String, String), PoolId>,
+}
+
+impl Pools {
+    pub fn find(&self, db: &str, user: &str) -> Option<PoolId> {
+        self.index.get(&(db.to_string(), user.to_string())).copied()
+    }
+
+    pub fn add(&mut self, pool: Pool) -> PoolId {
+        let id = self.list.len();
+        self.index.insert((pool.db.clone(), pool.user.clone()), id);
+        self.list.push(pool);
+        id
+    }
+
+    pub fn get(&self, id: PoolId) -> &Pool {
+        &self.list[id]
+    }
+
+    pub fn get_mut(&mut self, id: PoolId) -> &mut Pool {
+        &mut self.list[id]
+    }
+}
+
+impl crate::worker::Worker {
+    /// The pool for a client's database and user, made on first use from the config.
+    pub(crate) fn pool_for(&mut self, db: &str, user: &str) -> Result<PoolId, String> {
+        let resolved = self
+            .cfg
+            .database(db)
+            .ok_or_else(|| format!("no such database: {db}"))?;
+        let server_user = resolved
+            .entry
+            .user
+            .clone()
+            .unwrap_or_else(|| user.to_string());
+        if let Some(id) = self.pools.find(db, &server_user) {
+            return Ok(id);
+        }
+        let cfg = &self.cfg;
+        let limits = Limits {
+            mode: cfg.pool_mode_for(db, &server_user),
+            size: cfg.pool_size_for(db, &server_user) as usize,
+            min: cfg.min_pool_size_for(db, &server_user) as usize,
+            reserve: cfg.reserve_pool_size_for(db, &server_user) as usize,
+        };
+        let target = Target {
+            host: resolved.entry.host.clone(),
+            port: resolved.entry.port,
+            dbname: resolved.dbname.clone(),
+            user: server_user.clone(),
+            password: resolved
+                .entry
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_string()),
+        };
+        Ok(self
+            .pools
+            .add(Pool::new(db.to_string(), server_user, target, limits)))
+    }
+}

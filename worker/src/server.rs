@@ -1,0 +1,673 @@
+//! Server connections: connecting, logging in to PostgreSQL, reset, and closing.
+
+use crate::auth::{md5_salted_response, Nonce, ScramClient, Secret};
+use crate::client::Close;
+use crate::params::{self, Params};
+use crate::pool::{PoolId, Welcome};
+use crate::relay::{self, FromServer, Scan};
+use crate::stream::{Filled, Sock, Stream};
+use crate::wire::fields::{self, ErrorFields};
+use crate::wire::write;
+use crate::wire::{frame, sqlstate};
+use crate::worker::{Conn, Worker};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SState {
+    Connecting,
+    Login,
+    Idle,
+    /// Linked to a client (possibly still syncing its parameters).
+    Active,
+    /// Running server_reset_query before going back to the pool.
+    Reset,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ServerAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddr::Tcp(a) => write!(f, "{}:{}", a.ip(), a.port()),
+            ServerAddr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl ServerAddr {
+    pub fn connect(&self) -> std::io::Result<Sock> {
+        Ok(match self {
+            ServerAddr::Tcp(a) => {
+                let s = mio::net::TcpStream::connect(*a)?;
+                let _ = s.set_nodelay(true);
+                Sock::Tcp(s)
+            }
+            ServerAddr::Unix(p) => Sock::Unix(mio::net::UnixStream::connect(p)?),
+        })
+    }
+}
+
+/// What the pooler logs in to PostgreSQL with.
+enum Creds {
+    None,
+    Password(String),
+    Md5([u8; 16]),
+    Keys {
+        client_key: [u8; 32],
+        server_key: [u8; 32],
+    },
+}
+
+struct Login {
+    creds: Creds,
+    scram: Option<ScramClient>,
+    params: Vec<(String, String)>,
+}
+
+pub(crate) struct Server {
+    pub id: u64,
+    pub io: Stream,
+    pub state: SState,
+    pub pool: PoolId,
+    pub client: Option<usize>,
+    /// Tracked parameters as reported, and extras as the pooler set them.
+    pub params: Params,
+    pub backend_key: Option<(u32, u32)>,
+    pub scan: Scan,
+    /// ReadyForQuery messages still owed for the pooler's own queries.
+    pub own: u32,
+    pub own_error: Option<ErrorFields>,
+    /// The client's last ReadyForQuery is judged; release once it is written.
+    pub release_pending: bool,
+    pub connect_time: Instant,
+    pub since: Instant,
+    pub addr: ServerAddr,
+    /// A reload changed the database: close instead of reusing.
+    pub close_needed: bool,
+    login: Option<Box<Login>>,
+}
+
+impl Server {
+    pub fn name(&self, w: &Worker) -> String {
+        let p = w.pools.get(self.pool);
+        format!("S-{}: {}/{}@{}", self.id, p.db, p.user, self.addr)
+    }
+}
+
+impl Worker {
+    pub(crate) fn server(&mut self, st: usize) -> Option<&mut Server> {
+        match self.conns.get_mut(st) {
+            Some(Conn::Server(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Starts one new server connection for a pool.
+    pub(crate) fn launch_server(&mut self, pool: PoolId) {
+        let target = self.pools.get(pool).target.clone();
+        let addr = if target.host.starts_with('/') {
+            Ok(ServerAddr::Unix(
+                PathBuf::from(&target.host).join(format!(".s.PGSQL.{}", target.port)),
+            ))
+        } else {
+            (target.host.as_str(), target.port)
+                .to_socket_addrs()
+                .and_then(|mut a| {
+                    a.next()
+                        .ok_or_else(|| std::io::Error::other("host name has no addresses"))
+                })
+                .map(ServerAddr::Tcp)
+        };
+        let sock = addr.and_then(|a| a.connect().map(|s| (a, s)));
+        let (addr, mut sock) = match sock {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = format!(
+                    "could not connect to server {}:{}: {e}",
+                    target.host, target.port
+                );
+                return self
+                    .pool_login_failed(pool, error_fields(sqlstate::CONNECTION_FAILURE, msg));
+            }
+        };
+        let entry_key = self.conns.vacant_entry().key();
+        if let Err(e) = self.register(entry_key, &mut sock) {
+            log::warn!("cannot register server socket: {e}");
+            return;
+        }
+        let creds = self.server_creds(pool);
+        let mut io = Stream::new(sock);
+        io.readable = false;
+        io.writable = false;
+        let id = self.new_id();
+        let server = Server {
+            id,
+            io,
+            state: SState::Connecting,
+            pool,
+            client: None,
+            params: Params::new(),
+            backend_key: None,
+            scan: Scan::default(),
+            own: 0,
+            own_error: None,
+            release_pending: false,
+            connect_time: self.now,
+            since: self.now,
+            addr,
+            close_needed: false,
+            login: Some(Box::new(Login {
+                creds,
+                scram: None,
+                params: Vec::new(),
+            })),
+        };
+        self.conns.insert(Conn::Server(Box::new(server)));
+        self.pools.get_mut(pool).launching += 1;
+        log::debug!("S-{id}: new connection to {}", target.host);
+    }
+
+    fn server_creds(&self, pool: PoolId) -> Creds {
+        let t = &self.pools.get(pool).target;
+        if let Some(pw) = &t.password {
+            return Creds::Password(pw.clone());
+        }
+        match self.auth.secret(&t.user) {
+            Some(Secret::Plain(p)) => Creds::Password(p.clone()),
+            Some(Secret::Md5(h)) => Creds::Md5(*h),
+            Some(Secret::Scram(s)) => match self.auth.client_key(&t.user) {
+                Some(client_key) => Creds::Keys {
+                    client_key,
+                    server_key: s.server_key,
+                },
+                None => Creds::None,
+            },
+            None => Creds::None,
+        }
+    }
+
+    pub(crate) fn drive_server(&mut self, st: usize) {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        match s.state {
+            SState::Connecting => {
+                if !s.io.writable {
+                    return;
+                }
+                if let Ok(Some(e)) | Err(e) = s.io.sock.take_error() {
+                    let msg = format!("could not connect to server {}: {e}", s.addr);
+                    return self
+                        .server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, msg));
+                }
+                if !s.io.sock.is_connected() {
+                    return;
+                }
+                let pool = self.pools.get(s.pool);
+                let startup = [
+                    ("user", pool.target.user.as_str()),
+                    ("database", pool.target.dbname.as_str()),
+                ];
+                write::startup_message(s.io.wbuf.vec(&mut self.bufs), &startup);
+                s.state = SState::Login;
+                self.server_login_io(st);
+            }
+            SState::Login => self.server_login_io(st),
+            SState::Idle => self.idle_server_io(st),
+            SState::Active => {
+                if let Some(ct) = s.client {
+                    self.pump(ct, st);
+                }
+            }
+            SState::Reset => self.reset_io(st),
+        }
+    }
+
+    /// Reads and answers the server's login messages.
+    fn server_login_io(&mut self, st: usize) {
+        loop {
+            let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+                return;
+            };
+            if let Err(e) = s.io.flush_own(&mut self.bufs) {
+                let msg = format!("server connection failed during login: {e}");
+                return self
+                    .server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, msg));
+            }
+            let got = match s.io.fill(&mut self.bufs) {
+                Ok(g) => g,
+                Err(e) => {
+                    let msg = format!("server connection failed during login: {e}");
+                    return self
+                        .server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, msg));
+                }
+            };
+            loop {
+                let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+                    return;
+                };
+                let (tag, body) = match frame::message(s.io.rbuf.bytes(), relay::MAX_INSPECTED) {
+                    Ok(Some((h, body))) => (h.tag, body.to_vec()),
+                    Ok(None) => {
+                        if let Ok(Some(h)) = frame::header(s.io.rbuf.bytes(), relay::MAX_INSPECTED)
+                        {
+                            s.io.rbuf.make_room(h.total, &mut self.bufs);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        return self.server_login_failed(
+                            st,
+                            error_fields(sqlstate::PROTOCOL_VIOLATION, format!("server sent {e}")),
+                        );
+                    }
+                };
+                s.io.rbuf.consume(body.len() + 5);
+                match self.login_message(st, tag, &body) {
+                    Ok(true) => return self.server_logged_in(st),
+                    Ok(false) => {}
+                    Err(e) => return self.server_login_failed(st, e),
+                }
+            }
+            if got == Filled::Eof {
+                let msg = "server closed the connection during login".to_string();
+                return self
+                    .server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, msg));
+            }
+            let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+                return;
+            };
+            if got == Filled::Nothing && (s.io.wbuf.is_empty() || !s.io.writable) {
+                return;
+            }
+        }
+    }
+
+    /// Handles one login message; Ok(true) once ReadyForQuery ends the login.
+    fn login_message(&mut self, st: usize, tag: u8, body: &[u8]) -> Result<bool, ErrorFields> {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return Ok(false);
+        };
+        let proto = |m: &str| error_fields(sqlstate::PROTOCOL_VIOLATION, m.to_string());
+        let Some(login) = s.login.as_mut() else {
+            return Err(proto("login state lost"));
+        };
+        let out = s.io.wbuf.vec(&mut self.bufs);
+        let user = &self.pools.get(s.pool).target.user;
+        match tag {
+            b'R' => {
+                let (code, rest) =
+                    fields::u32_be(body).ok_or_else(|| proto("short authentication request"))?;
+                match code {
+                    0 => {}
+                    3 => match &login.creds {
+                        Creds::Password(p) => write::password_message(out, p.as_bytes()),
+                        _ => return Err(no_password(user, "cleartext")),
+                    },
+                    5 => {
+                        let salt: [u8; 4] = rest
+                            .get(..4)
+                            .and_then(|s| s.try_into().ok())
+                            .ok_or_else(|| proto("short md5 salt"))?;
+                        let hash = match &login.creds {
+                            Creds::Password(p) => crate::auth::md5_password_hash(user, p),
+                            Creds::Md5(h) => *h,
+                            _ => return Err(no_password(user, "md5")),
+                        };
+                        write::password_message(out, md5_salted_response(&hash, salt).as_bytes());
+                    }
+                    10 => {
+                        let offers_scram = rest.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                        if !offers_scram {
+                            return Err(proto("server offers no supported SASL mechanism"));
+                        }
+                        let nonce = Nonce::random().map_err(|e| proto(&e.to_string()))?;
+                        let client = match &login.creds {
+                            Creds::Password(p) => ScramClient::with_password(p, nonce),
+                            Creds::Keys {
+                                client_key,
+                                server_key,
+                            } => ScramClient::with_keys(*client_key, *server_key, nonce),
+                            _ => return Err(no_password(user, "SCRAM")),
+                        };
+                        write::sasl_initial_response(out, "SCRAM-SHA-256", &client.client_first());
+                        login.scram = Some(client);
+                    }
+                    11 => {
+                        let scram = login
+                            .scram
+                            .as_mut()
+                            .ok_or_else(|| proto("unexpected SASL continue"))?;
+                        let reply = scram
+                            .handle_server_first(rest)
+                            .map_err(|e| scram_error(user, e))?;
+                        write::sasl_response(out, &reply);
+                    }
+                    12 => {
+                        let scram = login
+                            .scram
+                            .as_mut()
+                            .ok_or_else(|| proto("unexpected SASL final"))?;
+                        scram
+                            .handle_server_final(rest)
+                            .map_err(|e| scram_error(user, e))?;
+                    }
+                    other => {
+                        return Err(error_fields(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            format!("server requested unsupported authentication method {other}"),
+                        ))
+                    }
+                }
+            }
+            b'S' => {
+                if let Some((k, v)) = fields::parameter_status(body) {
+                    login.params.push((k.to_string(), v.to_string()));
+                }
+            }
+            b'K' => {
+                if let (Some((pid, rest)), true) = (fields::u32_be(body), body.len() == 8) {
+                    let (key, _) = fields::u32_be(rest).unwrap_or((0, rest));
+                    s.backend_key = Some((pid, key));
+                }
+            }
+            b'E' => return Err(ErrorFields::parse(body)),
+            b'N' | b'v' => {}
+            b'Z' => return Ok(true),
+            other => {
+                return Err(proto(&format!(
+                    "unexpected message type {} during login",
+                    other as char
+                )))
+            }
+        }
+        Ok(false)
+    }
+
+    /// Login succeeded: remember the welcome, greet clients waiting for it, serve.
+    fn server_logged_in(&mut self, st: usize) {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        let login = s.login.take();
+        let pool = s.pool;
+        let params = login.map(|l| l.params).unwrap_or_default();
+        for (k, v) in &params {
+            if let Some(name) = params::tracked_name(k) {
+                s.params.set(name, v);
+            }
+        }
+        log::debug!("S-{}: login ok", s.id);
+        let p = self.pools.get_mut(pool);
+        p.last_failure = None;
+        if p.welcome.is_none() {
+            p.welcome = Some(Welcome { params });
+        }
+        let waiting = std::mem::take(&mut p.login_waiting);
+        self.server_ready(st);
+        for (ct, id) in waiting {
+            if self.client(ct).is_some_and(|c| c.id == id) {
+                self.finish_login(ct);
+            }
+        }
+    }
+
+    pub(crate) fn server_login_failed(&mut self, st: usize, err: ErrorFields) {
+        let Some(s) = self.server(st) else { return };
+        let pool = s.pool;
+        self.remove_server(st, &format!("login failed: {}", err.message()));
+        self.pool_login_failed(pool, err);
+    }
+
+    /// A server login failed: clients waiting for their greeting get the error.
+    pub(crate) fn pool_login_failed(&mut self, pool: PoolId, err: ErrorFields) {
+        let p = self.pools.get_mut(pool);
+        log::warn!("{}/{}: server login failed: {}", p.db, p.user, err);
+        p.last_failure = Some((self.now, err.clone()));
+        let waiting = std::mem::take(&mut p.login_waiting);
+        for (ct, id) in waiting {
+            if self.client(ct).is_some_and(|c| c.id == id) {
+                self.close_client(ct, Close::Relay(err.clone()));
+            }
+        }
+    }
+
+    /// A server is free: give it to the next waiting client or put it in the idle list.
+    pub(crate) fn server_ready(&mut self, st: usize) {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        let pool = s.pool;
+        let lifetime = self.cfg.server_lifetime;
+        if s.close_needed || self.pools.get(pool).obsolete {
+            return self.remove_server(st, "obsolete connection");
+        }
+        if !lifetime.is_zero() && self.now.duration_since(s.connect_time) >= lifetime {
+            return self.remove_server(st, "server lifetime over");
+        }
+        if !s.io.rbuf.is_empty() {
+            return self.remove_server(st, "server sent data while idle");
+        }
+        s.io.release_buffers(&mut self.bufs);
+        if let Some(ct) = self.next_waiting(pool) {
+            self.set_server_state(st, SState::Active);
+            return self.link(ct, st);
+        }
+        self.set_server_state(st, SState::Idle);
+    }
+
+    /// Moves a server between states, keeping its pool's counts and idle list right.
+    pub(crate) fn set_server_state(&mut self, st: usize, new: SState) {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        let old = std::mem::replace(&mut s.state, new);
+        s.since = self.now;
+        let p = self.pools.get_mut(s.pool);
+        match old {
+            SState::Connecting | SState::Login => p.launching -= 1,
+            SState::Idle => {
+                if let Some(i) = p.idle.iter().rposition(|&t| t == st) {
+                    p.idle.remove(i);
+                }
+            }
+            SState::Active => p.active -= 1,
+            SState::Reset => p.resetting -= 1,
+        }
+        match new {
+            SState::Connecting | SState::Login => p.launching += 1,
+            SState::Idle => p.idle.push(st),
+            SState::Active => p.active += 1,
+            SState::Reset => p.resetting += 1,
+        }
+    }
+
+    /// Idle servers should say nothing; notices are dropped, anything else ends them.
+    fn idle_server_io(&mut self, st: usize) {
+        loop {
+            let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+                return;
+            };
+            match s.io.fill(&mut self.bufs) {
+                Ok(Filled::Bytes(_)) => {}
+                Ok(Filled::Nothing) => break,
+                Ok(Filled::Eof) | Err(_) => {
+                    return self.remove_server(st, "server closed the connection")
+                }
+            }
+        }
+        loop {
+            let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+                return;
+            };
+            match frame::message(s.io.rbuf.bytes(), relay::MAX_INSPECTED) {
+                Ok(Some((h, body))) => {
+                    match h.tag {
+                        b'N' | b'A' => {}
+                        b'S' => {
+                            if let Some((k, v)) = fields::parameter_status(body) {
+                                if let Some(name) = params::tracked_name(k) {
+                                    s.params.set(name, v);
+                                }
+                            }
+                        }
+                        b'E' => {
+                            let e = ErrorFields::parse(body);
+                            return self
+                                .remove_server(st, &format!("server error while idle: {e}"));
+                        }
+                        _ => return self.remove_server(st, "idle server got unexpected data"),
+                    }
+                    s.io.rbuf.consume(h.total);
+                }
+                Ok(None) => break,
+                Err(_) => return self.remove_server(st, "idle server sent a bad message"),
+            }
+        }
+        if let Some(Conn::Server(s)) = self.conns.get_mut(st) {
+            s.io.release_buffers(&mut self.bufs);
+        }
+    }
+
+    /// Runs server_reset_query; the server goes back to the pool when it answers.
+    pub(crate) fn start_reset(&mut self, st: usize) {
+        let query = self.cfg.server_reset_query.clone();
+        if query.trim().is_empty() {
+            return self.server_ready(st);
+        }
+        self.set_server_state(st, SState::Reset);
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        write::query(s.io.wbuf.vec(&mut self.bufs), &query);
+        s.own += 1;
+        s.scan = Scan::default();
+        // DISCARD ALL forgets what was SET; tracked values come back as ParameterStatus.
+        s.params.retain_tracked();
+        self.reset_io(st);
+    }
+
+    fn reset_io(&mut self, st: usize) {
+        loop {
+            let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+                return;
+            };
+            if s.io.flush_own(&mut self.bufs).is_err() {
+                return self.remove_server(st, "server connection failed during reset");
+            }
+            let got = s.io.fill(&mut self.bufs);
+            let mut progress = matches!(got, Ok(Filled::Bytes(_)));
+            if !matches!(got, Ok(Filled::Bytes(_) | Filled::Nothing)) {
+                return self.remove_server(st, "server closed the connection during reset");
+            }
+            let mut tx = crate::relay::TxState::new();
+            loop {
+                match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut tx, s.own) {
+                    FromServer::Own { tag, body } => {
+                        let len = body.len() + 5;
+                        match tag {
+                            b'E' => s.own_error = Some(ErrorFields::parse(body)),
+                            b'S' => {
+                                if let Some((k, v)) = fields::parameter_status(body) {
+                                    if let Some(name) = params::tracked_name(k) {
+                                        s.params.set(name, v);
+                                    }
+                                }
+                            }
+                            b'Z' => s.own -= 1,
+                            _ => {}
+                        }
+                        s.io.rbuf.consume(len);
+                        progress = true;
+                        if s.own == 0 {
+                            if let Some(e) = s.own_error.take() {
+                                return self.remove_server(st, &format!("reset query failed: {e}"));
+                            }
+                            s.scan = Scan::default();
+                            return self.server_ready(st);
+                        }
+                    }
+                    FromServer::NeedMore => {
+                        if let Some(total) = relay::wants_whole(s.io.rbuf.bytes(), &s.scan, s.own) {
+                            s.io.rbuf.make_room(total, &mut self.bufs);
+                        }
+                        break;
+                    }
+                    _ => return self.remove_server(st, "unexpected data during reset"),
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// Closes a server connection and forgets it; a linked client is told and closed.
+    pub(crate) fn remove_server(&mut self, st: usize, reason: &str) {
+        let Some(Conn::Server(s)) = self.conns.get(st) else {
+            return;
+        };
+        log::info!("{}: closing because: {reason}", s.name(self));
+        let client = s.client;
+        let pool = s.pool;
+        if let Some(ct) = client {
+            if let Some(c) = self.client(ct) {
+                c.server = None;
+            }
+            self.close_client(
+                ct,
+                Close::Fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?".into()),
+            );
+        }
+        let Some(Conn::Server(s)) = self.conns.get(st) else {
+            return;
+        };
+        let p = self.pools.get_mut(pool);
+        match s.state {
+            SState::Connecting | SState::Login => p.launching -= 1,
+            SState::Idle => p.idle.retain(|&t| t != st),
+            SState::Active => p.active -= 1,
+            SState::Reset => p.resetting -= 1,
+        }
+        if let Some(Conn::Server(mut s)) = self.conns.try_remove(st) {
+            if s.state != SState::Connecting {
+                let mut bye = Vec::with_capacity(5);
+                write::terminate(&mut bye);
+                let _ = s.io.send(&bye);
+            }
+            s.io.sock.shutdown();
+            s.io.drop_buffers(&mut self.bufs);
+        }
+        self.serve_waiting(pool);
+    }
+}
+
+fn error_fields(code: &str, message: String) -> ErrorFields {
+    ErrorFields {
+        severity: Some("FATAL".into()),
+        code: Some(code.into()),
+        message: Some(message),
+        detail: None,
+    }
+}
+
+fn no_password(user: &str, method: &str) -> ErrorFields {
+    error_fields(
+        sqlstate::INVALID_PASSWORD,
+        format!("server asked for {method} authentication but the pooler has no password for user \"{user}\""),
+    )
+}
+
+fn scram_error(user: &str, e: crate::auth::ScramError) -> ErrorFields {
+    error_fields(
+        sqlstate::INVALID_PASSWORD,
+        format!("SCRAM authentication with the server failed for user \"{user}\": {e}"),
+    )
+}

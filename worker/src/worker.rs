@@ -1,0 +1,250 @@
+//! One worker's mio event loop: accepting, dispatching events, and the connection table.
+
+use crate::auth_cache::AuthCache;
+use crate::buf::BufPool;
+use crate::client::Client;
+use crate::config::Config;
+use crate::pool::Pools;
+use crate::server::Server;
+use crate::stream::Sock;
+use mio::net::{TcpListener, UnixListener};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the janitor looks at every connection's timers.
+pub const TICK: Duration = Duration::from_millis(200);
+/// Connections accepted per listener event before other work gets a turn.
+const ACCEPT_BATCH: usize = 64;
+/// Tokens at the top of the range; slab keys start at 0 and never reach these.
+const LISTENER_BASE: usize = usize::MAX - 1024;
+
+/// A listening socket handed over by the supervisor.
+pub enum ListenSocket {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+pub struct WorkerInit {
+    /// This worker's slot number (0-based), encoded in cancel keys.
+    pub slot: usize,
+    pub config: Arc<Config>,
+    pub listeners: Vec<ListenSocket>,
+    /// Key for mock SCRAM exchanges; the same in every worker so salts never vary.
+    pub mock_key: [u8; 32],
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Everything in the connection table.
+pub(crate) enum Conn {
+    Client(Box<Client>),
+    Server(Box<Server>),
+    /// An outgoing CancelRequest on its way to a PostgreSQL server.
+    Cancel(crate::cancel::CancelConn),
+}
+
+pub struct Worker {
+    pub(crate) slot: usize,
+    pub(crate) poll: Poll,
+    pub(crate) conns: Slab<Conn>,
+    listeners: Vec<(Listener, bool)>,
+    pub(crate) pools: Pools,
+    pub(crate) bufs: BufPool,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) auth: AuthCache,
+    /// Cancel keys handed to clients: (pid << 32 | key) -> (token, client id).
+    pub(crate) cancel_keys: HashMap<u64, (usize, u64)>,
+    pub(crate) next_id: u64,
+    pub(crate) now: Instant,
+    pub(crate) clients: usize,
+    /// Set when accepting failed for lack of descriptors: retry after this instant.
+    accept_paused_until: Option<Instant>,
+    /// Connections with work left over after their fair share of a turn.
+    pub(crate) again: Vec<usize>,
+    pub(crate) janitor_scratch: Vec<crate::janitor::Action>,
+}
+
+impl Worker {
+    pub fn new(init: WorkerInit) -> io::Result<Worker> {
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        for (i, l) in init.listeners.into_iter().enumerate() {
+            let mut l = match l {
+                ListenSocket::Tcp(l) => {
+                    l.set_nonblocking(true)?;
+                    Listener::Tcp(TcpListener::from_std(l))
+                }
+                ListenSocket::Unix(l) => {
+                    l.set_nonblocking(true)?;
+                    Listener::Unix(UnixListener::from_std(l))
+                }
+            };
+            let token = Token(LISTENER_BASE + i);
+            match &mut l {
+                Listener::Tcp(l) => poll.registry().register(l, token, Interest::READABLE)?,
+                Listener::Unix(l) => poll.registry().register(l, token, Interest::READABLE)?,
+            }
+            listeners.push((l, true));
+        }
+        let cfg = init.config;
+        let auth = AuthCache::load(&cfg, init.mock_key);
+        Ok(Worker {
+            slot: init.slot,
+            poll,
+            conns: Slab::with_capacity(1024),
+            listeners,
+            pools: Pools::default(),
+            bufs: BufPool::new(cfg.pkt_buf as usize, 4096),
+            cfg,
+            auth,
+            cancel_keys: HashMap::new(),
+            next_id: 1,
+            now: Instant::now(),
+            clients: 0,
+            accept_paused_until: None,
+            again: Vec::new(),
+            janitor_scratch: Vec::new(),
+        })
+    }
+
+    /// Runs the event loop for ever.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let busy = !self.again.is_empty()
+                || (self.listeners.iter().any(|(_, ready)| *ready)
+                    && self.accept_paused_until.is_none());
+            let timeout = if busy {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.now = Instant::now();
+            for ev in events.iter() {
+                self.on_event(ev);
+            }
+            let again = std::mem::take(&mut self.again);
+            for t in again {
+                self.drive(t);
+            }
+            self.accept_all();
+            if self.now >= next_tick {
+                self.janitor();
+                next_tick = self.now + TICK;
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: &mio::event::Event) {
+        let t = ev.token().0;
+        if t >= LISTENER_BASE {
+            if let Some((_, ready)) = self.listeners.get_mut(t - LISTENER_BASE) {
+                *ready = true;
+            }
+            return;
+        }
+        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+        let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+        match self.conns.get_mut(t) {
+            Some(Conn::Client(c)) => {
+                c.io.readable |= readable;
+                c.io.writable |= writable;
+            }
+            Some(Conn::Server(s)) => {
+                s.io.readable |= readable;
+                s.io.writable |= writable;
+            }
+            Some(Conn::Cancel(_)) => return self.drive_cancel(t, writable || readable),
+            None => return,
+        }
+        self.drive(t);
+    }
+
+    /// Acts on a connection with whatever its socket allows now.
+    pub(crate) fn drive(&mut self, t: usize) {
+        match self.conns.get(t) {
+            Some(Conn::Client(_)) => self.drive_client(t),
+            Some(Conn::Server(_)) => self.drive_server(t),
+            _ => {}
+        }
+    }
+
+    fn accept_all(&mut self) {
+        if let Some(until) = self.accept_paused_until {
+            if self.now < until {
+                return;
+            }
+            self.accept_paused_until = None;
+            for l in &mut self.listeners {
+                l.1 = true;
+            }
+        }
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].1 {
+                self.accept_from(i);
+            }
+        }
+    }
+
+    fn accept_from(&mut self, i: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            let accepted = match &self.listeners[i].0 {
+                Listener::Tcp(l) => l.accept().map(|(s, a)| (Sock::Tcp(s), Some(a))),
+                Listener::Unix(l) => l.accept().map(|(s, _)| (Sock::Unix(s), None)),
+            };
+            match accepted {
+                Ok((sock, peer)) => self.add_client(sock, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.listeners[i].1 = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    log::warn!("accept failed: {e}; pausing accepts for 1s");
+                    self.accept_paused_until = Some(self.now + Duration::from_secs(1));
+                    return;
+                }
+                // ECONNABORTED and friends concern one connection only.
+                Err(e) => log::debug!("accept: {e}"),
+            }
+        }
+    }
+
+    pub(crate) fn register(&mut self, token: usize, sock: &mut Sock) -> io::Result<()> {
+        self.poll.registry().register(
+            sock.source(),
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+
+    pub(crate) fn new_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+/// Runs a worker until its loop fails.
+pub fn run(init: WorkerInit) -> io::Result<()> {
+    let mut w = Worker::new(init)?;
+    w.run()
+}
