@@ -1,0 +1,154 @@
+# shellcheck shell=bash
+# Shared shell helpers for scripts/*.sh: logging, installing missing Debian packages and Rust components.
+#
+# Source it (`source scripts/lib.sh`); it only defines functions and changes
+# no shell options of its caller.
+
+# ---- output -----------------------------------------------------------------
+
+log() { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+have() { command -v "$1" >/dev/null 2>&1; }
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# ---- PostgreSQL ---------------------------------------------------------------
+
+# Prints the PostgreSQL server bin dir (the one with initdb), the same way the
+# Rust harness finds it: $PG_BINDIR, `pg_config --bindir`, then the newest
+# /usr/lib/postgresql/*/bin. Prints nothing and fails if there is none.
+pg_bindir() {
+    local dir
+    if [ -n "${PG_BINDIR:-}" ] && [ -x "$PG_BINDIR/initdb" ]; then
+        printf '%s\n' "$PG_BINDIR"
+        return 0
+    fi
+    if have pg_config; then
+        dir=$(pg_config --bindir 2>/dev/null || true)
+        if [ -n "$dir" ] && [ -x "$dir/initdb" ]; then
+            printf '%s\n' "$dir"
+            return 0
+        fi
+    fi
+    dir=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null |
+        sort -t/ -k5,5n | tail -n 1)
+    if [ -n "$dir" ] && [ -x "$dir/initdb" ]; then
+        printf '%s\n' "$dir"
+        return 0
+    fi
+    return 1
+}
+
+# True if every PostgreSQL program the tests use is there (server + client +
+# pgbench, which Debian ships in the server package for some versions and in
+# the client package for others: checking the file covers both).
+pg_complete() {
+    local dir tool
+    dir=$(pg_bindir) || return 1
+    for tool in initdb pg_ctl postgres psql pgbench; do
+        [ -x "$dir/$tool" ] || return 1
+    done
+    # As root the server runs as this user.
+    if is_root; then id postgres >/dev/null 2>&1 || return 1; fi
+    return 0
+}
+
+# ---- Debian packages ------------------------------------------------------------
+
+# True if a program is on PATH or in an sbin dir (non-root PATHs lack them).
+have_prog() {
+    have "$1" || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] || [ -x "/usr/local/sbin/$1" ]
+}
+
+# apt-get install, refreshing the package lists only when needed: first try
+# with the lists as they are; if that fails (no lists yet, or stale ones),
+# `apt-get update` once and try again.
+apt_install() {
+    [ "$#" -gt 0 ] || return 0
+    if ! is_root; then
+        die "missing packages: $*; install them with: sudo apt-get install $*"
+    fi
+    have apt-get || die "missing packages: $*, and no apt-get to install them"
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -y -q --no-install-recommends
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+    log "installing: $*"
+    if ! "${apt[@]}" install "$@" </dev/null; then
+        log "apt-get update"
+        env DEBIAN_FRONTEND=noninteractive apt-get -q update </dev/null ||
+            die "apt-get update failed"
+        "${apt[@]}" install "$@" </dev/null || die "apt-get install $* failed"
+    fi
+}
+
+# Stops and disables a system service that a package started on install.
+# Containers often have neither a running systemd nor working init scripts,
+# so every step may fail and that is fine.
+stop_service() {
+    local svc=$1
+    if have systemctl && [ -d /run/systemd/system ]; then
+        systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+    if have service; then
+        service "$svc" stop >/dev/null 2>&1 || true
+    elif [ -x "/etc/init.d/$svc" ]; then
+        "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+    fi
+    if have update-rc.d; then
+        update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+}
+
+# Installs what the test suite runs: PostgreSQL (server, client, pgbench),
+# HAProxy, PgBouncer (as a reference in benchmarks) and python3. Services the
+# packages start are stopped again: the tests start their own instances, and
+# a system PgBouncer on 6432 / PostgreSQL on 5432 would only get in the way.
+need_test_pkgs() {
+    local pkgs=() started_pg=0 started_bouncer=0
+    if ! pg_complete; then
+        pkgs+=(postgresql postgresql-client postgresql-contrib)
+        started_pg=1
+    fi
+    if ! have_prog haproxy; then pkgs+=(haproxy); fi
+    if ! have_prog pgbouncer; then
+        pkgs+=(pgbouncer)
+        started_bouncer=1
+    fi
+    if ! have python3; then pkgs+=(python3); fi
+    if ! have setpriv && ! have runuser; then pkgs+=(util-linux); fi
+    if [ "${#pkgs[@]}" -eq 0 ]; then
+        return 0
+    fi
+    apt_install "${pkgs[@]}"
+    if [ "$started_bouncer" -eq 1 ]; then stop_service pgbouncer; fi
+    if [ "$started_pg" -eq 1 ]; then stop_service postgresql; fi
+    pg_complete || die "PostgreSQL is still incomplete after installing (need initdb, pg_ctl, postgres, psql, pgbench)"
+    have_prog haproxy || die "haproxy still missing after installing"
+    have_prog pgbouncer || die "pgbouncer still missing after installing"
+    have python3 || die "python3 still missing after installing"
+}
+
+# ---- Rust -----------------------------------------------------------------------
+
+# Makes sure cargo and the given rustup components (e.g. rustfmt clippy) exist.
+need_rust_components() {
+    have cargo || die "cargo not found: install a Rust toolchain (rustup) first"
+    local comp cmd missing=()
+    for comp in "$@"; do
+        case "$comp" in
+        rustfmt) cmd=(cargo fmt --version) ;;
+        clippy) cmd=(cargo clippy --version) ;;
+        *) cmd=(false) ;;
+        esac
+        if ! "${cmd[@]}" >/dev/null 2>&1; then missing+=("$comp"); fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    have rustup || die "missing Rust components ${missing[*]} and no rustup to add them"
+    log "rustup component add ${missing[*]}"
+    rustup component add "${missing[@]}" || die "rustup component add ${missing[*]} failed"
+}

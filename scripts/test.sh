@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs cargo fmt --check, clippy and every test in the workspace.
+#
+# Usage: scripts/test.sh [extra cargo test arguments, e.g. --test harness_smoke]
+# Every step runs even if an earlier one failed, so one run shows all
+# problems; the exit status is non-zero if any step failed. Tests are never
+# skipped for a missing tool: what is missing gets installed here, and the
+# harness fails a test whose tool is absent.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+log "checking tools"
+need_test_pkgs
+need_rust_components rustfmt clippy
+
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+
+results=()
+failed=0
+
+# step NAME COMMAND...: runs it, records PASS/FAIL and how long it took.
+step() {
+    local name=$1 start rc
+    shift
+    log "$name: $*"
+    start=$SECONDS
+    set +e
+    "$@"
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ]; then
+        results+=("$(printf '%-8s PASS  %4ss' "$name" $((SECONDS - start)))")
+    else
+        results+=("$(printf '%-8s FAIL  %4ss  (exit %s)' "$name" $((SECONDS - start)) "$rc")")
+        failed=1
+    fi
+}
+
+# Keeps cargo test's output for the summary while still streaming it.
+# shellcheck disable=SC2317  # called indirectly, through step
+cargo_test() {
+    cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$test_log"
+    return "${PIPESTATUS[0]}"
+}
+
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+step test cargo_test "$@"
+
+# Totals over every test binary's "test result:" line.
+read -r passed failed_tests ignored < <(
+    awk '/^test result:/ {
+            for (i = 1; i <= NF; i++) {
+                if ($(i) ~ /^passed;?$/)  p += $(i - 1)
+                if ($(i) ~ /^failed;?$/)  f += $(i - 1)
+                if ($(i) ~ /^ignored;?$/) s += $(i - 1)
+            }
+        }
+        END { printf "%d %d %d\n", p, f, s }' "$test_log"
+)
+
+echo
+echo "==================== summary ===================="
+for line in "${results[@]}"; do
+    echo "  $line"
+done
+if grep -q '^test .* FAILED$' "$test_log"; then
+    echo "  failed tests:"
+    grep '^test .* FAILED$' "$test_log" | sed -e 's/^test /    /' -e 's/ \.\.\. FAILED$//'
+fi
+if [ "$failed" -ne 0 ]; then
+    echo "  RESULT: FAILED"
+else
+    echo "  RESULT: OK"
+fi
+echo "tests: ${passed} passed, ${failed_tests} failed, ${ignored} skipped"
+exit "$failed"
