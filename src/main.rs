@@ -24,6 +24,12 @@ struct Args {
     /// Validate the configuration and exit: 0 when valid, 1 with the reason when not.
     #[arg(long)]
     check: bool,
+    /// Run in the background (logs go to `logfile`).
+    #[arg(short = 'd', long)]
+    daemon: bool,
+    /// Write the supervisor's pid here; overrides `pidfile` in the file.
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
     /// More log output; repeat for more.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -35,6 +41,8 @@ fn main() {
         eprintln!("pgbouncers: a configuration file is required (-c FILE)");
         std::process::exit(2);
     };
+    // Reloads read the same file even if the working directory changes.
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
     let cfg = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -43,6 +51,10 @@ fn main() {
         }
     };
     if args.check {
+        if let Err(e) = pgbouncers_supervisor::read_userlist(&cfg) {
+            eprintln!("pgbouncers: {e}");
+            std::process::exit(1);
+        }
         println!("pgbouncers: configuration file {} is valid", path.display());
         return;
     }
@@ -51,7 +63,8 @@ fn main() {
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    env_logger::Builder::new()
+    let mut logger = env_logger::Builder::new();
+    logger
         .filter_level(level)
         .parse_default_env()
         .format(|buf, record| {
@@ -63,11 +76,47 @@ fn main() {
                 record.level(),
                 record.args()
             )
-        })
-        .init();
+        });
+    if let Some(file) = cfg.logfile.as_deref().filter(|f| !f.is_empty()) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        {
+            // Each record is one write to an O_APPEND file, so processes never interleave
+            // within a line. A full disk loses lines, never service: write errors are ignored.
+            Ok(f) => {
+                logger.target(env_logger::Target::Pipe(Box::new(f)));
+            }
+            Err(e) => {
+                eprintln!("pgbouncers: logfile {file}: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else if args.daemon {
+        eprintln!("pgbouncers: --daemon without a logfile: log output is discarded");
+    }
+    logger.init();
+    if args.daemon {
+        if let Err(e) = pgbouncers_supervisor::daemon::daemonize() {
+            log::error!("cannot become a daemon: {e}");
+            std::process::exit(1);
+        }
+    }
+    let pidfile = args.pidfile.or(cfg.pidfile.as_ref().map(PathBuf::from));
+    let _pidfile = match pidfile.map(|p| pgbouncers_supervisor::daemon::PidFile::create(&p)) {
+        Some(Err(e)) => {
+            log::error!("{e}");
+            std::process::exit(1);
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
     let opts = pgbouncers_supervisor::Options {
         config_path: path,
         workers: args.workers.map(usize::from),
     };
-    std::process::exit(pgbouncers_supervisor::run(opts, cfg));
+    let code = pgbouncers_supervisor::run(opts, cfg);
+    drop(_pidfile);
+    std::process::exit(code);
 }

@@ -14,11 +14,13 @@ pub struct Listeners {
     /// `tcp[slot]`: that slot's sockets, one per listen address.
     pub tcp: Vec<Vec<TcpListener>>,
     pub unix: Option<(UnixListener, PathBuf)>,
+    /// The Unix socket file, removed when the supervisor is done with it.
+    pub unix_path: Option<PathBuf>,
 }
 
 impl Drop for Listeners {
     fn drop(&mut self) {
-        if let Some((_, path)) = &self.unix {
+        if let Some(path) = &self.unix_path {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -80,7 +82,12 @@ pub fn bind(cfg: &Config, slots: usize) -> io::Result<Listeners> {
         }
         _ => None,
     };
-    Ok(Listeners { tcp, unix })
+    let unix_path = unix.as_ref().map(|(_, p)| p.clone());
+    Ok(Listeners {
+        tcp,
+        unix,
+        unix_path,
+    })
 }
 
 /// Binds one more slot's TCP sockets (when `workers` grows on reload).

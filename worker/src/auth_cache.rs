@@ -1,40 +1,45 @@
 //! The worker's view of the auth file, with SCRAM keys derived once per user.
 
 use crate::auth::{ScramSecret, Secret, Userlist};
-use crate::config::Config;
 use std::collections::HashMap;
 
 pub struct AuthCache {
     userlist: Userlist,
     /// SCRAM secrets derived from plaintext passwords with a random salt, so a login
-    /// costs a few HMACs instead of PBKDF2.
-    derived: HashMap<String, ScramSecret>,
-    /// ClientKeys recovered from clients' SCRAM logins, for pass-through to PostgreSQL.
-    client_keys: HashMap<String, [u8; 32]>,
+    /// costs a few HMACs instead of PBKDF2. Kept with the password they came from, so a
+    /// reload that changes the password is noticed at the next login.
+    derived: HashMap<String, (String, ScramSecret)>,
+    /// ClientKeys recovered from clients' SCRAM logins, for pass-through to PostgreSQL,
+    /// with the ServerKey of the secret they were checked against.
+    client_keys: HashMap<String, ([u8; 32], [u8; 32])>,
     /// Salt and keys of mock exchanges for unknown users; the same in every worker.
     pub mock_key: [u8; 32],
 }
 
 impl AuthCache {
-    pub fn new(userlist: Userlist, mock_key: [u8; 32]) -> AuthCache {
-        AuthCache {
-            userlist,
+    /// Builds the cache from the auth file's text (None: no auth file, nobody listed).
+    pub fn from_text(text: Option<&str>, mock_key: [u8; 32]) -> AuthCache {
+        let mut cache = AuthCache {
+            userlist: Userlist::default(),
             derived: HashMap::new(),
             client_keys: HashMap::new(),
             mock_key,
-        }
+        };
+        cache.replace_userlist(text);
+        cache
     }
 
-    /// Loads the configured auth file; a missing setting means nobody is listed.
-    pub fn load(cfg: &Config, mock_key: [u8; 32]) -> AuthCache {
-        let userlist = match cfg.auth_file.as_deref() {
-            Some(path) => Userlist::load(path).unwrap_or_else(|e| {
-                log::error!("cannot load auth_file {path}: {e}");
+    /// Swaps in a reloaded auth file; derived keys follow at the next login.
+    pub fn replace_userlist(&mut self, text: Option<&str>) {
+        self.userlist = match text.map(Userlist::parse) {
+            Some(Ok(u)) => u,
+            Some(Err(e)) => {
+                // The supervisor validated this text; a failure here is a bug, not input.
+                log::error!("auth file does not parse: {e}");
                 Userlist::default()
-            }),
+            }
             None => Userlist::default(),
         };
-        AuthCache::new(userlist, mock_key)
     }
 
     pub fn secret(&self, user: &str) -> Option<&Secret> {
@@ -47,23 +52,29 @@ impl AuthCache {
             Secret::Scram(s) => Some(s),
             Secret::Plain(p) if p.is_empty() => None,
             Secret::Plain(p) => {
-                if !self.derived.contains_key(user) {
+                let fresh = self.derived.get(user).is_some_and(|(pw, _)| pw == p);
+                if !fresh {
                     let s = ScramSecret::generate_for_password(p).ok()?;
-                    self.derived.insert(user.to_string(), s);
+                    self.derived.insert(user.to_string(), (p.clone(), s));
                 }
-                self.derived.get(user)
+                self.derived.get(user).map(|(_, s)| s)
             }
             Secret::Md5(_) => None,
         }
     }
 
-    pub fn remember_client_key(&mut self, user: &str, key: [u8; 32]) {
-        if self.client_keys.get(user) != Some(&key) {
-            self.client_keys.insert(user.to_string(), key);
+    pub fn remember_client_key(&mut self, user: &str, server_key: [u8; 32], client_key: [u8; 32]) {
+        if self.client_keys.get(user) != Some(&(server_key, client_key)) {
+            self.client_keys
+                .insert(user.to_string(), (server_key, client_key));
         }
     }
 
-    pub fn client_key(&self, user: &str) -> Option<[u8; 32]> {
-        self.client_keys.get(user).copied()
+    /// The recovered ClientKey for a user, if it belongs to the secret now in the file.
+    pub fn client_key(&self, user: &str, server_key: &[u8; 32]) -> Option<[u8; 32]> {
+        self.client_keys
+            .get(user)
+            .filter(|(sk, _)| sk == server_key)
+            .map(|(_, ck)| *ck)
     }
 }

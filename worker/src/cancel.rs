@@ -1,6 +1,7 @@
 //! Cancel requests: find the client's server by the key we handed out, and pass the
 //! request on to PostgreSQL over a new connection.
 
+use crate::control::Report;
 use crate::stream::Sock;
 use crate::wire::write;
 use crate::worker::{Conn, Worker};
@@ -14,12 +15,24 @@ pub(crate) struct CancelConn {
 }
 
 impl Worker {
-    /// A CancelRequest arrived: unknown keys are dropped silently, as PostgreSQL does.
+    /// A CancelRequest arrived on a new connection, which any worker may have accepted.
+    /// The key's top byte is the slot of the worker that handed it out.
     pub(crate) fn cancel_request(&mut self, pid: u32, key: &[u8]) {
-        let Ok(secret) = <[u8; 4]>::try_from(key) else {
+        let Ok(key) = <[u8; 4]>::try_from(key).map(u32::from_be_bytes) else {
             return;
         };
-        let k = (pid as u64) << 32 | u32::from_be_bytes(secret) as u64;
+        let slot = (key >> 24) as usize;
+        if slot == self.slot {
+            self.cancel_local(pid, key);
+        } else if slot < self.shm.workers_cap() {
+            self.report(Report::Cancel { pid, key });
+        }
+    }
+
+    /// Cancels the query of one of this worker's clients. Unknown keys are dropped
+    /// silently, as PostgreSQL does.
+    pub(crate) fn cancel_local(&mut self, pid: u32, key: u32) {
+        let k = (pid as u64) << 32 | key as u64;
         let Some(&(ct, id)) = self.cancel_keys.get(&k) else {
             log::debug!("cancel request with an unknown key");
             return;

@@ -81,6 +81,8 @@ pub(crate) struct Client {
     /// When the request in flight was sent.
     pub request_time: Instant,
     pub auth: Option<AuthStep>,
+    /// Holds a place in the pooler-wide client count (max_client_conn).
+    pub counted: bool,
 }
 
 impl Client {
@@ -154,9 +156,9 @@ impl Worker {
             since: self.now,
             request_time: self.now,
             auth: None,
+            counted: false,
         };
         entry.insert(Conn::Client(Box::new(client)));
-        self.clients += 1;
     }
 
     pub(crate) fn client(&mut self, ct: usize) -> Option<&mut Client> {
@@ -412,7 +414,7 @@ impl Worker {
                 ),
             );
         }
-        if self.clients > self.cfg.max_client_conn as usize {
+        if !self.shm.acquire_client(self.slot, self.cfg.max_client_conn) {
             return self.close_client(
                 ct,
                 Close::Fatal(
@@ -420,6 +422,9 @@ impl Worker {
                     "no more connections allowed (max_client_conn)".into(),
                 ),
             );
+        }
+        if let Some(c) = self.client(ct) {
+            c.counted = true;
         }
         self.begin_auth(ct);
     }
@@ -570,8 +575,10 @@ impl Worker {
             AuthStep::Scram { server, .. } => match server.handle_client_final(body) {
                 Ok(success) => {
                     write::auth_sasl_final(c.io.wbuf.vec(&mut self.bufs), &success.server_final);
-                    if matches!(self.auth.secret(&user), Some(Secret::Scram(_))) {
-                        self.auth.remember_client_key(&user, success.client_key);
+                    if let Some(Secret::Scram(s)) = self.auth.secret(&user) {
+                        let server_key = s.server_key;
+                        self.auth
+                            .remember_client_key(&user, server_key, success.client_key);
                     }
                     true
                 }
@@ -635,9 +642,7 @@ impl Worker {
         c.since = self.now;
         let id = c.id;
         p.login_waiting.push((ct, id));
-        if p.launching == 0 {
-            self.launch_server(pool);
-        }
+        self.serve_waiting(pool);
     }
 
     /// Sends the welcome: parameters, cancel key and the first ReadyForQuery.
@@ -663,8 +668,9 @@ impl Worker {
             };
             write::parameter_status(out, k, &v);
         }
-        let pid = ((self.slot as u32 & 0x7f) << 24) | (rand_u32() & 0x00ff_ffff);
-        let secret = rand_u32();
+        // The key's top byte names this worker, so any worker can route a cancel here.
+        let pid = (rand_u32() & 0x7fff_ffff).max(1);
+        let secret = (self.slot as u32 & 0xff) << 24 | (rand_u32() & 0x00ff_ffff);
         write::backend_key_data(out, pid, secret);
         write::ready_for_query(out, b'I');
         let key = (pid as u64) << 32 | secret as u64;
@@ -749,6 +755,9 @@ impl Worker {
         let pool = c.pool;
         let id = c.id;
         let state = c.state;
+        if c.counted {
+            self.shm.release_client(self.slot);
+        }
         if key != 0 && self.cancel_keys.get(&key).map(|e| e.1) == Some(id) {
             self.cancel_keys.remove(&key);
         }
@@ -766,7 +775,6 @@ impl Worker {
             c.io.sock.shutdown();
             c.io.drop_buffers(&mut self.bufs);
         }
-        self.clients -= 1;
     }
 }
 

@@ -79,6 +79,8 @@ impl Worker {
                         let p = self.pools.get(s.pool);
                         if s.close_needed || p.obsolete {
                             actions.push(Action::Server(t, "obsolete connection"));
+                        } else if p.waiting.is_empty() && self.others_starved(s.pool) {
+                            actions.push(Action::Server(t, "released for another worker"));
                         } else if expired(s.connect_time, cfg.server_lifetime, now) {
                             actions.push(Action::Server(t, "server lifetime over"));
                         } else if expired(s.since, cfg.server_idle_timeout, now)
@@ -130,8 +132,12 @@ impl Worker {
     /// Keeps min_pool_size servers, retries for waiting clients, opens the reserve.
     fn pool_maintenance(&mut self, pool: usize, use_reserve: bool) {
         let p = self.pools.get(pool);
-        if p.paused || p.obsolete {
+        if p.paused {
             return;
+        }
+        if p.obsolete {
+            // Serve whoever still waits in a pool a reload removed; nothing more.
+            return self.serve_waiting(pool);
         }
         // A pool that never logged in has no welcome: only clients' logins start it.
         if p.welcome.is_some() {
@@ -142,7 +148,9 @@ impl Worker {
                     .get(pool)
                     .may_launch(false, self.now, self.cfg.server_login_retry)
             {
-                self.launch_server(pool);
+                if !self.launch_server(pool) {
+                    break;
+                }
                 need -= 1;
             }
         }

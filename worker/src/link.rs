@@ -51,19 +51,22 @@ impl Worker {
         None
     }
 
-    /// Starts servers for waiting clients when the pool has room.
+    /// Starts servers for waiting clients (and for clients waiting for their greeting)
+    /// when the pool has room.
     pub(crate) fn serve_waiting(&mut self, pool: PoolId) {
         let p = self.pools.get(pool);
-        if p.paused || p.obsolete && p.waiting.is_empty() {
+        if p.paused {
             return;
         }
-        let want = p.waiting.len().saturating_sub(p.launching);
+        let greeting = usize::from(p.welcome.is_none() && !p.login_waiting.is_empty());
+        let want = (p.waiting.len() + greeting).saturating_sub(p.launching);
         for _ in 0..want {
             let p = self.pools.get(pool);
-            if !p.may_launch(false, self.now, self.cfg.server_login_retry) {
+            if !p.may_launch(false, self.now, self.cfg.server_login_retry)
+                || !self.launch_server(pool)
+            {
                 break;
             }
-            self.launch_server(pool);
         }
     }
 

@@ -59,6 +59,12 @@ pub struct Pool {
     pub paused: bool,
     /// A reload removed or changed the database: serve who is here, then go.
     pub obsolete: bool,
+    pub stats: crate::stats::PoolStats,
+    /// Shared-memory indexes of the database and server user, for global limits and stats.
+    pub db_idx: Option<usize>,
+    pub user_idx: Option<usize>,
+    /// This worker is waiting for another to free a server (counted in shared memory).
+    pub starved: bool,
 }
 
 impl Pool {
@@ -78,6 +84,10 @@ impl Pool {
             last_failure: None,
             paused: false,
             obsolete: false,
+            stats: Default::default(),
+            db_idx: None,
+            user_idx: None,
+            starved: false,
         }
     }
 
@@ -124,6 +134,15 @@ impl Pools {
         id
     }
 
+    /// Forgets the index entry so later logins build a fresh pool for the same key.
+    pub fn unindex(&mut self, id: PoolId) {
+        let p = &self.list[id];
+        let key = (p.db.clone(), p.user.clone());
+        if self.index.get(&key) == Some(&id) {
+            self.index.remove(&key);
+        }
+    }
+
     pub fn get(&self, id: PoolId) -> &Pool {
         &self.list[id]
     }
@@ -166,8 +185,9 @@ impl crate::worker::Worker {
                 .as_ref()
                 .map(|p| p.expose().to_string()),
         };
-        Ok(self
-            .pools
-            .add(Pool::new(db.to_string(), server_user, target, limits)))
+        let mut pool = Pool::new(db.to_string(), server_user, target, limits);
+        pool.db_idx = self.shm.name_index(crate::shm::Kind::Database, db);
+        pool.user_idx = self.shm.name_index(crate::shm::Kind::User, &pool.user);
+        Ok(self.pools.add(pool))
     }
 }

@@ -92,6 +92,8 @@ pub(crate) struct Server {
     /// A reload changed the database: close instead of reusing.
     pub close_needed: bool,
     login: Option<Box<Login>>,
+    /// Shared-memory places this server holds (database, user), given back when it closes.
+    holds: (Option<usize>, Option<usize>),
 }
 
 impl Server {
@@ -109,8 +111,48 @@ impl Worker {
         }
     }
 
-    /// Starts one new server connection for a pool.
-    pub(crate) fn launch_server(&mut self, pool: PoolId) {
+    /// Takes this pool's places under max_db_connections and max_user_connections, which
+    /// hold for the whole pooler. On refusal the pool is marked starved so other workers
+    /// hand back idle servers.
+    fn take_global_places(&mut self, pool: PoolId) -> Option<(Option<usize>, Option<usize>)> {
+        let p = self.pools.get(pool);
+        let (db_idx, user_idx) = (p.db_idx, p.user_idx);
+        let db_limit = self.cfg.max_db_connections_for(&p.db);
+        let user_limit = self.cfg.max_user_connections_for(&p.user);
+        let got_db = db_idx.is_none_or(|i| self.shm.acquire(self.slot, i, db_limit));
+        let got_user =
+            got_db && user_idx.is_none_or(|i| self.shm.acquire(self.slot, i, user_limit));
+        if got_db && got_user {
+            self.pools.get_mut(pool).starved = false;
+            return Some((db_idx, user_idx));
+        }
+        if got_db {
+            if let Some(i) = db_idx {
+                self.shm.release(self.slot, i);
+            }
+        }
+        let until = crate::shm::unix_ms() + 1000;
+        let blocked = if got_db { user_idx } else { db_idx };
+        if let Some(i) = blocked {
+            self.shm.mark_starved(i, until);
+        }
+        let p = self.pools.get_mut(pool);
+        if !p.starved {
+            log::info!(
+                "{}/{}: max_db_connections or max_user_connections reached; clients wait",
+                p.db,
+                p.user
+            );
+            p.starved = true;
+        }
+        None
+    }
+
+    /// Starts one new server connection for a pool; false when a global limit says no.
+    pub(crate) fn launch_server(&mut self, pool: PoolId) -> bool {
+        let Some(holds) = self.take_global_places(pool) else {
+            return false;
+        };
         let target = self.pools.get(pool).target.clone();
         let addr = if target.host.starts_with('/') {
             Ok(ServerAddr::Unix(
@@ -129,18 +171,20 @@ impl Worker {
         let (addr, mut sock) = match sock {
             Ok(x) => x,
             Err(e) => {
+                self.give_back(holds);
                 let msg = format!(
                     "could not connect to server {}:{}: {e}",
                     target.host, target.port
                 );
-                return self
-                    .pool_login_failed(pool, error_fields(sqlstate::CONNECTION_FAILURE, msg));
+                self.pool_login_failed(pool, error_fields(sqlstate::CONNECTION_FAILURE, msg));
+                return false;
             }
         };
         let entry_key = self.conns.vacant_entry().key();
         if let Err(e) = self.register(entry_key, &mut sock) {
+            self.give_back(holds);
             log::warn!("cannot register server socket: {e}");
-            return;
+            return false;
         }
         let creds = self.server_creds(pool);
         let mut io = Stream::new(sock);
@@ -168,10 +212,28 @@ impl Worker {
                 scram: None,
                 params: Vec::new(),
             })),
+            holds,
         };
         self.conns.insert(Conn::Server(Box::new(server)));
         self.pools.get_mut(pool).launching += 1;
         log::debug!("S-{id}: new connection to {}", target.host);
+        true
+    }
+
+    fn give_back(&mut self, holds: (Option<usize>, Option<usize>)) {
+        for i in [holds.0, holds.1].into_iter().flatten() {
+            self.shm.release(self.slot, i);
+        }
+    }
+
+    /// Whether another worker waits for capacity this pool's servers hold.
+    pub(crate) fn others_starved(&self, pool: PoolId) -> bool {
+        let p = self.pools.get(pool);
+        let now = crate::shm::unix_ms();
+        [p.db_idx, p.user_idx]
+            .into_iter()
+            .flatten()
+            .any(|i| self.shm.is_starved(i, now))
     }
 
     fn server_creds(&self, pool: PoolId) -> Creds {
@@ -182,7 +244,7 @@ impl Worker {
         match self.auth.secret(&t.user) {
             Some(Secret::Plain(p)) => Creds::Password(p.clone()),
             Some(Secret::Md5(h)) => Creds::Md5(*h),
-            Some(Secret::Scram(s)) => match self.auth.client_key(&t.user) {
+            Some(Secret::Scram(s)) => match self.auth.client_key(&t.user, &s.server_key) {
                 Some(client_key) => Creds::Keys {
                     client_key,
                     server_key: s.server_key,
@@ -460,6 +522,10 @@ impl Worker {
             self.set_server_state(st, SState::Active);
             return self.link(ct, st);
         }
+        if self.pools.get(pool).paused || self.others_starved(pool) {
+            // PAUSE lets servers go; a starved worker elsewhere needs this one's place.
+            return self.remove_server(st, "released for pause or for another worker");
+        }
         self.set_server_state(st, SState::Idle);
     }
 
@@ -637,6 +703,7 @@ impl Worker {
             SState::Reset => p.resetting -= 1,
         }
         if let Some(Conn::Server(mut s)) = self.conns.try_remove(st) {
+            self.give_back(s.holds);
             if s.state != SState::Connecting {
                 let mut bye = Vec::with_capacity(5);
                 write::terminate(&mut bye);

@@ -4,14 +4,19 @@ use crate::auth_cache::AuthCache;
 use crate::buf::BufPool;
 use crate::client::Client;
 use crate::config::Config;
+use crate::control::{self, Command, Report};
 use crate::pool::Pools;
 use crate::server::Server;
+use crate::shm::Shm;
+use crate::stats::WorkerStats;
 use crate::stream::Sock;
 use mio::net::{TcpListener, UnixListener};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +26,8 @@ pub const TICK: Duration = Duration::from_millis(200);
 const ACCEPT_BATCH: usize = 64;
 /// Tokens at the top of the range; slab keys start at 0 and never reach these.
 const LISTENER_BASE: usize = usize::MAX - 1024;
+const CONTROL: usize = usize::MAX;
+const SIGNALS: usize = usize::MAX - 1;
 
 /// A listening socket handed over by the supervisor.
 pub enum ListenSocket {
@@ -32,9 +39,14 @@ pub struct WorkerInit {
     /// This worker's slot number (0-based), encoded in cancel keys.
     pub slot: usize,
     pub config: Arc<Config>,
+    /// The auth file's content as the supervisor read and checked it.
+    pub userlist: Option<String>,
     pub listeners: Vec<ListenSocket>,
     /// Key for mock SCRAM exchanges; the same in every worker so salts never vary.
     pub mock_key: [u8; 32],
+    /// This worker's end of its control socketpair.
+    pub control: Option<OwnedFd>,
+    pub shm: Arc<Shm>,
 }
 
 enum Listener {
@@ -63,12 +75,19 @@ pub struct Worker {
     pub(crate) cancel_keys: HashMap<u64, (usize, u64)>,
     pub(crate) next_id: u64,
     pub(crate) now: Instant,
-    pub(crate) clients: usize,
     /// Set when accepting failed for lack of descriptors: retry after this instant.
     accept_paused_until: Option<Instant>,
     /// Connections with work left over after their fair share of a turn.
     pub(crate) again: Vec<usize>,
     pub(crate) janitor_scratch: Vec<crate::janitor::Action>,
+    control: Option<OwnedFd>,
+    /// Reports the control socket could not take yet.
+    control_out: VecDeque<Vec<u8>>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    pub(crate) shm: Arc<Shm>,
+    pub(crate) stats: WorkerStats,
+    /// Set once a graceful shutdown began.
+    pub(crate) shutdown_since: Option<Instant>,
 }
 
 impl Worker {
@@ -93,9 +112,21 @@ impl Worker {
             }
             listeners.push((l, true));
         }
+        if let Some(fd) = &init.control {
+            poll.registry().register(
+                &mut SourceFd(&fd.as_raw_fd()),
+                Token(CONTROL),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+        }
+        use signal_hook::consts::SIGTERM;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGTERM])?;
+        poll.registry()
+            .register(&mut signals, Token(SIGNALS), Interest::READABLE)?;
         let cfg = init.config;
-        let auth = AuthCache::load(&cfg, init.mock_key);
-        Ok(Worker {
+        let auth = AuthCache::from_text(init.userlist.as_deref(), init.mock_key);
+        let now = Instant::now();
+        let w = Worker {
             slot: init.slot,
             poll,
             conns: Slab::with_capacity(1024),
@@ -106,15 +137,22 @@ impl Worker {
             auth,
             cancel_keys: HashMap::new(),
             next_id: 1,
-            now: Instant::now(),
-            clients: 0,
+            now,
             accept_paused_until: None,
             again: Vec::new(),
             janitor_scratch: Vec::new(),
-        })
+            control: init.control,
+            control_out: VecDeque::new(),
+            signals: Some(signals),
+            shm: init.shm,
+            stats: WorkerStats::default(),
+            shutdown_since: None,
+        };
+        w.stats.started(&w.shm, w.slot);
+        Ok(w)
     }
 
-    /// Runs the event loop for ever.
+    /// Runs the event loop until a shutdown completes.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
@@ -143,13 +181,32 @@ impl Worker {
             self.accept_all();
             if self.now >= next_tick {
                 self.janitor();
+                self.stats.flush(&self.shm, self.slot, &self.pools);
                 next_tick = self.now + TICK;
+                if self.shutdown_step() {
+                    log::info!("worker {}: shutdown complete", self.slot);
+                    return Ok(());
+                }
             }
         }
     }
 
     fn on_event(&mut self, ev: &mio::event::Event) {
         let t = ev.token().0;
+        if t == CONTROL {
+            return self.control_io();
+        }
+        if t == SIGNALS {
+            let got_term = self
+                .signals
+                .as_mut()
+                .is_some_and(|s| s.pending().next().is_some());
+            if got_term {
+                log::info!("worker {}: got SIGTERM, shutting down", self.slot);
+                self.begin_shutdown();
+            }
+            return;
+        }
         if t >= LISTENER_BASE {
             if let Some((_, ready)) = self.listeners.get_mut(t - LISTENER_BASE) {
                 *ready = true;
@@ -182,6 +239,78 @@ impl Worker {
         }
     }
 
+    /// Reads every command the supervisor sent and flushes queued reports.
+    fn control_io(&mut self) {
+        let Some(fd) = self.control.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        while let Some(msg) = self.control_out.front() {
+            match control::send(fd, msg, None) {
+                Ok(()) => {
+                    self.control_out.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::warn!("worker {}: control channel: {e}", self.slot);
+                    self.control_out.clear();
+                    break;
+                }
+            }
+        }
+        let mut buf = [0u8; control::MAX_MESSAGE];
+        loop {
+            match control::recv(fd, &mut buf) {
+                Ok(Some((n, fd))) => match Command::decode(&buf[..n]) {
+                    Ok(cmd) => self.on_command(cmd, fd),
+                    Err(e) => log::warn!("worker {}: bad control message: {}", self.slot, e.0),
+                },
+                Ok(None) => return,
+                Err(e) => {
+                    // The supervisor is gone; PR_SET_PDEATHSIG ends us too, but be sure.
+                    log::warn!("worker {}: control channel closed: {e}", self.slot);
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                    self.control = None;
+                    self.begin_shutdown();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends a report to the supervisor, queueing it if the channel is full.
+    pub(crate) fn report(&mut self, r: Report) {
+        let mut msg = Vec::with_capacity(16);
+        r.encode(&mut msg);
+        self.control_out.push_back(msg);
+        self.control_io();
+    }
+
+    fn on_command(&mut self, cmd: Command, fd: Option<OwnedFd>) {
+        match cmd {
+            Command::Reload => match fd.map(control::Snapshot::from_fd) {
+                Some(Ok(snap)) => self.reload(snap),
+                Some(Err(e)) => {
+                    log::error!("worker {}: cannot read reload snapshot: {e}", self.slot)
+                }
+                None => log::error!("worker {}: reload without a snapshot", self.slot),
+            },
+            Command::Pause(db) => self.pause(db.as_deref(), true),
+            Command::Resume(db) => self.pause(db.as_deref(), false),
+            Command::Shutdown => self.begin_shutdown(),
+            Command::Cancel { pid, key } => self.cancel_local(pid, key),
+        }
+    }
+
+    /// Stops accepting: the supervisor keeps the sockets for a successor.
+    pub(crate) fn close_listeners(&mut self) {
+        for (mut l, _) in self.listeners.drain(..) {
+            let _ = match &mut l {
+                Listener::Tcp(l) => self.poll.registry().deregister(l),
+                Listener::Unix(l) => self.poll.registry().deregister(l),
+            };
+        }
+    }
+
     fn accept_all(&mut self) {
         if let Some(until) = self.accept_paused_until {
             if self.now < until {
@@ -206,7 +335,10 @@ impl Worker {
                 Listener::Unix(l) => l.accept().map(|(s, _)| (Sock::Unix(s), None)),
             };
             match accepted {
-                Ok((sock, peer)) => self.add_client(sock, peer),
+                Ok((sock, peer)) => {
+                    self.stats.accepts += 1;
+                    self.add_client(sock, peer);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.listeners[i].1 = false;
                     return;
@@ -243,7 +375,7 @@ impl Worker {
     }
 }
 
-/// Runs a worker until its loop fails.
+/// Runs a worker until it has shut down.
 pub fn run(init: WorkerInit) -> io::Result<()> {
     let mut w = Worker::new(init)?;
     w.run()

@@ -1,0 +1,227 @@
+//! The process table: forking workers into slots, reaping them, respawning with backoff.
+
+use crate::{title, Supervisor, EXIT_NO_RESPAWN};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use pgbouncers_worker::control;
+use pgbouncers_worker::{ListenSocket, WorkerInit};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// Control channel tokens in the supervisor's poll: one per slot.
+pub(crate) const CONTROL_BASE: usize = 1000;
+
+/// One worker slot in the process table.
+pub(crate) struct Slot {
+    pub pid: Option<Pid>,
+    pub started: Instant,
+    /// Consecutive quick deaths, for the respawn backoff.
+    pub crashes: u32,
+    pub respawn_at: Option<Instant>,
+    /// The supervisor's end of this slot's control channel.
+    pub ctl: Option<OwnedFd>,
+    /// Asked to stop because `workers` shrank: not respawned.
+    pub retiring: bool,
+}
+
+impl Slot {
+    pub fn new() -> Slot {
+        let now = Instant::now();
+        Slot {
+            pid: None,
+            started: now,
+            crashes: 0,
+            respawn_at: Some(now),
+            ctl: None,
+            retiring: false,
+        }
+    }
+}
+
+impl Supervisor {
+    /// Collects exited workers, gives back what they held, and schedules their respawn.
+    pub(crate) fn reap(&mut self) {
+        loop {
+            let (pid, how, code) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    (pid, format!("exited with code {code}"), Some(code))
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, format!("killed by {sig}"), None),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            let Some(n) = self.slots.iter().position(|s| s.pid == Some(pid)) else {
+                continue;
+            };
+            // Whatever the dead worker held in shared memory is free again.
+            self.shm.reclaim(n);
+            let slot = &mut self.slots[n];
+            slot.pid = None;
+            if let Some(ctl) = slot.ctl.take() {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut mio::unix::SourceFd(&ctl.as_raw_fd()));
+            }
+            if self.stopping.is_some() || slot.retiring {
+                log::info!("worker {n} (pid {pid}) {how}");
+                continue;
+            }
+            if code == Some(EXIT_NO_RESPAWN) {
+                log::error!("worker {n} (pid {pid}) {how}: not respawning");
+                continue;
+            }
+            // Quick deaths in a row back off exponentially, up to 30 s.
+            if slot.started.elapsed() < Duration::from_secs(10) {
+                slot.crashes += 1;
+            } else {
+                slot.crashes = 0;
+            }
+            let delay = if slot.crashes <= 1 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100 << slot.crashes.min(9)).min(Duration::from_secs(30))
+            };
+            log::warn!("worker {n} (pid {pid}) {how}; respawning in {delay:?}");
+            slot.respawn_at = Some(Instant::now() + delay);
+        }
+    }
+
+    /// Starts every slot whose respawn time has come.
+    pub(crate) fn respawn_due(&mut self) {
+        let now = Instant::now();
+        for n in 0..self.slots.len() {
+            let s = &self.slots[n];
+            if s.pid.is_some() || s.retiring || s.respawn_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            match self.spawn(n) {
+                Ok(pid) => {
+                    let s = &mut self.slots[n];
+                    s.pid = Some(pid);
+                    s.started = now;
+                    s.respawn_at = None;
+                    log::info!("worker {n} started (pid {pid})");
+                }
+                Err(e) => {
+                    log::error!("cannot start worker {n}: {e}");
+                    self.slots[n].respawn_at = Some(now + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Drops the slots at the end that finished retiring, with their sockets.
+    pub(crate) fn retire_done(&mut self) {
+        while self.slots.len() > self.want {
+            let last = self.slots.len() - 1;
+            if !self.slots[last].retiring || self.slots[last].pid.is_some() {
+                break;
+            }
+            self.slots.pop();
+            self.listeners.tcp.truncate(self.slots.len());
+            log::info!("worker slot {last} retired");
+        }
+    }
+
+    /// Forks a worker for slot `n`; the child never returns from here.
+    fn spawn(&mut self, n: usize) -> std::io::Result<Pid> {
+        let (ours, theirs) = control::pair()?;
+        self.poll.registry().register(
+            &mut mio::unix::SourceFd(&ours.as_raw_fd()),
+            mio::Token(CONTROL_BASE + n),
+            mio::Interest::READABLE,
+        )?;
+        // SAFETY: the supervisor is single-threaded, so the child may run arbitrary code.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => {
+                drop(theirs);
+                self.slots[n].ctl = Some(ours);
+                Ok(child)
+            }
+            Ok(ForkResult::Child) => {
+                drop(ours);
+                let code = self.worker_main(n, theirs);
+                std::process::exit(code);
+            }
+            Err(e) => {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut mio::unix::SourceFd(&ours.as_raw_fd()));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The child side of a fork: becomes worker `n` and runs its loop.
+    fn worker_main(&mut self, n: usize, ctl: OwnedFd) -> i32 {
+        // Changing credentials clears the parent-death signal, so drop root first.
+        if let Err(e) = crate::daemon::drop_privileges(self.cfg.user.as_deref()) {
+            log::error!("worker {n}: {e}");
+            return EXIT_NO_RESPAWN;
+        }
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only changes this process's own attributes.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        }
+        // The supervisor may have died between fork and prctl.
+        if nix::unistd::getppid() != self.pid {
+            return 1;
+        }
+        use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2};
+        for sig in [SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2] {
+            // SAFETY: setting a disposition to default or ignore is always sound.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        // Signals meant for the pooler come through the supervisor: a terminal's Ctrl-C
+        // or a stray HUP to the process group must not end a worker on its own.
+        for sig in [SIGINT, SIGHUP, SIGUSR1, SIGUSR2] {
+            // SAFETY: as above.
+            unsafe {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+        }
+        title::set(&format!("pgbouncers: worker {n}"));
+        let mut listeners = Vec::new();
+        for l in &self.listeners.tcp[n] {
+            match l.try_clone() {
+                Ok(l) => listeners.push(ListenSocket::Tcp(l)),
+                Err(e) => {
+                    log::error!("worker {n}: {e}");
+                    return 1;
+                }
+            }
+        }
+        if let Some((l, _)) = &self.listeners.unix {
+            if let Ok(l) = l.try_clone() {
+                listeners.push(ListenSocket::Unix(l));
+            }
+        }
+        // Every other socket and channel belongs to someone else.
+        self.listeners.tcp.clear();
+        self.listeners.unix = None;
+        self.listeners.unix_path = None;
+        for s in &mut self.slots {
+            s.ctl = None;
+        }
+        let init = WorkerInit {
+            slot: n,
+            config: self.cfg.clone(),
+            userlist: self.userlist.clone(),
+            listeners,
+            mock_key: self.mock_key,
+            control: Some(ctl),
+            shm: self.shm.clone(),
+        };
+        match pgbouncers_worker::run(init) {
+            Ok(()) => 0,
+            Err(e) => {
+                log::error!("worker {n}: {e}");
+                1
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! SIGHUP: re-read and validate the config and auth file, then apply them everywhere.
+
+use crate::children::Slot;
+use crate::{listen, read_userlist, Supervisor, WORKERS_CAP};
+use pgbouncers_worker::config::{restart_required_changes, Config};
+use pgbouncers_worker::control::{Command, Snapshot};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+impl Supervisor {
+    /// Reloads: an invalid file is logged and changes nothing; a valid one reaches every
+    /// worker without dropping a connection, and `workers` changes fork or retire workers.
+    pub(crate) fn reload(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let path = self.opts.config_path.clone();
+        log::info!("got SIGHUP, reloading {}", path.display());
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        let result = self.try_reload();
+        if let Err(e) = result {
+            log::error!("reload failed, keeping the running configuration: {e}");
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
+
+    fn try_reload(&mut self) -> Result<(), String> {
+        let path = &self.opts.config_path;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cfg = Config::from_yaml_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let userlist = read_userlist(&cfg)?;
+        for key in restart_required_changes(&self.cfg, &cfg) {
+            log::warn!("{key} changed: it takes effect only after a restart");
+        }
+        let want = self
+            .opts
+            .workers
+            .unwrap_or_else(|| cfg.worker_count())
+            .clamp(1, WORKERS_CAP);
+        let snapshot = Snapshot {
+            config_yaml: text,
+            userlist: userlist.clone(),
+            hba: None,
+        };
+        let memfd = snapshot
+            .to_memfd()
+            .map_err(|e| format!("cannot pass the configuration to workers: {e}"))?;
+        if want != self.want {
+            // Sockets for new slots are bound with the addresses the workers already use.
+            self.resize(want)?;
+        }
+        self.cfg = Arc::new(cfg);
+        self.userlist = userlist;
+        for n in 0..self.slots.len() {
+            if !self.slots[n].retiring {
+                self.send(n, &Command::Reload, Some(memfd.as_raw_fd()));
+            }
+        }
+        log::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Grows or shrinks the set of workers.
+    fn resize(&mut self, want: usize) -> Result<(), String> {
+        let have = self.want;
+        if want > have {
+            let addrs = listen::addresses(&self.cfg).map_err(|e| e.to_string())?;
+            for n in have..want {
+                if n < self.slots.len() {
+                    // A slot still retiring from an earlier shrink: keep it after all.
+                    self.slots[n].retiring = false;
+                    if self.slots[n].pid.is_none() {
+                        self.slots[n].respawn_at = Some(std::time::Instant::now());
+                    }
+                    continue;
+                }
+                let socks = listen::bind_slot(&addrs).map_err(|e| e.to_string())?;
+                self.listeners.tcp.push(socks);
+                self.slots.push(Slot::new());
+            }
+            log::info!("workers: {have} -> {want}");
+        } else {
+            for n in want..have {
+                self.slots[n].retiring = true;
+                self.send(n, &Command::Shutdown, None);
+            }
+            log::info!("workers: {have} -> {want}; retiring the surplus gracefully");
+        }
+        self.want = want;
+        Ok(())
+    }
+}

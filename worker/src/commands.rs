@@ -1,0 +1,214 @@
+//! What the supervisor (or a signal) asks of a worker: reload, pause, resume and shutdown.
+
+use crate::client::{CState, Close};
+use crate::config::Config;
+use crate::control::Snapshot;
+use crate::pool::{Limits, PoolId, Target};
+use crate::server::SState;
+use crate::wire::sqlstate;
+use crate::worker::{Conn, Worker};
+use std::sync::Arc;
+
+impl Worker {
+    /// Applies a configuration the supervisor validated, without dropping any connection.
+    pub(crate) fn reload(&mut self, snap: Snapshot) {
+        let cfg = match Config::from_yaml_str(&snap.config_yaml) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("worker {}: reload refused: {e}", self.slot);
+                return;
+            }
+        };
+        self.auth.replace_userlist(snap.userlist.as_deref());
+        if cfg.pkt_buf != self.cfg.pkt_buf {
+            // Buffers of the old size are dropped as they come back.
+            self.bufs = crate::buf::BufPool::new(cfg.pkt_buf as usize, 4096);
+        }
+        if cfg.verbose != self.cfg.verbose {
+            log::set_max_level(match cfg.verbose {
+                0 => log::LevelFilter::Info,
+                1 => log::LevelFilter::Debug,
+                _ => log::LevelFilter::Trace,
+            });
+        }
+        self.cfg = Arc::new(cfg);
+        for id in 0..self.pools.list.len() {
+            self.refresh_pool(id);
+        }
+        log::info!("worker {}: configuration reloaded", self.slot);
+    }
+
+    /// Brings one pool in line with the current config: new limits apply at once; a
+    /// changed or removed database retires the pool's servers as they come free.
+    fn refresh_pool(&mut self, id: PoolId) {
+        let p = self.pools.get(id);
+        if p.obsolete {
+            return;
+        }
+        let wanted = self.cfg.database(&p.db).and_then(|r| {
+            let user = r.entry.user.clone().unwrap_or_else(|| p.user.clone());
+            // A pool's servers log in as one user; a forced user change means a new pool.
+            (r.entry.user.is_none() || user == p.user).then(|| {
+                let target = Target {
+                    host: r.entry.host.clone(),
+                    port: r.entry.port,
+                    dbname: r.dbname.clone(),
+                    user: user.clone(),
+                    password: r.entry.password.as_ref().map(|s| s.expose().to_string()),
+                };
+                let limits = Limits {
+                    mode: self.cfg.pool_mode_for(&p.db, &user),
+                    size: self.cfg.pool_size_for(&p.db, &user) as usize,
+                    min: self.cfg.min_pool_size_for(&p.db, &user) as usize,
+                    reserve: self.cfg.reserve_pool_size_for(&p.db, &user) as usize,
+                };
+                (target, limits)
+            })
+        });
+        match wanted {
+            None => {
+                log::info!(
+                    "{}/{}: database removed by reload; retiring its pool",
+                    p.db,
+                    p.user
+                );
+                self.pools.unindex(id);
+                self.pools.get_mut(id).obsolete = true;
+                self.retire_idle_servers(id);
+            }
+            Some((target, limits)) => {
+                let p = self.pools.get_mut(id);
+                p.limits = limits;
+                if p.target != target {
+                    log::info!(
+                        "{}/{}: database changed by reload; reconnecting",
+                        p.db,
+                        p.user
+                    );
+                    p.target = target;
+                    p.welcome = None;
+                    p.last_failure = None;
+                    for (_, c) in self.conns.iter_mut() {
+                        if let Conn::Server(s) = c {
+                            if s.pool == id {
+                                s.close_needed = true;
+                            }
+                        }
+                    }
+                    self.retire_idle_servers(id);
+                }
+                self.serve_waiting(id);
+            }
+        }
+    }
+
+    fn retire_idle_servers(&mut self, id: PoolId) {
+        let idle = self.pools.get(id).idle.clone();
+        for st in idle {
+            self.remove_server(st, "configuration changed");
+        }
+    }
+
+    /// PAUSE (`on`) or RESUME for one database or all. Paused pools queue new requests and
+    /// let their servers go as transactions end.
+    pub(crate) fn pause(&mut self, db: Option<&str>, on: bool) {
+        for id in 0..self.pools.list.len() {
+            let p = self.pools.get_mut(id);
+            if db.is_some_and(|d| d != p.db) {
+                continue;
+            }
+            p.paused = on;
+            if on {
+                self.retire_idle_servers(id);
+            } else {
+                while let Some(&st) = self.pools.get(id).idle.last() {
+                    let Some(ct) = self.next_waiting(id) else {
+                        break;
+                    };
+                    self.set_server_state(st, SState::Active);
+                    self.link(ct, st);
+                }
+                self.serve_waiting(id);
+            }
+        }
+        log::info!(
+            "worker {}: {} {}",
+            self.slot,
+            if on { "paused" } else { "resumed" },
+            db.unwrap_or("all databases")
+        );
+    }
+
+    /// Starts a graceful shutdown: no new clients, idle ones go now, the rest when their
+    /// transaction (session, in session pooling) ends or shutdown_timeout passes.
+    pub(crate) fn begin_shutdown(&mut self) {
+        if self.shutdown_since.is_some() {
+            return;
+        }
+        self.shutdown_since = Some(self.now);
+        self.close_listeners();
+        self.shm
+            .worker(self.slot)
+            .state
+            .store(2, std::sync::atomic::Ordering::Relaxed);
+        self.shutdown_step();
+    }
+
+    /// One step of a shutdown in progress: closes who may go now; true once nobody is left.
+    pub(crate) fn shutdown_step(&mut self) -> bool {
+        let Some(since) = self.shutdown_since else {
+            return false;
+        };
+        let timeout = self.cfg.shutdown_timeout;
+        let overdue = !timeout.is_zero() && self.now.duration_since(since) >= timeout;
+        let mut clients = Vec::new();
+        let mut servers = Vec::new();
+        for (t, c) in self.conns.iter() {
+            match c {
+                Conn::Client(c) => {
+                    let idle = match c.state {
+                        CState::Startup | CState::Auth | CState::LoginWait | CState::Idle => true,
+                        CState::Waiting => false,
+                        CState::Active => {
+                            !c.tx.in_request()
+                                && c.tx.status == b'I'
+                                && self.pools.get(c.pool.unwrap_or(0)).limits.mode
+                                    != crate::config::PoolMode::Session
+                        }
+                    };
+                    if idle || overdue {
+                        clients.push(t);
+                    }
+                }
+                Conn::Server(s) if s.state == SState::Idle || overdue => servers.push(t),
+                _ => {}
+            }
+        }
+        for t in clients {
+            self.close_client(
+                t,
+                Close::Fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "pgbouncers is shutting down".into(),
+                ),
+            );
+        }
+        for t in servers {
+            self.remove_server(t, "shutting down");
+        }
+        let any_client = self.conns.iter().any(|(_, c)| matches!(c, Conn::Client(_)));
+        if any_client {
+            return false;
+        }
+        let servers: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c, Conn::Server(_)))
+            .map(|(t, _)| t)
+            .collect();
+        for t in servers {
+            self.remove_server(t, "shutting down");
+        }
+        true
+    }
+}

@@ -1,0 +1,383 @@
+//! The control channel between the supervisor and a worker: typed messages, one per record.
+//!
+//! Each worker slot has a SOCK_SEQPACKET socketpair; a record is one message, so nothing is
+//! ever half-read. A reload carries the validated configuration as a sealed-in-memory file
+//! (memfd) passed with SCM_RIGHTS, so every worker applies exactly the text the supervisor
+//! checked, however the files on disk change meanwhile.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Largest message either side sends.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Supervisor to worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Apply the snapshot in the attached file descriptor.
+    Reload,
+    Pause(Option<String>),
+    Resume(Option<String>),
+    /// Stop accepting, let transactions (sessions in session mode) finish, then exit.
+    Shutdown,
+    /// A CancelRequest another worker received for one of this worker's clients.
+    Cancel {
+        pid: u32,
+        key: u32,
+    },
+}
+
+/// Worker to supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// A CancelRequest for a key this worker did not hand out: route it by slot.
+    Cancel { pid: u32, key: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub &'static str);
+
+impl Command {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Command::Reload => out.push(1),
+            Command::Pause(db) => {
+                out.push(2);
+                put_opt_str(out, db.as_deref());
+            }
+            Command::Resume(db) => {
+                out.push(3);
+                put_opt_str(out, db.as_deref());
+            }
+            Command::Shutdown => out.push(4),
+            Command::Cancel { pid, key } => {
+                out.push(5);
+                out.extend_from_slice(&pid.to_be_bytes());
+                out.extend_from_slice(&key.to_be_bytes());
+            }
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Command, DecodeError> {
+        let (&tag, rest) = buf.split_first().ok_or(DecodeError("empty message"))?;
+        let mut r = Reader(rest);
+        let cmd = match tag {
+            1 => Command::Reload,
+            2 => Command::Pause(r.opt_str()?),
+            3 => Command::Resume(r.opt_str()?),
+            4 => Command::Shutdown,
+            5 => Command::Cancel {
+                pid: r.u32()?,
+                key: r.u32()?,
+            },
+            _ => return Err(DecodeError("unknown command")),
+        };
+        r.end()?;
+        Ok(cmd)
+    }
+}
+
+impl Report {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Report::Cancel { pid, key } => {
+                out.push(1);
+                out.extend_from_slice(&pid.to_be_bytes());
+                out.extend_from_slice(&key.to_be_bytes());
+            }
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Report, DecodeError> {
+        let (&tag, rest) = buf.split_first().ok_or(DecodeError("empty message"))?;
+        let mut r = Reader(rest);
+        let rep = match tag {
+            1 => Report::Cancel {
+                pid: r.u32()?,
+                key: r.u32()?,
+            },
+            _ => return Err(DecodeError("unknown report")),
+        };
+        r.end()?;
+        Ok(rep)
+    }
+}
+
+/// What a reload hands every worker: the validated config and the files it names.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub config_yaml: String,
+    pub userlist: Option<String>,
+    pub hba: Option<String>,
+}
+
+impl Snapshot {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_long_str(&mut out, Some(&self.config_yaml));
+        put_long_str(&mut out, self.userlist.as_deref());
+        put_long_str(&mut out, self.hba.as_deref());
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Snapshot, DecodeError> {
+        let mut r = Reader(buf);
+        let config_yaml = r.long_str()?.ok_or(DecodeError("no config"))?;
+        let userlist = r.long_str()?;
+        let hba = r.long_str()?;
+        r.end()?;
+        Ok(Snapshot {
+            config_yaml,
+            userlist,
+            hba,
+        })
+    }
+
+    /// Writes the snapshot into an anonymous in-memory file, rewound for reading.
+    pub fn to_memfd(&self) -> io::Result<OwnedFd> {
+        use std::io::{Seek, Write};
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"pgbouncers-reload".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned by nothing else.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        f.write_all(&self.encode())?;
+        f.seek(io::SeekFrom::Start(0))?;
+        Ok(f.into())
+    }
+
+    /// Reads a snapshot from the start of `fd`. Every worker gets the same open file, so
+    /// positioned reads are used: a shared file offset must not be moved.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Snapshot> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::from(fd);
+        let len = f.metadata()?.len() as usize;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, 0)?;
+        Snapshot::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))
+    }
+}
+
+fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            let s = &s.as_bytes()[..s.len().min(255)];
+            out.push(1);
+            out.push(s.len() as u8);
+            out.extend_from_slice(s);
+        }
+    }
+}
+
+fn put_long_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
+        Some(s) => {
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError("truncated message"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn opt_str(&mut self) -> Result<Option<String>, DecodeError> {
+        match self.take(1)?[0] {
+            0 => Ok(None),
+            1 => {
+                let n = self.take(1)?[0] as usize;
+                let s = self.take(n)?;
+                Ok(Some(
+                    String::from_utf8(s.to_vec()).map_err(|_| DecodeError("bad string"))?,
+                ))
+            }
+            _ => Err(DecodeError("bad option tag")),
+        }
+    }
+
+    fn long_str(&mut self) -> Result<Option<String>, DecodeError> {
+        let n = self.u32()?;
+        if n == u32::MAX {
+            return Ok(None);
+        }
+        let s = self.take(n as usize)?;
+        Ok(Some(
+            String::from_utf8(s.to_vec()).map_err(|_| DecodeError("bad string"))?,
+        ))
+    }
+
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError("trailing bytes"))
+        }
+    }
+}
+
+/// Sends one message, with a file descriptor attached when given. WouldBlock is returned
+/// as an error for the caller to retry later.
+pub fn send(sock: RawFd, msg: &[u8], fd: Option<RawFd>) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [io::IoSlice::new(msg)];
+    let fds;
+    let cmsgs: &[ControlMessage] = match fd {
+        Some(f) => {
+            fds = [f];
+            &[ControlMessage::ScmRights(&fds)]
+        }
+        None => &[],
+    };
+    sendmsg::<()>(
+        sock,
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(|_| ())
+    .map_err(io::Error::from)
+}
+
+/// Receives one message into `buf` and any file descriptor that came with it.
+/// Ok(None) when nothing is waiting.
+pub fn recv(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Option<OwnedFd>)>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = match recvmsg::<()>(
+        sock,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
+        Ok(m) => m,
+        Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+        Err(nix::errno::Errno::EINTR) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut fd = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for f in fds {
+                    // SAFETY: the kernel just installed this descriptor for us.
+                    let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+        }
+    }
+    let n = msg.bytes;
+    if n == 0 && fd.is_none() {
+        // A zero-length record means the peer closed its end.
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Some((n, fd)))
+}
+
+/// A nonblocking, close-on-exec SOCK_SEQPACKET socketpair: (supervisor end, worker end).
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into the array; the result is checked.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The raw descriptor of anything that has one (for `send`/`recv`).
+pub fn raw<T: AsRawFd>(t: &T) -> RawFd {
+    t.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip() {
+        for c in [
+            Command::Reload,
+            Command::Pause(None),
+            Command::Pause(Some("app".into())),
+            Command::Resume(Some("x".into())),
+            Command::Shutdown,
+            Command::Cancel { pid: 7, key: 9 },
+        ] {
+            let mut b = Vec::new();
+            c.encode(&mut b);
+            assert_eq!(Command::decode(&b), Ok(c));
+        }
+        let mut b = Vec::new();
+        Report::Cancel { pid: 1, key: 2 }.encode(&mut b);
+        assert_eq!(Report::decode(&b), Ok(Report::Cancel { pid: 1, key: 2 }));
+        assert!(Command::decode(&[9]).is_err());
+        assert!(Command::decode(&[5, 0, 0]).is_err());
+        assert!(Command::decode(&[4, 0]).is_err());
+    }
+
+    #[test]
+    fn snapshot_travels_through_memfd_and_socketpair() {
+        let snap = Snapshot {
+            config_yaml: "listen_port: 1\n".into(),
+            userlist: Some("\"a\" \"b\"\n".into()),
+            hba: None,
+        };
+        let (a, b) = pair().unwrap();
+        let memfd = snap.to_memfd().unwrap();
+        let mut msg = Vec::new();
+        Command::Reload.encode(&mut msg);
+        send(a.as_raw_fd(), &msg, Some(memfd.as_raw_fd())).unwrap();
+        drop(memfd);
+        let mut buf = [0u8; MAX_MESSAGE];
+        let (n, fd) = recv(b.as_raw_fd(), &mut buf).unwrap().unwrap();
+        assert_eq!(Command::decode(&buf[..n]), Ok(Command::Reload));
+        let fd = fd.unwrap();
+        // Several workers read the same open file: each read starts at offset 0.
+        let again = fd.try_clone().unwrap();
+        assert_eq!(Snapshot::from_fd(fd).unwrap(), snap);
+        assert_eq!(Snapshot::from_fd(again).unwrap(), snap);
+        assert!(recv(b.as_raw_fd(), &mut buf).unwrap().is_none());
+        drop(a);
+        assert!(recv(b.as_raw_fd(), &mut buf).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic(buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = Command::decode(&buf);
+            let _ = Report::decode(&buf);
+            let _ = Snapshot::decode(&buf);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Counters: kept as plain numbers on the hot path, published to shared memory each tick.
+
+use crate::pool::Pools;
+use crate::shm::{bump, Shm};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Per-pool counters in PgBouncer's SHOW STATS terms.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PoolStats {
+    pub xact_count: u64,
+    pub query_count: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub xact_time_us: u64,
+    pub query_time_us: u64,
+    pub wait_time_us: u64,
+    pub server_assignments: u64,
+}
+
+impl PoolStats {
+    fn add(&mut self, o: &PoolStats) {
+        self.xact_count += o.xact_count;
+        self.query_count += o.query_count;
+        self.bytes_received += o.bytes_received;
+        self.bytes_sent += o.bytes_sent;
+        self.xact_time_us += o.xact_time_us;
+        self.query_time_us += o.query_time_us;
+        self.wait_time_us += o.wait_time_us;
+        self.server_assignments += o.server_assignments;
+    }
+}
+
+/// Worker-wide counters that are not per pool.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub accepts: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl WorkerStats {
+    /// Marks the slot as running under this process.
+    pub fn started(&self, shm: &Shm, slot: usize) {
+        let w = shm.worker(slot);
+        w.pid.store(std::process::id() as i32, Relaxed);
+        w.state.store(1, Relaxed);
+        w.started.store(unix_now(), Relaxed);
+        bump(&w.generation, 1);
+        w.heartbeat.store(unix_now(), Relaxed);
+    }
+
+    /// Publishes every counter. Totals are stored, not added, so a flush is idempotent.
+    pub fn flush(&self, shm: &Shm, slot: usize, pools: &Pools) {
+        let w = shm.worker(slot);
+        let mut total = PoolStats::default();
+        let mut by_db: HashMap<usize, PoolStats> = HashMap::new();
+        let mut servers = 0u64;
+        for p in &pools.list {
+            total.add(&p.stats);
+            servers += p.total() as u64;
+            if let Some(i) = p.db_idx {
+                by_db.entry(i).or_default().add(&p.stats);
+            }
+        }
+        w.accepts.store(self.accepts, Relaxed);
+        w.transactions.store(total.xact_count, Relaxed);
+        w.queries.store(total.query_count, Relaxed);
+        w.bytes_received.store(total.bytes_received, Relaxed);
+        w.bytes_sent.store(total.bytes_sent, Relaxed);
+        w.wait_us.store(total.wait_time_us, Relaxed);
+        w.servers.store(servers, Relaxed);
+        w.heartbeat.store(unix_now(), Relaxed);
+        for (i, s) in by_db {
+            let d = shm.db_stats(slot, i);
+            d.xact_count.store(s.xact_count, Relaxed);
+            d.query_count.store(s.query_count, Relaxed);
+            d.bytes_received.store(s.bytes_received, Relaxed);
+            d.bytes_sent.store(s.bytes_sent, Relaxed);
+            d.xact_time_us.store(s.xact_time_us, Relaxed);
+            d.query_time_us.store(s.query_time_us, Relaxed);
+            d.wait_time_us.store(s.wait_time_us, Relaxed);
+            d.server_assignments.store(s.server_assignments, Relaxed);
+        }
+    }
+}
