@@ -19,6 +19,8 @@ const MAX_AUTH_MESSAGE: usize = 8192;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CState {
+    /// Reading a PROXY header; believed only when `trusted`.
+    Proxy { trusted: bool },
     /// Reading the startup packet (or an SSL/GSS/cancel request before it).
     Startup,
     /// Exchanging password or SASL messages.
@@ -65,7 +67,10 @@ pub(crate) struct Client {
     pub id: u64,
     pub io: Stream,
     pub state: CState,
+    /// The client's address: the socket peer, or the source of a trusted PROXY header.
     pub peer: Peer,
+    /// The socket peer itself (the proxy, when a PROXY header was believed).
+    pub via: Option<SocketAddr>,
     pub user: Box<str>,
     pub db: Box<str>,
     pub pool: Option<PoolId>,
@@ -125,6 +130,17 @@ impl Worker {
                 let _ = socket2::SockRef::from(s).set_keepalive(true);
             }
         }
+        let state = match self.proxy_admission(peer) {
+            crate::proxy::Admission::Direct => CState::Startup,
+            crate::proxy::Admission::Header { trusted } => CState::Proxy { trusted },
+            crate::proxy::Admission::Refuse => {
+                let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+                log::warn!("connection from untrusted peer {peer} refused: proxy_protocol is required (spoofing attempt?)");
+                self.stats.proxy_rejected[crate::proxy::Rejection::Untrusted as usize] += 1;
+                sock.shutdown();
+                return;
+            }
+        };
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -142,8 +158,9 @@ impl Worker {
         let client = Client {
             id,
             io,
-            state: CState::Startup,
+            state,
             peer: peer.map(Peer::Tcp).unwrap_or(Peer::Unix),
+            via: peer,
             user: "".into(),
             db: "".into(),
             pool: None,
@@ -172,7 +189,9 @@ impl Worker {
     pub(crate) fn drive_client(&mut self, ct: usize) {
         let Some(c) = self.client(ct) else { return };
         match c.state {
-            CState::Startup | CState::Auth | CState::LoginWait => self.login_io(ct),
+            CState::Proxy { .. } | CState::Startup | CState::Auth | CState::LoginWait => {
+                self.login_io(ct)
+            }
             CState::Idle | CState::Waiting => self.unlinked_io(ct),
             CState::Active => {
                 if let Some(st) = c.server {
@@ -229,6 +248,7 @@ impl Worker {
             return Step::Done;
         };
         match c.state {
+            CState::Proxy { .. } => self.proxy_step(ct),
             CState::Startup => {
                 let (packet, n) = match startup::decode(c.io.rbuf.bytes()) {
                     Ok(Some(p)) => p,
@@ -623,7 +643,15 @@ impl Worker {
         };
         c.pool = Some(pool);
         if self.cfg.log_connections {
-            log::info!("{}: login attempt: db={db} user={user}", c.name());
+            let via = match (c.via, c.peer) {
+                (Some(v), Peer::Tcp(p)) if v != p => format!(" via={v}"),
+                _ => String::new(),
+            };
+            log::info!(
+                "{}: login attempt: db={db} user={user}{via} worker={}",
+                c.name(),
+                self.slot
+            );
         }
         let p = self.pools.get_mut(pool);
         if p.welcome.is_some() {
@@ -778,7 +806,7 @@ impl Worker {
     }
 }
 
-enum Step {
+pub(crate) enum Step {
     /// Something was handled; look again.
     Again,
     /// A whole message is not there yet.

@@ -167,7 +167,11 @@ impl Worker {
             match c {
                 Conn::Client(c) => {
                     let idle = match c.state {
-                        CState::Startup | CState::Auth | CState::LoginWait | CState::Idle => true,
+                        CState::Proxy { .. }
+                        | CState::Startup
+                        | CState::Auth
+                        | CState::LoginWait
+                        | CState::Idle => true,
                         CState::Waiting => false,
                         CState::Active => {
                             !c.tx.in_request()

@@ -13,6 +13,7 @@ fn expired(since: Instant, limit: Duration, now: Instant) -> bool {
 }
 
 pub(crate) enum Action {
+    ProxyTimeout(usize),
     Client(usize, &'static str),
     Server(usize, &'static str),
     ServerLogin(usize),
@@ -31,6 +32,11 @@ impl Worker {
                 Conn::Client(c) => {
                     let mode = c.pool.map(|p| self.pools.get(p).limits.mode);
                     match c.state {
+                        CState::Proxy { .. } => {
+                            if expired(c.connect_time, cfg.proxy_header_timeout, now) {
+                                actions.push(Action::ProxyTimeout(t));
+                            }
+                        }
                         CState::Startup | CState::Auth | CState::LoginWait => {
                             if expired(c.connect_time, cfg.client_login_timeout, now) {
                                 actions.push(Action::Client(t, "client_login_timeout"));
@@ -104,6 +110,11 @@ impl Worker {
         }
         for a in actions.drain(..) {
             match a {
+                Action::ProxyTimeout(t) => self.proxy_reject(
+                    t,
+                    crate::proxy::Rejection::Timeout,
+                    "no complete PROXY header within proxy_header_timeout".into(),
+                ),
                 Action::Client(t, why) => self.close_client(
                     t,
                     Close::Fatal(sqlstate::PROTOCOL_VIOLATION, why.to_string()),

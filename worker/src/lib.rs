@@ -12,6 +12,7 @@ mod janitor;
 mod link;
 pub mod params;
 mod pool;
+mod proxy;
 pub mod proxy_header;
 pub mod relay;
 mod server;

@@ -36,6 +36,9 @@ impl PoolStats {
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub accepts: u64,
+    pub proxy_accepted: u64,
+    /// Indexed by `proxy::Rejection`.
+    pub proxy_rejected: [u64; 4],
 }
 
 fn unix_now() -> u64 {

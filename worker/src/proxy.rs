@@ -1,0 +1,121 @@
+//! The PROXY header at the start of a client connection: who may send one, reading it in
+//! the connection's own buffer, and taking the real client address from it.
+//!
+//! A header is believed only from a `proxy_trusted` peer. With `required`, a trusted peer
+//! must send one and anyone else is refused; with `optional`, trusted peers may send one
+//! and everyone else connects directly, but a header from an untrusted peer is always
+//! refused. Bad headers and timeouts close the connection without PostgreSQL bytes: the
+//! peer is a proxy, not a PostgreSQL client.
+
+use crate::client::{CState, Close, Peer, Step};
+use crate::config::ProxyProtocol;
+use crate::proxy_header::{self, Decoded};
+use crate::worker::{Conn, Worker};
+use std::net::SocketAddr;
+
+/// How a new connection starts, decided from its socket peer.
+pub(crate) enum Admission {
+    /// No PROXY header is expected: read the PostgreSQL startup packet.
+    Direct,
+    /// Read a PROXY header first; `trusted` says whether it may be believed.
+    Header { trusted: bool },
+    /// Refused at once: `required` and the peer is not trusted.
+    Refuse,
+}
+
+/// Why a PROXY header was refused, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Untrusted,
+    Missing,
+    Invalid,
+    Timeout,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Untrusted => "untrusted",
+            Rejection::Missing => "missing",
+            Rejection::Invalid => "invalid",
+            Rejection::Timeout => "timeout",
+        }
+    }
+}
+
+impl Worker {
+    pub(crate) fn proxy_admission(&self, peer: Option<SocketAddr>) -> Admission {
+        let Some(peer) = peer else {
+            // Unix-socket clients are local: there is no proxy in between.
+            return Admission::Direct;
+        };
+        let trusted = self.cfg.proxy_trusted.iter().any(|c| c.contains(peer.ip()));
+        match self.cfg.proxy_protocol {
+            ProxyProtocol::Off => Admission::Direct,
+            ProxyProtocol::Required if !trusted => Admission::Refuse,
+            ProxyProtocol::Required | ProxyProtocol::Optional => Admission::Header { trusted },
+        }
+    }
+
+    /// Reads the header from the buffered bytes; the bytes after it stay for the
+    /// startup packet.
+    pub(crate) fn proxy_step(&mut self, ct: usize) -> Step {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return Step::Done;
+        };
+        let CState::Proxy { trusted } = c.state else {
+            return Step::Done;
+        };
+        let required = self.cfg.proxy_protocol == ProxyProtocol::Required;
+        match proxy_header::decode(c.io.rbuf.bytes(), self.cfg.proxy_max_header as usize) {
+            Ok(Decoded::NeedMore) => Step::Wait,
+            Ok(Decoded::NotProxy) if required => {
+                self.proxy_reject(
+                    ct,
+                    Rejection::Missing,
+                    "no PROXY header from a trusted peer".into(),
+                );
+                Step::Done
+            }
+            Ok(Decoded::NotProxy) => {
+                c.state = CState::Startup;
+                Step::Again
+            }
+            Ok(Decoded::Header { .. }) if !trusted => {
+                self.proxy_reject(
+                    ct,
+                    Rejection::Untrusted,
+                    "PROXY header from an untrusted peer (spoofing attempt?)".into(),
+                );
+                Step::Done
+            }
+            Ok(Decoded::Header { header, consumed }) => {
+                c.io.rbuf.consume(consumed);
+                if let Some(src) = header.source() {
+                    c.peer = Peer::Tcp(src);
+                }
+                c.state = CState::Startup;
+                self.stats.proxy_accepted += 1;
+                Step::Again
+            }
+            Err(e) => {
+                self.proxy_reject(ct, Rejection::Invalid, format!("invalid PROXY header: {e}"));
+                Step::Done
+            }
+        }
+    }
+
+    /// Refuses a connection at the PROXY stage: logged, counted, closed without a word.
+    pub(crate) fn proxy_reject(&mut self, ct: usize, why: Rejection, detail: String) {
+        if let Some(c) = self.client(ct) {
+            let via = c.via.map(|a| a.to_string()).unwrap_or_default();
+            log::warn!(
+                "C-{} from {via}: PROXY header refused ({}): {detail}",
+                c.id,
+                why.as_str()
+            );
+        }
+        self.stats.proxy_rejected[why as usize] += 1;
+        self.close_client(ct, Close::Quiet("PROXY header refused"));
+    }
+}
