@@ -8,6 +8,7 @@
 //! All of it is sans-IO except [`Userlist::load`], which reads the file. Secrets
 //! never appear in `Debug` output.
 
+pub mod hba;
 pub mod md5;
 pub mod scram;
 pub mod userlist;
