@@ -51,7 +51,9 @@ fn main() {
         }
     };
     if args.check {
-        if let Err(e) = pgbouncers_supervisor::read_userlist(&cfg) {
+        let files = pgbouncers_supervisor::read_userlist(&cfg)
+            .and_then(|_| pgbouncers_supervisor::read_hba(&cfg));
+        if let Err(e) = files {
             eprintln!("pgbouncers: {e}");
             std::process::exit(1);
         }

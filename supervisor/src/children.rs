@@ -211,6 +211,7 @@ impl Supervisor {
             slot: n,
             config: self.cfg.clone(),
             userlist: self.userlist.clone(),
+            hba: self.hba.clone(),
             listeners,
             mock_key: self.mock_key,
             control: Some(ctl),

@@ -39,6 +39,8 @@ struct Supervisor {
     cfg: Arc<Config>,
     /// The auth file's text as last validated, handed to workers.
     userlist: Option<String>,
+    /// The hba file's text as last validated.
+    hba: Option<String>,
     listeners: listen::Listeners,
     slots: Vec<Slot>,
     /// How many slots should run; slots past it are retiring.
@@ -62,10 +64,21 @@ pub fn read_userlist(cfg: &Config) -> Result<Option<String>, String> {
     Ok(Some(text))
 }
 
+/// Reads the hba file a config names (for `auth_type: hba`); its text goes to every worker.
+pub fn read_hba(cfg: &Config) -> Result<Option<String>, String> {
+    let Some(path) = cfg.auth_hba_file.as_deref() else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("auth_hba_file {path}: {e}"))?;
+    pgbouncers_worker::auth::hba::Hba::parse(&text)
+        .map_err(|e| format!("auth_hba_file {path}: {e}"))?;
+    Ok(Some(text))
+}
+
 /// Runs the pooler: returns the process exit code.
 pub fn run(opts: Options, cfg: Config) -> i32 {
-    let userlist = match read_userlist(&cfg) {
-        Ok(u) => u,
+    let (userlist, hba) = match read_userlist(&cfg).and_then(|u| Ok((u, read_hba(&cfg)?))) {
+        Ok(x) => x,
         Err(e) => {
             log::error!("{e}");
             return 1;
@@ -111,6 +124,7 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
         opts,
         cfg: Arc::new(cfg),
         userlist,
+        hba,
         listeners,
         slots: Vec::new(),
         want: workers,

@@ -1,7 +1,7 @@
 //! SIGHUP: re-read and validate the config and auth file, then apply them everywhere.
 
 use crate::children::Slot;
-use crate::{listen, read_userlist, Supervisor, WORKERS_CAP};
+use crate::{listen, read_hba, read_userlist, Supervisor, WORKERS_CAP};
 use pgbouncers_worker::config::{restart_required_changes, Config};
 use pgbouncers_worker::control::{Command, Snapshot};
 use std::os::fd::AsRawFd;
@@ -29,6 +29,7 @@ impl Supervisor {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let cfg = Config::from_yaml_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let userlist = read_userlist(&cfg)?;
+        let hba = read_hba(&cfg)?;
         for key in restart_required_changes(&self.cfg, &cfg) {
             log::warn!("{key} changed: it takes effect only after a restart");
         }
@@ -40,7 +41,7 @@ impl Supervisor {
         let snapshot = Snapshot {
             config_yaml: text,
             userlist: userlist.clone(),
-            hba: None,
+            hba: hba.clone(),
         };
         let memfd = snapshot
             .to_memfd()
@@ -51,6 +52,7 @@ impl Supervisor {
         }
         self.cfg = Arc::new(cfg);
         self.userlist = userlist;
+        self.hba = hba;
         for n in 0..self.slots.len() {
             if !self.slots[n].retiring {
                 self.send(n, &Command::Reload, Some(memfd.as_raw_fd()));

@@ -1,7 +1,7 @@
 //! Client connections: the opening packet, authentication, login and closing.
 
+use crate::access::Method;
 use crate::auth::{Nonce, ScramServer, Secret};
-use crate::config::AuthType;
 use crate::params::{self, Params};
 use crate::pool::PoolId;
 use crate::relay::{Scan, TxState};
@@ -85,6 +85,8 @@ pub(crate) struct Client {
     pub since: Instant,
     /// When the request in flight was sent.
     pub request_time: Instant,
+    /// When the transaction in flight began.
+    pub xact_start: Instant,
     pub auth: Option<AuthStep>,
     /// Holds a place in the pooler-wide client count (max_client_conn).
     pub counted: bool,
@@ -172,6 +174,7 @@ impl Worker {
             connect_time: self.now,
             since: self.now,
             request_time: self.now,
+            xact_start: self.now,
             auth: None,
             counted: false,
         };
@@ -455,38 +458,26 @@ impl Worker {
             return;
         };
         let user = c.user.to_string();
-        let has_file = self.cfg.auth_file.is_some();
-        let secret_kind = self.auth.secret(&user).map(|s| match s {
-            Secret::Plain(_) => 0,
-            Secret::Md5(_) => 1,
-            Secret::Scram(_) => 2,
-        });
-        let step = match self.cfg.auth_type {
-            AuthType::Hba => {
-                let msg = "auth_type hba is not supported yet".to_string();
-                return self.close_client(ct, Close::Fatal(sqlstate::FEATURE_NOT_SUPPORTED, msg));
-            }
-            AuthType::Trust => {
-                if has_file && secret_kind.is_none() {
-                    // PgBouncer: with trust the user must still be in the auth file.
-                    None
-                } else {
-                    return self.client_authenticated(ct);
-                }
-            }
-            AuthType::Plain => Some(AuthStep::Cleartext),
-            AuthType::Md5 if secret_kind != Some(2) => match crate::auth::md5_random_salt() {
-                Ok(salt) => Some(AuthStep::Md5 { salt }),
-                Err(_) => None,
-            },
-            AuthType::Md5 | AuthType::ScramSha256 => None,
+        let method = match self.auth_method(ct) {
+            Ok(m) => m,
+            Err(why) => return self.close_client(ct, why),
         };
-        let step = match step {
-            Some(s) => s,
-            None if matches!(self.cfg.auth_type, AuthType::Trust) => {
-                return self.auth_failed(ct);
+        let scram_stored = matches!(self.auth.secret(&user), Some(Secret::Scram(_)));
+        let step = match method {
+            Method::Trust { listed } => {
+                // PgBouncer: with auth_type trust the user must still be in the auth file.
+                if listed && self.auth.secret(&user).is_none() {
+                    return self.auth_failed(ct);
+                }
+                return self.client_authenticated(ct);
             }
-            None => {
+            Method::Cleartext => AuthStep::Cleartext,
+            // As in PostgreSQL, md5 with a SCRAM secret stored means a SCRAM exchange.
+            Method::Md5 if !scram_stored => match crate::auth::md5_random_salt() {
+                Ok(salt) => AuthStep::Md5 { salt },
+                Err(_) => return self.auth_failed(ct),
+            },
+            Method::Md5 | Method::Scram => {
                 let nonce = match Nonce::random() {
                     Ok(n) => n,
                     Err(_) => return self.auth_failed(ct),

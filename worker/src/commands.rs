@@ -20,6 +20,7 @@ impl Worker {
             }
         };
         self.auth.replace_userlist(snap.userlist.as_deref());
+        self.hba = crate::worker::parse_hba(snap.hba.as_deref());
         if cfg.pkt_buf != self.cfg.pkt_buf {
             // Buffers of the old size are dropped as they come back.
             self.bufs = crate::buf::BufPool::new(cfg.pkt_buf as usize, 4096);

@@ -87,7 +87,7 @@ impl Worker {
                             actions.push(Action::Server(t, "obsolete connection"));
                         } else if p.waiting.is_empty() && self.others_starved(s.pool) {
                             actions.push(Action::Server(t, "released for another worker"));
-                        } else if expired(s.connect_time, cfg.server_lifetime, now) {
+                        } else if s.lifetime_over(cfg.server_lifetime, now) {
                             actions.push(Action::Server(t, "server lifetime over"));
                         } else if expired(s.since, cfg.server_idle_timeout, now)
                             && p.total() > p.limits.min

@@ -1,5 +1,6 @@
 //! Everything that runs inside one pgbouncers worker process: codecs, auth, pools and the event loop.
 
+mod access;
 pub mod auth;
 mod auth_cache;
 pub mod buf;

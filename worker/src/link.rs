@@ -75,12 +75,18 @@ impl Worker {
         let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
             return;
         };
+        if let Some(pool) = c.pool {
+            let stats = &mut self.pools.get_mut(pool).stats;
+            stats.server_assignments += 1;
+            stats.wait_time_us += micros(self.now, c.since);
+        }
         c.server = Some(st);
         c.state = CState::Active;
         c.since = self.now;
         c.tx = TxState::new();
         c.scan = Scan::default();
         s.client = Some(ct);
+        s.used = true;
         s.scan = Scan::default();
         s.release_pending = false;
         let mut sql = String::new();
@@ -94,10 +100,10 @@ impl Worker {
 
     /// Moves bytes both ways between a linked client and server until neither can move.
     pub(crate) fn pump(&mut self, ct: usize, st: usize) {
-        let mode = match self.client(ct).and_then(|c| c.pool) {
-            Some(p) => self.pools.get(p).limits.mode,
-            None => return,
+        let Some(pool) = self.client(ct).and_then(|c| c.pool) else {
+            return;
         };
+        let mode = self.pools.get(pool).limits.mode;
         let max_packet = self.cfg.max_packet_size as usize;
         for _ in 0..PUMP_ROUNDS {
             let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
@@ -111,6 +117,7 @@ impl Worker {
                     match stream::forward(&mut c.io, &mut s.io, c.scan.ready) {
                         Ok(n) => {
                             c.scan.sent(n);
+                            self.pools.get_mut(pool).stats.bytes_received += n as u64;
                             progress |= n > 0;
                         }
                         Err(_) => return self.remove_server(st, "server connection broken"),
@@ -139,6 +146,9 @@ impl Worker {
                 );
                 if was_idle && c.tx.in_request() {
                     c.request_time = self.now;
+                    if c.tx.status == b'I' {
+                        c.xact_start = self.now;
+                    }
                 }
                 progress |= c.scan.ready > before;
                 match verdict {
@@ -171,6 +181,7 @@ impl Worker {
                     match stream::forward(&mut s.io, &mut c.io, s.scan.ready) {
                         Ok(n) => {
                             s.scan.sent(n);
+                            self.pools.get_mut(pool).stats.bytes_sent += n as u64;
                             progress |= n > 0;
                         }
                         Err(e) => {
@@ -207,6 +218,14 @@ impl Worker {
                     }
                     FromServer::ReadyForQuery => {
                         c.since = self.now;
+                        let st = &mut self.pools.get_mut(pool).stats;
+                        st.query_count += 1;
+                        st.query_time_us += micros(self.now, c.request_time);
+                        c.request_time = self.now;
+                        if c.tx.status == b'I' {
+                            st.xact_count += 1;
+                            st.xact_time_us += micros(self.now, c.xact_start);
+                        }
                         if mode == PoolMode::Session {
                             continue;
                         }
@@ -218,6 +237,10 @@ impl Worker {
                         if mode == PoolMode::Statement && c.tx.expected == 0 && c.tx.status != b'I'
                         {
                             let msg = "transaction blocks not allowed in statement pooling mode";
+                            // The server's answer opens a transaction the client may not
+                            // have: drop it, tell the client why, and let the server go.
+                            s.io.rbuf.consume(s.scan.ready);
+                            s.scan = Scan::default();
                             s.close_needed = true;
                             return self.close_client(
                                 ct,
@@ -318,4 +341,8 @@ impl Worker {
             self.server_ready(st);
         }
     }
+}
+
+fn micros(now: std::time::Instant, since: std::time::Instant) -> u64 {
+    now.saturating_duration_since(since).as_micros() as u64
 }

@@ -91,12 +91,23 @@ pub(crate) struct Server {
     pub addr: ServerAddr,
     /// A reload changed the database: close instead of reusing.
     pub close_needed: bool,
+    /// Has served a client (for server_lifetime 0: use each connection once).
+    pub used: bool,
     login: Option<Box<Login>>,
     /// Shared-memory places this server holds (database, user), given back when it closes.
     holds: (Option<usize>, Option<usize>),
 }
 
 impl Server {
+    /// server_lifetime: connected longer than the limit, or used once when it is 0.
+    pub fn lifetime_over(&self, lifetime: std::time::Duration, now: Instant) -> bool {
+        if lifetime.is_zero() {
+            self.used
+        } else {
+            now.duration_since(self.connect_time) >= lifetime
+        }
+    }
+
     pub fn name(&self, w: &Worker) -> String {
         let p = w.pools.get(self.pool);
         format!("S-{}: {}/{}@{}", self.id, p.db, p.user, self.addr)
@@ -207,6 +218,7 @@ impl Worker {
             since: self.now,
             addr,
             close_needed: false,
+            used: false,
             login: Some(Box::new(Login {
                 creds,
                 scram: None,
@@ -484,8 +496,10 @@ impl Worker {
     pub(crate) fn server_login_failed(&mut self, st: usize, err: ErrorFields) {
         let Some(s) = self.server(st) else { return };
         let pool = s.pool;
+        // Record the failure first: removing the server looks for waiting clients, and
+        // must not start a new login inside server_login_retry.
+        self.pool_login_failed(pool, err.clone());
         self.remove_server(st, &format!("login failed: {}", err.message()));
-        self.pool_login_failed(pool, err);
     }
 
     /// A server login failed: clients waiting for their greeting get the error.
@@ -511,7 +525,7 @@ impl Worker {
         if s.close_needed || self.pools.get(pool).obsolete {
             return self.remove_server(st, "obsolete connection");
         }
-        if !lifetime.is_zero() && self.now.duration_since(s.connect_time) >= lifetime {
+        if s.lifetime_over(lifetime, self.now) {
             return self.remove_server(st, "server lifetime over");
         }
         if !s.io.rbuf.is_empty() {

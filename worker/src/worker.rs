@@ -41,6 +41,8 @@ pub struct WorkerInit {
     pub config: Arc<Config>,
     /// The auth file's content as the supervisor read and checked it.
     pub userlist: Option<String>,
+    /// The hba file's content, likewise.
+    pub hba: Option<String>,
     pub listeners: Vec<ListenSocket>,
     /// Key for mock SCRAM exchanges; the same in every worker so salts never vary.
     pub mock_key: [u8; 32],
@@ -71,6 +73,8 @@ pub struct Worker {
     pub(crate) bufs: BufPool,
     pub(crate) cfg: Arc<Config>,
     pub(crate) auth: AuthCache,
+    /// auth_hba_file rules, for auth_type hba.
+    pub(crate) hba: crate::auth::hba::Hba,
     /// Cancel keys handed to clients: (pid << 32 | key) -> (token, client id).
     pub(crate) cancel_keys: HashMap<u64, (usize, u64)>,
     pub(crate) next_id: u64,
@@ -135,6 +139,7 @@ impl Worker {
             bufs: BufPool::new(cfg.pkt_buf as usize, 4096),
             cfg,
             auth,
+            hba: parse_hba(init.hba.as_deref()),
             cancel_keys: HashMap::new(),
             next_id: 1,
             now,
@@ -372,6 +377,18 @@ impl Worker {
         let id = self.next_id;
         self.next_id += 1;
         id
+    }
+}
+
+/// The hba rules from text the supervisor validated; none at all refuses everyone.
+pub(crate) fn parse_hba(text: Option<&str>) -> crate::auth::hba::Hba {
+    match text.map(crate::auth::hba::Hba::parse) {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => {
+            log::error!("hba file does not parse: {e}");
+            Default::default()
+        }
+        None => Default::default(),
     }
 }
 

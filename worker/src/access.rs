@@ -1,0 +1,130 @@
+//! Which authentication a connection gets: from `auth_type`, or per connection from the
+//! hba file matched against the real client address (after any PROXY header).
+
+use crate::auth::hba::{HbaConn, HbaConnKind, Method as HbaMethod};
+use crate::client::{Close, Peer};
+use crate::config::AuthType;
+use crate::stream::Sock;
+use crate::wire::sqlstate;
+use crate::worker::{Conn, Worker};
+
+/// The exchange a client goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    /// No password. `listed`: the user must still be in the auth file (PgBouncer's trust).
+    Trust {
+        listed: bool,
+    },
+    Cleartext,
+    Md5,
+    Scram,
+}
+
+impl Worker {
+    /// The method for this client, or why it is refused before any exchange.
+    pub(crate) fn auth_method(&mut self, ct: usize) -> Result<Method, Close> {
+        Ok(match self.cfg.auth_type {
+            AuthType::Trust => Method::Trust {
+                listed: self.cfg.auth_file.is_some(),
+            },
+            AuthType::Plain => Method::Cleartext,
+            AuthType::Md5 => Method::Md5,
+            AuthType::ScramSha256 => Method::Scram,
+            AuthType::Hba => return self.hba_method(ct),
+        })
+    }
+
+    fn hba_method(&mut self, ct: usize) -> Result<Method, Close> {
+        let Some(Conn::Client(c)) = self.conns.get(ct) else {
+            return Err(Close::Quiet("client gone"));
+        };
+        let (kind, host) = match c.peer {
+            Peer::Tcp(a) => (
+                HbaConnKind::Host {
+                    addr: a.ip(),
+                    tls: false,
+                },
+                format!("host \"{}\"", a.ip()),
+            ),
+            Peer::Unix => (HbaConnKind::Local, "local connection".to_string()),
+        };
+        let conn = HbaConn {
+            kind,
+            database: &c.db,
+            user: &c.user,
+        };
+        let who = format!(
+            "{host}, user \"{}\", database \"{}\", no encryption",
+            c.user, c.db
+        );
+        let Some(rule) = self.hba.lookup(&conn) else {
+            return Err(Close::Fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("no pg_hba.conf entry for {who}"),
+            ));
+        };
+        log::debug!(
+            "{}: hba line {} matched: {}",
+            c.name(),
+            rule.line(),
+            rule.method()
+        );
+        Ok(match rule.method() {
+            HbaMethod::Trust => Method::Trust { listed: false },
+            HbaMethod::Password => Method::Cleartext,
+            HbaMethod::Md5 => Method::Md5,
+            HbaMethod::ScramSha256 => Method::Scram,
+            HbaMethod::Reject => {
+                return Err(Close::Fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    format!("pg_hba.conf rejects connection for {who}"),
+                ))
+            }
+            HbaMethod::Peer => {
+                let os_user = match &c.io.sock {
+                    Sock::Unix(s) => peer_user(s),
+                    Sock::Tcp(_) => None,
+                };
+                if os_user.as_deref() != Some(&*c.user) {
+                    return Err(Close::Fatal(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        format!("Peer authentication failed for user \"{}\"", c.user),
+                    ));
+                }
+                Method::Trust { listed: false }
+            }
+            HbaMethod::Cert => {
+                return Err(Close::Fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    "cert authentication needs TLS, which pgbouncers does not support yet".into(),
+                ))
+            }
+        })
+    }
+}
+
+/// The OS user on the other end of a Unix socket (SO_PEERCRED).
+fn peer_user(s: &mio::net::UnixStream) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is that large.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid)).ok()??;
+    Some(user.name)
+}
