@@ -75,6 +75,9 @@ pub struct Stream {
     pub wbuf: OutBuf,
     pub readable: bool,
     pub writable: bool,
+    /// The peer's FIN was reported. It may have come with the last bytes, and edge
+    /// triggering will not report it again, so reads continue until they see it.
+    pub read_closed: bool,
 }
 
 impl Stream {
@@ -85,6 +88,7 @@ impl Stream {
             wbuf: OutBuf::new(),
             readable: true,
             writable: true,
+            read_closed: false,
         }
     }
 
@@ -104,7 +108,7 @@ impl Stream {
                 Ok(n) => {
                     self.rbuf.commit(n);
                     // A short read drained the socket; epoll reports the next arrival.
-                    if n < room {
+                    if n < room && !self.read_closed {
                         self.readable = false;
                     }
                     return Ok(Filled::Bytes(n));

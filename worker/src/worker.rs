@@ -224,10 +224,12 @@ impl Worker {
             Some(Conn::Client(c)) => {
                 c.io.readable |= readable;
                 c.io.writable |= writable;
+                c.io.read_closed |= ev.is_read_closed() || ev.is_error();
             }
             Some(Conn::Server(s)) => {
                 s.io.readable |= readable;
                 s.io.writable |= writable;
+                s.io.read_closed |= ev.is_read_closed() || ev.is_error();
             }
             Some(Conn::Cancel(_)) => return self.drive_cancel(t, writable || readable),
             None => return,
