@@ -1,0 +1,819 @@
+//! Failure handling: servers killed or restarted, clients vanishing, garbage from clients, workers crashing.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use postgres::SimpleQueryMessage;
+
+/// Password of every role these tests create (one role per test, so counts
+/// in pg_stat_activity never mix with parallel tests).
+const PW: &str = "failure-pw";
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn create_role(role: &str) {
+    shared_pg().admin_sql(&format!("CREATE ROLE {role} LOGIN PASSWORD '{PW}'"));
+}
+
+/// A pooler with `auth_type: plain`, an auth file holding `user`/`password`,
+/// `settings` (top-level YAML lines; one worker unless they say otherwise)
+/// and database `app` on 127.0.0.1:`server_port`.
+fn pooler_at(user: &str, password: &str, settings: &str, server_port: u16) -> Pooler {
+    let setup = PoolerSetup::new();
+    setup.write_file(
+        "userlist.txt",
+        &format!("{}\n", userlist_entry(user, password)),
+    );
+    let workers = if settings.contains("workers:") {
+        ""
+    } else {
+        "workers: 1\n"
+    };
+    setup.start(&format!(
+        "listen_addr: 127.0.0.1\n\
+         listen_port: @PORT@\n\
+         {workers}\
+         auth_type: plain\n\
+         auth_file: @DIR@/userlist.txt\n\
+         {settings}\n\
+         databases:\n  \
+           app:\n    \
+             host: 127.0.0.1\n    \
+             port: {server_port}\n    \
+             dbname: app\n"
+    ))
+}
+
+/// [`pooler_at`] the shared PostgreSQL, for a role made with [`create_role`].
+fn pooler(role: &str, settings: &str) -> Pooler {
+    pooler_at(role, PW, settings, shared_pg().port())
+}
+
+fn connect(pooler: &Pooler, role: &str) -> postgres::Client {
+    pooler.connect(role, PW, APP_DB)
+}
+
+/// The first column of the first row of `sql`.
+fn first_value(c: &mut postgres::Client, sql: &str) -> Result<String, postgres::Error> {
+    let msgs = c.simple_query(sql)?;
+    Ok(msgs
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row")))
+}
+
+fn backend_pid(c: &mut postgres::Client) -> i32 {
+    first_value(c, "SELECT pg_backend_pid()")
+        .expect("SELECT pg_backend_pid()")
+        .parse()
+        .expect("pid")
+}
+
+fn backend_exists(admin: &mut postgres::Client, pid: i32) -> bool {
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .expect("query pg_stat_activity")
+        .get(0);
+    n > 0
+}
+
+/// The pid of `role`'s backend running a query that starts with `prefix`.
+fn wait_for_active_query(admin: &mut postgres::Client, role: &str, prefix: &str) -> i32 {
+    let mut pid = None;
+    let pattern = format!("{prefix}%");
+    let found = wait_until(secs(5), || {
+        pid = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE usename = $1 \
+                 AND state = 'active' AND query LIKE $2",
+                &[&role, &pattern],
+            )
+            .expect("query pg_stat_activity")
+            .map(|r| r.get(0));
+        pid.is_some()
+    });
+    assert!(found, "{role}'s `{prefix}…` never started");
+    pid.unwrap()
+}
+
+fn terminate(pid: i32) {
+    assert_eq!(
+        shared_pg().admin_sql(&format!("SELECT pg_terminate_backend({pid})")),
+        "t"
+    );
+}
+
+/// True once some log line contains all of `needles`.
+fn log_has_line(pooler: &Pooler, needles: &[&str]) -> bool {
+    pooler
+        .log()
+        .lines()
+        .any(|l| needles.iter().all(|n| l.contains(n)))
+}
+
+/// tokio-postgres on a private runtime. The `postgres` crate drops an
+/// ErrorResponse that arrives together with the end of the connection
+/// (it reports "connection closed" instead), so a FATAL that closes the
+/// client is read through this.
+struct AsyncClient {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl AsyncClient {
+    fn connect(pooler: &Pooler, role: &str) -> AsyncClient {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let config = pooler.tokio_config(role, PW, APP_DB);
+        let client = rt
+            .block_on(async {
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok::<_, tokio_postgres::Error>(client)
+            })
+            .unwrap_or_else(|e| panic!("connecting as {role} through the pooler: {e:?}"));
+        AsyncClient { rt, client }
+    }
+
+    /// The first column of the first row of `sql`.
+    fn first_value(&self, sql: &str) -> Result<String, tokio_postgres::Error> {
+        let msgs = self.rt.block_on(self.client.simple_query(sql))?;
+        Ok(msgs
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{sql}: no row")))
+    }
+}
+
+/// Raw protocol bytes, for what a client library hides.
+mod raw {
+    use super::*;
+
+    pub fn connect(port: u16) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the pooler");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    pub fn cstr(s: &str) -> Vec<u8> {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        v
+    }
+
+    /// The next message, or `None` at EOF (a reset counts as EOF: the
+    /// pooler may close with our bytes unread).
+    pub fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+        let mut tag = [0u8; 1];
+        match s.read(&mut tag) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("reading from the pooler: {e}"),
+        }
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).expect("message length");
+        let len = u32::from_be_bytes(len) as usize;
+        assert!((4..1 << 20).contains(&len), "bad length {len}");
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).expect("message body");
+        Some((tag[0], body))
+    }
+
+    #[derive(Debug)]
+    pub struct PgError {
+        pub severity: String,
+        pub code: String,
+        pub message: String,
+    }
+
+    pub fn parse_error(body: &[u8]) -> PgError {
+        let mut e = PgError {
+            severity: String::new(),
+            code: String::new(),
+            message: String::new(),
+        };
+        let mut rest = body;
+        while let Some((&kind, tail)) = rest.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let end = tail.iter().position(|&b| b == 0).expect("NUL in error");
+            let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+            match kind {
+                b'S' => e.severity = value,
+                b'C' => e.code = value,
+                b'M' => e.message = value,
+                _ => {}
+            }
+            rest = &tail[end + 1..];
+        }
+        e
+    }
+
+    /// Reads until an ErrorResponse (only notices may come first).
+    pub fn read_error(s: &mut TcpStream) -> PgError {
+        loop {
+            match read_message(s) {
+                Some((b'E', body)) => return parse_error(&body),
+                Some((b'N', _)) => {}
+                Some((tag, body)) => {
+                    panic!("expected an ErrorResponse, got '{}' {body:?}", tag as char)
+                }
+                None => panic!("connection closed without an ErrorResponse"),
+            }
+        }
+    }
+
+    pub fn assert_closed(s: &mut TcpStream) {
+        if let Some((tag, body)) = read_message(s) {
+            panic!(
+                "expected the connection closed, got '{}' {body:?}",
+                tag as char
+            );
+        }
+    }
+
+    /// Sends the startup packet and the password; returns after the first
+    /// ReadyForQuery.
+    pub fn login(port: u16, user: &str, password: &str) -> TcpStream {
+        let mut s = connect(port);
+        s.write_all(&startup_packet(&[("user", user), ("database", APP_DB)]))
+            .unwrap();
+        loop {
+            match read_message(&mut s) {
+                Some((b'R', body)) if body.get(..4) == Some(&[0, 0, 0, 3][..]) => {
+                    s.write_all(&message(b'p', &cstr(password))).unwrap();
+                }
+                Some((b'R', body)) if body.get(..4) == Some(&[0, 0, 0, 0][..]) => {}
+                Some((b'S', _)) | Some((b'K', _)) | Some((b'N', _)) => {}
+                Some((b'Z', _)) => return s,
+                Some((b'E', body)) => panic!("login failed: {:?}", parse_error(&body)),
+                Some((tag, _)) => panic!("unexpected '{}' during login", tag as char),
+                None => panic!("closed during login"),
+            }
+        }
+    }
+
+    /// Runs a simple query: the first column of each row, and the
+    /// transaction status of the ReadyForQuery. Panics on an error.
+    pub fn query(s: &mut TcpStream, sql: &str) -> (Vec<String>, u8) {
+        s.write_all(&message(b'Q', &cstr(sql))).unwrap();
+        let mut rows = Vec::new();
+        loop {
+            match read_message(s) {
+                Some((b'D', body)) => {
+                    let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
+                    let value = if len < 0 {
+                        "NULL".to_string()
+                    } else {
+                        String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()
+                    };
+                    rows.push(value);
+                }
+                Some((b'Z', body)) => return (rows, body[0]),
+                Some((b'E', body)) => panic!("{sql}: {:?}", parse_error(&body)),
+                Some(_) => {}
+                None => panic!("{sql}: connection closed"),
+            }
+        }
+    }
+}
+
+#[test]
+fn server_killed_mid_query_fails_the_client_promptly_and_the_pool_heals() {
+    create_role("t_f_kill");
+    let pooler = pooler("t_f_kill", "pool_mode: transaction\ndefault_pool_size: 1");
+    let c = AsyncClient::connect(&pooler, "t_f_kill");
+    let (tx, rx) = mpsc::channel();
+    let sleeper = thread::spawn(move || {
+        let result = c.first_value("SELECT pg_sleep(10)::text");
+        tx.send(result).unwrap();
+    });
+    let mut admin = shared_pg().admin_client();
+    let pid = wait_for_active_query(&mut admin, "t_f_kill", "SELECT pg_sleep(10)");
+    let killed_at = Instant::now();
+    terminate(pid);
+    let result = rx
+        .recv_timeout(secs(3))
+        .expect("the client hung after its server was terminated");
+    let took = killed_at.elapsed();
+    sleeper.join().unwrap();
+    let err = result.expect_err("pg_sleep(10) succeeded on a terminated backend");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
+    let seen = (db.code().code(), db.message());
+    assert!(
+        matches!(
+            seen,
+            (
+                "57P01",
+                "terminating connection due to administrator command"
+            ) | ("08006", "server conn crashed?")
+        ),
+        "unexpected error {seen:?}"
+    );
+    assert!(took < secs(3), "error came after {took:?}");
+
+    // The same pool (size 1) serves the next client on a new backend.
+    let mut next = connect(&pooler, "t_f_kill");
+    let new_pid = backend_pid(&mut next);
+    assert_ne!(new_pid, pid);
+    assert_eq!(backend_pid(&mut next), new_pid);
+    assert_eq!(first_value(&mut next, "SELECT 'healed'").unwrap(), "healed");
+}
+
+#[test]
+fn idle_server_killed_in_the_pool_is_replaced() {
+    create_role("t_f_idlekill");
+    let pooler = pooler(
+        "t_f_idlekill",
+        "pool_mode: transaction\ndefault_pool_size: 1",
+    );
+    let mut c = connect(&pooler, "t_f_idlekill");
+    let pid = backend_pid(&mut c);
+    terminate(pid);
+    let mut admin = shared_pg().admin_client();
+    assert!(
+        wait_until(secs(3), || !backend_exists(&mut admin, pid)),
+        "backend {pid} survived pg_terminate_backend"
+    );
+    // Let the pooler see the dead connection's EOF before the next query,
+    // so the test is about noticing it rather than a race with it.
+    assert!(
+        wait_until(secs(3), || log_has_line(
+            &pooler,
+            &["S-", "/t_f_idlekill@", "closing because"]
+        )),
+        "the pooler did not notice its idle server died\n{}",
+        pooler.log()
+    );
+    let new_pid = backend_pid(&mut c);
+    assert_ne!(new_pid, pid);
+    let mut other = connect(&pooler, "t_f_idlekill");
+    assert_eq!(first_value(&mut other, "SELECT 2").unwrap(), "2");
+}
+
+fn pgbench_processed(out: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn postgres_restart_under_load_is_survived() {
+    let pg = PgServer::start();
+    run_pgbench(
+        pg.port(),
+        APP_USER,
+        APP_PASSWORD,
+        APP_DB,
+        &["-i", "-s", "1", "-q"],
+    )
+    .expect_success();
+    let pooler = pooler_at(
+        APP_USER,
+        APP_PASSWORD,
+        "pool_mode: transaction\ndefault_pool_size: 20\nserver_login_retry: 1",
+        pg.port(),
+    );
+    let workers = pooler.wait_for_children(1, secs(5));
+    let mut bench = pgbench_command(pooler.port(), APP_USER, APP_PASSWORD);
+    bench.args(["-n", "-S", "-c", "10", "-T", "8", APP_DB]);
+    let bench = thread::spawn(move || run_cmd(bench, None, secs(30)));
+    // Let the load get going through the pooler first.
+    let mut admin = pg.admin_client();
+    assert!(
+        wait_until(secs(5), || {
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            n >= 5
+        }),
+        "pgbench never got going\n{}",
+        pooler.log()
+    );
+    thread::sleep(secs(2));
+    drop(admin);
+    pg.restart();
+    let out = bench.join().unwrap();
+    assert!(!out.timed_out(), "pgbench hung:\n{out}");
+    // Clients cut off by the restart abort; that's expected. But the
+    // run before it must have worked.
+    assert!(
+        pgbench_processed(&out.stdout) > 0,
+        "no transactions went through:\n{out}"
+    );
+
+    let start = Instant::now();
+    let mut last_error = String::new();
+    let healed = wait_until(secs(5), || {
+        match pooler.try_connect(APP_USER, APP_PASSWORD, APP_DB) {
+            Ok(mut c) => match first_value(&mut c, "SELECT 42") {
+                Ok(v) => v == "42",
+                Err(e) => {
+                    last_error = format!("{e:?}");
+                    false
+                }
+            },
+            Err(e) => {
+                last_error = format!("{e:?}");
+                false
+            }
+        }
+    });
+    assert!(
+        healed,
+        "no query worked within 5 s of the restart (last error: {last_error})\n{}",
+        pooler.log()
+    );
+    assert!(start.elapsed() < secs(6));
+    assert_eq!(pooler.children(), workers, "a worker died");
+}
+
+#[test]
+fn postgres_unreachable_at_start_fails_logins_until_it_comes_up() {
+    let pg = PgServer::start();
+    pg.stop();
+    let pooler = pooler_at(
+        APP_USER,
+        APP_PASSWORD,
+        "server_connect_timeout: 2\nserver_login_retry: 1",
+        pg.port(),
+    );
+    let start = Instant::now();
+    let err = match pooler.try_connect(APP_USER, APP_PASSWORD, APP_DB) {
+        Ok(_) => panic!("logged in while PostgreSQL was down"),
+        Err(e) => e,
+    };
+    let took = start.elapsed();
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
+    assert_eq!(db.code().code(), "08006", "{}", db.message());
+    assert!(
+        db.message().contains("could not connect to server"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        took <= Duration::from_millis(2500),
+        "login failed after {took:?}"
+    );
+
+    pg.start_again();
+    let mut last_error = String::new();
+    let up = wait_until(secs(5), || {
+        match pooler.try_connect(APP_USER, APP_PASSWORD, APP_DB) {
+            Ok(mut c) => first_value(&mut c, "SELECT 1").is_ok_and(|v| v == "1"),
+            Err(e) => {
+                last_error = format!("{e:?}");
+                false
+            }
+        }
+    });
+    assert!(
+        up,
+        "no login worked after PostgreSQL came up (last error: {last_error})\n{}",
+        pooler.log()
+    );
+}
+
+#[test]
+fn client_gone_mid_transaction_leaves_nothing_behind() {
+    create_role("t_f_txkill");
+    shared_pg().admin_sql_in(
+        APP_DB,
+        "CREATE TABLE t_f_txkill_rows (x int); GRANT ALL ON t_f_txkill_rows TO t_f_txkill;",
+    );
+    let pooler = pooler("t_f_txkill", "pool_mode: transaction\ndefault_pool_size: 1");
+    let rows = |pooler: &Pooler| {
+        let mut s = raw::login(pooler.port(), "t_f_txkill", PW);
+        let (rows, status) = raw::query(&mut s, "SELECT x FROM t_f_txkill_rows ORDER BY x");
+        assert_eq!(
+            status, b'I',
+            "a new client found its server in a transaction"
+        );
+        rows
+    };
+
+    // A library client dropped inside a transaction (sends Terminate).
+    let mut c = connect(&pooler, "t_f_txkill");
+    c.batch_execute("BEGIN").unwrap();
+    c.batch_execute("INSERT INTO t_f_txkill_rows VALUES (1)")
+        .unwrap();
+    drop(c);
+    assert_eq!(
+        rows(&pooler),
+        Vec::<String>::new(),
+        "the insert was committed"
+    );
+
+    // A client that vanishes without a Terminate.
+    let mut s = raw::login(pooler.port(), "t_f_txkill", PW);
+    let (_, status) = raw::query(&mut s, "BEGIN; INSERT INTO t_f_txkill_rows VALUES (2)");
+    assert_eq!(status, b'T');
+    s.shutdown(Shutdown::Both).unwrap();
+    drop(s);
+    assert_eq!(
+        rows(&pooler),
+        Vec::<String>::new(),
+        "the insert was committed"
+    );
+
+    // The pool's server takes full transactions again.
+    let mut c = connect(&pooler, "t_f_txkill");
+    c.batch_execute("BEGIN; INSERT INTO t_f_txkill_rows VALUES (3); COMMIT")
+        .unwrap();
+    assert_eq!(rows(&pooler), vec!["3".to_string()]);
+}
+
+#[test]
+fn clients_leaving_the_queue_do_not_break_the_pool() {
+    create_role("t_f_queue");
+    let pooler = pooler("t_f_queue", "pool_mode: transaction\ndefault_pool_size: 1");
+    let workers = pooler.wait_for_children(1, secs(5));
+    let mut a = connect(&pooler, "t_f_queue");
+    let mut waiters: Vec<TcpStream> = (0..3)
+        .map(|_| raw::login(pooler.port(), "t_f_queue", PW))
+        .collect();
+    let sleeper = thread::spawn(move || first_value(&mut a, "SELECT pg_sleep(2)::text"));
+    let mut admin = shared_pg().admin_client();
+    wait_for_active_query(&mut admin, "t_f_queue", "SELECT pg_sleep(2)");
+    for w in &mut waiters {
+        w.write_all(&raw::message(b'Q', &raw::cstr("SELECT 1")))
+            .unwrap();
+    }
+    // Nothing observable says they are queued; give the pooler a moment to
+    // read their queries before they vanish.
+    thread::sleep(Duration::from_millis(300));
+    for w in waiters {
+        w.shutdown(Shutdown::Both).unwrap();
+    }
+    let mut c = connect(&pooler, "t_f_queue");
+    assert_eq!(first_value(&mut c, "SELECT 'served'").unwrap(), "served");
+    sleeper
+        .join()
+        .unwrap()
+        .expect("the long query should finish normally");
+    assert_eq!(first_value(&mut c, "SELECT 'again'").unwrap(), "again");
+    assert_eq!(pooler.children(), workers, "a worker died");
+}
+
+/// Sends `header` (a message type and a bad length) from a logged-in raw
+/// client; expects FATAL 08P01 with a message containing `expected`.
+fn garbage_is_refused(pooler: &Pooler, role: &str, header: &[u8], expected: &str) {
+    let mut s = raw::login(pooler.port(), role, PW);
+    let (rows, _) = raw::query(&mut s, "SELECT 1");
+    assert_eq!(rows, vec!["1".to_string()]);
+    s.write_all(header).unwrap();
+    let err = raw::read_error(&mut s);
+    assert_eq!(
+        (err.severity.as_str(), err.code.as_str()),
+        ("FATAL", "08P01"),
+        "{err:?}"
+    );
+    assert!(err.message.contains(expected), "{err:?}");
+    raw::assert_closed(&mut s);
+}
+
+#[test]
+fn garbage_after_login_is_refused_without_harm() {
+    create_role("t_f_garbage");
+    for mode in ["transaction", "session"] {
+        let pooler = pooler("t_f_garbage", &format!("pool_mode: {mode}"));
+        let workers = pooler.wait_for_children(1, secs(5));
+        assert_eq!(workers.len(), 1);
+        let mut bystander = connect(&pooler, "t_f_garbage");
+        garbage_is_refused(
+            &pooler,
+            "t_f_garbage",
+            &[b'Q', 0x7f, 0xff, 0xff, 0xff],
+            "max_packet_size",
+        );
+        garbage_is_refused(
+            &pooler,
+            "t_f_garbage",
+            &[b'Q', 0, 0, 0, 2],
+            "invalid length 2 for message type 'Q'",
+        );
+        garbage_is_refused(
+            &pooler,
+            "t_f_garbage",
+            &[b'P', 0, 0, 0, 0],
+            "invalid length 0",
+        );
+        assert_eq!(
+            first_value(&mut bystander, "SELECT 'unaffected'").unwrap(),
+            "unaffected",
+            "{mode}"
+        );
+        let mut fresh = connect(&pooler, "t_f_garbage");
+        assert_eq!(first_value(&mut fresh, "SELECT 3").unwrap(), "3");
+        assert_eq!(pooler.children(), workers, "{mode}: a worker died");
+    }
+}
+
+#[test]
+fn killed_worker_is_respawned() {
+    create_role("t_f_respawn");
+    let pooler = pooler("t_f_respawn", "workers: 2");
+    let workers = pooler.wait_for_children(2, secs(5));
+    let victim = workers[0];
+    // SAFETY: plain kill(2) on a worker of the pooler this test started.
+    let rc = unsafe { libc::kill(victim, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {victim}");
+    let killed_at = Instant::now();
+    let mut now = Vec::new();
+    let respawned = wait_until(secs(1), || {
+        now = pooler.children();
+        now.len() == 2 && !now.contains(&victim)
+    });
+    assert!(
+        respawned,
+        "no new worker within 1 s: {now:?} (killed {victim})\n{}",
+        pooler.log()
+    );
+    assert!(killed_at.elapsed() < Duration::from_millis(1500));
+    assert!(
+        now.contains(&workers[1]),
+        "the other worker changed: {now:?}"
+    );
+    let newcomer = *now.iter().find(|p| !workers.contains(p)).unwrap();
+    // Enough connections that both workers (SO_REUSEPORT) serve some.
+    for i in 0..8 {
+        let mut c = connect(&pooler, "t_f_respawn");
+        assert_eq!(
+            first_value(&mut c, &format!("SELECT {i}")).unwrap(),
+            i.to_string()
+        );
+    }
+    let victim_pid = format!("(pid {victim})");
+    let newcomer_pid = format!("(pid {newcomer})");
+    assert!(
+        log_has_line(&pooler, &[&victim_pid, "respawn"]),
+        "the supervisor log does not mention the respawn of {victim}\n{}",
+        pooler.log()
+    );
+    assert!(
+        log_has_line(&pooler, &[&newcomer_pid, "started"]),
+        "the supervisor log does not mention the new worker {newcomer}\n{}",
+        pooler.log()
+    );
+}
+
+/// A stand-in PostgreSQL for one pooler connection: it logs the pooler in
+/// with AuthenticationOk, answers SETs, and answers any other query the way
+/// a terminated backend does: a FATAL, then the end of the connection.
+/// TCP_CORK holds the FATAL back until `close`, so the bytes and the FIN
+/// arrive in one segment — as they often do when PostgreSQL exits under load.
+fn dying_server(listener: std::net::TcpListener) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("the pooler never connected");
+        s.set_read_timeout(Some(secs(20))).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+        s.read_exact(&mut startup).unwrap();
+        let mut hello = raw::message(b'R', &0u32.to_be_bytes());
+        hello.extend(raw::message(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
+        hello.extend(raw::message(b'Z', b"I"));
+        s.write_all(&hello).unwrap();
+        loop {
+            let mut head = [0u8; 5];
+            if s.read_exact(&mut head).is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut body = vec![0u8; len.saturating_sub(4)];
+            s.read_exact(&mut body).unwrap();
+            if head[0] != b'Q' {
+                continue;
+            }
+            if body.to_ascii_uppercase().starts_with(b"SET") {
+                let mut ok = raw::message(b'C', &raw::cstr("SET"));
+                ok.extend(raw::message(b'Z', b"I"));
+                s.write_all(&ok).unwrap();
+                continue;
+            }
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt on our own open socket with a c_int option.
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_CORK,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "TCP_CORK");
+            let mut fatal = b"SFATAL\0C57P01\0".to_vec();
+            fatal.extend(raw::cstr(
+                "terminating connection due to administrator command",
+            ));
+            fatal.push(0);
+            s.write_all(&raw::message(b'E', &fatal)).unwrap();
+            return; // dropping `s` sends the corked FATAL together with the FIN
+        }
+    })
+}
+
+#[test]
+fn server_fatal_and_eof_in_one_segment_closes_the_client() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = dying_server(listener);
+    let pooler = pooler_at(
+        "t_f_cork",
+        PW,
+        "pool_mode: transaction\ndefault_pool_size: 1",
+        port,
+    );
+    let mut s = raw::login(pooler.port(), "t_f_cork", PW);
+    s.set_read_timeout(Some(secs(3))).unwrap();
+    s.write_all(&raw::message(b'Q', &raw::cstr("SELECT 1")))
+        .unwrap();
+    // The FATAL is relayed (or the pooler's own 08006 replaces it)...
+    let err = raw::read_error(&mut s);
+    assert_eq!(err.severity, "FATAL", "{err:?}");
+    assert!(["57P01", "08006"].contains(&err.code.as_str()), "{err:?}");
+    // ...and then the client is closed, not left waiting for a
+    // ReadyForQuery from a server that is gone.
+    let mut tag = [0u8; 1];
+    let start = Instant::now();
+    let end = loop {
+        match s.read(&mut tag) {
+            Ok(0) => break Ok(()),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break Ok(()),
+            Ok(_) => {
+                // A second error (the pooler's own) may follow the relayed one.
+                let mut len = [0u8; 4];
+                s.read_exact(&mut len).unwrap();
+                let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+                s.read_exact(&mut body).unwrap();
+                assert_eq!(tag[0], b'E', "unexpected message after the FATAL");
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    server.join().unwrap();
+    assert!(
+        end.is_ok(),
+        "the client was left open {:?} after its server sent FATAL and closed ({:?}); \
+         the pooler never read the server's EOF\n{}",
+        start.elapsed(),
+        end,
+        pooler.log()
+    );
+}

@@ -1,0 +1,723 @@
+//! Every pooler timeout, with small values: the exact error a client sees, and when it sees it.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use postgres::SimpleQueryMessage;
+
+/// Password of every role these tests create (one role per test, so counts
+/// in pg_stat_activity never mix with parallel tests).
+const PW: &str = "timeout-pw";
+
+/// The janitor runs every 200 ms, and the machine is busy with parallel
+/// tests: a timeout may fire this much after it expires.
+const LATE: Duration = Duration::from_millis(600);
+/// A timeout may look this much early, since the pooler's clock starts a
+/// little after ours (accept, read) but its cached loop time can lag.
+const EARLY: Duration = Duration::from_millis(50);
+
+fn secs_f(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+fn create_role(role: &str) {
+    shared_pg().admin_sql(&format!("CREATE ROLE {role} LOGIN PASSWORD '{PW}'"));
+}
+
+/// A one-worker pooler (pools are per worker) with `auth_type: plain`, an
+/// auth file holding `role`'s password, `settings` (top-level YAML lines)
+/// and database `app` on 127.0.0.1:`server_port`.
+fn pooler_at(role: &str, settings: &str, server_port: u16) -> Pooler {
+    let setup = PoolerSetup::new();
+    setup.write_file("userlist.txt", &format!("{}\n", userlist_entry(role, PW)));
+    setup.start(&format!(
+        "listen_addr: 127.0.0.1\n\
+         listen_port: @PORT@\n\
+         workers: 1\n\
+         auth_type: plain\n\
+         auth_file: @DIR@/userlist.txt\n\
+         {settings}\n\
+         databases:\n  \
+           app:\n    \
+             host: 127.0.0.1\n    \
+             port: {server_port}\n    \
+             dbname: app\n"
+    ))
+}
+
+/// [`pooler_at`] the shared PostgreSQL.
+fn pooler(role: &str, settings: &str) -> Pooler {
+    pooler_at(role, settings, shared_pg().port())
+}
+
+fn connect(pooler: &Pooler, role: &str) -> postgres::Client {
+    pooler.connect(role, PW, APP_DB)
+}
+
+fn assert_took(took: Duration, timeout: Duration, late: Duration, what: &str) {
+    assert!(
+        took + EARLY >= timeout && took <= timeout + late,
+        "{what}: took {took:?}, expected {timeout:?} (+ at most {late:?})"
+    );
+}
+
+/// SQLSTATE and message of a server/pooler error; panics on any other error.
+fn db_error(e: &postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {e:?}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+/// The first column of the first row of `sql`.
+fn first_value(c: &mut postgres::Client, sql: &str) -> Result<String, postgres::Error> {
+    let msgs = c.simple_query(sql)?;
+    Ok(msgs
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row")))
+}
+
+fn backend_pid(c: &mut postgres::Client) -> i32 {
+    first_value(c, "SELECT pg_backend_pid()")
+        .expect("SELECT pg_backend_pid()")
+        .parse()
+        .expect("pid")
+}
+
+fn backend_exists(admin: &mut postgres::Client, pid: i32) -> bool {
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .expect("query pg_stat_activity")
+        .get(0);
+    n > 0
+}
+
+fn backends_of(admin: &mut postgres::Client, role: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE usename = $1 AND backend_type = 'client backend'",
+            &[&role],
+        )
+        .expect("query pg_stat_activity")
+        .get(0)
+}
+
+/// tokio-postgres on a private runtime. The `postgres` crate drops an
+/// ErrorResponse that arrives together with the end of the connection
+/// (it reports "connection closed" instead), so a FATAL that closes the
+/// client is read through this.
+struct AsyncClient {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl AsyncClient {
+    fn connect(pooler: &Pooler, role: &str) -> AsyncClient {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let config = pooler.tokio_config(role, PW, APP_DB);
+        let client = rt
+            .block_on(async {
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok::<_, tokio_postgres::Error>(client)
+            })
+            .unwrap_or_else(|e| panic!("connecting as {role} through the pooler: {e:?}"));
+        AsyncClient { rt, client }
+    }
+
+    /// The first column of the first row of `sql`.
+    fn first_value(&self, sql: &str) -> Result<String, tokio_postgres::Error> {
+        let msgs = self.rt.block_on(self.client.simple_query(sql))?;
+        Ok(msgs
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{sql}: no row")))
+    }
+}
+
+/// Raw protocol bytes, for what a client library hides.
+mod raw {
+    use super::*;
+
+    pub fn connect(port: u16) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the pooler");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    pub fn cstr(s: &str) -> Vec<u8> {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        v
+    }
+
+    /// The next message, or `None` at EOF (a reset counts as EOF: the
+    /// pooler may close with our bytes unread).
+    pub fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+        let mut tag = [0u8; 1];
+        match s.read(&mut tag) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("reading from the pooler: {e}"),
+        }
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).expect("message length");
+        let len = u32::from_be_bytes(len) as usize;
+        assert!((4..1 << 20).contains(&len), "bad length {len}");
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).expect("message body");
+        Some((tag[0], body))
+    }
+
+    #[derive(Debug)]
+    pub struct PgError {
+        pub severity: String,
+        pub code: String,
+        pub message: String,
+    }
+
+    pub fn parse_error(body: &[u8]) -> PgError {
+        let mut e = PgError {
+            severity: String::new(),
+            code: String::new(),
+            message: String::new(),
+        };
+        let mut rest = body;
+        while let Some((&kind, tail)) = rest.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let end = tail.iter().position(|&b| b == 0).expect("NUL in error");
+            let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+            match kind {
+                b'S' => e.severity = value,
+                b'C' => e.code = value,
+                b'M' => e.message = value,
+                _ => {}
+            }
+            rest = &tail[end + 1..];
+        }
+        e
+    }
+
+    /// Reads until an ErrorResponse (only notices may come first).
+    pub fn read_error(s: &mut TcpStream) -> PgError {
+        loop {
+            match read_message(s) {
+                Some((b'E', body)) => return parse_error(&body),
+                Some((b'N', _)) => {}
+                Some((tag, body)) => {
+                    panic!("expected an ErrorResponse, got '{}' {body:?}", tag as char)
+                }
+                None => panic!("connection closed without an ErrorResponse"),
+            }
+        }
+    }
+
+    pub fn assert_closed(s: &mut TcpStream) {
+        if let Some((tag, body)) = read_message(s) {
+            panic!(
+                "expected the connection closed, got '{}' {body:?}",
+                tag as char
+            );
+        }
+    }
+
+    /// Sends the startup packet and the password; returns after the first
+    /// ReadyForQuery.
+    pub fn login(port: u16, user: &str, password: &str) -> TcpStream {
+        let mut s = connect(port);
+        s.write_all(&startup_packet(&[("user", user), ("database", APP_DB)]))
+            .unwrap();
+        loop {
+            match read_message(&mut s) {
+                Some((b'R', body)) if body.get(..4) == Some(&[0, 0, 0, 3][..]) => {
+                    s.write_all(&message(b'p', &cstr(password))).unwrap();
+                }
+                Some((b'R', body)) if body.get(..4) == Some(&[0, 0, 0, 0][..]) => {}
+                Some((b'S', _)) | Some((b'K', _)) | Some((b'N', _)) => {}
+                Some((b'Z', _)) => return s,
+                Some((b'E', body)) => panic!("login failed: {:?}", parse_error(&body)),
+                Some((tag, _)) => panic!("unexpected '{}' during login", tag as char),
+                None => panic!("closed during login"),
+            }
+        }
+    }
+
+    /// Runs a simple query: the first column of each row, and the
+    /// transaction status of the ReadyForQuery. Panics on an error.
+    pub fn query(s: &mut TcpStream, sql: &str) -> (Vec<String>, u8) {
+        s.write_all(&message(b'Q', &cstr(sql))).unwrap();
+        let mut rows = Vec::new();
+        loop {
+            match read_message(s) {
+                Some((b'D', body)) => {
+                    let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
+                    let value = if len < 0 {
+                        "NULL".to_string()
+                    } else {
+                        String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()
+                    };
+                    rows.push(value);
+                }
+                Some((b'Z', body)) => return (rows, body[0]),
+                Some((b'E', body)) => panic!("{sql}: {:?}", parse_error(&body)),
+                Some(_) => {}
+                None => panic!("{sql}: connection closed"),
+            }
+        }
+    }
+}
+
+fn assert_fatal(e: &raw::PgError, code: &str, message: &str) {
+    assert_eq!(
+        (e.severity.as_str(), e.code.as_str(), e.message.as_str()),
+        ("FATAL", code, message),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn client_login_timeout_closes_a_half_sent_startup_packet() {
+    let pooler = pooler("t_login_half", "client_login_timeout: 1");
+    let start = Instant::now();
+    let mut s = raw::connect(pooler.port());
+    let packet = raw::startup_packet(&[("user", "t_login_half"), ("database", APP_DB)]);
+    s.write_all(&packet[..packet.len() / 2]).unwrap();
+    let err = raw::read_error(&mut s);
+    let took = start.elapsed();
+    assert_fatal(&err, "08P01", "client_login_timeout");
+    raw::assert_closed(&mut s);
+    assert_took(
+        took,
+        secs_f(1.0),
+        Duration::from_millis(500),
+        "client_login_timeout",
+    );
+    assert!(
+        pooler.wait_for_log(
+            "closing because: client_login_timeout",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        pooler.log()
+    );
+}
+
+#[test]
+fn client_login_timeout_closes_a_client_that_never_answers_the_password_request() {
+    create_role("t_login_pw");
+    let pooler = pooler("t_login_pw", "client_login_timeout: 1");
+    // Logged in before the slow client: the login timer must not touch it.
+    let mut early = connect(&pooler, "t_login_pw");
+    let start = Instant::now();
+    let mut s = raw::connect(pooler.port());
+    s.write_all(&raw::startup_packet(&[
+        ("user", "t_login_pw"),
+        ("database", APP_DB),
+    ]))
+    .unwrap();
+    let (tag, body) = raw::read_message(&mut s).expect("password request");
+    assert_eq!(
+        (tag, body.as_slice()),
+        (b'R', &[0, 0, 0, 3][..]),
+        "expected AuthenticationCleartextPassword"
+    );
+    let err = raw::read_error(&mut s);
+    let took = start.elapsed();
+    assert_fatal(&err, "08P01", "client_login_timeout");
+    raw::assert_closed(&mut s);
+    assert_took(
+        took,
+        secs_f(1.0),
+        Duration::from_millis(500),
+        "client_login_timeout",
+    );
+    assert_eq!(
+        first_value(&mut early, "SELECT 7").expect("a logged-in client outlives the login timeout"),
+        "7"
+    );
+}
+
+#[test]
+fn client_idle_timeout_closes_an_idle_raw_client_with_a_fatal() {
+    create_role("t_idle_raw");
+    let pooler = pooler(
+        "t_idle_raw",
+        "pool_mode: transaction\nclient_idle_timeout: 1",
+    );
+    let mut s = raw::login(pooler.port(), "t_idle_raw", PW);
+    let (rows, status) = raw::query(&mut s, "SELECT 1");
+    assert_eq!((rows, status), (vec!["1".to_string()], b'I'));
+    let idle_since = Instant::now();
+    let err = raw::read_error(&mut s);
+    let took = idle_since.elapsed();
+    assert_fatal(&err, "08P01", "client_idle_timeout");
+    raw::assert_closed(&mut s);
+    assert_took(took, secs_f(1.0), LATE, "client_idle_timeout");
+}
+
+#[test]
+fn client_idle_timeout_spares_busy_clients_and_closes_idle_ones() {
+    create_role("t_idle_busy");
+    let pooler = pooler(
+        "t_idle_busy",
+        "pool_mode: transaction\nclient_idle_timeout: 1",
+    );
+    let idle = AsyncClient::connect(&pooler, "t_idle_busy");
+    let mut busy = connect(&pooler, "t_idle_busy");
+    idle.first_value("SELECT 1").unwrap();
+    let idle_since = Instant::now();
+    // 2.4 s of a query every 0.2 s: more than twice the timeout.
+    for i in 0..12 {
+        let v = first_value(&mut busy, &format!("SELECT {i}"))
+            .unwrap_or_else(|e| panic!("busy client's query {i} failed: {e:?}"));
+        assert_eq!(v, i.to_string());
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(idle_since.elapsed() > secs_f(2.0));
+    let err = idle
+        .first_value("SELECT 1")
+        .expect_err("the idle client's query worked after client_idle_timeout");
+    // The FATAL came while the client was idle: depending on what the
+    // library read first it is the query's error or just the end of the
+    // connection (the raw test reads the message itself).
+    let as_fatal = err.as_db_error().map(|db| (db.code().code(), db.message()));
+    assert!(
+        err.is_closed() || as_fatal == Some(("08P01", "client_idle_timeout")),
+        "{err:?}"
+    );
+    assert_eq!(
+        first_value(&mut busy, "SELECT 'still here'").unwrap(),
+        "still here"
+    );
+    assert!(
+        pooler
+            .log()
+            .contains("closing because: client_idle_timeout"),
+        "{}",
+        pooler.log()
+    );
+}
+
+#[test]
+fn query_wait_timeout_fails_a_query_queued_behind_a_busy_pool() {
+    create_role("t_qwait");
+    let pooler = pooler(
+        "t_qwait",
+        "pool_mode: transaction\ndefault_pool_size: 1\nquery_wait_timeout: 1",
+    );
+    let mut a = connect(&pooler, "t_qwait");
+    let b = AsyncClient::connect(&pooler, "t_qwait");
+    let sleeper = thread::spawn(move || a.simple_query("SELECT pg_sleep(3)").map(|_| ()));
+    let mut admin = shared_pg().admin_client();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 't_qwait' \
+                     AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            n == 1
+        }),
+        "client A's sleep never started"
+    );
+    let start = Instant::now();
+    let err = b
+        .first_value("SELECT 1")
+        .expect_err("client B was served although the only server was busy");
+    let took = start.elapsed();
+    assert_eq!(
+        db_error(&err),
+        ("08P01".to_string(), "query_wait_timeout".to_string())
+    );
+    assert_took(took, secs_f(1.0), LATE, "query_wait_timeout");
+    sleeper
+        .join()
+        .unwrap()
+        .expect("client A's query should finish normally");
+}
+
+#[test]
+fn query_timeout_fails_the_query_and_closes_its_backend() {
+    create_role("t_qtimeout");
+    // PostgreSQL only notices a vanished client during pg_sleep with this.
+    shared_pg().admin_sql("ALTER ROLE t_qtimeout SET client_connection_check_interval = '100ms'");
+    let pooler = pooler(
+        "t_qtimeout",
+        "pool_mode: transaction\ndefault_pool_size: 1\nquery_timeout: 1",
+    );
+    let c = AsyncClient::connect(&pooler, "t_qtimeout");
+    c.first_value("SELECT pg_sleep(0.5)::text")
+        .expect("a query shorter than query_timeout must work");
+    let pid: i32 = c
+        .first_value("SELECT pg_backend_pid()")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let start = Instant::now();
+    let err = c
+        .first_value("SELECT pg_sleep(5)::text")
+        .expect_err("pg_sleep(5) outlived query_timeout 1");
+    let took = start.elapsed();
+    assert_eq!(
+        db_error(&err),
+        ("08P01".to_string(), "query_timeout".to_string())
+    );
+    assert_took(took, secs_f(1.0), LATE, "query_timeout");
+    let mut admin = shared_pg().admin_client();
+    assert!(
+        wait_until(Duration::from_secs(2), || !backend_exists(&mut admin, pid)),
+        "backend {pid} still exists: the pooler kept the server connection"
+    );
+    let mut next = connect(&pooler, "t_qtimeout");
+    let new_pid = backend_pid(&mut next);
+    assert_ne!(new_pid, pid, "the timed-out backend was reused");
+}
+
+#[test]
+fn idle_transaction_timeout_closes_the_client_and_its_server() {
+    create_role("t_idletx");
+    shared_pg().admin_sql_in(
+        APP_DB,
+        "CREATE TABLE t_idletx_rows (x int); GRANT ALL ON t_idletx_rows TO t_idletx;",
+    );
+    let pooler = pooler(
+        "t_idletx",
+        "pool_mode: transaction\ndefault_pool_size: 1\nidle_transaction_timeout: 1",
+    );
+    let mut s = raw::login(pooler.port(), "t_idletx", PW);
+    let (rows, status) = raw::query(
+        &mut s,
+        "BEGIN; INSERT INTO t_idletx_rows VALUES (1); SELECT pg_backend_pid()",
+    );
+    assert_eq!(status, b'T', "expected to be in a transaction block");
+    let pid: i32 = rows[0].parse().unwrap();
+    let idle_since = Instant::now();
+    let err = raw::read_error(&mut s);
+    let took = idle_since.elapsed();
+    assert_fatal(&err, "08P01", "idle transaction timeout");
+    raw::assert_closed(&mut s);
+    assert_took(took, secs_f(1.0), LATE, "idle_transaction_timeout");
+
+    let mut admin = shared_pg().admin_client();
+    assert!(
+        wait_until(Duration::from_secs(2), || !backend_exists(&mut admin, pid)),
+        "backend {pid}, idle in a transaction, was kept"
+    );
+    let mut next = raw::login(pooler.port(), "t_idletx", PW);
+    let (rows, status) = raw::query(&mut next, "SELECT count(*) FROM t_idletx_rows");
+    assert_eq!(
+        (rows, status),
+        (vec!["0".to_string()], b'I'),
+        "the next client saw the abandoned transaction"
+    );
+}
+
+#[test]
+fn server_idle_timeout_closes_an_unused_backend() {
+    create_role("t_srvidle");
+    let pooler = pooler(
+        "t_srvidle",
+        "pool_mode: session\nserver_idle_timeout: 1\nmin_pool_size: 0",
+    );
+    let mut admin = shared_pg().admin_client();
+    let mut c = connect(&pooler, "t_srvidle");
+    first_value(&mut c, "SELECT 1").unwrap();
+    drop(c);
+    let left = Instant::now();
+    assert_eq!(
+        backends_of(&mut admin, "t_srvidle"),
+        1,
+        "the server connection should stay pooled after its client left"
+    );
+    assert!(
+        wait_until(Duration::from_secs(4), || backends_of(
+            &mut admin,
+            "t_srvidle"
+        ) == 0),
+        "the idle backend was never closed\n{}",
+        pooler.log()
+    );
+    let took = left.elapsed();
+    // Within timeout + 1 s; the lower bound allows for the reset query.
+    assert!(
+        took >= secs_f(0.9) && took <= secs_f(2.0),
+        "backend closed after {took:?}, expected about 1 s"
+    );
+    assert!(
+        pooler
+            .log()
+            .contains("closing because: server idle timeout"),
+        "{}",
+        pooler.log()
+    );
+}
+
+#[test]
+fn server_lifetime_replaces_an_old_backend() {
+    create_role("t_lifetime");
+    let pooler = pooler(
+        "t_lifetime",
+        "pool_mode: transaction\ndefault_pool_size: 1\nserver_lifetime: 1",
+    );
+    let mut c = connect(&pooler, "t_lifetime");
+    let first = backend_pid(&mut c);
+    assert_eq!(
+        backend_pid(&mut c),
+        first,
+        "a young server connection should be reused"
+    );
+    // The scenario itself: two transactions more than server_lifetime apart.
+    thread::sleep(secs_f(1.5));
+    let second = backend_pid(&mut c);
+    assert_ne!(second, first, "backend outlived server_lifetime");
+    let mut admin = shared_pg().admin_client();
+    assert!(
+        wait_until(Duration::from_secs(2), || !backend_exists(
+            &mut admin, first
+        )),
+        "the old backend {first} is still connected"
+    );
+}
+
+#[test]
+fn server_connect_timeout_fails_a_login_to_a_silent_server() {
+    // Accepts TCP (the kernel completes the handshake) but never speaks.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let pooler = pooler_at("t_silent", "server_connect_timeout: 1", port);
+    let start = Instant::now();
+    let err = match pooler.try_connect("t_silent", PW, APP_DB) {
+        Ok(_) => panic!("logged in through a server that never answered"),
+        Err(e) => e,
+    };
+    let took = start.elapsed();
+    let (code, message) = db_error(&err);
+    assert!(
+        message.contains("server_connect_timeout"),
+        "{code} {message}"
+    );
+    assert_eq!(code, "08006", "{message}");
+    assert_took(
+        took,
+        secs_f(1.0),
+        Duration::from_millis(500),
+        "server_connect_timeout",
+    );
+    // The pooler really connected to it.
+    silent.set_nonblocking(true).unwrap();
+    assert!(silent.accept().is_ok(), "the pooler never connected");
+}
+
+#[test]
+fn connecting_to_a_closed_port_fails_promptly() {
+    let port = free_port();
+    let pooler = pooler_at("t_closed", "server_connect_timeout: 5", port);
+    let start = Instant::now();
+    let err = match pooler.try_connect("t_closed", PW, APP_DB) {
+        Ok(_) => panic!("logged in through a closed port"),
+        Err(e) => e,
+    };
+    let took = start.elapsed();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("could not connect to server"), "{message}");
+    assert!(took < secs_f(1.0), "refused connection took {took:?}");
+}
+
+#[test]
+fn server_login_retry_caches_the_failure_then_tries_again() {
+    let port = free_port();
+    let pooler = pooler_at(
+        "t_retry",
+        "server_connect_timeout: 5\nserver_login_retry: 1",
+        port,
+    );
+    let attempt = || match pooler.try_connect("t_retry", PW, APP_DB) {
+        Ok(_) => panic!("logged in through a closed port"),
+        Err(e) => db_error(&e),
+    };
+    let (code, first) = attempt();
+    let failed_at = Instant::now();
+    assert_eq!(code, "08006", "{first}");
+    assert!(first.contains("could not connect to server"), "{first}");
+
+    let (code, cached) = attempt();
+    assert_eq!(code, "57P03", "{cached}");
+    assert_eq!(
+        cached,
+        format!("server login has been failing, cached error: {first} (server_login_retry)")
+    );
+
+    // Within the window every client gets the cached error; after it the
+    // pooler tries again and reports the fresh failure.
+    let (tx, rx) = mpsc::channel();
+    assert!(
+        wait_until(Duration::from_secs(4), || {
+            let (code, message) = attempt();
+            match code.as_str() {
+                "57P03" => false,
+                "08006" => {
+                    tx.send(failed_at.elapsed()).unwrap();
+                    true
+                }
+                _ => panic!("unexpected error {code} {message}"),
+            }
+        }),
+        "the pooler never retried the server"
+    );
+    let retried_after = rx.recv().unwrap();
+    assert!(
+        retried_after >= secs_f(0.9),
+        "retried after {retried_after:?}, within server_login_retry"
+    );
+}
