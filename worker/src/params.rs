@@ -36,10 +36,27 @@ pub fn is_settable_name(name: &str) -> bool {
         && name.len() < 64
 }
 
-/// A small name -> value list; names compare case-insensitively, as GUC names do.
+/// A small name -> value list. GUC names are case-insensitive, so names are stored in one
+/// spelling (the server's for tracked ones, lower case for the rest) and kept sorted:
+/// two lists hold the same settings exactly when they are equal, which makes the check
+/// at every server assignment one comparison in the common case.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Params {
     list: Vec<(Box<str>, Box<str>)>,
+}
+
+fn spelling(name: &str) -> std::borrow::Cow<'_, str> {
+    match tracked_name(name) {
+        Some(t) => t.into(),
+        None if name.bytes().any(|b| b.is_ascii_uppercase()) => name.to_ascii_lowercase().into(),
+        None => name.into(),
+    }
+}
+
+fn order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.bytes()
+        .map(|c| c.to_ascii_lowercase())
+        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
 }
 
 impl Params {
@@ -47,34 +64,33 @@ impl Params {
         Params::default()
     }
 
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.list.binary_search_by(|(k, _)| order(k, name))
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.list
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| &**v)
+        self.find(name).ok().map(|i| &*self.list[i].1)
     }
 
     /// Sets a value; returns whether anything changed.
     pub fn set(&mut self, name: &str, value: &str) -> bool {
-        match self
-            .list
-            .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some((_, v)) if **v == *value => false,
-            Some((_, v)) => {
-                *v = value.into();
+        match self.find(name) {
+            Ok(i) if *self.list[i].1 == *value => false,
+            Ok(i) => {
+                self.list[i].1 = value.into();
                 true
             }
-            None => {
-                self.list.push((name.into(), value.into()));
+            Err(i) => {
+                self.list.insert(i, (spelling(name).into(), value.into()));
                 true
             }
         }
     }
 
     pub fn remove(&mut self, name: &str) {
-        self.list.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if let Ok(i) = self.find(name) {
+            self.list.remove(i);
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -139,6 +155,9 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
 /// The statements that make a server with `server` parameters look like `client` expects,
 /// appended to `sql`; returns whether any were needed.
 pub fn sync_statements(client: &Params, server: &Params, sql: &mut String) -> bool {
+    if client == server {
+        return false;
+    }
     let start = sql.len();
     for (k, v) in client.iter() {
         if server.get(k) != Some(v) {
@@ -217,6 +236,28 @@ mod tests {
         let mut sql = String::new();
         assert!(sync_statements(&c, &s, &mut sql));
         assert_eq!(sql, "SET TimeZone TO E'Europe/Paris';RESET search_path;");
+    }
+
+    #[test]
+    fn spelling_and_order_make_equal_sets_equal() {
+        let a = params(&[
+            ("timezone", "UTC"),
+            ("Extra_Float_Digits", "3"),
+            ("DateStyle", "ISO"),
+        ]);
+        let b = params(&[
+            ("extra_float_digits", "3"),
+            ("datestyle", "ISO"),
+            ("TimeZone", "UTC"),
+        ]);
+        assert_eq!(a, b);
+        assert_eq!(a.get("TIMEZONE"), Some("UTC"));
+        let names: Vec<&str> = a.iter().map(|(k, _)| k).collect();
+        assert_eq!(names, ["DateStyle", "extra_float_digits", "TimeZone"]);
+        let mut c = b.clone();
+        c.remove("EXTRA_float_digits");
+        assert_ne!(a, c);
+        assert_eq!(c.len(), 2);
     }
 
     #[test]
