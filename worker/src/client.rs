@@ -90,6 +90,10 @@ pub(crate) struct Client {
     pub auth: Option<AuthStep>,
     /// Holds a place in the pooler-wide client count (max_client_conn).
     pub counted: bool,
+    /// The client's named statements, under transaction pooling.
+    pub stmts: std::collections::HashMap<Box<str>, std::rc::Rc<crate::prepared::Stmt>>,
+    /// What the server still owes this client, when statements are rewritten.
+    pub queue: std::collections::VecDeque<crate::relay::Expect>,
 }
 
 impl Client {
@@ -177,6 +181,8 @@ impl Worker {
             xact_start: self.now,
             auth: None,
             counted: false,
+            stmts: Default::default(),
+            queue: Default::default(),
         };
         entry.insert(Conn::Client(Box::new(client)));
     }

@@ -13,6 +13,7 @@ mod janitor;
 mod link;
 pub mod params;
 mod pool;
+mod prepared;
 mod proxy;
 pub mod proxy_header;
 pub mod relay;

@@ -4,7 +4,7 @@ use crate::client::{CState, Close};
 use crate::config::PoolMode;
 use crate::params;
 use crate::pool::PoolId;
-use crate::relay::{self, FromClient, FromServer, Scan, TxState};
+use crate::relay::{self, FromClient, FromServer, Named, Scan, TxState};
 use crate::server::SState;
 use crate::stream::{self, Filled};
 use crate::wire::fields::{self, ErrorFields};
@@ -104,6 +104,11 @@ impl Worker {
             return;
         };
         let mode = self.pools.get(pool).limits.mode;
+        let named = match mode {
+            PoolMode::Session => Named::Pass,
+            _ if self.cfg.max_prepared_statements > 0 => Named::Rewrite,
+            _ => Named::Refuse,
+        };
         let max_packet = self.cfg.max_packet_size as usize;
         for _ in 0..PUMP_ROUNDS {
             let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
@@ -137,12 +142,14 @@ impl Worker {
             if c.scan.ready < c.io.rbuf.len() {
                 let was_idle = !c.tx.in_request();
                 let before = c.scan.ready;
+                let queue = (named == Named::Rewrite).then_some(&mut c.queue);
                 let verdict = relay::from_client(
                     c.io.rbuf.bytes(),
                     &mut c.scan,
                     &mut c.tx,
-                    mode == PoolMode::Session,
+                    named,
                     max_packet,
+                    queue,
                 );
                 if was_idle && c.tx.in_request() {
                     c.request_time = self.now;
@@ -165,7 +172,12 @@ impl Worker {
                             Close::Fatal(sqlstate::FEATURE_NOT_SUPPORTED, msg.into()),
                         );
                     }
-                    FromClient::Terminate | FromClient::NamedParse => {}
+                    FromClient::Rewrite if c.scan.ready == 0 => match self.rewrite_named(ct, st) {
+                        Ok(true) => progress = true,
+                        Ok(false) => {}
+                        Err(why) => return self.close_client(ct, why),
+                    },
+                    FromClient::Terminate | FromClient::NamedParse | FromClient::Rewrite => {}
                     FromClient::Bad(e) => {
                         return self.close_client(
                             ct,
@@ -176,6 +188,9 @@ impl Worker {
             }
 
             // Towards the client: the pooler's own messages first, then the server's bytes.
+            let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
+                return;
+            };
             match c.io.flush_own(&mut self.bufs) {
                 Ok(true) if s.scan.ready > 0 => {
                     match stream::forward(&mut s.io, &mut c.io, s.scan.ready) {
@@ -209,7 +224,22 @@ impl Worker {
             }
             let before = s.scan.ready;
             loop {
-                match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own) {
+                let queue = (named == Named::Rewrite).then_some(&mut c.queue);
+                match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own, queue) {
+                    FromServer::Made => {
+                        if s.scan.ready > 0 {
+                            // Everything the server said before it goes out first.
+                            break;
+                        }
+                        if let Some(e) = c.queue.pop_front() {
+                            crate::prepared::made_answer(c.io.wbuf.vec(&mut self.bufs), e);
+                            progress = true;
+                        }
+                    }
+                    FromServer::Hidden(len) => {
+                        s.io.rbuf.consume(len);
+                        progress = true;
+                    }
                     FromServer::NeedMore => {
                         if let Some(total) = relay::wants_whole(s.io.rbuf.bytes(), &s.scan, s.own) {
                             s.io.rbuf.make_room(total, &mut self.bufs);
@@ -229,7 +259,7 @@ impl Worker {
                         if mode == PoolMode::Session {
                             continue;
                         }
-                        if c.tx.is_idle() && c.scan.at_boundary() {
+                        if c.tx.is_idle() && c.scan.at_boundary() && c.queue.is_empty() {
                             s.release_pending = true;
                             progress = true;
                             break;

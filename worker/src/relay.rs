@@ -58,15 +58,68 @@ impl Scan {
     }
 
     /// Clears as much of the current message as the buffer holds.
-    fn stream(&mut self, avail: usize) {
+    pub fn stream(&mut self, avail: usize) {
         let take = self.remaining.min(avail - self.ready);
         self.ready += take;
         self.remaining -= take;
     }
 
-    fn pass(&mut self, total: usize, avail: usize) {
+    /// Clears a whole message of `total` bytes that starts at `ready`.
+    pub fn pass(&mut self, total: usize, avail: usize) {
         self.remaining = total;
         self.stream(avail);
+    }
+}
+
+/// How named prepared statements from a client are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// Session pooling: statements stay on the client's one server; pass them through.
+    Pass,
+    /// Transaction pooling with the pooler managing statements (max_prepared_statements).
+    Rewrite,
+    /// Transaction pooling without that: refuse them.
+    Refuse,
+}
+
+/// What the server will answer to a client message, in order. Kept only when statements
+/// are rewritten, so the pooler knows where its own answers go and which to hide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Parse,
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    Sync,
+    /// A simple Query or FunctionCall: everything up to its ReadyForQuery.
+    Query,
+    /// The pooler answers itself: ParseComplete for a statement the server already has,
+    /// CloseComplete for a statement the pooler keeps.
+    MadeParse,
+    MadeClose,
+    /// Answers to messages the pooler added (preparing or evicting on this server): hidden.
+    HiddenParse,
+    HiddenClose,
+}
+
+impl Expect {
+    /// Whether server message `tag` ends the answer to this entry.
+    fn ends_with(self, tag: u8) -> bool {
+        match self {
+            Expect::Parse | Expect::HiddenParse => tag == b'1',
+            Expect::Bind => tag == b'2',
+            Expect::DescribeStatement | Expect::DescribePortal => matches!(tag, b'T' | b'n'),
+            Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Expect::Close | Expect::HiddenClose => tag == b'3',
+            Expect::Sync | Expect::Query => tag == b'Z',
+            Expect::MadeParse | Expect::MadeClose => false,
+        }
+    }
+
+    pub fn is_made(self) -> bool {
+        matches!(self, Expect::MadeParse | Expect::MadeClose)
     }
 }
 
@@ -77,20 +130,33 @@ pub enum FromClient {
     NeedMore,
     /// A Terminate at `ready`: the client is leaving.
     Terminate,
-    /// A Parse of a named statement at `ready`, refused outside session pooling.
+    /// A Parse of a named statement at `ready`, refused (`Named::Refuse`).
     NamedParse,
+    /// A message at `ready` that the pooler rewrites (`Named::Rewrite`).
+    Rewrite,
     /// A message too long or with a bad length.
     Bad(FrameError),
 }
 
-/// Judges bytes from a linked client. `named_ok`: session pooling keeps statements on one
-/// server, so named Parse passes there.
+/// Longest statement/portal name prefix the pooler looks into.
+const MAX_NAMES: usize = 1024;
+
+/// The two names at the start of a Bind body (portal, statement), when they are there.
+pub fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (portal, rest) = crate::wire::fields::cstr(body)?;
+    let (stmt, _) = crate::wire::fields::cstr(rest)?;
+    Some((portal, stmt))
+}
+
+/// Judges bytes from a linked client; `queue` records what each message will get back
+/// when statements are rewritten.
 pub fn from_client(
     buf: &[u8],
     scan: &mut Scan,
     tx: &mut TxState,
-    named_ok: bool,
+    named: Named,
     max_packet: usize,
+    mut queue: Option<&mut std::collections::VecDeque<Expect>>,
 ) -> FromClient {
     loop {
         scan.stream(buf.len());
@@ -103,30 +169,72 @@ pub fn from_client(
             Ok(None) => return FromClient::NeedMore,
             Err(e) => return FromClient::Bad(e),
         };
-        match h.tag {
+        // Where names decide, wait until they are in: they come first in the body.
+        let names_end = h.total.min(5 + MAX_NAMES);
+        let body = &rest[5.min(rest.len())..rest.len().min(h.total)];
+        let named_here = |want: usize| -> Option<bool> {
+            match h.tag {
+                b'P' => body.first().map(|&b| b != 0),
+                b'B' => bind_names(body).map(|(_, s)| !s.is_empty()),
+                b'D' | b'C' => match body {
+                    [b'S', n, ..] => Some(*n != 0),
+                    [_, _, ..] => Some(false),
+                    _ => None,
+                },
+                _ => Some(false),
+            }
+            .or_else(|| (rest.len() >= want).then_some(false))
+        };
+        let expect = match h.tag {
             b'X' => return FromClient::Terminate,
             b'Q' | b'F' => {
                 tx.expected += 1;
                 tx.unsynced = false;
+                Some(Expect::Query)
             }
             b'S' => {
                 tx.expected += 1;
                 tx.unsynced = false;
+                Some(Expect::Sync)
             }
-            b'P' => {
-                if !named_ok {
-                    match rest.get(5) {
-                        None if h.total > 5 => return FromClient::NeedMore,
-                        Some(&name) if name != 0 => return FromClient::NamedParse,
-                        _ => {}
-                    }
+            b'P' | b'B' | b'D' | b'C' if named != Named::Pass => {
+                let Some(is_named) = named_here(names_end) else {
+                    return FromClient::NeedMore;
+                };
+                if is_named && named == Named::Rewrite {
+                    return FromClient::Rewrite;
+                }
+                if is_named && h.tag == b'P' {
+                    return FromClient::NamedParse;
                 }
                 tx.unsynced = true;
+                Some(plain_expect(h.tag, body))
             }
-            b'B' | b'E' | b'D' | b'C' => tx.unsynced = true,
-            _ => {}
+            b'P' | b'B' | b'D' | b'C' => {
+                tx.unsynced = true;
+                Some(plain_expect(h.tag, body))
+            }
+            b'E' => {
+                tx.unsynced = true;
+                Some(Expect::Execute)
+            }
+            _ => None,
+        };
+        if let (Some(q), Some(e)) = (queue.as_deref_mut(), expect) {
+            q.push_back(e);
         }
         scan.pass(h.total, buf.len());
+    }
+}
+
+/// What a message that passes unchanged will get back.
+pub fn plain_expect(tag: u8, body: &[u8]) -> Expect {
+    match (tag, body.first()) {
+        (b'P', _) => Expect::Parse,
+        (b'B', _) => Expect::Bind,
+        (b'D', Some(b'S')) => Expect::DescribeStatement,
+        (b'D', _) => Expect::DescribePortal,
+        _ => Expect::Close,
     }
 }
 
@@ -145,6 +253,12 @@ pub enum FromServer<'a> {
         tag: u8,
         body: &'a [u8],
     },
+    /// The answer to a message the pooler added, `len` bytes at the front, to be
+    /// consumed. `ready` is 0 whenever this is returned.
+    Hidden(usize),
+    /// The pooler's own answer is due at the head of the queue: write it once `ready`
+    /// bytes are out, then judge on.
+    Made,
     Bad(FrameError),
 }
 
@@ -153,17 +267,27 @@ pub enum FromServer<'a> {
 pub const MAX_INSPECTED: usize = 1 << 20;
 
 /// Judges bytes from a server. `own` counts ReadyForQuery messages that answer the pooler's
-/// own queries: everything up to and including them is swallowed.
+/// own queries: everything up to and including them is swallowed. `queue` (when statements
+/// are rewritten) is matched against each answer.
 pub fn from_server<'a>(
     buf: &'a [u8],
     scan: &mut Scan,
     tx: &mut TxState,
     own: u32,
+    mut queue: Option<&mut std::collections::VecDeque<Expect>>,
 ) -> FromServer<'a> {
     loop {
         scan.stream(buf.len());
         if scan.remaining > 0 {
             return FromServer::NeedMore;
+        }
+        if own == 0
+            && queue
+                .as_ref()
+                .and_then(|q| q.front())
+                .is_some_and(|e| e.is_made())
+        {
+            return FromServer::Made;
         }
         let rest = &buf[scan.ready..];
         let h = match frame::header(rest, usize::MAX) {
@@ -183,6 +307,35 @@ pub fn from_server<'a>(
                 Some(body) => FromServer::Own { tag: h.tag, body },
                 None => FromServer::NeedMore,
             };
+        }
+        if let Some(q) = queue.as_deref_mut() {
+            match q.front().copied() {
+                Some(head) if head.ends_with(h.tag) => {
+                    if matches!(head, Expect::HiddenParse | Expect::HiddenClose) {
+                        if scan.ready > 0 {
+                            return FromServer::NeedMore;
+                        }
+                        if rest.len() < h.total {
+                            return FromServer::NeedMore;
+                        }
+                        q.pop_front();
+                        return FromServer::Hidden(h.total);
+                    }
+                    q.pop_front();
+                }
+                Some(head) if h.tag == b'E' && head != Expect::Query && head != Expect::Sync => {
+                    // The server skips every message up to the next Sync after an error;
+                    // their answers, ours included, never come.
+                    q.pop_front();
+                    while q
+                        .front()
+                        .is_some_and(|e| *e != Expect::Sync && *e != Expect::Query)
+                    {
+                        q.pop_front();
+                    }
+                }
+                _ => {}
+            }
         }
         match h.tag {
             b'Z' => {
@@ -221,6 +374,7 @@ pub fn wants_whole(buf: &[u8], scan: &Scan, own: u32) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];
@@ -238,7 +392,7 @@ mod tests {
         let buf = msg(b'Q', b"select 1\0");
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
         assert_eq!(
-            from_client(&buf, &mut scan, &mut tx, false, 1 << 20),
+            from_client(&buf, &mut scan, &mut tx, Named::Refuse, 1 << 20, None),
             FromClient::NeedMore
         );
         assert_eq!(scan.ready, buf.len());
@@ -256,7 +410,7 @@ mod tests {
         ]);
         let buf = cat(&[one.clone(), one.clone(), one]);
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
-        from_client(&buf, &mut scan, &mut tx, false, 1 << 20);
+        from_client(&buf, &mut scan, &mut tx, Named::Refuse, 1 << 20, None);
         assert_eq!(tx.expected, 3);
         assert!(!tx.unsynced);
 
@@ -264,7 +418,7 @@ mod tests {
         let mut s = Scan::default();
         for left in [2, 1, 0] {
             assert_eq!(
-                from_server(&z, &mut s, &mut tx, 0),
+                from_server(&z, &mut s, &mut tx, 0, None),
                 FromServer::ReadyForQuery
             );
             assert_eq!(tx.expected, left);
@@ -281,7 +435,7 @@ mod tests {
             msg(b'H', b""),
         ]);
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
-        from_client(&buf, &mut scan, &mut tx, false, 1 << 20);
+        from_client(&buf, &mut scan, &mut tx, Named::Refuse, 1 << 20, None);
         assert!(tx.unsynced);
         assert!(!tx.is_idle());
     }
@@ -291,13 +445,13 @@ mod tests {
         let buf = cat(&[msg(b'S', b""), msg(b'P', b"s1\0select 1\0\0\0")]);
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
         assert_eq!(
-            from_client(&buf, &mut scan, &mut tx, false, 1 << 20),
+            from_client(&buf, &mut scan, &mut tx, Named::Refuse, 1 << 20, None),
             FromClient::NamedParse
         );
         assert_eq!(scan.ready, 5, "the Sync before it still goes");
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
         assert_eq!(
-            from_client(&buf, &mut scan, &mut tx, true, 1 << 20),
+            from_client(&buf, &mut scan, &mut tx, Named::Pass, 1 << 20, None),
             FromClient::NeedMore
         );
         assert_eq!(scan.ready, buf.len());
@@ -308,7 +462,7 @@ mod tests {
         let buf = cat(&[msg(b'Q', b"x\0"), msg(b'X', b"")]);
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
         assert_eq!(
-            from_client(&buf, &mut scan, &mut tx, false, 1 << 20),
+            from_client(&buf, &mut scan, &mut tx, Named::Refuse, 1 << 20, None),
             FromClient::Terminate
         );
         assert_eq!(scan.ready, 7);
@@ -319,14 +473,28 @@ mod tests {
         let big = msg(b'd', &[7u8; 1000]);
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
         assert_eq!(
-            from_client(&big[..100], &mut scan, &mut tx, false, 1 << 20),
+            from_client(
+                &big[..100],
+                &mut scan,
+                &mut tx,
+                Named::Refuse,
+                1 << 20,
+                None
+            ),
             FromClient::NeedMore
         );
         assert_eq!((scan.ready, scan.remaining), (100, 905));
         scan.sent(100);
         // The next read brings the rest of the message (the buffer now starts at offset 100).
         assert_eq!(
-            from_client(&big[100..], &mut scan, &mut tx, false, 1 << 20),
+            from_client(
+                &big[100..],
+                &mut scan,
+                &mut tx,
+                Named::Refuse,
+                1 << 20,
+                None
+            ),
             FromClient::NeedMore
         );
         assert_eq!((scan.ready, scan.remaining), (905, 0));
@@ -337,7 +505,7 @@ mod tests {
         let buf = msg(b'Q', &[b'a'; 100]);
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
         assert!(matches!(
-            from_client(&buf, &mut scan, &mut tx, false, 50),
+            from_client(&buf, &mut scan, &mut tx, Named::Refuse, 50, None),
             FromClient::Bad(_)
         ));
     }
@@ -351,7 +519,7 @@ mod tests {
         let buf = cat(&[msg(b'E', b"SERROR\0\0"), msg(b'Z', b"E")]);
         let mut scan = Scan::default();
         assert_eq!(
-            from_server(&buf, &mut scan, &mut tx, 0),
+            from_server(&buf, &mut scan, &mut tx, 0, None),
             FromServer::ReadyForQuery
         );
         assert_eq!(tx.status, b'E');
@@ -367,7 +535,7 @@ mod tests {
         };
         let mut scan = Scan::default();
         assert_eq!(
-            from_server(&buf[..5], &mut scan, &mut tx, 0),
+            from_server(&buf[..5], &mut scan, &mut tx, 0, None),
             FromServer::NeedMore
         );
         assert_eq!(tx.expected, 1);
@@ -379,11 +547,11 @@ mod tests {
         let buf = cat(&[msg(b'S', b"TimeZone\0UTC\0"), msg(b'C', b"SET\0")]);
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
         assert_eq!(
-            from_server(&buf, &mut scan, &mut tx, 0),
+            from_server(&buf, &mut scan, &mut tx, 0, None),
             FromServer::Parameter("TimeZone", "UTC")
         );
         assert_eq!(
-            from_server(&buf, &mut scan, &mut tx, 0),
+            from_server(&buf, &mut scan, &mut tx, 0, None),
             FromServer::NeedMore
         );
         assert_eq!(scan.ready, buf.len());
@@ -394,7 +562,7 @@ mod tests {
         let buf = cat(&[msg(b'C', b"SET\0"), msg(b'Z', b"I")]);
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
         assert_eq!(
-            from_server(&buf, &mut scan, &mut tx, 1),
+            from_server(&buf, &mut scan, &mut tx, 1, None),
             FromServer::Own {
                 tag: b'C',
                 body: b"SET\0"
@@ -403,16 +571,155 @@ mod tests {
         assert_eq!(scan.ready, 0);
     }
 
+    fn drain(q: &VecDeque<Expect>) -> Vec<Expect> {
+        q.iter().copied().collect()
+    }
+
+    #[test]
+    fn rewrite_mode_stops_at_named_messages_and_queues_the_rest() {
+        let buf = cat(&[
+            msg(b'P', b"\0select 1\0\0\0"),
+            msg(b'B', b"\0\0\0\0\0\0\0\0"),
+            msg(b'D', b"P\0"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+            msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+        ]);
+        let (mut scan, mut tx) = (Scan::default(), TxState::new());
+        let mut q = VecDeque::new();
+        let v = from_client(
+            &buf,
+            &mut scan,
+            &mut tx,
+            Named::Rewrite,
+            1 << 20,
+            Some(&mut q),
+        );
+        assert_eq!(v, FromClient::Rewrite);
+        assert_eq!(
+            drain(&q),
+            [
+                Expect::Parse,
+                Expect::Bind,
+                Expect::DescribePortal,
+                Expect::Execute,
+                Expect::Sync
+            ]
+        );
+        assert_eq!(&buf[scan.ready..scan.ready + 1], b"B");
+        // The same bytes in session pooling pass through.
+        let (mut scan, mut tx) = (Scan::default(), TxState::new());
+        let v = from_client(&buf, &mut scan, &mut tx, Named::Pass, 1 << 20, None);
+        assert_eq!((v, scan.ready), (FromClient::NeedMore, buf.len()));
+    }
+
+    #[test]
+    fn bind_waits_for_its_names() {
+        let full = msg(b'B', b"\0s1\0\0\0\0\0\0\0");
+        let (mut scan, mut tx) = (Scan::default(), TxState::new());
+        let v = from_client(
+            &full[..7],
+            &mut scan,
+            &mut tx,
+            Named::Rewrite,
+            1 << 20,
+            None,
+        );
+        assert_eq!((v, scan.ready), (FromClient::NeedMore, 0));
+    }
+
+    #[test]
+    fn answers_are_matched_and_made_ones_come_in_order() {
+        let mut q: VecDeque<Expect> = [
+            Expect::Execute,
+            Expect::MadeParse,
+            Expect::HiddenParse,
+            Expect::Bind,
+            Expect::Sync,
+        ]
+        .into();
+        let buf = cat(&[
+            msg(b'D', b"\0\0"),
+            msg(b'C', b"SELECT 1\0"),
+            msg(b'1', b""),
+            msg(b'2', b""),
+        ]);
+        let (mut scan, mut tx) = (
+            Scan::default(),
+            TxState {
+                expected: 1,
+                ..TxState::new()
+            },
+        );
+        // The Execute's rows and completion pass; then our ParseComplete is due.
+        assert_eq!(
+            from_server(&buf, &mut scan, &mut tx, 0, Some(&mut q)),
+            FromServer::Made
+        );
+        assert_eq!(scan.ready, 7 + 14);
+        q.pop_front();
+        // The hidden ParseComplete waits until the ready bytes are out...
+        assert_eq!(
+            from_server(&buf, &mut scan, &mut tx, 0, Some(&mut q)),
+            FromServer::NeedMore
+        );
+        let rest = &buf[scan.ready..];
+        let mut scan = Scan::default();
+        assert_eq!(
+            from_server(rest, &mut scan, &mut tx, 0, Some(&mut q)),
+            FromServer::Hidden(5)
+        );
+        let rest = &rest[5..];
+        assert_eq!(
+            from_server(rest, &mut scan, &mut tx, 0, Some(&mut q)),
+            FromServer::NeedMore
+        );
+        assert_eq!(scan.ready, 5);
+        assert_eq!(drain(&q), [Expect::Sync]);
+    }
+
+    #[test]
+    fn an_error_skips_answers_until_sync() {
+        let mut q: VecDeque<Expect> = [
+            Expect::Bind,
+            Expect::MadeParse,
+            Expect::Execute,
+            Expect::Sync,
+        ]
+        .into();
+        let buf = cat(&[msg(b'E', b"SERROR\0\0"), msg(b'Z', b"I")]);
+        let (mut scan, mut tx) = (
+            Scan::default(),
+            TxState {
+                expected: 1,
+                ..TxState::new()
+            },
+        );
+        assert_eq!(
+            from_server(&buf, &mut scan, &mut tx, 0, Some(&mut q)),
+            FromServer::ReadyForQuery
+        );
+        assert!(q.is_empty());
+        assert!(tx.is_idle());
+    }
+
     proptest::proptest! {
         #[test]
         fn scans_never_panic_or_overrun(buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let (mut scan, mut tx) = (Scan::default(), TxState::new());
-            let _ = from_client(&buf, &mut scan, &mut tx, false, 1 << 20);
+            let _ = from_client(&buf, &mut scan, &mut tx, Named::Refuse, 1 << 20, None);
             proptest::prop_assert!(scan.ready <= buf.len());
             let mut scan = Scan::default();
-            let _ = from_server(&buf, &mut scan, &mut tx, 0);
+            let _ = from_server(&buf, &mut scan, &mut tx, 0, None);
             proptest::prop_assert!(scan.ready <= buf.len());
             let _ = wants_whole(&buf, &scan, 1);
+            let mut q = VecDeque::new();
+            let (mut scan, mut tx) = (Scan::default(), TxState::new());
+            let _ = from_client(&buf, &mut scan, &mut tx, Named::Rewrite, 1 << 20, Some(&mut q));
+            proptest::prop_assert!(scan.ready <= buf.len());
+            let mut scan = Scan::default();
+            let _ = from_server(&buf, &mut scan, &mut tx, 0, Some(&mut q));
+            proptest::prop_assert!(scan.ready <= buf.len());
         }
     }
 }

@@ -93,6 +93,8 @@ pub(crate) struct Server {
     pub close_needed: bool,
     /// Has served a client (for server_lifetime 0: use each connection once).
     pub used: bool,
+    /// Statements prepared here under pooler names.
+    pub stmts: crate::prepared::ServerStmts,
     login: Option<Box<Login>>,
     /// Shared-memory places this server holds (database, user), given back when it closes.
     holds: (Option<usize>, Option<usize>),
@@ -219,6 +221,7 @@ impl Worker {
             addr,
             close_needed: false,
             used: false,
+            stmts: Default::default(),
             login: Some(Box::new(Login {
                 creds,
                 scram: None,
@@ -629,8 +632,10 @@ impl Worker {
         write::query(s.io.wbuf.vec(&mut self.bufs), &query);
         s.own += 1;
         s.scan = Scan::default();
-        // DISCARD ALL forgets what was SET; tracked values come back as ParameterStatus.
+        // DISCARD ALL forgets what was SET and prepared; tracked values come back as
+        // ParameterStatus.
         s.params.retain_tracked();
+        s.stmts.clear();
         self.reset_io(st);
     }
 
@@ -649,7 +654,7 @@ impl Worker {
             }
             let mut tx = crate::relay::TxState::new();
             loop {
-                match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut tx, s.own) {
+                match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut tx, s.own, None) {
                     FromServer::Own { tag, body } => {
                         let len = body.len() + 5;
                         match tag {

@@ -90,6 +90,8 @@ pub struct Worker {
     signals: Option<signal_hook_mio::v1_0::Signals>,
     pub(crate) shm: Arc<Shm>,
     pub(crate) stats: WorkerStats,
+    /// Named statements clients prepared, for transaction pooling.
+    pub(crate) stmts: crate::prepared::Registry,
     /// Set once a graceful shutdown began.
     pub(crate) shutdown_since: Option<Instant>,
 }
@@ -151,6 +153,7 @@ impl Worker {
             signals: Some(signals),
             shm: init.shm,
             stats: WorkerStats::default(),
+            stmts: Default::default(),
             shutdown_since: None,
         };
         w.stats.started(&w.shm, w.slot);

@@ -194,7 +194,7 @@ pub struct Config {
 
     #[serde(deserialize_with = "de::string_list")]
     pub ignore_startup_parameters: Vec<String>,
-    /// Reserved; named prepared statements are refused in transaction/statement mode.
+    /// Named statements the pooler keeps prepared per server in transaction/statement mode.
     #[serde(deserialize_with = "de::int")]
     pub max_prepared_statements: u32,
 
@@ -263,7 +263,7 @@ impl Default for Config {
             tcp_keepcnt: 0,
             tcp_user_timeout: Duration::ZERO,
             ignore_startup_parameters: Vec::new(),
-            max_prepared_statements: 0,
+            max_prepared_statements: 200,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
         }

@@ -95,7 +95,7 @@ const KEY_TABLE: &[(&str, &str, &str)] = &[
         "[]",
         "extra_float_digits, options",
     ),
-    ("max_prepared_statements", "0", "100"),
+    ("max_prepared_statements", "200", "100"),
     ("databases", "{}", "{app: {host: db1}}"),
     ("users", "{}", "{u: {pool_mode: session}}"),
 ];

@@ -1,0 +1,274 @@
+//! Named prepared statements under transaction pooling (`max_prepared_statements`).
+//!
+//! A client's statement names mean nothing to the server it happens to get, so the pooler
+//! keeps them: each distinct statement (its Parse body: query text and parameter types)
+//! gets a worker-wide name `PGBS_<id>`, prepared on a server the first time a client that
+//! uses it runs there, and kept there (least recently used ones are closed past the limit)
+//! so later clients with the same query reuse it. Parse of a statement the server already
+//! has and Close of a client's statement are answered by the pooler itself; the relay's
+//! queue of expected answers puts those answers in their place in the stream.
+
+use crate::client::Close;
+use crate::relay::{bind_names, Expect};
+use crate::wire::fields::cstr;
+use crate::wire::{frame, sqlstate};
+use crate::worker::{Conn, Worker};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+
+/// One distinct statement.
+pub(crate) struct Stmt {
+    pub id: u64,
+    /// The Parse body after the statement name: query text, parameter count and types.
+    pub body: Box<[u8]>,
+}
+
+/// Every statement some client of this worker prepared, found by its Parse body.
+#[derive(Default)]
+pub(crate) struct Registry {
+    by_body: HashMap<Box<[u8]>, Weak<Stmt>>,
+    next_id: u64,
+    pruned_at: usize,
+}
+
+impl Registry {
+    fn get_or_add(&mut self, body: &[u8]) -> Rc<Stmt> {
+        if let Some(s) = self.by_body.get(body).and_then(Weak::upgrade) {
+            return s;
+        }
+        self.next_id += 1;
+        let s = Rc::new(Stmt {
+            id: self.next_id,
+            body: body.into(),
+        });
+        self.by_body.insert(body.into(), Rc::downgrade(&s));
+        if self.by_body.len() > 2 * self.pruned_at.max(64) {
+            self.by_body.retain(|_, w| w.strong_count() > 0);
+            self.pruned_at = self.by_body.len();
+        }
+        s
+    }
+}
+
+/// Statements a server has prepared under pooler names: id -> last use.
+#[derive(Default)]
+pub(crate) struct ServerStmts {
+    have: HashMap<u64, u64>,
+    clock: u64,
+}
+
+impl ServerStmts {
+    fn touch(&mut self, id: u64) -> bool {
+        self.clock += 1;
+        match self.have.get_mut(&id) {
+            Some(t) => {
+                *t = self.clock;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// DISCARD ALL (or a new connection) leaves none.
+    pub fn clear(&mut self) {
+        self.have.clear();
+    }
+}
+
+fn put_name(out: &mut Vec<u8>, id: u64) {
+    use std::io::Write;
+    let _ = write!(out, "PGBS_{id:x}");
+    out.push(0);
+}
+
+/// Appends a message with a length patched after its body is written.
+fn message(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
+    out.push(tag);
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    body(out);
+    let len = (out.len() - at) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// What to do with the message at the front of the client's buffer.
+enum Plan {
+    /// More bytes are needed first (this many in all).
+    Wait(usize),
+    /// It is not one of ours after all (unknown name): it passes unchanged.
+    Pass(Expect),
+    Parse {
+        client_name: Box<str>,
+        body: Vec<u8>,
+    },
+    Bind {
+        stmt: Rc<Stmt>,
+        portal: Vec<u8>,
+        prefix: usize,
+    },
+    Describe(Rc<Stmt>),
+    Close(Box<str>),
+}
+
+impl Worker {
+    /// Handles a named-statement message at the front of a linked client's buffer, once
+    /// every byte before it has gone to the server. Ok(false): more bytes are needed.
+    pub(crate) fn rewrite_named(&mut self, ct: usize, st: usize) -> Result<bool, Close> {
+        let max_packet = self.cfg.max_packet_size as usize;
+        let limit = self.cfg.max_prepared_statements as usize;
+        let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
+            return Err(Close::Quiet("connection gone"));
+        };
+        debug_assert_eq!(c.scan.ready, 0);
+        let bytes = c.io.rbuf.bytes();
+        let avail = bytes.len();
+        let h = match frame::header(bytes, max_packet) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(Close::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        };
+        let body = &bytes[5..bytes.len().min(h.total)];
+        let whole = bytes.len() >= h.total;
+        let bad = || Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "malformed message".into());
+        let name_of = |n: &[u8]| -> Box<str> { String::from_utf8_lossy(n).into() };
+        let plan = match h.tag {
+            b'P' if !whole => Plan::Wait(h.total),
+            b'P' => {
+                let (name, rest) = cstr(body).ok_or_else(bad)?;
+                Plan::Parse {
+                    client_name: name_of(name),
+                    body: rest.to_vec(),
+                }
+            }
+            b'B' => match bind_names(body) {
+                None if whole => return Err(bad()),
+                None => Plan::Wait(h.total.min(5 + 1024).max(bytes.len() + 1)),
+                Some((portal, name)) => match c.stmts.get(&*name_of(name)) {
+                    None => Plan::Pass(Expect::Bind),
+                    Some(stmt) => Plan::Bind {
+                        stmt: stmt.clone(),
+                        portal: portal.to_vec(),
+                        prefix: 5 + portal.len() + 1 + name.len() + 1,
+                    },
+                },
+            },
+            b'D' | b'C' if !whole => Plan::Wait(h.total),
+            b'D' => {
+                let (name, _) = body.get(1..).and_then(cstr).ok_or_else(bad)?;
+                match c.stmts.get(&*name_of(name)) {
+                    None => Plan::Pass(Expect::DescribeStatement),
+                    Some(stmt) => Plan::Describe(stmt.clone()),
+                }
+            }
+            b'C' => {
+                let (name, _) = body.get(1..).and_then(cstr).ok_or_else(bad)?;
+                Plan::Close(name_of(name))
+            }
+            _ => Plan::Pass(Expect::Close),
+        };
+        c.tx.unsynced = true;
+        match plan {
+            Plan::Wait(total) => {
+                c.io.rbuf.make_room(total, &mut self.bufs);
+                return Ok(false);
+            }
+            Plan::Pass(expect) => {
+                c.queue.push_back(expect);
+                c.scan.pass(h.total, avail);
+            }
+            Plan::Parse { client_name, body } => {
+                let stmt = self.stmts.get_or_add(&body);
+                c.io.rbuf.consume(h.total);
+                if s.stmts.touch(stmt.id) {
+                    c.queue.push_back(Expect::MadeParse);
+                } else {
+                    let out = s.io.wbuf.vec(&mut self.bufs);
+                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, false);
+                }
+                c.stmts.insert(client_name, stmt);
+            }
+            Plan::Bind {
+                stmt,
+                portal,
+                prefix,
+            } => {
+                let out = s.io.wbuf.vec(&mut self.bufs);
+                if !s.stmts.touch(stmt.id) {
+                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, true);
+                }
+                // Header and names here; the parameters stream from the client's buffer.
+                let rest = h.total - prefix;
+                out.push(b'B');
+                let at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                out.extend_from_slice(&portal);
+                out.push(0);
+                put_name(out, stmt.id);
+                let len = (out.len() - at + rest) as u32;
+                out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                c.io.rbuf.consume(prefix);
+                c.scan.remaining = rest;
+                c.scan.stream(c.io.rbuf.len());
+                c.queue.push_back(Expect::Bind);
+            }
+            Plan::Describe(stmt) => {
+                c.io.rbuf.consume(h.total);
+                let out = s.io.wbuf.vec(&mut self.bufs);
+                if !s.stmts.touch(stmt.id) {
+                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, true);
+                }
+                message(out, b'D', |o| {
+                    o.push(b'S');
+                    put_name(o, stmt.id);
+                });
+                c.queue.push_back(Expect::DescribeStatement);
+            }
+            Plan::Close(name) => {
+                // The server keeps the statement for others; the client only forgets it.
+                c.io.rbuf.consume(h.total);
+                c.stmts.remove(&name);
+                c.queue.push_back(Expect::MadeClose);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Prepares `stmt` on a server, closing its least recently used statement first when it
+/// holds `limit` already. `hidden`: the client did not ask for this Parse.
+fn prepare(
+    out: &mut Vec<u8>,
+    have: &mut ServerStmts,
+    queue: &mut std::collections::VecDeque<Expect>,
+    stmt: &Stmt,
+    limit: usize,
+    hidden: bool,
+) {
+    if have.have.len() >= limit.max(1) {
+        if let Some((&victim, _)) = have.have.iter().min_by_key(|(_, &t)| t) {
+            have.have.remove(&victim);
+            message(out, b'C', |o| {
+                o.push(b'S');
+                put_name(o, victim);
+            });
+            queue.push_back(Expect::HiddenClose);
+        }
+    }
+    message(out, b'P', |o| {
+        put_name(o, stmt.id);
+        o.extend_from_slice(&stmt.body);
+    });
+    queue.push_back(if hidden {
+        Expect::HiddenParse
+    } else {
+        Expect::Parse
+    });
+    have.clock += 1;
+    have.have.insert(stmt.id, have.clock);
+}
+
+/// The pooler's own answer to an elided Parse or Close.
+pub(crate) fn made_answer(out: &mut Vec<u8>, e: Expect) {
+    let tag = if e == Expect::MadeParse { b'1' } else { b'3' };
+    out.extend_from_slice(&[tag, 0, 0, 0, 4]);
+}
