@@ -3,9 +3,12 @@
 //! It stays single-threaded and serves no clients. Signal handlers only queue the signal
 //! (signal-hook); one flat loop acts on signals, worker exits and control messages.
 
+mod averages;
 mod children;
+mod console;
 pub mod daemon;
 mod listen;
+mod metrics;
 mod reload;
 pub mod title;
 
@@ -41,6 +44,11 @@ struct Supervisor {
     userlist: Option<String>,
     /// The hba file's text as last validated.
     hba: Option<String>,
+    /// The configuration text running now (the file's, plus console SETs).
+    config_text: String,
+    gathers: console::Gathers,
+    metrics: metrics::Metrics,
+    averages: averages::Averages,
     listeners: listen::Listeners,
     slots: Vec<Slot>,
     /// How many slots should run; slots past it are retiring.
@@ -77,6 +85,8 @@ pub fn read_hba(cfg: &Config) -> Result<Option<String>, String> {
 
 /// Runs the pooler: returns the process exit code.
 pub fn run(opts: Options, cfg: Config) -> i32 {
+    // The text the console's SET edits; the file was just parsed, so it reads again.
+    let config_text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
     let (userlist, hba) = match read_userlist(&cfg).and_then(|u| Ok((u, read_hba(&cfg)?))) {
         Ok(x) => x,
         Err(e) => {
@@ -125,6 +135,10 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
         cfg: Arc::new(cfg),
         userlist,
         hba,
+        config_text,
+        gathers: Default::default(),
+        metrics: Default::default(),
+        averages: Default::default(),
         listeners,
         slots: Vec::new(),
         want: workers,
@@ -155,6 +169,7 @@ impl Supervisor {
             mio::Token(SIGNALS_TOKEN),
             mio::Interest::READABLE,
         )?;
+        self.metrics_listen()?;
         for _ in 0..self.want {
             self.slots.push(Slot::new());
         }
@@ -171,9 +186,11 @@ impl Supervisor {
                 }
             }
             for ev in events.iter() {
-                let t = ev.token().0;
-                if t != SIGNALS_TOKEN {
-                    self.control_io(t);
+                match ev.token().0 {
+                    SIGNALS_TOKEN => {}
+                    metrics::LISTENER_TOKEN => self.metrics_accept(),
+                    t if t >= metrics::CONN_BASE => self.metrics_io(t),
+                    t => self.control_io(t),
                 }
             }
             for sig in signals.pending() {
@@ -194,6 +211,9 @@ impl Supervisor {
             }
             self.reap();
             self.retire_done();
+            self.finish_gathers(true);
+            self.metrics_timeouts();
+            self.averages_tick();
             if let Some(since) = self.stopping {
                 if self.slots.iter().all(|s| s.pid.is_none()) {
                     log::info!("all workers stopped; exiting");
@@ -270,6 +290,8 @@ impl Supervisor {
                             self.send(owner, &Command::Cancel { pid, key }, None);
                         }
                     }
+                    Ok(Report::Admin { req, request }) => self.console_request(n, req, request),
+                    Ok(Report::Rows { req, chunk, last }) => self.gather_rows(n, req, chunk, last),
                     Err(e) => log::warn!("worker {n}: bad control message: {}", e.0),
                 },
                 Ok(None) => return,

@@ -1,4 +1,5 @@
-//! SIGHUP: re-read and validate the config and auth file, then apply them everywhere.
+//! SIGHUP and RELOAD: re-read and validate the config and auth files, then apply them
+//! everywhere.
 
 use crate::children::Slot;
 use crate::{listen, read_hba, read_userlist, Supervisor, WORKERS_CAP};
@@ -8,38 +9,55 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 impl Supervisor {
-    /// Reloads: an invalid file is logged and changes nothing; a valid one reaches every
+    /// SIGHUP: an invalid file is logged and changes nothing; a valid one reaches every
     /// worker without dropping a connection, and `workers` changes fork or retire workers.
     pub(crate) fn reload(&mut self) {
-        if self.stopping.is_some() {
-            return;
-        }
-        let path = self.opts.config_path.clone();
-        log::info!("got SIGHUP, reloading {}", path.display());
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-        let result = self.try_reload();
-        if let Err(e) = result {
+        if let Err(e) = self.reload_now() {
             log::error!("reload failed, keeping the running configuration: {e}");
         }
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
 
-    fn try_reload(&mut self) -> Result<(), String> {
-        let path = &self.opts.config_path;
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let cfg = Config::from_yaml_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let userlist = read_userlist(&cfg)?;
-        let hba = read_hba(&cfg)?;
-        for key in restart_required_changes(&self.cfg, &cfg) {
-            log::warn!("{key} changed: it takes effect only after a restart");
+    pub(crate) fn reload_now(&mut self) -> Result<(), String> {
+        if self.stopping.is_some() {
+            return Err("the pooler is shutting down".into());
         }
+        let path = self.opts.config_path.clone();
+        log::info!("reloading {}", path.display());
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        let result = (|| {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let cfg =
+                Config::from_yaml_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let userlist = read_userlist(&cfg)?;
+            let hba = read_hba(&cfg)?;
+            for key in restart_required_changes(&self.cfg, &cfg) {
+                log::warn!("{key} changed: it takes effect only after a restart");
+            }
+            self.apply(text, cfg, userlist, hba)
+        })();
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        if result.is_ok() {
+            log::info!("configuration reloaded");
+        }
+        result
+    }
+
+    /// Makes a validated configuration the running one, in every worker.
+    pub(crate) fn apply(
+        &mut self,
+        text: String,
+        cfg: Config,
+        userlist: Option<String>,
+        hba: Option<String>,
+    ) -> Result<(), String> {
         let want = self
             .opts
             .workers
             .unwrap_or_else(|| cfg.worker_count())
             .clamp(1, WORKERS_CAP);
         let snapshot = Snapshot {
-            config_yaml: text,
+            config_yaml: text.clone(),
             userlist: userlist.clone(),
             hba: hba.clone(),
         };
@@ -51,6 +69,7 @@ impl Supervisor {
             self.resize(want)?;
         }
         self.cfg = Arc::new(cfg);
+        self.config_text = text;
         self.userlist = userlist;
         self.hba = hba;
         for n in 0..self.slots.len() {
@@ -58,7 +77,6 @@ impl Supervisor {
                 self.send(n, &Command::Reload, Some(memfd.as_raw_fd()));
             }
         }
-        log::info!("configuration reloaded");
         Ok(())
     }
 
@@ -84,7 +102,7 @@ impl Supervisor {
         } else {
             for n in want..have {
                 self.slots[n].retiring = true;
-                self.send(n, &Command::Shutdown, None);
+                self.send(n, &pgbouncers_worker::control::Command::Shutdown, None);
             }
             log::info!("workers: {have} -> {want}; retiring the surplus gracefully");
         }

@@ -94,6 +94,8 @@ pub(crate) struct Client {
     pub stmts: std::collections::HashMap<Box<str>, std::rc::Rc<crate::prepared::Stmt>>,
     /// What the server still owes this client, when statements are rewritten.
     pub queue: std::collections::VecDeque<crate::relay::Expect>,
+    /// Logged in to the admin console, with this role.
+    pub admin: Option<crate::admin::Role>,
 }
 
 impl Client {
@@ -183,6 +185,7 @@ impl Worker {
             counted: false,
             stmts: Default::default(),
             queue: Default::default(),
+            admin: None,
         };
         entry.insert(Conn::Client(Box::new(client)));
     }
@@ -434,7 +437,21 @@ impl Worker {
         c.params = params;
         c.state = CState::Auth;
         let db = c.db.clone();
-        if self.cfg.database(&db).is_none() {
+        if crate::admin::is_console(&db) {
+            // PgBouncer refuses users without a console role before any password.
+            let user = c.user.clone();
+            let role = self.console_role(&user);
+            let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+                return;
+            };
+            c.admin = role;
+            if role.is_none() {
+                return self.close_client(
+                    ct,
+                    Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "not allowed".into()),
+                );
+            }
+        } else if self.cfg.database(&db).is_none() {
             return self.close_client(
                 ct,
                 Close::Fatal(
@@ -616,6 +633,7 @@ impl Worker {
     }
 
     fn auth_failed(&mut self, ct: usize) {
+        self.stats.auth_failures += 1;
         let Some(c) = self.client(ct) else { return };
         let msg = format!("password authentication failed for user \"{}\"", c.user);
         log::info!("{}: {msg}", c.name());
@@ -627,6 +645,9 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
+        if c.admin.is_some() {
+            return self.console_welcome(ct);
+        }
         write::auth_ok(c.io.wbuf.vec(&mut self.bufs));
         let (db, user) = (c.db.to_string(), c.user.to_string());
         let pool = match self.pool_for(&db, &user) {
@@ -732,6 +753,9 @@ impl Worker {
         if c.state != CState::Idle {
             return;
         }
+        if c.admin.is_some() {
+            return self.console_input(ct);
+        }
         if c.io.rbuf.bytes()[0] == b'X' {
             return self.close_client(ct, Close::Quiet("client close request"));
         }
@@ -782,6 +806,9 @@ impl Worker {
         let state = c.state;
         if c.counted {
             self.shm.release_client(self.slot);
+        }
+        if c.admin.is_some() {
+            self.console_forget(ct, id);
         }
         if key != 0 && self.cancel_keys.get(&key).map(|e| e.1) == Some(id) {
             self.cancel_keys.remove(&key);

@@ -8,8 +8,31 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Largest message either side sends.
-pub const MAX_MESSAGE: usize = 4096;
+/// Largest message either side sends; row chunks stay below it.
+pub const MAX_MESSAGE: usize = 65536;
+/// Rows travel in chunks of about this many bytes.
+pub const ROW_CHUNK: usize = 60000;
+
+/// What the admin console collects from every worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    Pools,
+    Clients,
+    Servers,
+}
+
+/// An admin console request a worker passes to the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequest {
+    Collect(What),
+    Reload,
+    Pause(Option<String>),
+    Resume(Option<String>),
+    Kill(Option<String>),
+    KillClient(u32),
+    Shutdown,
+    Set { key: String, value: String },
+}
 
 /// Supervisor to worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +48,30 @@ pub enum Command {
         pid: u32,
         key: u32,
     },
+    /// Send this worker's rows for `what`, tagged `req`.
+    Collect {
+        req: u32,
+        what: What,
+    },
+    /// Rows from worker `slot` for this worker's admin request `req`.
+    Rows {
+        req: u32,
+        slot: u8,
+        chunk: Vec<u8>,
+    },
+    /// The end of admin request `req`: an error, and the workers that did not answer.
+    AdminDone {
+        req: u32,
+        error: Option<String>,
+        missing: Vec<u8>,
+    },
+    /// Close every client and server of a database (all databases when None).
+    Kill(Option<String>),
+    /// Close the client with this admin id, if it is ours; answer with one row if it was.
+    KillClient {
+        req: u32,
+        id: u32,
+    },
 }
 
 /// Worker to supervisor.
@@ -32,10 +79,85 @@ pub enum Command {
 pub enum Report {
     /// A CancelRequest for a key this worker did not hand out: route it by slot.
     Cancel { pid: u32, key: u32 },
+    /// An admin console command that concerns every worker.
+    Admin { req: u32, request: AdminRequest },
+    /// Rows answering `Command::Collect`; `last` ends this worker's answer.
+    Rows {
+        req: u32,
+        chunk: Vec<u8>,
+        last: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError(pub &'static str);
+
+impl What {
+    fn code(self) -> u8 {
+        match self {
+            What::Pools => 1,
+            What::Clients => 2,
+            What::Servers => 3,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<What, DecodeError> {
+        Ok(match c {
+            1 => What::Pools,
+            2 => What::Clients,
+            3 => What::Servers,
+            _ => return Err(DecodeError("unknown collection")),
+        })
+    }
+}
+
+impl AdminRequest {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            AdminRequest::Collect(w) => out.extend_from_slice(&[1, w.code()]),
+            AdminRequest::Reload => out.push(2),
+            AdminRequest::Pause(db) => {
+                out.push(3);
+                put_opt_str(out, db.as_deref());
+            }
+            AdminRequest::Resume(db) => {
+                out.push(4);
+                put_opt_str(out, db.as_deref());
+            }
+            AdminRequest::Kill(db) => {
+                out.push(5);
+                put_opt_str(out, db.as_deref());
+            }
+            AdminRequest::KillClient(id) => {
+                out.push(6);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            AdminRequest::Shutdown => out.push(7),
+            AdminRequest::Set { key, value } => {
+                out.push(8);
+                put_opt_str(out, Some(key));
+                put_opt_str(out, Some(value));
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<AdminRequest, DecodeError> {
+        Ok(match r.take(1)?[0] {
+            1 => AdminRequest::Collect(What::from_code(r.take(1)?[0])?),
+            2 => AdminRequest::Reload,
+            3 => AdminRequest::Pause(r.opt_str()?),
+            4 => AdminRequest::Resume(r.opt_str()?),
+            5 => AdminRequest::Kill(r.opt_str()?),
+            6 => AdminRequest::KillClient(r.u32()?),
+            7 => AdminRequest::Shutdown,
+            8 => AdminRequest::Set {
+                key: r.opt_str()?.ok_or(DecodeError("no key"))?,
+                value: r.opt_str()?.ok_or(DecodeError("no value"))?,
+            },
+            _ => return Err(DecodeError("unknown admin request")),
+        })
+    }
+}
 
 impl Command {
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -55,6 +177,36 @@ impl Command {
                 out.extend_from_slice(&pid.to_be_bytes());
                 out.extend_from_slice(&key.to_be_bytes());
             }
+            Command::Collect { req, what } => {
+                out.push(6);
+                out.extend_from_slice(&req.to_be_bytes());
+                out.push(what.code());
+            }
+            Command::Rows { req, slot, chunk } => {
+                out.push(7);
+                out.extend_from_slice(&req.to_be_bytes());
+                out.push(*slot);
+                put_long_bytes(out, chunk);
+            }
+            Command::AdminDone {
+                req,
+                error,
+                missing,
+            } => {
+                out.push(8);
+                out.extend_from_slice(&req.to_be_bytes());
+                put_long_str(out, error.as_deref());
+                put_long_bytes(out, missing);
+            }
+            Command::Kill(db) => {
+                out.push(9);
+                put_opt_str(out, db.as_deref());
+            }
+            Command::KillClient { req, id } => {
+                out.push(10);
+                out.extend_from_slice(&req.to_be_bytes());
+                out.extend_from_slice(&id.to_be_bytes());
+            }
         }
     }
 
@@ -69,6 +221,25 @@ impl Command {
             5 => Command::Cancel {
                 pid: r.u32()?,
                 key: r.u32()?,
+            },
+            6 => Command::Collect {
+                req: r.u32()?,
+                what: What::from_code(r.take(1)?[0])?,
+            },
+            7 => Command::Rows {
+                req: r.u32()?,
+                slot: r.take(1)?[0],
+                chunk: r.long_bytes()?.ok_or(DecodeError("no rows"))?,
+            },
+            8 => Command::AdminDone {
+                req: r.u32()?,
+                error: r.long_str()?,
+                missing: r.long_bytes()?.unwrap_or_default(),
+            },
+            9 => Command::Kill(r.opt_str()?),
+            10 => Command::KillClient {
+                req: r.u32()?,
+                id: r.u32()?,
             },
             _ => return Err(DecodeError("unknown command")),
         };
@@ -85,6 +256,17 @@ impl Report {
                 out.extend_from_slice(&pid.to_be_bytes());
                 out.extend_from_slice(&key.to_be_bytes());
             }
+            Report::Admin { req, request } => {
+                out.push(2);
+                out.extend_from_slice(&req.to_be_bytes());
+                request.encode(out);
+            }
+            Report::Rows { req, chunk, last } => {
+                out.push(3);
+                out.extend_from_slice(&req.to_be_bytes());
+                out.push(u8::from(*last));
+                put_long_bytes(out, chunk);
+            }
         }
     }
 
@@ -96,11 +278,48 @@ impl Report {
                 pid: r.u32()?,
                 key: r.u32()?,
             },
+            2 => Report::Admin {
+                req: r.u32()?,
+                request: AdminRequest::decode(&mut r)?,
+            },
+            3 => Report::Rows {
+                req: r.u32()?,
+                last: r.take(1)?[0] != 0,
+                chunk: r.long_bytes()?.ok_or(DecodeError("no rows"))?,
+            },
             _ => return Err(DecodeError("unknown report")),
         };
         r.end()?;
         Ok(rep)
     }
+}
+
+/// A row of text values (None is SQL NULL), as SHOW commands produce them.
+pub type Row = Vec<Option<String>>;
+
+/// Appends rows to a chunk.
+pub fn encode_rows(rows: &[Row], out: &mut Vec<u8>) {
+    for row in rows {
+        out.extend_from_slice(&(row.len() as u16).to_be_bytes());
+        for v in row {
+            put_long_str(out, v.as_deref());
+        }
+    }
+}
+
+pub fn decode_rows(buf: &[u8]) -> Result<Vec<Row>, DecodeError> {
+    let mut r = Reader(buf);
+    let mut rows = Vec::new();
+    while !r.0.is_empty() {
+        let b = r.take(2)?;
+        let n = u16::from_be_bytes([b[0], b[1]]) as usize;
+        let mut row = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            row.push(r.long_str()?);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// What a reload hands every worker: the validated config and the files it names.
@@ -175,11 +394,13 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 fn put_long_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
-        Some(s) => {
-            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
+        Some(s) => put_long_bytes(out, s.as_bytes()),
     }
+}
+
+fn put_long_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -213,15 +434,21 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn long_str(&mut self) -> Result<Option<String>, DecodeError> {
+    fn long_bytes(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
         let n = self.u32()?;
         if n == u32::MAX {
             return Ok(None);
         }
-        let s = self.take(n as usize)?;
-        Ok(Some(
-            String::from_utf8(s.to_vec()).map_err(|_| DecodeError("bad string"))?,
-        ))
+        Ok(Some(self.take(n as usize)?.to_vec()))
+    }
+
+    fn long_str(&mut self) -> Result<Option<String>, DecodeError> {
+        match self.long_bytes()? {
+            None => Ok(None),
+            Some(b) => Ok(Some(
+                String::from_utf8(b).map_err(|_| DecodeError("bad string"))?,
+            )),
+        }
     }
 
     fn end(&self) -> Result<(), DecodeError> {
@@ -333,14 +560,67 @@ mod tests {
             Command::Resume(Some("x".into())),
             Command::Shutdown,
             Command::Cancel { pid: 7, key: 9 },
+            Command::Collect {
+                req: 3,
+                what: What::Clients,
+            },
+            Command::Rows {
+                req: 3,
+                slot: 2,
+                chunk: vec![1, 2, 3],
+            },
+            Command::AdminDone {
+                req: 3,
+                error: Some("x".into()),
+                missing: vec![1],
+            },
+            Command::AdminDone {
+                req: 4,
+                error: None,
+                missing: vec![],
+            },
+            Command::Kill(None),
+            Command::KillClient { req: 1, id: 99 },
         ] {
             let mut b = Vec::new();
             c.encode(&mut b);
             assert_eq!(Command::decode(&b), Ok(c));
         }
+        for r in [
+            Report::Cancel { pid: 1, key: 2 },
+            Report::Admin {
+                req: 1,
+                request: AdminRequest::Collect(What::Pools),
+            },
+            Report::Admin {
+                req: 2,
+                request: AdminRequest::Set {
+                    key: "a".into(),
+                    value: "b".into(),
+                },
+            },
+            Report::Admin {
+                req: 3,
+                request: AdminRequest::Kill(Some("db".into())),
+            },
+            Report::Admin {
+                req: 4,
+                request: AdminRequest::KillClient(7),
+            },
+            Report::Rows {
+                req: 5,
+                chunk: vec![9],
+                last: true,
+            },
+        ] {
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            assert_eq!(Report::decode(&b), Ok(r));
+        }
+        let rows = vec![vec![Some("a".to_string()), None], vec![Some(String::new())]];
         let mut b = Vec::new();
-        Report::Cancel { pid: 1, key: 2 }.encode(&mut b);
-        assert_eq!(Report::decode(&b), Ok(Report::Cancel { pid: 1, key: 2 }));
+        encode_rows(&rows, &mut b);
+        assert_eq!(decode_rows(&b), Ok(rows));
         assert!(Command::decode(&[9]).is_err());
         assert!(Command::decode(&[5, 0, 0]).is_err());
         assert!(Command::decode(&[4, 0]).is_err());
@@ -378,6 +658,7 @@ mod tests {
             let _ = Command::decode(&buf);
             let _ = Report::decode(&buf);
             let _ = Snapshot::decode(&buf);
+            let _ = decode_rows(&buf);
         }
     }
 }

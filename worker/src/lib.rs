@@ -1,6 +1,7 @@
 //! Everything that runs inside one pgbouncers worker process: codecs, auth, pools and the event loop.
 
 mod access;
+pub mod admin;
 pub mod auth;
 mod auth_cache;
 pub mod buf;

@@ -69,6 +69,10 @@ impl ServerStmts {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.have.len()
+    }
+
     /// DISCARD ALL (or a new connection) leaves none.
     pub fn clear(&mut self) {
         self.have.clear();

@@ -54,6 +54,10 @@ pub struct WorkerSlot {
     pub wait_us: AtomicU64,
     /// Unix time of the worker's last janitor pass: a worker that stops ticking is stuck.
     pub heartbeat: AtomicU64,
+    pub proxy_accepted: AtomicU64,
+    /// PROXY headers refused, by reason: untrusted, missing, invalid, timeout.
+    pub proxy_rejected: [AtomicU64; 4],
+    pub auth_failures: AtomicU64,
 }
 
 /// Per-database counters of one worker, in PgBouncer's SHOW STATS terms.
@@ -70,6 +74,37 @@ pub struct DbStats {
     pub server_assignments: AtomicU64,
 }
 
+impl DbStats {
+    /// All eight counters, in field order.
+    pub fn values(&self) -> [u64; 8] {
+        [
+            self.xact_count.load(Relaxed),
+            self.query_count.load(Relaxed),
+            self.bytes_received.load(Relaxed),
+            self.bytes_sent.load(Relaxed),
+            self.xact_time_us.load(Relaxed),
+            self.query_time_us.load(Relaxed),
+            self.wait_time_us.load(Relaxed),
+            self.server_assignments.load(Relaxed),
+        ]
+    }
+
+    fn clear(&self) {
+        for c in [
+            &self.xact_count,
+            &self.query_count,
+            &self.bytes_received,
+            &self.bytes_sent,
+            &self.xact_time_us,
+            &self.query_time_us,
+            &self.wait_time_us,
+            &self.server_assignments,
+        ] {
+            c.store(0, Relaxed);
+        }
+    }
+}
+
 #[repr(C)]
 struct Name {
     /// 0 = free, 1 = being written, 2 = ready.
@@ -81,6 +116,10 @@ struct Name {
     /// Until when (Unix milliseconds) some worker has clients waiting because this
     /// name's limit is reached. Expires by itself, so a dead worker never leaves it set.
     starved_until: AtomicU64,
+    /// Database stats of workers that died (the supervisor adds them in), so totals never
+    /// go back; and per-second averages over the last stats_period. Supervisor-written.
+    retired: [AtomicU64; 8],
+    averages: [AtomicU64; 8],
 }
 
 /// The mapped region. Cheap to share: every accessor takes `&self`.
@@ -249,6 +288,33 @@ impl Shm {
         None
     }
 
+    /// The table index of a name already in the table.
+    pub fn name_index_existing(&self, kind: Kind, name: &str) -> Option<usize> {
+        self.names()
+            .into_iter()
+            .find(|(k, n, _)| *k == kind && n == name)
+            .map(|(_, _, i)| i)
+    }
+
+    /// What dead workers counted for the database at `i`.
+    pub fn retired(&self, i: usize) -> [u64; 8] {
+        let e = self.name(i);
+        std::array::from_fn(|k| e.retired[k].load(Relaxed))
+    }
+
+    /// Per-second averages over the last stats_period for the database at `i`.
+    pub fn averages(&self, i: usize) -> [u64; 8] {
+        let e = self.name(i);
+        std::array::from_fn(|k| e.averages[k].load(Relaxed))
+    }
+
+    pub fn set_averages(&self, i: usize, avg: [u64; 8]) {
+        let e = self.name(i);
+        for (k, v) in avg.into_iter().enumerate() {
+            e.averages[k].store(v, Relaxed);
+        }
+    }
+
     /// Every name in the table with its index, for reports.
     pub fn names(&self) -> Vec<(Kind, String, usize)> {
         let mut out = Vec::new();
@@ -352,6 +418,15 @@ impl Shm {
         w.servers.store(0, Release);
         w.pid.store(0, Release);
         w.state.store(0, Release);
+        // Its database counters move to the retired totals, so totals never go back.
+        for (_, _, i) in self.names() {
+            let d = self.db_stats(slot, i);
+            let e = self.name(i);
+            for (k, v) in d.values().into_iter().enumerate() {
+                e.retired[k].fetch_add(v, AcqRel);
+            }
+            d.clear();
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub struct WorkerStats {
     pub proxy_accepted: u64,
     /// Indexed by `proxy::Rejection`.
     pub proxy_rejected: [u64; 4],
+    pub auth_failures: u64,
 }
 
 fn unix_now() -> u64 {
@@ -80,6 +81,11 @@ impl WorkerStats {
         w.wait_us.store(total.wait_time_us, Relaxed);
         w.servers.store(servers, Relaxed);
         w.heartbeat.store(unix_now(), Relaxed);
+        w.proxy_accepted.store(self.proxy_accepted, Relaxed);
+        for (k, v) in self.proxy_rejected.iter().enumerate() {
+            w.proxy_rejected[k].store(*v, Relaxed);
+        }
+        w.auth_failures.store(self.auth_failures, Relaxed);
         for (i, s) in by_db {
             let d = shm.db_stats(slot, i);
             d.xact_count.store(s.xact_count, Relaxed);

@@ -92,6 +92,8 @@ pub struct Worker {
     pub(crate) stats: WorkerStats,
     /// Named statements clients prepared, for transaction pooling.
     pub(crate) stmts: crate::prepared::Registry,
+    /// Admin console requests waiting for the supervisor.
+    pub(crate) console: crate::admin::Requests,
     /// Set once a graceful shutdown began.
     pub(crate) shutdown_since: Option<Instant>,
 }
@@ -154,6 +156,7 @@ impl Worker {
             shm: init.shm,
             stats: WorkerStats::default(),
             stmts: Default::default(),
+            console: Default::default(),
             shutdown_since: None,
         };
         w.stats.started(&w.shm, w.slot);
@@ -287,6 +290,10 @@ impl Worker {
         }
     }
 
+    pub(crate) fn has_control(&self) -> bool {
+        self.control.is_some()
+    }
+
     /// Sends a report to the supervisor, queueing it if the channel is full.
     pub(crate) fn report(&mut self, r: Report) {
         let mut msg = Vec::with_capacity(16);
@@ -308,6 +315,22 @@ impl Worker {
             Command::Resume(db) => self.pause(db.as_deref(), false),
             Command::Shutdown => self.begin_shutdown(),
             Command::Cancel { pid, key } => self.cancel_local(pid, key),
+            Command::Collect { req, what } => self.console_collect(req, what),
+            Command::Rows { req, slot, chunk } => self.console_rows(req, slot, &chunk),
+            Command::AdminDone {
+                req,
+                error,
+                missing,
+            } => self.console_finished(req, error, missing),
+            Command::Kill(db) => self.kill_db(db.as_deref()),
+            Command::KillClient { req, id } => {
+                let rows = if self.kill_client(id) {
+                    vec![vec![Some("killed".to_string())]]
+                } else {
+                    Vec::new()
+                };
+                self.send_rows(req, &rows);
+            }
         }
     }
 

@@ -1,0 +1,451 @@
+//! The admin console: the virtual database `pgbouncers` (alias `pgbouncer`). Counters come
+//! from shared memory; lists are gathered from every worker through the supervisor, so every
+//! answer covers the whole pooler.
+
+pub mod parse;
+mod show;
+
+use crate::client::{CState, Close};
+use crate::control::{decode_rows, AdminRequest, Report, Row, What};
+use crate::wire::write::{self, Severity};
+use crate::wire::{frame, sqlstate};
+use crate::worker::{Conn, Worker};
+use parse::Cmd;
+use std::collections::HashMap;
+
+/// Database names that mean the console.
+pub const DB_NAMES: [&str; 2] = ["pgbouncers", "pgbouncer"];
+/// Longest console query accepted.
+const MAX_QUERY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// In admin_users: every command.
+    Admin,
+    /// In stats_users: SHOW only.
+    Stats,
+}
+
+/// A console command waiting for the supervisor (and maybe every worker).
+pub(crate) struct Pending {
+    client: (usize, u64),
+    cmd: Cmd,
+    rows: Vec<(u8, Row)>,
+}
+
+/// Console requests in flight, by request number.
+#[derive(Default)]
+pub(crate) struct Requests {
+    next: u32,
+    pending: HashMap<u32, Pending>,
+}
+
+/// PgBouncer's fake settings, answered so that drivers connecting to the console work.
+const FAKE_PARAMS: [(&str, &str); 6] = [
+    ("client_encoding", "UTF-8"),
+    ("default_transaction_isolation", "read committed"),
+    ("standard_conforming_strings", "on"),
+    ("datestyle", "ISO"),
+    ("timezone", "GMT"),
+    ("extra_float_digits", "2"),
+];
+
+pub fn is_console(db: &str) -> bool {
+    DB_NAMES.contains(&db)
+}
+
+impl Worker {
+    /// The role a user has on the console, if any.
+    pub(crate) fn console_role(&self, user: &str) -> Option<Role> {
+        if self.cfg.admin_users.iter().any(|u| u == user) {
+            Some(Role::Admin)
+        } else if self.cfg.stats_users.iter().any(|u| u == user) {
+            Some(Role::Stats)
+        } else {
+            None
+        }
+    }
+
+    /// Greets an authenticated console user the way PgBouncer's console does.
+    pub(crate) fn console_welcome(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let out = c.io.wbuf.vec(&mut self.bufs);
+        write::auth_ok(out);
+        let version = format!("{}/bouncer", env!("CARGO_PKG_VERSION"));
+        for (k, v) in [
+            ("server_version", version.as_str()),
+            ("client_encoding", "UTF8"),
+            ("server_encoding", "UTF8"),
+            ("DateStyle", "ISO"),
+            ("TimeZone", "GMT"),
+            ("standard_conforming_strings", "on"),
+            ("is_superuser", "on"),
+        ] {
+            write::parameter_status(out, k, v);
+        }
+        write::backend_key_data(out, 0, 0);
+        write::ready_for_query(out, b'I');
+        c.state = CState::Idle;
+        c.since = self.now;
+        if self.cfg.log_connections {
+            log::info!("{}: console login worker={}", c.name(), self.slot);
+        }
+    }
+
+    /// Reads console queries one message at a time.
+    pub(crate) fn console_input(&mut self, ct: usize) {
+        loop {
+            let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+                return;
+            };
+            if c.state != CState::Idle {
+                return;
+            }
+            let (tag, body) = match frame::message(c.io.rbuf.bytes(), MAX_QUERY) {
+                Ok(Some((h, body))) => (h.tag, body.to_vec()),
+                Ok(None) => {
+                    if let Ok(Some(h)) = frame::header(c.io.rbuf.bytes(), MAX_QUERY) {
+                        c.io.rbuf.make_room(h.total, &mut self.bufs);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    return self.close_client(
+                        ct,
+                        Close::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+                    )
+                }
+            };
+            c.io.rbuf.consume(body.len() + 5);
+            match tag {
+                b'Q' => {
+                    let text = body.strip_suffix(&[0]).unwrap_or(&body);
+                    let text = String::from_utf8_lossy(text).into_owned();
+                    self.console_query(ct, &text);
+                }
+                b'X' => return self.close_client(ct, Close::Quiet("client close request")),
+                b'P' | b'B' | b'E' => {
+                    self.console_error(
+                        ct,
+                        "extended query protocol not supported by admin console",
+                    );
+                    return self.close_client(
+                        ct,
+                        Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "bad packet".into()),
+                    );
+                }
+                other => {
+                    let msg = format!("unsupported packet type for admin console: {other}");
+                    self.console_error(ct, &msg);
+                    return self.close_client(
+                        ct,
+                        Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "bad packet".into()),
+                    );
+                }
+            }
+            self.flush_console(ct);
+        }
+    }
+
+    fn flush_console(&mut self, ct: usize) {
+        if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
+            if c.io.flush_own(&mut self.bufs).is_err() {
+                self.close_client(ct, Close::Quiet("client connection broken"));
+            }
+        }
+    }
+
+    /// An ERROR that leaves the console usable, as PgBouncer's console errors do.
+    fn console_error(&mut self, ct: usize, msg: &str) {
+        self.console_error_code(ct, sqlstate::PROTOCOL_VIOLATION, msg);
+    }
+
+    fn console_error_code(&mut self, ct: usize, code: &str, msg: &str) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        if self.cfg.log_pooler_errors {
+            log::info!("{}: console error: {msg}", c.name());
+        }
+        let out = c.io.wbuf.vec(&mut self.bufs);
+        write::error_response(out, Severity::Error, code, msg);
+        write::ready_for_query(out, b'I');
+    }
+
+    /// A command tag and ReadyForQuery.
+    fn console_done(&mut self, ct: usize, tag: &str) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let out = c.io.wbuf.vec(&mut self.bufs);
+        write::command_complete(out, tag);
+        write::ready_for_query(out, b'I');
+    }
+
+    fn console_query(&mut self, ct: usize, text: &str) {
+        let Some(Conn::Client(c)) = self.conns.get(ct) else {
+            return;
+        };
+        let role = c.admin.unwrap_or(Role::Stats);
+        let cmd = match parse::parse(text) {
+            Ok(cmd) => cmd,
+            Err(parse::ParseError::Invalid) => {
+                let msg = format!("invalid command '{text}', use SHOW HELP;");
+                return self.console_error(ct, &msg);
+            }
+            Err(parse::ParseError::BadArguments) => return self.console_error(ct, "bad arguments"),
+        };
+        // Settings drivers ask for get canned answers, for everyone.
+        match &cmd {
+            Cmd::Show(name) => {
+                if let Some((k, v)) = FAKE_PARAMS
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                {
+                    let table =
+                        show::Table::new(&[(k, show::Ty::Text)], vec![vec![Some(v.to_string())]]);
+                    return self.console_table(ct, &table);
+                }
+            }
+            Cmd::Set { key, .. }
+                if FAKE_PARAMS.iter().any(|(k, _)| k.eq_ignore_ascii_case(key)) =>
+            {
+                let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+                    return;
+                };
+                let out = c.io.wbuf.vec(&mut self.bufs);
+                write::error_response(out, Severity::Notice, "00000", "SET ignored");
+                return self.console_done(ct, "SET");
+            }
+            _ => {}
+        }
+        if role == Role::Stats && !matches!(cmd, Cmd::Show(_)) {
+            return self.console_error(ct, "admin access needed");
+        }
+        match cmd {
+            Cmd::Show(what) => self.console_show(ct, &what),
+            Cmd::Reload => self.console_forward(ct, cmd.clone(), AdminRequest::Reload),
+            Cmd::Pause(ref db) | Cmd::Resume(ref db) | Cmd::Kill(ref db) => {
+                let verb = match cmd {
+                    Cmd::Pause(_) => "pause",
+                    Cmd::Resume(_) => "resume",
+                    _ => "kill",
+                };
+                if let Some(d) = db {
+                    if is_console(d) {
+                        return self.console_error(ct, &format!("cannot {verb} admin db: {d}"));
+                    }
+                    if self.cfg.database_entry(d).is_none() {
+                        return self.console_error(ct, &format!("no such database: {d}"));
+                    }
+                }
+                let req = match &cmd {
+                    Cmd::Pause(d) => AdminRequest::Pause(d.clone()),
+                    Cmd::Resume(d) => AdminRequest::Resume(d.clone()),
+                    _ => AdminRequest::Kill(db.clone()),
+                };
+                self.console_forward(ct, cmd.clone(), req)
+            }
+            Cmd::KillClient(ref id) => match id.parse::<u32>() {
+                Ok(n) => self.console_forward(ct, cmd.clone(), AdminRequest::KillClient(n)),
+                Err(_) => self.console_error(ct, "invalid client pointer supplied"),
+            },
+            Cmd::Shutdown => {
+                log::info!("SHUTDOWN from the admin console");
+                self.console_forward(ct, cmd.clone(), AdminRequest::Shutdown)
+            }
+            Cmd::Set { ref key, ref value } => {
+                let req = AdminRequest::Set {
+                    key: key.clone(),
+                    value: value.clone(),
+                };
+                self.console_forward(ct, cmd.clone(), req)
+            }
+            Cmd::Suspend
+            | Cmd::Disable(_)
+            | Cmd::Enable(_)
+            | Cmd::Reconnect(_)
+            | Cmd::WaitClose(_) => {
+                let name = format!("{cmd:?}");
+                let word = name.split('(').next().unwrap_or("").to_ascii_uppercase();
+                self.console_error(ct, &format!("{word} is not supported by pgbouncers"))
+            }
+        }
+    }
+
+    /// Sends a console command on to the supervisor; the client waits for its answer.
+    fn console_forward(&mut self, ct: usize, cmd: Cmd, request: AdminRequest) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        c.state = CState::Waiting;
+        c.since = self.now;
+        let client = (ct, c.id);
+        let req = self.console.next;
+        self.console.next = self.console.next.wrapping_add(1);
+        self.console.pending.insert(
+            req,
+            Pending {
+                client,
+                cmd,
+                rows: Vec::new(),
+            },
+        );
+        if self.has_control() {
+            self.report(Report::Admin { req, request });
+        } else {
+            // A worker run without a supervisor (tests): only its own rows exist.
+            if let AdminRequest::Collect(what) = request {
+                let rows = self.collect(what);
+                if let Some(p) = self.console.pending.get_mut(&req) {
+                    p.rows = rows.into_iter().map(|r| (self.slot as u8, r)).collect();
+                }
+            }
+            self.console_finished(req, None, Vec::new());
+        }
+    }
+
+    /// Rows from one worker for a request of ours.
+    pub(crate) fn console_rows(&mut self, req: u32, slot: u8, chunk: &[u8]) {
+        let Some(p) = self.console.pending.get_mut(&req) else {
+            return;
+        };
+        match decode_rows(chunk) {
+            Ok(rows) => p.rows.extend(rows.into_iter().map(|r| (slot, r))),
+            Err(e) => log::warn!("worker {}: bad rows from worker {slot}: {}", self.slot, e.0),
+        }
+    }
+
+    /// The supervisor finished a request: answer the client.
+    pub(crate) fn console_finished(&mut self, req: u32, error: Option<String>, missing: Vec<u8>) {
+        let Some(p) = self.console.pending.remove(&req) else {
+            return;
+        };
+        let (ct, id) = p.client;
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        if c.id != id {
+            return;
+        }
+        c.state = CState::Idle;
+        for slot in &missing {
+            let msg = format!("worker {slot} did not answer in time; its rows are missing");
+            write::error_response(
+                c.io.wbuf.vec(&mut self.bufs),
+                Severity::Notice,
+                "01000",
+                &msg,
+            );
+        }
+        match (p.cmd, error) {
+            (Cmd::Reload, Some(_)) => self.console_error_code(
+                ct,
+                "F0000",
+                "RELOAD failed, see logs for additional details",
+            ),
+            (Cmd::Set { .. }, Some(e)) => self.console_error(ct, &format!("SET failed: {e}")),
+            (_, Some(e)) => self.console_error(ct, &e),
+            (Cmd::Show(what), None) => self.console_show_rows(ct, &what, p.rows),
+            (Cmd::KillClient(_), None) if p.rows.is_empty() => {
+                self.console_error(ct, "client not found")
+            }
+            (Cmd::Set { key, value }, None) => self.console_done(ct, &format!("SET {key}={value}")),
+            (cmd, None) => {
+                let tag = match cmd {
+                    Cmd::Reload => "RELOAD",
+                    Cmd::Pause(_) => "PAUSE",
+                    Cmd::Resume(_) => "RESUME",
+                    Cmd::Kill(_) => "KILL",
+                    Cmd::KillClient(_) => "KILL_CLIENT",
+                    _ => "SHUTDOWN",
+                };
+                self.console_done(ct, tag)
+            }
+        }
+        self.flush_console(ct);
+        // Queries that arrived while this one waited.
+        self.console_input(ct);
+    }
+
+    /// The client of a pending request left: forget the request.
+    pub(crate) fn console_forget(&mut self, ct: usize, id: u64) {
+        self.console.pending.retain(|_, p| p.client != (ct, id));
+    }
+
+    /// The supervisor asks for this worker's rows.
+    pub(crate) fn console_collect(&mut self, req: u32, what: What) {
+        let rows = self.collect(what);
+        self.send_rows(req, &rows);
+    }
+
+    /// Sends rows to the supervisor in chunks that fit a control message.
+    pub(crate) fn send_rows(&mut self, req: u32, rows: &[Row]) {
+        let mut chunk = Vec::new();
+        for row in rows {
+            let mut one = Vec::new();
+            crate::control::encode_rows(std::slice::from_ref(row), &mut one);
+            if !chunk.is_empty() && chunk.len() + one.len() > crate::control::ROW_CHUNK {
+                self.report(Report::Rows {
+                    req,
+                    chunk: std::mem::take(&mut chunk),
+                    last: false,
+                });
+            }
+            chunk.extend_from_slice(&one);
+        }
+        self.report(Report::Rows {
+            req,
+            chunk,
+            last: true,
+        });
+    }
+
+    /// KILL: closes every client and server of a database (of all when None).
+    pub(crate) fn kill_db(&mut self, db: Option<&str>) {
+        let pools: Vec<usize> = (0..self.pools.list.len())
+            .filter(|&p| db.is_none_or(|d| self.pools.get(p).db == d))
+            .collect();
+        let mut clients = Vec::new();
+        let mut servers = Vec::new();
+        for (t, c) in self.conns.iter() {
+            match c {
+                Conn::Client(c) if c.pool.is_some_and(|p| pools.contains(&p)) => clients.push(t),
+                Conn::Server(s) if pools.contains(&s.pool) => servers.push(t),
+                _ => {}
+            }
+        }
+        for t in clients {
+            self.close_client(
+                t,
+                Close::Fatal(sqlstate::ADMIN_SHUTDOWN, "database killed by admin".into()),
+            );
+        }
+        for t in servers {
+            self.remove_server(t, "killed by admin");
+        }
+    }
+
+    /// KILL_CLIENT: true when the client was here.
+    pub(crate) fn kill_client(&mut self, id: u32) -> bool {
+        let found = self.conns.iter().find_map(|(t, c)| match c {
+            Conn::Client(c) if show::admin_id(self.slot, c.id) == id => Some(t),
+            _ => None,
+        });
+        match found {
+            Some(t) => {
+                self.close_client(
+                    t,
+                    Close::Fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "admin forced disconnect".into(),
+                    ),
+                );
+                true
+            }
+            None => false,
+        }
+    }
+}

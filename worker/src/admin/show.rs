@@ -1,0 +1,1221 @@
+//! SHOW commands: PgBouncer's columns, from shared memory, the config, and rows every
+//! worker sends.
+
+use crate::client::{CState, Peer};
+use crate::control::{Row, What};
+use crate::server::SState;
+use crate::shm::Kind;
+use crate::wire::write;
+use crate::worker::{Conn, Worker};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Column types as PgBouncer sends them (timestamps are text there too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ty {
+    Text,
+    Int4,
+    Int8,
+    Numeric,
+}
+
+impl Ty {
+    fn oid(self) -> u32 {
+        match self {
+            Ty::Text => 25,
+            Ty::Int4 => 23,
+            Ty::Int8 => 20,
+            Ty::Numeric => 1700,
+        }
+    }
+}
+
+pub struct Table {
+    cols: Vec<(String, Ty)>,
+    rows: Vec<Row>,
+}
+
+impl Table {
+    pub fn new(cols: &[(&str, Ty)], rows: Vec<Row>) -> Table {
+        Table {
+            cols: cols.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
+            rows,
+        }
+    }
+
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let cols: Vec<(&str, u32)> = self
+            .cols
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.oid()))
+            .collect();
+        write::row_description(out, &cols);
+        for r in &self.rows {
+            write::data_row(out, r.iter().map(|v| v.as_deref()));
+        }
+        write::command_complete(out, "SHOW");
+        write::ready_for_query(out, b'I');
+    }
+}
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+/// The id SHOW CLIENTS/SERVERS shows: unique across workers (the low byte is the slot).
+pub fn admin_id(slot: usize, id: u64) -> u32 {
+    (((id & 0x7f_ffff) << 8) | (slot as u64 & 0xff)) as u32
+}
+
+/// `2024-01-01 12:00:00 UTC`, as PgBouncer prints times.
+fn timestamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Seconds as SHOW CONFIG prints durations (%g-like: no trailing zeros).
+fn seconds(d: Duration) -> String {
+    let v = d.as_secs_f64();
+    if v.fract() == 0.0 {
+        format!("{}", v as u64)
+    } else {
+        format!("{v}")
+    }
+}
+
+impl Worker {
+    fn wall(&self, t: Instant) -> SystemTime {
+        SystemTime::now() - self.now.saturating_duration_since(t)
+    }
+
+    pub(crate) fn console_table(&mut self, ct: usize, table: &Table) {
+        if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
+            table.write(c.io.wbuf.vec(&mut self.bufs));
+        }
+    }
+
+    /// SHOW <what>: answered here, or after collecting rows from every worker.
+    pub(crate) fn console_show(&mut self, ct: usize, what: &str) {
+        let table = match what {
+            "help" => return self.show_help(ct),
+            "version" => Table::new(
+                &[("version", Ty::Text)],
+                vec![vec![s(format!("pgbouncers {}", env!("CARGO_PKG_VERSION")))]],
+            ),
+            "config" => self.show_config(),
+            "state" => self.show_state(),
+            "stats" | "stats_totals" | "stats_averages" => self.show_stats(what),
+            "totals" => self.show_totals(),
+            "workers" => self.show_workers(),
+            "pools" | "lists" | "databases" | "users" => {
+                let cmd = super::parse::Cmd::Show(what.to_string());
+                return self.console_forward(
+                    ct,
+                    cmd,
+                    crate::control::AdminRequest::Collect(What::Pools),
+                );
+            }
+            "clients" | "servers" => {
+                let w = if what == "clients" {
+                    What::Clients
+                } else {
+                    What::Servers
+                };
+                let cmd = super::parse::Cmd::Show(what.to_string());
+                return self.console_forward(ct, cmd, crate::control::AdminRequest::Collect(w));
+            }
+            _ => {
+                let msg = format!("invalid command 'SHOW {what}', use SHOW HELP;");
+                return self.console_error(ct, &msg);
+            }
+        };
+        self.console_table(ct, &table);
+    }
+
+    /// The answer to a SHOW whose rows came from every worker.
+    pub(crate) fn console_show_rows(&mut self, ct: usize, what: &str, rows: Vec<(u8, Row)>) {
+        let table = match what {
+            "pools" => self.show_pools(rows),
+            "lists" => self.show_lists(rows),
+            "databases" => self.show_databases(rows),
+            "users" => self.show_users(rows),
+            _ => show_sockets(rows),
+        };
+        self.console_table(ct, &table);
+    }
+
+    fn show_help(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let out = c.io.wbuf.vec(&mut self.bufs);
+        let detail = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
+                      \tSHOW LISTS|STATE|WORKERS\n\
+                      \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
+                      \tSET key = arg\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\
+                      \tKILL [<db>]\n\tKILL_CLIENT <client_id>\n\tSHUTDOWN";
+        notice(out, "Console usage", detail);
+        write::command_complete(out, "SHOW");
+        write::ready_for_query(out, b'I');
+    }
+
+    fn show_config(&self) -> Table {
+        let c = &self.cfg;
+        let d = crate::config::Config::default();
+        let list = |v: &[String]| v.join(",");
+        let b = |v: bool| if v { "1" } else { "0" }.to_string();
+        let opt = |v: &Option<String>| v.clone();
+        let mut rows: Vec<(&str, Option<String>, Option<String>, bool)> = vec![
+            ("admin_users", s(list(&c.admin_users)), s(""), true),
+            (
+                "application_name_add_host",
+                s(b(c.application_name_add_host)),
+                s(b(d.application_name_add_host)),
+                true,
+            ),
+            ("auth_file", opt(&c.auth_file), None, true),
+            ("auth_hba_file", opt(&c.auth_hba_file), s(""), true),
+            (
+                "auth_type",
+                s(c.auth_type.as_str()),
+                s(d.auth_type.as_str()),
+                true,
+            ),
+            (
+                "cancel_wait_timeout",
+                s(seconds(c.cancel_wait_timeout)),
+                s(seconds(d.cancel_wait_timeout)),
+                true,
+            ),
+            (
+                "client_idle_timeout",
+                s(seconds(c.client_idle_timeout)),
+                s(seconds(d.client_idle_timeout)),
+                true,
+            ),
+            (
+                "client_login_timeout",
+                s(seconds(c.client_login_timeout)),
+                s(seconds(d.client_login_timeout)),
+                true,
+            ),
+            (
+                "default_pool_size",
+                s(c.default_pool_size),
+                s(d.default_pool_size),
+                true,
+            ),
+            (
+                "idle_transaction_timeout",
+                s(seconds(c.idle_transaction_timeout)),
+                s(seconds(d.idle_transaction_timeout)),
+                true,
+            ),
+            (
+                "ignore_startup_parameters",
+                s(list(&c.ignore_startup_parameters)),
+                s(""),
+                true,
+            ),
+            (
+                "listen_addr",
+                s(list(&c.listen_addr)),
+                s(list(&d.listen_addr)),
+                false,
+            ),
+            ("listen_port", s(c.listen_port), s(d.listen_port), false),
+            (
+                "log_connections",
+                s(b(c.log_connections)),
+                s(b(d.log_connections)),
+                true,
+            ),
+            (
+                "log_disconnections",
+                s(b(c.log_disconnections)),
+                s(b(d.log_disconnections)),
+                true,
+            ),
+            (
+                "log_pooler_errors",
+                s(b(c.log_pooler_errors)),
+                s(b(d.log_pooler_errors)),
+                true,
+            ),
+            ("log_stats", s(b(c.log_stats)), s(b(d.log_stats)), true),
+            ("logfile", opt(&c.logfile), None, true),
+            (
+                "max_client_conn",
+                s(c.max_client_conn),
+                s(d.max_client_conn),
+                true,
+            ),
+            (
+                "max_db_connections",
+                s(c.max_db_connections),
+                s(d.max_db_connections),
+                true,
+            ),
+            (
+                "max_packet_size",
+                s(c.max_packet_size),
+                s(d.max_packet_size),
+                true,
+            ),
+            (
+                "max_prepared_statements",
+                s(c.max_prepared_statements),
+                s(d.max_prepared_statements),
+                true,
+            ),
+            (
+                "max_user_connections",
+                s(c.max_user_connections),
+                s(d.max_user_connections),
+                true,
+            ),
+            (
+                "min_pool_size",
+                s(c.min_pool_size),
+                s(d.min_pool_size),
+                true,
+            ),
+            ("pidfile", opt(&c.pidfile), None, false),
+            ("pkt_buf", s(c.pkt_buf), s(d.pkt_buf), true),
+            (
+                "pool_mode",
+                s(c.pool_mode.as_str()),
+                s(d.pool_mode.as_str()),
+                true,
+            ),
+            (
+                "proxy_header_timeout",
+                s(seconds(c.proxy_header_timeout)),
+                s(seconds(d.proxy_header_timeout)),
+                true,
+            ),
+            (
+                "proxy_max_header",
+                s(c.proxy_max_header),
+                s(d.proxy_max_header),
+                true,
+            ),
+            (
+                "proxy_protocol",
+                s(c.proxy_protocol.as_str()),
+                s(d.proxy_protocol.as_str()),
+                true,
+            ),
+            (
+                "proxy_trusted",
+                s(c.proxy_trusted
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")),
+                s(""),
+                true,
+            ),
+            (
+                "query_timeout",
+                s(seconds(c.query_timeout)),
+                s(seconds(d.query_timeout)),
+                true,
+            ),
+            (
+                "query_wait_timeout",
+                s(seconds(c.query_wait_timeout)),
+                s(seconds(d.query_wait_timeout)),
+                true,
+            ),
+            (
+                "reserve_pool_size",
+                s(c.reserve_pool_size),
+                s(d.reserve_pool_size),
+                true,
+            ),
+            (
+                "reserve_pool_timeout",
+                s(seconds(c.reserve_pool_timeout)),
+                s(seconds(d.reserve_pool_timeout)),
+                true,
+            ),
+            (
+                "server_check_delay",
+                s(seconds(c.server_check_delay)),
+                s(seconds(d.server_check_delay)),
+                true,
+            ),
+            (
+                "server_check_query",
+                s(&c.server_check_query),
+                s(&d.server_check_query),
+                true,
+            ),
+            (
+                "server_connect_timeout",
+                s(seconds(c.server_connect_timeout)),
+                s(seconds(d.server_connect_timeout)),
+                true,
+            ),
+            (
+                "server_idle_timeout",
+                s(seconds(c.server_idle_timeout)),
+                s(seconds(d.server_idle_timeout)),
+                true,
+            ),
+            (
+                "server_lifetime",
+                s(seconds(c.server_lifetime)),
+                s(seconds(d.server_lifetime)),
+                true,
+            ),
+            (
+                "server_login_retry",
+                s(seconds(c.server_login_retry)),
+                s(seconds(d.server_login_retry)),
+                true,
+            ),
+            (
+                "server_reset_query",
+                s(&c.server_reset_query),
+                s(&d.server_reset_query),
+                true,
+            ),
+            (
+                "server_reset_query_always",
+                s(b(c.server_reset_query_always)),
+                s(b(d.server_reset_query_always)),
+                true,
+            ),
+            (
+                "shutdown_timeout",
+                s(seconds(c.shutdown_timeout)),
+                s(seconds(d.shutdown_timeout)),
+                true,
+            ),
+            (
+                "stats_period",
+                s(seconds(c.stats_period)),
+                s(seconds(d.stats_period)),
+                true,
+            ),
+            ("stats_users", s(list(&c.stats_users)), s(""), true),
+            (
+                "tcp_keepalive",
+                s(b(c.tcp_keepalive)),
+                s(b(d.tcp_keepalive)),
+                true,
+            ),
+            ("unix_socket_dir", opt(&c.unix_socket_dir), None, false),
+            (
+                "unix_socket_mode",
+                s(format!("0{:o}", c.unix_socket_mode)),
+                s(format!("0{:o}", d.unix_socket_mode)),
+                false,
+            ),
+            ("user", opt(&c.user), None, false),
+            ("verbose", s(c.verbose), s(d.verbose), true),
+            ("workers", s(c.workers.resolve()), s("auto"), true),
+        ];
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        let rows = rows
+            .into_iter()
+            .map(|(k, v, def, ch)| vec![s(k), v, def, s(if ch { "yes" } else { "no" })])
+            .collect();
+        Table::new(
+            &[
+                ("key", Ty::Text),
+                ("value", Ty::Text),
+                ("default", Ty::Text),
+                ("changeable", Ty::Text),
+            ],
+            rows,
+        )
+    }
+
+    fn show_state(&self) -> Table {
+        let paused = !self.pools.list.is_empty() && self.pools.list.iter().all(|p| p.paused);
+        let yn = |v: bool| s(if v { "yes" } else { "no" });
+        Table::new(
+            &[("key", Ty::Text), ("value", Ty::Text)],
+            vec![
+                vec![s("active"), yn(!paused)],
+                vec![s("paused"), yn(paused)],
+                vec![s("suspended"), yn(false)],
+            ],
+        )
+    }
+
+    /// Per-database totals over every worker, plus what workers that died had counted.
+    fn db_totals(&self) -> BTreeMap<String, ([u64; 8], [u64; 8])> {
+        let mut out = BTreeMap::new();
+        for (kind, name, i) in self.shm.names() {
+            if kind != Kind::Database {
+                continue;
+            }
+            let mut t = self.shm.retired(i);
+            for slot in 0..self.shm.workers_cap() {
+                let d = self.shm.db_stats(slot, i);
+                for (k, v) in d.values().iter().enumerate() {
+                    t[k] += v;
+                }
+            }
+            out.insert(name, (t, self.shm.averages(i)));
+        }
+        out
+    }
+
+    fn show_stats(&self, what: &str) -> Table {
+        const NAMES: [&str; 8] = [
+            "server_assignment_count",
+            "xact_count",
+            "query_count",
+            "received",
+            "sent",
+            "xact_time",
+            "query_time",
+            "wait_time",
+        ];
+        // Index of each name in DbStats::values().
+        const IDX: [usize; 8] = [7, 0, 1, 2, 3, 4, 5, 6];
+        let totals = self.db_totals();
+        let mut cols: Vec<(String, Ty)> = vec![("database".into(), Ty::Text)];
+        let parse = ["client_parse_count", "server_parse_count", "bind_count"];
+        let (with_totals, with_avgs) = match what {
+            "stats_totals" => (true, false),
+            "stats_averages" => (false, true),
+            _ => (true, true),
+        };
+        let short = |n: &str| match n {
+            "received" => "bytes_received".to_string(),
+            "sent" => "bytes_sent".to_string(),
+            n => n.to_string(),
+        };
+        if with_totals {
+            for n in NAMES {
+                cols.push((
+                    if what == "stats" {
+                        format!("total_{n}")
+                    } else {
+                        short(n)
+                    },
+                    Ty::Numeric,
+                ));
+            }
+            for n in parse {
+                cols.push((
+                    if what == "stats" {
+                        format!("total_{n}")
+                    } else {
+                        n.to_string()
+                    },
+                    Ty::Numeric,
+                ));
+            }
+        }
+        if with_avgs {
+            for n in NAMES {
+                let n = match n {
+                    "received" if what == "stats" => "recv".to_string(),
+                    n if what == "stats" => n.to_string(),
+                    n => short(n),
+                };
+                cols.push((
+                    if what == "stats" {
+                        format!("avg_{n}")
+                    } else {
+                        n
+                    },
+                    Ty::Numeric,
+                ));
+            }
+            for n in parse {
+                cols.push((format!("avg_{n}"), Ty::Numeric));
+            }
+        }
+        let rows = totals
+            .into_iter()
+            .map(|(db, (t, a))| {
+                let mut r = vec![s(db)];
+                if with_totals {
+                    r.extend(IDX.iter().map(|&i| s(t[i])));
+                    r.extend([s(0), s(0), s(0)]);
+                }
+                if with_avgs {
+                    r.extend(IDX.iter().map(|&i| s(a[i])));
+                    r.extend([s(0), s(0), s(0)]);
+                }
+                r
+            })
+            .collect();
+        Table { cols, rows }
+    }
+
+    fn show_totals(&self) -> Table {
+        let mut sum = [0u64; 8];
+        let mut avg = [0u64; 8];
+        for (t, a) in self.db_totals().values() {
+            for k in 0..8 {
+                sum[k] += t[k];
+                avg[k] += a[k];
+            }
+        }
+        let names = [
+            ("server_assignment_count", 7),
+            ("xact_count", 0),
+            ("query_count", 1),
+            ("client_bytes", 2),
+            ("server_bytes", 3),
+            ("xact_time", 4),
+            ("query_time", 5),
+            ("wait_time", 6),
+        ];
+        let mut rows = Vec::new();
+        for (n, i) in names {
+            rows.push(vec![s(format!("total_{n}")), s(sum[i])]);
+        }
+        for (n, i) in names {
+            rows.push(vec![s(format!("avg_{n}")), s(avg[i])]);
+        }
+        Table::new(&[("name", Ty::Text), ("value", Ty::Numeric)], rows)
+    }
+
+    fn show_workers(&self) -> Table {
+        let mut rows = Vec::new();
+        for slot in 0..self.shm.workers_cap() {
+            let w = self.shm.worker(slot);
+            let state = w.state.load(Relaxed);
+            if state == 0 {
+                continue;
+            }
+            let started = SystemTime::UNIX_EPOCH + Duration::from_secs(w.started.load(Relaxed));
+            rows.push(vec![
+                s(slot),
+                s(w.pid.load(Relaxed)),
+                s(if state == 1 { "running" } else { "stopping" }),
+                s(timestamp(started)),
+                s(w.clients.load(Relaxed)),
+                s(w.servers.load(Relaxed)),
+                s(w.transactions.load(Relaxed)),
+                s(w.queries.load(Relaxed)),
+                s(w.accepts.load(Relaxed)),
+                s(w.bytes_received.load(Relaxed)),
+                s(w.bytes_sent.load(Relaxed)),
+            ]);
+        }
+        Table::new(
+            &[
+                ("worker", Ty::Int4),
+                ("pid", Ty::Int4),
+                ("state", Ty::Text),
+                ("started", Ty::Text),
+                ("clients", Ty::Int8),
+                ("servers", Ty::Int8),
+                ("transactions", Ty::Int8),
+                ("queries", Ty::Int8),
+                ("accepts", Ty::Int8),
+                ("bytes_received", Ty::Int8),
+                ("bytes_sent", Ty::Int8),
+            ],
+            rows,
+        )
+    }
+
+    /// This worker's rows for a collection the console asked every worker for.
+    pub(crate) fn collect(&self, what: What) -> Vec<Row> {
+        match what {
+            What::Pools => self.collect_pools(),
+            What::Clients => self.collect_sockets(true),
+            What::Servers => self.collect_sockets(false),
+        }
+    }
+
+    /// Per pool: db, user, cl_active, cl_waiting, sv_active, sv_idle, sv_tested, sv_login,
+    /// maxwait in µs, pool_mode, force user, login clients.
+    fn collect_pools(&self) -> Vec<Row> {
+        let mut counts: Vec<[u64; 3]> = vec![[0; 3]; self.pools.list.len()];
+        let mut console = 0u64;
+        let mut login = 0u64;
+        for (_, c) in self.conns.iter() {
+            let Conn::Client(c) = c else { continue };
+            if c.admin.is_some() {
+                console += 1;
+                continue;
+            }
+            let Some(p) = c.pool else {
+                login += 1;
+                continue;
+            };
+            match c.state {
+                CState::Waiting => {
+                    counts[p][1] += 1;
+                    let w = self.now.saturating_duration_since(c.since).as_micros() as u64;
+                    counts[p][2] = counts[p][2].max(w);
+                }
+                CState::Active | CState::Idle => counts[p][0] += 1,
+                _ => login += 1,
+            }
+        }
+        let mut rows: Vec<Row> = self
+            .pools
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.obsolete || p.total() > 0)
+            .map(|(i, p)| {
+                vec![
+                    s(&p.db),
+                    s(&p.user),
+                    s(counts[i][0]),
+                    s(counts[i][1]),
+                    s(p.active),
+                    s(p.idle.len()),
+                    s(p.resetting),
+                    s(p.launching),
+                    s(counts[i][2]),
+                    s(p.limits.mode.as_str()),
+                    s(u8::from(p.paused)),
+                ]
+            })
+            .collect();
+        rows.push(vec![
+            s("pgbouncer"),
+            s("pgbouncer"),
+            s(console),
+            s(0),
+            s(0),
+            s(0),
+            s(0),
+            s(0),
+            s(0),
+            s("statement"),
+            s(login),
+        ]);
+        rows
+    }
+
+    fn collect_sockets(&self, clients: bool) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let local = |sock: &crate::stream::Sock| -> (String, i64) {
+            match sock {
+                crate::stream::Sock::Tcp(t) => match t.local_addr() {
+                    Ok(a) => (a.ip().to_string(), a.port() as i64),
+                    Err(_) => ("unix".into(), 0),
+                },
+                crate::stream::Sock::Unix(_) => ("unix".into(), self.cfg.listen_port as i64),
+            }
+        };
+        let ptr =
+            |kind: u64, id: u64| format!("0x{:x}", (kind << 60) | ((self.slot as u64) << 40) | id);
+        for (_, conn) in self.conns.iter() {
+            match conn {
+                Conn::Client(c) if clients => {
+                    if matches!(
+                        c.state,
+                        CState::Proxy { .. } | CState::Startup | CState::Auth
+                    ) {
+                        continue;
+                    }
+                    let (addr, port) = match c.peer {
+                        Peer::Tcp(a) => (a.ip().to_string(), a.port() as i64),
+                        Peer::Unix => ("unix".into(), self.cfg.listen_port as i64),
+                    };
+                    let (laddr, lport) = local(&c.io.sock);
+                    let state = match c.state {
+                        CState::Waiting if c.admin.is_none() => "waiting",
+                        CState::Active => "active",
+                        CState::LoginWait => "waiting",
+                        _ => "idle",
+                    };
+                    let wait = if c.state == CState::Waiting {
+                        self.now.saturating_duration_since(c.since)
+                    } else {
+                        Duration::ZERO
+                    };
+                    let db = if c.admin.is_some() {
+                        "pgbouncer".into()
+                    } else {
+                        c.db.to_string()
+                    };
+                    let link = c.server.and_then(|st| match self.conns.get(st) {
+                        Some(Conn::Server(s)) => Some(ptr(2, s.id)),
+                        _ => None,
+                    });
+                    rows.push(vec![
+                        s("C"),
+                        s(&c.user),
+                        s(db),
+                        s("none"),
+                        s(state),
+                        s(addr),
+                        s(port),
+                        s(laddr),
+                        s(lport),
+                        s(timestamp(self.wall(c.connect_time))),
+                        s(timestamp(self.wall(c.request_time))),
+                        s(wait.as_secs()),
+                        s(wait.subsec_micros()),
+                        s(0),
+                        s(ptr(1, c.id)),
+                        s(link.unwrap_or_default()),
+                        s(0),
+                        s(""),
+                        s(c.params.get("application_name").unwrap_or("")),
+                        s(c.stmts.len()),
+                        s(admin_id(self.slot, c.id)),
+                        s(self.slot),
+                    ]);
+                }
+                Conn::Server(sv) if !clients => {
+                    let p = self.pools.get(sv.pool);
+                    let (addr, port) = match &sv.addr {
+                        crate::server::ServerAddr::Tcp(a) => (a.ip().to_string(), a.port() as i64),
+                        crate::server::ServerAddr::Unix(_) => ("unix".into(), p.target.port as i64),
+                    };
+                    let (laddr, lport) = local(&sv.io.sock);
+                    let state = match sv.state {
+                        SState::Active => "active",
+                        SState::Idle => "idle",
+                        SState::Reset => "tested",
+                        SState::Connecting | SState::Login => "new",
+                    };
+                    let link = sv.client.and_then(|ct| match self.conns.get(ct) {
+                        Some(Conn::Client(c)) => Some(ptr(1, c.id)),
+                        _ => None,
+                    });
+                    rows.push(vec![
+                        s("S"),
+                        s(&p.user),
+                        s(&p.db),
+                        s("none"),
+                        s(state),
+                        s(addr),
+                        s(port),
+                        s(laddr),
+                        s(lport),
+                        s(timestamp(self.wall(sv.connect_time))),
+                        s(timestamp(self.wall(sv.since))),
+                        s(0),
+                        s(0),
+                        s(u8::from(sv.close_needed)),
+                        s(ptr(2, sv.id)),
+                        s(link.unwrap_or_default()),
+                        s(sv.backend_key.map(|k| k.0).unwrap_or(0)),
+                        s(""),
+                        s(sv.params.get("application_name").unwrap_or("")),
+                        s(sv.stmts.len()),
+                        s(admin_id(self.slot, sv.id)),
+                        s(self.slot),
+                    ]);
+                }
+                _ => {}
+            }
+        }
+        rows
+    }
+
+    /// SHOW POOLS: one row per (database, user) over every worker.
+    fn show_pools(&self, rows: Vec<(u8, Row)>) -> Table {
+        let pools = merge_pools(rows);
+        let rows = pools
+            .into_iter()
+            .map(|((db, user), p)| {
+                vec![
+                    s(db),
+                    s(user),
+                    s(p.cl_active),
+                    s(p.cl_waiting),
+                    s(0),
+                    s(0),
+                    s(p.sv_active),
+                    s(0),
+                    s(0),
+                    s(p.sv_idle),
+                    s(0),
+                    s(p.sv_tested),
+                    s(p.sv_login),
+                    s(p.maxwait_us / 1_000_000),
+                    s(p.maxwait_us % 1_000_000),
+                    s(p.mode),
+                    None,
+                ]
+            })
+            .collect();
+        let int = |n: &'static str| (n, Ty::Int4);
+        Table::new(
+            &[
+                ("database", Ty::Text),
+                ("user", Ty::Text),
+                int("cl_active"),
+                int("cl_waiting"),
+                int("cl_active_cancel_req"),
+                int("cl_waiting_cancel_req"),
+                int("sv_active"),
+                int("sv_active_cancel"),
+                int("sv_being_canceled"),
+                int("sv_idle"),
+                int("sv_used"),
+                int("sv_tested"),
+                int("sv_login"),
+                int("maxwait"),
+                int("maxwait_us"),
+                ("pool_mode", Ty::Text),
+                ("load_balance_hosts", Ty::Text),
+            ],
+            rows,
+        )
+    }
+
+    fn show_lists(&self, rows: Vec<(u8, Row)>) -> Table {
+        let login: u64 = rows
+            .iter()
+            .filter(|(_, r)| r[0].as_deref() == Some("pgbouncer"))
+            .map(|(_, r)| num(&r[10]))
+            .sum();
+        let pools = merge_pools(rows);
+        let used_clients: u64 = pools
+            .values()
+            .map(|p| p.cl_active + p.cl_waiting)
+            .sum::<u64>()
+            + login;
+        let used_servers: u64 = pools
+            .values()
+            .map(|p| p.sv_active + p.sv_idle + p.sv_tested + p.sv_login)
+            .sum();
+        let users: std::collections::BTreeSet<&str> = self
+            .cfg
+            .users
+            .keys()
+            .map(String::as_str)
+            .chain(pools.keys().map(|(_, u)| u.as_str()))
+            .collect();
+        let items = [
+            ("databases", self.cfg.databases.len() as u64 + 1),
+            ("users", users.len() as u64),
+            ("peers", 0),
+            ("pools", pools.len() as u64),
+            ("peer_pools", 0),
+            ("free_clients", 0),
+            ("used_clients", used_clients),
+            ("login_clients", login),
+            ("free_servers", 0),
+            ("used_servers", used_servers),
+            ("dns_names", 0),
+            ("dns_zones", 0),
+            ("dns_queries", 0),
+            ("dns_pending", 0),
+        ];
+        Table::new(
+            &[("list", Ty::Text), ("items", Ty::Int4)],
+            items.into_iter().map(|(k, v)| vec![s(k), s(v)]).collect(),
+        )
+    }
+
+    fn show_databases(&self, rows: Vec<(u8, Row)>) -> Table {
+        let pools = merge_pools(rows);
+        let mut clients: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut paused: BTreeMap<&str, bool> = BTreeMap::new();
+        for ((db, _), p) in &pools {
+            *clients.entry(db).or_default() += p.cl_active + p.cl_waiting;
+            *paused.entry(db).or_default() |= p.paused;
+        }
+        let cfg = &self.cfg;
+        let mut out = Vec::new();
+        let mut names: Vec<&str> = cfg.databases.keys().map(String::as_str).collect();
+        names.push("pgbouncer");
+        names.sort();
+        for name in names {
+            if name == "pgbouncer" {
+                out.push(vec![
+                    s("pgbouncer"),
+                    None,
+                    s(cfg.listen_port),
+                    s("pgbouncer"),
+                    s("pgbouncer"),
+                    s(2),
+                    s(0),
+                    s(0),
+                    s(cfg.server_lifetime.as_secs()),
+                    s("statement"),
+                    None,
+                    s(0),
+                    s(0),
+                    s(0),
+                    s(clients.get("pgbouncer").copied().unwrap_or(0)),
+                    s(0),
+                    s(0),
+                ]);
+                continue;
+            }
+            let Some(db) = cfg.databases.get(name) else {
+                continue;
+            };
+            let current = self
+                .shm
+                .name_index_existing(Kind::Database, name)
+                .map(|i| self.shm.count(i))
+                .unwrap_or(0);
+            out.push(vec![
+                s(name),
+                s(&db.host),
+                s(db.port),
+                s(db.dbname.clone().unwrap_or_else(|| name.to_string())),
+                db.user.clone(),
+                s(db.pool_size.unwrap_or(cfg.default_pool_size)),
+                s(db.min_pool_size.unwrap_or(cfg.min_pool_size)),
+                s(db.reserve_pool_size.unwrap_or(cfg.reserve_pool_size)),
+                s(cfg.server_lifetime.as_secs()),
+                db.pool_mode.map(|m| m.as_str().to_string()),
+                None,
+                s(cfg.max_db_connections_for(name)),
+                s(current),
+                s(0),
+                s(clients.get(name).copied().unwrap_or(0)),
+                s(u8::from(paused.get(name).copied().unwrap_or(false))),
+                s(0),
+            ]);
+        }
+        let int = |n: &'static str| (n, Ty::Int4);
+        Table::new(
+            &[
+                ("name", Ty::Text),
+                ("host", Ty::Text),
+                int("port"),
+                ("database", Ty::Text),
+                ("force_user", Ty::Text),
+                int("pool_size"),
+                int("min_pool_size"),
+                int("reserve_pool_size"),
+                int("server_lifetime"),
+                ("pool_mode", Ty::Text),
+                ("load_balance_hosts", Ty::Text),
+                int("max_connections"),
+                int("current_connections"),
+                int("max_client_connections"),
+                int("current_client_connections"),
+                int("paused"),
+                int("disabled"),
+            ],
+            out,
+        )
+    }
+
+    fn show_users(&self, rows: Vec<(u8, Row)>) -> Table {
+        let pools = merge_pools(rows);
+        let mut clients: BTreeMap<String, u64> = BTreeMap::new();
+        for ((_, user), p) in &pools {
+            *clients.entry(user.clone()).or_default() += p.cl_active + p.cl_waiting;
+        }
+        let mut names: std::collections::BTreeSet<String> =
+            self.cfg.users.keys().cloned().collect();
+        names.extend(clients.keys().cloned());
+        let out = names
+            .into_iter()
+            .map(|name| {
+                let u = self.cfg.users.get(&name);
+                let padded = |v: Option<u32>| s(v.map(|n| format!("{n:9}")).unwrap_or_default());
+                let current = self
+                    .shm
+                    .name_index_existing(Kind::User, &name)
+                    .map(|i| self.shm.count(i))
+                    .unwrap_or(0);
+                vec![
+                    s(&name),
+                    padded(u.and_then(|u| u.pool_size)),
+                    padded(u.and_then(|u| u.reserve_pool_size)),
+                    u.and_then(|u| u.pool_mode).map(|m| m.as_str().to_string()),
+                    s(self.cfg.max_user_connections_for(&name)),
+                    s(current),
+                    s(0),
+                    s(clients.get(&name).copied().unwrap_or(0)),
+                ]
+            })
+            .collect();
+        let int = |n: &'static str| (n, Ty::Int4);
+        Table::new(
+            &[
+                ("name", Ty::Text),
+                ("pool_size", Ty::Text),
+                ("reserve_pool_size", Ty::Text),
+                ("pool_mode", Ty::Text),
+                int("max_user_connections"),
+                int("current_connections"),
+                int("max_user_client_connections"),
+                int("current_client_connections"),
+            ],
+            out,
+        )
+    }
+}
+
+#[derive(Default)]
+struct PoolSum {
+    cl_active: u64,
+    cl_waiting: u64,
+    sv_active: u64,
+    sv_idle: u64,
+    sv_tested: u64,
+    sv_login: u64,
+    maxwait_us: u64,
+    mode: String,
+    paused: bool,
+}
+
+fn num(v: &Option<String>) -> u64 {
+    v.as_deref().and_then(|x| x.parse().ok()).unwrap_or(0)
+}
+
+/// Adds up every worker's rows for the same (database, user).
+fn merge_pools(rows: Vec<(u8, Row)>) -> BTreeMap<(String, String), PoolSum> {
+    let mut out: BTreeMap<(String, String), PoolSum> = BTreeMap::new();
+    for (_, r) in rows {
+        if r.len() < 11 {
+            continue;
+        }
+        let key = (
+            r[0].clone().unwrap_or_default(),
+            r[1].clone().unwrap_or_default(),
+        );
+        let p = out.entry(key).or_default();
+        p.cl_active += num(&r[2]);
+        p.cl_waiting += num(&r[3]);
+        p.sv_active += num(&r[4]);
+        p.sv_idle += num(&r[5]);
+        p.sv_tested += num(&r[6]);
+        p.sv_login += num(&r[7]);
+        p.maxwait_us = p.maxwait_us.max(num(&r[8]));
+        p.mode = r[9].clone().unwrap_or_default();
+        p.paused |= num(&r[10]) != 0 && r[0].as_deref() != Some("pgbouncer");
+    }
+    out
+}
+
+/// SHOW CLIENTS / SHOW SERVERS: PgBouncer's 21 columns plus the worker.
+fn show_sockets(rows: Vec<(u8, Row)>) -> Table {
+    let int = |n: &'static str| (n, Ty::Int4);
+    Table::new(
+        &[
+            ("type", Ty::Text),
+            ("user", Ty::Text),
+            ("database", Ty::Text),
+            ("replication", Ty::Text),
+            ("state", Ty::Text),
+            ("addr", Ty::Text),
+            int("port"),
+            ("local_addr", Ty::Text),
+            int("local_port"),
+            ("connect_time", Ty::Text),
+            ("request_time", Ty::Text),
+            int("wait"),
+            int("wait_us"),
+            int("close_needed"),
+            ("ptr", Ty::Text),
+            ("link", Ty::Text),
+            int("remote_pid"),
+            ("tls", Ty::Text),
+            ("application_name", Ty::Text),
+            int("prepared_statements"),
+            int("id"),
+            int("worker"),
+        ],
+        rows.into_iter().map(|(_, r)| r).collect(),
+    )
+}
+
+/// A NoticeResponse with a message and a detail, as SHOW HELP sends it.
+fn notice(out: &mut Vec<u8>, message: &str, detail: &str) {
+    out.push(b'N');
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    for (f, v) in [
+        (b'S', "NOTICE"),
+        (b'C', "00000"),
+        (b'M', message),
+        (b'D', detail),
+    ] {
+        out.push(f);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out.push(0);
+    let len = (out.len() - at) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_print_like_pgbouncer() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(timestamp(t), "2023-11-14 22:13:20 UTC");
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+    }
+
+    #[test]
+    fn durations_print_as_plain_seconds() {
+        assert_eq!(seconds(Duration::from_secs(3600)), "3600");
+        assert_eq!(seconds(Duration::from_millis(500)), "0.5");
+    }
+
+    #[test]
+    fn admin_ids_carry_the_slot() {
+        assert_eq!(admin_id(3, 5) & 0xff, 3);
+        assert_ne!(admin_id(3, 5), admin_id(4, 5));
+    }
+
+    #[test]
+    fn pools_merge_across_workers() {
+        let row = |db: &str, a: u64, w: u64| -> Row {
+            [
+                db,
+                "u",
+                &a.to_string(),
+                "1",
+                "2",
+                "3",
+                "0",
+                "0",
+                &w.to_string(),
+                "transaction",
+                "0",
+            ]
+            .iter()
+            .map(|x| Some(x.to_string()))
+            .collect()
+        };
+        let m = merge_pools(vec![
+            (0, row("d", 1, 5)),
+            (1, row("d", 2, 9)),
+            (1, row("e", 1, 0)),
+        ]);
+        let d = &m[&("d".to_string(), "u".to_string())];
+        assert_eq!(
+            (d.cl_active, d.cl_waiting, d.sv_idle, d.maxwait_us),
+            (3, 2, 6, 9)
+        );
+        assert_eq!(m.len(), 2);
+    }
+}
