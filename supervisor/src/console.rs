@@ -69,6 +69,9 @@ impl Supervisor {
             }
             AdminRequest::Reload => {
                 let r = self.reload_now();
+                if let Err(e) = &r {
+                    log::error!("RELOAD from the admin console failed, keeping the running configuration: {e}");
+                }
                 done(self, r.err());
             }
             AdminRequest::Pause(db) => {

@@ -69,9 +69,29 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(s.into())
 }
 
+/// Fails when another process already listens on `addr`. SO_REUSEPORT would otherwise let
+/// a second pooler (or anything else run by the same user) share the port and silently
+/// take a share of the connections.
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e} (is another pooler running?)"),
+        )
+    })
+}
+
 /// Binds every slot's sockets and the Unix socket.
 pub fn bind(cfg: &Config, slots: usize) -> io::Result<Listeners> {
     let addrs = addresses(cfg)?;
+    for &a in &addrs {
+        ensure_free(a)?;
+    }
     let mut tcp = Vec::with_capacity(slots);
     for _ in 0..slots {
         tcp.push(bind_slot(&addrs)?);

@@ -94,6 +94,8 @@ pub(crate) struct Client {
     pub stmts: std::collections::HashMap<Box<str>, std::rc::Rc<crate::prepared::Stmt>>,
     /// What the server still owes this client, when statements are rewritten.
     pub queue: std::collections::VecDeque<crate::relay::Expect>,
+    /// Entries an error made the server skip, waiting to be undone (scratch).
+    pub dropped: Vec<crate::relay::Expect>,
     /// Logged in to the admin console, with this role.
     pub admin: Option<crate::admin::Role>,
 }
@@ -185,6 +187,7 @@ impl Worker {
             counted: false,
             stmts: Default::default(),
             queue: Default::default(),
+            dropped: Vec::new(),
             admin: None,
         };
         entry.insert(Conn::Client(Box::new(client)));

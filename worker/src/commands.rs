@@ -7,7 +7,21 @@ use crate::pool::{Limits, PoolId, Target};
 use crate::server::SState;
 use crate::wire::sqlstate;
 use crate::worker::{Conn, Worker};
+use std::collections::HashSet;
 use std::sync::Arc;
+
+/// What PAUSE asked for: every pool, or databases by name; new pools follow it too.
+#[derive(Default)]
+pub(crate) struct Paused {
+    all: bool,
+    dbs: HashSet<String>,
+}
+
+impl Paused {
+    pub fn covers(&self, db: &str) -> bool {
+        self.all || self.dbs.contains(db)
+    }
+}
 
 impl Worker {
     /// Applies a configuration the supervisor validated, without dropping any connection.
@@ -113,11 +127,22 @@ impl Worker {
     /// PAUSE (`on`) or RESUME for one database or all. Paused pools queue new requests and
     /// let their servers go as transactions end.
     pub(crate) fn pause(&mut self, db: Option<&str>, on: bool) {
+        // As in PgBouncer, a global RESUME leaves databases paused by name paused.
+        match (db, on) {
+            (None, _) => self.paused.all = on,
+            (Some(d), true) => {
+                self.paused.dbs.insert(d.to_string());
+            }
+            (Some(d), false) => {
+                self.paused.dbs.remove(d);
+            }
+        }
         for id in 0..self.pools.list.len() {
             let p = self.pools.get_mut(id);
             if db.is_some_and(|d| d != p.db) {
                 continue;
             }
+            let on = self.paused.covers(&p.db);
             p.paused = on;
             if on {
                 self.retire_idle_servers(id);
@@ -173,7 +198,8 @@ impl Worker {
                         | CState::Auth
                         | CState::LoginWait
                         | CState::Idle => true,
-                        CState::Waiting => false,
+                        // A console client waiting on the supervisor (e.g. its SHUTDOWN).
+                        CState::Waiting => c.admin.is_some(),
                         CState::Active => {
                             !c.tx.in_request()
                                 && c.tx.status == b'I'

@@ -7,7 +7,7 @@ mod auth_cache;
 pub mod buf;
 mod cancel;
 mod client;
-mod commands;
+pub(crate) mod commands;
 pub mod config;
 pub mod control;
 mod janitor;

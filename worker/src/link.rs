@@ -224,8 +224,16 @@ impl Worker {
             }
             let before = s.scan.ready;
             loop {
-                let queue = (named == Named::Rewrite).then_some(&mut c.queue);
-                match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own, queue) {
+                let track = (named == Named::Rewrite).then_some(relay::Tracking {
+                    queue: &mut c.queue,
+                    dropped: &mut c.dropped,
+                });
+                let verdict =
+                    relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own, track);
+                for e in c.dropped.drain(..) {
+                    s.stmts.undo(e);
+                }
+                match verdict {
                     FromServer::Made => {
                         if s.scan.ready > 0 {
                             // Everything the server said before it goes out first.

@@ -73,6 +73,20 @@ impl ServerStmts {
         self.have.len()
     }
 
+    /// Undoes what a message the server skipped (after an error) was assumed to do.
+    pub fn undo(&mut self, e: Expect) {
+        match e {
+            Expect::Prepare(id) | Expect::HiddenParse(id) => {
+                self.have.remove(&id);
+            }
+            Expect::HiddenClose(id) => {
+                self.clock += 1;
+                self.have.insert(id, self.clock);
+            }
+            _ => {}
+        }
+    }
+
     /// DISCARD ALL (or a new connection) leaves none.
     pub fn clear(&mut self) {
         self.have.clear();
@@ -255,7 +269,7 @@ fn prepare(
                 o.push(b'S');
                 put_name(o, victim);
             });
-            queue.push_back(Expect::HiddenClose);
+            queue.push_back(Expect::HiddenClose(victim));
         }
     }
     message(out, b'P', |o| {
@@ -263,9 +277,9 @@ fn prepare(
         o.extend_from_slice(&stmt.body);
     });
     queue.push_back(if hidden {
-        Expect::HiddenParse
+        Expect::HiddenParse(stmt.id)
     } else {
-        Expect::Parse
+        Expect::Prepare(stmt.id)
     });
     have.clock += 1;
     have.have.insert(stmt.id, have.clock);

@@ -99,20 +99,23 @@ pub enum Expect {
     /// CloseComplete for a statement the pooler keeps.
     MadeParse,
     MadeClose,
-    /// Answers to messages the pooler added (preparing or evicting on this server): hidden.
-    HiddenParse,
-    HiddenClose,
+    /// A client's Parse the pooler rewrote to prepare statement `id` on this server.
+    Prepare(u64),
+    /// Answers to messages the pooler added (preparing or evicting statement `id` on this
+    /// server): hidden.
+    HiddenParse(u64),
+    HiddenClose(u64),
 }
 
 impl Expect {
     /// Whether server message `tag` ends the answer to this entry.
     fn ends_with(self, tag: u8) -> bool {
         match self {
-            Expect::Parse | Expect::HiddenParse => tag == b'1',
+            Expect::Parse | Expect::Prepare(_) | Expect::HiddenParse(_) => tag == b'1',
             Expect::Bind => tag == b'2',
             Expect::DescribeStatement | Expect::DescribePortal => matches!(tag, b'T' | b'n'),
             Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
-            Expect::Close | Expect::HiddenClose => tag == b'3',
+            Expect::Close | Expect::HiddenClose(_) => tag == b'3',
             Expect::Sync | Expect::Query => tag == b'Z',
             Expect::MadeParse | Expect::MadeClose => false,
         }
@@ -266,15 +269,22 @@ pub enum FromServer<'a> {
 /// the answers to its own queries); longer ones are a protocol error from the server.
 pub const MAX_INSPECTED: usize = 1 << 20;
 
+/// The answers a client is owed, and where entries go that an error made the server skip
+/// (so the pooler can undo what it assumed those messages did).
+pub struct Tracking<'a> {
+    pub queue: &'a mut std::collections::VecDeque<Expect>,
+    pub dropped: &'a mut Vec<Expect>,
+}
+
 /// Judges bytes from a server. `own` counts ReadyForQuery messages that answer the pooler's
-/// own queries: everything up to and including them is swallowed. `queue` (when statements
+/// own queries: everything up to and including them is swallowed. `track` (when statements
 /// are rewritten) is matched against each answer.
 pub fn from_server<'a>(
     buf: &'a [u8],
     scan: &mut Scan,
     tx: &mut TxState,
     own: u32,
-    mut queue: Option<&mut std::collections::VecDeque<Expect>>,
+    mut track: Option<Tracking<'_>>,
 ) -> FromServer<'a> {
     loop {
         scan.stream(buf.len());
@@ -282,9 +292,9 @@ pub fn from_server<'a>(
             return FromServer::NeedMore;
         }
         if own == 0
-            && queue
+            && track
                 .as_ref()
-                .and_then(|q| q.front())
+                .and_then(|t| t.queue.front())
                 .is_some_and(|e| e.is_made())
         {
             return FromServer::Made;
@@ -308,10 +318,11 @@ pub fn from_server<'a>(
                 None => FromServer::NeedMore,
             };
         }
-        if let Some(q) = queue.as_deref_mut() {
+        if let Some(t) = track.as_mut() {
+            let q = &mut *t.queue;
             match q.front().copied() {
                 Some(head) if head.ends_with(h.tag) => {
-                    if matches!(head, Expect::HiddenParse | Expect::HiddenClose) {
+                    if matches!(head, Expect::HiddenParse(_) | Expect::HiddenClose(_)) {
                         if scan.ready > 0 {
                             return FromServer::NeedMore;
                         }
@@ -325,13 +336,14 @@ pub fn from_server<'a>(
                 }
                 Some(head) if h.tag == b'E' && head != Expect::Query && head != Expect::Sync => {
                     // The server skips every message up to the next Sync after an error;
-                    // their answers, ours included, never come.
-                    q.pop_front();
+                    // their answers, ours included, never come, and what they would have
+                    // done did not happen.
+                    t.dropped.extend(q.pop_front());
                     while q
                         .front()
                         .is_some_and(|e| *e != Expect::Sync && *e != Expect::Query)
                     {
-                        q.pop_front();
+                        t.dropped.extend(q.pop_front());
                     }
                 }
                 _ => {}
@@ -633,7 +645,7 @@ mod tests {
         let mut q: VecDeque<Expect> = [
             Expect::Execute,
             Expect::MadeParse,
-            Expect::HiddenParse,
+            Expect::HiddenParse(1),
             Expect::Bind,
             Expect::Sync,
         ]
@@ -653,25 +665,61 @@ mod tests {
         );
         // The Execute's rows and completion pass; then our ParseComplete is due.
         assert_eq!(
-            from_server(&buf, &mut scan, &mut tx, 0, Some(&mut q)),
+            from_server(
+                &buf,
+                &mut scan,
+                &mut tx,
+                0,
+                Some(Tracking {
+                    queue: &mut q,
+                    dropped: &mut Vec::new()
+                })
+            ),
             FromServer::Made
         );
         assert_eq!(scan.ready, 7 + 14);
         q.pop_front();
         // The hidden ParseComplete waits until the ready bytes are out...
         assert_eq!(
-            from_server(&buf, &mut scan, &mut tx, 0, Some(&mut q)),
+            from_server(
+                &buf,
+                &mut scan,
+                &mut tx,
+                0,
+                Some(Tracking {
+                    queue: &mut q,
+                    dropped: &mut Vec::new()
+                })
+            ),
             FromServer::NeedMore
         );
         let rest = &buf[scan.ready..];
         let mut scan = Scan::default();
         assert_eq!(
-            from_server(rest, &mut scan, &mut tx, 0, Some(&mut q)),
+            from_server(
+                rest,
+                &mut scan,
+                &mut tx,
+                0,
+                Some(Tracking {
+                    queue: &mut q,
+                    dropped: &mut Vec::new()
+                })
+            ),
             FromServer::Hidden(5)
         );
         let rest = &rest[5..];
         assert_eq!(
-            from_server(rest, &mut scan, &mut tx, 0, Some(&mut q)),
+            from_server(
+                rest,
+                &mut scan,
+                &mut tx,
+                0,
+                Some(Tracking {
+                    queue: &mut q,
+                    dropped: &mut Vec::new()
+                })
+            ),
             FromServer::NeedMore
         );
         assert_eq!(scan.ready, 5);
@@ -681,12 +729,14 @@ mod tests {
     #[test]
     fn an_error_skips_answers_until_sync() {
         let mut q: VecDeque<Expect> = [
-            Expect::Bind,
+            Expect::Prepare(1),
+            Expect::HiddenClose(2),
             Expect::MadeParse,
             Expect::Execute,
             Expect::Sync,
         ]
         .into();
+        let mut dropped = Vec::new();
         let buf = cat(&[msg(b'E', b"SERROR\0\0"), msg(b'Z', b"I")]);
         let (mut scan, mut tx) = (
             Scan::default(),
@@ -695,12 +745,26 @@ mod tests {
                 ..TxState::new()
             },
         );
+        let track = Tracking {
+            queue: &mut q,
+            dropped: &mut dropped,
+        };
         assert_eq!(
-            from_server(&buf, &mut scan, &mut tx, 0, Some(&mut q)),
+            from_server(&buf, &mut scan, &mut tx, 0, Some(track)),
             FromServer::ReadyForQuery
         );
         assert!(q.is_empty());
         assert!(tx.is_idle());
+        // What the failed Parse and the skipped messages assumed is left for the caller to undo.
+        assert_eq!(
+            dropped,
+            [
+                Expect::Prepare(1),
+                Expect::HiddenClose(2),
+                Expect::MadeParse,
+                Expect::Execute
+            ]
+        );
     }
 
     proptest::proptest! {
@@ -718,7 +782,7 @@ mod tests {
             let _ = from_client(&buf, &mut scan, &mut tx, Named::Rewrite, 1 << 20, Some(&mut q));
             proptest::prop_assert!(scan.ready <= buf.len());
             let mut scan = Scan::default();
-            let _ = from_server(&buf, &mut scan, &mut tx, 0, Some(&mut q));
+            let _ = from_server(&buf, &mut scan, &mut tx, 0, Some(Tracking { queue: &mut q, dropped: &mut Vec::new() }));
             proptest::prop_assert!(scan.ready <= buf.len());
         }
     }

@@ -94,6 +94,7 @@ pub struct Worker {
     pub(crate) stmts: crate::prepared::Registry,
     /// Admin console requests waiting for the supervisor.
     pub(crate) console: crate::admin::Requests,
+    pub(crate) paused: crate::commands::Paused,
     /// Set once a graceful shutdown began.
     pub(crate) shutdown_since: Option<Instant>,
 }
@@ -157,6 +158,7 @@ impl Worker {
             stats: WorkerStats::default(),
             stmts: Default::default(),
             console: Default::default(),
+            paused: Default::default(),
             shutdown_since: None,
         };
         w.stats.started(&w.shm, w.slot);

@@ -225,7 +225,7 @@ impl Worker {
             return self.console_error(ct, "admin access needed");
         }
         match cmd {
-            Cmd::Show(what) => self.console_show(ct, &what),
+            Cmd::Show(what) => self.console_show(ct, &what, text),
             Cmd::Reload => self.console_forward(ct, cmd.clone(), AdminRequest::Reload),
             Cmd::Pause(ref db) | Cmd::Resume(ref db) | Cmd::Kill(ref db) => {
                 let verb = match cmd {

@@ -115,7 +115,7 @@ impl Worker {
     }
 
     /// SHOW <what>: answered here, or after collecting rows from every worker.
-    pub(crate) fn console_show(&mut self, ct: usize, what: &str) {
+    pub(crate) fn console_show(&mut self, ct: usize, what: &str, query: &str) {
         let table = match what {
             "help" => return self.show_help(ct),
             "version" => Table::new(
@@ -145,7 +145,7 @@ impl Worker {
                 return self.console_forward(ct, cmd, crate::control::AdminRequest::Collect(w));
             }
             _ => {
-                let msg = format!("invalid command 'SHOW {what}', use SHOW HELP;");
+                let msg = format!("invalid command '{query}', use SHOW HELP;");
                 return self.console_error(ct, &msg);
             }
         };
