@@ -1,17 +1,25 @@
 //! Cancel requests: find the client's server by the key we handed out, and pass the
 //! request on to PostgreSQL over a new connection.
+//!
+//! PostgreSQL closes a cancel connection once it has signalled the backend. Until then the
+//! server must not go to another client: a late cancel would hit that client's query. So
+//! the cancel connection is kept until PostgreSQL closes it, and the server waits.
 
 use crate::control::Report;
+use crate::server::SState;
 use crate::stream::Sock;
 use crate::wire::write;
 use crate::worker::{Conn, Worker};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::Instant;
 
 pub(crate) struct CancelConn {
     sock: Sock,
     packet: [u8; 16],
+    sent: bool,
     pub started: Instant,
+    /// The server being canceled: (token, id).
+    server: (usize, u64),
 }
 
 impl Worker {
@@ -44,7 +52,7 @@ impl Worker {
             log::debug!("{}: cancel request while no query runs", c.name());
             return;
         };
-        let Some(Conn::Server(s)) = self.conns.get(st) else {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;
         };
         let Some((spid, skey)) = s.backend_key else {
@@ -57,6 +65,7 @@ impl Worker {
                 return;
             }
         };
+        let server = (st, s.id);
         let mut out = Vec::with_capacity(16);
         write::cancel_request(&mut out, spid, &skey.to_be_bytes());
         let mut packet = [0u8; 16];
@@ -65,34 +74,76 @@ impl Worker {
         if self.register(t, &mut sock).is_err() {
             return;
         }
+        if let Some(Conn::Server(s)) = self.conns.get_mut(st) {
+            s.cancels += 1;
+        }
         self.conns.insert(Conn::Cancel(CancelConn {
             sock,
             packet,
+            sent: false,
             started: self.now,
+            server,
         }));
     }
 
-    /// The cancel connection is writable: send the 16 bytes and hang up.
+    /// Sends the 16 bytes once connected, then waits for PostgreSQL to hang up.
     pub(crate) fn drive_cancel(&mut self, t: usize, ready: bool) {
         let Some(Conn::Cancel(x)) = self.conns.get_mut(t) else {
             return;
         };
-        if !ready || !x.sock.is_connected() {
-            if let Ok(Some(_)) | Err(_) = x.sock.take_error() {
-                self.conns.try_remove(t);
-            }
+        if !ready {
             return;
         }
-        let sent = match &mut x.sock {
-            Sock::Tcp(s) => s.write(&x.packet),
-            Sock::Unix(s) => s.write(&x.packet),
-        };
-        if let Err(e) = &sent {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
+        if !x.sent {
+            if let Ok(Some(_)) | Err(_) = x.sock.take_error() {
+                return self.cancel_done(t);
+            }
+            if !x.sock.is_connected() {
                 return;
             }
+            let sent = match &mut x.sock {
+                Sock::Tcp(s) => s.write(&x.packet),
+                Sock::Unix(s) => s.write(&x.packet),
+            };
+            match sent {
+                // 16 bytes fit in any fresh socket buffer.
+                Ok(_) => x.sent = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.cancel_done(t),
+            }
         }
-        // 16 bytes fit in any fresh socket buffer; PostgreSQL answers by closing.
-        self.conns.try_remove(t);
+        let mut buf = [0u8; 64];
+        loop {
+            let r = match &mut x.sock {
+                Sock::Tcp(s) => s.read(&mut buf),
+                Sock::Unix(s) => s.read(&mut buf),
+            };
+            match r {
+                Ok(0) => return self.cancel_done(t),
+                // PostgreSQL sends nothing back; ignore whatever comes.
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return self.cancel_done(t),
+            }
+        }
+    }
+
+    /// A cancel connection is finished (or given up on): its server may be reused.
+    pub(crate) fn cancel_done(&mut self, t: usize) {
+        let Some(Conn::Cancel(x)) = self.conns.try_remove(t) else {
+            return;
+        };
+        let (st, id) = x.server;
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        if s.id != id {
+            return;
+        }
+        s.cancels = s.cancels.saturating_sub(1);
+        if s.cancels == 0 && s.state == SState::Canceling {
+            self.server_ready(st);
+        }
     }
 }

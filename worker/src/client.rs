@@ -96,6 +96,8 @@ pub(crate) struct Client {
     pub queue: std::collections::VecDeque<crate::relay::Expect>,
     /// Entries an error made the server skip, waiting to be undone (scratch).
     pub dropped: Vec<crate::relay::Expect>,
+    /// The server skips this client's messages until its next Sync (after an error).
+    pub skipping: bool,
     /// Logged in to the admin console, with this role.
     pub admin: Option<crate::admin::Role>,
 }
@@ -188,6 +190,7 @@ impl Worker {
             stmts: Default::default(),
             queue: Default::default(),
             dropped: Vec::new(),
+            skipping: false,
             admin: None,
         };
         entry.insert(Conn::Client(Box::new(client)));
@@ -777,7 +780,11 @@ impl Worker {
         };
         if self.cfg.log_disconnections || !matches!(why, Close::Quiet(_)) {
             let age = self.now.duration_since(c.connect_time).as_secs();
-            log::info!("{}: closing because: {reason} (age={age}s)", c.name());
+            log::info!(
+                "{}: closing because: {reason} (age={age}s) worker={}",
+                c.name(),
+                self.slot
+            );
         }
         // An error can only be told at a message boundary of what the client receives.
         let at_boundary = match c.server {

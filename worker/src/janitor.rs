@@ -95,7 +95,7 @@ impl Worker {
                             actions.push(Action::Server(t, "server idle timeout"));
                         }
                     }
-                    SState::Active | SState::Reset => {}
+                    SState::Active | SState::Reset | SState::Canceling => {}
                 },
                 Conn::Cancel(x) => {
                     if expired(
@@ -129,9 +129,7 @@ impl Worker {
                     };
                     self.server_login_failed(t, err);
                 }
-                Action::Cancel(t) => {
-                    self.conns.try_remove(t);
-                }
+                Action::Cancel(t) => self.cancel_done(t),
             }
         }
         self.janitor_scratch = actions;

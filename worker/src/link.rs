@@ -118,7 +118,9 @@ impl Worker {
 
             // Towards the server: the pooler's own query first, then the client's bytes.
             match s.io.flush_own(&mut self.bufs) {
-                Ok(true) if s.own == 0 && c.scan.ready > 0 => {
+                // Once the server is about to be released, the client's next request
+                // waits for whichever server it gets next.
+                Ok(true) if s.own == 0 && c.scan.ready > 0 && !s.release_pending => {
                     match stream::forward(&mut c.io, &mut s.io, c.scan.ready) {
                         Ok(n) => {
                             c.scan.sent(n);
@@ -139,7 +141,7 @@ impl Worker {
                 }
                 Err(e) => return self.close_client(ct, Close::Quiet(crate::client::io_reason(&e))),
             }
-            if c.scan.ready < c.io.rbuf.len() {
+            if c.scan.ready < c.io.rbuf.len() && !s.release_pending {
                 let was_idle = !c.tx.in_request();
                 let before = c.scan.ready;
                 let queue = (named == Named::Rewrite).then_some(&mut c.queue);
@@ -227,6 +229,7 @@ impl Worker {
                 let track = (named == Named::Rewrite).then_some(relay::Tracking {
                     queue: &mut c.queue,
                     dropped: &mut c.dropped,
+                    skipping: &mut c.skipping,
                 });
                 let verdict =
                     relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own, track);
@@ -353,6 +356,11 @@ impl Worker {
             self.start_reset(st);
         } else {
             self.server_ready(st);
+        }
+        if self.shutdown_since.is_some() {
+            // Its transaction is over: during a shutdown it gets no further one.
+            let msg = "pgbouncers is shutting down".to_string();
+            return self.close_client(ct, Close::Fatal(sqlstate::ADMIN_SHUTDOWN, msg));
         }
         // A request that arrived meanwhile asks for a server again.
         self.drive_client(ct);

@@ -53,6 +53,8 @@ pub struct Pool {
     pub launching: usize,
     /// Servers running the reset query.
     pub resetting: usize,
+    /// Released servers waiting for a cancel request to finish.
+    pub canceling: usize,
     pub welcome: Option<Welcome>,
     /// The last server login failure, for server_login_retry.
     pub last_failure: Option<(Instant, ErrorFields)>,
@@ -80,6 +82,7 @@ impl Pool {
             active: 0,
             launching: 0,
             resetting: 0,
+            canceling: 0,
             welcome: None,
             last_failure: None,
             paused: false,
@@ -93,7 +96,7 @@ impl Pool {
 
     /// Every server this pool holds, whatever its state.
     pub fn total(&self) -> usize {
-        self.idle.len() + self.active + self.launching + self.resetting
+        self.idle.len() + self.active + self.launching + self.resetting + self.canceling
     }
 
     /// Whether a new server may be started now: below the pool size (or the reserve when

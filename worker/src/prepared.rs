@@ -126,6 +126,8 @@ enum Plan {
     },
     Describe(Rc<Stmt>),
     Close(Box<str>),
+    /// DEALLOCATE ALL / DISCARD ALL: the client's names and the server's statements go.
+    ForgetAll,
 }
 
 impl Worker {
@@ -182,9 +184,11 @@ impl Worker {
                 let (name, _) = body.get(1..).and_then(cstr).ok_or_else(bad)?;
                 Plan::Close(name_of(name))
             }
+            b'Q' if !whole => Plan::Wait(h.total),
+            b'Q' => Plan::ForgetAll,
             _ => Plan::Pass(Expect::Close),
         };
-        c.tx.unsynced = true;
+        c.tx.unsynced = h.tag != b'Q';
         match plan {
             Plan::Wait(total) => {
                 c.io.rbuf.make_room(total, &mut self.bufs);
@@ -240,6 +244,13 @@ impl Worker {
                     put_name(o, stmt.id);
                 });
                 c.queue.push_back(Expect::DescribeStatement);
+            }
+            Plan::ForgetAll => {
+                c.stmts.clear();
+                s.stmts.clear();
+                c.tx.expected += 1;
+                c.queue.push_back(Expect::Query);
+                c.scan.pass(h.total, avail);
             }
             Plan::Close(name) => {
                 // The server keeps the statement for others; the client only forgets it.

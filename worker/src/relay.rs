@@ -190,6 +190,18 @@ pub fn from_client(
         };
         let expect = match h.tag {
             b'X' => return FromClient::Terminate,
+            b'Q' if named == Named::Rewrite && h.total <= 5 + MAX_FORGET_ALL => {
+                // DEALLOCATE ALL / DISCARD ALL drop the server's statements too.
+                if rest.len() < h.total {
+                    return FromClient::NeedMore;
+                }
+                if forgets_all(&rest[5..h.total]) {
+                    return FromClient::Rewrite;
+                }
+                tx.expected += 1;
+                tx.unsynced = false;
+                Some(Expect::Query)
+            }
             b'Q' | b'F' => {
                 tx.expected += 1;
                 tx.unsynced = false;
@@ -227,6 +239,25 @@ pub fn from_client(
             q.push_back(e);
         }
         scan.pass(h.total, buf.len());
+    }
+}
+
+/// Longest query text checked for DEALLOCATE ALL / DISCARD ALL.
+const MAX_FORGET_ALL: usize = 64;
+
+/// Whether a simple query's text (NUL-terminated) is DEALLOCATE [PREPARE] ALL or DISCARD ALL.
+pub fn forgets_all(body: &[u8]) -> bool {
+    let text = body.strip_suffix(&[0]).unwrap_or(body);
+    let Ok(text) = std::str::from_utf8(text) else {
+        return false;
+    };
+    let text = text.trim().trim_end_matches(';').trim_end();
+    let words: Vec<&str> = text.split_ascii_whitespace().collect();
+    let is = |w: &str, want: &str| w.eq_ignore_ascii_case(want);
+    match words.as_slice() {
+        [a, b] => (is(a, "deallocate") || is(a, "discard")) && is(b, "all"),
+        [a, p, b] => is(a, "deallocate") && is(p, "prepare") && is(b, "all"),
+        _ => false,
     }
 }
 
@@ -274,6 +305,9 @@ pub const MAX_INSPECTED: usize = 1 << 20;
 pub struct Tracking<'a> {
     pub queue: &'a mut std::collections::VecDeque<Expect>,
     pub dropped: &'a mut Vec<Expect>,
+    /// The server had an error and ignores everything up to the next Sync, including
+    /// messages the client has not sent yet.
+    pub skipping: &'a mut bool,
 }
 
 /// Judges bytes from a server. `own` counts ReadyForQuery messages that answer the pooler's
@@ -294,8 +328,7 @@ pub fn from_server<'a>(
         if own == 0
             && track
                 .as_ref()
-                .and_then(|t| t.queue.front())
-                .is_some_and(|e| e.is_made())
+                .is_some_and(|t| !*t.skipping && t.queue.front().is_some_and(|e| e.is_made()))
         {
             return FromServer::Made;
         }
@@ -322,6 +355,9 @@ pub fn from_server<'a>(
             let q = &mut *t.queue;
             match q.front().copied() {
                 Some(head) if head.ends_with(h.tag) => {
+                    if h.tag == b'Z' {
+                        *t.skipping = false;
+                    }
                     if matches!(head, Expect::HiddenParse(_) | Expect::HiddenClose(_)) {
                         if scan.ready > 0 {
                             return FromServer::NeedMore;
@@ -337,14 +373,20 @@ pub fn from_server<'a>(
                 Some(head) if h.tag == b'E' && head != Expect::Query && head != Expect::Sync => {
                     // The server skips every message up to the next Sync after an error;
                     // their answers, ours included, never come, and what they would have
-                    // done did not happen.
+                    // done did not happen. Messages still to come before that Sync too.
                     t.dropped.extend(q.pop_front());
-                    while q
-                        .front()
-                        .is_some_and(|e| *e != Expect::Sync && *e != Expect::Query)
-                    {
+                    while q.front().is_some_and(|e| *e != Expect::Sync) {
                         t.dropped.extend(q.pop_front());
                     }
+                    *t.skipping = true;
+                }
+                Some(head) if h.tag == b'Z' && head != Expect::Sync && head != Expect::Query => {
+                    // Entries before the Sync this answers were skipped after an error.
+                    while q.front().is_some_and(|e| *e != Expect::Sync) {
+                        t.dropped.extend(q.pop_front());
+                    }
+                    q.pop_front();
+                    *t.skipping = false;
                 }
                 _ => {}
             }
@@ -626,6 +668,78 @@ mod tests {
     }
 
     #[test]
+    fn messages_sent_after_an_error_before_sync_are_skipped_too() {
+        // The error empties the queue; the client then sends more of the same pipeline
+        // (a pooler-made ParseComplete among it) and finally its Sync.
+        let mut q: VecDeque<Expect> = [Expect::Bind, Expect::Execute].into();
+        let (mut dropped, mut skipping) = (Vec::new(), false);
+        let err = msg(b'E', b"SERROR\0\0");
+        let (mut scan, mut tx) = (
+            Scan::default(),
+            TxState {
+                expected: 0,
+                ..TxState::new()
+            },
+        );
+        let track = Tracking {
+            queue: &mut q,
+            dropped: &mut dropped,
+            skipping: &mut skipping,
+        };
+        assert_eq!(
+            from_server(&err, &mut scan, &mut tx, 0, Some(track)),
+            FromServer::NeedMore
+        );
+        assert!(skipping && q.is_empty());
+        q.extend([
+            Expect::MadeParse,
+            Expect::Bind,
+            Expect::Execute,
+            Expect::Sync,
+            Expect::Query,
+        ]);
+        tx.expected = 2;
+        // No ParseComplete is made while the server skips; its ReadyForQuery ends the skip.
+        let z = msg(b'Z', b"I");
+        let mut scan = Scan::default();
+        let track = Tracking {
+            queue: &mut q,
+            dropped: &mut dropped,
+            skipping: &mut skipping,
+        };
+        assert_eq!(
+            from_server(&z, &mut scan, &mut tx, 0, Some(track)),
+            FromServer::ReadyForQuery
+        );
+        assert!(!skipping);
+        assert_eq!(drain(&q), [Expect::Query]);
+        assert_eq!(tx.expected, 1);
+    }
+
+    #[test]
+    fn deallocate_all_is_recognised() {
+        for q in [
+            "DEALLOCATE ALL\0",
+            " deallocate  prepare all ;\0",
+            "discard all\0",
+        ] {
+            assert!(forgets_all(q.as_bytes()), "{q}");
+        }
+        for q in [
+            "DEALLOCATE x\0",
+            "DISCARD PLANS\0",
+            "select 1\0",
+            "deallocate all; select 1\0",
+        ] {
+            assert!(!forgets_all(q.as_bytes()), "{q}");
+        }
+        let buf = msg(b'Q', b"DEALLOCATE ALL\0");
+        let (mut scan, mut tx) = (Scan::default(), TxState::new());
+        let v = from_client(&buf, &mut scan, &mut tx, Named::Rewrite, 1 << 20, None);
+        assert_eq!((v, tx.expected), (FromClient::Rewrite, 0));
+    }
+
+    #[test]
     fn bind_waits_for_its_names() {
         let full = msg(b'B', b"\0s1\0\0\0\0\0\0\0");
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
@@ -672,7 +786,8 @@ mod tests {
                 0,
                 Some(Tracking {
                     queue: &mut q,
-                    dropped: &mut Vec::new()
+                    dropped: &mut Vec::new(),
+                    skipping: &mut false,
                 })
             ),
             FromServer::Made
@@ -688,7 +803,8 @@ mod tests {
                 0,
                 Some(Tracking {
                     queue: &mut q,
-                    dropped: &mut Vec::new()
+                    dropped: &mut Vec::new(),
+                    skipping: &mut false,
                 })
             ),
             FromServer::NeedMore
@@ -703,7 +819,8 @@ mod tests {
                 0,
                 Some(Tracking {
                     queue: &mut q,
-                    dropped: &mut Vec::new()
+                    dropped: &mut Vec::new(),
+                    skipping: &mut false,
                 })
             ),
             FromServer::Hidden(5)
@@ -717,7 +834,8 @@ mod tests {
                 0,
                 Some(Tracking {
                     queue: &mut q,
-                    dropped: &mut Vec::new()
+                    dropped: &mut Vec::new(),
+                    skipping: &mut false,
                 })
             ),
             FromServer::NeedMore
@@ -748,6 +866,7 @@ mod tests {
         let track = Tracking {
             queue: &mut q,
             dropped: &mut dropped,
+            skipping: &mut false,
         };
         assert_eq!(
             from_server(&buf, &mut scan, &mut tx, 0, Some(track)),
@@ -782,7 +901,7 @@ mod tests {
             let _ = from_client(&buf, &mut scan, &mut tx, Named::Rewrite, 1 << 20, Some(&mut q));
             proptest::prop_assert!(scan.ready <= buf.len());
             let mut scan = Scan::default();
-            let _ = from_server(&buf, &mut scan, &mut tx, 0, Some(Tracking { queue: &mut q, dropped: &mut Vec::new() }));
+            let _ = from_server(&buf, &mut scan, &mut tx, 0, Some(Tracking { queue: &mut q, dropped: &mut Vec::new(), skipping: &mut false }));
             proptest::prop_assert!(scan.ready <= buf.len());
         }
     }

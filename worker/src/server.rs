@@ -24,6 +24,9 @@ pub(crate) enum SState {
     Active,
     /// Running server_reset_query before going back to the pool.
     Reset,
+    /// Released while a cancel request for its last client is still on its way: reusing
+    /// it now could cancel the next client's query instead.
+    Canceling,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +98,8 @@ pub(crate) struct Server {
     pub used: bool,
     /// Statements prepared here under pooler names.
     pub stmts: crate::prepared::ServerStmts,
+    /// Cancel requests sent for this server and not yet finished by PostgreSQL.
+    pub cancels: u32,
     login: Option<Box<Login>>,
     /// Shared-memory places this server holds (database, user), given back when it closes.
     holds: (Option<usize>, Option<usize>),
@@ -222,6 +227,7 @@ impl Worker {
             close_needed: false,
             used: false,
             stmts: Default::default(),
+            cancels: 0,
             login: Some(Box::new(Login {
                 creds,
                 scram: None,
@@ -304,6 +310,8 @@ impl Worker {
                 }
             }
             SState::Reset => self.reset_io(st),
+            // Quiet until its cancel is done; anything it says now is for nobody.
+            SState::Canceling => self.idle_server_io(st),
         }
     }
 
@@ -531,6 +539,10 @@ impl Worker {
         if s.lifetime_over(lifetime, self.now) {
             return self.remove_server(st, "server lifetime over");
         }
+        if s.cancels > 0 {
+            // Back to the pool once PostgreSQL has finished the cancel (cancel_finished).
+            return self.set_server_state(st, SState::Canceling);
+        }
         if !s.io.rbuf.is_empty() {
             return self.remove_server(st, "server sent data while idle");
         }
@@ -563,12 +575,14 @@ impl Worker {
             }
             SState::Active => p.active -= 1,
             SState::Reset => p.resetting -= 1,
+            SState::Canceling => p.canceling -= 1,
         }
         match new {
             SState::Connecting | SState::Login => p.launching += 1,
             SState::Idle => p.idle.push(st),
             SState::Active => p.active += 1,
             SState::Reset => p.resetting += 1,
+            SState::Canceling => p.canceling += 1,
         }
     }
 
@@ -720,6 +734,7 @@ impl Worker {
             SState::Idle => p.idle.retain(|&t| t != st),
             SState::Active => p.active -= 1,
             SState::Reset => p.resetting -= 1,
+            SState::Canceling => p.canceling -= 1,
         }
         if let Some(Conn::Server(mut s)) = self.conns.try_remove(st) {
             self.give_back(s.holds);

@@ -696,6 +696,7 @@ impl Worker {
                     s(counts[i][2]),
                     s(p.limits.mode.as_str()),
                     s(u8::from(p.paused)),
+                    s(p.canceling),
                 ]
             })
             .collect();
@@ -711,6 +712,7 @@ impl Worker {
             s(0),
             s("statement"),
             s(login),
+            s(0),
         ]);
         rows
     }
@@ -798,6 +800,7 @@ impl Worker {
                         SState::Active => "active",
                         SState::Idle => "idle",
                         SState::Reset => "tested",
+                        SState::Canceling => "being_canceled",
                         SState::Connecting | SState::Login => "new",
                     };
                     let link = sv.client.and_then(|ct| match self.conns.get(ct) {
@@ -850,7 +853,7 @@ impl Worker {
                     s(0),
                     s(p.sv_active),
                     s(0),
-                    s(0),
+                    s(p.sv_being_canceled),
                     s(p.sv_idle),
                     s(0),
                     s(p.sv_tested),
@@ -1080,6 +1083,7 @@ struct PoolSum {
     maxwait_us: u64,
     mode: String,
     paused: bool,
+    sv_being_canceled: u64,
 }
 
 fn num(v: &Option<String>) -> u64 {
@@ -1107,6 +1111,7 @@ fn merge_pools(rows: Vec<(u8, Row)>) -> BTreeMap<(String, String), PoolSum> {
         p.maxwait_us = p.maxwait_us.max(num(&r[8]));
         p.mode = r[9].clone().unwrap_or_default();
         p.paused |= num(&r[10]) != 0 && r[0].as_deref() != Some("pgbouncer");
+        p.sv_being_canceled += r.get(11).map(num).unwrap_or(0);
     }
     out
 }
