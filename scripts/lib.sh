@@ -131,6 +131,69 @@ need_test_pkgs() {
     have python3 || die "python3 still missing after installing"
 }
 
+# ---- client drivers (tests/clients.rs) ------------------------------------------
+
+# Prints the pgJDBC jar tests/clients.rs will use, the same way it looks:
+# $PGJDBC_JAR, Debian's /usr/share/java/postgresql.jar, then ~/.m2. Fails if
+# there is none.
+pgjdbc_jar() {
+    local jar
+    if [ -n "${PGJDBC_JAR:-}" ] && [ -f "$PGJDBC_JAR" ]; then
+        printf '%s\n' "$PGJDBC_JAR"
+        return 0
+    fi
+    if [ -f /usr/share/java/postgresql.jar ]; then
+        printf '%s\n' /usr/share/java/postgresql.jar
+        return 0
+    fi
+    jar=$(find "$HOME/.m2/repository/org/postgresql/postgresql" -name 'postgresql-*.jar' \
+        2>/dev/null | sort -V | tail -n 1)
+    [ -n "$jar" ] || return 1
+    printf '%s\n' "$jar"
+}
+
+# Installs the drivers tests/clients.rs runs, only what is missing (so a
+# second run takes a second): psycopg 3 and asyncpg with pip, node-postgres
+# with `npm ci` from tests/clients/node's lock file, pgJDBC as Debian's
+# libpostgresql-jdbc-java (Maven Central is not reachable from every machine
+# that runs this; Debian's mirror is), and node, npm, java, pip themselves.
+need_client_drivers() {
+    local pkgs=() node_dir pip=(python3 -m pip install -q --disable-pip-version-check)
+    node_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/clients/node"
+    have python3 || die "python3 missing (need_test_pkgs installs it)"
+    if ! have node; then pkgs+=(nodejs); fi
+    if ! have npm; then pkgs+=(npm); fi
+    if ! have java; then pkgs+=(default-jdk-headless); fi
+    if ! pgjdbc_jar >/dev/null; then pkgs+=(libpostgresql-jdbc-java); fi
+    if ! python3 -c 'import psycopg, asyncpg' 2>/dev/null &&
+        ! python3 -m pip --version >/dev/null 2>&1; then
+        pkgs+=(python3-pip)
+    fi
+    if [ "${#pkgs[@]}" -gt 0 ]; then apt_install "${pkgs[@]}"; fi
+    have node || die "node still missing after installing"
+    have npm || die "npm still missing after installing"
+    have java || die "java still missing after installing"
+    pgjdbc_jar >/dev/null || die "the pgJDBC jar is still missing after installing"
+
+    if ! python3 -c 'import psycopg, asyncpg' 2>/dev/null; then
+        log "pip install psycopg[binary] asyncpg"
+        # A Debian-managed python3 refuses plain pip installs (PEP 668).
+        "${pip[@]}" 'psycopg[binary]' asyncpg ||
+            "${pip[@]}" --break-system-packages 'psycopg[binary]' asyncpg ||
+            die "pip install psycopg[binary] asyncpg failed"
+        python3 -c 'import psycopg, asyncpg' || die "psycopg/asyncpg still not importable"
+    fi
+
+    # npm ci writes node_modules/.package-lock.json: up to date when it is
+    # not older than the lock file and pg loads.
+    if ! [ "$node_dir/node_modules/.package-lock.json" -nt "$node_dir/package-lock.json" ] ||
+        ! (cd "$node_dir" && node -e 'require("pg")') >/dev/null 2>&1; then
+        log "npm ci in $node_dir"
+        (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) ||
+            die "npm ci in $node_dir failed"
+    fi
+}
+
 # ---- Rust -----------------------------------------------------------------------
 
 # Makes sure cargo and the given rustup components (e.g. rustfmt clippy) exist.

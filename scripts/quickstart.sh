@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Runs pgbouncers for real on this machine: a throwaway PostgreSQL, the pooler with 2 workers,
-# a short pgbench through it, then how to connect and how to stop.
+# Runs pgbouncers for real on this machine: a throwaway PostgreSQL, pgbouncers with 2 workers
+# behind HAProxy (send-proxy-v2), a short pgbench through HAProxy, then SHOW POOLS and SHOW
+# CLIENTS from the admin console with the clients' real addresses, how to connect and stop.
 #
 # Usage: scripts/quickstart.sh          start everything (again) and leave it running
 #        scripts/quickstart.sh stop     stop everything and remove the throwaway files
 #
 # Environment: QS_DIR (default /tmp/pgbouncers-quickstart), QS_PORT (pooler, default 6432),
-# QS_PG_PORT (PostgreSQL, default 15433).
+# QS_HAPROXY_PORT (HAProxy, default 5433), QS_PG_PORT (PostgreSQL, default 15433).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,6 +17,7 @@ source scripts/lib.sh
 QS_DIR=${QS_DIR:-/tmp/pgbouncers-quickstart}
 QS_PORT=${QS_PORT:-6432}
 QS_PG_PORT=${QS_PG_PORT:-15433}
+QS_HAPROXY_PORT=${QS_HAPROXY_PORT:-5433}
 ROOT=$(pwd)
 
 # Runs a PostgreSQL program as the postgres user when we are root (initdb refuses root).
@@ -28,6 +30,10 @@ as_pg() {
 }
 
 stop_all() {
+    if [ -f "$QS_DIR/haproxy.pid" ]; then
+        kill -TERM "$(cat "$QS_DIR/haproxy.pid")" 2>/dev/null || true
+        rm -f "$QS_DIR/haproxy.pid"
+    fi
     if [ -f "$QS_DIR/pgbouncers.pid" ]; then
         kill -TERM "$(cat "$QS_DIR/pgbouncers.pid")" 2>/dev/null || true
         for _ in $(seq 50); do
@@ -80,6 +86,7 @@ PGPASSWORD=demopw pgbench -q -i -s 1 -h 127.0.0.1 -p "$QS_PG_PORT" -U demo demo 
 
 cat >"$QS_DIR/userlist.txt" <<EOF
 "demo" "demopw"
+"admin" "adminpw"
 EOF
 cat >"$QS_DIR/pgbouncers.yaml" <<EOF
 # Written by scripts/quickstart.sh; see etc/pgbouncers.yaml for every setting.
@@ -91,6 +98,11 @@ default_pool_size: 10
 max_client_conn: 1000
 auth_type: scram-sha-256
 auth_file: $QS_DIR/userlist.txt
+admin_users: [admin]
+# HAProxy connects from 127.0.0.2 and tells us the real client in a PROXY v2 header.
+proxy_protocol: required
+proxy_trusted: [127.0.0.2/32]
+application_name_add_host: true
 log_connections: false
 log_disconnections: false
 databases:
@@ -98,30 +110,62 @@ databases:
     host: 127.0.0.1
     port: $QS_PG_PORT
 EOF
+cat >"$QS_DIR/haproxy.cfg" <<EOF
+global
+    maxconn 2000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+listen postgres
+    bind 127.0.0.1:$QS_HAPROXY_PORT
+    server pgbouncers 127.0.0.1:$QS_PORT send-proxy-v2 source 127.0.0.2
+EOF
 
 log "starting pgbouncers on 127.0.0.1:$QS_PORT with 2 workers"
 "$BIN" -c "$QS_DIR/pgbouncers.yaml" >"$QS_DIR/pgbouncers.log" 2>&1 &
 echo $! >"$QS_DIR/pgbouncers.pid"
+log "starting HAProxy on 127.0.0.1:$QS_HAPROXY_PORT (send-proxy-v2, source 127.0.0.2)"
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+"$HAPROXY" -f "$QS_DIR/haproxy.cfg" -D -p "$QS_DIR/haproxy.pid" || die "HAProxy did not start"
 for _ in $(seq 50); do
-    if PGPASSWORD=demopw psql -XqAt -h 127.0.0.1 -p "$QS_PORT" -U demo -c "SELECT 1" demo >/dev/null 2>&1; then
+    if PGPASSWORD=demopw psql -XqAt -h 127.0.0.1 -p "$QS_HAPROXY_PORT" -U demo -c "SELECT 1" demo >/dev/null 2>&1; then
         break
     fi
     sleep 0.2
 done
-PGPASSWORD=demopw psql -XqAt -h 127.0.0.1 -p "$QS_PORT" -U demo -c "SELECT 1" demo >/dev/null ||
-    die "pgbouncers is not answering: see $QS_DIR/pgbouncers.log"
+PGPASSWORD=demopw psql -XqAt -h 127.0.0.1 -p "$QS_HAPROXY_PORT" -U demo -c "SELECT 1" demo >/dev/null ||
+    die "no answer through HAProxy: see $QS_DIR/pgbouncers.log"
 
-log "pgbench -S -c 20 -T 5 through pgbouncers"
-PGPASSWORD=demopw pgbench -n -S -c 20 -j 2 -T 5 -h 127.0.0.1 -p "$QS_PORT" -U demo demo 2>&1 |
+log "pgbench -S -c 20 -T 5 through HAProxy and pgbouncers"
+PGPASSWORD=demopw pgbench -n -S -c 20 -j 2 -T 5 -h 127.0.0.1 -p "$QS_HAPROXY_PORT" -U demo demo 2>&1 |
     grep -E "number of (transactions actually processed|failed transactions)|tps ="
+
+# A few clients that stay a moment, so the admin console has something to show.
+sleepers=()
+for _ in 1 2 3; do
+    PGPASSWORD=demopw psql -XqAt -h 127.0.0.1 -p "$QS_HAPROXY_PORT" -U demo \
+        -c "SELECT pg_sleep(3)" demo >/dev/null 2>&1 &
+    sleepers+=($!)
+done
+sleep 0.5
+log "SHOW POOLS (admin console: all workers together)"
+PGPASSWORD=adminpw psql -XA -F'|' -h 127.0.0.1 -p "$QS_HAPROXY_PORT" -U admin -c "SHOW POOLS" pgbouncer |
+    awk -F'|' 'NF > 10 { printf "  %-10s %-10s %-10s %-11s %-10s %-8s %-9s\n", $1, $2, $3, $4, $7, $10, $16 }'
+log "SHOW CLIENTS: addr/port are the clients' own (127.0.0.1), not HAProxy's 127.0.0.2"
+PGPASSWORD=adminpw psql -XA -F'|' -h 127.0.0.1 -p "$QS_HAPROXY_PORT" -U admin -c "SHOW CLIENTS" pgbouncer |
+    awk -F'|' 'NF > 10 { printf "  %-5s %-6s %-10s %-7s %-10s %-6s %-6s\n", $1, $2, $3, $5, $6, $7, $22 }'
+wait "${sleepers[@]}"
 
 log "processes"
 ps -o pid,args --ppid "$(cat "$QS_DIR/pgbouncers.pid")" --pid "$(cat "$QS_DIR/pgbouncers.pid")"
 
 cat <<EOF
 
-pgbouncers is running (log: $QS_DIR/pgbouncers.log, config: $QS_DIR/pgbouncers.yaml).
-Connect:  PGPASSWORD=demopw psql -h 127.0.0.1 -p $QS_PORT -U demo demo
-Reload:   kill -HUP $(cat "$QS_DIR/pgbouncers.pid")
-Stop:     scripts/quickstart.sh stop
+pgbouncers is running behind HAProxy (log: $QS_DIR/pgbouncers.log, config: $QS_DIR/pgbouncers.yaml).
+Connect:        PGPASSWORD=demopw psql -h 127.0.0.1 -p $QS_HAPROXY_PORT -U demo demo
+Admin console:  PGPASSWORD=adminpw psql -h 127.0.0.1 -p $QS_HAPROXY_PORT -U admin pgbouncer
+Reload:         kill -HUP $(cat "$QS_DIR/pgbouncers.pid")
+Stop:           scripts/quickstart.sh stop
 EOF
