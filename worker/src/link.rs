@@ -17,6 +17,11 @@ const PUMP_ROUNDS: usize = 16;
 impl Worker {
     /// A logged-in client has a request: give it a server now or queue it.
     pub(crate) fn request_server(&mut self, ct: usize) {
+        if self.shutdown_since.is_some() {
+            // During a shutdown no new transaction starts; the last one has finished.
+            let msg = "pgbouncers is shutting down".to_string();
+            return self.close_client(ct, Close::Fatal(sqlstate::ADMIN_SHUTDOWN, msg));
+        }
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
@@ -356,11 +361,6 @@ impl Worker {
             self.start_reset(st);
         } else {
             self.server_ready(st);
-        }
-        if self.shutdown_since.is_some() {
-            // Its transaction is over: during a shutdown it gets no further one.
-            let msg = "pgbouncers is shutting down".to_string();
-            return self.close_client(ct, Close::Fatal(sqlstate::ADMIN_SHUTDOWN, msg));
         }
         // A request that arrived meanwhile asks for a server again.
         self.drive_client(ct);

@@ -1,0 +1,526 @@
+#!/usr/bin/env python3
+"""Measures pgbouncers against PgBouncer on this machine, in one sitting, interleaved.
+
+Run through scripts/bench.sh, which installs what is missing and builds the release binary.
+Everything is on loopback with a throwaway PostgreSQL. Both poolers get the same settings:
+transaction pooling, pool size 20, SCRAM-SHA-256 with the same auth file. Runs alternate
+(PgBouncer, pgbouncers, PgBouncer, ...) and the report gives medians and ratios. Pooler CPU
+is utime+stime of every process of the pooler, read from /proc before and after a run.
+
+usage: bench.py [--quick] [--pairs N] [--secs S] [--idle N,N] [--callgrind] [--out FILE]
+"""
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+TICK = os.sysconf("SC_CLK_TCK")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "pgbouncers")
+DIR = os.environ.get("BENCH_DIR", "/tmp/pgbouncers-bench")
+PG_PORT, PGB_PORT, OURS_PORT, HAPROXY_PORT = 15532, 16532, 6532, 7532
+PASSWORD = "benchpw"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def as_postgres(cmd):
+    """PostgreSQL and PgBouncer refuse to run as root."""
+    if os.geteuid() == 0:
+        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"] + cmd
+    return cmd
+
+
+def pg_bindir():
+    out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+    if out and os.path.exists(os.path.join(out, "initdb")):
+        return out
+    dirs = sorted(d for d in os.listdir("/usr/lib/postgresql"))
+    return f"/usr/lib/postgresql/{dirs[-1]}/bin"
+
+
+# ---------------------------------------------------------------- processes and /proc
+
+def tree(pid):
+    """A process and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            total += int(parts[11]) + int(parts[12])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / TICK
+
+
+def pss_kb(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def wait_port(port, timeout=10):
+    import socket
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+# ---------------------------------------------------------------- the poolers
+
+class Pooler:
+    name = ""
+    port = 0
+
+    def pids(self):
+        raise NotImplementedError
+
+    def stop(self):
+        raise NotImplementedError
+
+
+class PgBouncer(Pooler):
+    """The Debian package; `procs` > 1 runs that many processes with so_reuseport."""
+
+    def __init__(self, procs=1, port=PGB_PORT):
+        self.name = "PgBouncer" if procs == 1 else f"PgBouncer x{procs}"
+        self.port, self.procs, self.pidfiles = port, procs, []
+        for i in range(procs):
+            ini = f"{DIR}/pgbouncer{i}.ini"
+            pidfile = f"{DIR}/pgbouncer{i}.pid"
+            with open(ini, "w") as f:
+                f.write(f"""[databases]
+bench = host=127.0.0.1 port={PG_PORT} dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {DIR}/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 20000
+so_reuseport = {1 if procs > 1 else 0}
+logfile = {DIR}/pgbouncer{i}.log
+pidfile = {pidfile}
+log_connections = 0
+log_disconnections = 0
+ignore_startup_parameters = extra_float_digits
+""")
+            os.chmod(ini, 0o644)
+            if os.geteuid() == 0:
+                shutil.chown(ini, "postgres")
+            subprocess.run(as_postgres(["pgbouncer", "-d", ini]), check=True)
+            self.pidfiles.append(pidfile)
+        wait_port(port)
+        time.sleep(0.3)
+
+    def pids(self):
+        out = []
+        for pf in self.pidfiles:
+            try:
+                out.append(int(open(pf).read()))
+            except (FileNotFoundError, ValueError):
+                pass
+        return out
+
+    def stop(self):
+        for p in self.pids():
+            try:
+                os.kill(p, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+
+
+class Pgbouncers(Pooler):
+    def __init__(self, workers=1, port=OURS_PORT, proxy=False, cmd_prefix=()):
+        self.name = "pgbouncers" if workers == 1 else f"pgbouncers w{workers}"
+        self.port = port
+        cfg = f"{DIR}/pgbouncers-{workers}-{int(proxy)}.yaml"
+        with open(cfg, "w") as f:
+            f.write(f"""listen_addr: 127.0.0.1
+listen_port: {port}
+workers: {workers}
+pool_mode: transaction
+default_pool_size: 20
+max_client_conn: 20000
+auth_type: scram-sha-256
+auth_file: {DIR}/userlist.txt
+log_connections: false
+log_disconnections: false
+log_stats: false
+databases:
+  bench:
+    host: 127.0.0.1
+    port: {PG_PORT}
+""")
+            if proxy:
+                f.write("proxy_protocol: required\nproxy_trusted: [127.0.0.2/32]\n")
+        os.chmod(cfg, 0o644)
+        self.log = open(f"{DIR}/pgbouncers.log", "a")
+        self.proc = subprocess.Popen(
+            list(cmd_prefix) + as_postgres([BIN, "-c", cfg]),
+            stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(port, timeout=60)
+        time.sleep(0.3)
+
+    def pids(self):
+        return tree(self.proc.pid)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ---------------------------------------------------------------- measurements
+
+def pgbench(port, args, secs, host="127.0.0.1"):
+    cmd = ["pgbench", "-h", host, "-p", str(port), "-U", "bench", "-n", "-T", str(secs)] + args + ["bench"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PGPASSWORD=PASSWORD))
+    out = r.stdout + r.stderr
+    tx = re.search(r"number of transactions actually processed: (\d+)", out)
+    tps = re.search(r"tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)", out)
+    lat = re.search(r"latency average = ([\d.]+) ms", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    if not tx or not tps:
+        raise SystemExit(f"pgbench failed:\n{' '.join(cmd)}\n{out}")
+    return {
+        "tx": int(tx.group(1)),
+        "tps": float(tps.group(1)),
+        "lat_ms": float(lat.group(1)) if lat else float("nan"),
+        "failed": int(failed.group(1)) if failed else 0,
+    }
+
+
+def measure(pooler, args, secs, port=None):
+    pids = pooler.pids()
+    c0 = cpu_seconds(pids)
+    r = pgbench(port or pooler.port, args, secs)
+    c1 = cpu_seconds(pooler.pids())
+    r["cpu_s"] = c1 - c0
+    r["cpu_ms_per_1k"] = (c1 - c0) * 1000 / (r["tx"] / 1000) if r["tx"] else float("nan")
+    r["cpu_us_per_tx"] = (c1 - c0) * 1e6 / r["tx"] if r["tx"] else float("nan")
+    return r
+
+
+async def open_idle(port, n):
+    import asyncpg
+    sem = asyncio.Semaphore(64)
+
+    async def one():
+        async with sem:
+            return await asyncpg.connect(host="127.0.0.1", port=port, user="bench", password=PASSWORD,
+                                         database="bench", statement_cache_size=0, ssl=False, timeout=120)
+    return await asyncio.gather(*[one() for _ in range(n)])
+
+
+def idle_memory(pooler, n):
+    base = pss_kb(pooler.pids())
+
+    async def run():
+        conns = await open_idle(pooler.port, n)
+        await asyncio.sleep(1.5)
+        after = pss_kb(pooler.pids())
+        await asyncio.gather(*[c.close() for c in conns])
+        return after
+    after = asyncio.run(run())
+    return {"pss_before_kb": base, "pss_after_kb": after, "bytes_per_client": (after - base) * 1024 / n}
+
+
+# ---------------------------------------------------------------- set-up
+
+def setup_postgres(quick):
+    os.makedirs(DIR, exist_ok=True)
+    os.chmod(DIR, 0o755)
+    if os.geteuid() == 0:
+        shutil.chown(DIR, "postgres", "postgres")
+    bindir = pg_bindir()
+    data = f"{DIR}/pg"
+    if not os.path.exists(data):
+        sh(as_postgres([f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth-local=trust",
+                        "--auth-host=scram-sha-256", "--no-sync"]))
+        with open(f"{data}/postgresql.conf", "a") as f:
+            f.write(f"port = {PG_PORT}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{DIR}'\n"
+                    "max_connections = 300\nshared_buffers = 256MB\nfsync = off\nsynchronous_commit = off\n")
+    sh(as_postgres([f"{bindir}/pg_ctl", "-D", data, "-l", f"{DIR}/pg.log", "-w", "start"]))
+    psql = ["psql", "-XqAt", "-h", DIR, "-p", str(PG_PORT), "-U", "postgres"]
+    sh(psql + ["-c", "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname='bench') THEN "
+                     f"CREATE ROLE bench LOGIN SUPERUSER PASSWORD '{PASSWORD}'; END IF; END$$"])
+    if sh(psql + ["-c", "SELECT 1 FROM pg_database WHERE datname='bench'"]).stdout.strip() != "1":
+        sh(psql + ["-c", "CREATE DATABASE bench OWNER bench"])
+        sh(["pgbench", "-q", "-i", "-s", "1" if quick else "10", "-h", "127.0.0.1", "-p", str(PG_PORT),
+            "-U", "bench", "bench"], env=dict(os.environ, PGPASSWORD=PASSWORD))
+    with open(f"{DIR}/userlist.txt", "w") as f:
+        f.write(f'"bench" "{PASSWORD}"\n')
+    os.chmod(f"{DIR}/userlist.txt", 0o644)
+    return bindir
+
+
+def stop_postgres(bindir):
+    subprocess.run(as_postgres([f"{bindir}/pg_ctl", "-D", f"{DIR}/pg", "-m", "fast", "-w", "stop"]),
+                   capture_output=True)
+
+
+class Haproxy:
+    def __init__(self):
+        cfg = f"{DIR}/haproxy.cfg"
+        with open(cfg, "w") as f:
+            f.write(f"""global
+    maxconn 20000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+listen pg
+    bind 127.0.0.1:{HAPROXY_PORT}
+    server p 127.0.0.1:{OURS_PORT} send-proxy-v2 source 127.0.0.2
+""")
+        exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        self.proc = subprocess.Popen([exe, "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(HAPROXY_PORT)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+# ---------------------------------------------------------------- the report
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+class Report:
+    def __init__(self):
+        self.rows = []
+        self.notes = []
+
+    def add(self, scenario, metric, ours, theirs, better, target=None, note=""):
+        ratio = ours / theirs if theirs else float("nan")
+        self.rows.append((scenario, metric, ours, theirs, ratio, better, target, note))
+
+    def markdown(self):
+        out = ["| scenario | metric | pgbouncers | PgBouncer | ratio | target | met |",
+               "|---|---|---:|---:|---:|---|---|"]
+        for scenario, metric, ours, theirs, ratio, better, target, note in self.rows:
+            met = ""
+            if target is not None:
+                ok = ratio >= target if better == "higher" else ratio <= target
+                met = "yes" if ok else "no"
+                target = f"{'≥' if better == 'higher' else '≤'} {target}"
+            out.append(f"| {scenario} | {metric} | {ours:.1f} | {theirs:.1f} | {ratio:.2f} | {target or ''} | {met} |"
+                       + (f" {note}" if note else ""))
+        out.extend(f"\n{n}" for n in self.notes)
+        return "\n".join(out)
+
+
+def pairs_of(run, pairs, poolers):
+    """Runs `run(pooler)` alternating over the poolers `pairs` times; results per pooler."""
+    results = {p.name: [] for p in poolers}
+    for _ in range(pairs):
+        for p in poolers:
+            results[p.name].append(run(p))
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a smoke run: short, one pair, few idle clients")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--secs", type=int, default=10)
+    ap.add_argument("--idle", default="2000,10000")
+    ap.add_argument("--callgrind", action="store_true", help="instructions per transaction under callgrind")
+    ap.add_argument("--out", default=f"{DIR}/results.md")
+    a = ap.parse_args()
+    if a.quick:
+        a.pairs, a.secs, a.idle = 1, 2, "100"
+    idle_counts = [int(x) for x in a.idle.split(",") if x]
+    bindir = setup_postgres(a.quick)
+    report = Report()
+    raw = []
+    started = []
+    try:
+        pgb, ours = PgBouncer(), Pgbouncers()
+        started += [pgb, ours]
+        both = [pgb, ours]
+
+        def scenario(label, args):
+            res = pairs_of(lambda p: measure(p, args, a.secs), a.pairs, both)
+            raw.append((label, res))
+            for name, rs in res.items():
+                failed = sum(r["failed"] for r in rs)
+                if failed:
+                    print(f"WARNING: {name} had {failed} failed transactions in {label}", file=sys.stderr)
+            return res
+
+        # 1 and 2: throughput and CPU per transaction.
+        for label, args in [("pgbench -S -c 50", ["-S", "-c", "50", "-j", "2"]),
+                            ("pgbench -S -c 50 -M extended", ["-S", "-c", "50", "-j", "2", "-M", "extended"])]:
+            res = scenario(label, args)
+            report.add(label, "tps", med([r["tps"] for r in res["pgbouncers"]]),
+                       med([r["tps"] for r in res["PgBouncer"]]), "higher", 1.15 if "extended" not in label else None)
+            report.add(label, "CPU ms / 1k tx", med([r["cpu_ms_per_1k"] for r in res["pgbouncers"]]),
+                       med([r["cpu_ms_per_1k"] for r in res["PgBouncer"]]), "lower",
+                       0.6 if "extended" not in label else None)
+
+        # 3: latency added at one client, over a direct connection.
+        class Direct(Pooler):
+            name, port = "direct", PG_PORT
+
+            def pids(self):
+                return []
+        direct = pairs_of(lambda p: measure(p, ["-S", "-c", "1"], a.secs), a.pairs, [Direct()] + both)
+        raw.append(("pgbench -S -c 1", direct))
+        base = med([r["lat_ms"] for r in direct["direct"]])
+        added = {n: med([r["lat_ms"] for r in direct[n]]) - base for n in ("pgbouncers", "PgBouncer")}
+        report.add("pgbench -S -c 1", "added latency µs", added["pgbouncers"] * 1000, added["PgBouncer"] * 1000,
+                   "lower", 1.0, note=f"(direct {base * 1000:.0f} µs)")
+
+        # 4: SCRAM login storm: a new connection per transaction.
+        res = scenario("pgbench -S -C -c 8", ["-S", "-C", "-c", "8", "-j", "2"])
+        report.add("pgbench -S -C -c 8 (SCRAM logins)", "CPU µs / login",
+                   med([r["cpu_us_per_tx"] for r in res["pgbouncers"]]),
+                   med([r["cpu_us_per_tx"] for r in res["PgBouncer"]]), "lower", 0.1)
+
+        # 5: memory per idle client.
+        for n in idle_counts:
+            mem = {p.name: idle_memory(p, n) for p in both}
+            raw.append((f"{n} idle clients", mem))
+            report.add(f"{n} idle clients", "bytes / client", mem["pgbouncers"]["bytes_per_client"],
+                       mem["PgBouncer"]["bytes_per_client"], "lower", 1.5)
+
+        # 7: the PROXY v2 header through HAProxy, against a direct connection to the same pooler.
+        for p in started:
+            p.stop()
+        started.clear()
+        plain = Pgbouncers()
+        started.append(plain)
+        direct_login = pairs_of(lambda p: measure(p, ["-S", "-C", "-c", "8", "-j", "2"], a.secs), a.pairs, [plain])
+        plain.stop()
+        started.clear()
+        proxied = Pgbouncers(proxy=True)
+        started.append(proxied)
+        hap = Haproxy()
+        try:
+            via = pairs_of(lambda p: measure(p, ["-S", "-C", "-c", "8", "-j", "2"], a.secs, port=HAPROXY_PORT),
+                           a.pairs, [proxied])
+        finally:
+            hap.stop()
+        proxied.stop()
+        started.clear()
+        raw.append(("PROXY v2 via HAProxy", {"direct": direct_login["pgbouncers"], "haproxy": via["pgbouncers"]}))
+        d = med([r["cpu_us_per_tx"] for r in direct_login["pgbouncers"]])
+        v = med([r["cpu_us_per_tx"] for r in via["pgbouncers"]])
+        report.add("login with PROXY v2 header (pgbouncers)", "CPU µs / login", v, d, "lower",
+                   note="(ratio: with the header / without)")
+
+        # 6: two workers against two PgBouncer processes with so_reuseport.
+        pgb2, ours2 = PgBouncer(procs=2), Pgbouncers(workers=2)
+        started += [pgb2, ours2]
+        res = pairs_of(lambda p: measure(p, ["-S", "-c", "50", "-j", "2"], a.secs), a.pairs, [pgb2, ours2])
+        raw.append(("2 processes: pgbench -S -c 50", res))
+        report.add("2 workers vs 2 PgBouncers (so_reuseport)", "tps", med([r["tps"] for r in res["pgbouncers w2"]]),
+                   med([r["tps"] for r in res["PgBouncer x2"]]), "higher", 1.0)
+        report.add("2 workers vs 2 PgBouncers (so_reuseport)", "CPU ms / 1k tx",
+                   med([r["cpu_ms_per_1k"] for r in res["pgbouncers w2"]]),
+                   med([r["cpu_ms_per_1k"] for r in res["PgBouncer x2"]]), "lower")
+        one = [r for label, res1 in raw if label == "pgbench -S -c 50" for r in res1["pgbouncers"]]
+        report.add("pgbouncers 2 workers vs 1 worker", "CPU ms / 1k tx",
+                   med([r["cpu_ms_per_1k"] for r in res["pgbouncers w2"]]), med([r["cpu_ms_per_1k"] for r in one]),
+                   "lower", 1.0, note="(ratio: 2 workers / 1 worker)")
+        for p in started:
+            p.stop()
+        started.clear()
+
+        if a.callgrind:
+            report_callgrind(report, a)
+    finally:
+        for p in started:
+            p.stop()
+        stop_postgres(bindir)
+
+    machine = (f"{os.cpu_count()} CPUs, kernel {os.uname().release}, "
+               f"{time.strftime('%Y-%m-%d %H:%M %Z')}, pairs={a.pairs}, {a.secs}s runs")
+    text = f"Machine: {machine}\n\n{report.markdown()}\n"
+    print(text)
+    with open(a.out, "w") as f:
+        f.write(text)
+        f.write("\nRaw runs:\n")
+        for label, res in raw:
+            f.write(f"\n{label}:\n")
+            for name, rs in res.items():
+                f.write(f"  {name}: {rs}\n")
+    print(f"(written to {a.out})")
+
+
+def report_callgrind(report, a):
+    """Instructions per transaction of one worker: stable across runs, for regressions."""
+    if not shutil.which("valgrind"):
+        print("valgrind not installed: no instruction counts", file=sys.stderr)
+        return
+    out = f"{DIR}/callgrind.%p.out"
+    for f in os.listdir(DIR):
+        if f.startswith("callgrind."):
+            os.remove(os.path.join(DIR, f))
+    p = Pgbouncers(cmd_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=yes"])
+    n = 2000 if not a.quick else 200
+    try:
+        subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(OURS_PORT), "-U", "bench", "-n", "-S", "-c", "4",
+                        "-t", str(n // 4), "bench"], env=dict(os.environ, PGPASSWORD=PASSWORD), capture_output=True)
+    finally:
+        p.stop()
+    best = 0
+    for f in os.listdir(DIR):
+        if f.startswith("callgrind.") and f.endswith(".out"):
+            txt = open(os.path.join(DIR, f)).read()
+            m = re.search(r"^summary: (\d+)", txt, re.M) or re.search(r"^totals: (\d+)", txt, re.M)
+            if m:
+                best = max(best, int(m.group(1)))
+    if best:
+        report.notes.append(f"callgrind: {best / n:.0f} instructions per transaction in the busiest "
+                            f"pgbouncers process ({n} pgbench -S transactions on 4 connections, logins included)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Benchmarks pgbouncers side by side with PgBouncer on this machine (see scripts/bench.py).
+#
+# Usage: scripts/bench.sh [--quick] [--pairs N] [--secs S] [--idle 2000,10000] [--callgrind]
+# Installs what is missing (PostgreSQL, PgBouncer, HAProxy, asyncpg), builds the release
+# binary, then runs every scenario interleaved and prints a table of medians and ratios.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+need_test_pkgs
+if ! python3 -c 'import asyncpg' 2>/dev/null; then
+    python3 -m pip install -q --disable-pip-version-check asyncpg ||
+        python3 -m pip install -q --disable-pip-version-check --break-system-packages asyncpg ||
+        die "pip install asyncpg failed"
+fi
+if [[ " $* " == *" --callgrind "* ]] && ! have valgrind; then apt_install valgrind; fi
+cargo build --release --quiet
+# 10,000 idle clients need descriptors on both sides.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# A fresh cluster each run: the previous one may be from another version of the script.
+export BENCH_DIR=${BENCH_DIR:-/tmp/pgbouncers-bench}
+rm -rf "$BENCH_DIR"
+exec python3 scripts/bench.py "$@"
