@@ -200,12 +200,10 @@ impl Worker {
                         | CState::Idle => true,
                         // A console client waiting on the supervisor (e.g. its SHUTDOWN).
                         CState::Waiting => c.admin.is_some(),
-                        CState::Active => {
-                            !c.tx.in_request()
-                                && c.tx.status == b'I'
-                                && self.pools.get(c.pool.unwrap_or(0)).limits.mode
-                                    != crate::config::PoolMode::Session
-                        }
+                        // Linked: mid-transaction, or (transaction pooling) about to be
+                        // released with its last answer still being written; it becomes Idle
+                        // once released. Sessions last until the client leaves.
+                        CState::Active => false,
                     };
                     if idle || overdue {
                         clients.push(t);
