@@ -306,7 +306,7 @@ class Haproxy:
         cfg = f"{DIR}/haproxy.cfg"
         with open(cfg, "w") as f:
             f.write(f"""global
-    maxconn 20000
+    maxconn 4000
 defaults
     mode tcp
     timeout connect 5s
@@ -317,7 +317,8 @@ listen pg
     server p 127.0.0.1:{OURS_PORT} send-proxy-v2 source 127.0.0.2
 """)
         exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        self.proc = subprocess.Popen([exe, "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = open(f"{DIR}/haproxy.log", "w")
+        self.proc = subprocess.Popen([exe, "-f", cfg, "-db"], stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(HAPROXY_PORT)
 
     def stop(self):

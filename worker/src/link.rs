@@ -7,7 +7,6 @@ use crate::pool::PoolId;
 use crate::relay::{self, FromClient, FromServer, Named, Scan, TxState};
 use crate::server::SState;
 use crate::stream::{self, Filled};
-use crate::wire::fields::{self, ErrorFields};
 use crate::wire::{sqlstate, write};
 use crate::worker::{Conn, Worker};
 
@@ -305,22 +304,17 @@ impl Worker {
                     }
                     FromServer::Own { tag, body } => {
                         let len = body.len() + 5;
-                        match tag {
-                            b'E' => s.own_error = Some(ErrorFields::parse(body)),
-                            b'S' => {
-                                if let Some((k, v)) = fields::parameter_status(body) {
-                                    if let Some(name) = params::tracked_name(k) {
-                                        s.params.set(name, v);
-                                        c.params.set(name, v);
-                                    }
-                                }
-                            }
-                            b'Z' => s.own -= 1,
-                            _ => {}
-                        }
+                        let done = crate::server::own_answer(
+                            tag,
+                            body,
+                            &mut s.own,
+                            &mut s.own_error,
+                            &mut s.params,
+                            Some(&mut c.params),
+                        );
                         s.io.rbuf.consume(len);
                         progress = true;
-                        if s.own == 0 {
+                        if done {
                             if let Some(e) = s.own_error.take() {
                                 // The client's settings can't be applied: tell it, keep the server.
                                 log::warn!("C-{}: cannot apply session parameters: {e}", c.id);

@@ -671,21 +671,17 @@ impl Worker {
                 match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut tx, s.own, None) {
                     FromServer::Own { tag, body } => {
                         let len = body.len() + 5;
-                        match tag {
-                            b'E' => s.own_error = Some(ErrorFields::parse(body)),
-                            b'S' => {
-                                if let Some((k, v)) = fields::parameter_status(body) {
-                                    if let Some(name) = params::tracked_name(k) {
-                                        s.params.set(name, v);
-                                    }
-                                }
-                            }
-                            b'Z' => s.own -= 1,
-                            _ => {}
-                        }
+                        let done = own_answer(
+                            tag,
+                            body,
+                            &mut s.own,
+                            &mut s.own_error,
+                            &mut s.params,
+                            None,
+                        );
                         s.io.rbuf.consume(len);
                         progress = true;
-                        if s.own == 0 {
+                        if done {
                             if let Some(e) = s.own_error.take() {
                                 return self.remove_server(st, &format!("reset query failed: {e}"));
                             }
@@ -748,6 +744,38 @@ impl Worker {
         }
         self.serve_waiting(pool);
     }
+}
+
+/// One answer to the pooler's own queries (parameter sync, reset): errors are kept,
+/// reported parameters recorded (for the linked client too), ReadyForQuery counted.
+/// Returns true once the last owed ReadyForQuery has come.
+pub(crate) fn own_answer(
+    tag: u8,
+    body: &[u8],
+    s_own: &mut u32,
+    s_error: &mut Option<ErrorFields>,
+    s_params: &mut Params,
+    client: Option<&mut Params>,
+) -> bool {
+    match tag {
+        b'E' => *s_error = Some(ErrorFields::parse(body)),
+        b'S' => {
+            if let Some((k, v)) = fields::parameter_status(body) {
+                if let Some(name) = params::tracked_name(k) {
+                    s_params.set(name, v);
+                    if let Some(c) = client {
+                        c.set(name, v);
+                    }
+                }
+            }
+        }
+        b'Z' => {
+            *s_own -= 1;
+            return *s_own == 0;
+        }
+        _ => {}
+    }
+    false
 }
 
 fn error_fields(code: &str, message: String) -> ErrorFields {
