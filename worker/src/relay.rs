@@ -246,19 +246,28 @@ pub fn from_client(
 const MAX_FORGET_ALL: usize = 64;
 
 /// Whether a simple query's text (NUL-terminated) is DEALLOCATE [PREPARE] ALL or DISCARD ALL.
+/// Runs on every short simple query, so it allocates nothing and usually stops at byte one.
 pub fn forgets_all(body: &[u8]) -> bool {
     let text = body.strip_suffix(&[0]).unwrap_or(body);
-    let Ok(text) = std::str::from_utf8(text) else {
-        return false;
+    let mut words = text
+        .split(|b| b.is_ascii_whitespace() || *b == b';')
+        .filter(|w| !w.is_empty());
+    let is =
+        |w: Option<&[u8]>, want: &str| w.is_some_and(|w| w.eq_ignore_ascii_case(want.as_bytes()));
+    let first = words.next();
+    let matched = if is(first, "discard") {
+        is(words.next(), "all")
+    } else if is(first, "deallocate") {
+        match words.next() {
+            w if is(w, "all") => true,
+            w if is(w, "prepare") => is(words.next(), "all"),
+            _ => false,
+        }
+    } else {
+        false
     };
-    let text = text.trim().trim_end_matches(';').trim_end();
-    let words: Vec<&str> = text.split_ascii_whitespace().collect();
-    let is = |w: &str, want: &str| w.eq_ignore_ascii_case(want);
-    match words.as_slice() {
-        [a, b] => (is(a, "deallocate") || is(a, "discard")) && is(b, "all"),
-        [a, p, b] => is(a, "deallocate") && is(p, "prepare") && is(b, "all"),
-        _ => false,
-    }
+    // Anything after the ALL (another statement) is not ours to judge.
+    matched && words.next().is_none() && text.iter().filter(|&&b| b == b';').count() <= 1
 }
 
 /// What a message that passes unchanged will get back.
