@@ -381,6 +381,7 @@ def main():
     report = Report()
     raw = []
     started = []
+    failures = []
     try:
         pgb, ours = PgBouncer(), Pgbouncers()
         started += [pgb, ours]
@@ -392,7 +393,8 @@ def main():
             for name, rs in res.items():
                 failed = sum(r["failed"] for r in rs)
                 if failed:
-                    print(f"WARNING: {name} had {failed} failed transactions in {label}", file=sys.stderr)
+                    print(f"ERROR: {name} had {failed} failed transactions in {label}", file=sys.stderr)
+                    failures.append(f"{name}: {label}")
             return res
 
         # 1 and 2: throughput and CPU per transaction.
@@ -493,6 +495,8 @@ def main():
             for name, rs in res.items():
                 f.write(f"  {name}: {rs}\n")
     print(f"(written to {a.out})")
+    if failures:
+        sys.exit(f"failed transactions in: {', '.join(failures)}")
 
 
 def report_callgrind(report, a):

@@ -51,6 +51,8 @@ cargo_test() {
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo_test "$@"
+# The benchmark's smoke run, so scripts/bench.sh cannot rot (it is not a measurement).
+step bench scripts/bench.sh --quick
 
 # Totals over every test binary's "test result:" line.
 read -r passed failed_tests ignored < <(
