@@ -360,6 +360,16 @@ pub fn from_server<'a>(
                 None => FromServer::NeedMore,
             };
         }
+        if h.tag == b'Z' {
+            // Judge a ReadyForQuery only whole, so it settles its queue entry exactly once,
+            // and only with PostgreSQL's length: its status byte is inside the message.
+            if h.total != 6 {
+                return FromServer::Bad(FrameError::BadLength(b'Z', h.total as u32 - 1));
+            }
+            if rest.len() < 6 {
+                return FromServer::NeedMore;
+            }
+        }
         if let Some(t) = track.as_mut() {
             let q = &mut *t.queue;
             match q.front().copied() {

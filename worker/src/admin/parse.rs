@@ -126,7 +126,7 @@ fn parse_set(rest: &str) -> Result<Cmd, ParseError> {
     let r = ws(r);
     let r = if let Some(r) = r.strip_prefix('=') {
         r
-    } else if r.len() >= 2 && r[..2].eq_ignore_ascii_case("to") {
+    } else if r.get(..2).is_some_and(|w| w.eq_ignore_ascii_case("to")) {
         &r[2..]
     } else {
         return Err(ParseError::Invalid);
