@@ -270,7 +270,14 @@ impl Worker {
             CState::Startup => {
                 let (packet, n) = match startup::decode(c.io.rbuf.bytes()) {
                     Ok(Some(p)) => p,
-                    Ok(None) => return Step::Wait,
+                    Ok(None) => {
+                        // The decoder has checked the length (<= 10000): make room for it.
+                        if let Some(l) = c.io.rbuf.bytes().first_chunk::<4>() {
+                            let total = u32::from_be_bytes(*l) as usize;
+                            c.io.rbuf.make_room(total, &mut self.bufs);
+                        }
+                        return Step::Wait;
+                    }
                     Err(e) => {
                         let code = match e {
                             startup::StartupError::UnsupportedVersion(..)
@@ -303,12 +310,15 @@ impl Worker {
             CState::Auth => {
                 let (tag, body) = match frame::message(c.io.rbuf.bytes(), MAX_AUTH_MESSAGE) {
                     Ok(Some((h, body))) => (h.tag, body.to_vec()),
-                    Ok(None) => return Step::Wait,
-                    Err(e) => {
-                        self.close_client(
-                            ct,
-                            Close::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
-                        );
+                    Ok(None) => {
+                        if let Ok(Some(h)) = frame::header(c.io.rbuf.bytes(), MAX_AUTH_MESSAGE) {
+                            c.io.rbuf.make_room(h.total, &mut self.bufs);
+                        }
+                        return Step::Wait;
+                    }
+                    Err(_) => {
+                        let msg = "invalid authentication message length".to_string();
+                        self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
                         return Step::Done;
                     }
                 };
@@ -551,7 +561,16 @@ impl Worker {
         };
         let ok = match step {
             AuthStep::Cleartext => {
-                let pw = body.strip_suffix(&[0]).unwrap_or(body);
+                // PostgreSQL: exactly one NUL-terminated string.
+                let Some(pw) = body.strip_suffix(&[0]).filter(|p| !p.contains(&0)) else {
+                    return self.close_client(
+                        ct,
+                        Close::Fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "invalid password packet size".into(),
+                        ),
+                    );
+                };
                 let pw = String::from_utf8_lossy(pw);
                 self.auth
                     .secret(&user)

@@ -233,6 +233,12 @@ pub fn from_client(
                 tx.unsynced = true;
                 Some(Expect::Execute)
             }
+            // A Flush has no body; PostgreSQL answers one with a body with an error and then
+            // ignores everything up to a Sync, so the server is not free until that Sync.
+            b'H' if h.total != 5 => {
+                tx.unsynced = true;
+                None
+            }
             _ => None,
         };
         if let (Some(q), Some(e)) = (queue.as_deref_mut(), expect) {

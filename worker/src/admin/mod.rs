@@ -109,6 +109,11 @@ impl Worker {
                     if let Ok(Some(h)) = frame::header(c.io.rbuf.bytes(), MAX_QUERY) {
                         c.io.rbuf.make_room(h.total, &mut self.bufs);
                     }
+                    // The buffer may have been full with more on the socket: edge-triggered
+                    // readiness will not say so again, so read on next turn.
+                    if c.io.readable {
+                        self.again.push(ct);
+                    }
                     return;
                 }
                 Err(e) => {
