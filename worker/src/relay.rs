@@ -370,7 +370,8 @@ pub fn from_server<'a>(
             // Judge a ReadyForQuery only whole, so it settles its queue entry exactly once,
             // and only with PostgreSQL's length: its status byte is inside the message.
             if h.total != 6 {
-                return FromServer::Bad(FrameError::BadLength(b'Z', h.total as u32 - 1));
+                let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+                return FromServer::Bad(FrameError::BadLength(b'Z', len));
             }
             if rest.len() < 6 {
                 return FromServer::NeedMore;
