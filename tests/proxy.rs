@@ -658,6 +658,77 @@ fn haproxy_send_proxy_v1_and_v2_pass_the_real_client_address() {
     expect_silent_close(&mut s, at, "direct connection in required mode");
 }
 
+/// `number of transactions actually processed: N` from pgbench's summary.
+fn pgbench_processed(out: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn pgbench_through_haproxy_send_proxy_v2_has_no_failures() {
+    let pg = shared_pg();
+    pg.admin_sql(&format!("CREATE DATABASE proxy_bench OWNER {APP_USER}"));
+    run_pgbench(
+        pg.port(),
+        APP_USER,
+        APP_PASSWORD,
+        "proxy_bench",
+        &["-i", "-s", "1", "-q"],
+    )
+    .expect_success();
+    pg.admin_sql_in(
+        "proxy_bench",
+        &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {TRUST_USER}"),
+    );
+    let yaml = trust_proxy_config("required", "")
+        .replace("pool_mode: session", "pool_mode: transaction")
+        + &format!(
+            "  proxy_bench: {{ host: 127.0.0.1, port: {}, dbname: proxy_bench, pool_size: 4 }}\n",
+            pg.port()
+        );
+    let pooler = PoolerSetup::new().start_with_args(&yaml, &["--workers", "2"]);
+    let hap = HaProxy::start(pooler.port());
+    // Long-lived connections, then one connection (so one PROXY header) per transaction.
+    for (label, extra) in [("steady", None), ("reconnecting", Some("-C"))] {
+        let mut cmd = pgbench_command(hap.v2_port, TRUST_USER, "");
+        cmd.args(["-n", "-S", "-c", "8", "-j", "2", "-T", "3"]);
+        cmd.args(extra);
+        cmd.arg("proxy_bench");
+        let out = run_cmd(cmd, None, secs(60));
+        let stdout = out.expect_success();
+        assert!(
+            stdout.contains("number of failed transactions: 0 "),
+            "{label}: {out}\n--- pooler log (tail) ---\n{}",
+            tail(&pooler.log(), 40)
+        );
+        let processed = pgbench_processed(stdout);
+        assert!(
+            processed > 100,
+            "{label}: only {processed} transactions\n{out}"
+        );
+    }
+    // Every login came through HAProxy with a header the pooler believed.
+    let log = pooler.log();
+    let logins: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("login attempt: db=proxy_bench"))
+        .collect();
+    assert!(logins.len() > 100, "{} logins logged", logins.len());
+    let direct: Vec<&&str> = logins
+        .iter()
+        .filter(|l| {
+            !(l.contains("proxy_bench/trust_user@127.0.0.1:") && l.contains(" via=127.0.0.2:"))
+        })
+        .collect();
+    assert!(
+        direct.is_empty(),
+        "logins not from the client behind HAProxy: {direct:?}"
+    );
+    assert!(!log.contains("PROXY header refused"), "{}", tail(&log, 40));
+}
+
 #[test]
 fn hba_sees_the_client_behind_haproxy_not_the_proxy() {
     let pooler = start_hba(
