@@ -2,6 +2,7 @@
 
 use crate::access::Method;
 use crate::auth::{Nonce, ScramServer, Secret};
+use crate::intern::intern;
 use crate::params::{self, Params};
 use crate::pool::PoolId;
 use crate::relay::{Scan, TxState};
@@ -12,6 +13,7 @@ use crate::wire::{frame, sqlstate, NEWEST_MINOR};
 use crate::worker::{Conn, Worker};
 use std::fmt;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 /// Longest message accepted while logging in (passwords and SASL messages).
@@ -71,8 +73,9 @@ pub(crate) struct Client {
     pub peer: Peer,
     /// The socket peer itself (the proxy, when a PROXY header was believed).
     pub via: Option<SocketAddr>,
-    pub user: Box<str>,
-    pub db: Box<str>,
+    /// Interned: thousands of clients of one pool share the strings.
+    pub user: Rc<str>,
+    pub db: Rc<str>,
     pub pool: Option<PoolId>,
     pub server: Option<usize>,
     pub params: Params,
@@ -370,12 +373,8 @@ impl Worker {
                 ),
             );
         };
-        c.user = user.into();
-        c.db = s
-            .get("database")
-            .filter(|d| !d.is_empty())
-            .unwrap_or(user)
-            .into();
+        c.user = intern(user);
+        c.db = intern(s.get("database").filter(|d| !d.is_empty()).unwrap_or(user));
         if let Some(r) = s.get("replication") {
             if !matches!(
                 r.to_ascii_lowercase().as_str(),

@@ -10,6 +10,7 @@ mod client;
 pub(crate) mod commands;
 pub mod config;
 pub mod control;
+mod intern;
 mod janitor;
 mod link;
 pub mod params;

@@ -6,6 +6,9 @@
 //! parameter (extra_float_digits, search_path, `-c` options) is an extra: applied with SET when
 //! the client gets a server, and RESET when a client without it gets that server later.
 
+use crate::intern::intern;
+use std::rc::Rc;
+
 /// Reported parameters synced to every server a client uses, in the server's spelling.
 pub const TRACKED: [&str; 6] = [
     "client_encoding",
@@ -40,10 +43,29 @@ pub fn is_settable_name(name: &str) -> bool {
 /// spelling (the server's for tracked ones, lower case for the rest) and kept sorted:
 /// two lists hold the same settings exactly when they are equal, which makes the check
 /// at every server assignment one comparison in the common case.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+///
+/// Names and values are interned (see [`crate::intern`]): ten thousand idle clients with the same
+/// client_encoding, DateStyle and TimeZone share one copy of each string instead of holding
+/// a dozen small allocations apiece, and equal strings are the same pointer.
+#[derive(Debug, Default, Clone)]
 pub struct Params {
-    list: Vec<(Box<str>, Box<str>)>,
+    list: Vec<(Rc<str>, Rc<str>)>,
 }
+
+/// Interning is exact (one allocation per distinct live string on this thread), so two
+/// lists are equal exactly when their entries are the same pointers.
+impl PartialEq for Params {
+    fn eq(&self, other: &Params) -> bool {
+        self.list.len() == other.list.len()
+            && self
+                .list
+                .iter()
+                .zip(&other.list)
+                .all(|(a, b)| Rc::ptr_eq(&a.0, &b.0) && Rc::ptr_eq(&a.1, &b.1))
+    }
+}
+
+impl Eq for Params {}
 
 fn spelling(name: &str) -> std::borrow::Cow<'_, str> {
     match tracked_name(name) {
@@ -77,11 +99,12 @@ impl Params {
         match self.find(name) {
             Ok(i) if *self.list[i].1 == *value => false,
             Ok(i) => {
-                self.list[i].1 = value.into();
+                self.list[i].1 = intern(value);
                 true
             }
             Err(i) => {
-                self.list.insert(i, (spelling(name).into(), value.into()));
+                self.list
+                    .insert(i, (intern(&spelling(name)), intern(value)));
                 true
             }
         }
@@ -214,6 +237,44 @@ mod tests {
             p.set(k, v);
         }
         p
+    }
+
+    #[test]
+    fn clients_share_one_copy_of_each_string() {
+        let a = params(&[("client_encoding", "UTF8"), ("TimeZone", "UTC")]);
+        let b = params(&[("timezone", "UTC"), ("CLIENT_ENCODING", "UTF8")]);
+        for ((ka, va), (kb, vb)) in a.list.iter().zip(&b.list) {
+            assert!(Rc::ptr_eq(ka, kb) && Rc::ptr_eq(va, vb));
+        }
+        assert_eq!(a, b);
+        let c = params(&[
+            ("client_encoding", "UTF8"),
+            ("TimeZone", "UTC "),
+            ("x", "1"),
+        ]);
+        assert_ne!(a, c);
+        let d = params(&[("client_encoding", "UTF8"), ("TimeZone", "UTC ")]);
+        assert_ne!(a, d);
+    }
+
+    #[test]
+    fn unique_values_do_not_grow_the_interner_without_bound() {
+        for round in 0..20 {
+            let mut held = Params::new();
+            for n in 0..1000 {
+                let mut p = Params::new();
+                p.set("application_name", &format!("app-{round}-{n}"));
+                if n == 0 {
+                    held = p;
+                }
+            }
+            assert_eq!(
+                held.get("application_name"),
+                Some(format!("app-{round}-0").as_str())
+            );
+        }
+        let n = crate::intern::interned();
+        assert!(n <= 2048, "{n} strings interned");
     }
 
     #[test]
