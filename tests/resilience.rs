@@ -5,6 +5,7 @@
 mod common;
 
 use common::tools::child_pids;
+use common::wire::startup_packet;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -290,17 +291,7 @@ fn console_counts_every_workers_short_connections() {
     for i in 0..200 {
         let mut s = TcpStream::connect(("127.0.0.1", pooler.port())).unwrap();
         // A trust login and one query on the raw protocol, then Terminate.
-        let mut startup = Vec::new();
-        for (k, v) in [("user", TRUST_USER), ("database", "app")] {
-            startup.extend_from_slice(k.as_bytes());
-            startup.push(0);
-            startup.extend_from_slice(v.as_bytes());
-            startup.push(0);
-        }
-        startup.push(0);
-        let mut pkt = ((startup.len() + 8) as u32).to_be_bytes().to_vec();
-        pkt.extend_from_slice(&196608u32.to_be_bytes());
-        pkt.extend_from_slice(&startup);
+        let mut pkt = startup_packet(&[("user", TRUST_USER), ("database", "app")]);
         let q = format!("SELECT {i}\0");
         pkt.push(b'Q');
         pkt.extend_from_slice(&((q.len() + 4) as u32).to_be_bytes());
@@ -429,4 +420,46 @@ fn metrics_parse_as_prometheus_text_with_every_series() {
             s.metric
         );
     }
+}
+
+/// The status line of `GET /metrics` on 127.0.0.1:`port`, or None when nothing answers.
+fn metrics_status(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    resp.lines().next().map(str::to_string)
+}
+
+#[test]
+fn metrics_addr_follows_a_reload() {
+    let (first, second) = (free_port(), free_port());
+    let pooler = PoolerSetup::new().start_with_args(&config(""), &["--workers", "2"]);
+    assert_eq!(metrics_status(first), None);
+    for port in [first, second] {
+        pooler.rewrite_config(&config(&format!("metrics_addr: 127.0.0.1:{port}\n")));
+        pooler.reload();
+        assert!(
+            wait_until(secs(3), || metrics_status(port)
+                .is_some_and(|l| l.starts_with("HTTP/1.1 200"))),
+            "no metrics on {port} after the reload\n{}",
+            pooler.log()
+        );
+    }
+    assert_eq!(
+        metrics_status(first),
+        None,
+        "the old endpoint is still open"
+    );
+    pooler.rewrite_config(&config(""));
+    pooler.reload();
+    assert!(
+        wait_until(secs(3), || metrics_status(second).is_none()),
+        "{}",
+        pooler.log()
+    );
+    // The clients never noticed.
+    let mut c = pooler.connect(TRUST_USER, "", "app");
+    assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
 }

@@ -48,8 +48,24 @@ impl Supervisor {
         )?;
         log::info!("metrics on http://{addr}/metrics");
         self.metrics.listener = Some(l);
-        self.metrics.started = Some(Instant::now());
+        self.metrics.started.get_or_insert_with(Instant::now);
         Ok(())
+    }
+
+    /// Follows a reloaded `metrics_addr`: the old endpoint closes and the new one opens.
+    /// A new address that cannot be bound is logged and leaves no endpoint; the rest of
+    /// the reload stands, as with any other setting the workers apply.
+    pub(crate) fn metrics_rebind(&mut self, old: Option<std::net::SocketAddr>) {
+        if self.cfg.metrics_addr == old {
+            return;
+        }
+        if let Some(mut l) = self.metrics.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+            log::info!("metrics endpoint closed");
+        }
+        if let Err(e) = self.metrics_listen() {
+            log::warn!("{e}: no metrics endpoint until it can be bound");
+        }
     }
 
     pub(crate) fn metrics_accept(&mut self) {

@@ -68,10 +68,12 @@ impl Supervisor {
             // Sockets for new slots are bound with the addresses the workers already use.
             self.resize(want)?;
         }
+        let old_metrics = self.cfg.metrics_addr;
         self.cfg = Arc::new(cfg);
         self.config_text = text;
         self.userlist = userlist;
         self.hba = hba;
+        self.metrics_rebind(old_metrics);
         for n in 0..self.slots.len() {
             if !self.slots[n].retiring {
                 self.send(n, &Command::Reload, Some(memfd.as_raw_fd()));

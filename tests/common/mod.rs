@@ -22,6 +22,7 @@ pub mod pg;
 pub mod pooler;
 pub mod tempdir;
 pub mod tools;
+pub mod wire;
 
 pub use pg::{shared_pg, PgServer};
 pub use pooler::{Pooler, PoolerSetup};
