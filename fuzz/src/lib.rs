@@ -254,6 +254,10 @@ pub fn check_client_model(input: &[u8], run: &ClientRun, named: Named, max_packe
                         tx.unsynced = false;
                     }
                     b'P' | b'B' | b'D' | b'C' | b'E' => tx.unsynced = true,
+                    // PostgreSQL answers a Flush with a body with an error, then skips to
+                    // the next Sync: the server stays busy until that Sync. Judged on the
+                    // header, like every message, even when the body has not all arrived.
+                    b'H' if h.total != 5 => tx.unsynced = true,
                     _ => {}
                 }
                 queue.extend(expect);

@@ -521,6 +521,22 @@ mod tests {
     }
 
     #[test]
+    fn flush_with_a_body_holds_the_server_until_sync_even_when_partial() {
+        // A Sync, then a Flush whose declared body has not all arrived.
+        let mut buf = cat(&[msg(b'S', b"")]);
+        buf.extend_from_slice(&[b'H', 0, 0, 0xf8, 0x04, b'X', 0, 0, 0, 4]);
+        let (mut scan, mut tx) = (Scan::default(), TxState::new());
+        from_client(&buf, &mut scan, &mut tx, Named::Refuse, 1 << 20, None);
+        assert!(tx.unsynced, "{tx:?}");
+        assert_eq!(tx.expected, 1);
+        // A plain Flush changes nothing.
+        let buf = cat(&[msg(b'S', b""), msg(b'H', b"")]);
+        let (mut scan, mut tx) = (Scan::default(), TxState::new());
+        from_client(&buf, &mut scan, &mut tx, Named::Refuse, 1 << 20, None);
+        assert!(!tx.unsynced);
+    }
+
+    #[test]
     fn named_parse_is_refused_unless_allowed() {
         let buf = cat(&[msg(b'S', b""), msg(b'P', b"s1\0select 1\0\0\0")]);
         let (mut scan, mut tx) = (Scan::default(), TxState::new());
