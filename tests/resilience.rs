@@ -422,14 +422,19 @@ fn metrics_parse_as_prometheus_text_with_every_series() {
     }
 }
 
-/// The status line of `GET /metrics` on 127.0.0.1:`port`, or None when nothing answers.
-fn metrics_status(port: u16) -> Option<String> {
+/// The answer to `GET /metrics` on 127.0.0.1:`port`, or None when nothing answers.
+fn metrics_response(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
-    resp.lines().next().map(str::to_string)
+    Some(resp)
+}
+
+/// The status line of `GET /metrics` on 127.0.0.1:`port`, or None when nothing answers.
+fn metrics_status(port: u16) -> Option<String> {
+    metrics_response(port)?.lines().next().map(str::to_string)
 }
 
 #[test]
@@ -437,6 +442,8 @@ fn metrics_addr_follows_a_reload() {
     let (first, second) = (free_port(), free_port());
     let pooler = PoolerSetup::new().start_with_args(&config(""), &["--workers", "2"]);
     assert_eq!(metrics_status(first), None);
+    // Uptime must count from the pooler's start, not from the endpoint's.
+    thread::sleep(Duration::from_millis(1500));
     for port in [first, second] {
         pooler.rewrite_config(&config(&format!("metrics_addr: 127.0.0.1:{port}\n")));
         pooler.reload();
@@ -452,6 +459,13 @@ fn metrics_addr_follows_a_reload() {
         None,
         "the old endpoint is still open"
     );
+    let body = metrics_response(second).unwrap();
+    let uptime: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("pgbouncers_uptime_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("an uptime sample");
+    assert!(uptime >= 1, "{body}");
     pooler.rewrite_config(&config(""));
     pooler.reload();
     assert!(

@@ -137,7 +137,10 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
         hba,
         config_text,
         gathers: Default::default(),
-        metrics: Default::default(),
+        metrics: metrics::Metrics {
+            started: Some(Instant::now()),
+            ..Default::default()
+        },
         averages: Default::default(),
         listeners,
         slots: Vec::new(),

@@ -31,6 +31,7 @@ pub(crate) struct Scrape {
 pub(crate) struct Metrics {
     pub listener: Option<TcpListener>,
     pub conns: slab::Slab<Scrape>,
+    /// When the supervisor started: the uptime the endpoint reports.
     pub started: Option<Instant>,
 }
 
@@ -48,7 +49,6 @@ impl Supervisor {
         )?;
         log::info!("metrics on http://{addr}/metrics");
         self.metrics.listener = Some(l);
-        self.metrics.started.get_or_insert_with(Instant::now);
         Ok(())
     }
 
@@ -205,7 +205,7 @@ impl Supervisor {
         m.family(
             "pgbouncers_uptime_seconds",
             "gauge",
-            "Seconds since the metrics endpoint started.",
+            "Seconds since the pooler started.",
         );
         m.sample("pgbouncers_uptime_seconds", &[], uptime);
         m.family(
