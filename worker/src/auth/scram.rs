@@ -173,6 +173,42 @@ fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; KEY_LEN
     )
 }
 
+/// Salted passwords this thread derived for server logins, by (password, salt, iterations).
+/// PostgreSQL keeps one salt per role until its password changes, so a pool that opens its
+/// twentieth connection, or reconnects after a PostgreSQL restart, pays PBKDF2 once rather
+/// than once per connection. Bounded: a server inventing salts cannot grow it.
+type SaltedKey = (String, Vec<u8>, u32);
+
+thread_local! {
+    static SALTED: std::cell::RefCell<std::collections::HashMap<SaltedKey, [u8; KEY_LEN]>> =
+        Default::default();
+}
+
+const MAX_SALTED: usize = 64;
+
+#[cfg(test)]
+thread_local! {
+    static DERIVATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn salted_password_cached(password: &str, salt: &[u8], iterations: u32) -> [u8; KEY_LEN] {
+    let key = (password.to_owned(), salt.to_vec(), iterations);
+    if let Some(found) = SALTED.with(|c| c.borrow().get(&key).copied()) {
+        return found;
+    }
+    #[cfg(test)]
+    DERIVATIONS.with(|d| d.set(d.get() + 1));
+    let salted = salted_password(password, salt, iterations);
+    SALTED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= MAX_SALTED {
+            c.clear();
+        }
+        c.insert(key, salted);
+    });
+    salted
+}
+
 /// `(ClientKey, ServerKey)` from a salted password.
 fn keys_from_salted(salted: &[u8; KEY_LEN]) -> ([u8; KEY_LEN], [u8; KEY_LEN]) {
     (
@@ -991,7 +1027,11 @@ impl ScramClient {
                 if first.iterations > MAX_CLIENT_ITERATIONS {
                     return Err(ScramError::IterationsTooHigh(first.iterations));
                 }
-                keys_from_salted(&salted_password(password, &first.salt, first.iterations))
+                keys_from_salted(&salted_password_cached(
+                    password,
+                    &first.salt,
+                    first.iterations,
+                ))
             }
             ScramCredentials::Keys {
                 client_key,
@@ -1232,6 +1272,33 @@ mod tests {
             pg_client_exchange(&mut server, "wrong", ChannelBinding::unsupported());
         assert_eq!(outcome.map(|_| ()), Err(ScramError::AuthenticationFailed));
         assert!(!client_happy);
+    }
+
+    #[test]
+    fn a_password_login_derives_once_per_salt() {
+        let derived = || DERIVATIONS.with(|d| d.get());
+        let secret = cheap_secret("cache me");
+        let before = derived();
+        for i in 0..3 {
+            let mut server = ScramServer::new(&secret, nonce(&format!("srv{i}")));
+            let mut client = ScramClient::with_password("cache me", nonce(&format!("cli{i}")));
+            our_exchange(&mut client, &mut server).expect("login");
+        }
+        assert_eq!(
+            derived() - before,
+            1,
+            "one PBKDF2 for three logins with one salt"
+        );
+        // Another salt (the password changed in PostgreSQL) derives again, and the right keys.
+        let other = ScramSecret::from_password("cache me", b"another salt....", 2);
+        let mut server = ScramServer::new(&other, nonce("srv9"));
+        let mut client = ScramClient::with_password("cache me", nonce("cli9"));
+        our_exchange(&mut client, &mut server).expect("login with the new salt");
+        assert_eq!(derived() - before, 2);
+        // A wrong password is not served from the cache.
+        let mut server = ScramServer::new(&secret, nonce("srv8"));
+        let mut client = ScramClient::with_password("wrong", nonce("cli8"));
+        assert!(our_exchange(&mut client, &mut server).is_err());
     }
 
     #[test]
