@@ -80,15 +80,9 @@ fn main() {
             )
         });
     if let Some(file) = cfg.logfile.as_deref().filter(|f| !f.is_empty()) {
-        match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(file)
-        {
-            // Each record is one write to an O_APPEND file, so processes never interleave
-            // within a line. A full disk loses lines, never service: write errors are ignored.
-            Ok(f) => {
-                logger.target(env_logger::Target::Pipe(Box::new(f)));
+        match pgbouncers_worker::logfile::open(file) {
+            Ok(w) => {
+                logger.target(env_logger::Target::Pipe(Box::new(w)));
             }
             Err(e) => {
                 eprintln!("pgbouncers: logfile {file}: {e}");

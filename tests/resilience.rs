@@ -477,3 +477,32 @@ fn metrics_addr_follows_a_reload() {
     let mut c = pooler.connect(TRUST_USER, "", "app");
     assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
 }
+
+#[test]
+fn the_log_file_is_reopened_on_reload_after_rotation() {
+    let pooler = PoolerSetup::new()
+        .start_with_args(&config("logfile: @DIR@/pooler.log\n"), &["--workers", "2"]);
+    let (log, rotated) = (pooler.path("pooler.log"), pooler.path("pooler.log.1"));
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let _first = pooler.connect(TRUST_USER, "", "app");
+    assert!(wait_until(secs(3), || read(&log).contains("login attempt")));
+    // logrotate's way: rename, then SIGHUP.
+    std::fs::rename(&log, &rotated).unwrap();
+    pooler.reload();
+    // The supervisor's and both workers' lines about this reload are in the new file.
+    assert!(
+        wait_until(secs(3), || {
+            let text = read(&log);
+            text.contains("INFO configuration reloaded")
+                && (0..2).all(|w| text.contains(&format!("worker {w}: configuration reloaded")))
+        }),
+        "new file:\n{}\nrotated file:\n{}",
+        read(&log),
+        read(&rotated)
+    );
+    let _second = pooler.connect(TRUST_USER, "", "app");
+    assert!(wait_until(secs(3), || read(&log).contains("login attempt")));
+    let old = read(&rotated);
+    assert!(old.contains("login attempt"), "{old}");
+    assert!(!old.contains("configuration reloaded"), "{old}");
+}

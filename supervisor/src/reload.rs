@@ -21,6 +21,8 @@ impl Supervisor {
         if self.stopping.is_some() {
             return Err("the pooler is shutting down".into());
         }
+        // Before anything is logged: after a log rotation, this reload's lines go to the new file.
+        pgbouncers_worker::logfile::reopen();
         let path = self.opts.config_path.clone();
         log::info!("reloading {}", path.display());
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);

@@ -26,6 +26,7 @@ impl Paused {
 impl Worker {
     /// Applies a configuration the supervisor validated, without dropping any connection.
     pub(crate) fn reload(&mut self, snap: Snapshot) {
+        crate::logfile::reopen();
         let cfg = match Config::from_yaml_str(&snap.config_yaml) {
             Ok(c) => c,
             Err(e) => {

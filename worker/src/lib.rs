@@ -13,6 +13,7 @@ pub mod control;
 mod intern;
 mod janitor;
 mod link;
+pub mod logfile;
 pub mod params;
 mod pool;
 mod prepared;
