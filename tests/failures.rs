@@ -177,19 +177,7 @@ mod raw {
         s
     }
 
-    pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-        let mut body = 196_608u32.to_be_bytes().to_vec();
-        for (k, v) in params {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        out.extend(body);
-        out
-    }
+    pub use crate::common::wire::startup_packet;
 
     pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![tag];
