@@ -11,6 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
+use common::wire::startup_packet;
 use common::*;
 use postgres::SimpleQueryMessage;
 
@@ -346,17 +347,9 @@ impl Raw {
         s.set_read_timeout(Some(secs(10))).expect("read timeout");
         let local = s.local_addr().expect("local address").port();
         let mut raw = Raw { s, port: local };
-        let mut body = 196608u32.to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", db)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        msg.extend_from_slice(&body);
-        raw.s.write_all(&msg).expect("send startup");
+        raw.s
+            .write_all(&startup_packet(&[("user", user), ("database", db)]))
+            .expect("send startup");
         loop {
             let (tag, body) = read_msg(&mut raw.s)
                 .unwrap_or_else(|e| panic!("login as {user} to {db}: no reply: {e}"));

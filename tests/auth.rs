@@ -117,17 +117,7 @@ fn current_user(c: &mut postgres::Client) -> String {
 }
 
 fn startup_packet(user: &str, db: &str) -> Vec<u8> {
-    let mut body = (3u32 << 16).to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    pkt.extend_from_slice(&body);
-    pkt
+    common::wire::startup_packet(&[("user", user), ("database", db)])
 }
 
 /// What the pooler answers first to a raw startup packet: `Ok(auth request

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::wire::error_fields;
 use common::*;
 use postgres::SimpleQueryMessage;
 
@@ -591,26 +592,6 @@ fn parse_backend(bytes: &[u8], n_answers: usize) -> Result<Vec<Msg>, String> {
         rest = &rest[1 + len..];
     }
     Ok(msgs)
-}
-
-/// The fields of an ErrorResponse body by type letter.
-fn error_fields(body: &[u8]) -> HashMap<char, String> {
-    let mut fields = HashMap::new();
-    let mut rest = body;
-    while let Some((&kind, tail)) = rest.split_first() {
-        if kind == 0 {
-            break;
-        }
-        let Some(nul) = tail.iter().position(|&b| b == 0) else {
-            break;
-        };
-        fields.insert(
-            kind as char,
-            String::from_utf8_lossy(&tail[..nul]).into_owned(),
-        );
-        rest = &tail[nul + 1..];
-    }
-    fields
 }
 
 fn tags(msgs: &[Msg]) -> String {

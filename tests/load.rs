@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
+use common::wire::startup_packet;
 use common::*;
 use futures_util::stream::{self, StreamExt};
 use tokio_postgres::SimpleQueryMessage;
@@ -338,16 +339,7 @@ fn cycle(port: u16, startup: &[u8]) -> Result<(), String> {
 /// Runs cycles on `threads` threads until `count` are done or `budget`
 /// passes; returns (cycles done, failures).
 fn run_cycles(port: u16, threads: usize, count: u64, budget: Duration) -> (u64, Vec<String>) {
-    let mut startup = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", TRUST_USER), ("database", APP_DB)] {
-        startup.extend_from_slice(k.as_bytes());
-        startup.push(0);
-        startup.extend_from_slice(v.as_bytes());
-        startup.push(0);
-    }
-    startup.push(0);
-    let mut pkt = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
-    pkt.extend(startup);
+    let pkt = startup_packet(&[("user", TRUST_USER), ("database", APP_DB)]);
     let done = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let deadline = Instant::now() + budget;

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
+use common::wire::Fields;
 use common::*;
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
@@ -241,34 +242,6 @@ impl Hammer {
 // ---------------------------------------------------------------------------
 // Raw protocol client (for what the libraries hide)
 // ---------------------------------------------------------------------------
-
-/// Error/notice fields by their one-byte code.
-#[derive(Debug, Clone)]
-struct Fields(HashMap<u8, String>);
-
-impl Fields {
-    fn parse(body: &[u8]) -> Fields {
-        let mut map = HashMap::new();
-        let mut rest = body;
-        while let Some((&kind, tail)) = rest.split_first() {
-            if kind == 0 {
-                break;
-            }
-            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-            map.insert(kind, String::from_utf8_lossy(&tail[..end]).into_owned());
-            rest = tail.get(end + 1..).unwrap_or_default();
-        }
-        Fields(map)
-    }
-
-    fn code(&self) -> &str {
-        self.0.get(&b'C').map(String::as_str).unwrap_or("")
-    }
-
-    fn message(&self) -> &str {
-        self.0.get(&b'M').map(String::as_str).unwrap_or("")
-    }
-}
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
@@ -1276,7 +1249,7 @@ async fn transaction_named_prepared_statements_are_refused() {
     assert_eq!(kinds, "E", "expected one ErrorResponse, then the close");
     let error = Fields::parse(&got[0].1);
     assert_eq!(error.code(), "0A000", "{error:?}");
-    assert_eq!(error.0.get(&b'S').map(String::as_str), Some("FATAL"));
+    assert_eq!(error.severity(), "FATAL");
     assert!(error.message().contains("prepared statements"), "{error:?}");
 
     let c = pooler.connect_async(APP_USER, "", APP_DB).await.unwrap();
@@ -1541,7 +1514,7 @@ async fn statement_mode_refuses_transaction_blocks() {
         error.message(),
         "transaction blocks not allowed in statement pooling mode"
     );
-    assert_eq!(error.0.get(&b'S').map(String::as_str), Some("FATAL"));
+    assert_eq!(error.severity(), "FATAL");
 
     let c = pooler.connect_async(APP_USER, "", APP_DB).await.unwrap();
     c.simple_query("SELECT 1").await.unwrap();

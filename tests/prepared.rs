@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -11,6 +10,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::wire::Fields;
 use common::*;
 use postgres::types::{ToSql, Type};
 use postgres::SimpleQueryMessage;
@@ -235,38 +235,6 @@ impl Rng {
 // ---------------------------------------------------------------------------
 // Raw protocol client (for exact message sequences)
 // ---------------------------------------------------------------------------
-
-/// Error/notice fields by their one-byte code.
-#[derive(Debug, Clone)]
-struct Fields(HashMap<u8, String>);
-
-impl Fields {
-    fn parse(body: &[u8]) -> Fields {
-        let mut map = HashMap::new();
-        let mut rest = body;
-        while let Some((&kind, tail)) = rest.split_first() {
-            if kind == 0 {
-                break;
-            }
-            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-            map.insert(kind, String::from_utf8_lossy(&tail[..end]).into_owned());
-            rest = tail.get(end + 1..).unwrap_or_default();
-        }
-        Fields(map)
-    }
-
-    fn code(&self) -> &str {
-        self.0.get(&b'C').map(String::as_str).unwrap_or("")
-    }
-
-    fn message(&self) -> &str {
-        self.0.get(&b'M').map(String::as_str).unwrap_or("")
-    }
-
-    fn severity(&self) -> &str {
-        self.0.get(&b'S').map(String::as_str).unwrap_or("")
-    }
-}
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];

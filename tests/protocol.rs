@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
+use common::wire::error_fields;
 use common::*;
 use postgres::error::SqlState;
 use postgres::{NoTls, SimpleQueryMessage};
@@ -139,27 +140,6 @@ fn read_msg(s: &mut TcpStream) -> Option<Msg> {
 /// The single byte answer to SSLRequest / GSSENCRequest.
 fn read_single_byte_answer(s: &mut TcpStream) -> u8 {
     read_byte(s).expect("the pooler closed instead of answering the request")
-}
-
-/// The fields of an ErrorResponse / NoticeResponse body by type letter.
-fn error_fields(body: &[u8]) -> HashMap<char, String> {
-    let mut fields = HashMap::new();
-    let mut rest = body;
-    while let Some((&kind, tail)) = rest.split_first() {
-        if kind == 0 {
-            break;
-        }
-        let nul = tail
-            .iter()
-            .position(|&b| b == 0)
-            .expect("unterminated error field");
-        fields.insert(
-            kind as char,
-            String::from_utf8_lossy(&tail[..nul]).into_owned(),
-        );
-        rest = &tail[nul + 1..];
-    }
-    fields
 }
 
 /// NUL-terminated strings at the start of `buf`, and what follows.

@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::pg::{quote_literal, tail};
+use common::wire::error_fields;
 use common::*;
 use common::{cleanup, pooler};
 use postgres::NoTls;
@@ -254,23 +255,6 @@ fn read_msg(s: &mut TcpStream) -> Option<Msg> {
 
 fn be_u32(buf: &[u8]) -> u32 {
     u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"))
-}
-
-fn error_fields(body: &[u8]) -> HashMap<char, String> {
-    let mut fields = HashMap::new();
-    let mut rest = body;
-    while let Some((&kind, tail)) = rest.split_first() {
-        if kind == 0 {
-            break;
-        }
-        let nul = tail.iter().position(|&b| b == 0).expect("unterminated");
-        fields.insert(
-            kind as char,
-            String::from_utf8_lossy(&tail[..nul]).into_owned(),
-        );
-        rest = &tail[nul + 1..];
-    }
-    fields
 }
 
 /// The login answer of a trust login up to ReadyForQuery: the BackendKeyData.

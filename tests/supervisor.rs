@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -13,6 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
+use common::wire::error_fields;
+use common::wire::startup_packet;
 use common::*;
 use postgres::{NoTls, SimpleQueryMessage};
 
@@ -276,14 +278,6 @@ fn read_msg(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
     Ok((head[0], body))
 }
 
-/// The fields of an ErrorResponse body, by their one-letter code.
-fn error_fields(body: &[u8]) -> HashMap<char, String> {
-    body.split(|&b| b == 0)
-        .filter(|f| !f.is_empty())
-        .map(|f| (f[0] as char, String::from_utf8_lossy(&f[1..]).into_owned()))
-        .collect()
-}
-
 /// Logs in with a StartupMessage (trust auth) and reads up to ReadyForQuery.
 fn raw_login(port: u16, user: &str, db: &str) -> TcpStream {
     raw_login_with_key(port, user, db).0
@@ -293,17 +287,8 @@ fn raw_login(port: u16, user: &str, db: &str) -> TcpStream {
 fn raw_login_with_key(port: u16, user: &str, db: &str) -> (TcpStream, [u8; 8]) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(secs(10))).unwrap();
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    s.write_all(&msg).expect("send startup");
+    s.write_all(&startup_packet(&[("user", user), ("database", db)]))
+        .expect("send startup");
     let mut key = None;
     loop {
         let (tag, body) = read_msg(&mut s).expect("login reply");

@@ -1,5 +1,7 @@
 //! Raw protocol bytes for tests that talk to the pooler without a client library.
 
+use std::collections::HashMap;
+
 /// A protocol 3.0 StartupMessage with these parameters, length included.
 pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = 196608u32.to_be_bytes().to_vec();
@@ -13,4 +15,52 @@ pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
     let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
     packet.extend_from_slice(&body);
     packet
+}
+
+/// The fields of an ErrorResponse or NoticeResponse body, by type letter. A field without
+/// its terminator is a protocol error of the pooler's and fails the test.
+pub fn error_fields(body: &[u8]) -> HashMap<char, String> {
+    let mut fields = HashMap::new();
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let nul = tail
+            .iter()
+            .position(|&b| b == 0)
+            .expect("an error field without its terminator");
+        fields.insert(
+            kind as char,
+            String::from_utf8_lossy(&tail[..nul]).into_owned(),
+        );
+        rest = &tail[nul + 1..];
+    }
+    fields
+}
+
+/// An ErrorResponse's fields, with accessors for the ones tests check.
+#[derive(Debug, Clone)]
+pub struct Fields(pub HashMap<char, String>);
+
+impl Fields {
+    pub fn parse(body: &[u8]) -> Fields {
+        Fields(error_fields(body))
+    }
+
+    fn get(&self, kind: char) -> &str {
+        self.0.get(&kind).map(String::as_str).unwrap_or("")
+    }
+
+    pub fn code(&self) -> &str {
+        self.get('C')
+    }
+
+    pub fn message(&self) -> &str {
+        self.get('M')
+    }
+
+    pub fn severity(&self) -> &str {
+        self.get('S')
+    }
 }
