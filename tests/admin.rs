@@ -1,4 +1,4 @@
-//! End-to-end tests of the admin console and the Prometheus endpoint with several workers: access rules, grammar, every SHOW, PAUSE/RESUME/KILL/KILL_CLIENT/SET/RELOAD/SHUTDOWN across workers, metrics and log_stats.
+//! End-to-end tests of the admin console and the Prometheus endpoint with several workers: access rules, grammar, every SHOW, PAUSE/RESUME/KILL/KILL_CLIENT/SET/RELOAD/SHUTDOWN/DISABLE/ENABLE/RECONNECT/WAIT_CLOSE across workers, metrics and log_stats.
 
 mod common;
 
@@ -2141,5 +2141,237 @@ fn log_stats_lines_every_stats_period() {
         !quiet.log().contains("] stats: "),
         "log_stats: false still logs stats\n{}",
         quiet.log()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 14. PAUSE waits for every worker; DISABLE/ENABLE; RECONNECT and WAIT_CLOSE
+// ---------------------------------------------------------------------------
+
+/// Runs a console command on a thread; its result comes back with how long it took.
+fn console_on_thread(pooler: &Pooler, sql: &str) -> mpsc::Receiver<(Result<(), String>, Duration)> {
+    let mut console = admin(pooler);
+    let sql = sql.to_string();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let t0 = Instant::now();
+        let r = console
+            .simple_query(&sql)
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"));
+        let _ = tx.send((r, t0.elapsed()));
+    });
+    rx
+}
+
+/// One client per worker, each inside a transaction that holds a server.
+fn one_open_transaction_per_worker(pooler: &Pooler, role: &str) -> Vec<Held> {
+    let mut held = exactly(
+        spread(pooler, 1, || Raw::login(pooler.port(), role, role, APP_DB)),
+        1,
+    );
+    for h in &mut held {
+        assert!(h.conn.query("BEGIN").ok());
+        assert_eq!(h.conn.scalar("SELECT 1"), "1");
+    }
+    held
+}
+
+#[test]
+fn pause_answers_only_when_every_worker_let_its_servers_go() {
+    let role = "adm_pause14";
+    create_role(role);
+    let pooler = start(&config("pool_mode: transaction\n", ""), &[role]);
+    let mut held = one_open_transaction_per_worker(&pooler, role);
+    assert_eq!(backends(role), WORKERS as i64);
+
+    let pause = console_on_thread(&pooler, "PAUSE");
+    // Both transactions are open: PAUSE must still be waiting a second later.
+    assert!(
+        pause.recv_timeout(secs(1)).is_err(),
+        "PAUSE answered while transactions were open"
+    );
+    // One worker's transaction ends; the other still holds PAUSE up.
+    assert!(held[0].conn.query("COMMIT").ok());
+    assert!(
+        pause.recv_timeout(secs(1)).is_err(),
+        "PAUSE answered while worker {} still had a transaction open",
+        held[1].worker
+    );
+    assert!(held[1].conn.query("COMMIT").ok());
+    let (r, took) = pause.recv_timeout(secs(5)).expect("PAUSE never answered");
+    assert_eq!(r, Ok(()), "PAUSE failed");
+    assert!(took >= secs(2), "PAUSE took only {took:?}");
+    // Answered means done: the servers are closed (PostgreSQL's backends exit just after).
+    assert!(
+        wait_until(secs(3), || backends(role) == 0),
+        "servers still open after PAUSE: {}",
+        backends(role)
+    );
+
+    let mut console = admin(&pooler);
+    let (code, msg) = console_fails(&mut console, "PAUSE");
+    assert_eq!(
+        (code.as_str(), msg.as_str()),
+        ("08P01", "already suspended/paused")
+    );
+    console.simple_query("RESUME").expect("RESUME");
+    for h in &mut held {
+        assert_eq!(h.conn.scalar("SELECT 2"), "2");
+    }
+    // With nothing to wait for, PAUSE of one database answers at once.
+    let t0 = Instant::now();
+    console.simple_query("PAUSE app").expect("PAUSE app");
+    assert!(
+        t0.elapsed() < secs(1),
+        "idle PAUSE app took {:?}",
+        t0.elapsed()
+    );
+    console.simple_query("RESUME app").expect("RESUME app");
+    assert_eq!(held[0].conn.scalar("SELECT 3"), "3");
+}
+
+#[test]
+fn disable_refuses_new_clients_in_every_worker_even_after_a_respawn() {
+    let role = "adm_disable14";
+    create_role(role);
+    let pooler = start(&config("pool_mode: transaction\n", ""), &[role]);
+    let mut held = exactly(
+        spread(&pooler, 1, || Raw::login(pooler.port(), role, role, APP_DB)),
+        1,
+    );
+    let mut console = admin(&pooler);
+    for (sql, want) in [
+        ("DISABLE", "a database is required"),
+        ("DISABLE nosuchdb", "no such database: nosuchdb"),
+        ("DISABLE pgbouncer", "cannot disable admin db: pgbouncer"),
+        ("ENABLE pgbouncer", "cannot enable admin db: pgbouncer"),
+        ("RECONNECT nosuchdb", "no such database: nosuchdb"),
+        ("WAIT_CLOSE pgbouncer", "cannot wait in admin db: pgbouncer"),
+    ] {
+        let (code, msg) = console_fails(&mut console, sql);
+        assert_eq!((code.as_str(), msg.as_str()), ("08P01", want), "{sql}");
+    }
+    console.simple_query("DISABLE app").expect("DISABLE app");
+    let dbs = show(&mut console, "SHOW DATABASES");
+    assert_eq!(dbs.num(dbs.one(&[("name", "app")]), "disabled"), 1);
+
+    let refused = |port: u16| {
+        let e = Raw::try_login(port, role, role, APP_DB)
+            .err()
+            .expect("a login to a disabled database went through");
+        (e.get(&'C').cloned(), e.get(&'M').cloned())
+    };
+    let want = (
+        Some("55000".to_string()),
+        Some("database does not allow connections: app".to_string()),
+    );
+    // Twenty logins: SO_REUSEPORT sends some to each worker.
+    for _ in 0..20 {
+        assert_eq!(refused(pooler.port()), want);
+    }
+    // Clients already in stay served.
+    for h in &mut held {
+        assert_eq!(h.conn.scalar("SELECT 1"), "1");
+    }
+
+    // A worker started after the DISABLE obeys it too.
+    let workers = show(&mut console, "SHOW WORKERS");
+    let victim: i32 = workers
+        .val(workers.one(&[("worker", "0")]), "pid")
+        .parse()
+        .expect("worker pid");
+    // SAFETY: kill(2) on a pid we just read; no memory is involved.
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    let respawned = wait_until(secs(10), || {
+        pooler.log().matches("worker 0 started (pid").count() >= 2
+    });
+    assert!(respawned, "worker 0 was not respawned\n{}", pooler.log());
+    pooler.wait_for_children(WORKERS, secs(5));
+    for _ in 0..20 {
+        assert_eq!(refused(pooler.port()), want);
+    }
+
+    // The console connection may have been on the killed worker.
+    let mut console = admin(&pooler);
+    console.simple_query("ENABLE app").expect("ENABLE app");
+    let dbs = show(&mut console, "SHOW DATABASES");
+    assert_eq!(dbs.num(dbs.one(&[("name", "app")]), "disabled"), 0);
+    let fresh = spread(&pooler, 1, || Raw::login(pooler.port(), role, role, APP_DB));
+    assert!(fresh.len() >= WORKERS);
+}
+
+#[test]
+fn reconnect_replaces_servers_as_they_are_released_and_wait_close_waits_for_it() {
+    let role = "adm_reconnect14";
+    create_role(role);
+    let pooler = start(&config("pool_mode: transaction\n", ""), &[role]);
+    let mut held = exactly(
+        spread(&pooler, 1, || Raw::login(pooler.port(), role, role, APP_DB)),
+        1,
+    );
+    let mut old = BTreeSet::new();
+    for h in &mut held {
+        assert!(h.conn.query("BEGIN").ok());
+        old.insert(h.conn.scalar("SELECT pg_backend_pid()"));
+    }
+    assert_eq!(old.len(), WORKERS);
+
+    let mut console = admin(&pooler);
+    // RECONNECT itself does not wait.
+    let t0 = Instant::now();
+    console
+        .simple_query("RECONNECT app")
+        .expect("RECONNECT app");
+    assert!(t0.elapsed() < secs(1), "RECONNECT took {:?}", t0.elapsed());
+    let servers = show(&mut console, "SHOW SERVERS");
+    let marked = servers
+        .find(&[("user", role)])
+        .iter()
+        .filter(|r| servers.num(r, "close_needed") == 1)
+        .count();
+    assert_eq!(marked, WORKERS, "close_needed after RECONNECT");
+
+    let wait = console_on_thread(&pooler, "WAIT_CLOSE app");
+    assert!(
+        wait.recv_timeout(secs(1)).is_err(),
+        "WAIT_CLOSE answered while marked servers were still in use"
+    );
+    // The open transactions run on undisturbed.
+    for h in &mut held {
+        assert_eq!(h.conn.scalar("SELECT 1"), "1");
+        assert!(h.conn.query("COMMIT").ok());
+    }
+    let (r, _) = wait
+        .recv_timeout(secs(5))
+        .expect("WAIT_CLOSE never answered");
+    assert_eq!(r, Ok(()), "WAIT_CLOSE failed");
+    // The old servers are gone from PostgreSQL; the next transactions get new ones.
+    let alive = || -> BTreeSet<String> {
+        shared_pg()
+            .admin_sql(&format!(
+                "SELECT pid FROM pg_stat_activity WHERE usename = {}",
+                quote_literal(role)
+            ))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        wait_until(secs(3), || alive().is_disjoint(&old)),
+        "old servers {old:?} still in {:?}",
+        alive()
+    );
+    for h in &mut held {
+        let pid = h.conn.scalar("SELECT pg_backend_pid()");
+        assert!(!old.contains(&pid), "server {pid} reused after RECONNECT");
+    }
+    // Nothing left to close: WAIT_CLOSE for all databases answers at once.
+    let t0 = Instant::now();
+    console.simple_query("WAIT_CLOSE").expect("WAIT_CLOSE");
+    assert!(
+        t0.elapsed() < secs(1),
+        "idle WAIT_CLOSE took {:?}",
+        t0.elapsed()
     );
 }

@@ -55,6 +55,9 @@ impl Supervisor {
             };
             // Whatever the dead worker held in shared memory is free again.
             self.shm.reclaim(n);
+            // Console commands waiting on it wait on the others only; its successor
+            // starts with no connections, so it has nothing to wait for.
+            self.gathers_forget(n);
             let slot = &mut self.slots[n];
             slot.pid = None;
             if let Some(ctl) = slot.ctl.take() {
@@ -216,6 +219,7 @@ impl Supervisor {
             mock_key: self.mock_key,
             control: Some(ctl),
             shm: self.shm.clone(),
+            holds: self.holds.clone(),
         };
         match pgbouncers_worker::run(init) {
             Ok(()) => 0,

@@ -1,8 +1,9 @@
 //! Admin console commands that concern every worker: gathering rows from all of them (with a
-//! deadline, so one stuck worker never holds the console), and acting for the whole pooler.
+//! deadline, so one stuck worker never holds the console), waiting for a condition in all of
+//! them (PAUSE, WAIT_CLOSE), and acting for the whole pooler.
 
 use crate::Supervisor;
-use pgbouncers_worker::control::{decode_rows, AdminRequest, Command, Row, What};
+use pgbouncers_worker::control::{decode_rows, AdminRequest, Command, Row, Until, What};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,9 @@ pub(crate) enum Asker {
 pub(crate) struct Gather {
     pub asker: Asker,
     pub waiting: BTreeSet<usize>,
-    pub deadline: Instant,
+    /// None for waits (PAUSE, WAIT_CLOSE): they last until every worker is done, as in
+    /// PgBouncer, however long its transactions take.
+    pub deadline: Option<Instant>,
     pub rows: Vec<(u8, Row)>,
 }
 
@@ -61,7 +64,7 @@ impl Supervisor {
                     Gather {
                         asker: Asker::Worker { slot, req },
                         waiting: [owner].into(),
-                        deadline: Instant::now() + GATHER_DEADLINE,
+                        deadline: Some(Instant::now() + GATHER_DEADLINE),
                         rows: Vec::new(),
                     },
                 );
@@ -75,12 +78,34 @@ impl Supervisor {
                 done(self, r.err());
             }
             AdminRequest::Pause(db) => {
-                self.broadcast(&Command::Pause(db));
-                done(self, None);
+                if self.holds.paused_all {
+                    return done(self, Some("already suspended/paused".into()));
+                }
+                self.pause(db.as_deref(), true);
+                // PAUSE answers once the paused pools have let every server go.
+                self.start_wait(Asker::Worker { slot, req }, Until::Paused(db));
             }
             AdminRequest::Resume(db) => {
-                self.broadcast(&Command::Resume(db));
+                self.pause(db.as_deref(), false);
                 done(self, None);
+            }
+            AdminRequest::Disable(ref db) | AdminRequest::Enable(ref db) => {
+                let on = matches!(request, AdminRequest::Disable(_));
+                let db = db.clone();
+                self.holds.disable(&db, on);
+                self.broadcast(&Command::Disable { db, on });
+                done(self, None);
+            }
+            AdminRequest::Reconnect(db) => {
+                log::info!(
+                    "RECONNECT {} from the admin console",
+                    db.as_deref().unwrap_or("(all databases)")
+                );
+                self.broadcast(&Command::Reconnect(db));
+                done(self, None);
+            }
+            AdminRequest::WaitClose(db) => {
+                self.start_wait(Asker::Worker { slot, req }, Until::Closed(db));
             }
             AdminRequest::Kill(db) => {
                 log::info!(
@@ -101,8 +126,37 @@ impl Supervisor {
         }
     }
 
+    /// PAUSE (`on`) or RESUME, from the console or a signal, for every worker now and later.
+    pub(crate) fn pause(&mut self, db: Option<&str>, on: bool) {
+        self.holds.pause(db, on);
+        let db = db.map(str::to_string);
+        self.broadcast(&if on {
+            Command::Pause(db)
+        } else {
+            Command::Resume(db)
+        });
+    }
+
     /// Asks every live worker for its rows.
     pub(crate) fn start_gather(&mut self, asker: Asker, what: What) -> u32 {
+        let deadline = Some(Instant::now() + GATHER_DEADLINE);
+        self.ask_all(asker, deadline, |req| Command::Collect { req, what })
+    }
+
+    /// Asks every live worker to answer once `until` holds there; no deadline.
+    fn start_wait(&mut self, asker: Asker, until: Until) -> u32 {
+        self.ask_all(asker, None, |req| Command::Wait {
+            req,
+            until: until.clone(),
+        })
+    }
+
+    fn ask_all(
+        &mut self,
+        asker: Asker,
+        deadline: Option<Instant>,
+        cmd: impl Fn(u32) -> Command,
+    ) -> u32 {
         let sreq = self.gathers.next;
         self.gathers.next = self.gathers.next.wrapping_add(1);
         let live: Vec<usize> = (0..self.slots.len())
@@ -113,15 +167,25 @@ impl Supervisor {
             Gather {
                 asker,
                 waiting: live.iter().copied().collect(),
-                deadline: Instant::now() + GATHER_DEADLINE,
+                deadline,
                 rows: Vec::new(),
             },
         );
         for n in live {
-            self.send(n, &Command::Collect { req: sreq, what }, None);
+            self.send(n, &cmd(sreq), None);
         }
         self.finish_gathers(false);
         sreq
+    }
+
+    /// A worker died: waits no longer wait for it (gathers report it missing at their deadline).
+    pub(crate) fn gathers_forget(&mut self, slot: usize) {
+        for g in self.gathers.open.values_mut() {
+            if g.deadline.is_none() {
+                g.waiting.remove(&slot);
+            }
+        }
+        self.finish_gathers(false);
     }
 
     /// Rows from worker `slot` for gather `sreq`.
@@ -164,7 +228,9 @@ impl Supervisor {
             .gathers
             .open
             .iter()
-            .filter(|(_, g)| g.waiting.is_empty() || (check_deadlines && now >= g.deadline))
+            .filter(|(_, g)| {
+                g.waiting.is_empty() || (check_deadlines && g.deadline.is_some_and(|d| now >= d))
+            })
             .map(|(k, _)| *k)
             .collect();
         for sreq in ready {

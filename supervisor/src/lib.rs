@@ -47,6 +47,8 @@ struct Supervisor {
     /// The configuration text running now (the file's, plus console SETs).
     config_text: String,
     gathers: console::Gathers,
+    /// PAUSE and DISABLE in force, handed to every worker started later.
+    holds: pgbouncers_worker::control::Holds,
     metrics: metrics::Metrics,
     averages: averages::Averages,
     listeners: listen::Listeners,
@@ -137,6 +139,7 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
         hba,
         config_text,
         gathers: Default::default(),
+        holds: Default::default(),
         metrics: metrics::Metrics {
             started: Some(Instant::now()),
             ..Default::default()
@@ -207,8 +210,8 @@ impl Supervisor {
                         return Ok(0);
                     }
                     SIGHUP => self.reload(),
-                    SIGUSR1 => self.broadcast(&Command::Pause(None)),
-                    SIGUSR2 => self.broadcast(&Command::Resume(None)),
+                    SIGUSR1 => self.pause(None, true),
+                    SIGUSR2 => self.pause(None, false),
                     _ => {}
                 }
             }

@@ -474,6 +474,15 @@ impl Worker {
                     format!("no such database: {db}"),
                 ),
             );
+        } else if self.holds.is_disabled(&db) {
+            // PostgreSQL's code for a database that does not allow connections.
+            return self.close_client(
+                ct,
+                Close::Fatal(
+                    sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("database does not allow connections: {db}"),
+                ),
+            );
         }
         if !self.shm.acquire_client(self.slot, self.cfg.max_client_conn) {
             return self.close_client(

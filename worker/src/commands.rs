@@ -1,27 +1,14 @@
-//! What the supervisor (or a signal) asks of a worker: reload, pause, resume and shutdown.
+//! What the supervisor (or a signal) asks of a worker: reload, pause, resume, disable,
+//! reconnect, the waits of console commands, and shutdown.
 
 use crate::client::{CState, Close};
 use crate::config::Config;
-use crate::control::Snapshot;
+use crate::control::{Report, Snapshot, Until};
 use crate::pool::{Limits, PoolId, Target};
 use crate::server::SState;
 use crate::wire::sqlstate;
 use crate::worker::{Conn, Worker};
-use std::collections::HashSet;
 use std::sync::Arc;
-
-/// What PAUSE asked for: every pool, or databases by name; new pools follow it too.
-#[derive(Default)]
-pub(crate) struct Paused {
-    all: bool,
-    dbs: HashSet<String>,
-}
-
-impl Paused {
-    pub fn covers(&self, db: &str) -> bool {
-        self.all || self.dbs.contains(db)
-    }
-}
 
 impl Worker {
     /// Applies a configuration the supervisor validated, without dropping any connection.
@@ -128,22 +115,13 @@ impl Worker {
     /// PAUSE (`on`) or RESUME for one database or all. Paused pools queue new requests and
     /// let their servers go as transactions end.
     pub(crate) fn pause(&mut self, db: Option<&str>, on: bool) {
-        // As in PgBouncer, a global RESUME leaves databases paused by name paused.
-        match (db, on) {
-            (None, _) => self.paused.all = on,
-            (Some(d), true) => {
-                self.paused.dbs.insert(d.to_string());
-            }
-            (Some(d), false) => {
-                self.paused.dbs.remove(d);
-            }
-        }
+        self.holds.pause(db, on);
         for id in 0..self.pools.list.len() {
             let p = self.pools.get_mut(id);
             if db.is_some_and(|d| d != p.db) {
                 continue;
             }
-            let on = self.paused.covers(&p.db);
+            let on = self.holds.is_paused(&p.db);
             p.paused = on;
             if on {
                 self.retire_idle_servers(id);
@@ -164,6 +142,84 @@ impl Worker {
             if on { "paused" } else { "resumed" },
             db.unwrap_or("all databases")
         );
+    }
+
+    /// DISABLE (`on`) or ENABLE: new clients of `db` are refused; those connected stay.
+    pub(crate) fn disable(&mut self, db: &str, on: bool) {
+        self.holds.disable(db, on);
+        log::info!(
+            "worker {}: {} {db}",
+            self.slot,
+            if on { "disabled" } else { "enabled" }
+        );
+    }
+
+    /// RECONNECT: every server of `db` (all databases when None) is closed when it is
+    /// next released, idle ones now; new ones are opened as clients need them.
+    pub(crate) fn reconnect(&mut self, db: Option<&str>) {
+        let mut ids = Vec::new();
+        for id in 0..self.pools.list.len() {
+            if db.is_none_or(|d| d == self.pools.get(id).db) {
+                ids.push(id);
+            }
+        }
+        for (_, c) in self.conns.iter_mut() {
+            if let Conn::Server(s) = c {
+                if ids.contains(&s.pool) {
+                    s.close_needed = true;
+                }
+            }
+        }
+        for id in ids {
+            self.retire_idle_servers(id);
+        }
+        log::info!(
+            "worker {}: reconnecting servers of {}",
+            self.slot,
+            db.unwrap_or("all databases")
+        );
+    }
+
+    /// A console command waits for `until` in every worker; this one answers when it holds.
+    pub(crate) fn wait_for(&mut self, req: u32, until: Until) {
+        self.waits.push((req, until));
+        self.check_waits();
+    }
+
+    /// Answers the waits whose condition holds now. Called from the loop while any wait.
+    pub(crate) fn check_waits(&mut self) {
+        let mut i = 0;
+        while i < self.waits.len() {
+            if self.holds_now(&self.waits[i].1) {
+                let (req, _) = self.waits.swap_remove(i);
+                self.report(Report::Rows {
+                    req,
+                    chunk: Vec::new(),
+                    last: true,
+                });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn holds_now(&self, until: &Until) -> bool {
+        let of = |db: &Option<String>, pool: &str| db.as_deref().is_none_or(|d| d == pool);
+        match until {
+            // Pools resumed meanwhile no longer hold the PAUSE up.
+            Until::Paused(db) => self
+                .pools
+                .list
+                .iter()
+                .filter(|p| of(db, &p.db))
+                .all(|p| !p.paused || p.total() == 0),
+            Until::Closed(db) => !self.conns.iter().any(|(_, c)| {
+                matches!(c, Conn::Server(s) if {
+                    let p = self.pools.get(s.pool);
+                    of(db, &p.db) && (s.close_needed || p.obsolete)
+                })
+            }),
+        }
     }
 
     /// Starts a graceful shutdown: no new clients, idle ones go now, the rest when their

@@ -32,6 +32,60 @@ pub enum AdminRequest {
     KillClient(u32),
     Shutdown,
     Set { key: String, value: String },
+    Disable(String),
+    Enable(String),
+    Reconnect(Option<String>),
+    WaitClose(Option<String>),
+}
+
+/// A condition a worker reports once it holds, for console commands that wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Until {
+    /// PAUSE: the paused pools of this database (all when None) hold no server.
+    Paused(Option<String>),
+    /// WAIT_CLOSE: no server of this database (all when None) is waiting to be closed.
+    Closed(Option<String>),
+}
+
+/// What PAUSE and DISABLE hold, per database or for all: the supervisor keeps the
+/// pooler's copy and hands it to every worker it starts, so a respawned worker obeys too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holds {
+    pub paused_all: bool,
+    pub paused: std::collections::BTreeSet<String>,
+    pub disabled: std::collections::BTreeSet<String>,
+}
+
+impl Holds {
+    /// PAUSE (`on`) or RESUME; as in PgBouncer, a global RESUME leaves databases paused
+    /// by name paused.
+    pub fn pause(&mut self, db: Option<&str>, on: bool) {
+        match (db, on) {
+            (None, _) => self.paused_all = on,
+            (Some(d), true) => {
+                self.paused.insert(d.to_string());
+            }
+            (Some(d), false) => {
+                self.paused.remove(d);
+            }
+        }
+    }
+
+    pub fn is_paused(&self, db: &str) -> bool {
+        self.paused_all || self.paused.contains(db)
+    }
+
+    pub fn disable(&mut self, db: &str, on: bool) {
+        if on {
+            self.disabled.insert(db.to_string());
+        } else {
+            self.disabled.remove(db);
+        }
+    }
+
+    pub fn is_disabled(&self, db: &str) -> bool {
+        self.disabled.contains(db)
+    }
 }
 
 /// Supervisor to worker.
@@ -71,6 +125,18 @@ pub enum Command {
     KillClient {
         req: u32,
         id: u32,
+    },
+    /// DISABLE (`on`) or ENABLE: refuse or allow new clients of a database.
+    Disable {
+        db: String,
+        on: bool,
+    },
+    /// Close the servers of a database (all when None) as they are released.
+    Reconnect(Option<String>),
+    /// Answer request `req` with an empty last chunk of rows once `until` holds.
+    Wait {
+        req: u32,
+        until: Until,
     },
 }
 
@@ -138,6 +204,22 @@ impl AdminRequest {
                 put_opt_str(out, Some(key));
                 put_opt_str(out, Some(value));
             }
+            AdminRequest::Disable(db) => {
+                out.push(9);
+                put_opt_str(out, Some(db));
+            }
+            AdminRequest::Enable(db) => {
+                out.push(10);
+                put_opt_str(out, Some(db));
+            }
+            AdminRequest::Reconnect(db) => {
+                out.push(11);
+                put_opt_str(out, db.as_deref());
+            }
+            AdminRequest::WaitClose(db) => {
+                out.push(12);
+                put_opt_str(out, db.as_deref());
+            }
         }
     }
 
@@ -154,6 +236,10 @@ impl AdminRequest {
                 key: r.opt_str()?.ok_or(DecodeError("no key"))?,
                 value: r.opt_str()?.ok_or(DecodeError("no value"))?,
             },
+            9 => AdminRequest::Disable(r.opt_str()?.ok_or(DecodeError("no database"))?),
+            10 => AdminRequest::Enable(r.opt_str()?.ok_or(DecodeError("no database"))?),
+            11 => AdminRequest::Reconnect(r.opt_str()?),
+            12 => AdminRequest::WaitClose(r.opt_str()?),
             _ => return Err(DecodeError("unknown admin request")),
         })
     }
@@ -207,6 +293,25 @@ impl Command {
                 out.extend_from_slice(&req.to_be_bytes());
                 out.extend_from_slice(&id.to_be_bytes());
             }
+            Command::Disable { db, on } => {
+                out.push(11);
+                out.push(u8::from(*on));
+                put_opt_str(out, Some(db));
+            }
+            Command::Reconnect(db) => {
+                out.push(12);
+                put_opt_str(out, db.as_deref());
+            }
+            Command::Wait { req, until } => {
+                out.push(13);
+                out.extend_from_slice(&req.to_be_bytes());
+                let (code, db) = match until {
+                    Until::Paused(db) => (1, db),
+                    Until::Closed(db) => (2, db),
+                };
+                out.push(code);
+                put_opt_str(out, db.as_deref());
+            }
         }
     }
 
@@ -240,6 +345,23 @@ impl Command {
             10 => Command::KillClient {
                 req: r.u32()?,
                 id: r.u32()?,
+            },
+            11 => Command::Disable {
+                on: match r.take(1)?[0] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError("bad flag")),
+                },
+                db: r.opt_str()?.ok_or(DecodeError("no database"))?,
+            },
+            12 => Command::Reconnect(r.opt_str()?),
+            13 => Command::Wait {
+                req: r.u32()?,
+                until: match r.take(1)?[0] {
+                    1 => Until::Paused(r.opt_str()?),
+                    2 => Until::Closed(r.opt_str()?),
+                    _ => return Err(DecodeError("unknown condition")),
+                },
             },
             _ => return Err(DecodeError("unknown command")),
         };
@@ -581,6 +703,24 @@ mod tests {
             },
             Command::Kill(None),
             Command::KillClient { req: 1, id: 99 },
+            Command::Disable {
+                db: "app".into(),
+                on: true,
+            },
+            Command::Disable {
+                db: "app".into(),
+                on: false,
+            },
+            Command::Reconnect(None),
+            Command::Reconnect(Some("app".into())),
+            Command::Wait {
+                req: 5,
+                until: Until::Paused(None),
+            },
+            Command::Wait {
+                req: 6,
+                until: Until::Closed(Some("app".into())),
+            },
         ] {
             let mut b = Vec::new();
             c.encode(&mut b);
@@ -606,6 +746,22 @@ mod tests {
             Report::Admin {
                 req: 4,
                 request: AdminRequest::KillClient(7),
+            },
+            Report::Admin {
+                req: 6,
+                request: AdminRequest::Disable("db".into()),
+            },
+            Report::Admin {
+                req: 7,
+                request: AdminRequest::Enable("db".into()),
+            },
+            Report::Admin {
+                req: 8,
+                request: AdminRequest::Reconnect(None),
+            },
+            Report::Admin {
+                req: 9,
+                request: AdminRequest::WaitClose(Some("db".into())),
             },
             Report::Rows {
                 req: 5,

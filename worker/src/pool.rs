@@ -189,7 +189,7 @@ impl crate::worker::Worker {
                 .map(|p| p.expose().to_string()),
         };
         let mut pool = Pool::new(db.to_string(), server_user, target, limits);
-        pool.paused = self.paused.covers(db);
+        pool.paused = self.holds.is_paused(db);
         pool.db_idx = self.shm.name_index(crate::shm::Kind::Database, db);
         pool.user_idx = self.shm.name_index(crate::shm::Kind::User, &pool.user);
         Ok(self.pools.add(pool))

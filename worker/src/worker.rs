@@ -49,6 +49,8 @@ pub struct WorkerInit {
     /// This worker's end of its control socketpair.
     pub control: Option<OwnedFd>,
     pub shm: Arc<Shm>,
+    /// PAUSE and DISABLE in force when this worker starts.
+    pub holds: control::Holds,
 }
 
 enum Listener {
@@ -94,7 +96,10 @@ pub struct Worker {
     pub(crate) stmts: crate::prepared::Registry,
     /// Admin console requests waiting for the supervisor.
     pub(crate) console: crate::admin::Requests,
-    pub(crate) paused: crate::commands::Paused,
+    /// What PAUSE and DISABLE hold, as the supervisor last told every worker.
+    pub(crate) holds: control::Holds,
+    /// Console commands waiting on this worker: (request, condition).
+    pub(crate) waits: Vec<(u32, control::Until)>,
     /// Set once a graceful shutdown began.
     pub(crate) shutdown_since: Option<Instant>,
 }
@@ -158,7 +163,8 @@ impl Worker {
             stats: WorkerStats::default(),
             stmts: Default::default(),
             console: Default::default(),
-            paused: Default::default(),
+            holds: init.holds,
+            waits: Vec::new(),
             shutdown_since: None,
         };
         w.stats.started(&w.shm, w.slot);
@@ -192,6 +198,9 @@ impl Worker {
                 self.drive(t);
             }
             self.accept_all();
+            if !self.waits.is_empty() {
+                self.check_waits();
+            }
             if self.now >= next_tick {
                 self.janitor();
                 self.stats.flush(&self.shm, self.slot, &self.pools);
@@ -325,6 +334,9 @@ impl Worker {
                 missing,
             } => self.console_finished(req, error, missing),
             Command::Kill(db) => self.kill_db(db.as_deref()),
+            Command::Disable { db, on } => self.disable(&db, on),
+            Command::Reconnect(db) => self.reconnect(db.as_deref()),
+            Command::Wait { req, until } => self.wait_for(req, until),
             Command::KillClient { req, id } => {
                 let rows = if self.kill_client(id) {
                     vec![vec![Some("killed".to_string())]]

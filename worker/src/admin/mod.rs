@@ -268,16 +268,58 @@ impl Worker {
                 };
                 self.console_forward(ct, cmd.clone(), req)
             }
-            Cmd::Suspend
-            | Cmd::Disable(_)
-            | Cmd::Enable(_)
-            | Cmd::Reconnect(_)
-            | Cmd::WaitClose(_) => {
-                let name = format!("{cmd:?}");
-                let word = name.split('(').next().unwrap_or("").to_ascii_uppercase();
-                self.console_error(ct, &format!("{word} is not supported by pgbouncers"))
+            Cmd::Disable(ref db) | Cmd::Enable(ref db) => {
+                let on = matches!(cmd, Cmd::Disable(_));
+                let verb = if on { "disable" } else { "enable" };
+                if db.is_empty() {
+                    return self.console_error(ct, "a database is required");
+                }
+                if let Err(msg) = self.console_db_arg(db, verb) {
+                    return self.console_error(ct, &msg);
+                }
+                log::info!(
+                    "{} '{db}' from the admin console",
+                    verb.to_ascii_uppercase()
+                );
+                let req = if on {
+                    AdminRequest::Disable(db.clone())
+                } else {
+                    AdminRequest::Enable(db.clone())
+                };
+                self.console_forward(ct, cmd.clone(), req)
             }
+            Cmd::Reconnect(ref db) | Cmd::WaitClose(ref db) => {
+                let reconnect = matches!(cmd, Cmd::Reconnect(_));
+                if let Some(d) = db {
+                    let verb = if reconnect { "reconnect" } else { "wait in" };
+                    if let Err(msg) = self.console_db_arg(d, verb) {
+                        return self.console_error(ct, &msg);
+                    }
+                }
+                let req = if reconnect {
+                    AdminRequest::Reconnect(db.clone())
+                } else {
+                    AdminRequest::WaitClose(db.clone())
+                };
+                self.console_forward(ct, cmd.clone(), req)
+            }
+            Cmd::Suspend => self.console_error(
+                ct,
+                "SUSPEND is not supported by pgbouncers: restart it, or use PAUSE and RESUME",
+            ),
         }
+    }
+
+    /// A database named in a console command: PgBouncer's errors for the console itself
+    /// and for names the configuration does not have.
+    fn console_db_arg(&self, db: &str, verb: &str) -> Result<(), String> {
+        if is_console(db) {
+            return Err(format!("cannot {verb} admin db: {db}"));
+        }
+        if self.cfg.database_entry(db).is_none() {
+            return Err(format!("no such database: {db}"));
+        }
+        Ok(())
     }
 
     /// Sends a console command on to the supervisor; the client waits for its answer.
@@ -365,6 +407,10 @@ impl Worker {
                     Cmd::Resume(_) => "RESUME",
                     Cmd::Kill(_) => "KILL",
                     Cmd::KillClient(_) => "KILL_CLIENT",
+                    Cmd::Disable(_) => "DISABLE",
+                    Cmd::Enable(_) => "ENABLE",
+                    Cmd::Reconnect(_) => "RECONNECT",
+                    Cmd::WaitClose(_) => "WAIT_CLOSE",
                     _ => "SHUTDOWN",
                 };
                 self.console_done(ct, tag)

@@ -173,7 +173,8 @@ impl Worker {
                       \tSHOW LISTS|STATE|WORKERS\n\
                       \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
                       \tSET key = arg\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\
-                      \tKILL [<db>]\n\tKILL_CLIENT <client_id>\n\tSHUTDOWN";
+                      \tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]\n\
+                      \tKILL_CLIENT <client_id>\n\tSHUTDOWN\n\tWAIT_CLOSE [<db>]";
         notice(out, "Console usage", detail);
         write::command_complete(out, "SHOW");
         write::ready_for_query(out, b'I');
@@ -996,7 +997,7 @@ impl Worker {
                 s(0),
                 s(clients.get(name).copied().unwrap_or(0)),
                 s(u8::from(paused.get(name).copied().unwrap_or(false))),
-                s(0),
+                s(u8::from(self.holds.is_disabled(name))),
             ]);
         }
         let int = |n: &'static str| (n, Ty::Int4);
