@@ -123,8 +123,8 @@ class PgBouncer(Pooler):
         self.name = "PgBouncer" if procs == 1 else f"PgBouncer x{procs}"
         self.port, self.procs, self.pidfiles = port, procs, []
         for i in range(procs):
-            ini = f"{DIR}/pgbouncer{i}.ini"
-            pidfile = f"{DIR}/pgbouncer{i}.pid"
+            ini = f"{DIR}/pgbouncer-{port}-{i}.ini"
+            pidfile = f"{DIR}/pgbouncer-{port}-{i}.pid"
             with open(ini, "w") as f:
                 f.write(f"""[databases]
 bench = host=127.0.0.1 port={PG_PORT} dbname=bench
@@ -138,7 +138,7 @@ pool_mode = transaction
 default_pool_size = 20
 max_client_conn = 20000
 so_reuseport = {1 if procs > 1 else 0}
-logfile = {DIR}/pgbouncer{i}.log
+logfile = {DIR}/pgbouncer-{port}-{i}.log
 pidfile = {pidfile}
 log_connections = 0
 log_disconnections = 0
@@ -234,11 +234,36 @@ def pgbench(port, args, secs, host="127.0.0.1"):
     }
 
 
+def host_busy():
+    """Busy CPU seconds of the whole machine: every field of /proc/stat's cpu line but idle and iowait."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICK
+
+
+def postgres_pids():
+    try:
+        with open(f"{DIR}/pg/postmaster.pid") as f:
+            return tree(int(f.readline()))
+    except (FileNotFoundError, ValueError):
+        return []
+
+
 def measure(pooler, args, secs, port=None):
     u0, s0 = cpu_split(pooler.pids())
+    h0, pg0, t0 = host_busy(), sum(cpu_split(postgres_pids())), os.times()
+    w0 = time.monotonic()
     r = pgbench(port or pooler.port, args, secs)
+    r["host_busy"] = (host_busy() - h0) / (time.monotonic() - w0) / os.cpu_count()
     u1, s1 = cpu_split(pooler.pids())
+    h1, pg1, t1 = host_busy(), sum(cpu_split(postgres_pids())), os.times()
     c0, c1 = u0 + s0, u1 + s1
+    # The whole machine's CPU, split by who spent it: what bounds throughput on a shared host.
+    # Backends that exit during the run are missed in the PostgreSQL figure (none do with a
+    # warm pool); pgbench is this script's only child that finishes during the run.
+    bench_cpu = (t1.children_user + t1.children_system) - (t0.children_user + t0.children_system)
+    for key, cpu in (("host_us_per_tx", h1 - h0), ("pg_us_per_tx", pg1 - pg0), ("pgbench_us_per_tx", bench_cpu)):
+        r[key] = cpu * 1e6 / r["tx"] if r["tx"] else float("nan")
     r["cpu_s"] = c1 - c0
     # User time is the pooler's own code; system time is mostly the TCP stack working for it.
     r["user_us_per_tx"] = (u1 - u0) * 1e6 / r["tx"] if r["tx"] else float("nan")
@@ -361,6 +386,25 @@ class Report:
         return "\n".join(out)
 
 
+def throughput_bound(res):
+    """What the tps target asks of the pooler when pooler, PostgreSQL and pgbench share the CPUs.
+
+    With the host CPU-bound, tps is CPUs / (host CPU per transaction). Holding everything but the
+    pooler at what it cost next to PgBouncer gives the best tps ratio any pooler could reach here
+    (one that cost nothing), and the pooler CPU per transaction that 1.15x would need.
+    """
+    host = med([r["host_us_per_tx"] for r in res["PgBouncer"]])
+    theirs = med([r["cpu_us_per_tx"] for r in res["PgBouncer"]])
+    ours = med([r["cpu_us_per_tx"] for r in res["pgbouncers"]])
+    busy = med([r["host_busy"] for r in res["PgBouncer"]])
+    rest = host - theirs
+    return (f"Throughput bound (-S -c 50): next to PgBouncer the host was {busy:.0%} busy and spent "
+            f"{host:.1f} µs of CPU per transaction, {theirs:.1f} of them in PgBouncer ({theirs / host:.0%}). "
+            f"A pooler that cost nothing would reach at most {host / rest:.2f}x PgBouncer's tps on this host; "
+            f"at pgbouncers' {ours:.1f} µs the expectation is {host / (rest + ours):.2f}x, and 1.15x needs "
+            f"≤ {host / 1.15 - rest:.1f} µs ({(host / 1.15 - rest) / theirs:.2f}x PgBouncer's CPU per transaction).")
+
+
 def pairs_of(run, pairs, poolers):
     """Runs `run(pooler)` alternating over the poolers `pairs` times; results per pooler."""
     results = {p.name: [] for p in poolers}
@@ -377,6 +421,7 @@ def main():
     ap.add_argument("--secs", type=int, default=10)
     ap.add_argument("--idle", default="2000,10000")
     ap.add_argument("--callgrind", action="store_true", help="instructions per transaction under callgrind")
+    ap.add_argument("--perf", action="store_true", help="a system-call profile of each pooler with perf")
     ap.add_argument("--out", default=f"{DIR}/results.md")
     a = ap.parse_args()
     if a.quick:
@@ -411,9 +456,20 @@ def main():
             report.add(label, "CPU ms / 1k tx", med([r["cpu_ms_per_1k"] for r in res["pgbouncers"]]),
                        med([r["cpu_ms_per_1k"] for r in res["PgBouncer"]]), "lower",
                        0.6 if "extended" not in label else None)
-            for key, metric in (("user_us_per_tx", "user CPU µs / tx"), ("sys_us_per_tx", "kernel CPU µs / tx")):
+            for key, metric in (("user_us_per_tx", "user CPU µs / tx"), ("sys_us_per_tx", "kernel CPU µs / tx"),
+                                ("pg_us_per_tx", "PostgreSQL CPU µs / tx"), ("pgbench_us_per_tx", "pgbench CPU µs / tx"),
+                                ("host_us_per_tx", "whole host CPU µs / tx")):
                 report.add(label, metric, med([r[key] for r in res["pgbouncers"]]),
                            med([r[key] for r in res["PgBouncer"]]), "lower")
+            if "extended" not in label:
+                report.notes.append(throughput_bound(res))
+
+        if a.perf:
+            try:
+                report_perf(report, both, a)
+            except (Exception, SystemExit) as e:
+                print(f"ERROR: perf profile failed: {e}", file=sys.stderr)
+                report.notes.append(f"perf profile failed: {e}")
 
         # 3: latency added at one client, over a direct connection.
         class Direct(Pooler):
@@ -466,20 +522,26 @@ def main():
         report.add("login with PROXY v2 header (pgbouncers)", "CPU µs / login", v, d, "lower",
                    note="(ratio: with the header / without)")
 
-        # 6: two workers against two PgBouncer processes with so_reuseport.
+        # 6: two workers against two PgBouncer processes with so_reuseport, and each against
+        # its single-process self, all four interleaved: this VM's speed drifts within a
+        # sitting, so 1 and 2 processes must be measured side by side too.
         pgb2, ours2 = PgBouncer(procs=2), Pgbouncers(workers=2)
-        started += [pgb2, ours2]
-        res = pairs_of(lambda p: measure(p, ["-S", "-c", "50", "-j", "2"], a.secs), a.pairs, [pgb2, ours2])
-        raw.append(("2 processes: pgbench -S -c 50", res))
-        report.add("2 workers vs 2 PgBouncers (so_reuseport)", "tps", med([r["tps"] for r in res["pgbouncers w2"]]),
-                   med([r["tps"] for r in res["PgBouncer x2"]]), "higher", 1.0)
-        report.add("2 workers vs 2 PgBouncers (so_reuseport)", "CPU ms / 1k tx",
-                   med([r["cpu_ms_per_1k"] for r in res["pgbouncers w2"]]),
-                   med([r["cpu_ms_per_1k"] for r in res["PgBouncer x2"]]), "lower")
-        one = [r for label, res1 in raw if label == "pgbench -S -c 50" for r in res1["pgbouncers"]]
-        report.add("pgbouncers 2 workers vs 1 worker", "CPU ms / 1k tx",
-                   med([r["cpu_ms_per_1k"] for r in res["pgbouncers w2"]]), med([r["cpu_ms_per_1k"] for r in one]),
-                   "lower", 1.0, note="(ratio: 2 workers / 1 worker)")
+        pgb1, ours1 = PgBouncer(port=PGB_PORT + 1), Pgbouncers(port=OURS_PORT + 1)
+        four = [pgb2, ours2, pgb1, ours1]
+        started += four
+        res = pairs_of(lambda p: measure(p, ["-S", "-c", "50", "-j", "2"], a.secs), a.pairs, four)
+        raw.append(("1 and 2 processes: pgbench -S -c 50", res))
+
+        def m(name, key):
+            return med([r[key] for r in res[name]])
+        report.add("2 workers vs 2 PgBouncers (so_reuseport)", "tps", m("pgbouncers w2", "tps"),
+                   m("PgBouncer x2", "tps"), "higher", 1.0)
+        report.add("2 workers vs 2 PgBouncers (so_reuseport)", "CPU ms / 1k tx", m("pgbouncers w2", "cpu_ms_per_1k"),
+                   m("PgBouncer x2", "cpu_ms_per_1k"), "lower")
+        report.add("pgbouncers 2 workers vs 1 worker", "CPU ms / 1k tx", m("pgbouncers w2", "cpu_ms_per_1k"),
+                   m("pgbouncers", "cpu_ms_per_1k"), "lower", 1.0, note="(ratio: 2 workers / 1 worker)")
+        report.add("PgBouncer 2 processes vs 1", "CPU ms / 1k tx", m("PgBouncer x2", "cpu_ms_per_1k"),
+                   m("PgBouncer", "cpu_ms_per_1k"), "lower", note="(ratio: 2 processes / 1, for reference)")
         for p in started:
             p.stop()
         started.clear()
@@ -510,6 +572,69 @@ def main():
     print(f"(written to {a.out})")
     if failures:
         sys.exit(f"failed transactions in: {', '.join(failures)}")
+
+
+def perf_profile(pooler, a):
+    """Where one pooler's CPU goes under `pgbench -S -c 50`: `perf record -a -g` (cpu-clock, so it
+    works without hardware counters) during a run, its samples grouped by the system call they fall
+    in. Shares of the pooler's samples, turned into µs per transaction with the run's CPU figure."""
+    data = f"{DIR}/perf-{pooler.name.replace(' ', '_')}.data"
+    rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "2000", "-a", "-g", "-o", data,
+                            "--", "sleep", str(max(a.secs - 2, 1))],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = measure(pooler, ["-S", "-c", "50", "-j", "2"], a.secs)
+    rec.wait()
+    out = subprocess.run(["perf", "script", "-i", data, "-F", "pid,ip,sym"], capture_output=True, text=True,
+                         errors="replace").stdout
+    pids = {str(p) for p in pooler.pids()}
+    groups = {}
+    total = 0
+
+    def add(stack):
+        nonlocal total
+        total += 1
+        call = next((f[len("__x64_sys_"):] for _, f in stack if f.startswith("__x64_sys_")), None)
+        if call is None:
+            key = "outside system calls: user space" if not stack or int(stack[0][0], 16) < 1 << 63 \
+                else "outside system calls: kernel (scheduling, interrupts)"
+        elif call == "sendto" and any(f == "net_rx_action" for _, f in stack):
+            # Loopback delivers in the sender's context: the receiver's TCP input runs here.
+            key = "sendto: the receiving side's TCP input" + (
+                ", waking the receiver" if any(f == "sock_def_readable" for _, f in stack) else "")
+        else:
+            key = call
+        groups[key] = groups.get(key, 0) + 1
+
+    pid, stack = None, []
+    for line in out.splitlines() + [""]:
+        if not line.strip():
+            if pid in pids:
+                add(stack)
+            pid, stack = None, []
+        elif not line[0].isspace():
+            pid = line.split()[0]
+        else:
+            parts = line.split()
+            if len(parts) >= 2:
+                stack.append((parts[0], parts[1].split("+")[0]))
+    return r, {k: v / total for k, v in groups.items()} if total else {}, total
+
+
+def report_perf(report, poolers, a):
+    if not shutil.which("perf"):
+        print("perf not installed: no profile", file=sys.stderr)
+        return
+    lines = ["Where the CPU goes (`perf record -a -g -e cpu-clock`, one `pgbench -S -c 50` run each), "
+             "µs per transaction and share of the pooler's CPU:", "",
+             "| | " + " | ".join(p.name for p in poolers) + " |", "|---|" + "---:|" * len(poolers)]
+    profiles = [perf_profile(p, a) for p in poolers]
+    keys = sorted({k for _, shares, _ in profiles for k in shares},
+                  key=lambda k: -max(shares.get(k, 0) for _, shares, _ in profiles))
+    for k in keys:
+        cells = [f"{shares.get(k, 0) * r['cpu_us_per_tx']:.1f} ({shares.get(k, 0):.0%})" for r, shares, _ in profiles]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines.append("| all (samples) | " + " | ".join(f"{r['cpu_us_per_tx']:.1f} ({n})" for r, _, n in profiles) + " |")
+    report.notes.append("\n".join(lines))
 
 
 def report_callgrind(report, a):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks pgbouncers side by side with PgBouncer on this machine (see scripts/bench.py).
 #
-# Usage: scripts/bench.sh [--quick] [--pairs N] [--secs S] [--idle 2000,10000] [--callgrind]
+# Usage: scripts/bench.sh [--quick] [--pairs N] [--secs S] [--idle 2000,10000] [--callgrind] [--perf]
 # Installs what is missing (PostgreSQL, PgBouncer, HAProxy, asyncpg), builds the release
 # binary, then runs every scenario interleaved and prints a table of medians and ratios.
 set -euo pipefail
@@ -17,6 +17,7 @@ if ! python3 -c 'import asyncpg' 2>/dev/null; then
         die "pip install asyncpg failed"
 fi
 if [[ " $* " == *" --callgrind "* ]] && ! have valgrind; then apt_install valgrind; fi
+if [[ " $* " == *" --perf "* ]] && ! have perf; then apt_install linux-perf; fi
 cargo build --release --quiet
 # 10,000 idle clients need descriptors on both sides.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
