@@ -79,15 +79,14 @@ fn main() {
                 record.args()
             )
         });
+    // Always through LogWriter (stderr until a logfile is set), so a reload can move the log.
+    logger.target(env_logger::Target::Pipe(Box::new(
+        pgbouncers_worker::logfile::LogWriter,
+    )));
     if let Some(file) = cfg.logfile.as_deref().filter(|f| !f.is_empty()) {
-        match pgbouncers_worker::logfile::open(file) {
-            Ok(w) => {
-                logger.target(env_logger::Target::Pipe(Box::new(w)));
-            }
-            Err(e) => {
-                eprintln!("pgbouncers: logfile {file}: {e}");
-                std::process::exit(1);
-            }
+        if let Err(e) = pgbouncers_worker::logfile::open(file) {
+            eprintln!("pgbouncers: logfile {file}: {e}");
+            std::process::exit(1);
         }
     } else if args.daemon {
         eprintln!("pgbouncers: --daemon without a logfile: log output is discarded");

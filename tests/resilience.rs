@@ -506,3 +506,48 @@ fn the_log_file_is_reopened_on_reload_after_rotation() {
     assert!(old.contains("login attempt"), "{old}");
     assert!(!old.contains("configuration reloaded"), "{old}");
 }
+
+#[test]
+fn a_reload_that_names_another_log_file_moves_the_log_there_and_back_to_stderr() {
+    let pooler = PoolerSetup::new()
+        .start_with_args(&config("logfile: @DIR@/first.log\n"), &["--workers", "2"]);
+    let (first, second) = (pooler.path("first.log"), pooler.path("second.log"));
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let reloaded_everywhere = |text: &str| {
+        text.contains("INFO configuration reloaded")
+            && (0..2).all(|w| text.contains(&format!("worker {w}: configuration reloaded")))
+    };
+    let _a = pooler.connect(TRUST_USER, "", "app");
+    assert!(wait_until(secs(3), || read(&first).contains("login attempt")));
+
+    pooler.rewrite_config(&config("logfile: @DIR@/second.log\n"));
+    pooler.reload();
+    // Every process follows: the supervisor's and both workers' reload lines land in the
+    // new file, and so do later connections.
+    assert!(
+        wait_until(secs(3), || reloaded_everywhere(&read(&second))),
+        "second.log:\n{}\nfirst.log:\n{}",
+        read(&second),
+        read(&first)
+    );
+    let before = read(&first).matches("login attempt").count();
+    let _b = pooler.connect(TRUST_USER, "", "app");
+    assert!(wait_until(secs(3), || read(&second).contains("login attempt")));
+    assert_eq!(read(&first).matches("login attempt").count(), before);
+    assert!(read(&first).contains("logging to"), "{}", read(&first));
+
+    // Without a logfile the log goes back to stderr.
+    pooler.rewrite_config(&config(""));
+    pooler.reload();
+    assert!(
+        wait_until(secs(3), || reloaded_everywhere(&pooler.log())),
+        "stderr:\n{}",
+        pooler.log()
+    );
+    let in_second = read(&second).matches("login attempt").count();
+    let _c = pooler.connect(TRUST_USER, "", "app");
+    assert!(wait_until(secs(3), || pooler
+        .log()
+        .contains("login attempt")));
+    assert_eq!(read(&second).matches("login attempt").count(), in_second);
+}

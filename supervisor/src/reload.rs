@@ -71,6 +71,7 @@ impl Supervisor {
             self.resize(want)?;
         }
         let old_metrics = self.cfg.metrics_addr;
+        pgbouncers_worker::logfile::follow(cfg.logfile.as_deref());
         self.cfg = Arc::new(cfg);
         self.config_text = text;
         self.userlist = userlist;

@@ -21,6 +21,7 @@ impl Worker {
                 return;
             }
         };
+        crate::logfile::follow(cfg.logfile.as_deref());
         self.auth.replace_userlist(snap.userlist.as_deref());
         self.hba = crate::worker::parse_hba(snap.hba.as_deref());
         if cfg.pkt_buf != self.cfg.pkt_buf {

@@ -1,4 +1,5 @@
-//! The log file: opened at start and reopened on every reload, so logrotate's rename-then-SIGHUP works.
+//! The log file: opened at start, reopened on every reload (so logrotate's rename-then-SIGHUP
+//! works) and switched when a reload names another one; stderr while there is none.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -24,6 +25,32 @@ pub fn open(path: &str) -> io::Result<LogWriter> {
     Ok(LogWriter)
 }
 
+/// Follows the `logfile` setting of a configuration just applied: another path is opened
+/// and used from now on, none means stderr. A path that cannot be opened keeps the old
+/// destination, with a warning in it.
+pub fn follow(path: Option<&str>) {
+    let want = path.filter(|p| !p.is_empty()).map(PathBuf::from);
+    let current = lock().as_ref().map(|(p, _)| p.clone());
+    if want == current {
+        return;
+    }
+    let Some(want) = want else {
+        log::info!("logfile unset: logging to stderr from now on");
+        *lock() = None;
+        return;
+    };
+    match open_append(&want) {
+        Ok(file) => {
+            log::info!("logging to {} from now on", want.display());
+            *lock() = Some((want, file));
+        }
+        Err(e) => log::warn!(
+            "cannot open logfile {}: {e}; logging stays here",
+            want.display()
+        ),
+    }
+}
+
 /// Opens the log file's path again, so lines go to the new file once the old one was
 /// renamed. If it cannot be opened, logging goes on into the old file.
 pub fn reopen() {
@@ -46,16 +73,16 @@ pub fn reopen() {
     }
 }
 
-/// The logger's target. Each record reaches it as one write to an O_APPEND file, so
-/// processes never interleave within a line. Write errors (a full disk) lose lines, never
-/// service.
+/// The logger's target. Each record reaches it as one write to an O_APPEND file (or
+/// stderr), so processes never interleave within a line. Write errors (a full disk) lose
+/// lines, never service.
 pub struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match lock().as_mut() {
             Some((_, file)) => file.write(buf),
-            None => Ok(buf.len()),
+            None => io::stderr().write(buf),
         }
     }
 
