@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::wire::error_fields;
+use common::wire::{error_fields, startup_packet as startup};
 use common::*;
 use postgres::SimpleQueryMessage;
 
@@ -431,19 +431,6 @@ fn with_length(body: &[u8]) -> Vec<u8> {
     let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
     pkt.extend_from_slice(body);
     pkt
-}
-
-/// A StartupMessage with these parameters (NUL-terminated pairs, final NUL).
-fn startup(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = PROTOCOL_3_0.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    with_length(&body)
 }
 
 fn good_startup() -> Vec<u8> {

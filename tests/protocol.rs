@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
 use common::wire::error_fields;
+use common::wire::startup_packet_version as startup_packet;
 use common::*;
 use postgres::error::SqlState;
 use postgres::{NoTls, SimpleQueryMessage};
@@ -58,19 +59,6 @@ fn raw_connect(pooler: &Pooler) -> TcpStream {
     s.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
     s.set_nodelay(true).unwrap();
     s
-}
-
-/// A StartupMessage for protocol `major.minor` with `params` (in order).
-fn startup_packet(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = ((major as u32) << 16 | minor as u32).to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    with_length(body)
 }
 
 fn with_length(body: Vec<u8>) -> Vec<u8> {

@@ -4,7 +4,14 @@ use std::collections::HashMap;
 
 /// A protocol 3.0 StartupMessage with these parameters, length included.
 pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196608u32.to_be_bytes().to_vec();
+    startup_packet_version(3, 0, params)
+}
+
+/// A StartupMessage for protocol `major.minor` with these parameters (in order), length included.
+pub fn startup_packet_version(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = (u32::from(major) << 16 | u32::from(minor))
+        .to_be_bytes()
+        .to_vec();
     for (k, v) in params {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
