@@ -70,13 +70,16 @@ fn main() {
         .filter_level(level)
         .parse_default_env()
         .format(|buf, record| {
+            // Call sites escape what clients sent (logsafe::Escaped); this is the last line of
+            // defence: whatever a site missed still cannot start a line of its own.
+            let msg = record.args().to_string();
             writeln!(
                 buf,
                 "{} [{}] {} {}",
                 buf.timestamp_millis(),
                 std::process::id(),
                 record.level(),
-                record.args()
+                pgbouncers_worker::logsafe::controls(&msg)
             )
         });
     // Always through LogWriter (stderr until a logfile is set), so a reload can move the log.

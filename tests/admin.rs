@@ -2375,3 +2375,90 @@ fn reconnect_replaces_servers_as_they_are_released_and_wait_close_waits_for_it()
         t0.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------
+// SET cannot change the auth files, nor lock everyone out with hba (issue 12, item 7)
+// ---------------------------------------------------------------------------
+
+/// A SET the console must refuse: ERROR 08P01 "SET failed: …" naming `must_say`, the
+/// console still usable, and SHOW CONFIG's `key` still `before`.
+fn assert_set_refused(console: &mut Raw, key: &str, value: &str, must_say: &[&str]) {
+    let name = key.to_ascii_lowercase();
+    let before = console.query("SHOW CONFIG").table();
+    let before = before
+        .val(before.one(&[("key", &name)]), "value")
+        .to_string();
+    let q = format!("SET {key} = '{value}'");
+    let r = console.query(&q);
+    let (sev, code, msg) = r.error();
+    assert_eq!((sev, code), ("ERROR", "08P01"), "{q}: {r:?}");
+    assert!(msg.starts_with("SET failed"), "{q}: {msg}");
+    for word in must_say {
+        assert!(msg.contains(word), "{q}: {msg:?} does not say {word:?}");
+    }
+    assert_eq!(r.end, End::Ready, "{q}");
+    let after = console.query("SHOW CONFIG").table();
+    assert_eq!(
+        after.val(after.one(&[("key", &name)]), "value"),
+        before,
+        "{q}"
+    );
+}
+
+/// A fresh console login and a fresh `app` login both work, in every worker.
+fn logins_still_work(pooler: &Pooler, why: &str) {
+    for _ in 0..2 * WORKERS {
+        if let Err(e) = Raw::try_login(pooler.port(), ADMIN, ADMIN_PW, "pgbouncer") {
+            panic!("{why}: console login refused: {e:?}\n{}", pooler.log());
+        }
+        if let Err(e) = Raw::try_login(pooler.port(), APP_USER, APP_PASSWORD, APP_DB) {
+            panic!("{why}: app login refused: {e:?}\n{}", pooler.log());
+        }
+    }
+}
+
+#[test]
+fn set_of_auth_files_is_refused_and_auth_type_hba_needs_rules() {
+    // No hba file configured: its path and the auth file's cannot be SET (the supervisor
+    // reads them only on RELOAD), and auth_type hba needs one.
+    let pooler = start(&config("", ""), &[]);
+    let mut console = Raw::login(pooler.port(), ADMIN, ADMIN_PW, "pgbouncer");
+    let hba = pooler.write_file("hba.conf", "host all all 0.0.0.0/0 reject\n");
+    let hba = hba.to_str().expect("utf-8 path");
+    let edit = ["configuration file", "RELOAD"];
+    assert_set_refused(&mut console, "auth_hba_file", hba, &edit);
+    let other = pooler.write_file("other_userlist.txt", "\"x\" \"y\"\n");
+    let other = other.to_str().expect("utf-8 path");
+    assert_set_refused(&mut console, "auth_file", other, &edit);
+    assert_set_refused(&mut console, "AUTH_FILE", other, &edit);
+    assert_set_refused(&mut console, "auth_type", "hba", &["auth_hba_file"]);
+    logins_still_work(&pooler, "after the refused SETs");
+    drop(console);
+
+    // An hba file configured but empty: auth_type hba would refuse every login, the
+    // console's included, until a SIGHUP.
+    let setup = PoolerSetup::new();
+    setup.write_file("userlist.txt", &userlist(&[]));
+    setup.write_file("hba.conf", "# nothing yet\n");
+    let pooler = setup.start_with_args(
+        &config("auth_hba_file: @DIR@/hba.conf\n", ""),
+        &["--workers", &WORKERS.to_string()],
+    );
+    pooler.wait_for_children(WORKERS, secs(5));
+    let mut console = Raw::login(pooler.port(), ADMIN, ADMIN_PW, "pgbouncer");
+    assert_set_refused(
+        &mut console,
+        "auth_type",
+        "hba",
+        &["auth_hba_file", "RELOAD"],
+    );
+    logins_still_work(&pooler, "after SET auth_type = hba was refused");
+
+    // With rules loaded by RELOAD, the same SET is accepted and the rules apply.
+    pooler.write_file("hba.conf", "host all all 127.0.0.1/32 password\n");
+    let r = console.query("RELOAD");
+    assert!(r.ok(), "{r:?}");
+    let r = console.query("SET auth_type = hba");
+    assert!(r.ok(), "{r:?}");
+    logins_still_work(&pooler, "under auth_type hba");
+}

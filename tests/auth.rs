@@ -598,3 +598,360 @@ fn secrets_never_reach_the_log() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// SCRAM salts do not tell who exists (issue 12, item 4)
+// ---------------------------------------------------------------------------
+
+/// Reads one backend message: (type, body).
+fn read_msg(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    assert!((4..65536).contains(&len), "bad length {len}");
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body)?;
+    Ok((head[0], body))
+}
+
+fn frontend_msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// What one SCRAM login shows before any password: the server-first-message's
+/// salt (base64) and iteration count, and the client port (to find its worker).
+struct Offer {
+    salt: String,
+    iterations: String,
+    port: u16,
+}
+
+/// Starts a SCRAM exchange as `user`, reads the server-first-message, and hangs up.
+fn scram_offer(pooler: &Pooler, user: &str) -> Offer {
+    let mut s = TcpStream::connect(("127.0.0.1", pooler.port())).expect("connect");
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    let port = s.local_addr().unwrap().port();
+    s.write_all(&startup_packet(user, "app")).unwrap();
+    let (tag, body) = read_msg(&mut s).expect("the first auth request");
+    assert_eq!(
+        (tag, &body[..4]),
+        (b'R', &AUTH_SASL.to_be_bytes()[..]),
+        "{user}: not a SASL request"
+    );
+    let client_first = b"n,,n=,r=fyko+d2lbbFgONRv9qkxdawL";
+    let mut init = b"SCRAM-SHA-256\0".to_vec();
+    init.extend_from_slice(&(client_first.len() as u32).to_be_bytes());
+    init.extend_from_slice(client_first);
+    s.write_all(&frontend_msg(b'p', &init)).unwrap();
+    let (tag, body) = read_msg(&mut s).expect("server-first-message");
+    assert_eq!(
+        (tag, &body[..4]),
+        (b'R', &11u32.to_be_bytes()[..]),
+        "{user}"
+    );
+    let text = String::from_utf8(body[4..].to_vec()).expect("utf-8 server-first");
+    let attr = |name: &str| {
+        text.split(',')
+            .find_map(|a| a.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{user}: no {name} in {text:?}"))
+            .to_string()
+    };
+    Offer {
+        salt: attr("s="),
+        iterations: attr("i="),
+        port,
+    }
+}
+
+/// Bytes that standard padded base64 `b64` decodes to.
+fn b64_len(b64: &str) -> usize {
+    b64.len() / 4 * 3 - b64.bytes().rev().take_while(|&b| b == b'=').count()
+}
+
+/// The worker that logged the close of the client on local port `port`.
+fn worker_of(log: &str, port: u16) -> Option<String> {
+    let needle = format!("@127.0.0.1:{port}: closing because");
+    log.lines()
+        .filter(|l| l.contains(&needle))
+        .find_map(|l| l.rsplit("worker=").next().map(|w| w.trim().to_string()))
+}
+
+#[test]
+fn scram_salt_is_one_per_user_in_every_worker_known_or_not() {
+    const LOGINS: usize = 40;
+    let yaml = config("scram-sha-256", true, "", &db_line("app", ""));
+    let setup = PoolerSetup::new();
+    let users = [
+        // A plaintext password: the pooler derives the SCRAM secret, and so the salt.
+        userlist_entry(APP_USER, APP_PASSWORD),
+        // An md5 hash under scram-sha-256: a mock exchange, as for an unknown user.
+        userlist_entry(MD5_USER, &md5_secret(MD5_PASSWORD, MD5_USER)),
+    ];
+    setup.write_file("userlist.txt", &format!("{}\n", users.join("\n")));
+    let pooler = setup.start_with_args(&yaml, &["--workers", "2"]);
+    pooler.wait_for_children(2, secs(5));
+
+    let mut offers: Vec<(&str, Offer)> = Vec::new();
+    for _ in 0..LOGINS {
+        for user in [APP_USER, MD5_USER, NOBODY] {
+            offers.push((user, scram_offer(&pooler, user)));
+        }
+    }
+    // Every login landed somewhere, and the kernel spread them over both workers.
+    let mut log = String::new();
+    let all_logged = wait_until(secs(10), || {
+        log = pooler.log();
+        offers
+            .iter()
+            .all(|(_, o)| worker_of(&log, o.port).is_some())
+    });
+    assert!(all_logged, "not every close was logged:\n{log}");
+    for user in [APP_USER, MD5_USER, NOBODY] {
+        let mine = offers.iter().filter(|(u, _)| *u == user);
+        let workers: std::collections::BTreeSet<String> = mine
+            .clone()
+            .filter_map(|(_, o)| worker_of(&log, o.port))
+            .collect();
+        assert_eq!(
+            workers.len(),
+            2,
+            "{user}: all logins in worker(s) {workers:?}"
+        );
+        let salts: std::collections::BTreeSet<&str> =
+            mine.clone().map(|(_, o)| o.salt.as_str()).collect();
+        let counts: std::collections::BTreeSet<&str> =
+            mine.map(|(_, o)| o.iterations.as_str()).collect();
+        assert_eq!(
+            salts.len(),
+            1,
+            "{user}: {} salts over {LOGINS} logins",
+            salts.len()
+        );
+        assert_eq!(counts.len(), 1, "{user}: iteration counts {counts:?}");
+    }
+    // Known or not, the offer has the same shape: salt length and iteration count.
+    let first = |user: &str| &offers.iter().find(|(u, _)| *u == user).unwrap().1;
+    let (known, md5, unknown) = (first(APP_USER), first(MD5_USER), first(NOBODY));
+    for other in [md5, unknown] {
+        assert_eq!(b64_len(&other.salt), b64_len(&known.salt));
+        assert_eq!(other.salt.len(), known.salt.len());
+        assert_eq!(other.iterations, known.iterations);
+    }
+    assert_eq!(b64_len(&known.salt), 16);
+    assert_eq!(known.iterations, "4096");
+    assert_ne!(known.salt, unknown.salt, "every user has a salt of its own");
+
+    // A reload keeps every salt (the key is made once, at start).
+    pooler.reload();
+    assert!(pooler.wait_for_log("configuration reloaded", secs(5)));
+    for (user, before) in [(APP_USER, known), (MD5_USER, md5), (NOBODY, unknown)] {
+        assert_eq!(
+            scram_offer(&pooler, user).salt,
+            before.salt,
+            "{user} after reload"
+        );
+    }
+    // And the derived secret still logs the right password in.
+    let mut c = pooler.connect(APP_USER, APP_PASSWORD, "app");
+    assert_eq!(current_user(&mut c), APP_USER);
+}
+
+// ---------------------------------------------------------------------------
+// Cleartext logins of SCRAM users (issue 12: plain with a SCRAM secret)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn cleartext_login_of_a_scram_user_works_and_caches_no_failure() {
+    let pg = shared_pg();
+    // auth_type plain, the auth file holding PostgreSQL's own SCRAM secret: the pooler
+    // checks the password against the secret, and the ClientKey that check yields logs
+    // it in to PostgreSQL (no SCRAM login came first to leave one).
+    let yaml = config("plain", true, "", &db_line("app", ""));
+    let pooler = start(&yaml, &[pg.userlist_line(APP_USER)], &[]);
+    assert_eq!(
+        first_auth_request(&pooler, APP_USER, "app"),
+        Ok(AUTH_CLEARTEXT)
+    );
+    assert_login_fails(
+        pooler.try_connect(APP_USER, "not-the-password", "app"),
+        &SqlState::INVALID_PASSWORD,
+        &auth_failed_message(APP_USER),
+        "plain, wrong password",
+    );
+    let mut first = pooler
+        .try_connect(APP_USER, APP_PASSWORD, "app")
+        .unwrap_or_else(|e| panic!("plain, right password: {e:?}\n{}", pooler.log()));
+    // At once, a second client needs a second server login.
+    let mut second = pooler.connect(APP_USER, APP_PASSWORD, "app");
+    assert_eq!(current_user(&mut first), APP_USER);
+    assert_eq!(current_user(&mut second), APP_USER);
+    drop((first, second));
+
+    // hba: a cleartext login over the Unix socket and SCRAM over TCP, same pool. The
+    // cleartext one, first, must neither fail nor leave a cached failure for the other.
+    let setup = PoolerSetup::new();
+    setup.write_file("userlist.txt", &format!("{}\n", pg.userlist_line(APP_USER)));
+    setup.write_file(
+        "hba.conf",
+        "local all all password\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    );
+    let extra = "auth_hba_file: @DIR@/hba.conf\nunix_socket_dir: @DIR@\n";
+    let pooler = setup.start_with_args(
+        &config("hba", true, extra, &db_line("app", "")),
+        &["--workers", "1"],
+    );
+    let unix = |password: &str| {
+        let mut c = postgres::Config::new();
+        c.host_path(pooler.dir())
+            .port(pooler.port())
+            .user(APP_USER)
+            .dbname("app")
+            .password(password)
+            .connect_timeout(secs(10));
+        c.connect(postgres::NoTls)
+    };
+    assert_login_fails(
+        unix("not-the-password"),
+        &SqlState::INVALID_PASSWORD,
+        &auth_failed_message(APP_USER),
+        "hba password, wrong password",
+    );
+    let mut cleartext =
+        unix(APP_PASSWORD).unwrap_or_else(|e| panic!("hba password: {e:?}\n{}", pooler.log()));
+    let mut scram = pooler
+        .try_connect(APP_USER, APP_PASSWORD, "app")
+        .unwrap_or_else(|e| panic!("hba scram after cleartext: {e:?}\n{}", pooler.log()));
+    assert_eq!(current_user(&mut cleartext), APP_USER);
+    assert_eq!(current_user(&mut scram), APP_USER);
+    assert!(
+        !pooler.log().contains("server login failed"),
+        "{}",
+        pooler.log()
+    );
+}
+
+/// A trust login of a user whose auth-file entry is a SCRAM secret cannot log the pooler
+/// in to PostgreSQL until a SCRAM login brings the user's key. That failure is the
+/// pooler's, not PostgreSQL's: it must not be cached to refuse the SCRAM login that would
+/// fix it, and afterwards trust logins work.
+#[test]
+fn a_trust_login_without_a_key_caches_no_failure() {
+    let pg = shared_pg();
+    let setup = PoolerSetup::new();
+    setup.write_file("userlist.txt", &format!("{}\n", pg.userlist_line(APP_USER)));
+    setup.write_file(
+        "hba.conf",
+        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    );
+    let extra = "auth_hba_file: @DIR@/hba.conf\nunix_socket_dir: @DIR@\nserver_login_retry: 30\n";
+    let pooler = setup.start_with_args(
+        &config("hba", true, extra, &db_line("app", "")),
+        &["--workers", "1"],
+    );
+    let unix = || {
+        let mut c = postgres::Config::new();
+        c.host_path(pooler.dir())
+            .port(pooler.port())
+            .user(APP_USER)
+            .dbname("app")
+            .connect_timeout(secs(10));
+        c.connect(postgres::NoTls)
+    };
+    let Err(err) = unix() else {
+        panic!("no key yet: the server login cannot succeed")
+    };
+    assert!(
+        format!("{err:?}").contains("no password"),
+        "{err:?}\n{}",
+        pooler.log()
+    );
+    let mut scram = pooler
+        .try_connect(APP_USER, APP_PASSWORD, "app")
+        .unwrap_or_else(|e| panic!("SCRAM after a keyless trust login: {e:?}\n{}", pooler.log()));
+    assert_eq!(current_user(&mut scram), APP_USER);
+    let mut trust = unix().unwrap_or_else(|e| panic!("trust with the key known: {e:?}"));
+    assert_eq!(current_user(&mut trust), APP_USER);
+}
+
+// ---------------------------------------------------------------------------
+// Log injection (issue 12, item 8)
+// ---------------------------------------------------------------------------
+
+/// Sends a startup packet with `params`, answers a cleartext request with
+/// `password`, and reads until the pooler closes (or greets) the connection.
+fn raw_attempt(pooler: &Pooler, params: &[(&str, &str)], password: &str) {
+    let mut s = TcpStream::connect(("127.0.0.1", pooler.port())).expect("connect");
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    s.write_all(&common::wire::startup_packet(params)).unwrap();
+    while let Ok((tag, body)) = read_msg(&mut s) {
+        match tag {
+            b'R' if body[..4] == AUTH_CLEARTEXT.to_be_bytes() => {
+                let mut pw = password.as_bytes().to_vec();
+                pw.push(0);
+                s.write_all(&frontend_msg(b'p', &pw)).unwrap();
+            }
+            b'E' | b'Z' => return,
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn client_supplied_text_cannot_forge_log_lines() {
+    let yaml = config("plain", true, "admin_users: [app]\n", &db_line("app", ""));
+    let pooler = start(&yaml, &[userlist_entry(APP_USER, APP_PASSWORD)], &["-v"]);
+    // Before any authentication: names in the startup packet.
+    raw_attempt(
+        &pooler,
+        &[("user", "evil\nFAKE LINE 1"), ("database", "x\ry\\z")],
+        "",
+    );
+    raw_attempt(
+        &pooler,
+        &[("user", "evil\nFAKE LINE 2"), ("database", "app")],
+        "wrong",
+    );
+    raw_attempt(
+        &pooler,
+        &[
+            ("user", APP_USER),
+            ("database", "app"),
+            ("FAKE\nLINE 3", "v"),
+        ],
+        "",
+    );
+    // The console quotes queries and database names in its errors.
+    let mut console = pooler.connect(APP_USER, APP_PASSWORD, "pgbouncer");
+    assert!(console.simple_query("FOO\nFAKE LINE 4").is_err());
+    assert!(console.simple_query("DISABLE \"x\nFAKE LINE 5\"").is_err());
+    drop(console);
+
+    let escaped = [
+        r"evil\nFAKE LINE 1",
+        r"x\ry\\z",
+        r"evil\nFAKE LINE 2",
+        r"FAKE\nLINE 3",
+        r"FOO\nFAKE LINE 4",
+        r"x\nFAKE LINE 5",
+    ];
+    let mut log = String::new();
+    let all = wait_until(secs(5), || {
+        log = pooler.log();
+        escaped.iter().all(|e| log.contains(e))
+    });
+    let missing: Vec<&&str> = escaped.iter().filter(|e| !log.contains(**e)).collect();
+    assert!(all, "escaped forms {missing:?} not in the log:\n{log}");
+    for line in log.lines() {
+        assert!(
+            !line.starts_with("FAKE") && !line.starts_with("LINE"),
+            "a forged log line: {line:?}\n{log}"
+        );
+    }
+    assert!(
+        !log.contains('\r'),
+        "a raw carriage return in the log:\n{log:?}"
+    );
+}

@@ -54,6 +54,7 @@ impl Supervisor {
             ];
             shm.set_averages(i, avg);
             if self.cfg.log_stats {
+                let name = pgbouncers_worker::logsafe::Escaped(&name);
                 log::info!(
                     "[{name}] stats: {} xacts/s, {} queries/s, in {} B/s, out {} B/s, xact {} us, query {} us, wait {} us",
                     avg[0], avg[1], avg[2], avg[3], avg[4], avg[5], avg[6]

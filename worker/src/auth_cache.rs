@@ -5,14 +5,17 @@ use std::collections::HashMap;
 
 pub struct AuthCache {
     userlist: Userlist,
-    /// SCRAM secrets derived from plaintext passwords with a random salt, so a login
-    /// costs a few HMACs instead of PBKDF2. Kept with the password they came from, so a
-    /// reload that changes the password is noticed at the next login.
+    /// SCRAM secrets derived from plaintext passwords, so a login costs a few HMACs
+    /// instead of PBKDF2. The salt is [`crate::auth::scram::user_salt`], not random: every
+    /// worker shows a user the same salt, the one an unknown user's mock exchange would
+    /// show, so counting salts over many logins tells nothing. Kept with the password they
+    /// came from, so a reload that changes the password is noticed at the next login.
     derived: HashMap<String, (String, ScramSecret)>,
     /// ClientKeys recovered from clients' SCRAM logins, for pass-through to PostgreSQL,
     /// with the ServerKey of the secret they were checked against.
     client_keys: HashMap<String, ([u8; 32], [u8; 32])>,
-    /// Salt and keys of mock exchanges for unknown users; the same in every worker.
+    /// Salt and keys of mock exchanges for unknown users, and the salt of secrets derived
+    /// from plaintext passwords; made once by the supervisor, the same in every worker.
     pub mock_key: [u8; 32],
 }
 
@@ -54,7 +57,7 @@ impl AuthCache {
             Secret::Plain(p) => {
                 let fresh = self.derived.get(user).is_some_and(|(pw, _)| pw == p);
                 if !fresh {
-                    let s = ScramSecret::generate_for_password(p).ok()?;
+                    let s = ScramSecret::for_user_password(user, p, &self.mock_key);
                     self.derived.insert(user.to_string(), (p.clone(), s));
                 }
                 self.derived.get(user).map(|(_, s)| s)
@@ -76,5 +79,76 @@ impl AuthCache {
             .get(user)
             .filter(|(sk, _)| sk == server_key)
             .map(|(_, ck)| *ck)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::scram::{user_salt, DEFAULT_ITERATIONS};
+    use crate::auth::{Nonce, ScramClient, ScramServer};
+
+    /// The `s=` and `i=` of the server-first-message `server` answers a client with.
+    fn offered(server: &mut ScramServer) -> (String, String) {
+        let first = server
+            .handle_client_first(b"n,,n=,r=clientnonce")
+            .expect("server-first");
+        let text = String::from_utf8(first).expect("utf-8");
+        let attr = |name: &str| {
+            text.split(',')
+                .find_map(|a| a.strip_prefix(name))
+                .expect("attribute")
+                .to_string()
+        };
+        (attr("s="), attr("i="))
+    }
+
+    fn nonce() -> Nonce {
+        Nonce::new("servernonce").expect("nonce")
+    }
+
+    #[test]
+    fn a_plaintext_user_gets_one_salt_in_every_worker_the_one_a_stranger_would_get() {
+        let key = [7u8; 32];
+        let text = "\"known\" \"pw\"\n\"md5user\" \"md5b4e3cd7c4e1e5a3d3f1cfc0f4e0c1d2a\"\n";
+        // Two workers: same key from the supervisor, separate caches.
+        let mut one = AuthCache::from_text(Some(text), key);
+        let mut two = AuthCache::from_text(Some(text), key);
+        let a = one.scram_secret("known").expect("derived").clone();
+        let b = two.scram_secret("known").expect("derived").clone();
+        assert_eq!(a, b, "two workers derived different secrets");
+        assert_eq!(a.salt, user_salt("known", &key));
+        assert_eq!(a.iterations, DEFAULT_ITERATIONS);
+
+        // Listed with a password, unknown, or an md5 hash (mock exchange): the same shape,
+        // and the known user's salt is exactly what the mock shows for that name.
+        let known = offered(&mut ScramServer::new(&a, nonce()));
+        let stranger = offered(&mut ScramServer::mock("known", &key, nonce()));
+        assert_eq!(known, stranger);
+        assert!(one.scram_secret("md5user").is_none());
+        let md5 = offered(&mut ScramServer::mock("md5user", &key, nonce()));
+        let nobody = offered(&mut ScramServer::mock("nobody", &key, nonce()));
+        assert_eq!(md5.0.len(), known.0.len());
+        assert_eq!(nobody.0.len(), known.0.len());
+        assert_eq!((&md5.1, &nobody.1), (&known.1, &known.1));
+
+        // The derived secret still logs the right password in.
+        let mut server = ScramServer::new(&a, nonce());
+        let mut client = ScramClient::with_password("pw", Nonce::new("cli").expect("nonce"));
+        let first = server.handle_client_first(&client.client_first()).unwrap();
+        let last = client.handle_server_first(&first).unwrap();
+        assert!(server.handle_client_final(&last).is_ok());
+    }
+
+    #[test]
+    fn another_key_gives_other_salts() {
+        let text = "\"known\" \"pw\"\n";
+        let a = AuthCache::from_text(Some(text), [1; 32])
+            .scram_secret("known")
+            .cloned();
+        let b = AuthCache::from_text(Some(text), [2; 32])
+            .scram_secret("known")
+            .cloned();
+        assert_ne!(a.expect("a").salt, b.expect("b").salt);
     }
 }

@@ -14,6 +14,7 @@ mod intern;
 mod janitor;
 mod link;
 pub mod logfile;
+pub mod logsafe;
 pub mod params;
 mod pool;
 mod prepared;

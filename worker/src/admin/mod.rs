@@ -7,6 +7,7 @@ mod show;
 
 use crate::client::{CState, Close};
 use crate::control::{decode_rows, AdminRequest, Report, Row, What};
+use crate::logsafe::Escaped;
 use crate::wire::write::{self, Severity};
 use crate::wire::{frame, sqlstate};
 use crate::worker::{Conn, Worker};
@@ -172,7 +173,8 @@ impl Worker {
             return;
         };
         if self.cfg.log_pooler_errors {
-            log::info!("{}: console error: {msg}", c.name());
+            // The message can quote the query (an invalid command, a database name).
+            log::info!("{}: console error: {}", c.name(), Escaped(msg));
         }
         let out = c.io.wbuf.vec(&mut self.bufs);
         write::error_response(out, Severity::Error, code, msg);
@@ -262,6 +264,9 @@ impl Worker {
                 self.console_forward(ct, cmd.clone(), AdminRequest::Shutdown)
             }
             Cmd::Set { ref key, ref value } => {
+                if let Some(why) = self.set_refused(key, value) {
+                    return self.console_error(ct, &format!("SET failed: {why}"));
+                }
                 let req = AdminRequest::Set {
                     key: key.clone(),
                     value: value.clone(),
@@ -278,8 +283,9 @@ impl Worker {
                     return self.console_error(ct, &msg);
                 }
                 log::info!(
-                    "{} '{db}' from the admin console",
-                    verb.to_ascii_uppercase()
+                    "{} '{}' from the admin console",
+                    verb.to_ascii_uppercase(),
+                    Escaped(db)
                 );
                 let req = if on {
                     AdminRequest::Disable(db.clone())
@@ -307,6 +313,25 @@ impl Worker {
                 ct,
                 "SUSPEND is not supported by pgbouncers: restart it, or use PAUSE and RESUME",
             ),
+        }
+    }
+
+    /// Why a SET must be refused here rather than applied. The supervisor reads the auth and
+    /// hba files at start and on RELOAD only, so a SET of their paths would show in SHOW
+    /// CONFIG and never be loaded; and `auth_type hba` with no hba rules loaded would refuse
+    /// every login, the console's own included, until a SIGHUP.
+    fn set_refused(&self, key: &str, value: &str) -> Option<String> {
+        let key = key.to_ascii_lowercase();
+        match key.as_str() {
+            "auth_file" | "auth_hba_file" => Some(format!(
+                "{key} cannot be changed with SET: edit it in the configuration file and RELOAD"
+            )),
+            "auth_type" if value.trim().eq_ignore_ascii_case("hba") && self.hba.is_empty() => Some(
+                "auth_type hba needs the rules of an auth_hba_file and none are loaded: \
+                     set auth_hba_file in the configuration file and RELOAD"
+                    .into(),
+            ),
+            _ => None,
         }
     }
 

@@ -322,8 +322,6 @@ impl ScramSecret {
     }
 
     /// [`ScramSecret::from_password`] with a fresh random 16-byte salt and 4096 iterations.
-    /// Meant to run once per plaintext auth-file user, the result cached, so that a
-    /// client login costs only HMACs.
     pub fn generate_for_password(password: &str) -> Result<ScramSecret, ScramError> {
         let salt: [u8; DEFAULT_SALT_LEN] = random_bytes()?;
         Ok(ScramSecret::from_password(
@@ -333,13 +331,35 @@ impl ScramSecret {
         ))
     }
 
+    /// The secret for a plaintext auth-file password, with the salt [`user_salt`] gives
+    /// `username` and 4096 iterations: exactly the salt and count a [`ScramServer::mock`]
+    /// exchange shows for the same name, so a server-first-message never tells a listed
+    /// user from an unknown one, and it is the same in every worker and every login.
+    /// Costs PBKDF2: run it once per user and password, and cache the result.
+    pub fn for_user_password(
+        username: &str,
+        password: &str,
+        salt_key: &[u8; KEY_LEN],
+    ) -> ScramSecret {
+        ScramSecret::from_password(password, &user_salt(username, salt_key), DEFAULT_ITERATIONS)
+    }
+
+    /// The `ClientKey` that `password` yields under this secret, if the password is right
+    /// (both keys compared in constant time). A cleartext login checked this way gives the
+    /// pooler what a SCRAM login would have given it: the key for a SCRAM pass-through login
+    /// to PostgreSQL. Costs `self.iterations` PBKDF2 rounds.
+    pub fn client_key_for_password(&self, password: &str) -> Option<[u8; KEY_LEN]> {
+        let salted = salted_password(password, &self.salt, self.iterations);
+        let (client_key, server_key) = keys_from_salted(&salted);
+        let stored = sha256(&client_key).ct_eq(&self.stored_key);
+        let server = server_key.ct_eq(&self.server_key);
+        bool::from(stored & server).then_some(client_key)
+    }
+
     /// Does `password` produce this secret? For cleartext logins (`auth_type=plain`)
     /// against a SCRAM secret. Costs `self.iterations` PBKDF2 rounds.
     pub fn verify_password(&self, password: &str) -> bool {
-        let candidate = ScramSecret::from_password(password, &self.salt, self.iterations);
-        let stored = candidate.stored_key.ct_eq(&self.stored_key);
-        let server = candidate.server_key.ct_eq(&self.server_key);
-        (stored & server).into()
+        self.client_key_for_password(password).is_some()
     }
 
     /// PostgreSQL's text form. It contains the keys: never log it.
@@ -859,17 +879,27 @@ impl ScramServer {
     }
 }
 
+/// The salt the pooler shows `username` whenever it has no stored salt of its own: for a
+/// plaintext auth-file password ([`ScramSecret::for_user_password`]) and for a mock exchange
+/// (unknown users, md5 hashes). An HMAC of the name under a key the supervisor makes once at
+/// start, so it is stable across logins, workers and reloads, unguessable without the key,
+/// and made the same way whether or not the user exists.
+pub fn user_salt(username: &str, key: &[u8; KEY_LEN]) -> [u8; DEFAULT_SALT_LEN] {
+    let full = hmac(key, &[b"pgbouncers mock salt\0", username.as_bytes()]);
+    let mut salt = [0u8; DEFAULT_SALT_LEN];
+    for (s, f) in salt.iter_mut().zip(full) {
+        *s = f;
+    }
+    salt
+}
+
 /// Salt, ClientKey and ServerKey of a mock exchange: stable per user, unguessable
 /// without `mock_key`.
 fn mock_material(
     username: &str,
     mock_key: &[u8; KEY_LEN],
 ) -> ([u8; DEFAULT_SALT_LEN], [u8; KEY_LEN], [u8; KEY_LEN]) {
-    let full = hmac(mock_key, &[b"pgbouncers mock salt\0", username.as_bytes()]);
-    let mut salt = [0u8; DEFAULT_SALT_LEN];
-    for (s, f) in salt.iter_mut().zip(full) {
-        *s = f;
-    }
+    let salt = user_salt(username, mock_key);
     let salted = hmac(mock_key, &[b"pgbouncers mock key\0", username.as_bytes()]);
     let (client_key, server_key) = keys_from_salted(&salted);
     (salt, client_key, server_key)
@@ -1917,6 +1947,33 @@ mod tests {
                 "secret {text:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_cleartext_password_yields_the_client_key_a_scram_login_would() {
+        let secret = cheap_secret("hunter2");
+        let key = secret
+            .client_key_for_password("hunter2")
+            .expect("right password");
+        assert_eq!(sha256(&key), secret.stored_key);
+        assert!(secret.client_key_for_password("hunter3").is_none());
+        // The same key a SCRAM exchange with that password recovers.
+        let mut server = ScramServer::new(&secret, nonce("SRV"));
+        let mut client = ScramClient::with_password("hunter2", nonce("cli"));
+        let success = our_exchange(&mut client, &mut server).expect("login");
+        assert_eq!(success.client_key, key);
+    }
+
+    #[test]
+    fn user_salt_is_the_mock_salt_and_for_user_password_uses_it() {
+        let key = [3u8; KEY_LEN];
+        let (mock_salt, _, _) = mock_material("ann", &key);
+        assert_eq!(user_salt("ann", &key), mock_salt);
+        assert_ne!(user_salt("bob", &key), mock_salt);
+        let secret = ScramSecret::for_user_password("ann", "pw", &key);
+        assert_eq!(secret.salt, mock_salt);
+        assert_eq!(secret.iterations, DEFAULT_ITERATIONS);
+        assert!(secret.verify_password("pw"));
     }
 
     #[test]
