@@ -1,5 +1,6 @@
 //! The process table: forking workers into slots, reaping them, respawning with backoff.
 
+use crate::channel::Channel;
 use crate::{title, Supervisor, EXIT_NO_RESPAWN};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -18,8 +19,8 @@ pub(crate) struct Slot {
     /// Consecutive quick deaths, for the respawn backoff.
     pub crashes: u32,
     pub respawn_at: Option<Instant>,
-    /// The supervisor's end of this slot's control channel.
-    pub ctl: Option<OwnedFd>,
+    /// The supervisor's end of this slot's control channel, with what waits to go out.
+    pub ctl: Option<Channel>,
     /// Asked to stop because `workers` shrank: not respawned.
     pub retiring: bool,
 }
@@ -64,7 +65,7 @@ impl Supervisor {
                 let _ = self
                     .poll
                     .registry()
-                    .deregister(&mut mio::unix::SourceFd(&ctl.as_raw_fd()));
+                    .deregister(&mut mio::unix::SourceFd(&ctl.raw()));
             }
             if self.stopping.is_some() || slot.retiring {
                 log::info!("worker {n} (pid {pid}) {how}");
@@ -130,21 +131,28 @@ impl Supervisor {
     /// Forks a worker for slot `n`; the child never returns from here.
     fn spawn(&mut self, n: usize) -> std::io::Result<Pid> {
         let (ours, theirs) = control::pair()?;
+        // Writable too: messages queued while the channel was full go out when it drains.
         self.poll.registry().register(
             &mut mio::unix::SourceFd(&ours.as_raw_fd()),
             mio::Token(CONTROL_BASE + n),
-            mio::Interest::READABLE,
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
         )?;
         // SAFETY: the supervisor is single-threaded, so the child may run arbitrary code.
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => {
                 drop(theirs);
-                self.slots[n].ctl = Some(ours);
+                self.slots[n].ctl = Some(Channel::new(ours));
                 Ok(child)
             }
             Ok(ForkResult::Child) => {
                 drop(ours);
-                let code = self.worker_main(n, theirs);
+                self.close_supervisor_fds();
+                // The child never returns into the supervisor's loop, even on a panic:
+                // it would run a second supervisor (and remove the pid file on exit).
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.worker_main(n, theirs)
+                }))
+                .unwrap_or(1);
                 std::process::exit(code);
             }
             Err(e) => {
@@ -155,6 +163,23 @@ impl Supervisor {
                 Err(e.into())
             }
         }
+    }
+
+    /// In a child just forked: closes every descriptor that belongs to the supervisor, so a
+    /// worker holds only its own. There is no exec, so close-on-exec does nothing here.
+    /// A metrics socket left open in a worker would keep an old `metrics_addr` accepting
+    /// (and never answering) after a reload moves it, and make moving back fail.
+    fn close_supervisor_fds(&mut self) {
+        // Dropping the signal pipe also unregisters the supervisor's handlers; the worker
+        // sets its own dispositions next.
+        self.signals = None;
+        self.poll.0 = None;
+        self.metrics.listener = None;
+        self.metrics.conns.clear();
+        for s in &mut self.slots {
+            s.ctl = None;
+        }
+        // The other slots' listeners go once this one's are cloned, in worker_main.
     }
 
     /// The child side of a fork: becomes worker `n` and runs its loop.
@@ -203,13 +228,10 @@ impl Supervisor {
                 listeners.push(ListenSocket::Unix(l));
             }
         }
-        // Every other socket and channel belongs to someone else.
+        // Every other socket belongs to someone else.
         self.listeners.tcp.clear();
         self.listeners.unix = None;
         self.listeners.unix_path = None;
-        for s in &mut self.slots {
-            s.ctl = None;
-        }
         let init = WorkerInit {
             slot: n,
             config: self.cfg.clone(),

@@ -99,7 +99,7 @@ impl Supervisor {
             AdminRequest::Reconnect(db) => {
                 log::info!(
                     "RECONNECT {} from the admin console",
-                    db.as_deref().unwrap_or("(all databases)")
+                    pgbouncers_worker::logsafe::Escaped(db.as_deref().unwrap_or("(all databases)"))
                 );
                 self.broadcast(&Command::Reconnect(db));
                 done(self, None);
@@ -110,7 +110,7 @@ impl Supervisor {
             AdminRequest::Kill(db) => {
                 log::info!(
                     "KILL {} from the admin console",
-                    db.as_deref().unwrap_or("(all databases)")
+                    pgbouncers_worker::logsafe::Escaped(db.as_deref().unwrap_or("(all databases)"))
                 );
                 self.broadcast(&Command::Kill(db));
                 done(self, None);
@@ -119,7 +119,11 @@ impl Supervisor {
             AdminRequest::Set { key, value } => {
                 let r = self.set_runtime(&key, &value);
                 if let Err(e) = &r {
-                    log::warn!("SET {key} from the admin console failed: {e}");
+                    log::warn!(
+                        "SET {} from the admin console failed: {}",
+                        pgbouncers_worker::logsafe::Escaped(&key),
+                        pgbouncers_worker::logsafe::Escaped(e)
+                    );
                 }
                 done(self, r.err());
             }
@@ -263,14 +267,18 @@ impl Supervisor {
     fn set_runtime(&mut self, key: &str, value: &str) -> Result<(), String> {
         let text = set_key(&self.config_text, key, value)?;
         let cfg =
-            pgbouncers_worker::config::Config::from_yaml_str(&text).map_err(|e| e.to_string())?;
+            pgbouncers_worker::config::Config::from_file_text(&text).map_err(|e| e.to_string())?;
         if let Some(k) =
             pgbouncers_worker::config::restart_required_changes(&self.cfg, &cfg).first()
         {
             return Err(format!("{k} can only change with a restart"));
         }
         self.apply(text, cfg, self.userlist.clone(), self.hba.clone())?;
-        log::info!("SET {key} = {value} applied from the admin console");
+        log::info!(
+            "SET {} = {} applied from the admin console",
+            pgbouncers_worker::logsafe::Escaped(key),
+            pgbouncers_worker::logsafe::Escaped(value)
+        );
         Ok(())
     }
 }

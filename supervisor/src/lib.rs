@@ -4,6 +4,7 @@
 //! (signal-hook); one flat loop acts on signals, worker exits and control messages.
 
 mod averages;
+mod channel;
 mod children;
 mod console;
 pub mod daemon;
@@ -19,8 +20,8 @@ use pgbouncers_worker::control::{self, Command, Report};
 use pgbouncers_worker::shm::Shm;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,29 +58,76 @@ struct Supervisor {
     want: usize,
     mock_key: [u8; 32],
     shm: Arc<Shm>,
-    poll: mio::Poll,
+    poll: Poller,
+    /// The signal pipe; a worker closes its copy (and makes its own).
+    signals: Option<Signals>,
+    /// Signals taken from the pipe, acted on one by one (reused, so no allocation).
+    pending: Vec<i32>,
+    /// Where control messages are encoded before they go out (reused).
+    scratch: Vec<u8>,
     stopping: Option<Instant>,
     /// Our own pid: a worker whose parent is someone else was orphaned at birth.
     pid: nix::unistd::Pid,
 }
 
-/// Reads the auth file a config names; its text goes to every worker.
+/// The supervisor's poll. A forked worker closes it at once (it makes its own), so it is
+/// an Option that is only ever empty in a child; the supervisor itself always has one.
+struct Poller(Option<mio::Poll>);
+
+impl Poller {
+    fn registry(&self) -> &mio::Registry {
+        self.0
+            .as_ref()
+            .expect("the supervisor's poll is used after the fork")
+            .registry()
+    }
+
+    fn poll(&mut self, events: &mut mio::Events, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.0
+            .as_mut()
+            .expect("the supervisor's poll is used after the fork")
+            .poll(events, timeout)
+    }
+}
+
+/// Reads a text file of at most `max` bytes. A bigger one (or an endless one: a FIFO, a
+/// device) is refused after `max + 1` bytes instead of filling the supervisor's memory.
+fn read_capped(path: &Path, max: usize) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() > max {
+        return Err(format!("the file is larger than {max} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_string())
+}
+
+/// Reads the auth file a config names; its text goes to every worker. Its size limit is
+/// the config file's (16 MiB).
 pub fn read_userlist(cfg: &Config) -> Result<Option<String>, String> {
     let Some(path) = cfg.auth_file.as_deref() else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path).map_err(|e| format!("auth_file {path}: {e}"))?;
+    let text = read_capped(
+        Path::new(path),
+        pgbouncers_worker::auth::userlist::MAX_FILE_LEN,
+    )
+    .map_err(|e| format!("auth_file {path}: {e}"))?;
     pgbouncers_worker::auth::Userlist::parse(&text)
         .map_err(|e| format!("auth_file {path}: {e}"))?;
     Ok(Some(text))
 }
 
 /// Reads the hba file a config names (for `auth_type: hba`); its text goes to every worker.
+/// Its size limit is the hba parser's (1 MiB).
 pub fn read_hba(cfg: &Config) -> Result<Option<String>, String> {
     let Some(path) = cfg.auth_hba_file.as_deref() else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path).map_err(|e| format!("auth_hba_file {path}: {e}"))?;
+    let text = read_capped(Path::new(path), pgbouncers_worker::auth::hba::MAX_FILE_LEN)
+        .map_err(|e| format!("auth_hba_file {path}: {e}"))?;
     pgbouncers_worker::auth::hba::Hba::parse(&text)
         .map_err(|e| format!("auth_hba_file {path}: {e}"))?;
     Ok(Some(text))
@@ -150,7 +198,10 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
         want: workers,
         mock_key,
         shm,
-        poll,
+        poll: Poller(Some(poll)),
+        signals: None,
+        pending: Vec::with_capacity(8),
+        scratch: Vec::with_capacity(256),
         stopping: None,
         pid: nix::unistd::getpid(),
     };
@@ -168,10 +219,11 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
 
 impl Supervisor {
     fn main_loop(&mut self) -> std::io::Result<i32> {
-        let mut signals =
-            Signals::new([SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2])?;
+        let signals = self.signals.insert(Signals::new([
+            SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2,
+        ])?);
         self.poll.registry().register(
-            &mut signals,
+            signals,
             mio::Token(SIGNALS_TOKEN),
             mio::Interest::READABLE,
         )?;
@@ -199,8 +251,12 @@ impl Supervisor {
                     t => self.control_io(t),
                 }
             }
-            for sig in signals.pending() {
-                match sig {
+            self.pending.clear();
+            if let Some(signals) = self.signals.as_mut() {
+                self.pending.extend(signals.pending());
+            }
+            for i in 0..self.pending.len() {
+                match self.pending[i] {
                     SIGCHLD => {}
                     SIGTERM | SIGINT => self.begin_stop(),
                     SIGQUIT => {
@@ -257,14 +313,16 @@ impl Supervisor {
         }
     }
 
+    /// Sends a command to worker `n`, or queues it until its channel has room: a full
+    /// channel (a big SHOW CLIENTS relayed to the asking worker) must not lose messages.
     fn send(&mut self, n: usize, cmd: &Command, fd: Option<std::os::fd::RawFd>) {
-        let slot = &self.slots[n];
-        let (Some(pid), Some(ctl)) = (slot.pid, slot.ctl.as_ref()) else {
+        let slot = &mut self.slots[n];
+        let (Some(pid), Some(ctl)) = (slot.pid, slot.ctl.as_mut()) else {
             return;
         };
-        let mut msg = Vec::with_capacity(32);
-        cmd.encode(&mut msg);
-        if let Err(e) = control::send(ctl.as_raw_fd(), &msg, fd) {
+        self.scratch.clear();
+        cmd.encode(&mut self.scratch);
+        if let Err(e) = ctl.send(&self.scratch, fd) {
             log::warn!("worker {n} (pid {pid}): control channel: {e}");
             // The signal a worker understands without the channel.
             if matches!(cmd, Command::Shutdown) {
@@ -273,19 +331,20 @@ impl Supervisor {
         }
     }
 
-    /// Messages from a worker: route forwarded cancel requests to their owner.
+    /// Worker `n`'s channel is ready: send what waits for it, then act on its messages
+    /// (forwarded cancel requests go to their owner, console requests are served).
     fn control_io(&mut self, token: usize) {
         let Some(n) = token.checked_sub(children::CONTROL_BASE) else {
             return;
         };
-        let Some(fd) = self
-            .slots
-            .get(n)
-            .and_then(|s| s.ctl.as_ref())
-            .map(|f| f.as_raw_fd())
-        else {
+        let Some(ctl) = self.slots.get_mut(n).and_then(|s| s.ctl.as_mut()) else {
             return;
         };
+        if let Err(e) = ctl.flush() {
+            // The worker is gone; reading below finds out and SIGCHLD brings the details.
+            log::debug!("worker {n}: control channel: {e}");
+        }
+        let fd = ctl.raw();
         let mut buf = [0u8; control::MAX_MESSAGE];
         loop {
             match control::recv(fd, &mut buf) {
@@ -307,7 +366,7 @@ impl Supervisor {
                         let _ = self
                             .poll
                             .registry()
-                            .deregister(&mut mio::unix::SourceFd(&ctl.as_raw_fd()));
+                            .deregister(&mut mio::unix::SourceFd(&ctl.raw()));
                     }
                     return;
                 }

@@ -16,15 +16,29 @@ pub(crate) const LISTENER_TOKEN: usize = usize::MAX - 1;
 /// Tokens of scrape connections start here (above the control channels').
 pub(crate) const CONN_BASE: usize = 1 << 20;
 const MAX_REQUEST: usize = 8192;
+/// A connection gets this long to send its whole request: scrapers send it at once, so a
+/// connection still idle after it is only holding a place.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Then this long, from the start, to take the answer.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once. When full, a new one replaces the oldest that has not sent
+/// its request yet, so idle connections can never lock scrapes out.
+const MAX_CONNS: usize = 64;
 
 pub(crate) struct Scrape {
     sock: TcpStream,
     request: Vec<u8>,
     out: Vec<u8>,
     sent: usize,
-    deadline: Instant,
+    accepted: Instant,
     waiting: bool,
+}
+
+impl Scrape {
+    /// Nothing asked yet: no complete request, no gather, no answer.
+    fn idle(&self) -> bool {
+        !self.waiting && self.out.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -81,8 +95,20 @@ impl Supervisor {
                     return;
                 }
             };
-            if self.metrics.conns.len() >= 64 {
-                continue;
+            if self.metrics.conns.len() >= MAX_CONNS {
+                let oldest_idle = self
+                    .metrics
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.idle())
+                    .min_by_key(|(_, c)| c.accepted)
+                    .map(|(k, _)| k);
+                match oldest_idle {
+                    Some(k) => self.metrics_close(k),
+                    // Every place serves a scrape that asked already: this connection is
+                    // closed at once, and places free up within SCRAPE_TIMEOUT.
+                    None => continue,
+                }
             }
             let entry = self.metrics.conns.vacant_entry();
             let token = mio::Token(CONN_BASE + entry.key());
@@ -101,7 +127,7 @@ impl Supervisor {
                     request: Vec::new(),
                     out: Vec::new(),
                     sent: 0,
-                    deadline: Instant::now() + SCRAPE_TIMEOUT,
+                    accepted: Instant::now(),
                     waiting: false,
                 });
             }
@@ -166,17 +192,20 @@ impl Supervisor {
         }
     }
 
-    /// Drops scrapes that never finished their request or stopped reading.
+    /// Drops connections that sent no request in time, and answers nobody reads.
     pub(crate) fn metrics_timeouts(&mut self) {
         let now = Instant::now();
-        let late: Vec<usize> = self
+        let late = |c: &Scrape| {
+            let age = now.saturating_duration_since(c.accepted);
+            (c.idle() && age >= REQUEST_TIMEOUT) || (!c.waiting && age >= SCRAPE_TIMEOUT)
+        };
+        while let Some(id) = self
             .metrics
             .conns
             .iter()
-            .filter(|(_, c)| now >= c.deadline && !c.waiting)
+            .find(|(_, c)| late(c))
             .map(|(k, _)| k)
-            .collect();
-        for id in late {
+        {
             self.metrics_close(id);
         }
     }

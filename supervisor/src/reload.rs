@@ -27,10 +27,9 @@ impl Supervisor {
         log::info!("reloading {}", path.display());
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
         let result = (|| {
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let cfg =
-                Config::from_yaml_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            // The start-up rules, size limit included: an empty or half-written file is
+            // refused here and the running configuration stays.
+            let (text, cfg) = Config::read_file(&path).map_err(|e| e.to_string())?;
             let userlist = read_userlist(&cfg)?;
             let hba = read_hba(&cfg)?;
             for key in restart_required_changes(&self.cfg, &cfg) {

@@ -63,6 +63,18 @@ impl ConfigError {
         }
     }
 
+    /// The document is YAML but not a mapping of settings (a scalar, a list).
+    pub(super) fn not_a_mapping(location: Option<(u64, u64)>) -> ConfigError {
+        ConfigError {
+            kind: ErrorKind::BadValue,
+            file: None,
+            key: None,
+            message: "the configuration must be a mapping of settings (`key: value` lines)"
+                .to_owned(),
+            location,
+        }
+    }
+
     /// Builds an error from saphyr's, with the key path `serde_path_to_error` recorded
     /// (`None` when the error came before any key, e.g. a syntax error at the top).
     pub(super) fn from_yaml(

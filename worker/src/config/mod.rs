@@ -132,6 +132,12 @@ pub struct Config {
     /// Default 15 s.
     #[serde(deserialize_with = "de::seconds")]
     pub server_login_retry: Duration,
+    /// How long a resolved host name is used before it is looked up again. Default 15 s.
+    #[serde(deserialize_with = "de::seconds")]
+    pub dns_max_ttl: Duration,
+    /// How long a failed lookup is remembered. Default 15 s.
+    #[serde(deserialize_with = "de::seconds")]
+    pub dns_nxdomain_ttl: Duration,
     /// Default 60 s; 0 = disabled.
     #[serde(deserialize_with = "de::seconds")]
     pub client_login_timeout: Duration,
@@ -241,6 +247,8 @@ impl Default for Config {
             server_lifetime: secs(3600),
             server_connect_timeout: secs(15),
             server_login_retry: secs(15),
+            dns_max_ttl: secs(15),
+            dns_nxdomain_ttl: secs(15),
             client_login_timeout: secs(60),
             client_idle_timeout: Duration::ZERO,
             query_timeout: Duration::ZERO,
@@ -278,8 +286,33 @@ impl Config {
         Ok(config)
     }
 
-    /// Reads, parses and validates a config file; errors name the file.
+    /// Parses and validates the whole text of a config *file*: [`Config::from_yaml_str`],
+    /// and the file must let someone log in (a database, or a console user). An empty file,
+    /// one cut short before `databases:` (a deployment caught half-written) or YAML that is
+    /// not a mapping of settings is refused, so a reload never swaps a working config for
+    /// one under which every login fails.
+    pub fn from_file_text(yaml: &str) -> Result<Config, ConfigError> {
+        let config = Config::from_yaml_str(yaml).map_err(|e| {
+            if e.kind() == ErrorKind::BadValue && e.key().is_none() {
+                // A scalar or a list at the top: serde's "expected struct Config" helps nobody.
+                ConfigError::not_a_mapping(e.location())
+            } else {
+                e
+            }
+        })?;
+        validate::serves_someone(&config)?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file ([`Config::from_file_text`]); errors name
+    /// the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::read_file(path).map(|(_, config)| config)
+    }
+
+    /// [`Config::load`], also returning the file's text (what a reload hands the workers).
+    /// At most [`MAX_FILE_SIZE`] bytes are read.
+    pub fn read_file(path: &Path) -> Result<(String, Config), ConfigError> {
         let file = std::fs::File::open(path).map_err(|e| ConfigError::io(path, &e))?;
         let mut text = String::new();
         file.take(MAX_FILE_SIZE + 1)
@@ -288,7 +321,8 @@ impl Config {
         if text.len() as u64 > MAX_FILE_SIZE {
             return Err(ConfigError::too_big(path, MAX_FILE_SIZE));
         }
-        Config::from_yaml_str(&text).map_err(|e| e.with_file(path))
+        let config = Config::from_file_text(&text).map_err(|e| e.with_file(path))?;
+        Ok((text, config))
     }
 
     /// Serde step only: types and unknown keys, no cross-field rules.

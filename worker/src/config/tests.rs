@@ -32,6 +32,60 @@ fn empty_documents_give_the_defaults() {
     Config::default().validate().unwrap();
 }
 
+#[test]
+fn a_file_that_serves_nobody_is_refused() {
+    // What a deployment can leave behind: nothing, or a file cut before `databases:`.
+    for yaml in [
+        "",
+        "\n",
+        "{}",
+        "# only a comment\n",
+        "---\n",
+        "~",
+        "listen_port: 6432\nauth_type: trust\n",
+    ] {
+        let e = Config::from_file_text(yaml).unwrap_err();
+        assert_eq!(e.key(), Some("databases"), "{yaml:?}: {e}");
+        assert!(e.message().contains("nobody could log in"), "{yaml:?}: {e}");
+    }
+    // YAML that is not a mapping of settings.
+    for yaml in [
+        "listen_port\n",
+        "- listen_port: 6432\n",
+        "42\n",
+        "true\n",
+        "[a, b]\n",
+    ] {
+        let e = Config::from_file_text(yaml).unwrap_err();
+        assert!(
+            e.message().contains("must be a mapping of settings"),
+            "{yaml:?}: {e}"
+        );
+    }
+    // A database, or a console user alone, is enough.
+    for yaml in [
+        "auth_type: trust\ndatabases:\n  app: {}\n",
+        "auth_type: trust\nadmin_users: admin\n",
+        "auth_type: trust\nstats_users: [monitor]\n",
+    ] {
+        Config::from_file_text(yaml).unwrap_or_else(|e| panic!("{yaml:?}: {e}"));
+    }
+    // The file-level rule sits on top of the ordinary ones, whose errors stay as they were.
+    let e = Config::from_file_text("bogus: 1\n").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnknownKey);
+    let e = Config::from_file_text("listen_port: x\n").unwrap_err();
+    assert_eq!(e.key(), Some("listen_port"));
+
+    let dir = std::env::temp_dir().join(format!("pgbouncers-config-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.yaml");
+    std::fs::write(&empty, "").unwrap();
+    let e = Config::load(&empty).unwrap_err();
+    assert_eq!(e.file(), Some(empty.as_path()));
+    assert!(e.to_string().contains("nobody could log in"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Every top-level key: its default spelled in YAML, and a non-default value.
 /// A test below checks that this table lists exactly the struct's keys.
 const KEY_TABLE: &[(&str, &str, &str)] = &[
@@ -69,6 +123,8 @@ const KEY_TABLE: &[(&str, &str, &str)] = &[
     ("server_lifetime", "3600", "0"),
     ("server_connect_timeout", "15", "3"),
     ("server_login_retry", "15", "1"),
+    ("dns_max_ttl", "15", "60"),
+    ("dns_nxdomain_ttl", "15", "5"),
     ("client_login_timeout", "60", "0"),
     ("client_idle_timeout", "0", "3600"),
     ("query_timeout", "0", "30"),
@@ -106,7 +162,7 @@ fn key_table_lists_every_key() {
     let keys: BTreeSet<&str> = Config::keys().iter().copied().collect();
     assert_eq!(table, keys);
     assert_eq!(table.len(), KEY_TABLE.len(), "a key is listed twice");
-    assert_eq!(keys.len(), 59, "Config::keys() is derived from the struct");
+    assert_eq!(keys.len(), 61, "Config::keys() is derived from the struct");
 }
 
 #[test]
@@ -306,7 +362,11 @@ fn load_names_the_file() {
     );
 
     let good = dir.join("good.yaml");
-    std::fs::write(&good, "listen_port: 7432\n").unwrap();
+    std::fs::write(
+        &good,
+        "listen_port: 7432\nauth_type: trust\nadmin_users: admin\n",
+    )
+    .unwrap();
     assert_eq!(Config::load(&good).unwrap().listen_port, 7432);
 
     let missing = dir.join("missing.yaml");

@@ -96,6 +96,21 @@ pub(super) fn validate(c: &Config) -> Check {
     auth(c)
 }
 
+/// A config file must let someone log in: with no database and no console user every login
+/// fails with "no such database". That is what an empty file, or one cut short before
+/// `databases:`, parses to.
+pub(super) fn serves_someone(c: &Config) -> Check {
+    ensure(
+        !c.databases.is_empty() || !c.admin_users.is_empty() || !c.stats_users.is_empty(),
+        "databases",
+        || {
+            "no databases and no admin_users or stats_users: nobody could log in \
+             (is the file empty or cut short?)"
+                .to_owned()
+        },
+    )
+}
+
 fn listeners(c: &Config) -> Check {
     for (i, addr) in c.listen_addr.iter().enumerate() {
         let key = format!("listen_addr[{i}]");
@@ -182,7 +197,8 @@ fn auth(c: &Config) -> Check {
     no_nul_opt("auth_file", c.auth_file.as_deref())?;
     no_nul_opt("auth_hba_file", c.auth_hba_file.as_deref())?;
     // With no databases and no console users nobody can log in, so the default config
-    // (md5, no auth_file) stays valid, as PgBouncer starts without users too.
+    // (md5, no auth_file) stays valid as a value; a config *file* like that is refused by
+    // `serves_someone` instead, with a message about the file rather than auth_file.
     let anyone_can_log_in =
         !c.databases.is_empty() || !c.admin_users.is_empty() || !c.stats_users.is_empty();
     match c.auth_type {
