@@ -79,6 +79,8 @@ pub enum ClientEnd {
     Pending,
     Terminate(usize),
     NamedParse(usize),
+    /// A message type no frontend sends after login.
+    Unknown(usize),
     Bad(usize, FrameError),
 }
 
@@ -188,6 +190,11 @@ pub fn drive_client(input: &[u8], sizes: &[usize], named: Named, max_packet: usi
                     // As the pooler does after rewriting.
                     tx.unsynced = h.tag != b'Q';
                 }
+                FromClient::Unknown(tag) => {
+                    assert_eq!(buf.first(), Some(&tag));
+                    assert!(!relay::known_after_login(tag));
+                    return ClientRun::finish(segs, ClientEnd::Unknown(base), tx, queue);
+                }
                 FromClient::Bad(e) => {
                     assert_eq!(frame::header(&buf, max_packet), Err(e));
                     return ClientRun::finish(segs, ClientEnd::Bad(base, e), tx, queue);
@@ -293,7 +300,10 @@ pub fn check_client_model(input: &[u8], run: &ClientRun, named: Named, max_packe
         assert!(run.queue.is_empty());
     }
     match run.end {
-        ClientEnd::Terminate(at) | ClientEnd::NamedParse(at) | ClientEnd::Bad(at, _) => {
+        ClientEnd::Terminate(at)
+        | ClientEnd::NamedParse(at)
+        | ClientEnd::Unknown(at)
+        | ClientEnd::Bad(at, _) => {
             assert_eq!(at, pos, "the run ended away from the next message");
         }
         ClientEnd::Pending => {}
@@ -302,6 +312,10 @@ pub fn check_client_model(input: &[u8], run: &ClientRun, named: Named, max_packe
 
 fn check_forwarded(tag: u8, body: &[u8], total: usize, whole: bool, named: Named) {
     assert_ne!(tag, b'X', "a Terminate was forwarded");
+    assert!(
+        relay::known_after_login(tag),
+        "unknown message type {tag:#x} was forwarded"
+    );
     match (named, tag) {
         (Named::Refuse, b'P') => {
             assert!(body.first().is_none_or(|&b| b == 0), "a named Parse passed")

@@ -55,7 +55,11 @@ impl PoolerSetup {
         PoolerSetup {
             dir: TestDir::new("pooler"),
             port: free_port(),
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_pgbouncers")),
+            // PGBOUNCERS_TEST_BINARY runs the tests against another build, e.g. the commit
+            // before a fix, to see that its regression test fails there.
+            binary: std::env::var_os("PGBOUNCERS_TEST_BINARY")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pgbouncers"))),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(10),
         }

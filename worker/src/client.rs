@@ -3,6 +3,7 @@
 use crate::access::Method;
 use crate::auth::{Nonce, ScramServer, Secret};
 use crate::intern::intern;
+use crate::logsafe::Escaped;
 use crate::params::{self, Params};
 use crate::pool::PoolId;
 use crate::relay::{Scan, TxState};
@@ -123,6 +124,8 @@ impl fmt::Display for ClientName<'_> {
         } else {
             &c.user
         };
+        // Both names come from the startup packet, before any authentication.
+        let (db, user) = (Escaped(db), Escaped(user));
         write!(f, "C-{}: {db}/{user}@{}", c.id, c.peer)
     }
 }
@@ -250,7 +253,10 @@ impl Worker {
             match self.login_step(ct) {
                 Step::Again => continue,
                 Step::Wait => {
-                    if got == Filled::Nothing {
+                    // A read that filled the buffer leaves the socket readable: a step
+                    // that only made room (a startup packet past the PROXY header's
+                    // read, say) must read again, or edge triggering never says so.
+                    if got == Filled::Nothing && !c_may_read(&self.conns, ct) {
                         // Nothing new arrived and nothing buffered could be used.
                         if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
                             c.io.release_buffers(&mut self.bufs);
@@ -390,22 +396,28 @@ impl Worker {
             }
         }
         let mut params = Params::new();
+        let cfg = self.cfg.clone();
+        // Listed names are dropped wherever they come: as parameters, or as `-c name=value`
+        // inside `options` (where libpq's PGOPTIONS puts them).
+        let ignored = |k: &str| {
+            cfg.ignore_startup_parameters
+                .iter()
+                .any(|i| i.eq_ignore_ascii_case(k))
+        };
         for (k, v) in &s.params {
             if matches!(k.as_str(), "user" | "database" | "replication") || k.starts_with("_pq_.") {
                 continue;
             }
-            if self
-                .cfg
-                .ignore_startup_parameters
-                .iter()
-                .any(|i| i.eq_ignore_ascii_case(k))
-            {
+            if ignored(k) {
                 continue;
             }
             if k == "options" {
                 match params::parse_options(v) {
                     Ok(opts) => {
                         for (k, v) in opts {
+                            if ignored(&k) {
+                                continue;
+                            }
                             if !params::is_settable_name(&k) {
                                 return self.close_client(
                                     ct,
@@ -580,9 +592,23 @@ impl Worker {
                     );
                 };
                 let pw = String::from_utf8_lossy(pw);
-                self.auth
-                    .secret(&user)
-                    .is_some_and(|s| s.verify_cleartext(&user, &pw))
+                match self.auth.secret(&user) {
+                    // Checked the way PostgreSQL checks a password against a SCRAM secret;
+                    // the ClientKey it yields is what a SCRAM login would have left, so the
+                    // pooler's own server login can pass through as it does after one. Without
+                    // it a cleartext login of a SCRAM user could only fail at PostgreSQL,
+                    // and that failure would be cached for every client of the pool.
+                    Some(Secret::Scram(s)) => match s.client_key_for_password(&pw) {
+                        Some(client_key) if !pw.is_empty() => {
+                            let server_key = s.server_key;
+                            self.auth.remember_client_key(&user, server_key, client_key);
+                            true
+                        }
+                        _ => false,
+                    },
+                    Some(s) => s.verify_cleartext(&user, &pw),
+                    None => false,
+                }
             }
             AuthStep::Md5 { salt } => {
                 let resp = body.strip_suffix(&[0]).unwrap_or(body);
@@ -650,7 +676,7 @@ impl Worker {
                     true
                 }
                 Err(e) => {
-                    log::debug!("SCRAM exchange failed for {user}: {e}");
+                    log::debug!("SCRAM exchange failed for {}: {e}", Escaped(&user));
                     false
                 }
             },
@@ -669,7 +695,7 @@ impl Worker {
         self.stats.auth_failures += 1;
         let Some(c) = self.client(ct) else { return };
         let msg = format!("password authentication failed for user \"{}\"", c.user);
-        log::info!("{}: {msg}", c.name());
+        log::info!("{}: {}", c.name(), Escaped(&msg));
         self.close_client(ct, Close::Fatal(sqlstate::INVALID_PASSWORD, msg));
     }
 
@@ -699,8 +725,10 @@ impl Worker {
                 _ => String::new(),
             };
             log::info!(
-                "{}: login attempt: db={db} user={user}{via} worker={}",
+                "{}: login attempt: db={} user={}{via} worker={}",
                 c.name(),
+                Escaped(&db),
+                Escaped(&user),
                 self.slot
             );
         }
@@ -708,14 +736,8 @@ impl Worker {
         if p.welcome.is_some() {
             return self.finish_login(ct);
         }
-        if let Some((at, err)) = &p.last_failure {
-            if self.now.duration_since(*at) < self.cfg.server_login_retry && p.launching == 0 {
-                let msg = format!(
-                    "server login has been failing, cached error: {} (server_login_retry)",
-                    err.message()
-                );
-                return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
-            }
+        if let Some(msg) = p.fast_fail(self.now, self.cfg.server_login_retry) {
+            return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
         }
         c.state = CState::LoginWait;
         c.since = self.now;
@@ -733,6 +755,13 @@ impl Worker {
         let Some(welcome) = self.pools.get(pool).welcome.as_ref() else {
             return;
         };
+        let Some((pid, secret)) = cancel_key(self.slot) else {
+            // A guessable key would let anyone cancel this client's queries: refuse the
+            // login instead, as when any other secret cannot be made.
+            log::error!("{}: no randomness for a cancel key", c.name());
+            let msg = "could not generate a random cancel key".to_string();
+            return self.close_client(ct, Close::Fatal(sqlstate::INTERNAL_ERROR, msg));
+        };
         let out = c.io.wbuf.vec(&mut self.bufs);
         for (k, v) in &welcome.params {
             let v = match params::tracked_name(k) {
@@ -747,9 +776,6 @@ impl Worker {
             };
             write::parameter_status(out, k, &v);
         }
-        // The key's top byte names this worker, so any worker can route a cancel here.
-        let pid = (rand_u32() & 0x7fff_ffff).max(1);
-        let secret = (self.slot as u32 & 0xff) << 24 | (rand_u32() & 0x00ff_ffff);
         write::backend_key_data(out, pid, secret);
         write::ready_for_query(out, b'I');
         let key = (pid as u64) << 32 | secret as u64;
@@ -807,9 +833,11 @@ impl Worker {
         };
         if self.cfg.log_disconnections || !matches!(why, Close::Quiet(_)) {
             let age = self.now.duration_since(c.connect_time).as_secs();
+            // The reason can quote the client (a database or parameter name) or a server.
             log::info!(
-                "{}: closing because: {reason} (age={age}s) worker={}",
+                "{}: closing because: {} (age={age}s) worker={}",
                 c.name(),
+                Escaped(reason),
                 self.slot
             );
         }
@@ -867,6 +895,11 @@ impl Worker {
     }
 }
 
+/// Whether client `ct` still has bytes to read that no event will announce.
+fn c_may_read(conns: &slab::Slab<Conn>, ct: usize) -> bool {
+    matches!(conns.get(ct), Some(Conn::Client(c)) if c.io.may_read())
+}
+
 pub(crate) enum Step {
     /// Something was handled; look again.
     Again,
@@ -884,15 +917,45 @@ pub(crate) fn io_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-pub(crate) fn rand_u32() -> u32 {
-    let mut b = [0u8; 4];
-    if getrandom::fill(&mut b).is_err() {
-        // getrandom only fails without a kernel entropy source; fall back to the clock.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        return t ^ std::process::id();
+/// A fresh cancel key (pid, secret) whose secret's top byte names this worker, so any
+/// worker can route a cancel here; None when the kernel has no randomness to give.
+fn cancel_key(slot: usize) -> Option<(u32, u32)> {
+    cancel_key_from(slot, |b| getrandom::fill(b).is_ok())
+}
+
+/// [`cancel_key`] with its randomness passed in, so failing closed can be tested.
+fn cancel_key_from(slot: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> Option<(u32, u32)> {
+    let mut b = [0u8; 8];
+    if !fill(&mut b) {
+        return None;
     }
-    u32::from_be_bytes(b)
+    let [p0, p1, p2, p3, s0, s1, s2, s3] = b;
+    let pid = (u32::from_be_bytes([p0, p1, p2, p3]) & 0x7fff_ffff).max(1);
+    let secret = (slot as u32 & 0xff) << 24 | (u32::from_be_bytes([s0, s1, s2, s3]) & 0x00ff_ffff);
+    Some((pid, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_keys_fail_closed_without_randomness() {
+        assert_eq!(cancel_key_from(3, |_| false), None);
+        let (pid, secret) = cancel_key_from(3, |b| {
+            b.fill(0xab);
+            true
+        })
+        .unwrap();
+        assert_eq!(pid, 0x2bab_abab);
+        assert_eq!(secret, 0x03ab_abab, "the top byte names the worker");
+        // A zero pid would read as "no key": never handed out.
+        assert_eq!(
+            cancel_key_from(0, |b| {
+                b.fill(0);
+                true
+            }),
+            Some((1, 0))
+        );
+    }
 }

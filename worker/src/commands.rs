@@ -4,6 +4,7 @@
 use crate::client::{CState, Close};
 use crate::config::Config;
 use crate::control::{Report, Snapshot, Until};
+use crate::logsafe::Escaped;
 use crate::pool::{Limits, PoolId, Target};
 use crate::server::SState;
 use crate::wire::sqlstate;
@@ -73,12 +74,14 @@ impl Worker {
             None => {
                 log::info!(
                     "{}/{}: database removed by reload; retiring its pool",
-                    p.db,
-                    p.user
+                    Escaped(&p.db),
+                    Escaped(&p.user)
                 );
                 self.pools.unindex(id);
                 self.pools.get_mut(id).obsolete = true;
                 self.retire_idle_servers(id);
+                // Queued clients hear it now, not at query_wait_timeout.
+                self.serve_waiting(id);
             }
             Some((target, limits)) => {
                 let p = self.pools.get_mut(id);
@@ -86,8 +89,8 @@ impl Worker {
                 if p.target != target {
                     log::info!(
                         "{}/{}: database changed by reload; reconnecting",
-                        p.db,
-                        p.user
+                        Escaped(&p.db),
+                        Escaped(&p.user)
                     );
                     p.target = target;
                     p.welcome = None;
@@ -141,7 +144,7 @@ impl Worker {
             "worker {}: {} {}",
             self.slot,
             if on { "paused" } else { "resumed" },
-            db.unwrap_or("all databases")
+            Escaped(db.unwrap_or("all databases"))
         );
     }
 
@@ -149,9 +152,10 @@ impl Worker {
     pub(crate) fn disable(&mut self, db: &str, on: bool) {
         self.holds.disable(db, on);
         log::info!(
-            "worker {}: {} {db}",
+            "worker {}: {} {}",
             self.slot,
-            if on { "disabled" } else { "enabled" }
+            if on { "disabled" } else { "enabled" },
+            Escaped(db)
         );
     }
 
@@ -177,7 +181,7 @@ impl Worker {
         log::info!(
             "worker {}: reconnecting servers of {}",
             self.slot,
-            db.unwrap_or("all databases")
+            Escaped(db.unwrap_or("all databases"))
         );
     }
 

@@ -95,7 +95,7 @@ impl Worker {
                             actions.push(Action::Server(t, "server idle timeout"));
                         }
                     }
-                    SState::Active | SState::Reset | SState::Canceling => {}
+                    SState::Active | SState::Reset(_) | SState::Canceling => {}
                 },
                 Conn::Cancel(x) => {
                     if expired(
@@ -140,6 +140,9 @@ impl Worker {
 
     /// Keeps min_pool_size servers, retries for waiting clients, opens the reserve.
     fn pool_maintenance(&mut self, pool: usize, use_reserve: bool) {
+        if self.pools.get(pool).waiting.is_empty() {
+            self.no_longer_starved(pool);
+        }
         let p = self.pools.get(pool);
         if p.paused {
             return;
@@ -171,8 +174,8 @@ impl Worker {
         {
             log::info!(
                 "{}/{}: taking a connection from the reserve pool",
-                p.db,
-                p.user
+                crate::logsafe::Escaped(&p.db),
+                crate::logsafe::Escaped(&p.user)
             );
             self.launch_server(pool);
         }

@@ -10,6 +10,7 @@ mod client;
 pub(crate) mod commands;
 pub mod config;
 pub mod control;
+mod dns;
 mod intern;
 mod janitor;
 mod link;

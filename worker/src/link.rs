@@ -24,15 +24,41 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        let Some(pool) = c.pool else { return };
+        let Some(mut pool) = c.pool else { return };
+        if self.pools.get(pool).obsolete {
+            // A reload removed the database, or changed its forced user: move to the pool
+            // the config now names, or tell the client, but never launch a server for a
+            // pool that would only close it again.
+            let (db, user) = (c.db.clone(), c.user.clone());
+            match self.pool_for(&db, &user) {
+                Ok(p) if !self.pools.get(p).obsolete => {
+                    pool = p;
+                    if let Some(c) = self.client(ct) {
+                        c.pool = Some(p);
+                    }
+                }
+                _ => return self.close_client(ct, database_removed()),
+            }
+        }
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
         c.state = CState::Waiting;
         c.since = self.now;
         let id = c.id;
         let p = self.pools.get_mut(pool);
         if !p.paused {
             if let Some(&st) = p.idle.last() {
+                if self.needs_check(st) {
+                    // The client waits for this server to pass server_check_query.
+                    self.pools.get_mut(pool).waiting.push_back((ct, id));
+                    return self.start_check(st);
+                }
                 self.set_server_state(st, SState::Active);
                 return self.link(ct, st);
+            }
+            if let Some(msg) = p.fast_fail(self.now, self.cfg.server_login_retry) {
+                return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
             }
         }
         p.waiting.push_back((ct, id));
@@ -59,17 +85,59 @@ impl Worker {
     /// when the pool has room.
     pub(crate) fn serve_waiting(&mut self, pool: PoolId) {
         let p = self.pools.get(pool);
+        if p.obsolete {
+            // Its servers close as they come free: whoever still waits moves on now.
+            return self.requeue_obsolete(pool);
+        }
         if p.paused {
             return;
         }
         let greeting = usize::from(p.welcome.is_none() && !p.login_waiting.is_empty());
-        let want = (p.waiting.len() + greeting).saturating_sub(p.launching);
+        // Servers running a check or reset come back to the queue: count them as coming.
+        let want = (p.waiting.len() + greeting).saturating_sub(p.launching + p.resetting);
         for _ in 0..want {
             let p = self.pools.get(pool);
             if !p.may_launch(false, self.now, self.cfg.server_login_retry)
                 || !self.launch_server(pool)
             {
                 break;
+            }
+        }
+    }
+
+    /// Clients queued in a pool a reload retired: they ask again, which finds the pool
+    /// the config names now (a forced user changed) or tells them the database is gone.
+    fn requeue_obsolete(&mut self, pool: PoolId) {
+        let p = self.pools.get_mut(pool);
+        if p.waiting.is_empty() && p.login_waiting.is_empty() {
+            return;
+        }
+        let waiting: Vec<(usize, u64)> = p.waiting.drain(..).collect();
+        let greeting = std::mem::take(&mut p.login_waiting);
+        for (ct, id) in waiting {
+            if let Some(c) = self.client(ct).filter(|c| c.id == id) {
+                c.state = CState::Idle;
+                self.request_server(ct);
+            }
+        }
+        for (ct, id) in greeting {
+            let Some(c) = self.client(ct).filter(|c| c.id == id) else {
+                continue;
+            };
+            let (db, user) = (c.db.clone(), c.user.clone());
+            match self.pool_for(&db, &user) {
+                Ok(p) if !self.pools.get(p).obsolete => {
+                    if let Some(c) = self.client(ct) {
+                        c.pool = Some(p);
+                    }
+                    if self.pools.get(p).welcome.is_some() {
+                        self.finish_login(ct);
+                    } else {
+                        self.pools.get_mut(p).login_waiting.push((ct, id));
+                        self.serve_waiting(p);
+                    }
+                }
+                _ => self.close_client(ct, database_removed()),
             }
         }
     }
@@ -183,7 +251,15 @@ impl Worker {
                         Ok(false) => {}
                         Err(why) => return self.close_client(ct, why),
                     },
-                    FromClient::Terminate | FromClient::NamedParse | FromClient::Rewrite => {}
+                    FromClient::Unknown(tag) if c.scan.ready == 0 => {
+                        log::warn!("C-{}: unknown pkt from client: {tag}/{tag:#x}", c.id);
+                        let why = Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "unknown pkt".into());
+                        return self.close_client(ct, why);
+                    }
+                    FromClient::Terminate
+                    | FromClient::NamedParse
+                    | FromClient::Rewrite
+                    | FromClient::Unknown(_) => {}
                     FromClient::Bad(e) => {
                         return self.close_client(
                             ct,
@@ -317,7 +393,12 @@ impl Worker {
                         if done {
                             if let Some(e) = s.own_error.take() {
                                 // The client's settings can't be applied: tell it, keep the server.
-                                log::warn!("C-{}: cannot apply session parameters: {e}", c.id);
+                                let e_text = e.to_string();
+                                log::warn!(
+                                    "C-{}: cannot apply session parameters: {}",
+                                    c.id,
+                                    crate::logsafe::Escaped(&e_text)
+                                );
                                 return self.close_client(ct, Close::Relay(e));
                             }
                         }
@@ -328,6 +409,10 @@ impl Worker {
                 }
             }
             progress |= s.scan.ready > before;
+            // A read that filled a buffer, followed by `make_room` for a message that must
+            // be whole (a long named Parse, a long ReadyForQuery-bearing message), leaves
+            // bytes that no event will announce: go round again to read them.
+            progress |= c.io.may_read() || s.io.may_read();
             if !progress {
                 let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
                     return;
@@ -381,6 +466,11 @@ impl Worker {
             self.server_ready(st);
         }
     }
+}
+
+/// PgBouncer's words for a client of a database a reload took away.
+pub(crate) fn database_removed() -> Close {
+    Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "database removed".into())
 }
 
 fn micros(now: std::time::Instant, since: std::time::Instant) -> u64 {

@@ -99,6 +99,25 @@ impl Pool {
         self.idle.len() + self.active + self.launching + self.resetting + self.canceling
     }
 
+    /// Servers that finished logging in, whatever they are doing now.
+    pub fn connected(&self) -> usize {
+        self.total() - self.launching
+    }
+
+    /// The error to give a client at once instead of a wait: the last server login failed
+    /// inside server_login_retry, nothing is logged in, and no retry is under way, so
+    /// nothing could serve it before the window ends. PgBouncer's fast fail.
+    pub fn fast_fail(&self, now: Instant, login_retry: std::time::Duration) -> Option<String> {
+        let (at, err) = self.last_failure.as_ref()?;
+        let failing = now.duration_since(*at) < login_retry;
+        (failing && self.connected() == 0 && self.launching == 0).then(|| {
+            format!(
+                "server login has been failing, cached error: {} (server_login_retry)",
+                err.message()
+            )
+        })
+    }
+
     /// Whether a new server may be started now: below the pool size (or the reserve when
     /// `use_reserve`), and not inside server_login_retry after a failure.
     pub fn may_launch(

@@ -137,8 +137,20 @@ pub enum FromClient {
     NamedParse,
     /// A message at `ready` that the pooler rewrites (`Named::Rewrite`).
     Rewrite,
+    /// A message at `ready` whose type no frontend sends after login: refused in the
+    /// pooler (PostgreSQL would end the server connection over it).
+    Unknown(u8),
     /// A message too long or with a bad length.
     Bad(FrameError),
+}
+
+/// Whether a frontend may send this message type after login (PgBouncer's list: the
+/// simple and extended query messages, function calls, COPY data and Terminate).
+pub fn known_after_login(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Q' | b'F' | b'S' | b'H' | b'P' | b'B' | b'D' | b'C' | b'E' | b'd' | b'c' | b'f' | b'X'
+    )
 }
 
 /// Longest statement/portal name prefix the pooler looks into.
@@ -188,6 +200,9 @@ pub fn from_client(
             }
             .or_else(|| (rest.len() >= want).then_some(false))
         };
+        if !known_after_login(h.tag) {
+            return FromClient::Unknown(h.tag);
+        }
         let expect = match h.tag {
             b'X' => return FromClient::Terminate,
             b'Q' if named == Named::Rewrite && h.total <= 5 + MAX_FORGET_ALL => {

@@ -2,6 +2,7 @@
 
 use crate::auth::{md5_salted_response, Nonce, ScramClient, Secret};
 use crate::client::Close;
+use crate::dns::Lookup;
 use crate::params::{self, Params};
 use crate::pool::{PoolId, Welcome};
 use crate::relay::{self, FromServer, Scan};
@@ -11,7 +12,7 @@ use crate::wire::write;
 use crate::wire::{frame, sqlstate};
 use crate::worker::{Conn, Worker};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,11 +23,33 @@ pub(crate) enum SState {
     Idle,
     /// Linked to a client (possibly still syncing its parameters).
     Active,
-    /// Running server_reset_query before going back to the pool.
-    Reset,
+    /// Running one of the pooler's own queries (reset, connect or check) before going
+    /// back to the pool; PgBouncer's "tested".
+    Reset(OwnQuery),
     /// Released while a cancel request for its last client is still on its way: reusing
     /// it now could cancel the next client's query instead.
     Canceling,
+}
+
+/// Which of the pooler's own queries a server in `SState::Reset` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OwnQuery {
+    /// server_reset_query, after a client (session pooling, or server_reset_query_always).
+    Reset,
+    /// The database's connect_query, once after login.
+    Connect,
+    /// server_check_query, before reuse after server_check_delay idle.
+    Check,
+}
+
+impl OwnQuery {
+    fn what(self) -> &'static str {
+        match self {
+            OwnQuery::Reset => "server_reset_query",
+            OwnQuery::Connect => "connect_query",
+            OwnQuery::Check => "server_check_query",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +95,10 @@ struct Login {
     creds: Creds,
     scram: Option<ScramClient>,
     params: Vec<(String, String)>,
+    /// The server asked for a password this worker does not have (yet: a SCRAM login
+    /// of the user brings its key). That is no verdict of PostgreSQL's, so it is not
+    /// cached to refuse the logins that could bring the key.
+    missing_creds: bool,
 }
 
 pub(crate) struct Server {
@@ -117,7 +144,11 @@ impl Server {
 
     pub fn name(&self, w: &Worker) -> String {
         let p = w.pools.get(self.pool);
-        format!("S-{}: {}/{}@{}", self.id, p.db, p.user, self.addr)
+        let (db, user) = (
+            crate::logsafe::Escaped(&p.db),
+            crate::logsafe::Escaped(&p.user),
+        );
+        format!("S-{}: {db}/{user}@{}", self.id, self.addr)
     }
 }
 
@@ -141,7 +172,7 @@ impl Worker {
         let got_user =
             got_db && user_idx.is_none_or(|i| self.shm.acquire(self.slot, i, user_limit));
         if got_db && got_user {
-            self.pools.get_mut(pool).starved = false;
+            self.no_longer_starved(pool);
             return Some((db_idx, user_idx));
         }
         if got_db {
@@ -152,14 +183,14 @@ impl Worker {
         let until = crate::shm::unix_ms() + 1000;
         let blocked = if got_db { user_idx } else { db_idx };
         if let Some(i) = blocked {
-            self.shm.mark_starved(i, until);
+            self.shm.mark_starved(self.slot, i, until);
         }
         let p = self.pools.get_mut(pool);
         if !p.starved {
             log::info!(
                 "{}/{}: max_db_connections or max_user_connections reached; clients wait",
-                p.db,
-                p.user
+                crate::logsafe::Escaped(&p.db),
+                crate::logsafe::Escaped(&p.user)
             );
             p.starved = true;
         }
@@ -177,13 +208,19 @@ impl Worker {
                 PathBuf::from(&target.host).join(format!(".s.PGSQL.{}", target.port)),
             ))
         } else {
-            (target.host.as_str(), target.port)
-                .to_socket_addrs()
-                .and_then(|mut a| {
-                    a.next()
-                        .ok_or_else(|| std::io::Error::other("host name has no addresses"))
-                })
-                .map(ServerAddr::Tcp)
+            let (max_ttl, nx_ttl) = (self.cfg.dns_max_ttl, self.cfg.dns_nxdomain_ttl);
+            match self
+                .dns
+                .lookup(&target.host, target.port, self.now, max_ttl, nx_ttl)
+            {
+                Lookup::Ready(a) => Ok(ServerAddr::Tcp(a)),
+                // The resolver thread wakes the loop, which serves this pool again.
+                Lookup::Pending => {
+                    self.give_back(holds);
+                    return false;
+                }
+                Lookup::Failed(e) => Err(std::io::Error::other(e)),
+            }
         };
         let sock = addr.and_then(|a| a.connect().map(|s| (a, s)));
         let (addr, mut sock) = match sock {
@@ -194,7 +231,7 @@ impl Worker {
                     "could not connect to server {}:{}: {e}",
                     target.host, target.port
                 );
-                self.pool_login_failed(pool, error_fields(sqlstate::CONNECTION_FAILURE, msg));
+                self.pool_login_failed(pool, error_fields(sqlstate::CONNECTION_FAILURE, msg), true);
                 return false;
             }
         };
@@ -232,6 +269,7 @@ impl Worker {
                 creds,
                 scram: None,
                 params: Vec::new(),
+                missing_creds: false,
             })),
             holds,
         };
@@ -247,14 +285,26 @@ impl Worker {
         }
     }
 
-    /// Whether another worker waits for capacity this pool's servers hold.
+    /// Whether another worker waits for capacity this pool's servers hold. This worker's
+    /// own waiting clients get its servers first, so its own mark never counts.
     pub(crate) fn others_starved(&self, pool: PoolId) -> bool {
         let p = self.pools.get(pool);
         let now = crate::shm::unix_ms();
         [p.db_idx, p.user_idx]
             .into_iter()
             .flatten()
-            .any(|i| self.shm.is_starved(i, now))
+            .any(|i| self.shm.is_starved_elsewhere(self.slot, i, now))
+    }
+
+    /// This pool got its server, or has nobody waiting: withdraw its starved mark.
+    pub(crate) fn no_longer_starved(&mut self, pool: PoolId) {
+        let p = self.pools.get_mut(pool);
+        if p.starved {
+            p.starved = false;
+            for i in [p.db_idx, p.user_idx].into_iter().flatten() {
+                self.shm.clear_starved(self.slot, i);
+            }
+        }
     }
 
     fn server_creds(&self, pool: PoolId) -> Creds {
@@ -309,7 +359,7 @@ impl Worker {
                     self.pump(ct, st);
                 }
             }
-            SState::Reset => self.reset_io(st),
+            SState::Reset(what) => self.reset_io(st, what),
             // Quiet until its cancel is done; anything it says now is for nobody.
             SState::Canceling => self.idle_server_io(st),
         }
@@ -369,7 +419,10 @@ impl Worker {
             let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
                 return;
             };
-            if got == Filled::Nothing && (s.io.wbuf.is_empty() || !s.io.writable) {
+            if got == Filled::Nothing
+                && (s.io.wbuf.is_empty() || !s.io.writable)
+                && !s.io.may_read()
+            {
                 return;
             }
         }
@@ -394,7 +447,10 @@ impl Worker {
                     0 => {}
                     3 => match &login.creds {
                         Creds::Password(p) => write::password_message(out, p.as_bytes()),
-                        _ => return Err(no_password(user, "cleartext")),
+                        _ => {
+                            login.missing_creds = true;
+                            return Err(no_password(user, "cleartext"));
+                        }
                     },
                     5 => {
                         let salt: [u8; 4] = rest
@@ -404,7 +460,10 @@ impl Worker {
                         let hash = match &login.creds {
                             Creds::Password(p) => crate::auth::md5_password_hash(user, p),
                             Creds::Md5(h) => *h,
-                            _ => return Err(no_password(user, "md5")),
+                            _ => {
+                                login.missing_creds = true;
+                                return Err(no_password(user, "md5"));
+                            }
                         };
                         write::password_message(out, md5_salted_response(&hash, salt).as_bytes());
                     }
@@ -420,7 +479,10 @@ impl Worker {
                                 client_key,
                                 server_key,
                             } => ScramClient::with_keys(*client_key, *server_key, nonce),
-                            _ => return Err(no_password(user, "SCRAM")),
+                            _ => {
+                                login.missing_creds = true;
+                                return Err(no_password(user, "SCRAM"));
+                            }
                         };
                         write::sasl_initial_response(out, "SCRAM-SHA-256", &client.client_first());
                         login.scram = Some(client);
@@ -496,7 +558,15 @@ impl Worker {
             p.welcome = Some(Welcome { params });
         }
         let waiting = std::mem::take(&mut p.login_waiting);
-        self.server_ready(st);
+        let connect_query = self
+            .cfg
+            .database(&p.db)
+            .and_then(|r| r.entry.connect_query.clone());
+        match connect_query {
+            // PgBouncer runs it once per new server, before any client sees the server.
+            Some(q) => self.run_own_query(st, OwnQuery::Connect, &q),
+            None => self.server_ready(st),
+        }
         for (ct, id) in waiting {
             if self.client(ct).is_some_and(|c| c.id == id) {
                 self.finish_login(ct);
@@ -507,19 +577,38 @@ impl Worker {
     pub(crate) fn server_login_failed(&mut self, st: usize, err: ErrorFields) {
         let Some(s) = self.server(st) else { return };
         let pool = s.pool;
+        let remember = !s.login.as_ref().is_some_and(|l| l.missing_creds);
         // Record the failure first: removing the server looks for waiting clients, and
         // must not start a new login inside server_login_retry.
-        self.pool_login_failed(pool, err.clone());
+        self.pool_login_failed(pool, err.clone(), remember);
         self.remove_server(st, &format!("login failed: {}", err.message()));
     }
 
-    /// A server login failed: clients waiting for their greeting get the error.
-    pub(crate) fn pool_login_failed(&mut self, pool: PoolId, err: ErrorFields) {
+    /// A server login failed: clients waiting for their greeting get the server's error,
+    /// and so do clients waiting for a server when no logged-in server could serve them
+    /// (PostgreSQL down, the role refused): they hear it now, as PgBouncer tells them,
+    /// not at query_wait_timeout.
+    /// `remember` keeps the error for server_login_retry; a failure that says nothing
+    /// of PostgreSQL (this worker lacks the password yet) only goes to who waits now.
+    pub(crate) fn pool_login_failed(&mut self, pool: PoolId, err: ErrorFields, remember: bool) {
         let p = self.pools.get_mut(pool);
-        log::warn!("{}/{}: server login failed: {}", p.db, p.user, err);
-        p.last_failure = Some((self.now, err.clone()));
-        let waiting = std::mem::take(&mut p.login_waiting);
-        for (ct, id) in waiting {
+        let (db, user, why) = (
+            crate::logsafe::Escaped(&p.db),
+            crate::logsafe::Escaped(&p.user),
+            err.to_string(),
+        );
+        log::warn!(
+            "{db}/{user}: server login failed: {}",
+            crate::logsafe::Escaped(&why)
+        );
+        if remember {
+            p.last_failure = Some((self.now, err.clone()));
+        }
+        let mut queued = std::mem::take(&mut p.login_waiting);
+        if p.connected() == 0 {
+            queued.extend(p.waiting.drain(..));
+        }
+        for (ct, id) in queued {
             if self.client(ct).is_some_and(|c| c.id == id) {
                 self.close_client(ct, Close::Relay(err.clone()));
             }
@@ -574,14 +663,14 @@ impl Worker {
                 }
             }
             SState::Active => p.active -= 1,
-            SState::Reset => p.resetting -= 1,
+            SState::Reset(_) => p.resetting -= 1,
             SState::Canceling => p.canceling -= 1,
         }
         match new {
             SState::Connecting | SState::Login => p.launching += 1,
             SState::Idle => p.idle.push(st),
             SState::Active => p.active += 1,
-            SState::Reset => p.resetting += 1,
+            SState::Reset(_) => p.resetting += 1,
             SState::Canceling => p.canceling += 1,
         }
     }
@@ -594,15 +683,30 @@ impl Worker {
             };
             match s.io.fill(&mut self.bufs) {
                 Ok(Filled::Bytes(_)) => {}
-                Ok(Filled::Nothing) => break,
+                Ok(Filled::Nothing) => {}
                 Ok(Filled::Eof) | Err(_) => {
                     return self.remove_server(st, "server closed the connection")
                 }
             }
+            if !self.idle_server_messages(st) {
+                return;
+            }
+            match self.conns.get(st) {
+                Some(Conn::Server(s)) if s.io.may_read() => {}
+                Some(Conn::Server(_)) => break,
+                _ => return,
+            }
         }
+        if let Some(Conn::Server(s)) = self.conns.get_mut(st) {
+            s.io.release_buffers(&mut self.bufs);
+        }
+    }
+
+    /// Handles the whole messages an idle server sent; false once the server is gone.
+    fn idle_server_messages(&mut self, st: usize) -> bool {
         loop {
             let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-                return;
+                return false;
             };
             match frame::message(s.io.rbuf.bytes(), relay::MAX_INSPECTED) {
                 Ok(Some((h, body))) => {
@@ -617,54 +721,88 @@ impl Worker {
                         }
                         b'E' => {
                             let e = ErrorFields::parse(body);
-                            return self
-                                .remove_server(st, &format!("server error while idle: {e}"));
+                            self.remove_server(st, &format!("server error while idle: {e}"));
+                            return false;
                         }
-                        _ => return self.remove_server(st, "idle server got unexpected data"),
+                        _ => {
+                            self.remove_server(st, "idle server got unexpected data");
+                            return false;
+                        }
                     }
                     s.io.rbuf.consume(h.total);
                 }
-                Ok(None) => break,
-                Err(_) => return self.remove_server(st, "idle server sent a bad message"),
+                Ok(None) => {
+                    // A long notice: make room so the next read can complete it.
+                    if let Ok(Some(h)) = frame::header(s.io.rbuf.bytes(), relay::MAX_INSPECTED) {
+                        s.io.rbuf.make_room(h.total, &mut self.bufs);
+                    }
+                    return true;
+                }
+                Err(_) => {
+                    self.remove_server(st, "idle server sent a bad message");
+                    return false;
+                }
             }
-        }
-        if let Some(Conn::Server(s)) = self.conns.get_mut(st) {
-            s.io.release_buffers(&mut self.bufs);
         }
     }
 
     /// Runs server_reset_query; the server goes back to the pool when it answers.
     pub(crate) fn start_reset(&mut self, st: usize) {
-        let query = self.cfg.server_reset_query.clone();
-        if query.trim().is_empty() {
+        let cfg = self.cfg.clone();
+        if cfg.server_reset_query.trim().is_empty() {
             return self.server_ready(st);
         }
-        self.set_server_state(st, SState::Reset);
+        if let Some(s) = self.server(st) {
+            // DISCARD ALL forgets what was SET and prepared; tracked values come back as
+            // ParameterStatus.
+            s.params.retain_tracked();
+            s.stmts.clear();
+        }
+        self.run_own_query(st, OwnQuery::Reset, &cfg.server_reset_query);
+    }
+
+    /// Sends one of the pooler's own queries; the server goes back to the pool (and to
+    /// the next waiting client) once it has answered, or is closed if it failed.
+    pub(crate) fn run_own_query(&mut self, st: usize, what: OwnQuery, query: &str) {
+        self.set_server_state(st, SState::Reset(what));
         let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;
         };
-        write::query(s.io.wbuf.vec(&mut self.bufs), &query);
+        write::query(s.io.wbuf.vec(&mut self.bufs), query);
         s.own += 1;
         s.scan = Scan::default();
-        // DISCARD ALL forgets what was SET and prepared; tracked values come back as
-        // ParameterStatus.
-        s.params.retain_tracked();
-        s.stmts.clear();
-        self.reset_io(st);
+        self.reset_io(st, what);
     }
 
-    fn reset_io(&mut self, st: usize) {
+    /// Whether an idle server must pass server_check_query before a client gets it.
+    pub(crate) fn needs_check(&self, st: usize) -> bool {
+        let Some(Conn::Server(s)) = self.conns.get(st) else {
+            return false;
+        };
+        !self.cfg.server_check_query.trim().is_empty()
+            && self.now.duration_since(s.since) >= self.cfg.server_check_delay
+    }
+
+    /// Runs server_check_query on an idle server; a waiting client gets it afterwards.
+    pub(crate) fn start_check(&mut self, st: usize) {
+        let cfg = self.cfg.clone();
+        self.run_own_query(st, OwnQuery::Check, &cfg.server_check_query);
+    }
+
+    fn reset_io(&mut self, st: usize, what: OwnQuery) {
         loop {
             let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
                 return;
             };
             if s.io.flush_own(&mut self.bufs).is_err() {
-                return self.remove_server(st, "server connection failed during reset");
+                let why = format!("server connection failed during {}", what.what());
+                return self.remove_server(st, &why);
             }
             let got = s.io.fill(&mut self.bufs);
             let mut progress = matches!(got, Ok(Filled::Bytes(_)));
             if !matches!(got, Ok(Filled::Bytes(_) | Filled::Nothing)) {
-                return self.remove_server(st, "server closed the connection during reset");
+                let why = format!("server closed the connection during {}", what.what());
+                return self.remove_server(st, &why);
             }
             let mut tx = crate::relay::TxState::new();
             loop {
@@ -683,7 +821,8 @@ impl Worker {
                         progress = true;
                         if done {
                             if let Some(e) = s.own_error.take() {
-                                return self.remove_server(st, &format!("reset query failed: {e}"));
+                                let why = format!("{} failed: {e}", what.what());
+                                return self.remove_server(st, &why);
                             }
                             s.scan = Scan::default();
                             return self.server_ready(st);
@@ -695,9 +834,14 @@ impl Worker {
                         }
                         break;
                     }
-                    _ => return self.remove_server(st, "unexpected data during reset"),
+                    _ => {
+                        let why = format!("unexpected data during {}", what.what());
+                        return self.remove_server(st, &why);
+                    }
                 }
             }
+            // Room made for a long answer: read on, no event will say there is more.
+            progress |= s.io.may_read();
             if !progress {
                 return;
             }
@@ -709,7 +853,11 @@ impl Worker {
         let Some(Conn::Server(s)) = self.conns.get(st) else {
             return;
         };
-        log::info!("{}: closing because: {reason}", s.name(self));
+        log::info!(
+            "{}: closing because: {}",
+            s.name(self),
+            crate::logsafe::Escaped(reason)
+        );
         let client = s.client;
         let pool = s.pool;
         if let Some(ct) = client {
@@ -729,7 +877,7 @@ impl Worker {
             SState::Connecting | SState::Login => p.launching -= 1,
             SState::Idle => p.idle.retain(|&t| t != st),
             SState::Active => p.active -= 1,
-            SState::Reset => p.resetting -= 1,
+            SState::Reset(_) => p.resetting -= 1,
             SState::Canceling => p.canceling -= 1,
         }
         if let Some(Conn::Server(mut s)) = self.conns.try_remove(st) {

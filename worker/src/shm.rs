@@ -116,10 +116,19 @@ struct Name {
     /// Until when (Unix milliseconds) some worker has clients waiting because this
     /// name's limit is reached. Expires by itself, so a dead worker never leaves it set.
     starved_until: AtomicU64,
+    /// Which workers (bit `slot % 64`) marked it: a worker's own mark must not make it
+    /// close the servers its own waiting clients need.
+    starved_by: AtomicU64,
     /// Database stats of workers that died (the supervisor adds them in), so totals never
     /// go back; and per-second averages over the last stats_period. Supervisor-written.
     retired: [AtomicU64; 8],
     averages: [AtomicU64; 8],
+}
+
+/// A worker's bit in `Name::starved_by`; slots past 64 share bits, which at worst lets a
+/// server go that could have stayed.
+fn slot_bit(slot: usize) -> u64 {
+    1u64 << (slot % 64)
 }
 
 /// The mapped region. Cheap to share: every accessor takes `&self`.
@@ -359,13 +368,21 @@ impl Shm {
     }
 
     /// A worker could not get a server because this name's limit is reached.
-    pub fn mark_starved(&self, i: usize, until_ms: u64) {
-        self.name(i).starved_until.fetch_max(until_ms, AcqRel);
+    pub fn mark_starved(&self, slot: usize, i: usize, until_ms: u64) {
+        let n = self.name(i);
+        n.starved_by.fetch_or(slot_bit(slot), AcqRel);
+        n.starved_until.fetch_max(until_ms, AcqRel);
     }
 
-    /// Whether some worker is waiting for this name's capacity.
-    pub fn is_starved(&self, i: usize, now_ms: u64) -> bool {
-        self.name(i).starved_until.load(Acquire) > now_ms
+    /// Worker `slot` no longer waits for this name's capacity.
+    pub fn clear_starved(&self, slot: usize, i: usize) {
+        self.name(i).starved_by.fetch_and(!slot_bit(slot), AcqRel);
+    }
+
+    /// Whether a worker other than `slot` is waiting for this name's capacity.
+    pub fn is_starved_elsewhere(&self, slot: usize, i: usize, now_ms: u64) -> bool {
+        let n = self.name(i);
+        n.starved_until.load(Acquire) > now_ms && n.starved_by.load(Acquire) & !slot_bit(slot) != 0
     }
 
     /// The global count at `i`.

@@ -124,6 +124,14 @@ impl Stream {
         }
     }
 
+    /// Whether a read could still add bytes: the socket has not been seen empty and the
+    /// buffer has room. Edge triggering reports nothing more until a read sees WouldBlock,
+    /// so a caller that stops while this holds (say, after a read that filled the buffer
+    /// exactly, then `make_room`) must read again or nobody ever will.
+    pub fn may_read(&self) -> bool {
+        self.readable && self.rbuf.can_read()
+    }
+
     /// Writes as much of `bytes` as the socket takes; 0 when it would block.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<usize> {
         send_on(&mut self.sock, &mut self.writable, bytes)

@@ -28,6 +28,8 @@ const ACCEPT_BATCH: usize = 64;
 const LISTENER_BASE: usize = usize::MAX - 1024;
 const CONTROL: usize = usize::MAX;
 const SIGNALS: usize = usize::MAX - 1;
+/// The resolver thread's wake-ups.
+const DNS: usize = usize::MAX - 2;
 
 /// A listening socket handed over by the supervisor.
 pub enum ListenSocket {
@@ -102,6 +104,8 @@ pub struct Worker {
     pub(crate) waits: Vec<(u32, control::Until)>,
     /// Set once a graceful shutdown began.
     pub(crate) shutdown_since: Option<Instant>,
+    /// Server host names, looked up on a thread so the loop never blocks on DNS.
+    pub(crate) dns: crate::dns::Resolver,
 }
 
 impl Worker {
@@ -137,6 +141,8 @@ impl Worker {
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGTERM])?;
         poll.registry()
             .register(&mut signals, Token(SIGNALS), Interest::READABLE)?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), Token(DNS))?);
+        let dns = crate::dns::Resolver::start(waker)?;
         let cfg = init.config;
         let auth = AuthCache::from_text(init.userlist.as_deref(), init.mock_key);
         let now = Instant::now();
@@ -166,6 +172,7 @@ impl Worker {
             holds: init.holds,
             waits: Vec::new(),
             shutdown_since: None,
+            dns,
         };
         w.stats.started(&w.shm, w.slot);
         Ok(w)
@@ -217,6 +224,15 @@ impl Worker {
         let t = ev.token().0;
         if t == CONTROL {
             return self.control_io();
+        }
+        if t == DNS {
+            if self.dns.collect(self.now) {
+                // Pools that waited for a lookup can launch now (or fail their clients).
+                for pool in 0..self.pools.list.len() {
+                    self.serve_waiting(pool);
+                }
+            }
+            return;
         }
         if t == SIGNALS {
             let got_term = self

@@ -227,6 +227,18 @@ impl Worker {
                 true,
             ),
             (
+                "dns_max_ttl",
+                s(seconds(c.dns_max_ttl)),
+                s(seconds(d.dns_max_ttl)),
+                true,
+            ),
+            (
+                "dns_nxdomain_ttl",
+                s(seconds(c.dns_nxdomain_ttl)),
+                s(seconds(d.dns_nxdomain_ttl)),
+                true,
+            ),
+            (
                 "idle_transaction_timeout",
                 s(seconds(c.idle_transaction_timeout)),
                 s(seconds(d.idle_transaction_timeout)),
@@ -800,7 +812,7 @@ impl Worker {
                     let state = match sv.state {
                         SState::Active => "active",
                         SState::Idle => "idle",
-                        SState::Reset => "tested",
+                        SState::Reset(_) => "tested",
                         SState::Canceling => "being_canceled",
                         SState::Connecting | SState::Login => "new",
                     };
