@@ -686,3 +686,32 @@ fn login_hand_overs_at_every_buffer_boundary() {
         }
     }
 }
+
+/// Item 12, the settings test's findings: a database's application_name reaches the
+/// server, and a client's own still wins.
+#[test]
+fn a_database_application_name_reaches_the_server() {
+    let pg = shared_pg();
+    let role = "defects_appname";
+    create_role(pg, role);
+    let pooler = start(
+        role,
+        "pool_mode: transaction",
+        &app_db(pg.port(), "application_name: from-config"),
+    );
+    let mut c = login(&pooler, role, "app");
+    c.write_all(&query("show application_name")).unwrap();
+    assert_eq!(read_answer(&mut c).values, ["from-config"]);
+    let mut mine = raw_login(
+        pooler.port(),
+        &startup_packet(&[
+            ("user", role),
+            ("database", "app"),
+            ("application_name", "mine"),
+        ]),
+        PW,
+    )
+    .unwrap();
+    mine.write_all(&query("show application_name")).unwrap();
+    assert_eq!(read_answer(&mut mine).values, ["mine"]);
+}

@@ -144,9 +144,7 @@ impl Worker {
     pub(crate) fn add_client(&mut self, mut sock: Sock, peer: Option<SocketAddr>) {
         if let Sock::Tcp(s) = &sock {
             let _ = s.set_nodelay(true);
-            if self.cfg.tcp_keepalive {
-                let _ = socket2::SockRef::from(s).set_keepalive(true);
-            }
+            crate::stream::tune_tcp(s, &self.cfg);
         }
         let state = match self.proxy_admission(peer) {
             crate::proxy::Admission::Direct => CState::Startup,
@@ -831,7 +829,8 @@ impl Worker {
             Close::Fatal(_, m) => m,
             Close::Relay(e) => e.message(),
         };
-        if self.cfg.log_disconnections || !matches!(why, Close::Quiet(_)) {
+        let told = !matches!(why, Close::Quiet(_));
+        if self.cfg.log_disconnections || (told && self.cfg.log_pooler_errors) {
             let age = self.now.duration_since(c.connect_time).as_secs();
             // The reason can quote the client (a database or parameter name) or a server.
             log::info!(

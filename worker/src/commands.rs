@@ -60,6 +60,7 @@ impl Worker {
                     dbname: r.dbname.clone(),
                     user: user.clone(),
                     password: r.entry.password.as_ref().map(|s| s.expose().to_string()),
+                    application_name: r.entry.application_name.clone(),
                 };
                 let limits = Limits {
                     mode: self.cfg.pool_mode_for(&p.db, &user),

@@ -18,6 +18,8 @@ pub struct Target {
     pub user: String,
     /// The database entry's password, which wins over the auth file.
     pub password: Option<String>,
+    /// The database entry's application_name, sent in the server's startup packet.
+    pub application_name: Option<String>,
 }
 
 /// What a pool's first server login reported: what new clients are told at login.
@@ -206,6 +208,7 @@ impl crate::worker::Worker {
                 .password
                 .as_ref()
                 .map(|p| p.expose().to_string()),
+            application_name: resolved.entry.application_name.clone(),
         };
         let mut pool = Pool::new(db.to_string(), server_user, target, limits);
         pool.paused = self.holds.is_paused(db);

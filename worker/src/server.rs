@@ -235,6 +235,9 @@ impl Worker {
                 return false;
             }
         };
+        if let Sock::Tcp(s) = &sock {
+            crate::stream::tune_tcp(s, &self.cfg);
+        }
         let entry_key = self.conns.vacant_entry().key();
         if let Err(e) = self.register(entry_key, &mut sock) {
             self.give_back(holds);
@@ -344,10 +347,14 @@ impl Worker {
                     return;
                 }
                 let pool = self.pools.get(s.pool);
-                let startup = [
+                let mut startup = vec![
                     ("user", pool.target.user.as_str()),
                     ("database", pool.target.dbname.as_str()),
                 ];
+                // The database's application_name; a client's own is SET on top of it.
+                if let Some(app) = &pool.target.application_name {
+                    startup.push(("application_name", app.as_str()));
+                }
                 write::startup_message(s.io.wbuf.vec(&mut self.bufs), &startup);
                 s.state = SState::Login;
                 self.server_login_io(st);

@@ -58,6 +58,29 @@ impl Sock {
     }
 }
 
+/// Applies the tcp_* settings to a client or server socket: keepalive with its idle
+/// time, interval and probe count, and TCP_USER_TIMEOUT. A value of 0 keeps the OS
+/// default. Failures are ignored: a socket without them still works, as in PgBouncer.
+pub fn tune_tcp(s: &mio::net::TcpStream, cfg: &crate::config::Config) {
+    let sock = socket2::SockRef::from(s);
+    if cfg.tcp_keepalive {
+        let mut ka = socket2::TcpKeepalive::new();
+        if !cfg.tcp_keepidle.is_zero() {
+            ka = ka.with_time(cfg.tcp_keepidle);
+        }
+        if !cfg.tcp_keepintvl.is_zero() {
+            ka = ka.with_interval(cfg.tcp_keepintvl);
+        }
+        if cfg.tcp_keepcnt != 0 {
+            ka = ka.with_retries(cfg.tcp_keepcnt);
+        }
+        let _ = sock.set_tcp_keepalive(&ka);
+    }
+    if !cfg.tcp_user_timeout.is_zero() {
+        let _ = sock.set_tcp_user_timeout(Some(cfg.tcp_user_timeout));
+    }
+}
+
 /// What one read attempt found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Filled {
@@ -195,4 +218,40 @@ pub fn forward(src: &mut Stream, dst: &mut Stream, n: usize) -> io::Result<usize
     let done = send_on(&mut dst.sock, &mut dst.writable, bytes)?;
     src.rbuf.consume(done);
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn tcp_settings_reach_the_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let s = mio::net::TcpStream::from_std(s);
+        let cfg = crate::config::Config::from_yaml_str(
+            "tcp_keepidle: 77\ntcp_keepintvl: 11\ntcp_keepcnt: 5\ntcp_user_timeout: 2.5",
+        )
+        .unwrap();
+        tune_tcp(&s, &cfg);
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(77));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(11)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 5);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+        // tcp_keepalive off: no keepalive at all.
+        let s2 = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let s2 = mio::net::TcpStream::from_std(s2);
+        let off = crate::config::Config::from_yaml_str("tcp_keepalive: false").unwrap();
+        tune_tcp(&s2, &off);
+        assert!(!socket2::SockRef::from(&s2).keepalive().unwrap());
+    }
 }
