@@ -4,10 +4,14 @@
 # Usage: scripts/fuzz.sh SECONDS [TARGET...]
 #   SECONDS  how long each target runs (libFuzzer -max_total_time)
 #   TARGET   only these targets (default: every target in fuzz/Cargo.toml)
-# Environment: FUZZ_ARGS adds libFuzzer options (e.g. FUZZ_ARGS="-max_len=8192").
+# Environment: FUZZ_ARGS adds libFuzzer options (e.g. FUZZ_ARGS="-max_len=8192", or
+#   FUZZ_ARGS="-runs=10000000" to stop each target at ten million executions).
+#   FUZZ_KEEP=1 merges what the run found into the committed corpus afterwards.
 #
-# The committed seeds in fuzz/corpus/<target> are read, never written: each run
-# grows a scratch corpus in a temporary directory that is removed afterwards.
+# The committed seeds in fuzz/corpus/<target> are read: each run grows a scratch
+# corpus in a temporary directory that is removed afterwards. With FUZZ_KEEP=1 the
+# inputs of the scratch corpus that add coverage are merged into fuzz/corpus/<target>
+# (libFuzzer -merge=1), so the next run starts where this one ended.
 # Crash inputs land in fuzz/artifacts/<target>/ (git-ignored). The exit status is
 # non-zero when any target crashed, leaked, timed out or failed to run.
 set -euo pipefail
@@ -69,6 +73,12 @@ for t in "${targets[@]}"; do
         mkdir -p "fuzz/artifacts/$t"
         cp "$logfile" "fuzz/artifacts/$t/last-failure.log"
         grep -E 'panicked at|ERROR: (libFuzzer|AddressSanitizer)|^SUMMARY' "$logfile" | head -n 4 >&2 || true
+    fi
+    if [ "$status" = ok ] && [ "${FUZZ_KEEP:-0}" = 1 ]; then
+        before=$(find "fuzz/corpus/$t" -type f | wc -l)
+        (cd fuzz && cargo fuzz run "$t" "corpus/$t" "$scratch/$t" -- -merge=1) \
+            >"$scratch/$t.merge.log" 2>&1 || die "merging the corpus of $t failed"
+        log "$t: corpus $before -> $(find "fuzz/corpus/$t" -type f | wc -l) files"
     fi
     line=$(printf '%-14s %-6s execs=%-10s cov=%-6s ft=%-6s corpus=%-12s artifact=%s' \
         "$t" "$status" "${execs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "${artifact:-none}")

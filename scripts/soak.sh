@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soaks pgbouncers: pgbench through 3 transaction-mode workers for SECONDS while the config is reloaded every 10 s and a random worker is SIGKILLed every 30 s.
+# Soaks pgbouncers: pgbench through 3 transaction-mode workers for SECONDS while the config is reloaded every 10 s, a random worker is SIGKILLed every 30 s and PostgreSQL restarts every 60 s.
 #
 # Usage: scripts/soak.sh [SECONDS]        (default 600, at least 20)
 # Environment:
@@ -27,10 +27,16 @@
 #   which worker serves each client, so right before the SIGKILL the script
 #   knows exactly how many clients of this chunk sit on the victim: V. (When
 #   the timing does not fit, the kill waits for the next chunk's window.)
-# - At the end every chunk is judged on its own: a chunk with no kill must
-#   have exited 0 with no aborted client and no failed transaction; a chunk
-#   with a kill may lose at most V clients (aborted + failed <= V) and must
-#   exit 0 or 2. Anything else is an unexplained failure.
+# - Every 60 s (offset by 15 s from the kills) PostgreSQL itself restarts
+#   (pg_ctl restart -m fast), also in the middle of a chunk: every client
+#   with a transaction in flight may lose it, so such a chunk may lose all
+#   its clients. The pooler must recover by itself: the chunks after it
+#   are judged like any other.
+# - At the end every chunk is judged on its own: a chunk with no kill and no
+#   restart must have exited 0 with no aborted client and no failed
+#   transaction; a chunk with a kill may lose at most V clients (aborted +
+#   failed <= V), one with a restart at most all of them, and must exit 0
+#   or 2. Anything else is an unexplained failure.
 # The script exits non-zero on any unexplained failure, on a reload that did
 # not take effect, if the supervisor died, or if it does not end with exactly
 # 3 running workers. It prints a summary either way.
@@ -46,6 +52,7 @@ CLIENTS=20
 CHUNK=5
 HUP_EVERY=10
 KILL_EVERY=30
+RESTART_EVERY=60
 case "$DURATION" in
 '' | *[!0-9]*) die "usage: scripts/soak.sh [SECONDS] (a whole number, at least 20)" ;;
 esac
@@ -249,14 +256,18 @@ load_loop() {
 }
 : >"$WORK/chunks.tsv"
 : >"$WORK/kills.tsv"
+: >"$WORK/restarts.tsv"
 load_loop &
 LOAD_PID=$!
 
 reloads=0
 reload_failures=0
 kills=0
+restarts=0
+restart_failures=0
 next_hup=$((START + HUP_EVERY * 1000))
 next_kill=$((START + KILL_EVERY * 1000))
+next_restart=$((START + (RESTART_EVERY + 15) * 1000))
 
 # SIGHUP with the other pool_size; the new size must show in SHOW DATABASES.
 do_reload() {
@@ -307,12 +318,38 @@ try_kill() {
     return 0
 }
 
+# Restarts PostgreSQL in the middle of a chunk; returns 1 (try again shortly)
+# when no chunk is in its window.
+try_restart() {
+    local chunk t0 secs now
+    [ -f "$WORK/current" ] || return 1
+    read -r chunk t0 secs <"$WORK/current" || return 1
+    now=$(now_ms)
+    [ $((now - t0)) -ge 1000 ] || return 1
+    # Room after it: the pooler's server_login_retry (1 s) ends inside this chunk.
+    [ $((t0 + secs * 1000 - now)) -ge 3000 ] || return 1
+    restarts=$((restarts + 1))
+    printf '%s %s\n' "$chunk" "$now" >>"$WORK/restarts.tsv"
+    if as_pg "$BINDIR/pg_ctl" -D "$PGDATA_DIR" -l "$WORK/postgres.log" -m fast -w -t 60 restart >/dev/null; then
+        log "restart $restarts: PostgreSQL restarted in chunk $chunk ($(($(now_ms) - now)) ms)"
+    else
+        restart_failures=$((restart_failures + 1))
+        warn "restart $restarts: PostgreSQL did not restart"
+    fi
+    return 0
+}
+
 while kill -0 "$LOAD_PID" 2>/dev/null; do
     now=$(now_ms)
     kill -0 "$POOLER_PID" 2>/dev/null || break
     if [ "$now" -ge "$next_hup" ] && [ "$now" -lt $((END - 2000)) ]; then
         do_reload
         next_hup=$((next_hup + HUP_EVERY * 1000))
+    fi
+    if [ "$now" -ge "$next_restart" ] && [ "$now" -lt $((END - 8000)) ]; then
+        if try_restart; then
+            next_restart=$((next_restart + RESTART_EVERY * 1000))
+        fi
     fi
     if [ "$now" -ge "$next_kill" ] && [ "$now" -lt $((END - 3000)) ]; then
         if try_kill; then
@@ -355,6 +392,9 @@ while read -r chunk _ _ rc mode; do
     failed=${failed:-0}
     transactions=$((transactions + ${processed:-0}))
     allowed=$(awk -v c="$chunk" '$1 == c { v += $4 } END { print v + 0 }' "$WORK/kills.tsv")
+    if awk -v c="$chunk" '$1 == c { found = 1 } END { exit !found }' "$WORK/restarts.tsv"; then
+        allowed=$CLIENTS
+    fi
     lost=$((aborted + failed))
     aborted_total=$((aborted_total + lost))
     if [ "$rc" -eq 0 ] && [ "$lost" -eq 0 ]; then
@@ -365,7 +405,7 @@ while read -r chunk _ _ rc mode; do
         continue
     fi
     unexplained=$((unexplained + (lost > 0 ? lost : 1)))
-    details+=("chunk $chunk ($mode): exit $rc, $aborted aborted + $failed failed, $allowed on killed workers")
+    details+=("chunk $chunk ($mode): exit $rc, $aborted aborted + $failed failed, $allowed allowed (killed workers, restarts)")
     details+=("$(grep -E 'error|aborted|FATAL' "$out" | head -n 5 | sed 's/^/    /')")
 done <"$WORK/chunks.tsv"
 
@@ -380,7 +420,11 @@ echo "  worker kills:  $kills"
 while read -r chunk slot pid victims _; do
     echo "    chunk $chunk: worker $slot (pid $pid) with $victims clients"
 done <"$WORK/kills.tsv"
-echo "  lost clients:  $aborted_total ($explained on killed workers, $unexplained unexplained)"
+echo "  PG restarts:   $restarts ($restart_failures failed)"
+while read -r chunk _; do
+    echo "    chunk $chunk"
+done <"$WORK/restarts.tsv"
+echo "  lost clients:  $aborted_total ($explained on killed workers or restarts, $unexplained unexplained)"
 for d in "${details[@]}"; do echo "    $d"; done
 echo "  supervisor:    $([ "$supervisor_alive" -eq 1 ] && echo alive || echo DEAD)"
 echo "  workers:       $final_workers running in SHOW WORKERS, $final_children child processes (want $WORKERS)"
@@ -390,6 +434,10 @@ problems=()
 [ "$transactions" -gt 0 ] || problems+=("no transaction went through")
 [ "$unexplained" -eq 0 ] || problems+=("$unexplained unexplained failures")
 [ "$reload_failures" -eq 0 ] || problems+=("$reload_failures reloads did not take effect")
+[ "$restart_failures" -eq 0 ] || problems+=("$restart_failures PostgreSQL restarts failed")
+if [ "$DURATION" -ge $((RESTART_EVERY + 25)) ] && [ "$restarts" -eq 0 ]; then
+    problems+=("PostgreSQL was never restarted (never found a window)")
+fi
 [ "$supervisor_alive" -eq 1 ] || problems+=("the supervisor died")
 [ "$final_workers" -eq "$WORKERS" ] || problems+=("$final_workers running workers at the end, want $WORKERS")
 [ "$final_children" -eq "$WORKERS" ] || problems+=("$final_children worker processes at the end, want $WORKERS")
