@@ -378,6 +378,25 @@ fn connect_query_runs_on_each_new_server() {
         "{}",
         tail(&pooler.log(), 10)
     );
+
+    // A connect_query that fails is a failed login: the client hears it, and
+    // server_login_retry spaces out the attempts instead of a reconnect loop.
+    let pooler = start(
+        role,
+        "pool_mode: transaction\nserver_login_retry: 5",
+        &app_db(pg.port(), "connect_query: 'selec 1'"),
+    );
+    let start = Instant::now();
+    let mut c = login(&pooler, role, "app");
+    c.write_all(&query("select 1")).unwrap();
+    let err = read_answer(&mut c)
+        .error
+        .expect("the connect_query's error");
+    assert!(err.message().contains("connect_query failed"), "{err:?}");
+    assert!(start.elapsed() < secs(3));
+    thread::sleep(secs(2));
+    let log = pooler.log();
+    assert_eq!(count(&log, "server login failed"), 1, "{}", tail(&log, 20));
 }
 
 /// Item 12: server_check_query reaches PostgreSQL before an idle server is reused after
@@ -485,7 +504,15 @@ fn named_parse_longer_than_the_buffer_is_answered() {
             &app_db(pg.port(), ""),
         );
         let mut c = login(&pooler, role, "app");
-        for (name_len, pad) in [(10, 4_095), (10, 12_000), (5_000, 10)] {
+        // Parse messages whose whole length (header included) lands on every byte
+        // around one and two buffers, then names longer than the buffer.
+        let fixed = 5 + 10 + 1 + "select 5 /*  */".len() + 1 + 2;
+        let mut cases: Vec<(usize, usize)> = (4_096 - 8..=4_096 + 8)
+            .chain(8_192 - 8..=8_192 + 8)
+            .map(|total| (10, total - fixed))
+            .collect();
+        cases.extend([(10, 12_000), (5_000, 10), (4_096, 10)]);
+        for (name_len, pad) in cases {
             let name = "n".repeat(name_len);
             let sql = format!("select 5 /* {} */", "p".repeat(pad));
             let mut parse = Vec::new();

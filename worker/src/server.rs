@@ -231,7 +231,12 @@ impl Worker {
                     "could not connect to server {}:{}: {e}",
                     target.host, target.port
                 );
-                self.pool_login_failed(pool, error_fields(sqlstate::CONNECTION_FAILURE, msg), true);
+                self.pool_login_failed(
+                    pool,
+                    error_fields(sqlstate::CONNECTION_FAILURE, msg),
+                    true,
+                    0,
+                );
                 return false;
             }
         };
@@ -585,9 +590,11 @@ impl Worker {
         let Some(s) = self.server(st) else { return };
         let pool = s.pool;
         let remember = !s.login.as_ref().is_some_and(|l| l.missing_creds);
+        // A server whose connect_query failed counts as logged in: it serves nobody.
+        let counted = usize::from(matches!(s.state, SState::Reset(_)));
         // Record the failure first: removing the server looks for waiting clients, and
         // must not start a new login inside server_login_retry.
-        self.pool_login_failed(pool, err.clone(), remember);
+        self.pool_login_failed(pool, err.clone(), remember, counted);
         self.remove_server(st, &format!("login failed: {}", err.message()));
     }
 
@@ -597,7 +604,14 @@ impl Worker {
     /// not at query_wait_timeout.
     /// `remember` keeps the error for server_login_retry; a failure that says nothing
     /// of PostgreSQL (this worker lacks the password yet) only goes to who waits now.
-    pub(crate) fn pool_login_failed(&mut self, pool: PoolId, err: ErrorFields, remember: bool) {
+    /// `failing` is how many of the pool's logged-in servers are the one that failed.
+    pub(crate) fn pool_login_failed(
+        &mut self,
+        pool: PoolId,
+        err: ErrorFields,
+        remember: bool,
+        failing: usize,
+    ) {
         let p = self.pools.get_mut(pool);
         let (db, user, why) = (
             crate::logsafe::Escaped(&p.db),
@@ -612,7 +626,7 @@ impl Worker {
             p.last_failure = Some((self.now, err.clone()));
         }
         let mut queued = std::mem::take(&mut p.login_waiting);
-        if p.connected() == 0 {
+        if p.connected() <= failing {
             queued.extend(p.waiting.drain(..));
         }
         for (ct, id) in queued {
@@ -828,6 +842,14 @@ impl Worker {
                         progress = true;
                         if done {
                             if let Some(e) = s.own_error.take() {
+                                if what == OwnQuery::Connect {
+                                    // Every new server would fail it again: a login failure,
+                                    // so server_login_retry spaces the attempts out.
+                                    let mut e = e;
+                                    e.message =
+                                        Some(format!("connect_query failed: {}", e.message()));
+                                    return self.server_login_failed(st, e);
+                                }
                                 let why = format!("{} failed: {e}", what.what());
                                 return self.remove_server(st, &why);
                             }
