@@ -27,10 +27,6 @@ const NOBODY_PW: &str = "nobodypw";
 /// Every pooler here runs this many workers.
 const WORKERS: usize = 2;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }

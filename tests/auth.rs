@@ -10,10 +10,6 @@ use common::pg::quote_literal;
 use common::*;
 use postgres::error::SqlState;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 /// AuthenticationRequest codes.
 const AUTH_OK: u32 = 0;
 const AUTH_CLEARTEXT: u32 = 3;

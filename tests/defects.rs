@@ -19,10 +19,6 @@ use common::*;
 
 const PW: &str = "defects-pw";
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 fn create_role(pg: &PgServer, role: &str) {
     pg.admin_sql(&format!(
         "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{PW}'"

@@ -12,10 +12,6 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 /// A transaction-mode config on the shared server: trust auth, `TRUST_USER` may use the
 /// console, `extra` global lines.
 fn config(extra: &str) -> String {
@@ -30,15 +26,6 @@ fn config(extra: &str) -> String {
            app: {{ host: 127.0.0.1, port: {port}, dbname: app, user: {TRUST_USER} }}\n",
         port = shared_pg().port()
     )
-}
-
-fn scalar(c: &mut postgres::Client, sql: &str) -> Result<String, postgres::Error> {
-    for m in c.simple_query(sql)? {
-        if let SimpleQueryMessage::Row(r) = m {
-            return Ok(r.get(0).unwrap_or("").to_string());
-        }
-    }
-    Ok(String::new())
 }
 
 /// How many times `needle` is in the log.

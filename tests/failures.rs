@@ -15,10 +15,6 @@ use postgres::SimpleQueryMessage;
 /// in pg_stat_activity never mix with parallel tests).
 const PW: &str = "failure-pw";
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 fn create_role(role: &str) {
     shared_pg().admin_sql(&format!("CREATE ROLE {role} LOGIN PASSWORD '{PW}'"));
 }

@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use postgres::error::SqlState;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 /// Waits for the server log to show that `user` logged in with `method`
 /// (PostgreSQL 14+ logs the method with log_connections).
 fn assert_auth_method(pg: &PgServer, user: &str, method: &str) {

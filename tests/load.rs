@@ -22,10 +22,6 @@ use common::*;
 use futures_util::stream::{self, StreamExt};
 use tokio_postgres::SimpleQueryMessage;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 /// One test at a time: each wants both cores, and timing bounds (login
 /// rates, the soak's throughput) mean nothing when they compete.
 fn serial() -> MutexGuard<'static, ()> {

@@ -18,10 +18,6 @@ use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::SimpleQueryMessage;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }

@@ -15,10 +15,6 @@ use common::*;
 use postgres::types::{ToSql, Type};
 use postgres::SimpleQueryMessage;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }

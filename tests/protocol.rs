@@ -15,10 +15,6 @@ use common::*;
 use postgres::error::SqlState;
 use postgres::{NoTls, SimpleQueryMessage};
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;

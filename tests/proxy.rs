@@ -19,10 +19,6 @@ use common::*;
 use common::{cleanup, pooler};
 use postgres::NoTls;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }

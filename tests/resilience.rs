@@ -12,10 +12,6 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 /// A transaction-mode config on the shared server with trust auth and a console user.
 fn config(extra: &str) -> String {
     format!(
@@ -30,15 +26,6 @@ fn config(extra: &str) -> String {
            app: {{ host: 127.0.0.1, port: {port}, dbname: app, user: {TRUST_USER} }}\n",
         port = shared_pg().port()
     )
-}
-
-fn scalar(c: &mut postgres::Client, sql: &str) -> Result<String, postgres::Error> {
-    for m in c.simple_query(sql)? {
-        if let postgres::SimpleQueryMessage::Row(r) = m {
-            return Ok(r.get(0).unwrap_or("").to_string());
-        }
-    }
-    Ok(String::new())
 }
 
 /// Rows of a console SHOW, as text.
@@ -151,7 +138,8 @@ fn an_unwritable_log_does_not_stop_service() {
         &config("logfile: /dev/full\nlog_disconnections: true\nverbose: 1\n"),
         &["--workers", "2"],
     );
-    let before = pooler.children();
+    // Both workers, not just the first to be forked.
+    let before = pooler.wait_for_children(2, secs(10));
     for i in 0..50 {
         let mut c = pooler.connect(TRUST_USER, "", "app");
         assert_eq!(

@@ -18,10 +18,6 @@ use common::wire::startup_packet;
 use common::*;
 use postgres::{NoTls, SimpleQueryMessage};
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }

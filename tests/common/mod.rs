@@ -54,3 +54,18 @@ pub const SUPERUSER: &str = "postgres";
 pub const SUPERUSER_PASSWORD: &str = "postgrespw";
 /// Address PostgreSQL and (by convention) the pooler listen on in tests.
 pub const LOCALHOST: &str = "127.0.0.1";
+
+/// `n` seconds, for the many timeouts tests spell out.
+pub fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
+}
+
+/// The first column of the first row `sql` returns, or "" when there is none.
+pub fn scalar(c: &mut postgres::Client, sql: &str) -> Result<String, postgres::Error> {
+    for m in c.simple_query(sql)? {
+        if let postgres::SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).unwrap_or("").to_string());
+        }
+    }
+    Ok(String::new())
+}
