@@ -9,6 +9,7 @@ pub mod connstring;
 mod database;
 mod de;
 mod error;
+pub mod ini;
 mod types;
 mod validate;
 
@@ -312,17 +313,33 @@ impl Config {
 
     /// [`Config::load`], also returning the file's text (what a reload hands the workers).
     /// At most [`MAX_FILE_SIZE`] bytes are read.
+    /// PgBouncer's ini format is recognised by content ([`ini::looks_like_ini`]) or a `.ini`
+    /// name, and converted: the text returned is then the equivalent YAML.
     pub fn read_file(path: &Path) -> Result<(String, Config), ConfigError> {
-        let file = std::fs::File::open(path).map_err(|e| ConfigError::io(path, &e))?;
-        let mut text = String::new();
-        file.take(MAX_FILE_SIZE + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| ConfigError::io(path, &e))?;
-        if text.len() as u64 > MAX_FILE_SIZE {
-            return Err(ConfigError::too_big(path, MAX_FILE_SIZE));
+        let text = read_capped(path)?;
+        let is_ini = ini::looks_like_ini(&text) || path.extension().is_some_and(|x| x == "ini");
+        if !is_ini {
+            let config = Config::from_file_text(&text).map_err(|e| e.with_file(path))?;
+            return Ok((text, config));
         }
-        let config = Config::from_file_text(&text).map_err(|e| e.with_file(path))?;
-        Ok((text, config))
+        // `%include` paths are opened as written, relative to the working directory as in
+        // PgBouncer; canonical paths tell include loops apart from repeated spellings.
+        let identity = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+        let mut read = |p: &Path| {
+            let text = read_capped(p).map_err(|e| e.message().to_owned())?;
+            Ok((identity(p), text))
+        };
+        let converted =
+            ini::convert(path, identity(path), &text, &mut read).map_err(|e| match e.line {
+                0 => ConfigError::invalid(e.file, e.message),
+                line => ConfigError::invalid(format!("{}:{line}", e.file), e.message),
+            })?;
+        for notice in &converted.notices {
+            log::info!("{}: {notice}", path.display());
+        }
+        let config =
+            Config::from_file_text(&converted.yaml).map_err(|e| ini::converted_error(path, e))?;
+        Ok((converted.yaml, config))
     }
 
     /// Serde step only: types and unknown keys, no cross-field rules.
@@ -445,6 +462,19 @@ impl Config {
     pub fn keys() -> &'static [&'static str] {
         struct_fields(|probe| Config::deserialize(probe))
     }
+}
+
+/// A file's text, at most [`MAX_FILE_SIZE`] bytes of it.
+fn read_capped(path: &Path) -> Result<String, ConfigError> {
+    let file = std::fs::File::open(path).map_err(|e| ConfigError::io(path, &e))?;
+    let mut text = String::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| ConfigError::io(path, &e))?;
+    if text.len() as u64 > MAX_FILE_SIZE {
+        return Err(ConfigError::too_big(path, MAX_FILE_SIZE));
+    }
+    Ok(text)
 }
 
 /// The settings that a reload cannot apply: what the supervisor set up before forking.
