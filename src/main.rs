@@ -12,7 +12,7 @@ use std::path::PathBuf;
     about = "A multi-process, PROXY-protocol-aware PostgreSQL connection pooler"
 )]
 struct Args {
-    /// Configuration file (YAML).
+    /// Configuration file: YAML, or PgBouncer's pgbouncer.ini (told apart by content).
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Configuration file, as PgBouncer takes it.
@@ -24,6 +24,9 @@ struct Args {
     /// Validate the configuration and exit: 0 when valid, 1 with the reason when not.
     #[arg(long)]
     check: bool,
+    /// Print FILE (PgBouncer's pgbouncer.ini, or YAML) as the equivalent YAML and exit.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "config_file"])]
+    convert: Option<PathBuf>,
     /// Run in the background (logs go to `logfile`).
     #[arg(short = 'd', long)]
     daemon: bool,
@@ -37,6 +40,19 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    if let Some(path) = &args.convert {
+        // The same reading as a start or a reload: what is printed is what would run.
+        match Config::read_file(path) {
+            Ok((yaml, _)) => {
+                print!("{yaml}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("pgbouncers: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let Some(path) = args.config.or(args.config_file) else {
         eprintln!("pgbouncers: a configuration file is required (-c FILE)");
         std::process::exit(2);

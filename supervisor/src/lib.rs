@@ -135,8 +135,11 @@ pub fn read_hba(cfg: &Config) -> Result<Option<String>, String> {
 
 /// Runs the pooler: returns the process exit code.
 pub fn run(opts: Options, cfg: Config) -> i32 {
-    // The text the console's SET edits; the file was just parsed, so it reads again.
-    let config_text = std::fs::read_to_string(&opts.config_path).unwrap_or_default();
+    // The text the console's SET edits; the file was just parsed, so it reads again. An ini
+    // file's text is its YAML conversion, which SET edits like any YAML.
+    let config_text = Config::read_file(&opts.config_path)
+        .map(|(text, _)| text)
+        .unwrap_or_default();
     let (userlist, hba) = match read_userlist(&cfg).and_then(|u| Ok((u, read_hba(&cfg)?))) {
         Ok(x) => x,
         Err(e) => {
