@@ -41,6 +41,7 @@ pub struct PoolerSetup {
     binary: PathBuf,
     env: Vec<(OsString, OsString)>,
     ready_timeout: Duration,
+    config_name: String,
 }
 
 impl Default for PoolerSetup {
@@ -62,6 +63,7 @@ impl PoolerSetup {
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pgbouncers"))),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(10),
+            config_name: CONFIG_FILE.to_owned(),
         }
     }
 
@@ -104,6 +106,13 @@ impl PoolerSetup {
         self
     }
 
+    /// The config file's name in the dir (default [`CONFIG_FILE`]), e.g. `pgbouncer.ini`
+    /// to start from PgBouncer's format.
+    pub fn config_file(&mut self, name: &str) -> &mut Self {
+        self.config_name = name.to_owned();
+        self
+    }
+
     /// `yaml` with `@PORT@` and `@DIR@` replaced.
     pub fn expand(&self, yaml: &str) -> String {
         expand(yaml, self.port, self.dir.path())
@@ -138,7 +147,7 @@ impl PoolerSetup {
     pub fn try_start(self, yaml: &str, args: &[&str]) -> Result<Pooler, String> {
         let yaml = self.expand(yaml);
         let port = listen_port(&yaml, self.port);
-        let config = self.dir.write_file(CONFIG_FILE, &yaml);
+        let config = self.dir.write_file(&self.config_name, &yaml);
         let log_path = self.dir.join(LOG_FILE);
         let log = OpenOptions::new()
             .create(true)
@@ -198,7 +207,7 @@ impl PoolerSetup {
     /// `--check`, or a config it must reject), killing it after `timeout`
     /// (then `status` is `None`).
     pub fn run_to_exit(&self, yaml: &str, args: &[&str], timeout: Duration) -> CmdOutput {
-        let config = self.dir.write_file(CONFIG_FILE, &self.expand(yaml));
+        let config = self.dir.write_file(&self.config_name, &self.expand(yaml));
         run_cmd(self.command(&config, args), None, timeout)
     }
 }
@@ -208,11 +217,14 @@ fn expand(yaml: &str, port: u16, dir: &Path) -> String {
         .replace("@DIR@", &dir.to_string_lossy())
 }
 
-/// The port to wait on: the `listen_port:` line of the (expanded) config,
-/// else the setup's port.
+/// The port to wait on: the `listen_port:` (YAML) or `listen_port =` (ini) line of the
+/// (expanded) config, else the setup's port.
 fn listen_port(yaml: &str, default: u16) -> u16 {
     yaml.lines()
-        .filter_map(|l| l.trim_start().strip_prefix("listen_port:"))
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix("listen_port")?.trim_start();
+            rest.strip_prefix(':').or_else(|| rest.strip_prefix('='))
+        })
         .filter_map(|v| v.split('#').next()?.trim().parse::<u16>().ok())
         .next_back()
         .unwrap_or(default)
