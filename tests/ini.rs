@@ -137,7 +137,7 @@ fn an_ini_file_serves_reloads_sets_and_converts() {
     pooler.rewrite_config(&ini(5, "peer_id = 2\n"));
     pooler.reload();
     assert!(
-        pooler.wait_for_log("peer_id is not supported", secs(10)),
+        pooler.wait_for_log("peer_id = 2 is refused", secs(10)),
         "{}",
         pooler.log()
     );
@@ -200,7 +200,7 @@ fn an_unsupported_setting_is_refused_by_name() {
     let path = setup.path(INI);
     // The file and line, the setting, why, and what to do instead.
     let want = format!(
-        "{}:17: client_tls_sslmode is not supported: TLS from clients",
+        "{}:17: client_tls_sslmode = require is refused: TLS from clients",
         path.display()
     );
     assert!(out.stderr.contains(&want), "{out}");
@@ -220,7 +220,7 @@ fn an_unsupported_setting_is_refused_by_name() {
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(
         out.stderr
-            .contains("[databases] app db: timezone is not supported"),
+            .contains("[databases] app db: timezone is refused"),
         "{out}"
     );
     let out = setup.run_to_exit(&ini(3, ""), &["--check"], secs(30));

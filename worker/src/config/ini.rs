@@ -629,7 +629,7 @@ pub fn translate(entries: &[Entry]) -> Result<Converted, IniError> {
     if !dbs.is_empty() {
         out.text.push_str("databases:\n");
         for (name, e) in &dbs {
-            database(&mut out, name, e, &socket_dir)?;
+            database(&mut out, &mut notices, name, e, &socket_dir)?;
         }
     }
     if !users.is_empty() {
@@ -691,7 +691,7 @@ fn setting(
             if ok {
                 Ok(())
             } else {
-                Err(at(e, format!("{name} is not supported: {why}")))
+                Err(at(e, format!("{name} = {} is refused: {why}", shown(v))))
             }
         }
         Rule::Same(kind) => {
@@ -1000,7 +1000,13 @@ pub fn split_connstr(s: &str) -> Result<Vec<(String, String)>, String> {
     Ok(pairs)
 }
 
-fn database(out: &mut Yaml, name: &str, e: &Entry, socket_dir: &str) -> Result<(), IniError> {
+fn database(
+    out: &mut Yaml,
+    notices: &mut Vec<String>,
+    name: &str,
+    e: &Entry,
+    socket_dir: &str,
+) -> Result<(), IniError> {
     let what = format!("[databases] {}", super::de::truncate(name, 64));
     let bad = |m: String| at(e, format!("{what}: {m}"));
     let pairs = split_connstr(&e.value).map_err(bad)?;
@@ -1016,7 +1022,13 @@ fn database(out: &mut Yaml, name: &str, e: &Entry, socket_dir: &str) -> Result<(
             if key == "max_db_client_connections" && c_long(value) == Some(0) {
                 continue;
             }
-            return Err(bad(format!("{key} is not supported: {why}")));
+            return Err(bad(format!("{key} is refused: {why}")));
+        }
+        if key == "reserve_pool" {
+            notices.push(format!(
+                "{what}: reserve_pool is PgBouncer's deprecated spelling of reserve_pool_size, \
+                 read as that"
+            ));
         }
         let field = if key == "reserve_pool" {
             "reserve_pool_size"
@@ -1096,7 +1108,7 @@ fn user(out: &mut Yaml, name: &str, e: &Entry) -> Result<(), IniError> {
             if c_long(value) == Some(0) {
                 continue;
             }
-            return Err(bad(format!("{key} is not supported: {why}")));
+            return Err(bad(format!("{key} is refused: {why}")));
         }
         let yaml = if key == "pool_mode" {
             value
@@ -1469,25 +1481,28 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
     #[test]
     fn unsupported_settings_are_refused_by_name_with_a_reason() {
         let cases: &[(&str, &str)] = &[
-            ("peer_id = 3", "peer_id is not supported: peering"),
+            (
+                "peer_id = 3",
+                "peer_id = 3 is refused: peering is not supported",
+            ),
             (
                 "client_tls_sslmode = require",
-                "client_tls_sslmode is not supported: TLS from clients",
+                "client_tls_sslmode = require is refused: TLS from clients",
             ),
-            ("auth_user = pgbouncer", "auth_user is not supported"),
-            ("syslog = 1", "syslog is not supported"),
+            ("auth_user = pgbouncer", "auth_user = pgbouncer is refused"),
+            (
+                "syslog = 1",
+                "syslog = 1 is refused: syslog is not supported",
+            ),
             (
                 "unix_socket_group = postgres",
-                "unix_socket_group is not supported",
+                "unix_socket_group = postgres is refused",
             ),
             (
                 "max_db_client_connections = 10",
-                "max_db_client_connections is not supported",
+                "max_db_client_connections = 10 is refused",
             ),
-            (
-                "query_wait_notify = 5",
-                "query_wait_notify is not supported",
-            ),
+            ("query_wait_notify = 5", "query_wait_notify = 5 is refused"),
             (
                 "auth_type = pam",
                 "auth_type = pam: auth_type pam is not supported",
@@ -1568,6 +1583,23 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
     }
 
     #[test]
+    fn the_deprecated_reserve_pool_is_read_with_a_notice() {
+        let c = convert_text(
+            "[pgbouncer]\n[databases]\napp = host=h reserve_pool=4\n",
+            &[],
+        )
+        .unwrap();
+        assert!(c.yaml.contains("    reserve_pool_size: 4\n"), "{}", c.yaml);
+        assert!(
+            c.notices
+                .iter()
+                .any(|n| n.contains("reserve_pool is PgBouncer's deprecated")),
+            "{:?}",
+            c.notices
+        );
+    }
+
+    #[test]
     fn connection_strings_follow_pgbouncer() {
         let pairs = |s: &str| split_connstr(s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
         let p = |list: &[(&str, &str)]| -> Vec<(String, String)> {
@@ -1600,22 +1632,22 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
         let cases: &[(&str, &str)] = &[
             (
                 "app = host=h timezone=UTC",
-                "[databases] app: timezone is not supported: server startup parameters",
+                "[databases] app: timezone is refused: server startup parameters",
             ),
             (
                 "app = host=h client_encoding=UTF8",
-                "client_encoding is not supported",
+                "client_encoding is refused",
             ),
-            ("app = host=h datestyle=ISO", "datestyle is not supported"),
-            ("app = host=h auth_user=x", "auth_user is not supported"),
-            ("app = host=h auth_dbname=x", "auth_dbname is not supported"),
+            ("app = host=h datestyle=ISO", "datestyle is refused"),
+            ("app = host=h auth_user=x", "auth_user is refused"),
+            ("app = host=h auth_dbname=x", "auth_dbname is refused"),
             (
                 "app = host=h max_db_client_connections=5",
-                "max_db_client_connections is not supported",
+                "max_db_client_connections is refused",
             ),
             (
                 "app = host=h load_balance_hosts=round-robin",
-                "load_balance_hosts is not supported",
+                "load_balance_hosts is refused",
             ),
             ("app = host=a,b", "host lists are not supported"),
             (
@@ -1643,7 +1675,7 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
         );
         assert!(
             e.message
-                .contains("[users] bob: max_user_client_connections is not supported"),
+                .contains("[users] bob: max_user_client_connections is refused"),
             "{e}"
         );
         let e = refused("[pgbouncer]\n[databases]\nx = host=h\n[users]\nbob = timeout=3\n");
