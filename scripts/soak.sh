@@ -390,6 +390,7 @@ unexplained=0
 details=()
 # Server_login_retry of the pooler's config, plus slack for the chunk's own start.
 RETRY_WINDOW_MS=1500
+restart_lost=0
 while read -r chunk t0 _ rc mode; do
     chunks=$((chunks + 1))
     out=$WORK/chunk.$chunk.out
@@ -399,14 +400,22 @@ while read -r chunk t0 _ rc mode; do
     failed=${failed:-0}
     transactions=$((transactions + ${processed:-0}))
     allowed=$(awk -v c="$chunk" '$1 == c { v += $4 } END { print v + 0 }' "$WORK/kills.tsv")
-    # The restart's own chunk, or one that began before the retry window ended.
+    # The restart's own chunk, or one that began before the retry window ended. Such a
+    # chunk may also end with pgbench's exit 1: its own first query got the error.
+    restart_chunk=0
     if awk -v c="$chunk" -v t="$t0" -v w="$RETRY_WINDOW_MS" \
         '$1 == c || (t >= $2 && t < $3 + w) { found = 1 } END { exit !found }' "$WORK/restarts.tsv"; then
         allowed=$CLIENTS
+        restart_chunk=1
     fi
     lost=$((aborted + failed))
     aborted_total=$((aborted_total + lost))
     if [ "$rc" -eq 0 ] && [ "$lost" -eq 0 ]; then
+        continue
+    fi
+    if [ "$restart_chunk" -eq 1 ] && [ "$rc" -le 2 ]; then
+        explained=$((explained + lost))
+        restart_lost=$((restart_lost + 1))
         continue
     fi
     if [ "$allowed" -gt 0 ] && [ "$lost" -le "$allowed" ] && { [ "$rc" -eq 0 ] || [ "$rc" -eq 2 ]; }; then
@@ -430,14 +439,16 @@ while read -r chunk slot pid victims _; do
     echo "    chunk $chunk: worker $slot (pid $pid) with $victims clients"
 done <"$WORK/kills.tsv"
 echo "  PG restarts:   $restarts ($restart_failures failed)"
+echo "                 $restart_lost chunks inside a restart or its retry window ended early or lost clients (allowed)"
 while read -r chunk down up; do
-    # The first chunk that started after PostgreSQL was back and ran clean.
-    clean=$(awk -v up="$up" '$2 >= up && $4 == 0 { print $2; exit }' "$WORK/chunks.tsv")
-    if [ -n "$clean" ]; then
-        echo "    chunk $chunk: down $((up - down)) ms; first clean chunk started $((clean - up)) ms after PostgreSQL was back"
+    # The first chunk that started after the retry window: it must run clean.
+    read -r next t0 rc < <(awk -v from=$((up + RETRY_WINDOW_MS)) '$2 >= from { print $1, $2, $4; exit }' "$WORK/chunks.tsv")
+    if [ -n "${next:-}" ]; then
+        echo "    chunk $chunk: down $((up - down)) ms; chunk $next started $((t0 - up)) ms after PostgreSQL was back: $([ "$rc" -eq 0 ] && echo clean || echo "exit $rc")"
     else
-        echo "    chunk $chunk: down $((up - down)) ms; no clean chunk after it"
+        echo "    chunk $chunk: down $((up - down)) ms; no chunk after it"
     fi
+    next=
 done <"$WORK/restarts.tsv"
 echo "  lost clients:  $aborted_total ($explained on killed workers or restarts, $unexplained unexplained)"
 for d in "${details[@]}"; do echo "    $d"; done
