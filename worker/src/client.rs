@@ -1,7 +1,7 @@
 //! Client connections: the opening packet, authentication, login and closing.
 
 use crate::access::Method;
-use crate::auth::{Nonce, ScramServer, Secret};
+use crate::auth::{ScramServer, Secret};
 use crate::intern::intern;
 use crate::logsafe::Escaped;
 use crate::params::{self, Params};
@@ -535,7 +535,7 @@ impl Worker {
                 Err(_) => return self.auth_failed(ct),
             },
             Method::Md5 | Method::Scram => {
-                let nonce = match Nonce::random() {
+                let nonce = match crate::auth::random_nonce() {
                     Ok(n) => n,
                     Err(_) => return self.auth_failed(ct),
                 };

@@ -1,4 +1,4 @@
-//! Everything that runs inside one pgbouncers worker process: codecs, auth, pools and the event loop.
+//! Everything that runs inside one pgbouncers worker process: the event loop, pools and the admin console, over the protocol crate.
 
 mod access;
 pub mod admin;
@@ -11,22 +11,21 @@ pub(crate) mod commands;
 pub mod config;
 pub mod control;
 mod dns;
-mod intern;
 mod janitor;
 mod link;
 pub mod logfile;
 pub mod logsafe;
-pub mod params;
 mod pool;
 mod prepared;
 mod proxy;
-pub mod proxy_header;
-pub mod relay;
 mod server;
 pub mod shm;
 mod stats;
 mod stream;
-pub mod wire;
 mod worker;
 
 pub use worker::{run, ListenSocket, WorkerInit};
+
+// The sans-IO protocol crate, under the paths these modules had when they lived here.
+pub(crate) use pgbouncers_proto::intern;
+pub use pgbouncers_proto::{params, proxy_header, relay, wire};

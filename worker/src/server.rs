@@ -1,6 +1,6 @@
 //! Server connections: connecting, logging in to PostgreSQL, reset, and closing.
 
-use crate::auth::{md5_salted_response, Nonce, ScramClient, Secret};
+use crate::auth::{md5_salted_response, ScramClient, Secret};
 use crate::client::Close;
 use crate::dns::Lookup;
 use crate::params::{self, Params};
@@ -484,7 +484,8 @@ impl Worker {
                         if !offers_scram {
                             return Err(proto("server offers no supported SASL mechanism"));
                         }
-                        let nonce = Nonce::random().map_err(|e| proto(&e.to_string()))?;
+                        let nonce =
+                            crate::auth::random_nonce().map_err(|e| proto(&e.to_string()))?;
                         let client = match &login.creds {
                             Creds::Password(p) => ScramClient::with_password(p, nonce),
                             Creds::Keys {

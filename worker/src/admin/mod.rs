@@ -2,7 +2,7 @@
 //! from shared memory; lists are gathered from every worker through the supervisor, so every
 //! answer covers the whole pooler.
 
-pub mod parse;
+pub use pgbouncers_proto::console as parse;
 mod show;
 
 use crate::client::{CState, Close};

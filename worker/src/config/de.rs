@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
 
-use super::cidr::Cidr;
+use super::Cidr;
+pub use pgbouncers_proto::text::truncate;
 
 /// Largest duration accepted anywhere (100 years): keeps `Instant + d` far from overflow.
 pub const MAX_DURATION_SECS: u64 = 100 * 365 * 24 * 3600;
@@ -367,15 +368,6 @@ pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
     Ok(s.filter(|s| !s.is_empty()))
 }
 
-/// Shortens untrusted text for an error message, on a character boundary.
-pub fn truncate(s: &str, max_chars: usize) -> String {
-    let mut out: String = s.chars().take(max_chars).collect();
-    if s.chars().nth(max_chars).is_some() {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,12 +479,5 @@ mod tests {
             ["a", "b", "c"]
         );
         assert_eq!(split_list("").count(), 0);
-    }
-
-    #[test]
-    fn truncate_marks_cut_text() {
-        assert_eq!(truncate("abc", 5), "abc");
-        assert_eq!(truncate("abcdef", 3), "abc…");
-        assert_eq!(truncate("ééé", 2), "éé…");
     }
 }

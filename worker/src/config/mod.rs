@@ -4,7 +4,6 @@
 //! Loading is two steps: serde (types, unknown keys, via `serde_path_to_error` so every
 //! error names its key path) and [`Config::validate`] (ranges and cross-field rules).
 
-mod cidr;
 pub mod connstring;
 mod database;
 mod de;
@@ -24,12 +23,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use cidr::{Cidr, CidrError};
 pub use connstring::ConnStrError;
 pub use database::{
     Database, EntryError, ResolvedDb, UserSettings, DEFAULT_HOST, DEFAULT_PORT, FALLBACK_DB,
 };
 pub use error::{ConfigError, ErrorKind};
+pub use pgbouncers_proto::cidr::{Cidr, CidrError};
 pub use types::{AuthType, PoolMode, ProxyProtocol, Secret, UnknownKeyword, Workers};
 
 /// Database names that belong to the admin console and cannot be configured.

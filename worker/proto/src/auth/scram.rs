@@ -42,7 +42,7 @@ pub const MAX_SALT_LEN: usize = 1024;
 pub const MAX_SECRET_LEN: usize = 2048;
 
 /// Random bytes in a nonce we generate (PostgreSQL uses 18 too); base64 makes 24 characters.
-const RAW_NONCE_LEN: usize = 18;
+pub const RAW_NONCE_LEN: usize = 18;
 /// Keep a server's `e=` text short: it ends up in logs.
 const MAX_SERVER_ERROR_LEN: usize = 128;
 /// Length of base64 for a 32-byte value (with padding).
@@ -146,12 +146,6 @@ fn xor(a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
-}
-
-fn random_bytes<const N: usize>() -> Result<[u8; N], ScramError> {
-    let mut out = [0u8; N];
-    getrandom::fill(&mut out).map_err(|_| ScramError::RandomUnavailable)?;
-    Ok(out)
 }
 
 /// SASLprep the way PostgreSQL (and libpq) do: if SASLprep refuses the password
@@ -321,16 +315,6 @@ impl ScramSecret {
         }
     }
 
-    /// [`ScramSecret::from_password`] with a fresh random 16-byte salt and 4096 iterations.
-    pub fn generate_for_password(password: &str) -> Result<ScramSecret, ScramError> {
-        let salt: [u8; DEFAULT_SALT_LEN] = random_bytes()?;
-        Ok(ScramSecret::from_password(
-            password,
-            &salt,
-            DEFAULT_ITERATIONS,
-        ))
-    }
-
     /// The secret for a plaintext auth-file password, with the salt [`user_salt`] gives
     /// `username` and 4096 iterations: exactly the salt and count a [`ScramServer::mock`]
     /// exchange shows for the same name, so a server-first-message never tells a listed
@@ -404,10 +388,9 @@ impl fmt::Debug for ScramSecret {
 pub struct Nonce(String);
 
 impl Nonce {
-    /// 18 random bytes, base64-encoded (24 characters), like PostgreSQL's.
-    pub fn random() -> Result<Nonce, ScramError> {
-        let raw: [u8; RAW_NONCE_LEN] = random_bytes()?;
-        Ok(Nonce(B64.encode(raw)))
+    /// 18 random bytes the caller drew, base64-encoded (24 characters), like PostgreSQL's.
+    pub fn from_random(raw: &[u8; RAW_NONCE_LEN]) -> Nonce {
+        Nonce(B64.encode(raw))
     }
 
     /// A caller-chosen nonce, for deterministic tests.
@@ -769,7 +752,7 @@ impl ScramServer {
     /// from a real 16-byte, 4096-iteration secret), and always ends in
     /// [`ScramError::AuthenticationFailed`], so nobody learns whether the user exists.
     ///
-    /// `mock_key` must be secret and random (see [`ScramServer::random_mock_key`]), and
+    /// `mock_key` must be secret and random (the caller draws it), and
     /// the same in every worker and across reloads, or salts would change between attempts.
     pub fn mock(username: &str, mock_key: &[u8; KEY_LEN], server_nonce: Nonce) -> ScramServer {
         let (salt, client_key, server_key) = mock_material(username, mock_key);
@@ -782,11 +765,6 @@ impl ScramServer {
             server_nonce,
             state: ServerState::AwaitingClientFirst,
         }
-    }
-
-    /// A fresh key for [`ScramServer::mock`].
-    pub fn random_mock_key() -> Result<[u8; KEY_LEN], ScramError> {
-        random_bytes()
     }
 
     /// Whether this is a [`ScramServer::mock`] exchange.
@@ -1153,6 +1131,16 @@ mod tests {
     }
 
     /// Cheap secrets for tests that run many exchanges (PBKDF2 is slow in debug builds).
+    /// A secret shaped like a generated one (16-byte salt, 4096 iterations), with a fixed salt.
+    fn generated_secret(password: &str) -> ScramSecret {
+        ScramSecret::from_password(password, &[0x5a; DEFAULT_SALT_LEN], DEFAULT_ITERATIONS)
+    }
+
+    /// A nonce as [`Nonce::from_random`] makes one, from fixed bytes.
+    fn drawn_nonce(byte: u8) -> Nonce {
+        Nonce::from_random(&[byte; RAW_NONCE_LEN])
+    }
+
     fn cheap_secret(password: &str) -> ScramSecret {
         ScramSecret::from_password(password, b"0123456789abcdef", 2)
     }
@@ -1268,9 +1256,9 @@ mod tests {
 
     #[test]
     fn postgres_protocol_client_logs_in_and_keys_pass_through() {
-        let secret = ScramSecret::generate_for_password("s3cret pässword").expect("rng");
+        let secret = generated_secret("s3cret pässword");
         for binding in [ChannelBinding::unsupported(), ChannelBinding::unrequested()] {
-            let mut server = ScramServer::new(&secret, Nonce::random().expect("rng"));
+            let mut server = ScramServer::new(&secret, drawn_nonce(1));
             let (outcome, client_happy) =
                 pg_client_exchange(&mut server, "s3cret pässword", binding);
             let success = outcome.expect("right password succeeds");
@@ -1282,12 +1270,9 @@ mod tests {
 
             // Pass-through: the recovered ClientKey logs into a second server holding
             // the same secret, without the password.
-            let mut upstream = ScramServer::new(&secret, Nonce::random().expect("rng"));
-            let mut client = ScramClient::with_keys(
-                success.client_key,
-                secret.server_key,
-                Nonce::random().expect("rng"),
-            );
+            let mut upstream = ScramServer::new(&secret, drawn_nonce(2));
+            let mut client =
+                ScramClient::with_keys(success.client_key, secret.server_key, drawn_nonce(3));
             let upstream_success =
                 our_exchange(&mut client, &mut upstream).expect("pass-through login");
             assert_eq!(upstream_success.client_key, success.client_key);
@@ -1296,8 +1281,8 @@ mod tests {
 
     #[test]
     fn postgres_protocol_client_with_wrong_password_fails() {
-        let secret = ScramSecret::generate_for_password("right").expect("rng");
-        let mut server = ScramServer::new(&secret, Nonce::random().expect("rng"));
+        let secret = generated_secret("right");
+        let mut server = ScramServer::new(&secret, drawn_nonce(4));
         let (outcome, client_happy) =
             pg_client_exchange(&mut server, "wrong", ChannelBinding::unsupported());
         assert_eq!(outcome.map(|_| ()), Err(ScramError::AuthenticationFailed));
@@ -1368,7 +1353,7 @@ mod tests {
     fn our_server_accepts_postgres_protocol_client_against_its_secret() {
         let text = postgres_protocol::password::scram_sha_256(b"hunter2");
         let secret = ScramSecret::parse(&text).expect("parses");
-        let mut server = ScramServer::new(&secret, Nonce::random().expect("rng"));
+        let mut server = ScramServer::new(&secret, drawn_nonce(5));
         let (outcome, client_happy) =
             pg_client_exchange(&mut server, "hunter2", ChannelBinding::unsupported());
         assert!(outcome.is_ok() && client_happy);
@@ -1396,34 +1381,27 @@ mod tests {
 
     #[test]
     fn our_client_and_server_agree() {
-        let secret = ScramSecret::generate_for_password("correct horse").expect("rng");
-        let mut server = ScramServer::new(&secret, Nonce::random().expect("rng"));
-        let mut client = ScramClient::with_password("correct horse", Nonce::random().expect("rng"));
+        let secret = generated_secret("correct horse");
+        let mut server = ScramServer::new(&secret, drawn_nonce(6));
+        let mut client = ScramClient::with_password("correct horse", drawn_nonce(7));
         let success = our_exchange(&mut client, &mut server).expect("login");
         assert_eq!(sha256(&success.client_key), secret.stored_key);
 
-        let mut server = ScramServer::new(&secret, Nonce::random().expect("rng"));
-        let mut client =
-            ScramClient::with_password("battery staple", Nonce::random().expect("rng"));
+        let mut server = ScramServer::new(&secret, drawn_nonce(8));
+        let mut client = ScramClient::with_password("battery staple", drawn_nonce(9));
         assert_eq!(
             our_exchange(&mut client, &mut server).map(|_| ()),
             Err(ScramError::AuthenticationFailed)
         );
     }
 
-    #[test]
-    fn generated_secrets_use_fresh_salts() {
-        let a = ScramSecret::generate_for_password("pw").expect("rng");
-        let b = ScramSecret::generate_for_password("pw").expect("rng");
-        assert_ne!(a.salt, b.salt);
-        assert_ne!(a, b);
-        assert!(a.verify_password("pw") && b.verify_password("pw"));
-    }
+    // Fresh salts and nonces from real randomness: tested with the worker's draws
+    // (pgbouncers_worker::auth).
 
     #[test]
-    fn random_nonces_are_24_printable_chars_and_differ() {
-        let a = Nonce::random().expect("rng");
-        let b = Nonce::random().expect("rng");
+    fn drawn_nonces_are_24_printable_chars_and_differ_by_their_bytes() {
+        let a = drawn_nonce(10);
+        let b = drawn_nonce(11);
         assert_eq!(a.as_str().len(), 24);
         assert!(is_valid_nonce(a.as_str()));
         assert_ne!(a, b);
@@ -1433,7 +1411,7 @@ mod tests {
 
     #[test]
     fn mock_server_runs_the_exchange_and_always_fails() {
-        let key = ScramServer::random_mock_key().expect("rng");
+        let key = [0x42; KEY_LEN];
         let mut server = ScramServer::mock("ghost", &key, nonce("srv"));
         assert!(server.is_mock());
         let mut client = ScramClient::with_password("anything", nonce("cli"));

@@ -42,7 +42,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::Chars;
 
-use crate::config::{Cidr, CidrError};
+use crate::cidr::{Cidr, CidrError};
 
 /// Largest hba file accepted; real ones are a few kilobytes.
 pub const MAX_FILE_LEN: usize = 1024 * 1024;

@@ -119,7 +119,8 @@ fn detection() {
 /// The committed fuzz seeds are what their names say (so fuzzing starts from real headers).
 #[test]
 fn fuzz_seed_corpus() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/proxy_header");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/proxy_header");
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/proxy_header exists") {
         let path = entry.unwrap().path();

@@ -168,7 +168,7 @@ impl<'de> Visitor<'de> for CidrVisitor {
         v.trim().parse().map_err(|e: CidrError| {
             E::custom(format!(
                 "invalid network `{}`: {e}",
-                super::de::truncate(v, 64)
+                crate::text::truncate(v, 64)
             ))
         })
     }
