@@ -111,7 +111,7 @@ mod tests {
             config_yaml: "listen_port: 1\n".into(),
             ..Default::default()
         };
-        let memfd = snap.to_memfd().unwrap();
+        let memfd = control::snapshot_to_memfd(&snap).unwrap();
         let mut msg = Vec::new();
         Command::Reload.encode(&mut msg);
         ch.send(&msg, Some(memfd.as_raw_fd())).unwrap();
@@ -131,7 +131,7 @@ mod tests {
                     }
                     Command::Reload => {
                         assert_eq!(next, sent, "the reload overtook rows");
-                        assert_eq!(Snapshot::from_fd(fd.unwrap()).unwrap(), snap);
+                        assert_eq!(control::snapshot_from_fd(fd.unwrap()).unwrap(), snap);
                         reloaded = true;
                     }
                     other => panic!("unexpected {other:?}"),

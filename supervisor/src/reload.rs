@@ -4,7 +4,7 @@
 use crate::children::Slot;
 use crate::{listen, read_hba, read_userlist, Supervisor, WORKERS_CAP};
 use pgbouncers_worker::config::{restart_required_changes, Config};
-use pgbouncers_worker::control::{Command, Snapshot};
+use pgbouncers_worker::control::{snapshot_to_memfd, Command, Snapshot};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
@@ -62,8 +62,7 @@ impl Supervisor {
             userlist: userlist.clone(),
             hba: hba.clone(),
         };
-        let memfd = snapshot
-            .to_memfd()
+        let memfd = snapshot_to_memfd(&snapshot)
             .map_err(|e| format!("cannot pass the configuration to workers: {e}"))?;
         if want != self.want {
             // Sockets for new slots are bound with the addresses the workers already use.

@@ -331,7 +331,7 @@ impl Worker {
 
     fn on_command(&mut self, cmd: Command, fd: Option<OwnedFd>) {
         match cmd {
-            Command::Reload => match fd.map(control::Snapshot::from_fd) {
+            Command::Reload => match fd.map(control::snapshot_from_fd) {
                 Some(Ok(snap)) => self.reload(snap),
                 Some(Err(e)) => {
                     log::error!("worker {}: cannot read reload snapshot: {e}", self.slot)

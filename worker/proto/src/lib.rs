@@ -1,4 +1,4 @@
-//! The pgbouncers protocol crate: wire codecs, PROXY headers, relay decisions, session parameters, auth and the console parser; sans-IO by construction, as it depends on nothing that can touch a socket.
+//! The pgbouncers protocol crate: wire codecs, PROXY headers, relay decisions, session parameters, auth, the control-channel codec and the console parser; sans-IO by construction, as it depends on nothing that can touch a socket.
 //!
 //! Every function here takes bytes (or text) and returns a decision; the worker's event loop
 //! does the reads and writes. Randomness and time are passed in by the caller.
@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod cidr;
 pub mod console;
+pub mod control;
 pub mod intern;
 pub mod params;
 pub mod proxy_header;
