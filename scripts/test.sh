@@ -48,7 +48,31 @@ cargo_test() {
     return "${PIPESTATUS[0]}"
 }
 
+# The protocol crate stays sans-IO because nothing in its dependency tree can do I/O:
+# fail if an I/O or logging crate ever enters it (dev-dependencies are not counted).
+# One exception: on aarch64 sha2's cpufeatures reads CPU features through libc (getauxval);
+# libc is allowed when cpufeatures is all that pulls it in.
+# shellcheck disable=SC2317  # called indirectly, through step
+proto_sans_io() {
+    local tree banned users
+    tree=$(cargo tree -p pgbouncers-proto -e normal --prefix none) || return 1
+    banned=$(grep -E '^(mio|nix|libc|socket2|signal-hook[a-z0-9-]*|log) v' <<<"$tree" | sort -u || true)
+    if grep -q '^libc v' <<<"$banned"; then
+        users=$(cargo tree -p pgbouncers-proto -e normal -i libc --depth 1 --prefix none | tail -n +2)
+        if ! grep -qv '^cpufeatures v' <<<"$users"; then
+            banned=$(grep -v '^libc v' <<<"$banned" || true)
+        fi
+    fi
+    if [ -n "$banned" ]; then
+        echo "pgbouncers-proto must not depend on these (see worker/proto/Cargo.toml):"
+        echo "$banned"
+        return 1
+    fi
+    echo "pgbouncers-proto: no mio, nix, libc, socket2, signal-hook or log in its tree"
+}
+
 step fmt cargo fmt --all -- --check
+step sans-io proto_sans_io
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo_test "$@"
 # The benchmark's smoke run, so scripts/bench.sh cannot rot (it is not a measurement).
