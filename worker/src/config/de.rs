@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
 
-use super::Cidr;
+use pgbouncers_proto::cidr::Cidr;
 pub use pgbouncers_proto::text::truncate;
 
 /// Largest duration accepted anywhere (100 years): keeps `Instant + d` far from overflow.
