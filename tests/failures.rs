@@ -175,12 +175,7 @@ mod raw {
 
     pub use crate::common::wire::startup_packet;
 
-    pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    pub use crate::common::wire::message;
 
     pub fn cstr(s: &str) -> Vec<u8> {
         let mut v = s.as_bytes().to_vec();

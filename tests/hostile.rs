@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::wire::{error_fields, startup_packet as startup};
+use common::wire::{error_fields, message, startup_packet as startup};
 use common::*;
 use postgres::SimpleQueryMessage;
 
@@ -442,14 +442,6 @@ fn cancel(pid: u32, key: u32) -> Vec<u8> {
     body.extend_from_slice(&pid.to_be_bytes());
     body.extend_from_slice(&key.to_be_bytes());
     with_length(&body)
-}
-
-/// A frontend message: tag, length, body.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
 }
 
 /// A message header declaring `len` (the length field's value) with no body.
