@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
-use common::wire::startup_packet;
+use common::wire::{read_next, startup_packet, Message};
 use common::*;
 use postgres::SimpleQueryMessage;
 
@@ -226,18 +226,6 @@ fn fields(body: &[u8]) -> Fields {
         .collect()
 }
 
-fn read_msg(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head)?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if !(4..=1 << 24).contains(&len) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad length"));
-    }
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body)?;
-    Ok((head[0], body))
-}
-
 fn be16(b: &[u8], at: usize) -> usize {
     u16::from_be_bytes([b[at], b[at + 1]]) as usize
 }
@@ -347,7 +335,7 @@ impl Raw {
             .write_all(&startup_packet(&[("user", user), ("database", db)]))
             .expect("send startup");
         loop {
-            let (tag, body) = read_msg(&mut raw.s)
+            let Message { tag, body } = read_next(&mut raw.s)
                 .unwrap_or_else(|e| panic!("login as {user} to {db}: no reply: {e}"));
             match tag {
                 b'R' => match body.get(..4) {
@@ -396,15 +384,15 @@ impl Raw {
             end: End::Closed,
         };
         loop {
-            match read_msg(&mut self.s) {
-                Ok((b'T', body)) => r.cols = row_description(&body),
-                Ok((b'D', body)) => r.rows.push(data_row(&body)),
-                Ok((b'C', body)) => r.tags.push(
+            match read_next(&mut self.s) {
+                Ok(Message { tag: b'T', body }) => r.cols = row_description(&body),
+                Ok(Message { tag: b'D', body }) => r.rows.push(data_row(&body)),
+                Ok(Message { tag: b'C', body }) => r.tags.push(
                     String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned(),
                 ),
-                Ok((b'E', body)) => r.errors.push(fields(&body)),
-                Ok((b'N', body)) => r.notices.push(fields(&body)),
-                Ok((b'Z', _)) => {
+                Ok(Message { tag: b'E', body }) => r.errors.push(fields(&body)),
+                Ok(Message { tag: b'N', body }) => r.notices.push(fields(&body)),
+                Ok(Message { tag: b'Z', .. }) => {
                     r.end = End::Ready;
                     return r;
                 }

@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
+use common::wire::{message, read_next, Message};
 use common::*;
 use postgres::error::SqlState;
 
@@ -599,24 +600,6 @@ fn secrets_never_reach_the_log() {
 // SCRAM salts do not tell who exists (issue 12, item 4)
 // ---------------------------------------------------------------------------
 
-/// Reads one backend message: (type, body).
-fn read_msg(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head)?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    assert!((4..65536).contains(&len), "bad length {len}");
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body)?;
-    Ok((head[0], body))
-}
-
-fn frontend_msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
 /// What one SCRAM login shows before any password: the server-first-message's
 /// salt (base64) and iteration count, and the client port (to find its worker).
 struct Offer {
@@ -631,7 +614,7 @@ fn scram_offer(pooler: &Pooler, user: &str) -> Offer {
     s.set_read_timeout(Some(secs(10))).unwrap();
     let port = s.local_addr().unwrap().port();
     s.write_all(&startup_packet(user, "app")).unwrap();
-    let (tag, body) = read_msg(&mut s).expect("the first auth request");
+    let Message { tag, body } = read_next(&mut s).expect("the first auth request");
     assert_eq!(
         (tag, &body[..4]),
         (b'R', &AUTH_SASL.to_be_bytes()[..]),
@@ -641,8 +624,8 @@ fn scram_offer(pooler: &Pooler, user: &str) -> Offer {
     let mut init = b"SCRAM-SHA-256\0".to_vec();
     init.extend_from_slice(&(client_first.len() as u32).to_be_bytes());
     init.extend_from_slice(client_first);
-    s.write_all(&frontend_msg(b'p', &init)).unwrap();
-    let (tag, body) = read_msg(&mut s).expect("server-first-message");
+    s.write_all(&message(b'p', &init)).unwrap();
+    let Message { tag, body } = read_next(&mut s).expect("server-first-message");
     assert_eq!(
         (tag, &body[..4]),
         (b'R', &11u32.to_be_bytes()[..]),
@@ -882,12 +865,12 @@ fn raw_attempt(pooler: &Pooler, params: &[(&str, &str)], password: &str) {
     let mut s = TcpStream::connect(("127.0.0.1", pooler.port())).expect("connect");
     s.set_read_timeout(Some(secs(10))).unwrap();
     s.write_all(&common::wire::startup_packet(params)).unwrap();
-    while let Ok((tag, body)) = read_msg(&mut s) {
+    while let Ok(Message { tag, body }) = read_next(&mut s) {
         match tag {
             b'R' if body[..4] == AUTH_CLEARTEXT.to_be_bytes() => {
                 let mut pw = password.as_bytes().to_vec();
                 pw.push(0);
-                s.write_all(&frontend_msg(b'p', &pw)).unwrap();
+                s.write_all(&message(b'p', &pw)).unwrap();
             }
             b'E' | b'Z' => return,
             _ => {}

@@ -121,192 +121,11 @@ fn log_has_line(pooler: &Pooler, needles: &[&str]) -> bool {
         .any(|l| needles.iter().all(|n| l.contains(n)))
 }
 
-/// tokio-postgres on a private runtime. The `postgres` crate drops an
-/// ErrorResponse that arrives together with the end of the connection
-/// (it reports "connection closed" instead), so a FATAL that closes the
-/// client is read through this.
-struct AsyncClient {
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-}
-
-impl AsyncClient {
-    fn connect(pooler: &Pooler, role: &str) -> AsyncClient {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let config = pooler.tokio_config(role, PW, APP_DB);
-        let client = rt
-            .block_on(async {
-                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok::<_, tokio_postgres::Error>(client)
-            })
-            .unwrap_or_else(|e| panic!("connecting as {role} through the pooler: {e:?}"));
-        AsyncClient { rt, client }
-    }
-
-    /// The first column of the first row of `sql`.
-    fn first_value(&self, sql: &str) -> Result<String, tokio_postgres::Error> {
-        let msgs = self.rt.block_on(self.client.simple_query(sql))?;
-        Ok(msgs
-            .iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("{sql}: no row")))
-    }
-}
-
-/// Raw protocol bytes, for what a client library hides.
-mod raw {
-    use super::*;
-
-    pub fn connect(port: u16) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the pooler");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.set_nodelay(true).unwrap();
-        s
-    }
-
-    pub use crate::common::wire::startup_packet;
-
-    pub use crate::common::wire::message;
-
-    pub fn cstr(s: &str) -> Vec<u8> {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        v
-    }
-
-    /// The next message, or `None` at EOF (a reset counts as EOF: the
-    /// pooler may close with our bytes unread).
-    pub fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-        let mut tag = [0u8; 1];
-        match s.read(&mut tag) {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
-            Err(e) => panic!("reading from the pooler: {e}"),
-        }
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).expect("message length");
-        let len = u32::from_be_bytes(len) as usize;
-        assert!((4..1 << 20).contains(&len), "bad length {len}");
-        let mut body = vec![0u8; len - 4];
-        s.read_exact(&mut body).expect("message body");
-        Some((tag[0], body))
-    }
-
-    #[derive(Debug)]
-    pub struct PgError {
-        pub severity: String,
-        pub code: String,
-        pub message: String,
-    }
-
-    pub fn parse_error(body: &[u8]) -> PgError {
-        let mut e = PgError {
-            severity: String::new(),
-            code: String::new(),
-            message: String::new(),
-        };
-        let mut rest = body;
-        while let Some((&kind, tail)) = rest.split_first() {
-            if kind == 0 {
-                break;
-            }
-            let end = tail.iter().position(|&b| b == 0).expect("NUL in error");
-            let value = String::from_utf8_lossy(&tail[..end]).into_owned();
-            match kind {
-                b'S' => e.severity = value,
-                b'C' => e.code = value,
-                b'M' => e.message = value,
-                _ => {}
-            }
-            rest = &tail[end + 1..];
-        }
-        e
-    }
-
-    /// Reads until an ErrorResponse (only notices may come first).
-    pub fn read_error(s: &mut TcpStream) -> PgError {
-        loop {
-            match read_message(s) {
-                Some((b'E', body)) => return parse_error(&body),
-                Some((b'N', _)) => {}
-                Some((tag, body)) => {
-                    panic!("expected an ErrorResponse, got '{}' {body:?}", tag as char)
-                }
-                None => panic!("connection closed without an ErrorResponse"),
-            }
-        }
-    }
-
-    pub fn assert_closed(s: &mut TcpStream) {
-        if let Some((tag, body)) = read_message(s) {
-            panic!(
-                "expected the connection closed, got '{}' {body:?}",
-                tag as char
-            );
-        }
-    }
-
-    /// Sends the startup packet and the password; returns after the first
-    /// ReadyForQuery.
-    pub fn login(port: u16, user: &str, password: &str) -> TcpStream {
-        let mut s = connect(port);
-        s.write_all(&startup_packet(&[("user", user), ("database", APP_DB)]))
-            .unwrap();
-        loop {
-            match read_message(&mut s) {
-                Some((b'R', body)) if body.get(..4) == Some(&[0, 0, 0, 3][..]) => {
-                    s.write_all(&message(b'p', &cstr(password))).unwrap();
-                }
-                Some((b'R', body)) if body.get(..4) == Some(&[0, 0, 0, 0][..]) => {}
-                Some((b'S', _)) | Some((b'K', _)) | Some((b'N', _)) => {}
-                Some((b'Z', _)) => return s,
-                Some((b'E', body)) => panic!("login failed: {:?}", parse_error(&body)),
-                Some((tag, _)) => panic!("unexpected '{}' during login", tag as char),
-                None => panic!("closed during login"),
-            }
-        }
-    }
-
-    /// Runs a simple query: the first column of each row, and the
-    /// transaction status of the ReadyForQuery. Panics on an error.
-    pub fn query(s: &mut TcpStream, sql: &str) -> (Vec<String>, u8) {
-        s.write_all(&message(b'Q', &cstr(sql))).unwrap();
-        let mut rows = Vec::new();
-        loop {
-            match read_message(s) {
-                Some((b'D', body)) => {
-                    let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
-                    let value = if len < 0 {
-                        "NULL".to_string()
-                    } else {
-                        String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()
-                    };
-                    rows.push(value);
-                }
-                Some((b'Z', body)) => return (rows, body[0]),
-                Some((b'E', body)) => panic!("{sql}: {:?}", parse_error(&body)),
-                Some(_) => {}
-                None => panic!("{sql}: connection closed"),
-            }
-        }
-    }
-}
-
 #[test]
 fn server_killed_mid_query_fails_the_client_promptly_and_the_pool_heals() {
     create_role("t_f_kill");
     let pooler = pooler("t_f_kill", "pool_mode: transaction\ndefault_pool_size: 1");
-    let c = AsyncClient::connect(&pooler, "t_f_kill");
+    let c = AsyncClient::connect(&pooler, "t_f_kill", PW, APP_DB);
     let (tx, rx) = mpsc::channel();
     let sleeper = thread::spawn(move || {
         let result = c.first_value("SELECT pg_sleep(10)::text");
@@ -517,8 +336,8 @@ fn client_gone_mid_transaction_leaves_nothing_behind() {
     );
     let pooler = pooler("t_f_txkill", "pool_mode: transaction\ndefault_pool_size: 1");
     let rows = |pooler: &Pooler| {
-        let mut s = raw::login(pooler.port(), "t_f_txkill", PW);
-        let (rows, status) = raw::query(&mut s, "SELECT x FROM t_f_txkill_rows ORDER BY x");
+        let mut s = wire::login(pooler.port(), "t_f_txkill", PW);
+        let (rows, status) = wire::run_query(&mut s, "SELECT x FROM t_f_txkill_rows ORDER BY x");
         assert_eq!(
             status, b'I',
             "a new client found its server in a transaction"
@@ -539,8 +358,8 @@ fn client_gone_mid_transaction_leaves_nothing_behind() {
     );
 
     // A client that vanishes without a Terminate.
-    let mut s = raw::login(pooler.port(), "t_f_txkill", PW);
-    let (_, status) = raw::query(&mut s, "BEGIN; INSERT INTO t_f_txkill_rows VALUES (2)");
+    let mut s = wire::login(pooler.port(), "t_f_txkill", PW);
+    let (_, status) = wire::run_query(&mut s, "BEGIN; INSERT INTO t_f_txkill_rows VALUES (2)");
     assert_eq!(status, b'T');
     s.shutdown(Shutdown::Both).unwrap();
     drop(s);
@@ -564,13 +383,13 @@ fn clients_leaving_the_queue_do_not_break_the_pool() {
     let workers = pooler.wait_for_children(1, secs(5));
     let mut a = connect(&pooler, "t_f_queue");
     let mut waiters: Vec<TcpStream> = (0..3)
-        .map(|_| raw::login(pooler.port(), "t_f_queue", PW))
+        .map(|_| wire::login(pooler.port(), "t_f_queue", PW))
         .collect();
     let sleeper = thread::spawn(move || first_value(&mut a, "SELECT pg_sleep(2)::text"));
     let mut admin = shared_pg().admin_client();
     wait_for_active_query(&mut admin, "t_f_queue", "SELECT pg_sleep(2)");
     for w in &mut waiters {
-        w.write_all(&raw::message(b'Q', &raw::cstr("SELECT 1")))
+        w.write_all(&wire::message(b'Q', &wire::cstr("SELECT 1")))
             .unwrap();
     }
     // Nothing observable says they are queued; give the pooler a moment to
@@ -592,18 +411,14 @@ fn clients_leaving_the_queue_do_not_break_the_pool() {
 /// Sends `header` (a message type and a bad length) from a logged-in raw
 /// client; expects FATAL 08P01 with a message containing `expected`.
 fn garbage_is_refused(pooler: &Pooler, role: &str, header: &[u8], expected: &str) {
-    let mut s = raw::login(pooler.port(), role, PW);
-    let (rows, _) = raw::query(&mut s, "SELECT 1");
+    let mut s = wire::login(pooler.port(), role, PW);
+    let (rows, _) = wire::run_query(&mut s, "SELECT 1");
     assert_eq!(rows, vec!["1".to_string()]);
     s.write_all(header).unwrap();
-    let err = raw::read_error(&mut s);
-    assert_eq!(
-        (err.severity.as_str(), err.code.as_str()),
-        ("FATAL", "08P01"),
-        "{err:?}"
-    );
-    assert!(err.message.contains(expected), "{err:?}");
-    raw::assert_closed(&mut s);
+    let err = wire::read_error(&mut s);
+    assert_eq!((err.severity(), err.code()), ("FATAL", "08P01"), "{err:?}");
+    assert!(err.message().contains(expected), "{err:?}");
+    wire::assert_closed(&mut s);
 }
 
 #[test]
@@ -704,9 +519,9 @@ fn dying_server(listener: std::net::TcpListener) -> thread::JoinHandle<()> {
         s.read_exact(&mut len).unwrap();
         let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
         s.read_exact(&mut startup).unwrap();
-        let mut hello = raw::message(b'R', &0u32.to_be_bytes());
-        hello.extend(raw::message(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
-        hello.extend(raw::message(b'Z', b"I"));
+        let mut hello = wire::message(b'R', &0u32.to_be_bytes());
+        hello.extend(wire::message(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
+        hello.extend(wire::message(b'Z', b"I"));
         s.write_all(&hello).unwrap();
         loop {
             let mut head = [0u8; 5];
@@ -720,8 +535,8 @@ fn dying_server(listener: std::net::TcpListener) -> thread::JoinHandle<()> {
                 continue;
             }
             if body.to_ascii_uppercase().starts_with(b"SET") {
-                let mut ok = raw::message(b'C', &raw::cstr("SET"));
-                ok.extend(raw::message(b'Z', b"I"));
+                let mut ok = wire::message(b'C', &wire::cstr("SET"));
+                ok.extend(wire::message(b'Z', b"I"));
                 s.write_all(&ok).unwrap();
                 continue;
             }
@@ -738,11 +553,11 @@ fn dying_server(listener: std::net::TcpListener) -> thread::JoinHandle<()> {
             };
             assert_eq!(rc, 0, "TCP_CORK");
             let mut fatal = b"SFATAL\0C57P01\0".to_vec();
-            fatal.extend(raw::cstr(
+            fatal.extend(wire::cstr(
                 "terminating connection due to administrator command",
             ));
             fatal.push(0);
-            s.write_all(&raw::message(b'E', &fatal)).unwrap();
+            s.write_all(&wire::message(b'E', &fatal)).unwrap();
             return; // dropping `s` sends the corked FATAL together with the FIN
         }
     })
@@ -759,14 +574,14 @@ fn server_fatal_and_eof_in_one_segment_closes_the_client() {
         "pool_mode: transaction\ndefault_pool_size: 1",
         port,
     );
-    let mut s = raw::login(pooler.port(), "t_f_cork", PW);
+    let mut s = wire::login(pooler.port(), "t_f_cork", PW);
     s.set_read_timeout(Some(secs(3))).unwrap();
-    s.write_all(&raw::message(b'Q', &raw::cstr("SELECT 1")))
+    s.write_all(&wire::message(b'Q', &wire::cstr("SELECT 1")))
         .unwrap();
     // The FATAL is relayed (or the pooler's own 08006 replaces it)...
-    let err = raw::read_error(&mut s);
-    assert_eq!(err.severity, "FATAL", "{err:?}");
-    assert!(["57P01", "08006"].contains(&err.code.as_str()), "{err:?}");
+    let err = wire::read_error(&mut s);
+    assert_eq!(err.severity(), "FATAL", "{err:?}");
+    assert!(["57P01", "08006"].contains(&err.code()), "{err:?}");
     // ...and then the client is closed, not left waiting for a
     // ReadyForQuery from a server that is gone.
     let mut tag = [0u8; 1];

@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::wire::{error_fields, message, startup_packet as startup};
+use common::wire::{
+    error_fields, message, read_message, startup_packet as startup, Message as Msg,
+};
 use common::*;
 use postgres::SimpleQueryMessage;
 
@@ -529,12 +531,6 @@ fn exchange(port: u16, opening: &[u8], half_close: bool) -> Reply {
     read_to_close(&mut s, start, CLOSE_WITHIN)
 }
 
-#[derive(Debug, Clone)]
-struct Msg {
-    tag: u8,
-    body: Vec<u8>,
-}
-
 /// Splits a backend byte stream into messages after `n_answers` one-byte
 /// SSL/GSS answers (each must be `N`); a truncated or bad frame is an error
 /// (it would mean the pooler desynced its own output).
@@ -626,31 +622,6 @@ fn check_closed(reply: &Reply) -> Result<Vec<Msg>, String> {
     parse_backend(&reply.bytes, 0)
 }
 
-/// Reads one backend message; `None` at EOF or reset.
-fn read_msg(s: &mut TcpStream) -> Result<Option<Msg>, String> {
-    let mut head = [0u8; 5];
-    match s.read_exact(&mut head) {
-        Ok(()) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(format!("reading a message: {e}")),
-    }
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if !(4..1 << 20).contains(&len) {
-        return Err(format!("message {:?} of length {len}", head[0] as char));
-    }
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body)
-        .map_err(|e| format!("reading the body of {:?}: {e}", head[0] as char))?;
-    Ok(Some(Msg { tag: head[0], body }))
-}
-
 /// Sends `opening` and reads up to the first ReadyForQuery (trust only).
 fn login_with(port: u16, opening: &[u8]) -> Result<TcpStream, String> {
     let mut s = raw_connect(port);
@@ -659,7 +630,9 @@ fn login_with(port: u16, opening: &[u8]) -> Result<TcpStream, String> {
         .map_err(|e| format!("sending the startup packet: {e}"))?;
     let mut got = Vec::new();
     loop {
-        let m = read_msg(&mut s)?.ok_or_else(|| format!("login: closed after {:?}", tags(&got)))?;
+        let m = read_message(&mut s)
+            .map_err(|e| format!("login: reading a message: {e}"))?
+            .ok_or_else(|| format!("login: closed after {:?}", tags(&got)))?;
         match m.tag {
             b'Z' => return Ok(s),
             b'E' => return Err(format!("login failed: {:?}", error_fields(&m.body))),
@@ -1672,7 +1645,9 @@ fn start_auth(port: u16, user: &str) -> Result<(TcpStream, u32, Vec<u8>), String
     s.set_read_timeout(Some(secs(10))).unwrap();
     s.write_all(&startup(&[("user", user), ("database", APP_DB)]))
         .map_err(|e| format!("startup: {e}"))?;
-    let m = read_msg(&mut s)?.ok_or("closed before the auth request")?;
+    let m = read_message(&mut s)
+        .map_err(|e| format!("reading the auth request: {e}"))?
+        .ok_or("closed before the auth request")?;
     if m.tag != b'R' || m.body.len() < 4 {
         return Err(format!("expected an auth request, got {:?}", m.tag as char));
     }
@@ -1858,7 +1833,9 @@ fn mangled_scram_exchanges() {
         }
         s.write_all(&sasl_first(b"n,,n=,r=clientnonce123"))
             .map_err(|e| e.to_string())?;
-        let m = read_msg(&mut s)?.ok_or("closed after client-first")?;
+        let m = read_message(&mut s)
+            .map_err(|e| format!("reading the server-first-message: {e}"))?
+            .ok_or("closed after client-first")?;
         let server_first =
             String::from_utf8_lossy(m.body.get(4..).unwrap_or_default()).into_owned();
         let nonce = server_first
@@ -1991,7 +1968,7 @@ fn admin_console_junk() {
     let mut s = login_with(port, &console).expect("console login after the junk");
     s.write_all(&message(b'Q', b"SHOW VERSION\0")).unwrap();
     let mut got = String::new();
-    while let Some(m) = read_msg(&mut s).unwrap() {
+    while let Some(m) = read_message(&mut s).unwrap() {
         got.push(m.tag as char);
         if m.tag == b'Z' {
             break;
@@ -2089,7 +2066,7 @@ fn random_proxy_headers() {
 fn read_until_ready(s: &mut TcpStream) -> Result<(String, Option<HashMap<char, String>>), String> {
     let mut got = String::new();
     loop {
-        match read_msg(s) {
+        match read_message(s) {
             Ok(Some(m)) => {
                 got.push(m.tag as char);
                 match m.tag {
@@ -2283,7 +2260,7 @@ fn raw_query(s: &mut TcpStream, sql: &str) -> Result<String, String> {
     let mut value = None;
     let mut got = String::new();
     loop {
-        let m = read_msg(s)
+        let m = read_message(s)
             .map_err(|e| format!("{sql}: {e} (got {got:?})"))?
             .ok_or_else(|| format!("{sql}: closed (got {got:?})"))?;
         got.push(m.tag as char);
@@ -2487,7 +2464,7 @@ fn extended_error_without_sync_then_disconnect_does_not_poison_the_server() {
         client.write_all(bytes).unwrap();
         // The error comes back (Flush asks for it) before the client leaves.
         client.set_read_timeout(Some(secs(3))).unwrap();
-        match read_msg(&mut client) {
+        match read_message(&mut client) {
             Ok(Some(m)) if m.tag == b'E' => {}
             other => failures.push(format!(
                 "{what}: expected the server's error, got {other:?}"

@@ -3,14 +3,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
-use common::wire::error_fields;
 use common::wire::startup_packet_version as startup_packet;
+use common::wire::{error_fields, next_message, read_byte};
 use common::*;
 use postgres::error::SqlState;
 use postgres::{NoTls, SimpleQueryMessage};
@@ -79,48 +79,6 @@ fn send(s: &mut TcpStream, bytes: &[u8]) {
     s.write_all(bytes).expect("write to the pooler");
 }
 
-/// A message from the pooler: type byte and body.
-#[derive(Debug, Clone)]
-struct Msg {
-    tag: u8,
-    body: Vec<u8>,
-}
-
-/// One byte, or `None` when the pooler closed the connection (EOF or reset).
-/// A read timeout fails the test.
-fn read_byte(s: &mut TcpStream) -> Option<u8> {
-    let mut b = [0u8; 1];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return None,
-            Ok(_) => return Some(b[0]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
-                return None
-            }
-            Err(e) => panic!("reading from the pooler: {e} (timed out?)"),
-        }
-    }
-}
-
-/// The next backend message, or `None` at EOF.
-fn read_msg(s: &mut TcpStream) -> Option<Msg> {
-    let tag = read_byte(s)?;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)
-        .unwrap_or_else(|e| panic!("message {:?}: reading its length: {e}", tag as char));
-    let len = u32::from_be_bytes(len) as usize;
-    assert!(
-        (4..1 << 24).contains(&len),
-        "message {:?} with a bad length {len}",
-        tag as char
-    );
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body)
-        .unwrap_or_else(|e| panic!("message {:?}: reading its body: {e}", tag as char));
-    Some(Msg { tag, body })
-}
-
 /// The single byte answer to SSLRequest / GSSENCRequest.
 fn read_single_byte_answer(s: &mut TcpStream) -> u8 {
     read_byte(s).expect("the pooler closed instead of answering the request")
@@ -148,7 +106,7 @@ fn be_u32(buf: &[u8]) -> u32 {
 fn expect_fatal_and_close(s: &mut TcpStream, what: &str) -> HashMap<char, String> {
     let mut seen = Vec::new();
     let mut error = None;
-    while let Some(m) = read_msg(s) {
+    while let Some(m) = next_message(s) {
         if m.tag == b'E' {
             error = Some(error_fields(&m.body));
         }
@@ -222,7 +180,8 @@ impl Login {
 fn read_login(s: &mut TcpStream) -> Login {
     let mut login = Login::default();
     loop {
-        let m = read_msg(s).unwrap_or_else(|| panic!("EOF during login after {:?}", login.tags));
+        let m =
+            next_message(s).unwrap_or_else(|| panic!("EOF during login after {:?}", login.tags));
         login.tags.push(m.tag as char);
         match m.tag {
             b'v' => login.negotiate = Some(m.body),
@@ -259,7 +218,7 @@ fn raw_query(s: &mut TcpStream, sql: &str) -> QueryResult {
     let mut rows = Vec::new();
     let mut error = None;
     loop {
-        let m = read_msg(s).unwrap_or_else(|| panic!("EOF while running {sql:?}"));
+        let m = next_message(s).unwrap_or_else(|| panic!("EOF while running {sql:?}"));
         match m.tag {
             b'D' => {
                 let n = u16::from_be_bytes([m.body[0], m.body[1]]) as usize;
@@ -705,7 +664,7 @@ fn terminate_closes_the_connection_and_the_pool_keeps_working() {
     assert_eq!(raw_value(&mut s, "SELECT 1"), "1");
     terminate(&mut s);
     // The pooler says nothing more and closes.
-    assert!(read_msg(&mut s).is_none(), "the connection stayed open");
+    assert!(next_message(&mut s).is_none(), "the connection stayed open");
     // Its server went back to the pool and serves the next client.
     assert_serves(&pooler);
     assert_serves(&pooler);
@@ -762,7 +721,10 @@ fn cancel_request_with_unknown_key_is_ignored() {
         let mut s = raw_connect(&pooler);
         send(&mut s, &cancel_packet(rng.next(), rng.next()));
         // A cancel connection gets no answer; it is closed.
-        assert!(read_msg(&mut s).is_none(), "a cancel request got an answer");
+        assert!(
+            next_message(&mut s).is_none(),
+            "a cancel request got an answer"
+        );
     }
     let (result, mut victim) = sleeper.join().unwrap();
     result.expect("an unknown cancel key cancelled someone's query");

@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::pg::{quote_literal, tail};
-use common::wire::error_fields;
+use common::wire::{error_fields, next_message, read_byte};
 use common::*;
 use common::{cleanup, pooler};
 use postgres::NoTls;
@@ -211,44 +211,6 @@ fn terminate(s: &mut TcpStream) {
     send_lossy(s, &[b'X', 0, 0, 0, 4]);
 }
 
-/// One byte, or `None` when the peer closed (EOF or reset). A read timeout fails the test.
-fn read_byte(s: &mut TcpStream) -> Option<u8> {
-    let mut b = [0u8; 1];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return None,
-            Ok(_) => return Some(b[0]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
-                return None
-            }
-            Err(e) => panic!("reading from the pooler: {e} (timed out?)"),
-        }
-    }
-}
-
-struct Msg {
-    tag: u8,
-    body: Vec<u8>,
-}
-
-fn read_msg(s: &mut TcpStream) -> Option<Msg> {
-    let tag = read_byte(s)?;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)
-        .unwrap_or_else(|e| panic!("message {:?}: reading its length: {e}", tag as char));
-    let len = u32::from_be_bytes(len) as usize;
-    assert!(
-        (4..1 << 24).contains(&len),
-        "message {:?} with a bad length {len}",
-        tag as char
-    );
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body)
-        .unwrap_or_else(|e| panic!("message {:?}: reading its body: {e}", tag as char));
-    Some(Msg { tag, body })
-}
-
 fn be_u32(buf: &[u8]) -> u32 {
     u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"))
 }
@@ -258,7 +220,7 @@ fn be_u32(buf: &[u8]) -> u32 {
 fn read_login(s: &mut TcpStream, what: &str) -> (u32, u32) {
     let mut key = None;
     loop {
-        let m = read_msg(s).unwrap_or_else(|| panic!("{what}: EOF during login"));
+        let m = next_message(s).unwrap_or_else(|| panic!("{what}: EOF during login"));
         match m.tag {
             b'R' => assert_eq!(be_u32(&m.body), 0, "{what}: expected AuthenticationOk"),
             b'K' => key = Some((be_u32(&m.body), be_u32(&m.body[4..]))),
@@ -286,7 +248,7 @@ fn read_result(s: &mut TcpStream, what: &str) -> Result<String, HashMap<char, St
     let mut value = None;
     let mut error = None;
     loop {
-        let m = read_msg(s).unwrap_or_else(|| panic!("{what}: EOF while running a query"));
+        let m = next_message(s).unwrap_or_else(|| panic!("{what}: EOF while running a query"));
         match m.tag {
             b'D' if value.is_none() => {
                 let len = be_u32(&m.body[2..]) as usize;
@@ -313,7 +275,7 @@ fn raw_value(s: &mut TcpStream, sql: &str) -> String {
 /// ErrorResponse, whose fields are returned.
 fn expect_fatal(s: &mut TcpStream, what: &str) -> HashMap<char, String> {
     let mut last = None;
-    while let Some(m) = read_msg(s) {
+    while let Some(m) = next_message(s) {
         last = Some(m);
     }
     let m = last.unwrap_or_else(|| panic!("{what}: closed without an error"));

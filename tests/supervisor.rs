@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
 use common::wire::error_fields;
-use common::wire::startup_packet;
+use common::wire::{read_next, startup_packet, Message};
 use common::*;
 use postgres::{NoTls, SimpleQueryMessage};
 
@@ -262,18 +262,6 @@ fn send_signal(pid: i32, sig: i32) {
 // Raw protocol (for what a client library hides: an error while idle)
 // ---------------------------------------------------------------------------
 
-fn read_msg(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head)?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if !(4..=1 << 20).contains(&len) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad length"));
-    }
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body)?;
-    Ok((head[0], body))
-}
-
 /// Logs in with a StartupMessage (trust auth) and reads up to ReadyForQuery.
 fn raw_login(port: u16, user: &str, db: &str) -> TcpStream {
     raw_login_with_key(port, user, db).0
@@ -287,7 +275,7 @@ fn raw_login_with_key(port: u16, user: &str, db: &str) -> (TcpStream, [u8; 8]) {
         .expect("send startup");
     let mut key = None;
     loop {
-        let (tag, body) = read_msg(&mut s).expect("login reply");
+        let Message { tag, body } = read_next(&mut s).expect("login reply");
         match tag {
             b'K' => key = body.get(..8).and_then(|k| k.try_into().ok()),
             b'Z' => return (s, key.expect("no BackendKeyData")),
@@ -761,7 +749,8 @@ fn sigterm_in_transaction_mode_drains_and_exits_zero() {
         "new connections are still accepted 1 s after SIGTERM"
     );
 
-    let (tag, body) = read_msg(&mut idle).expect("the idle client hears why it is closed");
+    let Message { tag, body } =
+        read_next(&mut idle).expect("the idle client hears why it is closed");
     assert_eq!(tag, b'E', "idle client got {:?}", tag as char);
     let fields = error_fields(&body);
     assert_eq!(fields.get(&'S').map(String::as_str), Some("FATAL"));
@@ -1070,7 +1059,7 @@ fn cancel_accepted_by_another_worker_is_forwarded() {
         cancel.write_all(&req).unwrap();
         let mut saw = None;
         loop {
-            let (tag, body) = read_msg(&mut client)
+            let Message { tag, body } = read_next(&mut client)
                 .unwrap_or_else(|e| panic!("round {round}: no reply after the cancel: {e}"));
             match tag {
                 b'E' => saw = error_fields(&body).get(&'C').cloned(),

@@ -2,8 +2,8 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -116,190 +116,9 @@ fn backends_of(admin: &mut postgres::Client, role: &str) -> i64 {
         .get(0)
 }
 
-/// tokio-postgres on a private runtime. The `postgres` crate drops an
-/// ErrorResponse that arrives together with the end of the connection
-/// (it reports "connection closed" instead), so a FATAL that closes the
-/// client is read through this.
-struct AsyncClient {
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-}
-
-impl AsyncClient {
-    fn connect(pooler: &Pooler, role: &str) -> AsyncClient {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let config = pooler.tokio_config(role, PW, APP_DB);
-        let client = rt
-            .block_on(async {
-                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok::<_, tokio_postgres::Error>(client)
-            })
-            .unwrap_or_else(|e| panic!("connecting as {role} through the pooler: {e:?}"));
-        AsyncClient { rt, client }
-    }
-
-    /// The first column of the first row of `sql`.
-    fn first_value(&self, sql: &str) -> Result<String, tokio_postgres::Error> {
-        let msgs = self.rt.block_on(self.client.simple_query(sql))?;
-        Ok(msgs
-            .iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("{sql}: no row")))
-    }
-}
-
-/// Raw protocol bytes, for what a client library hides.
-mod raw {
-    use super::*;
-
-    pub fn connect(port: u16) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the pooler");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.set_nodelay(true).unwrap();
-        s
-    }
-
-    pub use crate::common::wire::startup_packet;
-
-    pub use crate::common::wire::message;
-
-    pub fn cstr(s: &str) -> Vec<u8> {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        v
-    }
-
-    /// The next message, or `None` at EOF (a reset counts as EOF: the
-    /// pooler may close with our bytes unread).
-    pub fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-        let mut tag = [0u8; 1];
-        match s.read(&mut tag) {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
-            Err(e) => panic!("reading from the pooler: {e}"),
-        }
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).expect("message length");
-        let len = u32::from_be_bytes(len) as usize;
-        assert!((4..1 << 20).contains(&len), "bad length {len}");
-        let mut body = vec![0u8; len - 4];
-        s.read_exact(&mut body).expect("message body");
-        Some((tag[0], body))
-    }
-
-    #[derive(Debug)]
-    pub struct PgError {
-        pub severity: String,
-        pub code: String,
-        pub message: String,
-    }
-
-    pub fn parse_error(body: &[u8]) -> PgError {
-        let mut e = PgError {
-            severity: String::new(),
-            code: String::new(),
-            message: String::new(),
-        };
-        let mut rest = body;
-        while let Some((&kind, tail)) = rest.split_first() {
-            if kind == 0 {
-                break;
-            }
-            let end = tail.iter().position(|&b| b == 0).expect("NUL in error");
-            let value = String::from_utf8_lossy(&tail[..end]).into_owned();
-            match kind {
-                b'S' => e.severity = value,
-                b'C' => e.code = value,
-                b'M' => e.message = value,
-                _ => {}
-            }
-            rest = &tail[end + 1..];
-        }
-        e
-    }
-
-    /// Reads until an ErrorResponse (only notices may come first).
-    pub fn read_error(s: &mut TcpStream) -> PgError {
-        loop {
-            match read_message(s) {
-                Some((b'E', body)) => return parse_error(&body),
-                Some((b'N', _)) => {}
-                Some((tag, body)) => {
-                    panic!("expected an ErrorResponse, got '{}' {body:?}", tag as char)
-                }
-                None => panic!("connection closed without an ErrorResponse"),
-            }
-        }
-    }
-
-    pub fn assert_closed(s: &mut TcpStream) {
-        if let Some((tag, body)) = read_message(s) {
-            panic!(
-                "expected the connection closed, got '{}' {body:?}",
-                tag as char
-            );
-        }
-    }
-
-    /// Sends the startup packet and the password; returns after the first
-    /// ReadyForQuery.
-    pub fn login(port: u16, user: &str, password: &str) -> TcpStream {
-        let mut s = connect(port);
-        s.write_all(&startup_packet(&[("user", user), ("database", APP_DB)]))
-            .unwrap();
-        loop {
-            match read_message(&mut s) {
-                Some((b'R', body)) if body.get(..4) == Some(&[0, 0, 0, 3][..]) => {
-                    s.write_all(&message(b'p', &cstr(password))).unwrap();
-                }
-                Some((b'R', body)) if body.get(..4) == Some(&[0, 0, 0, 0][..]) => {}
-                Some((b'S', _)) | Some((b'K', _)) | Some((b'N', _)) => {}
-                Some((b'Z', _)) => return s,
-                Some((b'E', body)) => panic!("login failed: {:?}", parse_error(&body)),
-                Some((tag, _)) => panic!("unexpected '{}' during login", tag as char),
-                None => panic!("closed during login"),
-            }
-        }
-    }
-
-    /// Runs a simple query: the first column of each row, and the
-    /// transaction status of the ReadyForQuery. Panics on an error.
-    pub fn query(s: &mut TcpStream, sql: &str) -> (Vec<String>, u8) {
-        s.write_all(&message(b'Q', &cstr(sql))).unwrap();
-        let mut rows = Vec::new();
-        loop {
-            match read_message(s) {
-                Some((b'D', body)) => {
-                    let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
-                    let value = if len < 0 {
-                        "NULL".to_string()
-                    } else {
-                        String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()
-                    };
-                    rows.push(value);
-                }
-                Some((b'Z', body)) => return (rows, body[0]),
-                Some((b'E', body)) => panic!("{sql}: {:?}", parse_error(&body)),
-                Some(_) => {}
-                None => panic!("{sql}: connection closed"),
-            }
-        }
-    }
-}
-
-fn assert_fatal(e: &raw::PgError, code: &str, message: &str) {
+fn assert_fatal(e: &wire::Fields, code: &str, message: &str) {
     assert_eq!(
-        (e.severity.as_str(), e.code.as_str(), e.message.as_str()),
+        (e.severity(), e.code(), e.message()),
         ("FATAL", code, message),
         "{e:?}"
     );
@@ -309,13 +128,13 @@ fn assert_fatal(e: &raw::PgError, code: &str, message: &str) {
 fn client_login_timeout_closes_a_half_sent_startup_packet() {
     let pooler = pooler("t_login_half", "client_login_timeout: 1");
     let start = Instant::now();
-    let mut s = raw::connect(pooler.port());
-    let packet = raw::startup_packet(&[("user", "t_login_half"), ("database", APP_DB)]);
+    let mut s = wire::connect(pooler.port());
+    let packet = wire::startup_packet(&[("user", "t_login_half"), ("database", APP_DB)]);
     s.write_all(&packet[..packet.len() / 2]).unwrap();
-    let err = raw::read_error(&mut s);
+    let err = wire::read_error(&mut s);
     let took = start.elapsed();
     assert_fatal(&err, "08P01", "client_login_timeout");
-    raw::assert_closed(&mut s);
+    wire::assert_closed(&mut s);
     assert_took(
         took,
         secs_f(1.0),
@@ -339,22 +158,22 @@ fn client_login_timeout_closes_a_client_that_never_answers_the_password_request(
     // Logged in before the slow client: the login timer must not touch it.
     let mut early = connect(&pooler, "t_login_pw");
     let start = Instant::now();
-    let mut s = raw::connect(pooler.port());
-    s.write_all(&raw::startup_packet(&[
+    let mut s = wire::connect(pooler.port());
+    s.write_all(&wire::startup_packet(&[
         ("user", "t_login_pw"),
         ("database", APP_DB),
     ]))
     .unwrap();
-    let (tag, body) = raw::read_message(&mut s).expect("password request");
+    let wire::Message { tag, body } = wire::next_message(&mut s).expect("password request");
     assert_eq!(
         (tag, body.as_slice()),
         (b'R', &[0, 0, 0, 3][..]),
         "expected AuthenticationCleartextPassword"
     );
-    let err = raw::read_error(&mut s);
+    let err = wire::read_error(&mut s);
     let took = start.elapsed();
     assert_fatal(&err, "08P01", "client_login_timeout");
-    raw::assert_closed(&mut s);
+    wire::assert_closed(&mut s);
     assert_took(
         took,
         secs_f(1.0),
@@ -374,14 +193,14 @@ fn client_idle_timeout_closes_an_idle_raw_client_with_a_fatal() {
         "t_idle_raw",
         "pool_mode: transaction\nclient_idle_timeout: 1",
     );
-    let mut s = raw::login(pooler.port(), "t_idle_raw", PW);
-    let (rows, status) = raw::query(&mut s, "SELECT 1");
+    let mut s = wire::login(pooler.port(), "t_idle_raw", PW);
+    let (rows, status) = wire::run_query(&mut s, "SELECT 1");
     assert_eq!((rows, status), (vec!["1".to_string()], b'I'));
     let idle_since = Instant::now();
-    let err = raw::read_error(&mut s);
+    let err = wire::read_error(&mut s);
     let took = idle_since.elapsed();
     assert_fatal(&err, "08P01", "client_idle_timeout");
-    raw::assert_closed(&mut s);
+    wire::assert_closed(&mut s);
     assert_took(took, secs_f(1.0), LATE, "client_idle_timeout");
 }
 
@@ -392,7 +211,7 @@ fn client_idle_timeout_spares_busy_clients_and_closes_idle_ones() {
         "t_idle_busy",
         "pool_mode: transaction\nclient_idle_timeout: 1",
     );
-    let idle = AsyncClient::connect(&pooler, "t_idle_busy");
+    let idle = AsyncClient::connect(&pooler, "t_idle_busy", PW, APP_DB);
     let mut busy = connect(&pooler, "t_idle_busy");
     idle.first_value("SELECT 1").unwrap();
     let idle_since = Instant::now();
@@ -436,7 +255,7 @@ fn query_wait_timeout_fails_a_query_queued_behind_a_busy_pool() {
         "pool_mode: transaction\ndefault_pool_size: 1\nquery_wait_timeout: 1",
     );
     let mut a = connect(&pooler, "t_qwait");
-    let b = AsyncClient::connect(&pooler, "t_qwait");
+    let b = AsyncClient::connect(&pooler, "t_qwait", PW, APP_DB);
     let sleeper = thread::spawn(move || a.simple_query("SELECT pg_sleep(3)").map(|_| ()));
     let mut admin = shared_pg().admin_client();
     assert!(
@@ -478,7 +297,7 @@ fn query_timeout_fails_the_query_and_closes_its_backend() {
         "t_qtimeout",
         "pool_mode: transaction\ndefault_pool_size: 1\nquery_timeout: 1",
     );
-    let c = AsyncClient::connect(&pooler, "t_qtimeout");
+    let c = AsyncClient::connect(&pooler, "t_qtimeout", PW, APP_DB);
     c.first_value("SELECT pg_sleep(0.5)::text")
         .expect("a query shorter than query_timeout must work");
     let pid: i32 = c
@@ -517,18 +336,18 @@ fn idle_transaction_timeout_closes_the_client_and_its_server() {
         "t_idletx",
         "pool_mode: transaction\ndefault_pool_size: 1\nidle_transaction_timeout: 1",
     );
-    let mut s = raw::login(pooler.port(), "t_idletx", PW);
-    let (rows, status) = raw::query(
+    let mut s = wire::login(pooler.port(), "t_idletx", PW);
+    let (rows, status) = wire::run_query(
         &mut s,
         "BEGIN; INSERT INTO t_idletx_rows VALUES (1); SELECT pg_backend_pid()",
     );
     assert_eq!(status, b'T', "expected to be in a transaction block");
     let pid: i32 = rows[0].parse().unwrap();
     let idle_since = Instant::now();
-    let err = raw::read_error(&mut s);
+    let err = wire::read_error(&mut s);
     let took = idle_since.elapsed();
     assert_fatal(&err, "08P01", "idle transaction timeout");
-    raw::assert_closed(&mut s);
+    wire::assert_closed(&mut s);
     assert_took(took, secs_f(1.0), LATE, "idle_transaction_timeout");
 
     let mut admin = shared_pg().admin_client();
@@ -536,8 +355,8 @@ fn idle_transaction_timeout_closes_the_client_and_its_server() {
         wait_until(Duration::from_secs(2), || !backend_exists(&mut admin, pid)),
         "backend {pid}, idle in a transaction, was kept"
     );
-    let mut next = raw::login(pooler.port(), "t_idletx", PW);
-    let (rows, status) = raw::query(&mut next, "SELECT count(*) FROM t_idletx_rows");
+    let mut next = wire::login(pooler.port(), "t_idletx", PW);
+    let (rows, status) = wire::run_query(&mut next, "SELECT count(*) FROM t_idletx_rows");
     assert_eq!(
         (rows, status),
         (vec!["0".to_string()], b'I'),

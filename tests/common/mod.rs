@@ -17,6 +17,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod async_client;
 pub mod cleanup;
 pub mod pg;
 pub mod pooler;
@@ -24,6 +25,7 @@ pub mod tempdir;
 pub mod tools;
 pub mod wire;
 
+pub use async_client::AsyncClient;
 pub use pg::{shared_pg, PgServer};
 pub use pooler::{Pooler, PoolerSetup};
 pub use tempdir::TestDir;

@@ -1,6 +1,14 @@
 //! Raw protocol bytes for tests that talk to the pooler without a client library.
+//!
+//! Three ways to read a backend message, all on one reader: [`read_message`] (`Ok(None)`
+//! once the connection ended before the message), [`read_next`] (an end is an
+//! `UnexpectedEof` error, so a timeout is told apart by its error kind) and [`next_message`]
+//! (`None` at the end, a panic on anything else, a timeout included).
 
 use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
 
 /// A protocol 3.0 StartupMessage with these parameters, length included.
 pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
@@ -94,24 +102,74 @@ pub fn query(sql: &str) -> Vec<u8> {
     message(b'Q', &body)
 }
 
-/// Reads one backend message; None at a clean EOF before its first byte.
-pub fn read_message(s: &mut impl std::io::Read) -> std::io::Result<Option<Message>> {
-    let mut head = [0u8; 5];
-    let mut got = 0;
-    while got < 5 {
-        match s.read(&mut head[got..])? {
-            0 if got == 0 => return Ok(None),
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n => got += n,
+/// Longest backend message the readers accept, length field included. A longer (or a
+/// shorter than 4) length means the pooler's output is out of step, a bug that fails the test.
+pub const MAX_MESSAGE_LEN: usize = 1 << 20;
+
+/// A NUL-terminated string.
+pub fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// One byte; None when the connection ended (EOF or reset).
+fn first_byte(s: &mut impl Read) -> io::Result<Option<u8>> {
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(b[0])),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
         }
     }
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len < 4 {
-        return Err(std::io::Error::other(format!("backend length {len} < 4")));
-    }
+}
+
+/// One byte (the answer to an SSLRequest, say), or None when the pooler closed the
+/// connection (EOF or reset). A read timeout or another error fails the test.
+pub fn read_byte(s: &mut impl Read) -> Option<u8> {
+    first_byte(s).unwrap_or_else(|e| panic!("reading from the pooler: {e} (timed out?)"))
+}
+
+/// Reads one backend message; None when the connection ended (EOF, or a reset: the pooler
+/// may close with our bytes unread) before its first byte. A message cut short, a timeout
+/// or another error of the socket is Err; a length outside 4..=[`MAX_MESSAGE_LEN`] panics.
+pub fn read_message(s: &mut impl Read) -> io::Result<Option<Message>> {
+    let Some(tag) = first_byte(s)? else {
+        return Ok(None);
+    };
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    assert!(
+        (4..=MAX_MESSAGE_LEN).contains(&len),
+        "backend message {:?} with length {len}",
+        tag as char
+    );
     let mut body = vec![0u8; len - 4];
     s.read_exact(&mut body)?;
-    Ok(Some(Message { tag: head[0], body }))
+    Ok(Some(Message { tag, body }))
+}
+
+/// [`read_message`], with the connection's end as an `UnexpectedEof` error: a caller tells a
+/// timeout (`WouldBlock` / `TimedOut`) from a closed connection by the error's kind.
+pub fn read_next(s: &mut impl Read) -> io::Result<Message> {
+    read_message(s)?.ok_or_else(|| {
+        io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "the connection ended before a message",
+        )
+    })
+}
+
+/// [`read_message`] for tests where only the end may stop the messages: None when the
+/// connection ended before the message; any error (a timeout included) fails the test.
+pub fn next_message(s: &mut impl Read) -> Option<Message> {
+    read_message(s).unwrap_or_else(|e| panic!("reading a backend message: {e}"))
 }
 
 /// What a simple query got back, up to its ReadyForQuery or the connection's end.
@@ -125,7 +183,7 @@ pub struct Answer {
 }
 
 /// Reads backend messages up to ReadyForQuery, EOF or an error of the socket.
-pub fn read_answer(s: &mut impl std::io::Read) -> Answer {
+pub fn read_answer(s: &mut impl Read) -> Answer {
     let mut a = Answer::default();
     loop {
         match read_message(s) {
@@ -156,10 +214,9 @@ pub fn read_answer(s: &mut impl std::io::Read) -> Answer {
 
 /// Sends `startup` and reads to the first ReadyForQuery, answering a cleartext password
 /// request with `password`. Err with what went wrong.
-pub fn raw_login(port: u16, startup: &[u8], password: &str) -> Result<std::net::TcpStream, String> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+pub fn raw_login(port: u16, startup: &[u8], password: &str) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     s.write_all(startup).map_err(|e| e.to_string())?;
     loop {
@@ -176,6 +233,90 @@ pub fn raw_login(port: u16, startup: &[u8], password: &str) -> Result<std::net::
             b'Z' => return Ok(s),
             b'E' => return Err(format!("login failed: {:?}", Fields::parse(&m.body).0)),
             _ => {}
+        }
+    }
+}
+
+/// A connection to the pooler on 127.0.0.1:`port`, with a 10 s read timeout and Nagle off.
+pub fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the pooler");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads until an ErrorResponse, whose fields it returns; only notices may come first, and
+/// the connection must not end before it.
+pub fn read_error(s: &mut impl Read) -> Fields {
+    loop {
+        match next_message(s) {
+            Some(Message { tag: b'E', body }) => return Fields::parse(&body),
+            Some(Message { tag: b'N', .. }) => {}
+            Some(Message { tag, body }) => {
+                panic!("expected an ErrorResponse, got '{}' {body:?}", tag as char)
+            }
+            None => panic!("connection closed without an ErrorResponse"),
+        }
+    }
+}
+
+/// The connection ends with no further message.
+pub fn assert_closed(s: &mut impl Read) {
+    if let Some(Message { tag, body }) = next_message(s) {
+        panic!(
+            "expected the connection closed, got '{}' {body:?}",
+            tag as char
+        );
+    }
+}
+
+/// Logs in as `user` to [`crate::common::APP_DB`], answering a cleartext password request
+/// with `password`; returns after the first ReadyForQuery. Anything but the messages of a
+/// login fails the test.
+pub fn login(port: u16, user: &str, password: &str) -> TcpStream {
+    let mut s = connect(port);
+    s.write_all(&startup_packet(&[
+        ("user", user),
+        ("database", super::APP_DB),
+    ]))
+    .unwrap();
+    loop {
+        let Some(Message { tag, body }) = next_message(&mut s) else {
+            panic!("closed during login")
+        };
+        match tag {
+            b'R' if body.get(..4) == Some(&[0, 0, 0, 3][..]) => {
+                s.write_all(&message(b'p', &cstr(password))).unwrap();
+            }
+            b'R' if body.get(..4) == Some(&[0, 0, 0, 0][..]) => {}
+            b'S' | b'K' | b'N' => {}
+            b'Z' => return s,
+            b'E' => panic!("login failed: {:?}", Fields::parse(&body)),
+            _ => panic!("unexpected '{}' during login", tag as char),
+        }
+    }
+}
+
+/// Runs a simple query: the first column of each row ("NULL" for a null), and the
+/// transaction status of the ReadyForQuery. An error or the connection's end fails the test.
+pub fn run_query(s: &mut TcpStream, sql: &str) -> (Vec<String>, u8) {
+    s.write_all(&query(sql)).unwrap();
+    let mut rows = Vec::new();
+    loop {
+        match next_message(s) {
+            Some(Message { tag: b'D', body }) => {
+                let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
+                let value = if len < 0 {
+                    "NULL".to_string()
+                } else {
+                    String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()
+                };
+                rows.push(value);
+            }
+            Some(Message { tag: b'Z', body }) => return (rows, body[0]),
+            Some(Message { tag: b'E', body }) => panic!("{sql}: {:?}", Fields::parse(&body)),
+            Some(_) => {}
+            None => panic!("{sql}: connection closed"),
         }
     }
 }
