@@ -67,7 +67,8 @@ fn main() {
         }
     };
     if args.check {
-        let files = pgbouncers_supervisor::read_userlist(&cfg)
+        let files = pgbouncers_supervisor::check_tls(&cfg)
+            .and_then(|()| pgbouncers_supervisor::read_userlist(&cfg))
             .and_then(|_| pgbouncers_supervisor::read_hba(&cfg));
         if let Err(e) = files {
             eprintln!("pgbouncers: {e}");

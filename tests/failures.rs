@@ -515,10 +515,7 @@ fn dying_server(listener: std::net::TcpListener) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("the pooler never connected");
         s.set_read_timeout(Some(secs(20))).unwrap();
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).unwrap();
-        let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-        s.read_exact(&mut startup).unwrap();
+        wire::accept_startup(&mut s).unwrap();
         let mut hello = wire::message(b'R', &0u32.to_be_bytes());
         hello.extend(wire::message(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
         hello.extend(wire::message(b'Z', b"I"));

@@ -194,17 +194,20 @@ fn an_unsupported_setting_is_refused_by_name() {
     setup.config_file(INI);
     setup.write_file("userlist.txt", &userlist_entry(APP_USER, APP_PASSWORD));
     setup.write_file("timeouts.ini", "");
-    let text = ini(3, "client_tls_sslmode = require\n");
+    let text = ini(3, "peer_id = 3\n");
     let out = setup.run_to_exit(&text, &[], secs(30));
     assert_eq!(out.code(), Some(1), "{out}");
     let path = setup.path(INI);
     // The file and line, the setting, why, and what to do instead.
     let want = format!(
-        "{}:17: client_tls_sslmode = require is refused: TLS from clients",
+        "{}:17: peer_id = 3 is refused: peering is not supported",
         path.display()
     );
     assert!(out.stderr.contains(&want), "{out}");
-    assert!(out.stderr.contains("terminate TLS in front"), "{out}");
+    assert!(
+        out.stderr.contains("cancel requests already reach"),
+        "{out}"
+    );
 
     // --convert and --check refuse it the same way.
     let out = convert(&path);

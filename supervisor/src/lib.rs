@@ -133,6 +133,12 @@ pub fn read_hba(cfg: &Config) -> Result<Option<String>, String> {
     Ok(Some(text))
 }
 
+/// Loads the certificates and keys the TLS settings name, so that a bad file refuses the
+/// start or the reload instead of surfacing in a worker.
+pub fn check_tls(cfg: &Config) -> Result<(), String> {
+    pgbouncers_worker::tls::Tls::load(cfg).map(|_| ())
+}
+
 /// Runs the pooler: returns the process exit code.
 pub fn run(opts: Options, cfg: Config) -> i32 {
     // The text the console's SET edits; the file was just parsed, so it reads again. An ini
@@ -140,7 +146,8 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
     let config_text = Config::read_file(&opts.config_path)
         .map(|(text, _)| text)
         .unwrap_or_default();
-    let (userlist, hba) = match read_userlist(&cfg).and_then(|u| Ok((u, read_hba(&cfg)?))) {
+    let files = check_tls(&cfg).and_then(|()| read_userlist(&cfg));
+    let (userlist, hba) = match files.and_then(|u| Ok((u, read_hba(&cfg)?))) {
         Ok(x) => x,
         Err(e) => {
             log::error!("{e}");

@@ -52,6 +52,7 @@ impl Supervisor {
         userlist: Option<String>,
         hba: Option<String>,
     ) -> Result<(), String> {
+        crate::check_tls(&cfg)?;
         let want = self
             .opts
             .workers

@@ -446,6 +446,32 @@ impl PgServer {
         tools::userlist_entry(role, &self.role_secret(role))
     }
 
+    /// Turns TLS on with this certificate and key (PEM files), and puts `hba_lines` before
+    /// the harness's own pg_hba.conf lines (say, `hostssl`-only rules for one role). A
+    /// reload applies both; sessions already open are not touched.
+    pub fn enable_ssl(&self, cert: &Path, key: &Path, hba_lines: &str) {
+        let place = |from: &Path, name: &str, mode: u32| {
+            let to = self.data.join(name);
+            fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode)).expect("chmod");
+            if is_root() {
+                let (uid, gid) = postgres_ids();
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown");
+            }
+        };
+        place(cert, "server.crt", 0o644);
+        place(key, "server.key", 0o600);
+        let hba = self.data.join("pg_hba.conf");
+        let old = fs::read_to_string(&hba).expect("read pg_hba.conf");
+        fs::write(&hba, format!("{hba_lines}\n{old}")).expect("write pg_hba.conf");
+        self.admin_sql("ALTER SYSTEM SET ssl = on");
+        self.admin_sql("SELECT pg_reload_conf()");
+        let on = tools::wait_until(std::time::Duration::from_secs(10), || {
+            self.admin_sql("SHOW ssl").trim() == "on"
+        });
+        assert!(on, "ssl did not come on:\n{}", self.log());
+    }
+
     /// Fast shutdown then start again, same port and data.
     pub fn restart(&self) {
         let out = self.pg_ctl("restart", &["-m", "fast"]);

@@ -320,3 +320,20 @@ pub fn run_query(s: &mut TcpStream, sql: &str) -> (Vec<String>, u8) {
         }
     }
 }
+
+/// A fake PostgreSQL's first read: the startup packet's body after the length. An
+/// SSLRequest before it (the pooler's default server_tls_sslmode, prefer, sends one) is
+/// answered `N`, as a server without TLS does.
+pub fn accept_startup(s: &mut (impl Read + Write)) -> io::Result<Vec<u8>> {
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len)?;
+        let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+        s.read_exact(&mut body)?;
+        if body == [4, 210, 22, 47] {
+            s.write_all(b"N")?;
+            continue;
+        }
+        return Ok(body);
+    }
+}

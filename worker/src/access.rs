@@ -4,7 +4,6 @@
 use crate::auth::hba::{HbaConn, HbaConnKind, Method as HbaMethod};
 use crate::client::{Close, Peer};
 use crate::config::AuthType;
-use crate::stream::Sock;
 use crate::wire::sqlstate;
 use crate::worker::{Conn, Worker};
 
@@ -42,7 +41,7 @@ impl Worker {
             Peer::Tcp(a) => (
                 HbaConnKind::Host {
                     addr: a.ip(),
-                    tls: false,
+                    tls: c.io.is_tls(),
                 },
                 format!("host \"{}\"", a.ip()),
             ),
@@ -81,10 +80,7 @@ impl Worker {
                 ))
             }
             HbaMethod::Peer => {
-                let os_user = match &c.io.sock {
-                    Sock::Unix(s) => peer_user(s),
-                    Sock::Tcp(_) => None,
-                };
+                let os_user = c.io.peer_uid().and_then(user_name);
                 if os_user.as_deref() != Some(&*c.user) {
                     return Err(Close::Fatal(
                         sqlstate::INVALID_AUTHORIZATION,
@@ -96,35 +92,15 @@ impl Worker {
             HbaMethod::Cert => {
                 return Err(Close::Fatal(
                     sqlstate::INVALID_AUTHORIZATION,
-                    "cert authentication needs TLS, which pgbouncers does not support yet".into(),
+                    "cert authentication is not supported yet".into(),
                 ))
             }
         })
     }
 }
 
-/// The OS user on the other end of a Unix socket (SO_PEERCRED).
-fn peer_user(s: &mio::net::UnixStream) -> Option<String> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is that large.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            &mut cred as *mut libc::ucred as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return None;
-    }
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid)).ok()??;
+/// The OS user name of a uid (the peer of a Unix socket, for hba `peer`).
+fn user_name(uid: u32) -> Option<String> {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()??;
     Some(user.name)
 }

@@ -7,14 +7,13 @@
 
 use crate::control::Report;
 use crate::server::SState;
-use crate::stream::Sock;
+use crate::stream::Stream;
 use crate::wire::write;
 use crate::worker::{Conn, Worker};
-use std::io::{Read, Write};
 use std::time::Instant;
 
 pub(crate) struct CancelConn {
-    sock: Sock,
+    io: Stream,
     packet: [u8; 16],
     sent: bool,
     pub started: Instant,
@@ -78,7 +77,7 @@ impl Worker {
             s.cancels += 1;
         }
         self.conns.insert(Conn::Cancel(CancelConn {
-            sock,
+            io: Stream::connecting(sock),
             packet,
             sent: false,
             started: self.now,
@@ -94,38 +93,25 @@ impl Worker {
         if !ready {
             return;
         }
+        x.io.on_event(ready, ready, false);
         if !x.sent {
-            if let Ok(Some(_)) | Err(_) = x.sock.take_error() {
+            if let Ok(Some(_)) | Err(_) = x.io.take_error() {
                 return self.cancel_done(t);
             }
-            if !x.sock.is_connected() {
+            if !x.io.is_connected() {
                 return;
             }
-            let sent = match &mut x.sock {
-                Sock::Tcp(s) => s.write(&x.packet),
-                Sock::Unix(s) => s.write(&x.packet),
-            };
-            match sent {
+            // A CancelRequest goes in plaintext even to a server spoken to over TLS:
+            // PostgreSQL reads it before any authentication or hba line applies.
+            match x.io.send(&x.packet) {
                 // 16 bytes fit in any fresh socket buffer.
-                Ok(_) => x.sent = true,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Ok(16) => x.sent = true,
+                Ok(_) => return,
                 Err(_) => return self.cancel_done(t),
             }
         }
-        let mut buf = [0u8; 64];
-        loop {
-            let r = match &mut x.sock {
-                Sock::Tcp(s) => s.read(&mut buf),
-                Sock::Unix(s) => s.read(&mut buf),
-            };
-            match r {
-                Ok(0) => return self.cancel_done(t),
-                // PostgreSQL sends nothing back; ignore whatever comes.
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return self.cancel_done(t),
-            }
+        if x.io.discard_until_eof() {
+            self.cancel_done(t);
         }
     }
 

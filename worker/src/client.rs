@@ -169,8 +169,7 @@ impl Worker {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let mut io = Stream::new(sock);
-        io.readable = false;
+        let io = Stream::accepted(sock);
         let client = Client {
             id,
             io,
@@ -243,7 +242,14 @@ impl Worker {
             }
             let got = match c.io.fill(&mut self.bufs) {
                 Ok(f) => f,
-                Err(e) => return self.close_client(ct, Close::Quiet(io_reason(&e))),
+                Err(e) => {
+                    if c.io.tls_handshaking() {
+                        // rustls's reason names a protocol step, never the peer's bytes.
+                        log::info!("{}: TLS handshake failed: {e}", c.name());
+                        self.stats.tls_failures += 1;
+                    }
+                    return self.close_client(ct, Close::Quiet(io_reason(&e)));
+                }
             };
             if got == Filled::Eof {
                 return self.close_client(ct, Close::Quiet("client unexpected eof"));
@@ -299,7 +305,8 @@ impl Worker {
                 };
                 c.io.rbuf.consume(n);
                 match packet {
-                    FirstPacket::SslRequest | FirstPacket::GssEncRequest => {
+                    FirstPacket::SslRequest => self.ssl_request(ct),
+                    FirstPacket::GssEncRequest => {
                         c.io.wbuf.vec(&mut self.bufs).push(b'N');
                         Step::Again
                     }
@@ -350,11 +357,60 @@ impl Worker {
         }
     }
 
+    /// SSLRequest: `S` and a TLS session when client TLS is on, `N` otherwise.
+    fn ssl_request(&mut self, ct: usize) -> Step {
+        let accept = self.tls.accept.clone();
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return Step::Done;
+        };
+        if c.io.is_tls() {
+            let msg = "SSLRequest inside a TLS session".to_string();
+            self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+            return Step::Done;
+        }
+        let Some(config) = accept.filter(|_| !c.io.is_unix()) else {
+            c.io.wbuf.vec(&mut self.bufs).push(b'N');
+            return Step::Again;
+        };
+        // Bytes that followed the SSLRequest before `S` was sent travelled in cleartext:
+        // taking them as part of the session would let whoever sits on the path inject a
+        // startup packet (PostgreSQL's CVE-2021-23222 class). PostgreSQL refuses them too.
+        if !c.io.rbuf.is_empty() {
+            let msg = "received unencrypted data after SSL request".to_string();
+            self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+            return Step::Done;
+        }
+        // `S` goes out in cleartext, after anything queued before it (the `N` to a
+        // GSSENCRequest), and the session starts right behind it.
+        let sent = match c.io.flush_own(&mut self.bufs) {
+            Ok(true) => c.io.send(b"S"),
+            Ok(false) => Ok(0),
+            Err(e) => Err(e),
+        };
+        let started = match sent {
+            Ok(1) => c.io.start_tls_accept(config),
+            Ok(_) => Err(std::io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            self.stats.tls_failures += 1;
+            self.close_client(ct, Close::Quiet(io_reason(&e)));
+            return Step::Done;
+        }
+        self.stats.tls_handshakes += 1;
+        Step::Again
+    }
+
     /// Checks the startup packet, picks the database and starts authentication.
     fn on_startup(&mut self, ct: usize, s: Startup) {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
+        // PgBouncer's rule: from require up, TCP clients must have come through TLS.
+        if self.cfg.client_tls_sslmode.required() && !c.io.is_tls() && !c.io.is_unix() {
+            let msg = "SSL required".to_string();
+            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+        }
         let unknown: Vec<&str> = s
             .params
             .iter()
@@ -722,8 +778,13 @@ impl Worker {
                 (Some(v), Peer::Tcp(p)) if v != p => format!(" via={v}"),
                 _ => String::new(),
             };
+            let tls = if c.io.is_tls() {
+                format!(" tls={}", c.io.tls_description())
+            } else {
+                String::new()
+            };
             log::info!(
-                "{}: login attempt: db={} user={}{via} worker={}",
+                "{}: login attempt: db={} user={}{via}{tls} worker={}",
                 c.name(),
                 Escaped(&db),
                 Escaped(&user),
@@ -888,7 +949,7 @@ impl Worker {
                 .retain(|(t, i)| (*t, *i) != (ct, id));
         }
         if let Some(Conn::Client(mut c)) = self.conns.try_remove(ct) {
-            c.io.sock.shutdown();
+            c.io.shutdown();
             c.io.drop_buffers(&mut self.bufs);
         }
     }
@@ -912,6 +973,8 @@ pub(crate) fn io_reason(e: &std::io::Error) -> &'static str {
     match e.kind() {
         std::io::ErrorKind::ConnectionReset => "client connection reset",
         std::io::ErrorKind::BrokenPipe => "client connection broken",
+        // rustls refused what came: a failed handshake or a bad record.
+        std::io::ErrorKind::InvalidData => "client TLS error",
         _ => "client socket error",
     }
 }

@@ -25,6 +25,13 @@ impl Worker {
         crate::logfile::follow(cfg.logfile.as_deref());
         self.auth.replace_userlist(snap.userlist.as_deref());
         self.hba = crate::worker::parse_hba(snap.hba.as_deref());
+        // Certificates are re-read for new connections; sessions running keep theirs. The
+        // supervisor loaded them before sending the reload, so failing here means the files
+        // changed since: keep what works.
+        match crate::tls::Tls::load(&cfg) {
+            Ok(tls) => self.tls = tls,
+            Err(e) => log::error!("worker {}: TLS kept as it was: {e}", self.slot),
+        }
         if cfg.pkt_buf != self.cfg.pkt_buf {
             // Buffers of the old size are dropped as they come back.
             self.bufs = crate::buf::BufPool::new(cfg.pkt_buf as usize, 4096);

@@ -22,6 +22,7 @@ mod server;
 pub mod shm;
 mod stats;
 mod stream;
+pub mod tls;
 mod worker;
 
 pub use worker::{run, ListenSocket, WorkerInit};

@@ -92,6 +92,8 @@ enum Creds {
 }
 
 struct Login {
+    /// SSLRequest sent; the server's one-byte answer decides whether TLS starts.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     creds: Creds,
     scram: Option<ScramClient>,
     params: Vec<(String, String)>,
@@ -250,9 +252,7 @@ impl Worker {
             return false;
         }
         let creds = self.server_creds(pool);
-        let mut io = Stream::new(sock);
-        io.readable = false;
-        io.writable = false;
+        let io = Stream::connecting(sock);
         let id = self.new_id();
         let server = Server {
             id,
@@ -274,6 +274,7 @@ impl Worker {
             stmts: Default::default(),
             cancels: 0,
             login: Some(Box::new(Login {
+                tls: None,
                 creds,
                 scram: None,
                 params: Vec::new(),
@@ -340,28 +341,28 @@ impl Worker {
         };
         match s.state {
             SState::Connecting => {
-                if !s.io.writable {
+                if !s.io.is_writable() {
                     return;
                 }
-                if let Ok(Some(e)) | Err(e) = s.io.sock.take_error() {
+                if let Ok(Some(e)) | Err(e) = s.io.take_error() {
                     let msg = format!("could not connect to server {}: {e}", s.addr);
                     return self
                         .server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, msg));
                 }
-                if !s.io.sock.is_connected() {
+                if !s.io.is_connected() {
                     return;
                 }
-                let pool = self.pools.get(s.pool);
-                let mut startup = vec![
-                    ("user", pool.target.user.as_str()),
-                    ("database", pool.target.dbname.as_str()),
-                ];
-                // The database's application_name; a client's own is SET on top of it.
-                if let Some(app) = &pool.target.application_name {
-                    startup.push(("application_name", app.as_str()));
-                }
-                write::startup_message(s.io.wbuf.vec(&mut self.bufs), &startup);
                 s.state = SState::Login;
+                // TLS is asked for over TCP only, as libpq and PgBouncer do.
+                let tls = self.tls.connect.clone();
+                if let (Some(config), ServerAddr::Tcp(_), Some(login)) =
+                    (tls, &s.addr, s.login.as_mut())
+                {
+                    login.tls = Some(config);
+                    write::ssl_request(s.io.wbuf.vec(&mut self.bufs));
+                } else {
+                    self.send_startup(st);
+                }
                 self.server_login_io(st);
             }
             SState::Login => self.server_login_io(st),
@@ -375,6 +376,69 @@ impl Worker {
             // Quiet until its cancel is done; anything it says now is for nobody.
             SState::Canceling => self.idle_server_io(st),
         }
+    }
+
+    /// Queues the startup packet: the first thing the server reads, or the first inside TLS.
+    fn send_startup(&mut self, st: usize) {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        {
+            let pool = self.pools.get(s.pool);
+            let mut startup = vec![
+                ("user", pool.target.user.as_str()),
+                ("database", pool.target.dbname.as_str()),
+            ];
+            // The database's application_name; a client's own is SET on top of it.
+            if let Some(app) = &pool.target.application_name {
+                startup.push(("application_name", app.as_str()));
+            }
+            write::startup_message(s.io.wbuf.vec(&mut self.bufs), &startup);
+        }
+    }
+
+    /// The server's answer to SSLRequest: `S` starts TLS, `N` goes on in cleartext when
+    /// server_tls_sslmode allows it. Ok(false) while the byte has not come.
+    fn tls_answer(&mut self, st: usize) -> Result<bool, ErrorFields> {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return Ok(false);
+        };
+        let proto = |m: &str| error_fields(sqlstate::PROTOCOL_VIOLATION, m.to_string());
+        let Some(&answer) = s.io.rbuf.bytes().first() else {
+            return Ok(false);
+        };
+        let Some(config) = s.login.as_mut().and_then(|l| l.tls.take()) else {
+            return Err(proto("login state lost"));
+        };
+        match answer {
+            b'S' => {
+                // Anything after `S` came in cleartext and could have been injected by
+                // whoever sits on the path (CVE-2021-23222); libpq refuses it too.
+                if s.io.rbuf.len() > 1 {
+                    return Err(proto("server sent unencrypted data after SSL response"));
+                }
+                s.io.rbuf.consume(1);
+                let host = &self.pools.get(s.pool).target.host;
+                let name = crate::tls::server_name(host)
+                    .map_err(|e| error_fields(sqlstate::CONNECTION_FAILURE, e))?;
+                s.io.start_tls_connect(config, name).map_err(|e| {
+                    let msg = format!("could not start TLS with server: {e}");
+                    error_fields(sqlstate::CONNECTION_FAILURE, msg)
+                })?;
+            }
+            b'N' => {
+                s.io.rbuf.consume(1);
+                if self.cfg.server_tls_sslmode.required() {
+                    return Err(error_fields(
+                        sqlstate::CONNECTION_FAILURE,
+                        "server does not support SSL, but SSL was required".into(),
+                    ));
+                }
+            }
+            _ => return Err(proto("server answered SSLRequest with neither S nor N")),
+        }
+        self.send_startup(st);
+        Ok(true)
     }
 
     /// Reads and answers the server's login messages.
@@ -396,6 +460,25 @@ impl Worker {
                         .server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, msg));
                 }
             };
+            let negotiating = matches!(self.conns.get(st),
+                Some(Conn::Server(s)) if s.login.as_ref().is_some_and(|l| l.tls.is_some()));
+            if negotiating {
+                match self.tls_answer(st) {
+                    Ok(true) => continue,
+                    Ok(false) if got == Filled::Eof => {
+                        let msg = "server closed the connection during SSL negotiation".into();
+                        return self.server_login_failed(
+                            st,
+                            error_fields(sqlstate::CONNECTION_FAILURE, msg),
+                        );
+                    }
+                    Ok(false) => match self.conns.get(st) {
+                        Some(Conn::Server(s)) if s.io.may_read() => continue,
+                        _ => return,
+                    },
+                    Err(e) => return self.server_login_failed(st, e),
+                }
+            }
             loop {
                 let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
                     return;
@@ -432,7 +515,7 @@ impl Worker {
                 return;
             };
             if got == Filled::Nothing
-                && (s.io.wbuf.is_empty() || !s.io.writable)
+                && (s.io.wbuf.is_empty() || !s.io.is_writable())
                 && !s.io.may_read()
             {
                 return;
@@ -917,7 +1000,7 @@ impl Worker {
                 write::terminate(&mut bye);
                 let _ = s.io.send(&bye);
             }
-            s.io.sock.shutdown();
+            s.io.shutdown();
             s.io.drop_buffers(&mut self.bufs);
         }
         self.serve_waiting(pool);

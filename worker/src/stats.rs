@@ -40,6 +40,9 @@ pub struct WorkerStats {
     /// Indexed by `proxy::Rejection`.
     pub proxy_rejected: [u64; 4],
     pub auth_failures: u64,
+    /// TLS sessions started with clients, and those that failed before login.
+    pub tls_handshakes: u64,
+    pub tls_failures: u64,
 }
 
 fn unix_now() -> u64 {

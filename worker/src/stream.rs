@@ -1,4 +1,4 @@
-//! A socket with its buffers and cached readiness: the only code that reads or writes sockets.
+//! A socket with its TLS session, buffers and cached readiness: the only code that reads or writes sockets.
 //!
 //! Sockets are registered once, edge-triggered, for both directions. `readable` and
 //! `writable` remember the last event until a call sees WouldBlock, so no interest is ever
@@ -92,31 +92,160 @@ pub enum Filled {
     Eof,
 }
 
+/// One socket, its optional TLS session, its buffers and its cached readiness.
+///
+/// The buffers hold plaintext: with TLS, bytes pass through rustls's sans-IO session on
+/// their way between the socket and the buffers, so the code above sees the same stream
+/// either way.
 pub struct Stream {
-    pub sock: Sock,
+    sock: Sock,
+    tls: Option<Box<rustls::Connection>>,
+    /// Plaintext rustls decrypted that did not fit in the buffer yet. No event announces
+    /// it, so it counts as something left to read.
+    tls_pending: bool,
     pub rbuf: InBuf,
     pub wbuf: OutBuf,
-    pub readable: bool,
-    pub writable: bool,
+    readable: bool,
+    writable: bool,
     /// The peer's FIN was reported. It may have come with the last bytes, and edge
     /// triggering will not report it again, so reads continue until they see it.
-    pub read_closed: bool,
+    read_closed: bool,
 }
 
 impl Stream {
-    pub fn new(sock: Sock) -> Stream {
+    /// A socket just accepted: writable, and readable once epoll says so.
+    pub fn accepted(sock: Sock) -> Stream {
+        Stream::with_readiness(sock, false, true)
+    }
+
+    /// A socket whose non-blocking connect is under way: nothing until epoll reports.
+    pub fn connecting(sock: Sock) -> Stream {
+        Stream::with_readiness(sock, false, false)
+    }
+
+    fn with_readiness(sock: Sock, readable: bool, writable: bool) -> Stream {
         Stream {
             sock,
+            tls: None,
+            tls_pending: false,
             rbuf: InBuf::new(),
             wbuf: OutBuf::new(),
-            readable: true,
-            writable: true,
+            readable,
+            writable,
             read_closed: false,
+        }
+    }
+
+    /// Records what an edge-triggered event reported. Output rustls still holds from an
+    /// earlier write goes out now: the code driving the connection may have nothing to say.
+    pub fn on_event(&mut self, readable: bool, writable: bool, read_closed: bool) {
+        self.readable |= readable;
+        self.writable |= writable;
+        self.read_closed |= read_closed;
+        if writable && self.tls.is_some() {
+            // An error here shows again on the next read or write.
+            let _ = self.flush_tls();
+        }
+    }
+
+    pub fn is_readable(&self) -> bool {
+        self.readable
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    pub fn is_unix(&self) -> bool {
+        matches!(self.sock, Sock::Unix(_))
+    }
+
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.sock.take_error()
+    }
+
+    /// Whether a non-blocking connect has finished.
+    pub fn is_connected(&self) -> bool {
+        self.sock.is_connected()
+    }
+
+    /// The local address of a TCP socket.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.sock {
+            Sock::Tcp(s) => s.local_addr().ok(),
+            Sock::Unix(_) => None,
+        }
+    }
+
+    /// The connected process's uid, for hba `peer` over a Unix socket.
+    pub fn peer_uid(&self) -> Option<u32> {
+        match &self.sock {
+            Sock::Unix(s) => {
+                use std::os::fd::AsFd;
+                nix::sys::socket::getsockopt(&s.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
+                    .ok()
+                    .map(|c| c.uid())
+            }
+            Sock::Tcp(_) => None,
+        }
+    }
+
+    /// Sends close_notify when TLS is on, then shuts the socket down both ways.
+    pub fn shutdown(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = self.flush_tls();
+        }
+        self.sock.shutdown();
+    }
+
+    /// Starts TLS as the server side, after `S` answered an SSLRequest (or on a ClientHello
+    /// for direct TLS). Only what arrives from now on belongs to the session, so bytes a
+    /// client sent after its SSLRequest without waiting for `S` are refused by the caller.
+    pub fn start_tls_accept(
+        &mut self,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> io::Result<()> {
+        let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        self.tls = Some(Box::new(conn.into()));
+        Ok(())
+    }
+
+    /// Starts TLS as the client side, after PostgreSQL answered `S`.
+    pub fn start_tls_connect(
+        &mut self,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        self.tls = Some(Box::new(conn.into()));
+        // The ClientHello goes out now.
+        self.flush_tls()?;
+        Ok(())
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether the TLS handshake is still running.
+    pub fn tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// `TLSv1.3/TLS_AES_256_GCM_SHA384`, or empty without TLS (the `tls` column).
+    pub fn tls_description(&self) -> String {
+        match &self.tls {
+            Some(t) => crate::tls::describe(t),
+            None => String::new(),
         }
     }
 
     /// Reads once into the input buffer if the socket may have data and there is room.
     pub fn fill(&mut self, pool: &mut BufPool) -> io::Result<Filled> {
+        if self.tls.is_some() {
+            return self.fill_tls(pool);
+        }
         if !self.readable || !self.rbuf.can_read() {
             return Ok(Filled::Nothing);
         }
@@ -147,37 +276,118 @@ impl Stream {
         }
     }
 
-    /// Whether a read could still add bytes: the socket has not been seen empty and the
-    /// buffer has room. Edge triggering reports nothing more until a read sees WouldBlock,
-    /// so a caller that stops while this holds (say, after a read that filled the buffer
-    /// exactly, then `make_room`) must read again or nobody ever will.
-    pub fn may_read(&self) -> bool {
-        self.readable && self.rbuf.can_read()
+    /// [`Stream::fill`] through TLS: plaintext rustls already holds first, then records
+    /// from the socket until some plaintext comes out or the socket is empty.
+    fn fill_tls(&mut self, pool: &mut BufPool) -> io::Result<Filled> {
+        loop {
+            if !self.rbuf.can_read() {
+                return Ok(Filled::Nothing);
+            }
+            let Some(tls) = self.tls.as_mut() else {
+                return Ok(Filled::Nothing);
+            };
+            let spare = self.rbuf.spare(pool);
+            let room = spare.len();
+            match tls.reader().read(spare) {
+                // close_notify: a clean end.
+                Ok(0) => {
+                    self.readable = false;
+                    self.tls_pending = false;
+                    return Ok(Filled::Eof);
+                }
+                Ok(n) => {
+                    self.rbuf.commit(n);
+                    self.tls_pending = n == room;
+                    return Ok(Filled::Bytes(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tls_pending = false,
+                // The socket ended without close_notify.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.readable = false;
+                    return Ok(Filled::Eof);
+                }
+                Err(e) => return Err(e),
+            }
+            if !self.readable {
+                self.rbuf.release(pool);
+                return Ok(Filled::Nothing);
+            }
+            let mut rd = SockIo {
+                sock: &mut self.sock,
+                short: false,
+            };
+            match tls.read_tls(&mut rd) {
+                Ok(0) => {
+                    self.readable = false;
+                    self.rbuf.release(pool);
+                    return Ok(Filled::Eof);
+                }
+                Ok(_) => {
+                    if rd.short && !self.read_closed {
+                        self.readable = false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    self.rbuf.release(pool);
+                    return Ok(Filled::Nothing);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // rustls queued an alert saying why; send it before giving up.
+                let _ = self.flush_tls();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            // Handshake messages, a key update or an alert may be waiting to go out.
+            self.flush_tls()?;
+        }
     }
 
-    /// Writes as much of `bytes` as the socket takes; 0 when it would block.
+    /// Whether a read could still add bytes: the socket has not been seen empty (or rustls
+    /// holds plaintext) and the buffer has room. Edge triggering reports nothing more until
+    /// a read sees WouldBlock, so a caller that stops while this holds (say, after a read
+    /// that filled the buffer exactly, then `make_room`) must read again or nobody ever will.
+    pub fn may_read(&self) -> bool {
+        (self.readable || self.tls_pending) && self.rbuf.can_read()
+    }
+
+    /// Writes as much of `bytes` as the socket takes; 0 when it would block. With TLS,
+    /// what rustls accepted counts as written, and its buffer limit is the back-pressure.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        send_on(&mut self.sock, &mut self.writable, bytes)
+        match &mut self.tls {
+            None => send_on(&mut self.sock, &mut self.writable, bytes),
+            Some(tls) => send_tls(tls, &mut self.sock, &mut self.writable, bytes),
+        }
+    }
+
+    /// Writes the records rustls holds; true once none is left.
+    fn flush_tls(&mut self) -> io::Result<bool> {
+        match &mut self.tls {
+            None => Ok(true),
+            Some(tls) => flush_tls(tls, &mut self.sock, &mut self.writable),
+        }
     }
 
     /// Writes the pooler's own pending output; true once all of it is out.
     pub fn flush_own(&mut self, pool: &mut BufPool) -> io::Result<bool> {
         if self.wbuf.is_empty() {
-            return Ok(true);
+            return self.flush_tls();
         }
         let pending = self.wbuf.pending();
         let want = pending.len();
-        let n = {
-            let Stream { sock, writable, .. } = self;
-            send_on(sock, writable, pending)?
+        let n = match &mut self.tls {
+            None => send_on(&mut self.sock, &mut self.writable, pending)?,
+            Some(tls) => send_tls(tls, &mut self.sock, &mut self.writable, pending)?,
         };
         self.wbuf.advance(n);
-        if n == want {
-            self.wbuf.release(pool);
-            Ok(true)
-        } else {
-            Ok(false)
+        if n < want {
+            return Ok(false);
         }
+        self.wbuf.release(pool);
+        // With TLS, the last records may still wait for the socket.
+        self.flush_tls()
     }
 
     /// Frees both buffers' storage when they hold nothing.
@@ -190,6 +400,98 @@ impl Stream {
         self.rbuf.clear(pool);
         self.wbuf.clear(pool);
     }
+
+    /// Reads and discards whatever arrived; true once the peer has closed (or failed).
+    /// For connections whose answer is only their closing, such as a cancel request's.
+    pub fn discard_until_eof(&mut self) -> bool {
+        let mut scratch = [0u8; 64];
+        loop {
+            match self.sock.read(&mut scratch) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// The socket as rustls's `read_tls`/`write_tls` see it, noting a short read: like a
+/// short plain read, it means the socket is drained.
+struct SockIo<'a> {
+    sock: &'a mut Sock,
+    short: bool,
+}
+
+impl Read for SockIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
+}
+
+impl Write for SockIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self.sock {
+            Sock::Tcp(s) => s.write_vectored(bufs),
+            Sock::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Hands `bytes` to rustls as long as its records reach the socket.
+fn send_tls(
+    tls: &mut rustls::Connection,
+    sock: &mut Sock,
+    writable: &mut bool,
+    bytes: &[u8],
+) -> io::Result<usize> {
+    let mut done = 0;
+    // Records still waiting for the socket go first, so the limit rustls keeps on its
+    // buffer is reached only when the socket is full.
+    while flush_tls(tls, sock, writable)? && done < bytes.len() {
+        match tls.writer().write(&bytes[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+fn flush_tls(
+    tls: &mut rustls::Connection,
+    sock: &mut Sock,
+    writable: &mut bool,
+) -> io::Result<bool> {
+    while tls.wants_write() {
+        if !*writable {
+            return Ok(false);
+        }
+        match tls.write_tls(&mut SockIo { sock, short: false }) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *writable = false;
+                return Ok(false);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 fn send_on(sock: &mut Sock, writable: &mut bool, bytes: &[u8]) -> io::Result<usize> {
@@ -214,8 +516,7 @@ fn send_on(sock: &mut Sock, writable: &mut bool, bytes: &[u8]) -> io::Result<usi
 
 /// Writes `src`'s first `n` buffered bytes to `dst`, consuming what was written.
 pub fn forward(src: &mut Stream, dst: &mut Stream, n: usize) -> io::Result<usize> {
-    let bytes = &src.rbuf.bytes()[..n];
-    let done = send_on(&mut dst.sock, &mut dst.writable, bytes)?;
+    let done = dst.send(&src.rbuf.bytes()[..n])?;
     src.rbuf.consume(done);
     Ok(done)
 }

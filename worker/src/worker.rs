@@ -106,6 +106,8 @@ pub struct Worker {
     pub(crate) shutdown_since: Option<Instant>,
     /// Server host names, looked up on a thread so the loop never blocks on DNS.
     pub(crate) dns: crate::dns::Resolver,
+    /// TLS configurations for both sides, rebuilt on reload.
+    pub(crate) tls: crate::tls::Tls,
 }
 
 impl Worker {
@@ -145,6 +147,12 @@ impl Worker {
         let dns = crate::dns::Resolver::start(waker)?;
         let cfg = init.config;
         let auth = AuthCache::from_text(init.userlist.as_deref(), init.mock_key);
+        let tls = crate::tls::Tls::load(&cfg).unwrap_or_else(|e| {
+            // The supervisor checked these files; they changed since. Run without TLS:
+            // clients that require it are refused, none is served in cleartext by mistake.
+            log::error!("worker {}: TLS unavailable: {e}", init.slot);
+            crate::tls::Tls::default()
+        });
         let now = Instant::now();
         let w = Worker {
             slot: init.slot,
@@ -173,6 +181,7 @@ impl Worker {
             waits: Vec::new(),
             shutdown_since: None,
             dns,
+            tls,
         };
         w.stats.started(&w.shm, w.slot);
         Ok(w)
@@ -255,14 +264,10 @@ impl Worker {
         let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
         match self.conns.get_mut(t) {
             Some(Conn::Client(c)) => {
-                c.io.readable |= readable;
-                c.io.writable |= writable;
-                c.io.read_closed |= ev.is_read_closed() || ev.is_error();
+                c.io.on_event(readable, writable, ev.is_read_closed() || ev.is_error())
             }
             Some(Conn::Server(s)) => {
-                s.io.readable |= readable;
-                s.io.writable |= writable;
-                s.io.read_closed |= ev.is_read_closed() || ev.is_error();
+                s.io.on_event(readable, writable, ev.is_read_closed() || ev.is_error())
             }
             Some(Conn::Cancel(_)) => return self.drive_cancel(t, writable || readable),
             None => return,

@@ -112,7 +112,7 @@ impl Worker {
                     }
                     // The buffer may have been full with more on the socket: edge-triggered
                     // readiness will not say so again, so read on next turn.
-                    if c.io.readable {
+                    if c.io.is_readable() {
                         self.again.push(ct);
                     }
                     return;

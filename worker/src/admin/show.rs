@@ -221,6 +221,78 @@ impl Worker {
                 true,
             ),
             (
+                "client_tls_sslmode",
+                s(c.client_tls_sslmode.as_str()),
+                s(d.client_tls_sslmode.as_str()),
+                true,
+            ),
+            (
+                "client_tls_key_file",
+                opt(&c.client_tls_key_file),
+                s(""),
+                true,
+            ),
+            (
+                "client_tls_cert_file",
+                opt(&c.client_tls_cert_file),
+                s(""),
+                true,
+            ),
+            (
+                "client_tls_ca_file",
+                opt(&c.client_tls_ca_file),
+                s(""),
+                true,
+            ),
+            (
+                "client_tls_protocols",
+                s(&c.client_tls_protocols),
+                s(&d.client_tls_protocols),
+                true,
+            ),
+            (
+                "client_tls_ciphers",
+                s(&c.client_tls_ciphers),
+                s(&d.client_tls_ciphers),
+                true,
+            ),
+            (
+                "server_tls_sslmode",
+                s(c.server_tls_sslmode.as_str()),
+                s(d.server_tls_sslmode.as_str()),
+                true,
+            ),
+            (
+                "server_tls_key_file",
+                opt(&c.server_tls_key_file),
+                s(""),
+                true,
+            ),
+            (
+                "server_tls_cert_file",
+                opt(&c.server_tls_cert_file),
+                s(""),
+                true,
+            ),
+            (
+                "server_tls_ca_file",
+                opt(&c.server_tls_ca_file),
+                s(""),
+                true,
+            ),
+            (
+                "server_tls_protocols",
+                s(&c.server_tls_protocols),
+                s(&d.server_tls_protocols),
+                true,
+            ),
+            (
+                "server_tls_ciphers",
+                s(&c.server_tls_ciphers),
+                s(&d.server_tls_ciphers),
+                true,
+            ),
+            (
                 "default_pool_size",
                 s(c.default_pool_size),
                 s(d.default_pool_size),
@@ -732,13 +804,11 @@ impl Worker {
 
     fn collect_sockets(&self, clients: bool) -> Vec<Row> {
         let mut rows = Vec::new();
-        let local = |sock: &crate::stream::Sock| -> (String, i64) {
-            match sock {
-                crate::stream::Sock::Tcp(t) => match t.local_addr() {
-                    Ok(a) => (a.ip().to_string(), a.port() as i64),
-                    Err(_) => ("unix".into(), 0),
-                },
-                crate::stream::Sock::Unix(_) => ("unix".into(), self.cfg.listen_port as i64),
+        let local = |io: &crate::stream::Stream| -> (String, i64) {
+            match io.local_addr() {
+                Some(a) => (a.ip().to_string(), a.port() as i64),
+                None if io.is_unix() => ("unix".into(), self.cfg.listen_port as i64),
+                None => ("unix".into(), 0),
             }
         };
         let ptr =
@@ -756,7 +826,7 @@ impl Worker {
                         Peer::Tcp(a) => (a.ip().to_string(), a.port() as i64),
                         Peer::Unix => ("unix".into(), self.cfg.listen_port as i64),
                     };
-                    let (laddr, lport) = local(&c.io.sock);
+                    let (laddr, lport) = local(&c.io);
                     let state = match c.state {
                         CState::Waiting if c.admin.is_none() => "waiting",
                         CState::Active => "active",
@@ -795,7 +865,7 @@ impl Worker {
                         s(ptr(1, c.id)),
                         s(link.unwrap_or_default()),
                         s(0),
-                        s(""),
+                        s(c.io.tls_description()),
                         s(c.params.get("application_name").unwrap_or("")),
                         s(c.stmts.len()),
                         s(admin_id(self.slot, c.id)),
@@ -808,7 +878,7 @@ impl Worker {
                         crate::server::ServerAddr::Tcp(a) => (a.ip().to_string(), a.port() as i64),
                         crate::server::ServerAddr::Unix(_) => ("unix".into(), p.target.port as i64),
                     };
-                    let (laddr, lport) = local(&sv.io.sock);
+                    let (laddr, lport) = local(&sv.io);
                     let state = match sv.state {
                         SState::Active => "active",
                         SState::Idle => "idle",
@@ -838,7 +908,7 @@ impl Worker {
                         s(ptr(2, sv.id)),
                         s(link.unwrap_or_default()),
                         s(sv.backend_key.map(|k| k.0).unwrap_or(0)),
-                        s(""),
+                        s(sv.io.tls_description()),
                         s(sv.params.get("application_name").unwrap_or("")),
                         s(sv.stmts.len()),
                         s(admin_id(self.slot, sv.id)),

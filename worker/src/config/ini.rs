@@ -321,7 +321,8 @@ enum Kind {
     ServerCheckQuery,
     UnixSocketDir,
     TrackExtra,
-    ServerTlsMode,
+    /// client_tls_sslmode and server_tls_sslmode: libpq's sslmode words.
+    TlsMode,
 }
 
 /// What happens to one PgBouncer setting.
@@ -342,8 +343,6 @@ enum Neutral {
     Zero,
     /// The empty string (not set).
     Empty,
-    /// One keyword, any case.
-    Word(&'static str),
     /// An integer equal to this.
     Number(i64),
 }
@@ -372,15 +371,15 @@ const SETTINGS: &[(&str, Rule, Status)] = {
         ("cancel_wait_timeout", Same(Secs), Honoured),
         ("client_idle_timeout", Same(Secs), Honoured),
         ("client_login_timeout", Same(Secs), Honoured),
-        ("client_tls13_ciphers", NoEffect("it is only used when client_tls_sslmode is not disable, which pgbouncers refuses"), Accepted),
-        ("client_tls_ca_file", NoEffect("it is only used when client_tls_sslmode is not disable, which pgbouncers refuses"), Accepted),
-        ("client_tls_cert_file", NoEffect("it is only used when client_tls_sslmode is not disable, which pgbouncers refuses"), Accepted),
-        ("client_tls_ciphers", NoEffect("it is only used when client_tls_sslmode is not disable, which pgbouncers refuses"), Accepted),
-        ("client_tls_dheparams", NoEffect("it is only used when client_tls_sslmode is not disable, which pgbouncers refuses"), Accepted),
-        ("client_tls_ecdhcurve", NoEffect("it is only used when client_tls_sslmode is not disable, which pgbouncers refuses"), Accepted),
-        ("client_tls_key_file", NoEffect("it is only used when client_tls_sslmode is not disable, which pgbouncers refuses"), Accepted),
-        ("client_tls_protocols", NoEffect("it is only used when client_tls_sslmode is not disable, which pgbouncers refuses"), Accepted),
-        ("client_tls_sslmode", OnlyIf(Word("disable"), "TLS from clients is not supported: terminate TLS in front of pgbouncers (HAProxy, stunnel), which pgbouncers is built to sit behind"), Refused),
+        ("client_tls13_ciphers", NoEffect("rustls offers only strong TLS 1.3 suites; client_tls_ciphers can name them"), Accepted),
+        ("client_tls_ca_file", Same(Text), Honoured),
+        ("client_tls_cert_file", Same(Text), Honoured),
+        ("client_tls_ciphers", Same(Text), Honoured),
+        ("client_tls_dheparams", NoEffect("rustls has no finite-field Diffie-Hellman: key exchange is X25519 or a NIST curve"), Accepted),
+        ("client_tls_ecdhcurve", NoEffect("rustls chooses among X25519, P-256 and P-384"), Accepted),
+        ("client_tls_key_file", Same(Text), Honoured),
+        ("client_tls_protocols", Same(Text), Honoured),
+        ("client_tls_sslmode", Same(TlsMode), Honoured),
         ("conffile", OnlyIf(Empty, "pgbouncers always reloads the file named on its command line: start it with -c pointing at the file you want"), Refused),
         ("default_pool_size", Same(Int(U32)), Different),
         ("disable_pqexec", OnlyIf(Zero, "refusing the simple query protocol is not supported: revoke what must not run in PostgreSQL instead"), Refused),
@@ -430,13 +429,13 @@ const SETTINGS: &[(&str, Rule, Status)] = {
         ("server_reset_query", Same(Text), Honoured),
         ("server_reset_query_always", Same(Flag), Honoured),
         ("server_round_robin", OnlyIf(Zero, "round-robin reuse of server connections is not supported: the most recently used server is reused first"), Refused),
-        ("server_tls13_ciphers", NoEffect("TLS to PostgreSQL is not supported, so TLS settings have nothing to apply to"), Accepted),
-        ("server_tls_ca_file", NoEffect("TLS to PostgreSQL is not supported, so TLS settings have nothing to apply to"), Accepted),
-        ("server_tls_cert_file", NoEffect("TLS to PostgreSQL is not supported, so TLS settings have nothing to apply to"), Accepted),
-        ("server_tls_ciphers", NoEffect("TLS to PostgreSQL is not supported, so TLS settings have nothing to apply to"), Accepted),
-        ("server_tls_key_file", NoEffect("TLS to PostgreSQL is not supported, so TLS settings have nothing to apply to"), Accepted),
-        ("server_tls_protocols", NoEffect("TLS to PostgreSQL is not supported, so TLS settings have nothing to apply to"), Accepted),
-        ("server_tls_sslmode", Same(ServerTlsMode), Different),
+        ("server_tls13_ciphers", NoEffect("rustls offers only strong TLS 1.3 suites; server_tls_ciphers can name them"), Accepted),
+        ("server_tls_ca_file", Same(Text), Honoured),
+        ("server_tls_cert_file", Same(Text), Honoured),
+        ("server_tls_ciphers", Same(Text), Honoured),
+        ("server_tls_key_file", Same(Text), Honoured),
+        ("server_tls_protocols", Same(Text), Honoured),
+        ("server_tls_sslmode", Same(TlsMode), Honoured),
         ("service_name", NoEffect("it names a Windows service; pgbouncers runs on Linux"), Accepted),
         ("so_reuseport", NoEffect("it is not needed: the workers already share the port with SO_REUSEPORT"), Accepted),
         ("stats_period", Same(IntSecs), Honoured),
@@ -685,7 +684,6 @@ fn setting(
             let ok = match neutral {
                 Neutral::Zero => c_long(v) == Some(0),
                 Neutral::Empty => v.is_empty(),
-                Neutral::Word(w) => v.eq_ignore_ascii_case(w),
                 Neutral::Number(n) => c_long(v) == Some(n),
             };
             if ok {
@@ -695,7 +693,7 @@ fn setting(
             }
         }
         Rule::Same(kind) => {
-            let yaml = value(kind, name, v, notices).map_err(bad)?;
+            let yaml = value(kind, v).map_err(bad)?;
             if let Some(yaml) = yaml {
                 out.line(name, yaml);
             }
@@ -705,12 +703,7 @@ fn setting(
 }
 
 /// Our YAML for one translated value; `None` when our default already means PgBouncer's.
-fn value(
-    kind: Kind,
-    name: &str,
-    v: &str,
-    notices: &mut Vec<String>,
-) -> Result<Option<String>, String> {
+fn value(kind: Kind, v: &str) -> Result<Option<String>, String> {
     Ok(Some(match kind {
         Kind::Text | Kind::List => yaml_str(v),
         Kind::Int(max) => int(v, max)?.to_string(),
@@ -725,6 +718,12 @@ fn value(
             mode.as_str().to_owned()
         }
         Kind::AuthType => auth_type(v)?.to_owned(),
+        Kind::TlsMode => {
+            let mode: super::TlsMode = v
+                .parse()
+                .map_err(|e: super::UnknownKeyword| e.to_string())?;
+            mode.as_str().to_owned()
+        }
         Kind::Mode => {
             let mode = c_long(v)
                 .filter(|m| *m >= 0)
@@ -763,28 +762,6 @@ fn value(
                         super::de::truncate(p, 64),
                         TRACKED.join(", ")
                     ));
-                }
-            }
-            return Ok(None);
-        }
-        Kind::ServerTlsMode => {
-            match v.to_ascii_lowercase().as_str() {
-                "disable" | "allow" => {}
-                "prefer" => notices.push(format!(
-                    "{name} = prefer: connections to PostgreSQL stay unencrypted (TLS to \
-                     PostgreSQL is not supported)"
-                )),
-                "require" | "verify-ca" | "verify-full" => {
-                    return Err(
-                        "TLS to PostgreSQL is not supported: use a private network or \
-                                a TLS tunnel to the server, and server_tls_sslmode = disable"
-                            .into(),
-                    )
-                }
-                _ => {
-                    return Err(
-                        "expected disable, allow, prefer, require, verify-ca or verify-full".into(),
-                    )
                 }
             }
             return Ok(None);
@@ -1485,10 +1462,6 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
                 "peer_id = 3",
                 "peer_id = 3 is refused: peering is not supported",
             ),
-            (
-                "client_tls_sslmode = require",
-                "client_tls_sslmode = require is refused: TLS from clients",
-            ),
             ("auth_user = pgbouncer", "auth_user = pgbouncer is refused"),
             (
                 "syslog = 1",
@@ -1508,10 +1481,7 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
                 "auth_type = pam: auth_type pam is not supported",
             ),
             ("auth_type = any", "auth_type any is not supported"),
-            (
-                "server_tls_sslmode = verify-full",
-                "TLS to PostgreSQL is not supported",
-            ),
+            ("server_tls_sslmode = sometimes", "server_tls_sslmode"),
             (
                 "track_extra_parameters = search_path",
                 "tracking `search_path` is not supported",
@@ -1721,10 +1691,7 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
         let ours = Config::keys();
         for (name, rule, _) in SETTINGS {
             if let Rule::Same(kind) = rule {
-                if !matches!(
-                    kind,
-                    Kind::ServerCheckQuery | Kind::TrackExtra | Kind::ServerTlsMode
-                ) {
+                if !matches!(kind, Kind::ServerCheckQuery | Kind::TrackExtra) {
                     assert!(ours.contains(name), "{name}");
                 }
             }

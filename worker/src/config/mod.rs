@@ -29,7 +29,7 @@ pub use database::{
 };
 pub use error::{ConfigError, ErrorKind};
 pub use pgbouncers_proto::cidr::{Cidr, CidrError};
-pub use types::{AuthType, PoolMode, ProxyProtocol, Secret, UnknownKeyword, Workers};
+pub use types::{AuthType, PoolMode, ProxyProtocol, Secret, TlsMode, UnknownKeyword, Workers};
 
 /// Database names that belong to the admin console and cannot be configured.
 pub const ADMIN_DB_NAMES: &[&str] = &["pgbouncers", "pgbouncer"];
@@ -198,6 +198,33 @@ pub struct Config {
     #[serde(deserialize_with = "de::seconds")]
     pub tcp_user_timeout: Duration,
 
+    /// TLS from clients. Default disable.
+    pub client_tls_sslmode: TlsMode,
+    #[serde(deserialize_with = "de::opt_string")]
+    pub client_tls_key_file: Option<String>,
+    #[serde(deserialize_with = "de::opt_string")]
+    pub client_tls_cert_file: Option<String>,
+    /// CA for client certificates (verify-ca, verify-full).
+    #[serde(deserialize_with = "de::opt_string")]
+    pub client_tls_ca_file: Option<String>,
+    /// Default `secure` (TLS 1.2 and 1.3).
+    pub client_tls_protocols: String,
+    /// Default `default`.
+    pub client_tls_ciphers: String,
+    /// TLS to PostgreSQL. Default prefer.
+    pub server_tls_sslmode: TlsMode,
+    #[serde(deserialize_with = "de::opt_string")]
+    pub server_tls_key_file: Option<String>,
+    #[serde(deserialize_with = "de::opt_string")]
+    pub server_tls_cert_file: Option<String>,
+    /// CA for server certificates (verify-ca, verify-full).
+    #[serde(deserialize_with = "de::opt_string")]
+    pub server_tls_ca_file: Option<String>,
+    /// Default `secure`.
+    pub server_tls_protocols: String,
+    /// Default `default`.
+    pub server_tls_ciphers: String,
+
     #[serde(deserialize_with = "de::string_list")]
     pub ignore_startup_parameters: Vec<String>,
     /// Named statements the pooler keeps prepared per server in transaction/statement mode.
@@ -270,6 +297,18 @@ impl Default for Config {
             tcp_keepintvl: Duration::ZERO,
             tcp_keepcnt: 0,
             tcp_user_timeout: Duration::ZERO,
+            client_tls_sslmode: TlsMode::Disable,
+            client_tls_key_file: None,
+            client_tls_cert_file: None,
+            client_tls_ca_file: None,
+            client_tls_protocols: "secure".to_owned(),
+            client_tls_ciphers: "default".to_owned(),
+            server_tls_sslmode: TlsMode::Prefer,
+            server_tls_key_file: None,
+            server_tls_cert_file: None,
+            server_tls_ca_file: None,
+            server_tls_protocols: "secure".to_owned(),
+            server_tls_ciphers: "default".to_owned(),
             ignore_startup_parameters: Vec::new(),
             max_prepared_statements: 200,
             databases: BTreeMap::new(),

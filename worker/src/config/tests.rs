@@ -146,6 +146,18 @@ const KEY_TABLE: &[(&str, &str, &str)] = &[
     ("tcp_keepintvl", "0", "10"),
     ("tcp_keepcnt", "0", "5"),
     ("tcp_user_timeout", "0", "0.5"),
+    ("client_tls_sslmode", "disable", "require"),
+    ("client_tls_key_file", "~", "/etc/server.key"),
+    ("client_tls_cert_file", "~", "/etc/server.crt"),
+    ("client_tls_ca_file", "~", "/etc/ca.crt"),
+    ("client_tls_protocols", "secure", "tlsv1.3"),
+    ("client_tls_ciphers", "default", "TLS_AES_256_GCM_SHA384"),
+    ("server_tls_sslmode", "prefer", "verify-full"),
+    ("server_tls_key_file", "~", "/etc/pooler.key"),
+    ("server_tls_cert_file", "~", "/etc/pooler.crt"),
+    ("server_tls_ca_file", "~", "/etc/root.crt"),
+    ("server_tls_protocols", "secure", "tlsv1.2"),
+    ("server_tls_ciphers", "default", "TLS_AES_128_GCM_SHA256"),
     (
         "ignore_startup_parameters",
         "[]",
@@ -162,7 +174,7 @@ fn key_table_lists_every_key() {
     let keys: BTreeSet<&str> = Config::keys().iter().copied().collect();
     assert_eq!(table, keys);
     assert_eq!(table.len(), KEY_TABLE.len(), "a key is listed twice");
-    assert_eq!(keys.len(), 61, "Config::keys() is derived from the struct");
+    assert_eq!(keys.len(), 73, "Config::keys() is derived from the struct");
 }
 
 #[test]

@@ -141,7 +141,46 @@ keyword_enum! {
     }
 }
 
-keyword_deserialize!(PoolMode, AuthType);
+keyword_enum! {
+    /// How much TLS one side of the pooler asks for: PgBouncer's client_tls_sslmode and
+    /// server_tls_sslmode, which share libpq's sslmode words.
+    pub enum TlsMode {
+        /// No TLS: SSLRequest is answered `N` (clients), or never sent (servers).
+        Disable => "disable",
+        /// TLS when the other side asks for it (clients); like `prefer` for servers.
+        Allow => "allow",
+        /// TLS when the other side offers it; the certificate is not checked.
+        Prefer => "prefer",
+        /// TLS or nothing; the certificate is not checked.
+        Require => "require",
+        /// TLS, with a certificate signed by the configured CA.
+        VerifyCa => "verify-ca",
+        /// As verify-ca; for servers the certificate must also name the host.
+        VerifyFull => "verify-full",
+    }
+}
+
+impl TlsMode {
+    /// TLS is offered or used at all.
+    pub fn enabled(self) -> bool {
+        self != TlsMode::Disable
+    }
+
+    /// A connection without TLS is refused.
+    pub fn required(self) -> bool {
+        matches!(
+            self,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull
+        )
+    }
+
+    /// The peer's certificate is checked against the CA file.
+    pub fn verifies(self) -> bool {
+        matches!(self, TlsMode::VerifyCa | TlsMode::VerifyFull)
+    }
+}
+
+keyword_deserialize!(PoolMode, AuthType, TlsMode);
 
 impl<'de> Deserialize<'de> for ProxyProtocol {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ProxyProtocol, D::Error> {

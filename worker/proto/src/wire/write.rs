@@ -190,6 +190,12 @@ pub fn startup_message(out: &mut Vec<u8>, params: &[(&str, &str)]) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// SSLRequest: the 8 bytes that ask a server for TLS before the startup packet.
+pub fn ssl_request(out: &mut Vec<u8>) {
+    out.extend_from_slice(&8u32.to_be_bytes());
+    out.extend_from_slice(&super::SSL_REQUEST_CODE.to_be_bytes());
+}
+
 pub fn cancel_request(out: &mut Vec<u8>, pid: u32, key: &[u8]) {
     out.extend_from_slice(&((12 + key.len()) as u32).to_be_bytes());
     out.extend_from_slice(&super::CANCEL_REQUEST_CODE.to_be_bytes());

@@ -1,0 +1,496 @@
+//! TLS on both sides with real certificates: psql and pgbench with sslmode=verify-full through the pooler, a PostgreSQL that takes hostssl only, refusals, and certificates rotated on reload.
+
+mod common;
+
+use common::tools::{psql_command, run_cmd, userlist_entry, wait_until};
+use common::wire::{self, Message};
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+/// trust_user may log in with or without TLS; everyone else needs TLS and a password.
+const HBA: &str = "\
+host all trust_user 127.0.0.1/32 trust
+hostssl all all 127.0.0.1/32 scram-sha-256
+host all all 127.0.0.1/32 reject
+";
+
+/// A throwaway PKI made with the openssl command line: CAs and certificates they sign.
+struct Pki {
+    dir: TestDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        Pki {
+            dir: TestDir::new("pki"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let mut cmd = Command::new("openssl");
+        cmd.args(args).current_dir(self.dir.path());
+        let out = run_cmd(cmd, None, secs(30));
+        assert!(out.success(), "openssl {args:?}:\n{out}");
+    }
+
+    /// `NAME.crt` and `NAME.key`: a self-signed CA.
+    fn ca(&self, name: &str) -> PathBuf {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "3",
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        self.path(&format!("{name}.crt"))
+    }
+
+    /// `NAME.crt` and `NAME.key` for localhost and 127.0.0.1, signed by CA `ca`.
+    fn leaf(&self, ca: &str, name: &str) -> (PathBuf, PathBuf) {
+        self.openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "extendedKeyUsage=serverAuth,clientAuth",
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "3",
+            "-copy_extensions",
+            "copy",
+        ]);
+        (
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+        )
+    }
+}
+
+/// One PKI for the whole binary: `ca` signs `server` (the pooler's and PostgreSQL's
+/// certificate); `other` is a CA that signed nothing anyone presents.
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let pki = Pki::new();
+        pki.ca("ca");
+        pki.ca("other");
+        pki.leaf("ca", "server");
+        pki
+    })
+}
+
+/// psql with this sslmode and root certificate, password from the environment.
+fn psql_tls(port: u16, user: &str, db: &str, sslmode: &str, root: &Path, sql: &str) -> CmdOutput {
+    let mut cmd = psql_command(port, user, APP_PASSWORD, db);
+    cmd.env("PGSSLMODE", sslmode)
+        .env("PGSSLROOTCERT", root)
+        .env("PGGSSENCMODE", "disable")
+        .args(["-c", sql]);
+    run_cmd(cmd, None, secs(20))
+}
+
+fn userlist() -> String {
+    format!(
+        "{}\n{}\n{}\n",
+        userlist_entry(APP_USER, APP_PASSWORD),
+        userlist_entry(TRUST_USER, ""),
+        userlist_entry("admin", APP_PASSWORD)
+    )
+}
+
+/// A pooler with client TLS in `mode`, the server certificate from `files` (cert, key).
+fn tls_pooler(mode: &str, cert: &Path, key: &Path, extra: &str) -> Pooler {
+    let setup = PoolerSetup::new();
+    setup.write_file("userlist.txt", &userlist());
+    setup.write_file("hba.conf", HBA);
+    setup.start(&format!(
+        "listen_addr: 127.0.0.1
+listen_port: @PORT@
+auth_type: hba
+auth_file: @DIR@/userlist.txt
+auth_hba_file: @DIR@/hba.conf
+admin_users: [admin]
+client_tls_sslmode: {mode}
+client_tls_cert_file: {cert}
+client_tls_key_file: {key}
+{extra}
+databases:
+  {APP_DB}: {{host: 127.0.0.1, port: {pg}}}
+",
+        cert = cert.display(),
+        key = key.display(),
+        pg = shared_pg().port(),
+    ))
+}
+
+/// A raw TLS session to the pooler: SSLRequest, `S`, then rustls with `alpn` offered.
+fn tls_connect(
+    port: u16,
+    ca: &Path,
+    alpn: &[&[u8]],
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(secs(10))).unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).map_err(|e| e.to_string())?;
+    if answer[0] != b'S' {
+        return Err(format!("SSLRequest answered {:?}", answer[0] as char));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Logs in as trust_user over an open session and returns it at ReadyForQuery.
+fn login_over<S: Read + Write>(s: &mut S) -> Result<(), String> {
+    s.write_all(&wire::startup_packet(&[
+        ("user", TRUST_USER),
+        ("database", APP_DB),
+    ]))
+    .map_err(|e| e.to_string())?;
+    loop {
+        match wire::read_message(s).map_err(|e| e.to_string())? {
+            Some(Message { tag: b'Z', .. }) => return Ok(()),
+            Some(Message { tag: b'E', body }) => {
+                return Err(format!("{:?}", wire::error_fields(&body)))
+            }
+            Some(_) => {}
+            None => return Err("closed during login".into()),
+        }
+    }
+}
+
+fn select_one<S: Read + Write>(s: &mut S) -> String {
+    s.write_all(&wire::query("select 1")).unwrap();
+    let a = wire::read_answer(s);
+    assert!(a.ready && a.error.is_none(), "{a:?}");
+    a.values.join(",")
+}
+
+#[test]
+fn psql_verify_full_through_the_pooler_and_hostssl_matches_tls_only() {
+    let pki = pki();
+    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
+    let p = tls_pooler("prefer", &cert, &key, "");
+    let ca = pki.path("ca.crt");
+    let out = psql_tls(p.port(), APP_USER, APP_DB, "verify-full", &ca, "select 42");
+    assert_eq!(out.expect_success().trim(), "42", "{}", p.log());
+    assert!(p.log().contains("tls=TLSv1.3/TLS_"), "{}", p.log());
+    // The console shows the session's version and suite in the tls column.
+    let out = psql_tls(
+        p.port(),
+        "admin",
+        "pgbouncer",
+        "verify-full",
+        &ca,
+        "SHOW CLIENTS",
+    );
+    let rows = out.expect_success().to_string();
+    let tls: Vec<&str> = rows.lines().filter_map(|l| l.split('\t').nth(17)).collect();
+    assert!(
+        tls.iter()
+            .any(|t| t.starts_with("TLSv1.3/TLS_AES_") || t.starts_with("TLSv1.3/TLS_CHACHA")),
+        "{rows}"
+    );
+    // Without TLS the hostssl line does not match, and the reject line does.
+    let out = psql_tls(p.port(), APP_USER, APP_DB, "disable", &ca, "select 1");
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("rejects connection"), "{out}");
+    // A CA that did not sign the pooler's certificate: libpq refuses the session.
+    let out = psql_tls(
+        p.port(),
+        APP_USER,
+        APP_DB,
+        "verify-full",
+        &pki.path("other.crt"),
+        "select 1",
+    );
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("certificate verify failed"), "{out}");
+    // The pooler is unharmed.
+    let out = psql_tls(p.port(), APP_USER, APP_DB, "verify-full", &ca, "select 7");
+    assert_eq!(out.expect_success().trim(), "7");
+}
+
+#[test]
+fn require_refuses_cleartext_pipelined_bytes_garbage_and_foreign_alpn() {
+    let pki = pki();
+    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
+    let p = tls_pooler("require", &cert, &key, "");
+    let ca = pki.path("ca.crt");
+    // A client that does not ask for TLS gets PgBouncer's answer.
+    let out = psql_tls(p.port(), TRUST_USER, APP_DB, "disable", &ca, "select 1");
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("SSL required"), "{out}");
+    // A startup packet sent along with the SSLRequest, before `S`: travelled in cleartext.
+    let mut s = wire::connect(p.port());
+    let mut bytes = vec![0, 0, 0, 8, 4, 210, 22, 47];
+    bytes.extend(wire::startup_packet(&[
+        ("user", TRUST_USER),
+        ("database", APP_DB),
+    ]));
+    s.write_all(&bytes).unwrap();
+    let e = wire::read_error(&mut s);
+    assert!(
+        format!("{e:?}").contains("unencrypted data after SSL request"),
+        "{e:?}"
+    );
+    // Garbage where the ClientHello belongs: the connection ends, nothing else happens.
+    let mut s = wire::connect(p.port());
+    s.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+    assert_eq!(wire::read_byte(&mut s), Some(b'S'));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.len() < 64, "only an alert may come back: {rest:?}");
+    // ALPN other than PostgreSQL's is refused, as PostgreSQL 17 does.
+    let Err(e) = tls_connect(p.port(), &ca, &[b"h2"]) else {
+        panic!("ALPN h2 must be refused");
+    };
+    assert!(
+        e.contains("NoApplicationProtocol")
+            || e.contains("no_application_protocol")
+            || e.contains("ApplicationProtocol"),
+        "{e}"
+    );
+    // A raw session offering `postgresql`, and one offering nothing, both work.
+    for alpn in [&[b"postgresql".as_slice()][..], &[]] {
+        let mut s = tls_connect(p.port(), &ca, alpn).unwrap();
+        login_over(&mut s).unwrap();
+        assert_eq!(select_one(&mut s), "1");
+    }
+    assert!(p.log().contains("TLS handshake failed"), "{}", p.log());
+}
+
+#[test]
+fn pgbench_over_tls_with_a_login_per_transaction_has_no_failures() {
+    let pki = pki();
+    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
+    let p = tls_pooler("require", &cert, &key, "pool_mode: transaction");
+    let script = p.write_file("select.sql", "select 1;\n");
+    for connect_each in [false, true] {
+        let mut cmd = common::tools::pgbench_command(p.port(), APP_USER, APP_PASSWORD);
+        cmd.env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", pki.path("ca.crt"))
+            .args(["-n", "-c", "4", "-T", "3", "-f"])
+            .arg(&script);
+        if connect_each {
+            cmd.arg("-C");
+        }
+        cmd.arg(APP_DB);
+        let out = run_cmd(cmd, None, secs(60));
+        let text = out.expect_success().to_string();
+        let processed: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|v| v.split('/').next()?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(processed > 50, "{text}");
+        assert!(text.contains("number of failed transactions: 0 "), "{text}");
+    }
+}
+
+#[test]
+fn certificates_rotate_on_reload_while_a_session_keeps_working() {
+    let pki = Pki::new();
+    pki.ca("one");
+    pki.ca("two");
+    let (cert1, key1) = pki.leaf("one", "leaf1");
+    let (cert2, key2) = pki.leaf("two", "leaf2");
+    let (cert, key) = (pki.path("live.crt"), pki.path("live.key"));
+    std::fs::copy(&cert1, &cert).unwrap();
+    std::fs::copy(&key1, &key).unwrap();
+    let p = tls_pooler("require", &cert, &key, "");
+    let mut session = tls_connect(p.port(), &pki.path("one.crt"), &[]).unwrap();
+    login_over(&mut session).unwrap();
+    assert_eq!(select_one(&mut session), "1");
+
+    std::fs::copy(&cert2, &cert).unwrap();
+    std::fs::copy(&key2, &key).unwrap();
+    p.reload();
+    let rotated = wait_until(secs(10), || {
+        tls_connect(p.port(), &pki.path("two.crt"), &[]).is_ok()
+    });
+    assert!(rotated, "{}", p.log());
+    assert!(tls_connect(p.port(), &pki.path("one.crt"), &[]).is_err());
+    // The session that began under the old certificate goes on.
+    assert_eq!(select_one(&mut session), "1");
+
+    // A certificate file that does not load refuses the reload; the running one stays.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    p.reload();
+    assert!(p.wait_for_log("reload failed", secs(10)), "{}", p.log());
+    let mut s = tls_connect(p.port(), &pki.path("two.crt"), &[]).unwrap();
+    login_over(&mut s).unwrap();
+    assert_eq!(select_one(&mut s), "1");
+    assert_eq!(select_one(&mut session), "1");
+}
+
+/// PostgreSQL with TLS on and a role that may log in over hostssl only.
+fn tls_postgres() -> &'static PgServer {
+    static DONE: OnceLock<()> = OnceLock::new();
+    let pg = shared_pg();
+    DONE.get_or_init(|| {
+        let pki = pki();
+        pg.admin_sql("CREATE ROLE tls_user LOGIN PASSWORD 'tlspw'");
+        pg.admin_sql(&format!("GRANT ALL ON DATABASE {APP_DB} TO tls_user"));
+        pg.enable_ssl(
+            &pki.path("server.crt"),
+            &pki.path("server.key"),
+            "hostssl all tls_user 127.0.0.1/32 scram-sha-256\nhost all tls_user 127.0.0.1/32 reject",
+        );
+    });
+    pg
+}
+
+fn server_tls_pooler(mode: &str, ca: &Path) -> Pooler {
+    let pg = tls_postgres();
+    let setup = PoolerSetup::new();
+    // trust still wants the user listed, as in PgBouncer.
+    setup.write_file(
+        "userlist.txt",
+        &format!(
+            "{}\n{}\n",
+            userlist_entry("admin", ""),
+            userlist_entry("anyone", "")
+        ),
+    );
+    setup.start(&format!(
+        "listen_addr: 127.0.0.1
+listen_port: @PORT@
+auth_type: trust
+auth_file: @DIR@/userlist.txt
+admin_users: [admin]
+server_tls_sslmode: {mode}
+server_tls_ca_file: {ca}
+databases:
+  tlsdb: {{host: 127.0.0.1, port: {port}, dbname: {APP_DB}, user: tls_user, password: tlspw}}
+",
+        ca = ca.display(),
+        port = pg.port(),
+    ))
+}
+
+#[test]
+fn server_tls_verify_full_reaches_a_hostssl_only_postgres() {
+    let pki = pki();
+    let p = server_tls_pooler("verify-full", &pki.path("ca.crt"));
+    let mut c = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(p.port())
+        .user("anyone")
+        .dbname("tlsdb")
+        .connect(postgres::NoTls)
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
+    let ssl = scalar(
+        &mut c,
+        "select ssl::text from pg_stat_ssl where pid = pg_backend_pid()",
+    )
+    .unwrap();
+    assert_eq!(ssl, "true");
+    let mut admin = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(p.port())
+        .user("admin")
+        .dbname("pgbouncer")
+        .connect(postgres::NoTls)
+        .unwrap();
+    let rows = admin.simple_query("SHOW SERVERS").unwrap();
+    let tls: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get("tls").map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert!(tls.iter().any(|t| t.starts_with("TLSv1.3/")), "{tls:?}");
+}
+
+#[test]
+fn server_tls_refuses_a_certificate_from_another_ca_and_cleartext() {
+    let pki = pki();
+    let p = server_tls_pooler("verify-full", &pki.path("other.crt"));
+    let e = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(p.port())
+        .user("anyone")
+        .dbname("tlsdb")
+        .connect(postgres::NoTls)
+        .err()
+        .expect("a certificate from an unknown CA must fail the login");
+    assert!(
+        format!("{e:?}").to_lowercase().contains("certificate"),
+        "{e:?}"
+    );
+    // Without TLS, PostgreSQL's hostssl-only rule refuses the pooler's login.
+    let p = server_tls_pooler("disable", &pki.path("ca.crt"));
+    let e = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(p.port())
+        .user("anyone")
+        .dbname("tlsdb")
+        .connect(postgres::NoTls)
+        .err()
+        .expect("cleartext must be refused by the hostssl-only role");
+    assert!(format!("{e:?}").contains("tls_user"), "{e:?}");
+}
