@@ -166,11 +166,7 @@ databases:
 }
 
 /// A raw TLS session to the pooler: SSLRequest, `S`, then rustls with `alpn` offered.
-fn tls_connect(
-    port: u16,
-    ca: &Path,
-    alpn: &[&[u8]],
-) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
+fn tls_connect(port: u16, ca: &Path, alpn: &[&[u8]]) -> Result<TlsStream, String> {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(secs(10))).unwrap();
     tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
@@ -179,6 +175,19 @@ fn tls_connect(
     if answer[0] != b'S' {
         return Err(format!("SSLRequest answered {:?}", answer[0] as char));
     }
+    tls_over(tcp, ca, alpn)
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// PostgreSQL 17's direct TLS: a ClientHello as the very first bytes, no SSLRequest.
+fn tls_direct(port: u16, ca: &Path, alpn: &[&[u8]]) -> Result<TlsStream, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(secs(10))).unwrap();
+    tls_over(tcp, ca, alpn)
+}
+
+fn tls_over(mut tcp: TcpStream, ca: &Path, alpn: &[&[u8]]) -> Result<TlsStream, String> {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).unwrap();
     use rustls::pki_types::pem::PemObject;
@@ -252,6 +261,14 @@ fn psql_verify_full_through_the_pooler_and_hostssl_matches_tls_only() {
             .any(|t| t.starts_with("TLSv1.3/TLS_AES_") || t.starts_with("TLSv1.3/TLS_CHACHA")),
         "{rows}"
     );
+    // SCRAM-SHA-256-PLUS: libpq insists on channel binding and gets it.
+    let mut cmd = psql_command(p.port(), APP_USER, APP_PASSWORD, APP_DB);
+    cmd.env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &ca)
+        .env("PGCHANNELBINDING", "require")
+        .args(["-c", "select 'bound'"]);
+    let out = run_cmd(cmd, None, secs(20));
+    assert_eq!(out.expect_success().trim(), "bound", "{}", p.log());
     // Without TLS the hostssl line does not match, and the reject line does.
     let out = psql_tls(p.port(), APP_USER, APP_DB, "disable", &ca, "select 1");
     assert!(!out.success(), "{out}");
@@ -493,4 +510,49 @@ fn server_tls_refuses_a_certificate_from_another_ca_and_cleartext() {
         .err()
         .expect("cleartext must be refused by the hostssl-only role");
     assert!(format!("{e:?}").contains("tls_user"), "{e:?}");
+}
+
+/// `GET /metrics` from the pooler's endpoint: the value of one sample line.
+fn metric(port: u16, line_start: &str) -> Option<u64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+}
+
+#[test]
+fn direct_tls_needs_postgresql_alpn_and_metrics_count_sessions_and_refusals() {
+    let pki = pki();
+    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
+    let mport = common::tools::free_port();
+    let p = tls_pooler(
+        "require",
+        &cert,
+        &key,
+        &format!("metrics_addr: 127.0.0.1:{mport}"),
+    );
+    let ca = pki.path("ca.crt");
+    // A ClientHello first, agreeing on `postgresql`: served.
+    let mut s = tls_direct(p.port(), &ca, &[b"postgresql"]).unwrap();
+    login_over(&mut s).unwrap();
+    assert_eq!(select_one(&mut s), "1");
+    // Direct TLS without ALPN: a TLS connection meant for something else. Refused.
+    let mut s = tls_direct(p.port(), &ca, &[]).unwrap();
+    let e = login_over(&mut s).unwrap_err();
+    assert!(e.contains("without ALPN"), "{e}");
+    // One refusal of cleartext, then the counters.
+    let out = psql_tls(p.port(), TRUST_USER, APP_DB, "disable", &ca, "select 1");
+    assert!(out.stderr.contains("SSL required"), "{out}");
+    let counted = wait_until(secs(10), || {
+        metric(mport, "pgbouncers_tls_handshakes_total ").is_some_and(|n| n >= 2)
+            && metric(mport, "pgbouncers_tls_failures_total{reason=\"required\"} ") == Some(1)
+            && metric(
+                mport,
+                "pgbouncers_tls_failures_total{reason=\"client_handshake\"} ",
+            ) == Some(1)
+    });
+    assert!(counted, "{}", p.log());
 }

@@ -343,6 +343,32 @@ impl Supervisor {
             );
         }
 
+        m.family(
+            "pgbouncers_tls_handshakes_total",
+            "counter",
+            "TLS sessions clients began (SSLRequest answered S, or direct TLS).",
+        );
+        let begun: u64 = live
+            .iter()
+            .map(|&s| shm.worker(s).tls_handshakes.load(Relaxed))
+            .sum();
+        m.sample("pgbouncers_tls_handshakes_total", &[], begun);
+        m.family(
+            "pgbouncers_tls_failures_total",
+            "counter",
+            "TLS failures and refusals, by reason.",
+        );
+        for (k, reason) in pgbouncers_worker::stats::TlsFailure::NAMES
+            .iter()
+            .enumerate()
+        {
+            let v: u64 = live
+                .iter()
+                .map(|&s| shm.worker(s).tls_failures[k].load(Relaxed))
+                .sum();
+            m.sample("pgbouncers_tls_failures_total", &[("reason", reason)], v);
+        }
+
         // Per database, from the shared totals (retired workers included).
         let dbs: Vec<(String, usize)> = shm
             .names()

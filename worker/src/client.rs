@@ -7,6 +7,7 @@ use crate::logsafe::Escaped;
 use crate::params::{self, Params};
 use crate::pool::PoolId;
 use crate::relay::{Scan, TxState};
+use crate::stats::TlsFailure;
 use crate::stream::{Filled, Sock, Stream};
 use crate::wire::startup::{self, FirstPacket, Startup};
 use crate::wire::write::{self, Severity};
@@ -246,7 +247,7 @@ impl Worker {
                     if c.io.tls_handshaking() {
                         // rustls's reason names a protocol step, never the peer's bytes.
                         log::info!("{}: TLS handshake failed: {e}", c.name());
-                        self.stats.tls_failures += 1;
+                        self.stats.tls_failures[TlsFailure::ClientHandshake as usize] += 1;
                     }
                     return self.close_client(ct, Close::Quiet(io_reason(&e)));
                 }
@@ -281,6 +282,13 @@ impl Worker {
         match c.state {
             CState::Proxy { .. } => self.proxy_step(ct),
             CState::Startup => {
+                // A TLS handshake record where a length belongs: direct TLS. No startup
+                // packet starts so (its length would be over 350 MB).
+                if !c.io.is_tls() && c.io.rbuf.bytes().first() == Some(&0x16) {
+                    if let Some(accept) = self.tls.accept.clone().filter(|_| !c.io.is_unix()) {
+                        return self.direct_tls(ct, &accept);
+                    }
+                }
                 let (packet, n) = match startup::decode(c.io.rbuf.bytes()) {
                     Ok(Some(p)) => p,
                     Ok(None) => {
@@ -368,7 +376,7 @@ impl Worker {
             self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
             return Step::Done;
         }
-        let Some(config) = accept.filter(|_| !c.io.is_unix()) else {
+        let Some(accept) = accept.filter(|_| !c.io.is_unix()) else {
             c.io.wbuf.vec(&mut self.bufs).push(b'N');
             return Step::Again;
         };
@@ -376,6 +384,7 @@ impl Worker {
         // taking them as part of the session would let whoever sits on the path inject a
         // startup packet (PostgreSQL's CVE-2021-23222 class). PostgreSQL refuses them too.
         if !c.io.rbuf.is_empty() {
+            self.stats.tls_failures[TlsFailure::Unencrypted as usize] += 1;
             let msg = "received unencrypted data after SSL request".to_string();
             self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
             return Step::Done;
@@ -388,12 +397,27 @@ impl Worker {
             Err(e) => Err(e),
         };
         let started = match sent {
-            Ok(1) => c.io.start_tls_accept(config),
+            Ok(1) => c.io.start_tls_accept(&accept),
             Ok(_) => Err(std::io::ErrorKind::WouldBlock.into()),
             Err(e) => Err(e),
         };
         if let Err(e) = started {
-            self.stats.tls_failures += 1;
+            self.stats.tls_failures[TlsFailure::ClientHandshake as usize] += 1;
+            self.close_client(ct, Close::Quiet(io_reason(&e)));
+            return Step::Done;
+        }
+        self.stats.tls_handshakes += 1;
+        Step::Again
+    }
+
+    /// Starts a direct TLS session with the ClientHello already buffered.
+    fn direct_tls(&mut self, ct: usize, accept: &crate::tls::Accept) -> Step {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return Step::Done;
+        };
+        if let Err(e) = c.io.start_tls_direct(accept) {
+            log::info!("{}: TLS handshake failed: {e}", c.name());
+            self.stats.tls_failures[TlsFailure::ClientHandshake as usize] += 1;
             self.close_client(ct, Close::Quiet(io_reason(&e)));
             return Step::Done;
         }
@@ -406,8 +430,14 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
+        if c.io.tls_alpn_missing() {
+            self.stats.tls_failures[TlsFailure::ClientHandshake as usize] += 1;
+            let msg = "received direct SSL connection request without ALPN protocol negotiation extension";
+            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg.into()));
+        }
         // PgBouncer's rule: from require up, TCP clients must have come through TLS.
         if self.cfg.client_tls_sslmode.required() && !c.io.is_tls() && !c.io.is_unix() {
+            self.stats.tls_failures[TlsFailure::Required as usize] += 1;
             let msg = "SSL required".to_string();
             return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
         }
@@ -571,6 +601,7 @@ impl Worker {
             return;
         };
         let user = c.user.to_string();
+        let binding: Option<Vec<u8>> = c.io.tls_binding().map(<[u8]>::to_vec);
         let method = match self.auth_method(ct) {
             Ok(m) => m,
             Err(why) => return self.close_client(ct, why),
@@ -600,6 +631,13 @@ impl Worker {
                     // Unknown users and md5-only secrets get an exchange that always fails.
                     None => ScramServer::mock(&user, &self.auth.mock_key, nonce),
                 };
+                // Over TLS, SCRAM-SHA-256-PLUS binds the exchange to this session, so a
+                // man in the middle holding another certificate cannot relay it. Offered to
+                // known and unknown users alike.
+                let server = match &binding {
+                    Some(binding) => server.with_channel_binding(binding),
+                    None => server,
+                };
                 AuthStep::Scram {
                     server: Box::new(server),
                     started: false,
@@ -613,6 +651,10 @@ impl Worker {
         match &step {
             AuthStep::Cleartext => write::auth_cleartext(out),
             AuthStep::Md5 { salt } => write::auth_md5(out, *salt),
+            // PostgreSQL's order: PLUS first, which libpq takes unless channel_binding=disable.
+            AuthStep::Scram { .. } if binding.is_some() => {
+                write::auth_sasl(out, &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"])
+            }
             AuthStep::Scram { .. } => write::auth_sasl(out, &["SCRAM-SHA-256"]),
         }
         c.auth = Some(step);
@@ -680,7 +722,8 @@ impl Worker {
                         ),
                     );
                 };
-                if mech != b"SCRAM-SHA-256" {
+                let plus = mech == b"SCRAM-SHA-256-PLUS" && c.io.tls_binding().is_some();
+                if mech != b"SCRAM-SHA-256" && !plus {
                     return self.close_client(
                         ct,
                         Close::Fatal(
@@ -701,7 +744,7 @@ impl Worker {
                         )
                     }
                 };
-                match server.handle_client_first(data) {
+                match server.handle_client_first_as(plus, data) {
                     Ok(reply) => {
                         *started = true;
                         write::auth_sasl_continue(c.io.wbuf.vec(&mut self.bufs), &reply);
@@ -711,10 +754,7 @@ impl Worker {
                         log::debug!("{}: SCRAM client-first rejected: {e}", c.name());
                         return self.close_client(
                             ct,
-                            Close::Fatal(
-                                sqlstate::PROTOCOL_VIOLATION,
-                                format!("malformed SCRAM message: {e}"),
-                            ),
+                            Close::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
                         );
                     }
                 }

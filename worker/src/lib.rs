@@ -20,7 +20,7 @@ mod prepared;
 mod proxy;
 mod server;
 pub mod shm;
-mod stats;
+pub mod stats;
 mod stream;
 pub mod tls;
 mod worker;

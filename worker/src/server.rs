@@ -455,6 +455,10 @@ impl Worker {
             let got = match s.io.fill(&mut self.bufs) {
                 Ok(g) => g,
                 Err(e) => {
+                    if s.io.tls_handshaking() {
+                        let k = crate::stats::TlsFailure::ServerHandshake as usize;
+                        self.stats.tls_failures[k] += 1;
+                    }
                     let msg = format!("server connection failed during login: {e}");
                     return self
                         .server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, msg));

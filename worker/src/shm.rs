@@ -33,7 +33,8 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
 
 const MAGIC: u64 = 0x7067_6273_5f73_686d; // "pgbs_shm"
-const VERSION: u32 = 1;
+/// 2: worker slots count TLS sessions and failures.
+const VERSION: u32 = 2;
 /// Longest name kept in the table: PostgreSQL's NAMEDATALEN - 1, plus the kind prefix.
 pub const MAX_NAME: usize = 66;
 /// Each worker's row of shares and of stats starts on its own page: no false sharing.
@@ -77,6 +78,10 @@ pub struct WorkerSlot {
     /// PROXY headers refused, by reason: untrusted, missing, invalid, timeout.
     pub proxy_rejected: [AtomicU64; 4],
     pub auth_failures: AtomicU64,
+    /// TLS sessions clients began.
+    pub tls_handshakes: AtomicU64,
+    /// TLS refusals and failures, indexed by `stats::TlsFailure`.
+    pub tls_failures: [AtomicU64; 4],
 }
 
 /// Per-database counters of one worker, in PgBouncer's SHOW STATS terms.

@@ -40,9 +40,33 @@ pub struct WorkerStats {
     /// Indexed by `proxy::Rejection`.
     pub proxy_rejected: [u64; 4],
     pub auth_failures: u64,
-    /// TLS sessions started with clients, and those that failed before login.
+    /// TLS sessions clients began.
     pub tls_handshakes: u64,
-    pub tls_failures: u64,
+    /// Indexed by [`TlsFailure`].
+    pub tls_failures: [u64; 4],
+}
+
+/// Why a TLS session failed or was refused: the `reason` label of
+/// `pgbouncers_tls_failures_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum TlsFailure {
+    /// A client's handshake or record failed (rustls said why in the log).
+    ClientHandshake = 0,
+    /// A TCP client came without TLS where client_tls_sslmode requires it.
+    Required = 1,
+    /// A client sent bytes after its SSLRequest before the answer.
+    Unencrypted = 2,
+    /// The handshake with PostgreSQL failed.
+    ServerHandshake = 3,
+}
+
+impl TlsFailure {
+    pub const NAMES: [&'static str; 4] = [
+        "client_handshake",
+        "required",
+        "unencrypted",
+        "server_handshake",
+    ];
 }
 
 fn unix_now() -> u64 {
@@ -89,6 +113,10 @@ impl WorkerStats {
             w.proxy_rejected[k].store(*v, Relaxed);
         }
         w.auth_failures.store(self.auth_failures, Relaxed);
+        w.tls_handshakes.store(self.tls_handshakes, Relaxed);
+        for (k, v) in self.tls_failures.iter().enumerate() {
+            w.tls_failures[k].store(*v, Relaxed);
+        }
         for (i, s) in by_db {
             let d = shm.db_stats(slot, i);
             d.xact_count.store(s.xact_count, Relaxed);

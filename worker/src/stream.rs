@@ -100,6 +100,10 @@ pub enum Filled {
 pub struct Stream {
     sock: Sock,
     tls: Option<Box<rustls::Connection>>,
+    /// The session's tls-server-end-point data, for SCRAM-SHA-256-PLUS.
+    tls_binding: Option<std::sync::Arc<[u8]>>,
+    /// Direct TLS: PostgreSQL's ALPN must have been agreed.
+    alpn_required: bool,
     /// Plaintext rustls decrypted that did not fit in the buffer yet. No event announces
     /// it, so it counts as something left to read.
     tls_pending: bool,
@@ -127,6 +131,8 @@ impl Stream {
         Stream {
             sock,
             tls: None,
+            tls_binding: None,
+            alpn_required: false,
             tls_pending: false,
             rbuf: InBuf::new(),
             wbuf: OutBuf::new(),
@@ -202,13 +208,46 @@ impl Stream {
     /// Starts TLS as the server side, after `S` answered an SSLRequest (or on a ClientHello
     /// for direct TLS). Only what arrives from now on belongs to the session, so bytes a
     /// client sent after its SSLRequest without waiting for `S` are refused by the caller.
-    pub fn start_tls_accept(
-        &mut self,
-        config: std::sync::Arc<rustls::ServerConfig>,
-    ) -> io::Result<()> {
-        let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+    pub fn start_tls_accept(&mut self, accept: &crate::tls::Accept) -> io::Result<()> {
+        let conn =
+            rustls::ServerConnection::new(accept.config.clone()).map_err(io::Error::other)?;
         self.tls = Some(Box::new(conn.into()));
+        self.tls_binding = accept.endpoint.clone();
         Ok(())
+    }
+
+    /// Direct TLS (PostgreSQL 17's `sslnegotiation=direct`): the ClientHello came first
+    /// and sits in the input buffer. It goes to rustls, and the session must agree on
+    /// PostgreSQL's ALPN, which [`Stream::tls_alpn_missing`] checks once it is up.
+    pub fn start_tls_direct(&mut self, accept: &crate::tls::Accept) -> io::Result<()> {
+        let mut conn =
+            rustls::ServerConnection::new(accept.config.clone()).map_err(io::Error::other)?;
+        while !self.rbuf.is_empty() {
+            let n = conn.read_tls(&mut self.rbuf.bytes())?;
+            self.rbuf.consume(n);
+            conn.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+        self.tls = Some(Box::new(conn.into()));
+        self.tls_binding = accept.endpoint.clone();
+        self.alpn_required = true;
+        self.flush_tls()?;
+        Ok(())
+    }
+
+    /// A direct TLS session that did not agree on ALPN `postgresql`: PostgreSQL refuses
+    /// it, so that a TLS connection meant for another protocol is never taken as ours.
+    pub fn tls_alpn_missing(&self) -> bool {
+        self.alpn_required
+            && self
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.alpn_protocol() != Some(crate::tls::ALPN))
+    }
+
+    /// The tls-server-end-point data of this session, when SCRAM-SHA-256-PLUS can bind to it.
+    pub fn tls_binding(&self) -> Option<&[u8]> {
+        self.tls_binding.as_deref()
     }
 
     /// Starts TLS as the client side, after PostgreSQL answered `S`.

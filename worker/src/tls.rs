@@ -19,7 +19,7 @@ pub const ALPN: &[u8] = b"postgresql";
 #[derive(Clone, Default)]
 pub struct Tls {
     /// For clients that ask for TLS; `None` when client_tls_sslmode is disable.
-    pub accept: Option<Arc<rustls::ServerConfig>>,
+    pub accept: Option<Accept>,
     /// For connections to PostgreSQL; `None` when server_tls_sslmode is disable.
     pub connect: Option<Arc<rustls::ClientConfig>>,
 }
@@ -29,9 +29,14 @@ impl Tls {
     pub fn load(cfg: &Config) -> Result<Tls, String> {
         let accept = match cfg.client_tls_sslmode {
             TlsMode::Disable => None,
-            mode => Some(Arc::new(
-                accept_config(cfg, mode).map_err(|e| format!("client TLS: {e}"))?,
-            )),
+            mode => {
+                let (config, endpoint) =
+                    accept_config(cfg, mode).map_err(|e| format!("client TLS: {e}"))?;
+                Some(Accept {
+                    config: Arc::new(config),
+                    endpoint: endpoint.map(Arc::from),
+                })
+            }
         };
         let connect = match cfg.server_tls_sslmode {
             TlsMode::Disable => None,
@@ -43,6 +48,43 @@ impl Tls {
     }
 }
 
+/// What a client's TLS session is made with.
+#[derive(Clone)]
+pub struct Accept {
+    pub config: Arc<rustls::ServerConfig>,
+    /// tls-server-end-point channel binding data of the certificate (RFC 5929): its hash
+    /// under its signature's hash function, SHA-256 for MD5 and SHA-1. `None` for
+    /// signatures RFC 5929 gives no hash (Ed25519, RSA-PSS): SCRAM-SHA-256-PLUS is then not
+    /// offered, as PostgreSQL cannot offer it either.
+    pub endpoint: Option<Arc<[u8]>>,
+}
+
+/// The tls-server-end-point hash of a DER certificate.
+pub fn endpoint_hash(der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(
+        match cert.signature_algorithm.algorithm.to_id_string().as_str() {
+            // sha256, and md5 and sha1 (RSA and ECDSA) which RFC 5929 replaces with sha256.
+            "1.2.840.113549.1.1.11"
+            | "1.2.840.10045.4.3.2"
+            | "1.2.840.113549.1.1.4"
+            | "1.2.840.113549.1.1.5"
+            | "1.2.840.10045.4.1" => sha2::Sha256::digest(der).to_vec(),
+            "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => sha2::Sha384::digest(der).to_vec(),
+            "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => sha2::Sha512::digest(der).to_vec(),
+            _ => return None,
+        },
+    )
+}
+
+/// The subject's common name of a DER certificate: the user for `auth_type: cert`.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
 /// Checks the words of the protocol and cipher settings, which need no file.
 pub fn check_words(cfg: &Config) -> Result<(), String> {
     versions("client_tls_protocols", &cfg.client_tls_protocols)?;
@@ -52,11 +94,15 @@ pub fn check_words(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn accept_config(cfg: &Config, mode: TlsMode) -> Result<rustls::ServerConfig, String> {
+fn accept_config(
+    cfg: &Config,
+    mode: TlsMode,
+) -> Result<(rustls::ServerConfig, Option<Vec<u8>>), String> {
     let (Some(cert), Some(key)) = (&cfg.client_tls_cert_file, &cfg.client_tls_key_file) else {
         return Err("client_tls_sslmode needs client_tls_cert_file and client_tls_key_file".into());
     };
     let chain = certs("client_tls_cert_file", cert)?;
+    let endpoint = endpoint_hash(&chain[0]);
     let key = private_key("client_tls_key_file", key)?;
     let provider = Arc::new(provider("client_tls_ciphers", &cfg.client_tls_ciphers)?);
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -86,7 +132,7 @@ fn accept_config(cfg: &Config, mode: TlsMode) -> Result<rustls::ServerConfig, St
     // A client that offers ALPN must offer PostgreSQL's, as PostgreSQL 17 insists; one that
     // offers none (every libpq before 17) is served.
     config.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(config)
+    Ok((config, endpoint))
 }
 
 fn connect_config(cfg: &Config, mode: TlsMode) -> Result<rustls::ClientConfig, String> {

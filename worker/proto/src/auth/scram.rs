@@ -6,7 +6,8 @@
 //!
 //! Differences from the generic RFC that follow PostgreSQL:
 //! - the `n=` user name in client-first-message is ignored (the startup packet names the user);
-//! - no channel binding (no TLS): GS2 header `n,,` or `y,,` only; `p=` is refused;
+//! - channel binding is `tls-server-end-point` only (SCRAM-SHA-256-PLUS), when the caller
+//!   hands the server exchange the binding data of its TLS session; without it `p=` is refused;
 //! - passwords go through SASLprep, and a password SASLprep rejects is used as raw bytes.
 //!
 //! A successful server exchange also yields the client's `ClientKey`
@@ -60,8 +61,12 @@ pub enum ScramError {
     Unsupported(&'static str),
     /// The client asked for channel binding (`p=`), which needs TLS.
     ChannelBindingUnsupported,
-    /// The client-final `c=` does not echo the GS2 header of client-first.
+    /// The client-final `c=` does not echo the GS2 header of client-first (and the
+    /// channel binding data, with `p=`).
     ChannelBindingMismatch,
+    /// The client chose a mechanism and a GS2 flag that disagree, or said `y` (binding
+    /// supported but believed unavailable) to a server that offered it: a downgrade.
+    ChannelBindingNegotiation(&'static str),
     /// The nonce in the reply is not the one this exchange agreed on.
     NonceMismatch,
     /// Wrong password (or unknown user / a secret that can't do SCRAM, via the mock server).
@@ -88,6 +93,9 @@ impl fmt::Display for ScramError {
             }
             ScramError::ChannelBindingMismatch => {
                 f.write_str("unexpected SCRAM channel-binding attribute in client-final-message")
+            }
+            ScramError::ChannelBindingNegotiation(why) => {
+                write!(f, "SCRAM channel binding negotiation error: {why}")
             }
             ScramError::NonceMismatch => f.write_str("SCRAM nonce mismatch"),
             ScramError::AuthenticationFailed => f.write_str("SCRAM authentication failed"),
@@ -419,14 +427,25 @@ enum Gs2Flag {
     No,
     /// `y,,`: the client supports it but thinks the server does not.
     Yes,
+    /// `p=tls-server-end-point,,`: SCRAM-SHA-256-PLUS, bound to the TLS session.
+    Plus,
 }
 
+/// The GS2 header of a SCRAM-SHA-256-PLUS client, the only binding type PostgreSQL has.
+const PLUS_HEADER: &str = "p=tls-server-end-point,,";
+
 impl Gs2Flag {
-    /// The `c=` value client-final must carry: base64 of the GS2 header.
-    fn channel_binding_b64(self) -> &'static str {
+    /// The `c=` value client-final must carry: base64 of the GS2 header, followed by the
+    /// channel binding data with `p=`.
+    fn channel_binding_b64(self, binding: Option<&[u8]>) -> String {
         match self {
-            Gs2Flag::No => "biws",
-            Gs2Flag::Yes => "eSws",
+            Gs2Flag::No => "biws".into(),
+            Gs2Flag::Yes => "eSws".into(),
+            Gs2Flag::Plus => {
+                let mut input = PLUS_HEADER.as_bytes().to_vec();
+                input.extend_from_slice(binding.unwrap_or_default());
+                B64.encode(input)
+            }
         }
     }
 }
@@ -513,8 +532,12 @@ fn parse_client_first(msg: &[u8]) -> Result<ClientFirst<'_>, ScramError> {
         (Gs2Flag::No, rest)
     } else if let Some(rest) = msg.strip_prefix("y,") {
         (Gs2Flag::Yes, rest)
-    } else if msg.starts_with("p=") {
-        return Err(ScramError::ChannelBindingUnsupported);
+    } else if let Some(rest) = msg.strip_prefix("p=") {
+        match rest.split_once(',') {
+            Some(("tls-server-end-point", rest)) => (Gs2Flag::Plus, rest),
+            Some(_) => return Err(ScramError::Unsupported("channel binding type")),
+            None => return Err(ScramError::Malformed("invalid GS2 header")),
+        }
     } else {
         return Err(ScramError::Malformed("invalid GS2 channel-binding flag"));
     };
@@ -728,6 +751,8 @@ pub struct ScramServer {
     server_key: [u8; KEY_LEN],
     /// A mock exchange: runs every step and computation, then always fails.
     doomed: bool,
+    /// tls-server-end-point data of the TLS session, when SCRAM-SHA-256-PLUS was offered.
+    binding: Option<Vec<u8>>,
     server_nonce: Nonce,
     state: ServerState,
 }
@@ -741,6 +766,7 @@ impl ScramServer {
             stored_key: secret.stored_key,
             server_key: secret.server_key,
             doomed: false,
+            binding: None,
             server_nonce,
             state: ServerState::AwaitingClientFirst,
         }
@@ -762,9 +788,17 @@ impl ScramServer {
             stored_key: sha256(&client_key),
             server_key,
             doomed: true,
+            binding: None,
             server_nonce,
             state: ServerState::AwaitingClientFirst,
         }
+    }
+
+    /// Binds the exchange to a TLS session: SCRAM-SHA-256-PLUS was offered, with this
+    /// tls-server-end-point data (RFC 5929).
+    pub fn with_channel_binding(mut self, binding: &[u8]) -> ScramServer {
+        self.binding = Some(binding.to_vec());
+        self
     }
 
     /// Whether this is a [`ScramServer::mock`] exchange.
@@ -784,8 +818,19 @@ impl ScramServer {
         }
     }
 
-    /// Takes client-first-message (the `SASLInitialResponse` data), returns server-first-message.
+    /// Takes client-first-message (the `SASLInitialResponse` data) of a client that chose
+    /// SCRAM-SHA-256, returns server-first-message.
     pub fn handle_client_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        self.handle_client_first_as(false, msg)
+    }
+
+    /// [`ScramServer::handle_client_first`] for the mechanism the client chose: `plus` for
+    /// SCRAM-SHA-256-PLUS. The GS2 flag must agree with it, as PostgreSQL checks.
+    pub fn handle_client_first_as(
+        &mut self,
+        plus: bool,
+        msg: &[u8],
+    ) -> Result<Vec<u8>, ScramError> {
         if !matches!(self.state, ServerState::AwaitingClientFirst) {
             return Err(self.out_of_order());
         }
@@ -793,6 +838,28 @@ impl ScramServer {
             Ok(first) => first,
             Err(error) => return Err(self.fail(error)),
         };
+        let agreed = match (first.flag, plus) {
+            (Gs2Flag::Plus, _) if self.binding.is_none() => {
+                Err(ScramError::ChannelBindingUnsupported)
+            }
+            (Gs2Flag::Plus, true) => Ok(()),
+            (Gs2Flag::Plus, false) => Err(ScramError::ChannelBindingNegotiation(
+                "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data",
+            )),
+            (_, true) => Err(ScramError::ChannelBindingNegotiation(
+                "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data",
+            )),
+            // RFC 5802: `y` to a server that offers binding means someone removed the offer.
+            (Gs2Flag::Yes, false) if self.binding.is_some() => {
+                Err(ScramError::ChannelBindingNegotiation(
+                    "the client supports SCRAM channel binding but thinks the server does not, and this server does",
+                ))
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = agreed {
+            return Err(self.fail(error));
+        }
         let nonce = format!("{}{}", first.nonce, self.server_nonce.as_str());
         let server_first = format!("r={nonce},s={},i={}", self.salt_b64, self.iterations);
         let reply = server_first.clone().into_bytes();
@@ -834,7 +901,7 @@ impl ScramServer {
         nonce: &str,
     ) -> Result<ScramServerSuccess, ScramError> {
         let last = parse_client_final(msg)?;
-        if last.channel_binding != flag.channel_binding_b64() {
+        if last.channel_binding != flag.channel_binding_b64(self.binding.as_deref()) {
             return Err(ScramError::ChannelBindingMismatch);
         }
         if !ct_eq(last.nonce.as_bytes(), nonce.as_bytes()) {
@@ -1046,7 +1113,11 @@ impl ScramClient {
                 server_key,
             } => (*client_key, *server_key),
         };
-        let without_proof = format!("c={},r={}", Gs2Flag::No.channel_binding_b64(), first.nonce);
+        let without_proof = format!(
+            "c={},r={}",
+            Gs2Flag::No.channel_binding_b64(None),
+            first.nonce
+        );
         // parse_server_first succeeded, so msg is UTF-8.
         let server_first = message_str(msg)?;
         let auth_message = [
@@ -1448,6 +1519,79 @@ mod tests {
         let mut server = ScramServer::new(&real, nonce("srv"));
         let mut insider = ScramClient::with_keys(client_key, server_key, nonce("cli"));
         assert!(our_exchange(&mut insider, &mut server).is_ok());
+    }
+
+    /// A SCRAM-SHA-256-PLUS client by hand (the crate's client never binds): client-first
+    /// with `header`, client-final binding `sent_binding`, for the mechanism `plus`.
+    fn bound_exchange(
+        server: &mut ScramServer,
+        secret: &ScramSecret,
+        header: &str,
+        plus: bool,
+        sent_binding: &[u8],
+    ) -> Result<ScramServerSuccess, ScramError> {
+        let client_key = secret.client_key_for_password("pw").expect("key");
+        let bare = "n=,r=cli";
+        let first = server.handle_client_first_as(plus, format!("{header}{bare}").as_bytes())?;
+        let server_first = String::from_utf8(first).unwrap();
+        let nonce = parse_server_first(server_first.as_bytes())
+            .unwrap()
+            .nonce
+            .to_owned();
+        let mut cb = header.as_bytes().to_vec();
+        if header.starts_with("p=") {
+            cb.extend_from_slice(sent_binding);
+        }
+        let without_proof = format!("c={},r={nonce}", B64.encode(cb));
+        let auth_message = format!("{bare},{server_first},{without_proof}");
+        let signature = hmac(&secret.stored_key, &[auth_message.as_bytes()]);
+        let proof = xor(&client_key, &signature);
+        let last = format!("{without_proof},p={}", B64.encode(proof));
+        server.handle_client_final(last.as_bytes())
+    }
+
+    #[test]
+    fn channel_binding_is_checked_and_negotiated_as_postgresql_does() {
+        let secret = ScramSecret::from_password("pw", b"0123456789abcdef", 4096);
+        let binding = [7u8; 32];
+        let plus = "p=tls-server-end-point,,";
+        let bound = || ScramServer::new(&secret, nonce("srv")).with_channel_binding(&binding);
+        // The session's own binding data: accepted.
+        assert!(bound_exchange(&mut bound(), &secret, plus, true, &binding).is_ok());
+        // Another session's (a relayed exchange): refused, though the password is right.
+        assert_eq!(
+            bound_exchange(&mut bound(), &secret, plus, true, &[8u8; 32]).err(),
+            Some(ScramError::ChannelBindingMismatch)
+        );
+        // Mechanism and flag must agree.
+        assert!(matches!(
+            bound_exchange(&mut bound(), &secret, plus, false, &binding).err(),
+            Some(ScramError::ChannelBindingNegotiation(_))
+        ));
+        assert!(matches!(
+            bound_exchange(&mut bound(), &secret, "n,,", true, &binding).err(),
+            Some(ScramError::ChannelBindingNegotiation(_))
+        ));
+        // `y` to a server that offered PLUS: someone removed the offer on the way.
+        assert!(matches!(
+            bound_exchange(&mut bound(), &secret, "y,,", false, &binding).err(),
+            Some(ScramError::ChannelBindingNegotiation(_))
+        ));
+        // Plain SCRAM still works on a TLS session, and `y` without an offer is fine.
+        assert!(bound_exchange(&mut bound(), &secret, "n,,", false, &binding).is_ok());
+        let mut unbound = ScramServer::new(&secret, nonce("srv"));
+        assert!(bound_exchange(&mut unbound, &secret, "y,,", false, &binding).is_ok());
+        // Without TLS there is nothing to bind to.
+        let mut unbound = ScramServer::new(&secret, nonce("srv"));
+        assert_eq!(
+            bound_exchange(&mut unbound, &secret, plus, true, &binding).err(),
+            Some(ScramError::ChannelBindingUnsupported)
+        );
+        // Only tls-server-end-point exists.
+        assert!(matches!(
+            bound().handle_client_first_as(true, b"p=tls-unique,,n=,r=cli"),
+            Err(ScramError::Unsupported(_))
+        ));
     }
 
     #[test]
