@@ -65,6 +65,11 @@ impl Pki {
 
     /// `NAME.crt` and `NAME.key` for localhost and 127.0.0.1, signed by CA `ca`.
     fn leaf(&self, ca: &str, name: &str) -> (PathBuf, PathBuf) {
+        self.leaf_for(ca, name, "localhost")
+    }
+
+    /// A certificate with common name `cn` (a user, for auth_type cert).
+    fn leaf_for(&self, ca: &str, name: &str, cn: &str) -> (PathBuf, PathBuf) {
         self.openssl(&[
             "req",
             "-new",
@@ -78,7 +83,7 @@ impl Pki {
             "-out",
             &format!("{name}.csr"),
             "-subj",
-            "/CN=localhost",
+            &format!("/CN={cn}"),
             "-addext",
             "subjectAltName=DNS:localhost,IP:127.0.0.1",
             "-addext",
@@ -148,7 +153,7 @@ fn tls_pooler(mode: &str, cert: &Path, key: &Path, extra: &str) -> Pooler {
     setup.start(&format!(
         "listen_addr: 127.0.0.1
 listen_port: @PORT@
-auth_type: hba
+{auth}
 auth_file: @DIR@/userlist.txt
 auth_hba_file: @DIR@/hba.conf
 admin_users: [admin]
@@ -161,6 +166,8 @@ databases:
 ",
         cert = cert.display(),
         key = key.display(),
+        // The hba file unless the test picks its own auth_type.
+        auth = if extra.contains("auth_type:") { "" } else { "auth_type: hba" },
         pg = shared_pg().port(),
     ))
 }
@@ -555,4 +562,47 @@ fn direct_tls_needs_postgresql_alpn_and_metrics_count_sessions_and_refusals() {
             ) == Some(1)
     });
     assert!(counted, "{}", p.log());
+}
+
+#[test]
+fn auth_type_cert_takes_the_user_from_a_verified_client_certificate() {
+    let pki = pki();
+    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
+    let (app_cert, app_key) = pki.leaf_for("ca", "app-client", APP_USER);
+    // libpq refuses a key file others can read.
+    std::fs::set_permissions(
+        &app_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let ca = pki.path("ca.crt");
+    let p = tls_pooler(
+        "verify-full",
+        &cert,
+        &key,
+        &format!("client_tls_ca_file: {}\nauth_type: cert", ca.display()),
+    );
+    let with_cert = |user: &str, sql: &str| {
+        let mut cmd = psql_command(p.port(), user, "", APP_DB);
+        cmd.env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &ca)
+            .env("PGSSLCERT", &app_cert)
+            .env("PGSSLKEY", &app_key)
+            .args(["-c", sql]);
+        run_cmd(cmd, None, secs(20))
+    };
+    // The certificate's CN is the user: in, with no password asked.
+    assert_eq!(with_cert(APP_USER, "select 5").expect_success().trim(), "5");
+    // The same certificate for another user: PostgreSQL's refusal.
+    let out = with_cert(TRUST_USER, "select 1");
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains("certificate authentication failed for user \"trust_user\""),
+        "{out}"
+    );
+    // No certificate at all: verify-full asks for one and the handshake fails.
+    let out = psql_tls(p.port(), APP_USER, APP_DB, "verify-full", &ca, "select 1");
+    assert!(!out.success(), "{out}");
+    assert!(p.log().contains("TLS handshake failed"), "{}", p.log());
 }

@@ -17,6 +17,8 @@ pub(crate) enum Method {
     Cleartext,
     Md5,
     Scram,
+    /// The verified TLS client certificate's common name must be the user name.
+    Cert,
 }
 
 impl Worker {
@@ -30,6 +32,7 @@ impl Worker {
             AuthType::Md5 => Method::Md5,
             AuthType::ScramSha256 => Method::Scram,
             AuthType::Hba => return self.hba_method(ct),
+            AuthType::Cert => Method::Cert,
         })
     }
 
@@ -89,12 +92,10 @@ impl Worker {
                 }
                 Method::Trust { listed: false }
             }
-            HbaMethod::Cert => {
-                return Err(Close::Fatal(
-                    sqlstate::INVALID_AUTHORIZATION,
-                    "cert authentication is not supported yet".into(),
-                ))
-            }
+            // hostssl-only in the parser; rustls checked the chain when client_tls_sslmode
+            // is verify-ca or up, and below that no certificate is asked for, so none is
+            // there and the login fails.
+            HbaMethod::Cert => Method::Cert,
         })
     }
 }

@@ -615,6 +615,18 @@ impl Worker {
                 }
                 return self.client_authenticated(ct);
             }
+            Method::Cert => {
+                // PostgreSQL's rule: the certificate's CN is the user, compared exactly.
+                let Some(c) = self.client(ct) else { return };
+                let cn = c.io.peer_certificate().and_then(crate::tls::common_name);
+                if cn.as_deref() == Some(user.as_str()) {
+                    return self.client_authenticated(ct);
+                }
+                let msg = format!("certificate authentication failed for user \"{user}\"");
+                log::info!("{}: {}", c.name(), Escaped(&msg));
+                self.stats.auth_failures += 1;
+                return self.close_client(ct, Close::Fatal(sqlstate::INVALID_AUTHORIZATION, msg));
+            }
             Method::Cleartext => AuthStep::Cleartext,
             // As in PostgreSQL, md5 with a SCRAM secret stored means a SCRAM exchange.
             Method::Md5 if !scram_stored => match crate::auth::md5_random_salt() {

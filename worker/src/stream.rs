@@ -245,6 +245,13 @@ impl Stream {
                 .is_some_and(|t| t.alpn_protocol() != Some(crate::tls::ALPN))
     }
 
+    /// The client's certificate (leaf, DER), which rustls verified against the CA when
+    /// client_tls_sslmode asked for one.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        let certs = self.tls.as_ref()?.peer_certificates()?;
+        certs.first().map(|c| c.as_ref())
+    }
+
     /// The tls-server-end-point data of this session, when SCRAM-SHA-256-PLUS can bind to it.
     pub fn tls_binding(&self) -> Option<&[u8]> {
         self.tls_binding.as_deref()

@@ -794,13 +794,7 @@ fn auth_type(v: &str) -> Result<&'static str, String> {
                     .into(),
             )
         }
-        "cert" => {
-            return Err(
-                "auth_type cert is not supported (pgbouncers does not take TLS from \
-                        clients): use scram-sha-256, or hba"
-                    .into(),
-            )
-        }
+        "cert" => "cert",
         "pam" | "ldap" => {
             return Err(format!(
                 "auth_type {lower} is not supported: use scram-sha-256 with passwords in auth_file"

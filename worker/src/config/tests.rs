@@ -238,7 +238,7 @@ fn errors_name_their_key() {
         ("users:\n  bob: pool_mode=session x=1\n", UnknownKey, Some("users.bob.x"), "unknown key `x`"),
         // Bad enums.
         ("pool_mode: sessions", BadValue, Some("pool_mode"), "sessions"),
-        ("auth_type: cert", BadValue, Some("auth_type"), "scram-sha-256"),
+        ("auth_type: pam", BadValue, Some("auth_type"), "scram-sha-256"),
         ("proxy_protocol: on", BadValue, Some("proxy_protocol"), "optional"),
         ("proxy_protocol: maybe", BadValue, Some("proxy_protocol"), "maybe"),
         ("databases:\n  app:\n    pool_mode: batch\n", BadValue, Some("databases.app.pool_mode"), "batch"),
@@ -896,4 +896,11 @@ fn every_setting_is_read_by_the_code() {
         }
     }
     assert!(unused.is_empty(), "database keys no code reads: {unused:?}");
+}
+
+#[test]
+fn auth_type_cert_needs_verified_client_certificates() {
+    let e = Config::from_yaml_str("auth_type: cert\nclient_tls_sslmode: require").unwrap_err();
+    assert!(e.to_string().contains("verify-ca or verify-full"), "{e}");
+    Config::from_yaml_str("auth_type: cert\nclient_tls_sslmode: verify-ca").unwrap();
 }

@@ -123,6 +123,9 @@ keyword_enum! {
         ScramSha256 => "scram-sha-256",
         /// Method chosen per connection by `auth_hba_file`.
         Hba => "hba",
+        /// The TLS client certificate's common name is the user name (client_tls_sslmode
+        /// verify-ca or verify-full).
+        Cert => "cert",
     }
 }
 
@@ -339,10 +342,10 @@ mod tests {
         for name in AuthType::NAMES {
             assert_eq!(name.parse::<AuthType>().unwrap().to_string(), *name);
         }
-        let err = "cert".parse::<AuthType>().unwrap_err().to_string();
+        let err = "pam".parse::<AuthType>().unwrap_err().to_string();
         assert_eq!(
             err,
-            "unknown value `cert`, expected one of: trust, plain, md5, scram-sha-256, hba"
+            "unknown value `pam`, expected one of: trust, plain, md5, scram-sha-256, hba, cert"
         );
     }
 

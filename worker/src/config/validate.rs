@@ -214,6 +214,10 @@ fn auth(c: &Config) -> Check {
             })?;
         }
         AuthType::Trust => {}
+        // Only verify-ca and up ask clients for a certificate and check it.
+        AuthType::Cert => ensure(c.client_tls_sslmode.verifies(), "auth_type", || {
+            "cert needs client_tls_sslmode verify-ca or verify-full".to_owned()
+        })?,
     }
     list("admin_users", &c.admin_users)?;
     list("stats_users", &c.stats_users)
