@@ -12,7 +12,7 @@ mod v2;
 use std::fmt;
 use std::net::SocketAddr;
 
-pub use tlv::{SslInfo, Tlvs};
+pub use tlv::{CloudEndpoint, SslInfo, Tlvs};
 
 /// The longest v1 line, CRLF included; the spec makes longer lines invalid.
 pub const V1_MAX_LEN: usize = 107;

@@ -689,3 +689,50 @@ proptest! {
         prop_assert_eq!(header.addresses, Addresses::Unknown);
     }
 }
+
+#[test]
+fn cloud_load_balancers_name_their_private_endpoints() {
+    let addrs = [10, 0, 0, 1, 10, 0, 0, 2, 0x30, 0x39, 0x15, 0x38];
+    let decode_with = |tlvs: &[u8]| {
+        let mut body = addrs.to_vec();
+        body.extend_from_slice(tlvs);
+        match decode(&v2(0x21, 0x11, &body), MAX) {
+            Ok(Decoded::Header { header, .. }) => Ok(header.tlvs.endpoint),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        }
+    };
+    let aws = tlv(0xEA, b"\x01vpce-0123456789abcdef0");
+    assert_eq!(
+        decode_with(&aws).unwrap().unwrap().to_string(),
+        "aws:vpce-0123456789abcdef0"
+    );
+    let azure = tlv(0xEE, &[0x01, 0x2a, 0x00, 0x00, 0x01]);
+    assert_eq!(
+        decode_with(&azure).unwrap(),
+        Some(CloudEndpoint::AzureLink(0x0100_002a))
+    );
+    let gcp = tlv(0xE0, &1234567890123u64.to_be_bytes());
+    assert_eq!(
+        decode_with(&gcp).unwrap().unwrap().to_string(),
+        "gcp:1234567890123"
+    );
+    // Other sub-types and malformed values are skipped, not refused: they are the load
+    // balancer's business. With two, the first counts.
+    assert_eq!(decode_with(&tlv(0xEA, b"\x02other")).unwrap(), None);
+    assert_eq!(decode_with(&tlv(0xEE, &[0x01, 0x2a])).unwrap(), None);
+    assert_eq!(decode_with(&tlv(0xE0, &[1, 2, 3])).unwrap(), None);
+    assert_eq!(
+        decode_with(&[aws.clone(), gcp.clone()].concat())
+            .unwrap()
+            .unwrap()
+            .to_string(),
+        "aws:vpce-0123456789abcdef0"
+    );
+    // Control characters in an AWS id never reach a log as such.
+    let odd = tlv(0xEA, b"\x01vpce-\n\x1b[31m");
+    assert_eq!(
+        decode_with(&odd).unwrap().unwrap().to_string(),
+        "aws:vpce-??[31m"
+    );
+}

@@ -1,4 +1,4 @@
-//! PROXY v2 TLVs: keeps ALPN, authority, unique ID and SSL details, verifies CRC32C, skips the rest.
+//! PROXY v2 TLVs: keeps ALPN, authority, unique ID, SSL details and the cloud load balancers' endpoint ids, verifies CRC32C, skips the rest.
 
 use super::ProxyError;
 
@@ -12,6 +12,15 @@ const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
 const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
 const PP2_SUBTYPE_SSL_SIG_ALG: u8 = 0x24;
 const PP2_SUBTYPE_SSL_KEY_ALG: u8 = 0x25;
+/// GCP Private Service Connect: the PSC connection id, 8 bytes big-endian.
+const PP2_TYPE_GCP: u8 = 0xE0;
+/// AWS Network Load Balancer: sub-type 0x01 carries the VPC endpoint id (ASCII).
+const PP2_TYPE_AWS: u8 = 0xEA;
+const PP2_SUBTYPE_AWS_VPCE_ID: u8 = 0x01;
+/// Azure Private Link: sub-type 0x01 carries the private endpoint's link id, 4 bytes
+/// little-endian.
+const PP2_TYPE_AZURE: u8 = 0xEE;
+const PP2_SUBTYPE_AZURE_LINKID: u8 = 0x01;
 
 const PP2_CLIENT_SSL: u8 = 0x01;
 const PP2_CLIENT_CERT_CONN: u8 = 0x02;
@@ -36,6 +45,39 @@ pub struct Tlvs {
     pub ssl: Option<SslInfo>,
     /// PP2_TYPE_CRC32C, when present; a header whose checksum does not match is rejected.
     pub crc32c: Option<u32>,
+    /// The cloud private endpoint the connection came through, if a load balancer said.
+    pub endpoint: Option<CloudEndpoint>,
+}
+
+/// Which private endpoint of which cloud a connection came through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloudEndpoint {
+    /// AWS VPC endpoint id (`vpce-...`), as sent.
+    AwsVpce(Vec<u8>),
+    /// Azure Private Link id.
+    AzureLink(u32),
+    /// GCP Private Service Connect connection id.
+    GcpPsc(u64),
+}
+
+impl std::fmt::Display for CloudEndpoint {
+    /// `aws:vpce-0abc`, `azure:123`, `gcp:456`: how logs and SHOW CLIENTS name it, and
+    /// what an hba `endpoint=` option matches.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloudEndpoint::AwsVpce(id) => {
+                f.write_str("aws:")?;
+                // Printable ASCII only: the id comes from the wire.
+                for &b in id {
+                    let c = if b.is_ascii_graphic() { b as char } else { '?' };
+                    write!(f, "{c}")?;
+                }
+                Ok(())
+            }
+            CloudEndpoint::AzureLink(id) => write!(f, "azure:{id}"),
+            CloudEndpoint::GcpPsc(id) => write!(f, "gcp:{id}"),
+        }
+    }
 }
 
 /// The PP2_TYPE_SSL TLV and its sub-TLVs.
@@ -160,6 +202,11 @@ pub(super) fn parse(header: &[u8], start: usize) -> Result<Tlvs, ProxyError> {
                 crc_at = Some(start + value_offset);
             }
             PP2_TYPE_SSL => keep(&mut tlvs.ssl, parse_ssl(value)?, kind)?,
+            // Vendor TLVs: read when well formed, else skipped. A malformed or second one
+            // is the load balancer's business and no reason to refuse the connection.
+            PP2_TYPE_AWS | PP2_TYPE_AZURE | PP2_TYPE_GCP if tlvs.endpoint.is_none() => {
+                tlvs.endpoint = cloud_endpoint(kind, value);
+            }
             // NOOP, NETNS, the custom/experimental ranges and anything newer: skipped.
             _ => {}
         }
@@ -171,6 +218,25 @@ pub(super) fn parse(header: &[u8], start: usize) -> Result<Tlvs, ProxyError> {
         }
     }
     Ok(tlvs)
+}
+
+/// The private endpoint a cloud load balancer's TLV names, if it is well formed.
+fn cloud_endpoint(kind: u8, value: &[u8]) -> Option<CloudEndpoint> {
+    match (kind, value) {
+        (PP2_TYPE_AWS, [PP2_SUBTYPE_AWS_VPCE_ID, id @ ..]) if !id.is_empty() => {
+            Some(CloudEndpoint::AwsVpce(id.to_vec()))
+        }
+        (PP2_TYPE_AZURE, [PP2_SUBTYPE_AZURE_LINKID, a, b, c, d]) => {
+            Some(CloudEndpoint::AzureLink(u32::from_le_bytes([
+                *a, *b, *c, *d,
+            ])))
+        }
+        (PP2_TYPE_GCP, id) => id
+            .try_into()
+            .ok()
+            .map(|id| CloudEndpoint::GcpPsc(u64::from_be_bytes(id))),
+        _ => None,
+    }
 }
 
 /// CRC32C of `header` with the four bytes at `at` taken as zero, without copying the header.
