@@ -3,6 +3,11 @@
 // parameters), checking every result.
 //
 // Usage: java -cp postgresql.jar JdbcClient.java HOST PORT USER PASSWORD DB TAG NCLIENTS
+//        [--tls-ca=FILE]
+//
+// With --tls-ca (tests/tls_clients.rs), every connection uses ssl=true,
+// sslmode=verify-full and sslrootcert=FILE; without it, sslmode=disable as
+// before.
 //
 // TAG names this run's tables (parallel runs share one PostgreSQL). Prints
 // `prepared_names=...`, `backends=N`, then `OK jdbc` and exits 0; on any
@@ -62,6 +67,8 @@ public class JdbcClient {
     final String tag;
     final String table;
     final int clients;
+    /// The root certificate for sslmode=verify-full, or null for no TLS.
+    final String tlsCa;
     final Set<Integer> pids = new ConcurrentSkipListSet<>();
     final Set<String> names = new ConcurrentSkipListSet<>();
     final Set<String> extraFloatDigits = new ConcurrentSkipListSet<>();
@@ -72,6 +79,14 @@ public class JdbcClient {
         password = args[3];
         tag = args[5];
         clients = Integer.parseInt(args[6]);
+        String ca = null;
+        for (int i = 7; i < args.length; i++) {
+            if (!args[i].startsWith("--tls-ca=")) {
+                throw new IllegalArgumentException("unknown argument " + args[i]);
+            }
+            ca = args[i].substring("--tls-ca=".length());
+        }
+        tlsCa = ca;
         table = "t_jdbc_" + tag;
     }
 
@@ -111,7 +126,13 @@ public class JdbcClient {
         Properties props = new Properties();
         props.setProperty("user", user);
         props.setProperty("password", password);
-        props.setProperty("sslmode", "disable");
+        if (tlsCa == null) {
+            props.setProperty("sslmode", "disable");
+        } else {
+            props.setProperty("ssl", "true");
+            props.setProperty("sslmode", "verify-full");
+            props.setProperty("sslrootcert", tlsCa);
+        }
         props.setProperty("connectTimeout", "10");
         TimeZone saved = TimeZone.getDefault();
         TimeZone.setDefault(TimeZone.getTimeZone(zone));

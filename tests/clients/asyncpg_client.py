@@ -3,7 +3,11 @@
 connections with the driver's defaults (every parametrised query is a named
 prepared statement from its statement cache), checking every result.
 
-Usage: asyncpg_client.py HOST PORT USER PASSWORD DB TAG NCLIENTS
+Usage: asyncpg_client.py HOST PORT USER PASSWORD DB TAG NCLIENTS [--tls-ca=FILE]
+
+With --tls-ca (tests/tls_clients.rs), every connection asks for TLS with an
+SSLRequest, verifies the certificate and host name against FILE and checks
+that TLS is in use; without it, ssl=False as before.
 
 TAG names this run's tables (parallel runs share one PostgreSQL). Prints
 `prepared_names=...`, `backends=N`, then `OK asyncpg` and exits 0; on any
@@ -12,6 +16,7 @@ failure prints the error and exits 1.
 
 import asyncio
 import io
+import ssl
 import sys
 import traceback
 from datetime import datetime, timedelta, timezone
@@ -55,6 +60,15 @@ def check(cond, what):
         raise AssertionError(what)
 
 
+def tls_ca_arg(extra):
+    """FILE from an optional `--tls-ca=FILE` argument, else None."""
+    for arg in extra:
+        if arg.startswith("--tls-ca="):
+            return arg[len("--tls-ca=") :]
+        raise SystemExit(f"unknown argument {arg!r}")
+    return None
+
+
 def text_of(w, k):
     return f"naïve café ☃ 日本語 ✓ {w}-{k}"
 
@@ -80,22 +94,32 @@ class Run:
         self.host, port, self.user, self.password, self.db, self.tag = argv[:6]
         self.port = int(port)
         self.clients = int(argv[6])
+        self.tls = False
+        tls_ca = tls_ca_arg(argv[7:])
+        if tls_ca is not None:
+            # Verifies the chain and the host name (check_hostname is on).
+            self.tls = ssl.create_default_context(cafile=tls_ca)
         self.table = f"t_asyncpg_{self.tag}"
         self.pids = set()
         self.names = set()
 
     async def connect(self, w):
         zone = ZONES[w % len(ZONES)][0]
-        return await asyncpg.connect(
+        conn = await asyncpg.connect(
             host=self.host,
             port=self.port,
             user=self.user,
             password=self.password,
             database=self.db,
-            ssl=False,
+            ssl=self.tls,
             timeout=10,
             server_settings={"application_name": f"asyncpg-{self.tag}-{w}", "TimeZone": zone},
         )
+        if self.tls:
+            # asyncpg has no public accessor for its transport.
+            tls = conn._transport.get_extra_info("ssl_object")
+            check(tls is not None, "ssl=context but TLS is not in use")
+        return conn
 
     async def round(self, w, rnd, conn):
         zone, rendered = ZONES[w % len(ZONES)]

@@ -3,7 +3,11 @@
 connections with the driver's defaults (prepare_threshold 5, autocommit off),
 checking every result.
 
-Usage: psycopg_client.py HOST PORT USER PASSWORD DB TAG NCLIENTS
+Usage: psycopg_client.py HOST PORT USER PASSWORD DB TAG NCLIENTS [--tls-ca=FILE]
+
+With --tls-ca (tests/tls_clients.rs), every connection uses sslmode=verify-full
+with FILE as the root certificate and checks that TLS is in use; without it,
+TLS is not used.
 
 TAG names this run's tables (parallel runs share one PostgreSQL). Note that
 psycopg's rollback() sends DEALLOCATE ALL when the connection has prepared
@@ -58,6 +62,15 @@ def check(cond, what):
         raise AssertionError(what)
 
 
+def tls_ca_arg(extra):
+    """FILE from an optional `--tls-ca=FILE` argument, else None."""
+    for arg in extra:
+        if arg.startswith("--tls-ca="):
+            return arg[len("--tls-ca=") :]
+        raise SystemExit(f"unknown argument {arg!r}")
+    return None
+
+
 def text_of(w, k):
     return f"naïve café ☃ 日本語 ✓ {w}-{k}"
 
@@ -82,6 +95,7 @@ class Run:
     def __init__(self, argv):
         self.host, self.port, self.user, self.password, self.db, self.tag = argv[:6]
         self.clients = int(argv[6])
+        self.tls_ca = tls_ca_arg(argv[7:])
         self.table = f"t_psycopg_{self.tag}"
         self.lock = threading.Lock()
         self.pids = set()
@@ -90,7 +104,9 @@ class Run:
 
     def connect(self, w, **kw):
         zone = ZONES[w % len(ZONES)][0]
-        return psycopg.connect(
+        if self.tls_ca is not None:
+            kw.update(sslmode="verify-full", sslrootcert=self.tls_ca)
+        conn = psycopg.connect(
             host=self.host,
             port=self.port,
             user=self.user,
@@ -101,6 +117,9 @@ class Run:
             connect_timeout=10,
             **kw,
         )
+        if self.tls_ca is not None:
+            check(conn.pgconn.ssl_in_use, "sslmode=verify-full but TLS is not in use")
+        return conn
 
     def setup(self):
         with self.connect(0, autocommit=True) as conn:

@@ -19,7 +19,9 @@
 
 pub mod async_client;
 pub mod cleanup;
+pub mod drivers;
 pub mod pg;
+pub mod pki;
 pub mod pooler;
 pub mod tempdir;
 pub mod tools;

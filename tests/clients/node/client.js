@@ -3,13 +3,18 @@
 // parametrised queries, named ones for `{ name, text, values }`), checking
 // every result.
 //
-// Usage: node client.js HOST PORT USER PASSWORD DB TAG NCLIENTS
+// Usage: node client.js HOST PORT USER PASSWORD DB TAG NCLIENTS [--tls-ca=FILE]
+//
+// With --tls-ca (tests/tls_clients.rs), every connection asks for TLS,
+// verifies the certificate and host name against FILE and checks that TLS is
+// in use; without it, ssl: false as before.
 //
 // TAG names this run's tables (parallel runs share one PostgreSQL). Prints
 // `prepared_names=...`, `backends=N`, then `OK node-postgres` and exits 0; on
 // any failure prints the error and exits 1.
 'use strict'
 
+const fs = require('fs')
 let pg
 try {
   pg = require('pg')
@@ -48,6 +53,12 @@ class Run {
     ;[this.host, this.port, this.user, this.password, this.db, this.tag] = argv.slice(0, 6)
     this.port = Number(this.port)
     this.clients = Number(argv[6])
+    // The `ssl` option: false, or a CA to verify the certificate and host name against.
+    this.ssl = false
+    for (const arg of argv.slice(7)) {
+      if (!arg.startsWith('--tls-ca=')) throw new Error(`unknown argument ${arg}`)
+      this.ssl = { ca: fs.readFileSync(arg.slice('--tls-ca='.length)), rejectUnauthorized: true }
+    }
     this.table = `t_node_${this.tag}`
     this.pids = new Set()
     this.names = new Set()
@@ -60,13 +71,18 @@ class Run {
       user: this.user,
       password: this.password,
       database: this.db,
-      ssl: false,
+      ssl: this.ssl,
       application_name: `node-${this.tag}-${w}`,
       statement_timeout: 30000,
       options: `-c TimeZone=${ZONES[w % ZONES.length][0]}`,
       connectionTimeoutMillis: 10000,
     })
     await client.connect()
+    if (this.ssl) {
+      // After the SSLRequest node-postgres swaps its socket for a TLSSocket.
+      const stream = client.connection.stream
+      check(stream.encrypted === true && stream.authorized === true, 'ssl set but TLS is not in use')
+    }
     return client
   }
 

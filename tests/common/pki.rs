@@ -1,0 +1,119 @@
+//! A throwaway PKI made with the openssl command line: CAs and the certificates they sign.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use super::cleanup;
+use super::secs;
+use super::tempdir::TestDir;
+use super::tools::run_cmd;
+
+/// CAs and leaf certificates in one temp dir, named `NAME.crt` / `NAME.key`.
+pub struct Pki {
+    dir: TestDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        Pki {
+            dir: TestDir::new("pki"),
+        }
+    }
+
+    /// One PKI for the whole test binary, removed at exit: `ca` signs `server`
+    /// (a certificate for localhost and 127.0.0.1); `other` is a CA that signed
+    /// nothing anyone presents.
+    pub fn shared() -> &'static Pki {
+        static PKI: OnceLock<Pki> = OnceLock::new();
+        PKI.get_or_init(|| {
+            let pki = Pki::new();
+            pki.ca("ca");
+            pki.ca("other");
+            pki.leaf("ca", "server");
+            cleanup::at_exit(|| {
+                if let Some(pki) = PKI.get() {
+                    pki.dir.remove();
+                }
+            });
+            pki
+        })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let mut cmd = Command::new("openssl");
+        cmd.args(args).current_dir(self.dir.path());
+        let out = run_cmd(cmd, None, secs(30));
+        assert!(out.success(), "openssl {args:?}:\n{out}");
+    }
+
+    /// `NAME.crt` and `NAME.key`: a self-signed CA.
+    pub fn ca(&self, name: &str) -> PathBuf {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "3",
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        self.path(&format!("{name}.crt"))
+    }
+
+    /// `NAME.crt` and `NAME.key` for DNS:localhost and IP:127.0.0.1, signed by CA `ca`.
+    pub fn leaf(&self, ca: &str, name: &str) -> (PathBuf, PathBuf) {
+        self.openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "extendedKeyUsage=serverAuth,clientAuth",
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "3",
+            "-copy_extensions",
+            "copy",
+        ]);
+        (
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+        )
+    }
+}
