@@ -3,20 +3,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
 use std::os::fd::FromRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::haproxy::HaProxy;
 use common::pg::{quote_literal, tail};
 use common::wire::{error_fields, next_message, read_byte};
 use common::*;
-use common::{cleanup, pooler};
 use postgres::NoTls;
 
 fn ms(n: u64) -> Duration {
@@ -448,105 +444,33 @@ fn expect_login_line(pooler: &Pooler, db: &str, client: &str, via: Option<&str>)
 // HAProxy
 // ---------------------------------------------------------------------------
 
-/// HAProxy in the foreground with two TCP listeners in front of a pooler:
-/// `v1_port` adds `send-proxy`, `v2_port` `send-proxy-v2`; both connect to
-/// the pooler from 127.0.0.2. Killed (by its own pid) when dropped.
-struct HaProxy {
-    child: Child,
-    /// Kills HAProxy's process group if this test binary is killed.
-    watchdog: Child,
+/// HAProxy with two TCP listeners in front of a pooler: `v1_port` adds
+/// `send-proxy`, `v2_port` `send-proxy-v2`; both connect to the pooler from
+/// 127.0.0.2. HAProxy is killed when this is dropped.
+struct TwoListeners {
     v1_port: u16,
     v2_port: u16,
-    dir: TestDir,
+    _hap: HaProxy,
 }
 
-impl HaProxy {
-    fn start(backend_port: u16) -> HaProxy {
-        let dir = TestDir::new("haproxy");
+impl TwoListeners {
+    fn start(backend_port: u16) -> TwoListeners {
         let (v1_port, v2_port) = (free_port(), free_port());
-        let cfg = dir.write_file(
-            "haproxy.cfg",
+        let hap = HaProxy::start(
             &format!(
-                "global\n    maxconn 200\n\
-                 defaults\n    mode tcp\n    timeout connect 5s\n    \
-                 timeout client 60s\n    timeout server 60s\n\
-                 listen pp_v1\n    bind 127.0.0.1:{v1_port}\n    \
-                 server s1 127.0.0.1:{backend_port} send-proxy source 127.0.0.2\n\
+                "listen pp_v1\n    bind 127.0.0.1:{v1_port}\n    \
+                 server s1 127.0.0.1:{backend_port} send-proxy source {PROXY_IP}\n\
                  listen pp_v2\n    bind 127.0.0.1:{v2_port}\n    \
-                 server s1 127.0.0.1:{backend_port} send-proxy-v2 source 127.0.0.2\n"
+                 server s1 127.0.0.1:{backend_port} send-proxy-v2 source {PROXY_IP}\n"
             ),
+            &[v1_port, v2_port],
         );
-        let log_path = dir.join("haproxy.log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("haproxy log");
-        let log2 = log.try_clone().expect("dup haproxy log");
-        let child = Command::new(find_tool("haproxy"))
-            .arg("-f")
-            .arg(&cfg)
-            .arg("-db")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .expect("start haproxy");
-        // Its own process group (pgid = its pid): the harness's exit hook and
-        // watchdog kill exactly that group if the test binary ends abruptly.
-        let pid = child.id() as i32;
-        cleanup::register_group(pid);
-        let watchdog = cleanup::spawn_watchdog(pooler::WATCHDOG, &[OsStr::new(&pid.to_string())]);
-        let mut hap = HaProxy {
-            child,
-            watchdog,
+        TwoListeners {
             v1_port,
             v2_port,
-            dir,
-        };
-        // Readiness from /proc/net/tcp, not by connecting: a probe would be
-        // proxied to the pooler and show up in its log.
-        let ready = wait_until(secs(10), || {
-            let exited = matches!(hap.child.try_wait(), Ok(Some(_)));
-            exited || (listening(v1_port) && listening(v2_port))
-        });
-        let exited = matches!(hap.child.try_wait(), Ok(Some(_)));
-        assert!(
-            ready && !exited,
-            "haproxy did not start listening on {v1_port} and {v2_port}\n--- haproxy log ---\n{}",
-            hap.log()
-        );
-        hap
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        cleanup::stop_watchdog(&mut self.watchdog);
-        cleanup::unregister_group(self.child.id() as i32);
-        // Our own child, by pid (Child::kill): other haproxies on this machine are not ours.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("[proxy test] haproxy log:\n{}", self.log());
+            _hap: hap,
         }
     }
-}
-
-/// True if a socket is listening on TCP port `port` (IPv4) in our network namespace.
-fn listening(port: u16) -> bool {
-    let table = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let suffix = format!(":{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() > 3 && f[1].ends_with(&suffix) && f[3] == "0A"
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -556,7 +480,7 @@ fn listening(port: u16) -> bool {
 #[test]
 fn haproxy_send_proxy_v1_and_v2_pass_the_real_client_address() {
     let pooler = start(&trust_proxy_config("required", ""));
-    let hap = HaProxy::start(pooler.port());
+    let hap = TwoListeners::start(pooler.port());
     for (label, port) in [("v1", hap.v1_port), ("v2", hap.v2_port)] {
         let app = format!("hap_{label}");
         let mut s = connect(port);
@@ -631,7 +555,7 @@ fn pgbench_through_haproxy_send_proxy_v2_has_no_failures() {
             pg.port()
         );
     let pooler = PoolerSetup::new().start_with_args(&yaml, &["--workers", "2"]);
-    let hap = HaProxy::start(pooler.port());
+    let hap = TwoListeners::start(pooler.port());
     // Long-lived connections, then one connection (so one PROXY header) per transaction.
     for (label, extra) in [("steady", None), ("reconnecting", Some("-C"))] {
         let mut cmd = pgbench_command(hap.v2_port, TRUST_USER, "");
@@ -678,7 +602,7 @@ fn hba_sees_the_client_behind_haproxy_not_the_proxy() {
         "host all all 127.0.0.1/32 trust\n\
          host all all 0.0.0.0/0 reject\n",
     );
-    let hap = HaProxy::start(pooler.port());
+    let hap = TwoListeners::start(pooler.port());
     for (label, port) in [("v1", hap.v1_port), ("v2", hap.v2_port)] {
         let app = format!("hap_hba_{label}");
         let mut s = connect(port);

@@ -11,23 +11,20 @@
 
 mod common;
 
-use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::drivers::{clients_dir, Driver};
+use common::haproxy::HaProxy;
 use common::pg::tail;
 use common::pki::Pki;
-use common::tools::{clean_pg_env, psql_command, run_cmd, userlist_entry, wait_until};
+use common::tools::{clean_pg_env, psql_command, run_cmd, userlist_entry};
 use common::wire::{self, Message};
 use common::*;
-use common::{cleanup, pooler};
 
 /// Concurrent connections each driver program opens (besides its setup and
 /// teardown connections); more than the 2 × 2 servers in transaction mode.
@@ -198,95 +195,25 @@ databases:
     )
 }
 
-/// HAProxy in the foreground, TCP mode, one listener that forwards to the
-/// pooler with `send-proxy-v2` from 127.0.0.2. Killed (by its own pid) when
-/// dropped.
-struct HaProxy {
-    child: Child,
-    /// Kills HAProxy's process group if this test binary is killed.
-    watchdog: Child,
+/// HAProxy with one TCP listener, `port`, that forwards to the pooler with
+/// `send-proxy-v2` from 127.0.0.2. HAProxy is killed when this is dropped.
+struct SendProxyV2 {
     port: u16,
-    dir: TestDir,
+    _hap: HaProxy,
 }
 
-impl HaProxy {
-    fn start(backend_port: u16) -> HaProxy {
-        let dir = TestDir::new("haproxy-tls");
+impl SendProxyV2 {
+    fn start(backend_port: u16) -> SendProxyV2 {
         let port = free_port();
-        let cfg = dir.write_file(
-            "haproxy.cfg",
+        let hap = HaProxy::start(
             &format!(
-                "global\n    maxconn 100\n\
-                 defaults\n    mode tcp\n    timeout connect 5s\n    \
-                 timeout client 60s\n    timeout server 60s\n\
-                 listen pp_v2\n    bind 127.0.0.1:{port}\n    \
+                "listen pp_v2\n    bind 127.0.0.1:{port}\n    \
                  server s1 127.0.0.1:{backend_port} send-proxy-v2 source {PROXY_IP}\n"
             ),
+            &[port],
         );
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("haproxy.log"))
-            .expect("haproxy log");
-        let log2 = log.try_clone().expect("dup haproxy log");
-        let child = Command::new(find_tool("haproxy"))
-            .arg("-f")
-            .arg(&cfg)
-            .arg("-db")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .expect("start haproxy");
-        let pid = child.id() as i32;
-        cleanup::register_group(pid);
-        let watchdog = cleanup::spawn_watchdog(pooler::WATCHDOG, &[OsStr::new(&pid.to_string())]);
-        let mut hap = HaProxy {
-            child,
-            watchdog,
-            port,
-            dir,
-        };
-        // Readiness from /proc/net/tcp: a probe connection would be proxied.
-        let ready = wait_until(secs(10), || {
-            matches!(hap.child.try_wait(), Ok(Some(_))) || listening(port)
-        });
-        let exited = matches!(hap.child.try_wait(), Ok(Some(_)));
-        assert!(
-            ready && !exited,
-            "haproxy did not start listening on {port}\n--- haproxy log ---\n{}",
-            hap.log()
-        );
-        hap
+        SendProxyV2 { port, _hap: hap }
     }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        cleanup::stop_watchdog(&mut self.watchdog);
-        cleanup::unregister_group(self.child.id() as i32);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("[tls_clients] haproxy log:\n{}", self.log());
-        }
-    }
-}
-
-/// True if something listens on TCP port `port` (IPv4) in our network namespace.
-fn listening(port: u16) -> bool {
-    let table = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let suffix = format!(":{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() > 3 && f[1].ends_with(&suffix) && f[3] == "0A"
-    })
 }
 
 /// psql to 127.0.0.1:`port` with this sslmode and root certificate.
@@ -381,7 +308,7 @@ fn raw_tls_login(
 fn psql_verify_full_through_haproxy_send_proxy_v2_keeps_the_client_address_and_tls() {
     let ca = Pki::shared().path("ca.crt");
     let pooler = proxy_pooler();
-    let hap = HaProxy::start(pooler.port());
+    let hap = SendProxyV2::start(pooler.port());
 
     // psql through HAProxy: the hostssl 127.0.0.1 line matched, so the pooler
     // read the PROXY header and then the TLS session that followed it.
@@ -444,7 +371,7 @@ fn through_haproxy_a_wrong_ca_and_cleartext_are_refused() {
     let pki = Pki::shared();
     let ca = pki.path("ca.crt");
     let pooler = proxy_pooler();
-    let hap = HaProxy::start(pooler.port());
+    let hap = SendProxyV2::start(pooler.port());
     // A CA that did not sign the pooler's certificate: libpq refuses it.
     let out = psql_tls(
         hap.port,

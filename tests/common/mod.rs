@@ -20,6 +20,7 @@
 pub mod async_client;
 pub mod cleanup;
 pub mod drivers;
+pub mod haproxy;
 pub mod pg;
 pub mod pki;
 pub mod pooler;
