@@ -9,6 +9,7 @@ mod database;
 mod de;
 mod error;
 pub mod ini;
+pub mod settings;
 mod types;
 mod validate;
 
@@ -29,6 +30,7 @@ pub use database::{
 };
 pub use error::{ConfigError, ErrorKind};
 pub use pgbouncers_proto::cidr::{Cidr, CidrError};
+pub use settings::restart_required_changes;
 pub use types::{AuthType, PoolMode, ProxyProtocol, Secret, TlsMode, UnknownKeyword, Workers};
 
 /// Database names that belong to the admin console and cannot be configured.
@@ -513,31 +515,6 @@ fn read_capped(path: &Path) -> Result<String, ConfigError> {
         return Err(ConfigError::too_big(path, MAX_FILE_SIZE));
     }
     Ok(text)
-}
-
-/// The settings that a reload cannot apply: what the supervisor set up before forking.
-pub fn restart_required_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    if old.listen_addr != new.listen_addr {
-        changed.push("listen_addr");
-    }
-    if old.listen_port != new.listen_port {
-        changed.push("listen_port");
-    }
-    if old.unix_socket_dir != new.unix_socket_dir {
-        changed.push("unix_socket_dir");
-    }
-    // The mode is applied when the socket file is created, at bind time.
-    if old.unix_socket_mode != new.unix_socket_mode {
-        changed.push("unix_socket_mode");
-    }
-    if old.user != new.user {
-        changed.push("user");
-    }
-    if old.pidfile != new.pidfile {
-        changed.push("pidfile");
-    }
-    changed
 }
 
 /// The field names a derived `Deserialize` impl asks for: `deserialize` is handed a

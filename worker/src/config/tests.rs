@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 
 use super::database::{DATABASE_FIELDS, USER_FIELDS};
+use super::settings::{Reload, SETTINGS};
 use super::*;
 
 const EXAMPLE: &str = include_str!("../../../etc/pgbouncers.yaml");
@@ -86,101 +87,20 @@ fn a_file_that_serves_nobody_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Every top-level key: its default spelled in YAML, and a non-default value.
-/// A test below checks that this table lists exactly the struct's keys.
-const KEY_TABLE: &[(&str, &str, &str)] = &[
-    ("listen_addr", "127.0.0.1", "'*'"),
-    ("listen_port", "6432", "7000"),
-    ("unix_socket_dir", "~", "/tmp"),
-    ("unix_socket_mode", "0777", "0700"),
-    ("workers", "auto", "3"),
-    ("user", "~", "postgres"),
-    ("pidfile", "~", "/run/p.pid"),
-    ("logfile", "~", "/var/log/p.log"),
-    ("metrics_addr", "~", "127.0.0.1:9127"),
-    ("proxy_protocol", "off", "optional"),
-    ("proxy_trusted", "[]", "10.0.0.0/8"),
-    ("proxy_header_timeout", "5", "2.5"),
-    ("proxy_max_header", "4096", "1024"),
-    ("pool_mode", "session", "transaction"),
-    ("default_pool_size", "20", "10"),
-    ("min_pool_size", "0", "2"),
-    ("reserve_pool_size", "0", "3"),
-    ("reserve_pool_timeout", "5", "0"),
-    ("max_client_conn", "100", "5000"),
-    ("max_db_connections", "0", "50"),
-    ("max_user_connections", "0", "50"),
-    ("auth_type", "md5", "scram-sha-256"),
-    ("auth_file", "~", "/etc/userlist.txt"),
-    ("auth_hba_file", "~", "/etc/hba.conf"),
-    ("admin_users", "[]", "admin"),
-    ("stats_users", "[]", "[monitor, nagios]"),
-    ("server_reset_query", "DISCARD ALL", "''"),
-    ("server_reset_query_always", "false", "true"),
-    ("server_check_query", "select 1", "''"),
-    ("server_check_delay", "30", "0"),
-    ("server_idle_timeout", "600", "60"),
-    ("server_lifetime", "3600", "0"),
-    ("server_connect_timeout", "15", "3"),
-    ("server_login_retry", "15", "1"),
-    ("dns_max_ttl", "15", "60"),
-    ("dns_nxdomain_ttl", "15", "5"),
-    ("client_login_timeout", "60", "0"),
-    ("client_idle_timeout", "0", "3600"),
-    ("query_timeout", "0", "30"),
-    ("query_wait_timeout", "120", "0"),
-    ("idle_transaction_timeout", "0", "10"),
-    ("shutdown_timeout", "30", "0"),
-    ("cancel_wait_timeout", "10", "1"),
-    ("max_packet_size", "2147483647", "1048576"),
-    ("pkt_buf", "8192", "4096"),
-    ("application_name_add_host", "false", "1"),
-    ("log_connections", "true", "0"),
-    ("log_disconnections", "true", "no"),
-    ("log_pooler_errors", "true", "off"),
-    ("log_stats", "true", "false"),
-    ("stats_period", "60", "10"),
-    ("verbose", "0", "2"),
-    ("tcp_keepalive", "true", "false"),
-    ("tcp_keepidle", "0", "60"),
-    ("tcp_keepintvl", "0", "10"),
-    ("tcp_keepcnt", "0", "5"),
-    ("tcp_user_timeout", "0", "0.5"),
-    ("client_tls_sslmode", "disable", "require"),
-    ("client_tls_key_file", "~", "/etc/server.key"),
-    ("client_tls_cert_file", "~", "/etc/server.crt"),
-    ("client_tls_ca_file", "~", "/etc/ca.crt"),
-    ("client_tls_protocols", "secure", "tlsv1.3"),
-    ("client_tls_ciphers", "default", "TLS_AES_256_GCM_SHA384"),
-    ("server_tls_sslmode", "prefer", "verify-full"),
-    ("server_tls_key_file", "~", "/etc/pooler.key"),
-    ("server_tls_cert_file", "~", "/etc/pooler.crt"),
-    ("server_tls_ca_file", "~", "/etc/root.crt"),
-    ("server_tls_protocols", "secure", "tlsv1.2"),
-    ("server_tls_ciphers", "default", "TLS_AES_128_GCM_SHA256"),
-    (
-        "ignore_startup_parameters",
-        "[]",
-        "extra_float_digits, options",
-    ),
-    ("max_prepared_statements", "200", "100"),
-    ("databases", "{}", "{app: {host: db1}}"),
-    ("users", "{}", "{u: {pool_mode: session}}"),
-];
-
 #[test]
-fn key_table_lists_every_key() {
-    let table: BTreeSet<&str> = KEY_TABLE.iter().map(|(k, _, _)| *k).collect();
-    let keys: BTreeSet<&str> = Config::keys().iter().copied().collect();
-    assert_eq!(table, keys);
-    assert_eq!(table.len(), KEY_TABLE.len(), "a key is listed twice");
-    assert_eq!(keys.len(), 73, "Config::keys() is derived from the struct");
+fn settings_table_lists_every_key_in_order() {
+    let table: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+    assert_eq!(
+        table,
+        Config::keys(),
+        "settings::SETTINGS against the struct"
+    );
 }
 
 #[test]
 fn every_key_has_its_default() {
-    for (key, default, _) in KEY_TABLE {
-        let yaml = format!("{key}: {default}");
+    for s in SETTINGS {
+        let yaml = format!("{}: {}", s.name, s.default);
         assert_eq!(
             Config::parse_yaml(&yaml).unwrap(),
             Config::default(),
@@ -191,10 +111,24 @@ fn every_key_has_its_default() {
 
 #[test]
 fn every_key_is_read() {
-    for (key, _, other) in KEY_TABLE {
-        let yaml = format!("{key}: {other}");
+    for s in SETTINGS {
+        let yaml = format!("{}: {}", s.name, s.example);
         let c = Config::parse_yaml(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
         assert_ne!(c, Config::default(), "{yaml} changed nothing");
+    }
+}
+
+#[test]
+fn a_changed_restart_only_setting_is_reported() {
+    let old = Config::default();
+    for s in SETTINGS {
+        let new = Config::parse_yaml(&format!("{}: {}", s.name, s.example)).unwrap();
+        let want: &[&str] = if s.reload == Reload::Restart {
+            &[s.name]
+        } else {
+            &[]
+        };
+        assert_eq!(restart_required_changes(&old, &new), want, "{}", s.name);
     }
 }
 
