@@ -167,7 +167,11 @@ databases:
         cert = cert.display(),
         key = key.display(),
         // The hba file unless the test picks its own auth_type.
-        auth = if extra.contains("auth_type:") { "" } else { "auth_type: hba" },
+        auth = if extra.contains("auth_type:") {
+            ""
+        } else {
+            "auth_type: hba"
+        },
         pg = shared_pg().port(),
     ))
 }
@@ -605,4 +609,145 @@ fn auth_type_cert_takes_the_user_from_a_verified_client_certificate() {
     let out = psql_tls(p.port(), APP_USER, APP_DB, "verify-full", &ca, "select 1");
     assert!(!out.success(), "{out}");
     assert!(p.log().contains("TLS handshake failed"), "{}", p.log());
+}
+
+/// One TLV of a PROXY v2 header.
+fn tlv(kind: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend((value.len() as u16).to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// A PROXY v2 header from 10.1.2.3:40000 as a TLS-terminating HAProxy sends it with
+/// `send-proxy-v2-ssl-cn`: the SSL TLV (client flags, verify result, version, CN,
+/// cipher), a unique id and an AWS endpoint id.
+fn proxy_v2_with_ssl(verify: u32, cn: &str) -> Vec<u8> {
+    let mut ssl = vec![0x07]; // PP2_CLIENT_SSL | CERT_CONN | CERT_SESS
+    ssl.extend(verify.to_be_bytes());
+    ssl.extend(tlv(0x21, b"TLSv1.3"));
+    ssl.extend(tlv(0x22, cn.as_bytes()));
+    ssl.extend(tlv(0x23, b"TLS_AES_256_GCM_SHA384"));
+    let mut body = vec![10, 1, 2, 3, 127, 0, 0, 1];
+    body.extend(40000u16.to_be_bytes());
+    body.extend(6432u16.to_be_bytes());
+    body.extend(tlv(0x20, &ssl));
+    body.extend(tlv(0x05, b"hap-1a2b-\x1b[0m"));
+    body.extend(tlv(0xEA, b"\x01vpce-0abc123"));
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend([0x21, 0x11]);
+    h.extend((body.len() as u16).to_be_bytes());
+    h.extend(body);
+    h
+}
+
+fn proxy_tls_pooler(tls_trusted: bool) -> Pooler {
+    let setup = PoolerSetup::new();
+    setup.write_file("userlist.txt", &userlist());
+    setup.write_file(
+        "hba.conf",
+        "host all admin 127.0.0.1/32 trust\n\
+         host all trust_user 0.0.0.0/0 trust endpoint=aws:vpce-0abc123\n\
+         hostssl all app 0.0.0.0/0 cert\n\
+         host all all 0.0.0.0/0 reject\n",
+    );
+    setup.start(&format!(
+        "listen_addr: 127.0.0.1
+listen_port: @PORT@
+proxy_protocol: optional
+proxy_trusted: [127.0.0.1/32]
+proxy_tls_trusted: {tls_trusted}
+auth_type: hba
+auth_file: @DIR@/userlist.txt
+auth_hba_file: @DIR@/hba.conf
+admin_users: [admin]
+databases:
+  {APP_DB}: {{host: 127.0.0.1, port: {pg}}}
+",
+        pg = shared_pg().port(),
+    ))
+}
+
+/// Sends a PROXY header and a startup packet for `user`; the login's outcome.
+fn login_behind_header(port: u16, header: &[u8], user: &str) -> Result<TcpStream, String> {
+    let mut s = wire::connect(port);
+    let mut bytes = header.to_vec();
+    bytes.extend(wire::startup_packet(&[
+        ("user", user),
+        ("database", APP_DB),
+    ]));
+    s.write_all(&bytes).unwrap();
+    loop {
+        match wire::read_message(&mut s).map_err(|e| e.to_string())? {
+            Some(Message { tag: b'Z', .. }) => return Ok(s),
+            Some(Message { tag: b'E', body }) => {
+                return Err(format!("{:?}", wire::error_fields(&body)))
+            }
+            Some(_) => {}
+            None => return Err("closed".into()),
+        }
+    }
+}
+
+#[test]
+fn tls_a_trusted_proxy_terminated_counts_with_proxy_tls_trusted() {
+    let p = proxy_tls_pooler(true);
+    // Verified certificate for app: hostssl matches, cert takes the TLV's CN.
+    let mut s = login_behind_header(p.port(), &proxy_v2_with_ssl(0, APP_USER), APP_USER)
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
+    assert_eq!(select_one(&mut s), "1");
+    assert!(
+        p.log().contains(
+            "tls=TLSv1.3/TLS_AES_256_GCM_SHA384 proxy_id=hap-1a2b-?[0m endpoint=aws:vpce-0abc123"
+        ),
+        "{}",
+        p.log()
+    );
+    // SHOW CLIENTS: the real address, the proxy's TLS, the unique id and the endpoint.
+    let mut admin = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(p.port())
+        .user("admin")
+        .dbname("pgbouncer")
+        .connect(postgres::NoTls)
+        .unwrap();
+    let rows: Vec<postgres::SimpleQueryRow> = admin
+        .simple_query("SHOW CLIENTS")
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let app = rows
+        .iter()
+        .find(|r| r.get("user") == Some(APP_USER))
+        .expect("app's row");
+    assert_eq!(app.get("addr"), Some("10.1.2.3"));
+    assert_eq!(app.get("tls"), Some("TLSv1.3/TLS_AES_256_GCM_SHA384"));
+    assert_eq!(app.get("proxy_id"), Some("hap-1a2b-?[0m"));
+    assert_eq!(app.get("endpoint"), Some("aws:vpce-0abc123"));
+    // The proxy says the certificate did not verify: no login by its CN.
+    let e = login_behind_header(p.port(), &proxy_v2_with_ssl(1, APP_USER), APP_USER).unwrap_err();
+    assert!(e.contains("certificate authentication failed"), "{e}");
+    // hba's endpoint= option: trust_user only through that AWS endpoint.
+    let mut s = login_behind_header(p.port(), &proxy_v2_with_ssl(0, "x"), TRUST_USER)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(select_one(&mut s), "1");
+    let mut plain = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    plain.extend([10, 1, 2, 3, 127, 0, 0, 1, 0x9c, 0x40, 0x19, 0x20]);
+    let e = login_behind_header(p.port(), &plain, TRUST_USER).unwrap_err();
+    assert!(e.contains("rejects connection"), "{e}");
+    // A CN for someone else does not log in as app.
+    let e = login_behind_header(p.port(), &proxy_v2_with_ssl(0, "mallory"), APP_USER).unwrap_err();
+    assert!(e.contains("certificate authentication failed"), "{e}");
+}
+
+#[test]
+fn tls_a_proxy_terminated_does_not_count_without_proxy_tls_trusted() {
+    let p = proxy_tls_pooler(false);
+    let e = login_behind_header(p.port(), &proxy_v2_with_ssl(0, APP_USER), APP_USER).unwrap_err();
+    assert!(e.contains("rejects connection"), "{e}");
+    assert!(!p.log().contains("tls=TLS"), "{}", p.log());
 }

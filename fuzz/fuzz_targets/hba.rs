@@ -48,10 +48,17 @@ fuzz_target!(|data: &[u8]| {
     for rule in hba.rules() {
         for tls in [false, true] {
             if let Some(names) = matching_names(rule) {
+                // A rule narrowed by `endpoint=` matches connections from that endpoint.
+                let endpoint = rule
+                    .options()
+                    .iter()
+                    .find(|(k, _)| k == "endpoint")
+                    .map(|(_, v)| v.as_str());
                 let conn = HbaConn {
                     kind: matching_kind(rule, tls),
                     database: &names.0,
                     user: &names.1,
+                    endpoint,
                 };
                 assert!(rule.matches(&conn), "{rule} does not match {conn:?}");
                 let found = hba.lookup(&conn).expect("a matching rule exists");
@@ -70,6 +77,7 @@ fuzz_target!(|data: &[u8]| {
             kind: HbaConnKind::Host { addr, tls: false },
             database: "app",
             user: "app",
+            endpoint: None,
         };
         check_lookup(&hba, &conn);
     }

@@ -44,19 +44,31 @@ impl Worker {
             Peer::Tcp(a) => (
                 HbaConnKind::Host {
                     addr: a.ip(),
-                    tls: c.io.is_tls(),
+                    tls: c.is_tls(),
                 },
                 format!("host \"{}\"", a.ip()),
             ),
             Peer::Unix => (HbaConnKind::Local, "local connection".to_string()),
         };
+        let endpoint = c
+            .proxy
+            .as_ref()
+            .and_then(|p| p.endpoint.as_ref())
+            .map(|e| e.to_string());
         let conn = HbaConn {
             kind,
             database: &c.db,
             user: &c.user,
+            endpoint: endpoint.as_deref(),
+        };
+        // PostgreSQL's words for how the connection is protected.
+        let encryption = if c.is_tls() {
+            "SSL encryption"
+        } else {
+            "no encryption"
         };
         let who = format!(
-            "{host}, user \"{}\", database \"{}\", no encryption",
+            "{host}, user \"{}\", database \"{}\", {encryption}",
             c.user, c.db
         );
         let Some(rule) = self.hba.lookup(&conn) else {

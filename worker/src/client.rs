@@ -105,9 +105,33 @@ pub(crate) struct Client {
     pub skipping: bool,
     /// Logged in to the admin console, with this role.
     pub admin: Option<crate::admin::Role>,
+    /// What a trusted PROXY v2 header said besides the address.
+    pub proxy: Option<Box<crate::proxy::ProxyInfo>>,
 }
 
 impl Client {
+    /// TLS protects the client's bytes: its own session with the pooler, or (with
+    /// proxy_tls_trusted) the one a trusted proxy terminated.
+    pub fn is_tls(&self) -> bool {
+        self.io.is_tls() || self.proxy.as_ref().is_some_and(|p| p.tls.is_some())
+    }
+
+    /// The `tls` column: this session's version and suite, or the proxy's.
+    pub fn tls_description(&self) -> String {
+        match &self.proxy {
+            Some(p) if !self.io.is_tls() => p.tls.clone().unwrap_or_default(),
+            _ => self.io.tls_description(),
+        }
+    }
+
+    /// The verified client certificate's common name: from this session, or from a
+    /// trusted proxy that verified it.
+    pub fn certificate_cn(&self) -> Option<String> {
+        match self.io.peer_certificate() {
+            Some(der) => crate::tls::common_name(der),
+            None => self.proxy.as_ref()?.tls_cn.clone(),
+        }
+    }
     /// `C-<id>: db/user@addr:port`, PgBouncer's way of naming a client in logs.
     pub fn name(&self) -> ClientName<'_> {
         ClientName(self)
@@ -196,6 +220,7 @@ impl Worker {
             dropped: Vec::new(),
             skipping: false,
             admin: None,
+            proxy: None,
         };
         entry.insert(Conn::Client(Box::new(client)));
     }
@@ -618,7 +643,7 @@ impl Worker {
             Method::Cert => {
                 // PostgreSQL's rule: the certificate's CN is the user, compared exactly.
                 let Some(c) = self.client(ct) else { return };
-                let cn = c.io.peer_certificate().and_then(crate::tls::common_name);
+                let cn = c.certificate_cn();
                 if cn.as_deref() == Some(user.as_str()) {
                     return self.client_authenticated(ct);
                 }
@@ -830,11 +855,19 @@ impl Worker {
                 (Some(v), Peer::Tcp(p)) if v != p => format!(" via={v}"),
                 _ => String::new(),
             };
-            let tls = if c.io.is_tls() {
-                format!(" tls={}", c.io.tls_description())
+            let mut tls = if c.is_tls() {
+                format!(" tls={}", c.tls_description())
             } else {
                 String::new()
             };
+            if let Some(p) = &c.proxy {
+                if let Some(id) = &p.unique_id {
+                    tls.push_str(&format!(" proxy_id={id}"));
+                }
+                if let Some(e) = &p.endpoint {
+                    tls.push_str(&format!(" endpoint={e}"));
+                }
+            }
             log::info!(
                 "{}: login attempt: db={} user={}{via}{tls} worker={}",
                 c.name(),

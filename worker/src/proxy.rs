@@ -9,9 +9,70 @@
 
 use crate::client::{CState, Close, Peer, Step};
 use crate::config::ProxyProtocol;
-use crate::proxy_header::{self, Decoded};
+use crate::proxy_header::{self, CloudEndpoint, Decoded, Tlvs};
 use crate::worker::{Conn, Worker};
 use std::net::SocketAddr;
+
+/// What a trusted PROXY v2 header said besides the address. Boxed in the client, and only
+/// there when the header carried any of it.
+#[derive(Debug, Default)]
+pub(crate) struct ProxyInfo {
+    /// `TLSv1.3/TLS_AES_256_GCM_SHA384`: TLS between the client and the proxy, from the
+    /// PP2_TYPE_SSL TLV, believed only with proxy_tls_trusted.
+    pub tls: Option<String>,
+    /// The client certificate's CN the proxy verified (proxy_tls_trusted only).
+    pub tls_cn: Option<String>,
+    /// PP2_TYPE_UNIQUE_ID, printable: one client traced from the proxy's log to ours.
+    pub unique_id: Option<String>,
+    /// The cloud private endpoint the client came through.
+    pub endpoint: Option<CloudEndpoint>,
+}
+
+impl ProxyInfo {
+    /// What of `tlvs` is kept; `None` when nothing is.
+    fn from_tlvs(tlvs: Tlvs, tls_trusted: bool) -> Option<Box<ProxyInfo>> {
+        let ssl = tlvs.ssl.filter(|s| tls_trusted && s.client_ssl());
+        let info = ProxyInfo {
+            tls: ssl.as_ref().map(|s| {
+                let version = printable(s.version.as_deref().unwrap_or(b"TLS"));
+                match &s.cipher {
+                    Some(c) => format!("{version}/{}", printable(c)),
+                    None => version,
+                }
+            }),
+            // PP2_CLIENT_CERT_CONN or _SESS with verify 0: a certificate was presented
+            // and the proxy verified it.
+            tls_cn: ssl
+                .as_ref()
+                .filter(|s| (s.cert_in_connection() || s.cert_in_session()) && s.cert_verified())
+                .and_then(|s| s.cn.as_deref())
+                .map(printable),
+            unique_id: tlvs.unique_id.as_deref().map(printable),
+            endpoint: tlvs.endpoint,
+        };
+        let any = info.tls.is_some()
+            || info.tls_cn.is_some()
+            || info.unique_id.is_some()
+            || info.endpoint.is_some();
+        any.then(|| Box::new(info))
+    }
+}
+
+/// Bytes from a header as text safe for logs and the console: printable ASCII kept,
+/// anything else `?`, at most 128 characters.
+fn printable(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(128)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
 
 /// How a new connection starts, decided from its socket peer.
 pub(crate) enum Admission {
@@ -94,6 +155,7 @@ impl Worker {
                 if let Some(src) = header.source() {
                     c.peer = Peer::Tcp(src);
                 }
+                c.proxy = ProxyInfo::from_tlvs(header.tlvs, self.cfg.proxy_tls_trusted);
                 c.state = CState::Startup;
                 self.stats.proxy_accepted += 1;
                 Step::Again

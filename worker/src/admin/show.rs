@@ -508,11 +508,20 @@ impl Worker {
                         s(ptr(1, c.id)),
                         s(link.unwrap_or_default()),
                         s(0),
-                        s(c.io.tls_description()),
+                        s(c.tls_description()),
                         s(c.params.get("application_name").unwrap_or("")),
                         s(c.stmts.len()),
                         s(admin_id(self.slot, c.id)),
                         s(self.slot),
+                        s(c.proxy
+                            .as_ref()
+                            .and_then(|p| p.unique_id.clone())
+                            .unwrap_or_default()),
+                        s(c.proxy
+                            .as_ref()
+                            .and_then(|p| p.endpoint.as_ref())
+                            .map(|e| e.to_string())
+                            .unwrap_or_default()),
                     ]);
                 }
                 Conn::Server(sv) if !clients => {
@@ -556,6 +565,8 @@ impl Worker {
                         s(sv.stmts.len()),
                         s(admin_id(self.slot, sv.id)),
                         s(self.slot),
+                        s(""),
+                        s(""),
                     ]);
                 }
                 _ => {}
@@ -842,7 +853,8 @@ fn merge_pools(rows: Vec<(u8, Row)>) -> BTreeMap<(String, String), PoolSum> {
     out
 }
 
-/// SHOW CLIENTS / SHOW SERVERS: PgBouncer's 21 columns plus the worker.
+/// SHOW CLIENTS / SHOW SERVERS: PgBouncer's 21 columns plus the worker, the PROXY unique
+/// id and the cloud endpoint.
 fn show_sockets(rows: Vec<(u8, Row)>) -> Table {
     let int = |n: &'static str| (n, Ty::Int4);
     Table::new(
@@ -869,6 +881,9 @@ fn show_sockets(rows: Vec<(u8, Row)>) -> Table {
             int("prepared_statements"),
             int("id"),
             int("worker"),
+            // From a trusted PROXY v2 header: HAProxy's unique id, a cloud endpoint.
+            ("proxy_id", Ty::Text),
+            ("endpoint", Ty::Text),
         ],
         rows.into_iter().map(|(_, r)| r).collect(),
     )

@@ -76,6 +76,9 @@ pub struct Config {
     /// Default 5 s.
     #[serde(deserialize_with = "de::seconds")]
     pub proxy_header_timeout: Duration,
+    /// TLS a trusted proxy terminated counts as TLS (PP2_TYPE_SSL). Default false.
+    #[serde(deserialize_with = "de::flag")]
+    pub proxy_tls_trusted: bool,
     /// Bytes. Default 4096.
     #[serde(deserialize_with = "de::int")]
     pub proxy_max_header: u32,
@@ -254,6 +257,7 @@ impl Default for Config {
             proxy_protocol: ProxyProtocol::Off,
             proxy_trusted: Vec::new(),
             proxy_header_timeout: secs(5),
+            proxy_tls_trusted: false,
             proxy_max_header: 4096,
             pool_mode: PoolMode::Session,
             default_pool_size: 20,

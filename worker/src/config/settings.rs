@@ -66,6 +66,7 @@ pub static SETTINGS: &[Setting] = &[
     text("proxy_protocol", |c| c.proxy_protocol.as_str(), "off", "optional"),
     set("proxy_trusted", Text(|c| join(&c.proxy_trusted)), Reloadable, "[]", "10.0.0.0/8"),
     secs("proxy_header_timeout", |c| c.proxy_header_timeout, "5", "2.5"),
+    flag("proxy_tls_trusted", |c| c.proxy_tls_trusted, "false", "true"),
     num("proxy_max_header", |c| c.proxy_max_header.into(), "4096", "1024"),
     text("pool_mode", |c| c.pool_mode.as_str(), "session", "transaction"),
     num("default_pool_size", |c| c.default_pool_size.into(), "20", "10"),
@@ -298,6 +299,7 @@ pool_mode|transaction|session|yes
 proxy_header_timeout|2.5|5|yes
 proxy_max_header|1024|4096|yes
 proxy_protocol|optional|off|yes
+proxy_tls_trusted|1|0|yes
 proxy_trusted|10.0.0.0/8||yes
 query_timeout|30|0|yes
 query_wait_timeout|0|120|yes

@@ -214,10 +214,16 @@ fn auth(c: &Config) -> Check {
             })?;
         }
         AuthType::Trust => {}
-        // Only verify-ca and up ask clients for a certificate and check it.
-        AuthType::Cert => ensure(c.client_tls_sslmode.verifies(), "auth_type", || {
-            "cert needs client_tls_sslmode verify-ca or verify-full".to_owned()
-        })?,
+        // Only verify-ca and up ask clients for a certificate and check it; or a trusted
+        // proxy did, and says so.
+        AuthType::Cert => ensure(
+            c.client_tls_sslmode.verifies() || c.proxy_tls_trusted,
+            "auth_type",
+            || {
+                "cert needs client_tls_sslmode verify-ca or verify-full (or proxy_tls_trusted)"
+                    .to_owned()
+            },
+        )?,
     }
     list("admin_users", &c.admin_users)?;
     list("stats_users", &c.stats_users)

@@ -19,7 +19,9 @@
 //! - methods `trust`, `reject`, `md5`, `scram-sha-256`, `password`, `peer`
 //!   (local only), `cert` (hostssl only), and `ident` on `local`, which
 //!   PostgreSQL treats as `peer`;
-//! - `name=value` options after the method, kept and otherwise ignored.
+//! - `name=value` options after the method, kept; `endpoint=` (ours) narrows a line to
+//!   connections a cloud load balancer says came through that private endpoint, the
+//!   others are ignored.
 //!
 //! Rejected with an error naming the line and token, because silently skipping
 //! what a rule meant could let a connection fall through to a laxer rule below:
@@ -211,6 +213,11 @@ impl Rule {
                 UserMatch::All => true,
                 UserMatch::Name(name) => name == conn.user,
             })
+            && self
+                .options
+                .iter()
+                .filter(|(name, _)| name == "endpoint")
+                .all(|(_, want)| conn.endpoint == Some(want.as_str()))
     }
 
     fn matches_kind(&self, kind: HbaConnKind) -> bool {
@@ -299,6 +306,9 @@ pub struct HbaConn<'a> {
     pub kind: HbaConnKind,
     pub database: &'a str,
     pub user: &'a str,
+    /// The cloud private endpoint a trusted PROXY header named (`aws:vpce-...`,
+    /// `azure:N`, `gcp:N`), which an `endpoint=` option must equal.
+    pub endpoint: Option<&'a str>,
 }
 
 /// The parsed file: its rules in file order.
@@ -1019,6 +1029,19 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_option_narrows_a_line_to_one_private_endpoint() {
+        let hba =
+            Hba::parse("host all all all trust endpoint=aws:vpce-1\nhost all all all reject\n")
+                .unwrap();
+        let mut conn = host_conn("10.0.0.1".parse().unwrap(), false, "d", "u");
+        assert_eq!(hba.lookup(&conn).unwrap().line(), 2);
+        conn.endpoint = Some("aws:vpce-2");
+        assert_eq!(hba.lookup(&conn).unwrap().line(), 2);
+        conn.endpoint = Some("aws:vpce-1");
+        assert_eq!(hba.lookup(&conn).unwrap().line(), 1);
+    }
+
+    #[test]
     fn keeps_options() {
         let r = only_rule("hostssl all all all cert map=omicron clientcert=verify-full x=");
         assert_eq!(
@@ -1071,6 +1094,7 @@ mod tests {
                 kind: HbaConnKind::Local,
                 database: "d",
                 user: "u",
+                endpoint: None,
             };
             assert!(hba.lookup(&conn).is_none());
         }
@@ -1242,6 +1266,7 @@ mod tests {
             kind: HbaConnKind::Local,
             database,
             user,
+            endpoint: None,
         }
     }
 
@@ -1253,6 +1278,7 @@ mod tests {
             },
             database,
             user,
+            endpoint: None,
         }
     }
 
@@ -1613,7 +1639,11 @@ host      all          all          ::/0                     scram-sha-256
             .users()
             .iter()
             .any(|u| *u == UserMatch::All || *u == UserMatch::Name(conn.user.to_owned()));
-        place_ok && db_ok && user_ok
+        let endpoint_ok = r
+            .options()
+            .iter()
+            .all(|(k, v)| k != "endpoint" || conn.endpoint == Some(v.as_str()));
+        place_ok && db_ok && user_ok && endpoint_ok
     }
 
     fn host_conn<'a>(addr: IpAddr, tls: bool, database: &'a str, user: &'a str) -> HbaConn<'a> {
@@ -1621,6 +1651,7 @@ host      all          all          ::/0                     scram-sha-256
             kind: HbaConnKind::Host { addr, tls },
             database,
             user,
+            endpoint: None,
         }
     }
 
@@ -1651,6 +1682,7 @@ host      all          all          ::/0                     scram-sha-256
                             kind: HbaConnKind::Local,
                             database: &database,
                             user: &user,
+                            endpoint: None,
                         },
                     };
                     let want = hba.rules().iter().find(|r| reference_match(r, &conn));
