@@ -70,6 +70,11 @@ impl Pki {
 
     /// A certificate with common name `cn` (a user, for auth_type cert).
     fn leaf_for(&self, ca: &str, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+        self.leaf_days(ca, name, cn, "3")
+    }
+
+    /// A certificate valid for `days` days from now; "0" expires within the second.
+    fn leaf_days(&self, ca: &str, name: &str, cn: &str, days: &str) -> (PathBuf, PathBuf) {
         self.openssl(&[
             "req",
             "-new",
@@ -102,7 +107,7 @@ impl Pki {
             "-out",
             &format!("{name}.crt"),
             "-days",
-            "3",
+            days,
             "-copy_extensions",
             "copy",
         ]);
@@ -750,4 +755,55 @@ fn tls_a_proxy_terminated_does_not_count_without_proxy_tls_trusted() {
     let e = login_behind_header(p.port(), &proxy_v2_with_ssl(0, APP_USER), APP_USER).unwrap_err();
     assert!(e.contains("rejects connection"), "{e}");
     assert!(!p.log().contains("tls=TLS"), "{}", p.log());
+}
+
+#[test]
+fn expired_certificates_are_refused_on_both_sides() {
+    let pki = pki();
+    let ca = pki.path("ca.crt");
+    let (old_cert, old_key) = pki.leaf_days("ca", "expired", "localhost", "0");
+    let (old_app, old_app_key) = pki.leaf_days("ca", "expired-app", APP_USER, "0");
+    std::fs::set_permissions(
+        &old_app_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // Valid for the second they were made in.
+    std::thread::sleep(secs(2));
+    // Expiry is the certificate's only defect, as openssl itself says.
+    let mut check = Command::new("openssl");
+    check.arg("verify").arg("-CAfile").arg(&ca).arg(&old_cert);
+    let out = run_cmd(check, None, secs(10));
+    assert!(
+        out.stdout.contains("certificate has expired")
+            || out.stderr.contains("certificate has expired"),
+        "{out}"
+    );
+    // The pooler's own certificate expired: libpq's verify-full refuses it (libpq says
+    // only "certificate verify failed").
+    let p = tls_pooler("require", &old_cert, &old_key, "");
+    let out = psql_tls(p.port(), APP_USER, APP_DB, "verify-full", &ca, "select 1");
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("certificate verify failed"), "{out}");
+    // A client certificate that expired: rustls refuses it during the handshake.
+    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
+    let p = tls_pooler(
+        "verify-full",
+        &cert,
+        &key,
+        &format!("client_tls_ca_file: {}\nauth_type: cert", ca.display()),
+    );
+    let mut cmd = psql_command(p.port(), APP_USER, "", APP_DB);
+    cmd.env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &ca)
+        .env("PGSSLCERT", &old_app)
+        .env("PGSSLKEY", &old_app_key)
+        .args(["-c", "select 1"]);
+    let out = run_cmd(cmd, None, secs(20));
+    assert!(!out.success(), "{out}");
+    assert!(
+        p.wait_for_log("TLS handshake failed", secs(5)) && p.log().contains("certificate expired"),
+        "{}",
+        p.log()
+    );
 }
