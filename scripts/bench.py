@@ -6,8 +6,11 @@ Everything is on loopback with a throwaway PostgreSQL. Both poolers get the same
 transaction pooling, pool size 20, SCRAM-SHA-256 with the same auth file. Runs alternate
 (PgBouncer, pgbouncers, PgBouncer, ...) and the report gives medians and ratios. Pooler CPU
 is utime+stime of every process of the pooler, read from /proc before and after a run.
+The TLS scenarios give both poolers the same throwaway certificate (made with openssl) and
+client_tls_sslmode = require, and run pgbench with sslmode=require.
 
-usage: bench.py [--quick] [--pairs N] [--secs S] [--idle N,N] [--callgrind] [--out FILE]
+usage: bench.py [--quick] [--pairs N] [--secs S] [--idle N,N] [--only GROUPS] [--pgbouncer PATH]
+                [--callgrind] [--perf] [--out FILE]
 """
 import argparse
 import asyncio
@@ -26,6 +29,12 @@ BIN = os.path.join(ROOT, "target", "release", "pgbouncers")
 DIR = os.environ.get("BENCH_DIR", "/tmp/pgbouncers-bench")
 PG_PORT, PGB_PORT, OURS_PORT, HAPROXY_PORT = 15532, 16532, 6532, 7532
 PASSWORD = "benchpw"
+TLS_DIR = f"{DIR}/tls"
+# The PgBouncer binary: Debian's package unless --pgbouncer names another (such as the 1.25
+# that ../shared/bench/build-pgbouncer.sh builds).
+PGBOUNCER = "pgbouncer"
+# Scenario groups, in the order they run; --only picks some of them.
+GROUPS = ("select", "latency", "login", "tls", "idle", "proxy", "workers")
 
 
 def sh(cmd, **kw):
@@ -117,9 +126,10 @@ class Pooler:
 
 
 class PgBouncer(Pooler):
-    """The Debian package; `procs` > 1 runs that many processes with so_reuseport."""
+    """The Debian package (or --pgbouncer); `procs` > 1 runs that many processes with so_reuseport.
+    With `tls`, clients must use TLS, with the certificate from make_certificate()."""
 
-    def __init__(self, procs=1, port=PGB_PORT):
+    def __init__(self, procs=1, port=PGB_PORT, tls=False):
         self.name = "PgBouncer" if procs == 1 else f"PgBouncer x{procs}"
         self.port, self.procs, self.pidfiles = port, procs, []
         for i in range(procs):
@@ -144,10 +154,13 @@ log_connections = 0
 log_disconnections = 0
 ignore_startup_parameters = extra_float_digits
 """)
+                if tls:
+                    f.write(f"client_tls_sslmode = require\nclient_tls_cert_file = {TLS_DIR}/server.crt\n"
+                            f"client_tls_key_file = {TLS_DIR}/server.key\n")
             os.chmod(ini, 0o644)
             if os.geteuid() == 0:
                 shutil.chown(ini, "postgres")
-            subprocess.run(as_postgres(["pgbouncer", "-d", ini]), check=True)
+            subprocess.run(as_postgres([PGBOUNCER, "-d", ini]), check=True)
             self.pidfiles.append(pidfile)
         wait_port(port)
         time.sleep(0.3)
@@ -171,10 +184,10 @@ ignore_startup_parameters = extra_float_digits
 
 
 class Pgbouncers(Pooler):
-    def __init__(self, workers=1, port=OURS_PORT, proxy=False, cmd_prefix=(), cwd=None):
+    def __init__(self, workers=1, port=OURS_PORT, proxy=False, tls=False, cmd_prefix=(), cwd=None):
         self.name = "pgbouncers" if workers == 1 else f"pgbouncers w{workers}"
         self.port = port
-        cfg = f"{DIR}/pgbouncers-{workers}-{int(proxy)}.yaml"
+        cfg = f"{DIR}/pgbouncers-{port}-{workers}-{int(proxy)}{'-tls' if tls else ''}.yaml"
         with open(cfg, "w") as f:
             f.write(f"""listen_addr: 127.0.0.1
 listen_port: {port}
@@ -194,6 +207,9 @@ databases:
 """)
             if proxy:
                 f.write("proxy_protocol: required\nproxy_trusted: [127.0.0.2/32]\n")
+            if tls:
+                f.write(f"client_tls_sslmode: require\nclient_tls_cert_file: {TLS_DIR}/server.crt\n"
+                        f"client_tls_key_file: {TLS_DIR}/server.key\n")
         os.chmod(cfg, 0o644)
         self.log = open(f"{DIR}/pgbouncers.log", "a")
         self.proc = subprocess.Popen(
@@ -216,9 +232,18 @@ databases:
 
 # ---------------------------------------------------------------- measurements
 
-def pgbench(port, args, secs, host="127.0.0.1"):
+def client_env(sslmode=None):
+    """libpq's environment: the password, and PGSSLMODE when a scenario sets one (without it,
+    libpq's default prefer asks for TLS and the poolers without TLS answer no)."""
+    env = dict(os.environ, PGPASSWORD=PASSWORD)
+    if sslmode:
+        env["PGSSLMODE"] = sslmode
+    return env
+
+
+def pgbench(port, args, secs, host="127.0.0.1", sslmode=None):
     cmd = ["pgbench", "-h", host, "-p", str(port), "-U", "bench", "-n", "-T", str(secs)] + args + ["bench"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PGPASSWORD=PASSWORD))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=client_env(sslmode))
     out = r.stdout + r.stderr
     tx = re.search(r"number of transactions actually processed: (\d+)", out)
     tps = re.search(r"tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)", out)
@@ -249,11 +274,11 @@ def postgres_pids():
         return []
 
 
-def measure(pooler, args, secs, port=None):
+def measure(pooler, args, secs, port=None, sslmode=None):
     u0, s0 = cpu_split(pooler.pids())
     h0, pg0, t0 = host_busy(), sum(cpu_split(postgres_pids())), os.times()
     w0 = time.monotonic()
-    r = pgbench(port or pooler.port, args, secs)
+    r = pgbench(port or pooler.port, args, secs, sslmode=sslmode)
     r["host_busy"] = (host_busy() - h0) / (time.monotonic() - w0) / os.cpu_count()
     u1, s1 = cpu_split(pooler.pids())
     h1, pg1, t1 = host_busy(), sum(cpu_split(postgres_pids())), os.times()
@@ -324,6 +349,33 @@ def setup_postgres(quick):
         f.write(f'"bench" "{PASSWORD}"\n')
     os.chmod(f"{DIR}/userlist.txt", 0o644)
     return bindir
+
+
+def make_certificate():
+    """A throwaway CA and a certificate for localhost and 127.0.0.1 that it signs (ECDSA P-256, as
+    tests/tls.rs makes them), in TLS_DIR, readable by the user the poolers run as."""
+    os.makedirs(TLS_DIR, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for cmd in (["req", "-x509"] + ec + ["-keyout", "ca.key", "-out", "ca.crt", "-days", "3", "-subj", "/CN=bench CA"],
+                ["req", "-new"] + ec + ["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+                                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", "server.crt", "-days", "3", "-copy_extensions", "copy"]):
+        sh(["openssl"] + cmd, cwd=TLS_DIR)
+    for f in os.listdir(TLS_DIR):
+        os.chmod(f"{TLS_DIR}/{f}", 0o600 if f.endswith(".key") else 0o644)
+        if os.geteuid() == 0:
+            shutil.chown(f"{TLS_DIR}/{f}", "postgres", "postgres")
+
+
+def tls_session(port):
+    """What psql negotiates with a pooler (sslmode=require): `TLSv1.3 TLS_AES_256_GCM_SHA384`."""
+    r = subprocess.run(["psql", "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-c", "\\conninfo", "bench"],
+                       capture_output=True, text=True, env=client_env("require"))
+    m = re.search(r"SSL connection \(protocol: (\S+), cipher: (\S+),", r.stdout)
+    if not m:
+        raise SystemExit(f"no TLS session with the pooler on {port}:\n{r.stdout}{r.stderr}")
+    return f"{m.group(1)} {m.group(2)}"
 
 
 def stop_postgres(bindir):
@@ -414,6 +466,55 @@ def pairs_of(run, pairs, poolers):
     return results
 
 
+def proxy_scenario(a, report, raw, started):
+    """The PROXY v2 header through HAProxy, against a direct connection to the same pooler."""
+    plain = Pgbouncers()
+    started.append(plain)
+    direct_login = pairs_of(lambda p: measure(p, ["-S", "-C", "-c", "8", "-j", "2"], a.secs), a.pairs, [plain])
+    plain.stop()
+    started.clear()
+    proxied = Pgbouncers(proxy=True)
+    started.append(proxied)
+    hap = Haproxy()
+    try:
+        via = pairs_of(lambda p: measure(p, ["-S", "-C", "-c", "8", "-j", "2"], a.secs, port=HAPROXY_PORT),
+                       a.pairs, [proxied])
+    finally:
+        hap.stop()
+    proxied.stop()
+    started.clear()
+    raw.append(("PROXY v2 via HAProxy", {"direct": direct_login["pgbouncers"], "haproxy": via["pgbouncers"]}))
+    d = med([r["cpu_us_per_tx"] for r in direct_login["pgbouncers"]])
+    v = med([r["cpu_us_per_tx"] for r in via["pgbouncers"]])
+    report.add("login with PROXY v2 header (pgbouncers)", "CPU µs / login", v, d, "lower",
+               note="(ratio: with the header / without)")
+
+
+def workers_scenario(a, report, raw, started):
+    """Two workers against two PgBouncer processes with so_reuseport, and each against its
+    single-process self, all four interleaved."""
+    pgb2, ours2 = PgBouncer(procs=2), Pgbouncers(workers=2)
+    pgb1, ours1 = PgBouncer(port=PGB_PORT + 1), Pgbouncers(port=OURS_PORT + 1)
+    four = [pgb2, ours2, pgb1, ours1]
+    started += four
+    res = pairs_of(lambda p: measure(p, ["-S", "-c", "50", "-j", "2"], a.secs), a.pairs, four)
+    raw.append(("1 and 2 processes: pgbench -S -c 50", res))
+
+    def m(name, key):
+        return med([r[key] for r in res[name]])
+    report.add("2 workers vs 2 PgBouncers (so_reuseport)", "tps", m("pgbouncers w2", "tps"),
+               m("PgBouncer x2", "tps"), "higher", 1.0)
+    report.add("2 workers vs 2 PgBouncers (so_reuseport)", "CPU ms / 1k tx", m("pgbouncers w2", "cpu_ms_per_1k"),
+               m("PgBouncer x2", "cpu_ms_per_1k"), "lower")
+    report.add("pgbouncers 2 workers vs 1 worker", "CPU ms / 1k tx", m("pgbouncers w2", "cpu_ms_per_1k"),
+               m("pgbouncers", "cpu_ms_per_1k"), "lower", 1.0, note="(ratio: 2 workers / 1 worker)")
+    report.add("PgBouncer 2 processes vs 1", "CPU ms / 1k tx", m("PgBouncer x2", "cpu_ms_per_1k"),
+               m("PgBouncer", "cpu_ms_per_1k"), "lower", note="(ratio: 2 processes / 1, for reference)")
+    for p in started:
+        p.stop()
+    started.clear()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a smoke run: short, one pair, few idle clients")
@@ -422,12 +523,28 @@ def main():
     ap.add_argument("--idle", default="2000,10000")
     ap.add_argument("--callgrind", action="store_true", help="instructions per transaction under callgrind")
     ap.add_argument("--perf", action="store_true", help="a system-call profile of each pooler with perf")
+    ap.add_argument("--only", default=",".join(GROUPS),
+                    help=f"run only these scenario groups, comma-separated, of: {','.join(GROUPS)}")
+    ap.add_argument("--pgbouncer", default="pgbouncer",
+                    help="the PgBouncer binary (default: the Debian package's, on PATH)")
     ap.add_argument("--out", default=f"{DIR}/results.md")
     a = ap.parse_args()
     if a.quick:
         a.pairs, a.secs, a.idle = 1, 2, "100"
     idle_counts = [int(x) for x in a.idle.split(",") if x]
+    only = [g for g in a.only.split(",") if g]
+    unknown = [g for g in only if g not in GROUPS]
+    if unknown:
+        ap.error(f"--only: unknown group(s) {','.join(unknown)}; the groups are {','.join(GROUPS)}")
+
+    def want(group):
+        return group in only
+    global PGBOUNCER
+    PGBOUNCER = a.pgbouncer
+    pgbouncer_version = sh([PGBOUNCER, "--version"]).stdout.splitlines()[0]
     bindir = setup_postgres(a.quick)
+    if want("tls"):
+        make_certificate()
     report = Report()
     raw = []
     started = []
@@ -437,8 +554,8 @@ def main():
         started += [pgb, ours]
         both = [pgb, ours]
 
-        def scenario(label, args):
-            res = pairs_of(lambda p: measure(p, args, a.secs), a.pairs, both)
+        def scenario(label, args, poolers=both, sslmode=None):
+            res = pairs_of(lambda p: measure(p, args, a.secs, sslmode=sslmode), a.pairs, poolers)
             raw.append((label, res))
             for name, rs in res.items():
                 failed = sum(r["failed"] for r in rs)
@@ -448,9 +565,14 @@ def main():
             return res
 
         # 1 and 2: throughput and CPU per transaction.
+        plain_select = None
         for label, args in [("pgbench -S -c 50", ["-S", "-c", "50", "-j", "2"]),
                             ("pgbench -S -c 50 -M extended", ["-S", "-c", "50", "-j", "2", "-M", "extended"])]:
+            if not want("select"):
+                break
             res = scenario(label, args)
+            if "extended" not in label:
+                plain_select = res
             report.add(label, "tps", med([r["tps"] for r in res["pgbouncers"]]),
                        med([r["tps"] for r in res["PgBouncer"]]), "higher", 1.15 if "extended" not in label else None)
             report.add(label, "CPU ms / 1k tx", med([r["cpu_ms_per_1k"] for r in res["pgbouncers"]]),
@@ -464,7 +586,7 @@ def main():
             if "extended" not in label:
                 report.notes.append(throughput_bound(res))
 
-        if a.perf:
+        if a.perf and want("select"):
             try:
                 report_perf(report, both, a)
             except (Exception, SystemExit) as e:
@@ -477,21 +599,66 @@ def main():
 
             def pids(self):
                 return []
-        direct = pairs_of(lambda p: measure(p, ["-S", "-c", "1"], a.secs), a.pairs, [Direct()] + both)
-        raw.append(("pgbench -S -c 1", direct))
-        base = med([r["lat_ms"] for r in direct["direct"]])
-        added = {n: med([r["lat_ms"] for r in direct[n]]) - base for n in ("pgbouncers", "PgBouncer")}
-        report.add("pgbench -S -c 1", "added latency µs", added["pgbouncers"] * 1000, added["PgBouncer"] * 1000,
-                   "lower", 1.0, note=f"(direct {base * 1000:.0f} µs)")
+        if want("latency"):
+            direct = pairs_of(lambda p: measure(p, ["-S", "-c", "1"], a.secs), a.pairs, [Direct()] + both)
+            raw.append(("pgbench -S -c 1", direct))
+            base = med([r["lat_ms"] for r in direct["direct"]])
+            added = {n: med([r["lat_ms"] for r in direct[n]]) - base for n in ("pgbouncers", "PgBouncer")}
+            report.add("pgbench -S -c 1", "added latency µs", added["pgbouncers"] * 1000, added["PgBouncer"] * 1000,
+                       "lower", 1.0, note=f"(direct {base * 1000:.0f} µs)")
 
         # 4: SCRAM login storm: a new connection per transaction.
-        res = scenario("pgbench -S -C -c 8", ["-S", "-C", "-c", "8", "-j", "2"])
-        report.add("pgbench -S -C -c 8 (SCRAM logins)", "CPU µs / login",
-                   med([r["cpu_us_per_tx"] for r in res["pgbouncers"]]),
-                   med([r["cpu_us_per_tx"] for r in res["PgBouncer"]]), "lower", 0.1)
+        plain_login = None
+        if want("login"):
+            plain_login = scenario("pgbench -S -C -c 8", ["-S", "-C", "-c", "8", "-j", "2"])
+            report.add("pgbench -S -C -c 8 (SCRAM logins)", "CPU µs / login",
+                       med([r["cpu_us_per_tx"] for r in plain_login["pgbouncers"]]),
+                       med([r["cpu_us_per_tx"] for r in plain_login["PgBouncer"]]), "lower", 0.1)
+
+        # 4b: the same over TLS (client_tls_sslmode = require on both, pgbench with sslmode=require),
+        # against a second pair of poolers with the same certificate: throughput, then a login storm
+        # where every connection makes a full TLS handshake (libpq resumes no sessions) and SCRAM.
+        if want("tls"):
+            tls_pair = [PgBouncer(port=PGB_PORT + 2, tls=True), Pgbouncers(port=OURS_PORT + 2, tls=True)]
+            started += tls_pair
+            sessions = {p.name: tls_session(p.port) for p in tls_pair}
+            label = "TLS: pgbench -S -c 50"
+            res = scenario(label, ["-S", "-c", "50", "-j", "2"], tls_pair, "require")
+            report.add(label, "tps", med([r["tps"] for r in res["pgbouncers"]]),
+                       med([r["tps"] for r in res["PgBouncer"]]), "higher")
+            for key, metric in (("cpu_ms_per_1k", "CPU ms / 1k tx"), ("user_us_per_tx", "user CPU µs / tx"),
+                                ("sys_us_per_tx", "kernel CPU µs / tx"), ("host_us_per_tx", "whole host CPU µs / tx")):
+                report.add(label, metric, med([r[key] for r in res["pgbouncers"]]),
+                           med([r[key] for r in res["PgBouncer"]]), "lower")
+            if plain_select:
+                # What TLS adds to a transaction: the pooler's CPU per transaction with TLS minus without.
+                d = {n: med([r["cpu_us_per_tx"] for r in res[n]]) - med([r["cpu_us_per_tx"] for r in plain_select[n]])
+                     for n in ("pgbouncers", "PgBouncer")}
+                report.add("TLS share of a transaction (TLS − plain, -S -c 50)", "CPU µs / tx", d["pgbouncers"],
+                           d["PgBouncer"], "lower", note="(a difference of two medians: noisy)")
+            label = "TLS: pgbench -S -C -c 8"
+            res = scenario(label, ["-S", "-C", "-c", "8", "-j", "2"], tls_pair, "require")
+            tls_login = {n: med([r["cpu_us_per_tx"] for r in res[n]]) for n in ("pgbouncers", "PgBouncer")}
+            report.add(f"{label} (TLS + SCRAM logins)", "CPU µs / login", tls_login["pgbouncers"],
+                       tls_login["PgBouncer"], "lower")
+            if plain_login:
+                # What TLS adds to a login: the same storm's CPU with and without TLS, per pooler.
+                plain = {n: med([r["cpu_us_per_tx"] for r in plain_login[n]]) for n in ("pgbouncers", "PgBouncer")}
+                report.add("TLS share of a login (TLS − plain, -S -C -c 8)", "CPU µs / login",
+                           tls_login["pgbouncers"] - plain["pgbouncers"], tls_login["PgBouncer"] - plain["PgBouncer"],
+                           "lower", note="(a difference of two medians: noisy)")
+            report.notes.append(
+                "TLS scenarios: both poolers with client_tls_sslmode = require and the same ECDSA P-256 certificate, "
+                "pgbench with sslmode=require; psql negotiated "
+                + ", ".join(f"{n}: {v}" for n, v in sessions.items())
+                + ". libpq's default channel_binding=prefer uses SCRAM-SHA-256-PLUS where the pooler offers it "
+                "(pgbouncers does; PgBouncer does not).")
+            for p in tls_pair:
+                p.stop()
+                started.remove(p)
 
         # 5: memory per idle client.
-        for n in idle_counts:
+        for n in idle_counts if want("idle") else []:
             mem = {p.name: idle_memory(p, n) for p in both}
             raw.append((f"{n} idle clients", mem))
             report.add(f"{n} idle clients", "bytes / client", mem["pgbouncers"]["bytes_per_client"],
@@ -501,50 +668,14 @@ def main():
         for p in started:
             p.stop()
         started.clear()
-        plain = Pgbouncers()
-        started.append(plain)
-        direct_login = pairs_of(lambda p: measure(p, ["-S", "-C", "-c", "8", "-j", "2"], a.secs), a.pairs, [plain])
-        plain.stop()
-        started.clear()
-        proxied = Pgbouncers(proxy=True)
-        started.append(proxied)
-        hap = Haproxy()
-        try:
-            via = pairs_of(lambda p: measure(p, ["-S", "-C", "-c", "8", "-j", "2"], a.secs, port=HAPROXY_PORT),
-                           a.pairs, [proxied])
-        finally:
-            hap.stop()
-        proxied.stop()
-        started.clear()
-        raw.append(("PROXY v2 via HAProxy", {"direct": direct_login["pgbouncers"], "haproxy": via["pgbouncers"]}))
-        d = med([r["cpu_us_per_tx"] for r in direct_login["pgbouncers"]])
-        v = med([r["cpu_us_per_tx"] for r in via["pgbouncers"]])
-        report.add("login with PROXY v2 header (pgbouncers)", "CPU µs / login", v, d, "lower",
-                   note="(ratio: with the header / without)")
+        if want("proxy"):
+            proxy_scenario(a, report, raw, started)
 
         # 6: two workers against two PgBouncer processes with so_reuseport, and each against
         # its single-process self, all four interleaved: this VM's speed drifts within a
         # sitting, so 1 and 2 processes must be measured side by side too.
-        pgb2, ours2 = PgBouncer(procs=2), Pgbouncers(workers=2)
-        pgb1, ours1 = PgBouncer(port=PGB_PORT + 1), Pgbouncers(port=OURS_PORT + 1)
-        four = [pgb2, ours2, pgb1, ours1]
-        started += four
-        res = pairs_of(lambda p: measure(p, ["-S", "-c", "50", "-j", "2"], a.secs), a.pairs, four)
-        raw.append(("1 and 2 processes: pgbench -S -c 50", res))
-
-        def m(name, key):
-            return med([r[key] for r in res[name]])
-        report.add("2 workers vs 2 PgBouncers (so_reuseport)", "tps", m("pgbouncers w2", "tps"),
-                   m("PgBouncer x2", "tps"), "higher", 1.0)
-        report.add("2 workers vs 2 PgBouncers (so_reuseport)", "CPU ms / 1k tx", m("pgbouncers w2", "cpu_ms_per_1k"),
-                   m("PgBouncer x2", "cpu_ms_per_1k"), "lower")
-        report.add("pgbouncers 2 workers vs 1 worker", "CPU ms / 1k tx", m("pgbouncers w2", "cpu_ms_per_1k"),
-                   m("pgbouncers", "cpu_ms_per_1k"), "lower", 1.0, note="(ratio: 2 workers / 1 worker)")
-        report.add("PgBouncer 2 processes vs 1", "CPU ms / 1k tx", m("PgBouncer x2", "cpu_ms_per_1k"),
-                   m("PgBouncer", "cpu_ms_per_1k"), "lower", note="(ratio: 2 processes / 1, for reference)")
-        for p in started:
-            p.stop()
-        started.clear()
+        if want("workers"):
+            workers_scenario(a, report, raw, started)
 
         if a.callgrind:
             # Instruction counts are extra: a failure here must not lose the table above.
@@ -559,7 +690,7 @@ def main():
         stop_postgres(bindir)
 
     machine = (f"{os.cpu_count()} CPUs, kernel {os.uname().release}, "
-               f"{time.strftime('%Y-%m-%d %H:%M %Z')}, pairs={a.pairs}, {a.secs}s runs")
+               f"{time.strftime('%Y-%m-%d %H:%M %Z')}, pairs={a.pairs}, {a.secs}s runs, {pgbouncer_version}")
     text = f"Machine: {machine}\n\n{report.markdown()}\n"
     print(text)
     with open(a.out, "w") as f:

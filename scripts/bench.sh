@@ -2,8 +2,13 @@
 # Benchmarks pgbouncers side by side with PgBouncer on this machine (see scripts/bench.py).
 #
 # Usage: scripts/bench.sh [--quick] [--pairs N] [--secs S] [--idle 2000,10000] [--callgrind] [--perf]
-# Installs what is missing (PostgreSQL, PgBouncer, HAProxy, asyncpg), builds the release
+#                        [--only select,latency,login,tls,idle,proxy,workers] [--pgbouncer PATH]
+# Installs what is missing (PostgreSQL, PgBouncer, HAProxy, asyncpg, openssl), builds the release
 # binary, then runs every scenario interleaved and prints a table of medians and ratios.
+# The TLS scenarios (pgbench -S -c 50 and a pgbench -C login storm, sslmode=require) give both
+# poolers one throwaway certificate and client_tls_sslmode = require. --only runs some scenario
+# groups; --pgbouncer PATH compares against another PgBouncer binary than Debian's 1.18, such as
+# the 1.25 that ../shared/bench/build-pgbouncer.sh builds (with OpenSSL, so TLS works too).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,6 +21,7 @@ if ! python3 -c 'import asyncpg' 2>/dev/null; then
         python3 -m pip install -q --disable-pip-version-check --break-system-packages asyncpg ||
         die "pip install asyncpg failed"
 fi
+have openssl || apt_install openssl
 if [[ " $* " == *" --callgrind "* ]] && ! have valgrind; then apt_install valgrind; fi
 if [[ " $* " == *" --perf "* ]] && ! have perf; then apt_install linux-perf; fi
 cargo build --release --quiet
