@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pgbouncers_fuzz::{check_server_model, chunk_sizes, drive_server, expect_from, ServerStart};
-use pgbouncers_worker::relay::TxState;
+use pgbouncers_worker::relay::{TxState, TxStatus};
 
 fuzz_target!(|data: &[u8]| {
     // flags, chunking seed, ReadyForQuery messages owed, queue length, queue, then the stream.
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         tx: TxState {
             expected: u32::from(*expected % 8),
             unsynced: flags & 0x40 != 0,
-            status: [b'I', b'T', b'E'][usize::from((flags >> 4) & 3) % 3],
+            status: TxStatus::from_byte([b'I', b'T', b'E'][usize::from((flags >> 4) & 3) % 3]),
         },
     };
     let whole = drive_server(input, &[input.len()], &start);

@@ -347,7 +347,7 @@ fn check_forwarded(tag: u8, body: &[u8], total: usize, whole: bool, named: Named
 pub enum ServerEvent {
     Ready {
         at: usize,
-        status: u8,
+        status: pgbouncers_worker::relay::TxStatus,
     },
     Parameter {
         at: usize,

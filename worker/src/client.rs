@@ -921,7 +921,7 @@ impl Worker {
             write::parameter_status(out, k, &v);
         }
         write::backend_key_data(out, pid, secret);
-        write::ready_for_query(out, b'I');
+        write::ready_for_query(out, crate::relay::TxStatus::Idle);
         let key = (pid as u64) << 32 | secret as u64;
         c.cancel_key = key;
         c.state = CState::Idle;

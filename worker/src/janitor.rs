@@ -2,6 +2,7 @@
 
 use crate::client::{CState, Close};
 use crate::config::PoolMode;
+use crate::relay::TxStatus;
 use crate::server::SState;
 use crate::wire::fields::ErrorFields;
 use crate::wire::sqlstate;
@@ -63,7 +64,7 @@ impl Worker {
                                 if expired(c.request_time, cfg.query_timeout, now) {
                                     actions.push(Action::Client(t, "query_timeout"));
                                 }
-                            } else if c.tx.status != b'I' {
+                            } else if c.tx.status != TxStatus::Idle {
                                 if expired(c.since, cfg.idle_transaction_timeout, now) {
                                     actions.push(Action::Client(t, "idle transaction timeout"));
                                 }

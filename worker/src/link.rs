@@ -4,6 +4,7 @@ use crate::client::{CState, Close};
 use crate::config::PoolMode;
 use crate::params;
 use crate::pool::PoolId;
+use crate::relay::TxStatus;
 use crate::relay::{self, FromClient, FromServer, Named, Scan, TxState};
 use crate::server::SState;
 use crate::stream::{self, Filled};
@@ -227,7 +228,7 @@ impl Worker {
                 );
                 if was_idle && c.tx.in_request() {
                     c.request_time = self.now;
-                    if c.tx.status == b'I' {
+                    if c.tx.status == TxStatus::Idle {
                         c.xact_start = self.now;
                     }
                 }
@@ -343,7 +344,7 @@ impl Worker {
                         st.query_count += 1;
                         st.query_time_us += micros(self.now, c.request_time);
                         c.request_time = self.now;
-                        if c.tx.status == b'I' {
+                        if c.tx.status == TxStatus::Idle {
                             st.xact_count += 1;
                             st.xact_time_us += micros(self.now, c.xact_start);
                         }
@@ -355,7 +356,9 @@ impl Worker {
                             progress = true;
                             break;
                         }
-                        if mode == PoolMode::Statement && c.tx.expected == 0 && c.tx.status != b'I'
+                        if mode == PoolMode::Statement
+                            && c.tx.expected == 0
+                            && c.tx.status != TxStatus::Idle
                         {
                             let msg = "transaction blocks not allowed in statement pooling mode";
                             // The server's answer opens a transaction the client may not

@@ -6,6 +6,7 @@
 //! in the buffer. Only the headers (and a few small bodies) are looked at; bodies stream.
 
 use crate::wire::frame::{self, FrameError};
+pub use crate::wire::TxStatus;
 
 /// Where a client's conversation with its server stands (transaction bookkeeping).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -14,8 +15,8 @@ pub struct TxState {
     pub expected: u32,
     /// Extended-protocol messages were sent since the last Sync.
     pub unsynced: bool,
-    /// Status of the last ReadyForQuery: `I`, `T` or `E`.
-    pub status: u8,
+    /// Status of the last ReadyForQuery.
+    pub status: TxStatus,
 }
 
 impl TxState {
@@ -23,13 +24,13 @@ impl TxState {
         TxState {
             expected: 0,
             unsynced: false,
-            status: b'I',
+            status: TxStatus::Idle,
         }
     }
 
     /// Nothing is in flight and no transaction is open: the server may be released.
     pub fn is_idle(&self) -> bool {
-        self.expected == 0 && !self.unsynced && self.status == b'I'
+        self.expected == 0 && !self.unsynced && self.status == TxStatus::Idle
     }
 
     /// The client is waiting for an answer.
@@ -438,7 +439,7 @@ pub fn from_server<'a>(
                     return FromServer::NeedMore;
                 };
                 tx.expected = tx.expected.saturating_sub(1);
-                tx.status = status;
+                tx.status = TxStatus::from_byte(status);
                 scan.pass(h.total, buf.len());
                 return FromServer::ReadyForQuery;
             }
@@ -633,7 +634,7 @@ mod tests {
             from_server(&buf, &mut scan, &mut tx, 0, None),
             FromServer::ReadyForQuery
         );
-        assert_eq!(tx.status, b'E');
+        assert_eq!(tx.status, TxStatus::Failed);
         assert!(!tx.is_idle());
     }
 

@@ -87,7 +87,7 @@ impl Worker {
             write::parameter_status(out, k, v);
         }
         write::backend_key_data(out, 0, 0);
-        write::ready_for_query(out, b'I');
+        write::ready_for_query(out, crate::relay::TxStatus::Idle);
         c.state = CState::Idle;
         c.since = self.now;
         if self.cfg.log_connections {
@@ -178,7 +178,7 @@ impl Worker {
         }
         let out = c.io.wbuf.vec(&mut self.bufs);
         write::error_response(out, Severity::Error, code, msg);
-        write::ready_for_query(out, b'I');
+        write::ready_for_query(out, crate::relay::TxStatus::Idle);
     }
 
     /// A command tag and ReadyForQuery.
@@ -188,7 +188,7 @@ impl Worker {
         };
         let out = c.io.wbuf.vec(&mut self.bufs);
         write::command_complete(out, tag);
-        write::ready_for_query(out, b'I');
+        write::ready_for_query(out, crate::relay::TxStatus::Idle);
     }
 
     fn console_query(&mut self, ct: usize, text: &str) {

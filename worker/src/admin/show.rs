@@ -55,7 +55,7 @@ impl Table {
             write::data_row(out, r.iter().map(|v| v.as_deref()));
         }
         write::command_complete(out, "SHOW");
-        write::ready_for_query(out, b'I');
+        write::ready_for_query(out, crate::relay::TxStatus::Idle);
     }
 }
 
@@ -167,7 +167,7 @@ impl Worker {
                       \tKILL_CLIENT <client_id>\n\tSHUTDOWN\n\tWAIT_CLOSE [<db>]";
         notice(out, "Console usage", detail);
         write::command_complete(out, "SHOW");
-        write::ready_for_query(out, b'I');
+        write::ready_for_query(out, crate::relay::TxStatus::Idle);
     }
 
     fn show_config(&self) -> Table {

@@ -15,6 +15,39 @@ pub const CANCEL_REQUEST_CODE: u32 = 80_877_102;
 /// PostgreSQL's own limit on a startup packet (MAX_STARTUP_PACKET_LENGTH).
 pub const MAX_STARTUP_LEN: usize = 10_000;
 
+/// A ReadyForQuery's transaction status.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// `I`: no transaction is open.
+    #[default]
+    Idle,
+    /// `T`: inside a transaction block.
+    InTransaction,
+    /// `E`: inside a failed transaction block.
+    Failed,
+}
+
+impl TxStatus {
+    /// The status byte as PostgreSQL sends it. Anything but `I`, `T` and `E` is none of
+    /// PostgreSQL's; it reads as a failed transaction, which keeps a pooled server from
+    /// being released in a state nobody understands.
+    pub fn from_byte(b: u8) -> TxStatus {
+        match b {
+            b'I' => TxStatus::Idle,
+            b'T' => TxStatus::InTransaction,
+            _ => TxStatus::Failed,
+        }
+    }
+
+    pub fn as_byte(self) -> u8 {
+        match self {
+            TxStatus::Idle => b'I',
+            TxStatus::InTransaction => b'T',
+            TxStatus::Failed => b'E',
+        }
+    }
+}
+
 /// SQLSTATE codes the pooler itself reports.
 pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";

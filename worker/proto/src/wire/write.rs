@@ -75,8 +75,8 @@ pub fn backend_key_data(out: &mut Vec<u8>, pid: u32, key: u32) {
     finish(out, at);
 }
 
-pub fn ready_for_query(out: &mut Vec<u8>, status: u8) {
-    out.extend_from_slice(&[b'Z', 0, 0, 0, 5, status]);
+pub fn ready_for_query(out: &mut Vec<u8>, status: super::TxStatus) {
+    out.extend_from_slice(&[b'Z', 0, 0, 0, 5, status.as_byte()]);
 }
 
 /// NegotiateProtocolVersion: the newest minor we support and the options we did not know.
