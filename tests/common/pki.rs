@@ -75,6 +75,11 @@ impl Pki {
 
     /// `NAME.crt` and `NAME.key` for DNS:localhost and IP:127.0.0.1, signed by CA `ca`.
     pub fn leaf(&self, ca: &str, name: &str) -> (PathBuf, PathBuf) {
+        self.leaf_with_cn(ca, name, "localhost")
+    }
+
+    /// Like [`Pki::leaf`], with subject CN `cn` (a client certificate for user `cn`).
+    pub fn leaf_with_cn(&self, ca: &str, name: &str, cn: &str) -> (PathBuf, PathBuf) {
         self.openssl(&[
             "req",
             "-new",
@@ -88,7 +93,7 @@ impl Pki {
             "-out",
             &format!("{name}.csr"),
             "-subj",
-            "/CN=localhost",
+            &format!("/CN={cn}"),
             "-addext",
             "subjectAltName=DNS:localhost,IP:127.0.0.1",
             "-addext",
