@@ -183,9 +183,21 @@ databases:
 
 /// A raw TLS session to the pooler: SSLRequest, `S`, then rustls with `alpn` offered.
 fn tls_connect(port: u16, ca: &Path, alpn: &[&[u8]]) -> Result<TlsStream, String> {
+    tls_connect_after(port, &[], ca, alpn)
+}
+
+/// [`tls_connect`] with `prefix` (a PROXY header) sent first, in cleartext.
+fn tls_connect_after(
+    port: u16,
+    prefix: &[u8],
+    ca: &Path,
+    alpn: &[&[u8]],
+) -> Result<TlsStream, String> {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(secs(10))).unwrap();
-    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+    let mut opening = prefix.to_vec();
+    opening.extend([0, 0, 0, 8, 4, 210, 22, 47]);
+    tcp.write_all(&opening).unwrap();
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).map_err(|e| e.to_string())?;
     if answer[0] != b'S' {
@@ -806,4 +818,33 @@ fn expired_certificates_are_refused_on_both_sides() {
         "{}",
         p.log()
     );
+}
+
+#[test]
+fn tls_follows_a_proxy_header_with_proxy_protocol_optional_and_required() {
+    let pki = pki();
+    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
+    let ca = pki.path("ca.crt");
+    // PROXY v1, then SSLRequest, then TLS: the order HAProxy sends. The source port
+    // 40001 is the header's, not the socket's.
+    let header = b"PROXY TCP4 127.0.0.1 127.0.0.1 40001 6432\r\n";
+    for mode in ["optional", "required"] {
+        let p = tls_pooler(
+            "require",
+            &cert,
+            &key,
+            &format!("proxy_protocol: {mode}\nproxy_trusted: [127.0.0.1/32]"),
+        );
+        let mut s = tls_connect_after(p.port(), header, &ca, &[]).unwrap();
+        login_over(&mut s).unwrap();
+        assert_eq!(select_one(&mut s), "1");
+        assert!(
+            p.log().contains("@127.0.0.1:40001") && p.log().contains("tls=TLSv1.3/"),
+            "{mode}: {}",
+            p.log()
+        );
+        // With optional, a trusted peer may also come without a header.
+        let direct = tls_connect(p.port(), &ca, &[]);
+        assert_eq!(direct.is_ok(), mode == "optional", "{mode}");
+    }
 }
