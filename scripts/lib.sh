@@ -118,6 +118,8 @@ need_test_pkgs() {
         started_bouncer=1
     fi
     if ! have python3; then pkgs+=(python3); fi
+    # The TLS tests make their throwaway CA and certificates with it.
+    if ! have openssl; then pkgs+=(openssl); fi
     if ! have setpriv && ! have runuser; then pkgs+=(util-linux); fi
     if [ "${#pkgs[@]}" -eq 0 ]; then
         return 0
@@ -129,6 +131,7 @@ need_test_pkgs() {
     have_prog haproxy || die "haproxy still missing after installing"
     have_prog pgbouncer || die "pgbouncer still missing after installing"
     have python3 || die "python3 still missing after installing"
+    have openssl || die "openssl still missing after installing"
 }
 
 # ---- client drivers (tests/clients.rs) ------------------------------------------
