@@ -8,7 +8,8 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(
     name = "pgbouncers",
-    version,
+    // The first line of -V names the PgBouncer whose behaviour this release follows.
+    version = concat!(env!("CARGO_PKG_VERSION"), " (PgBouncer 1.25 compatible)"),
     about = "A multi-process, PROXY-protocol-aware PostgreSQL connection pooler"
 )]
 struct Args {
@@ -36,10 +37,29 @@ struct Args {
     /// More log output; repeat for more.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Never log to stderr (PgBouncer's -q, for init scripts); a logfile still gets it all.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Run the workers as this OS user; overrides `user` in the file.
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    user: Option<String>,
+    /// PgBouncer's online restart: refused, see the message.
+    #[arg(short = 'R', long = "reboot", hide = true)]
+    reboot: bool,
 }
 
 fn main() {
     let args = Args::parse();
+    if args.reboot {
+        eprintln!(
+            "pgbouncers: -R/--reboot (PgBouncer's online restart through the Unix socket) is not \
+             supported: pgbouncers' own online upgrade, which hands listening sockets and \
+             connections to a new binary, is planned; until then restart with SIGTERM (which \
+             lets transactions finish) or run the new version beside the old one on the same \
+             port (SO_REUSEPORT) and stop the old one"
+        );
+        std::process::exit(1);
+    }
     if let Some(path) = &args.convert {
         // The same reading as a start or a reload: what is printed is what would run.
         match Config::read_file(path) {
@@ -111,6 +131,9 @@ fn main() {
     } else if args.daemon {
         eprintln!("pgbouncers: --daemon without a logfile: log output is discarded");
     }
+    if args.quiet {
+        pgbouncers_worker::logfile::quiet();
+    }
     logger.init();
     if args.daemon {
         if let Err(e) = pgbouncers_supervisor::daemon::daemonize() {
@@ -130,6 +153,7 @@ fn main() {
     let opts = pgbouncers_supervisor::Options {
         config_path: path,
         workers: args.workers.map(usize::from),
+        user: args.user,
     };
     let code = pgbouncers_supervisor::run(opts, cfg);
     drop(_pidfile);

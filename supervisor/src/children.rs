@@ -185,7 +185,8 @@ impl Supervisor {
     /// The child side of a fork: becomes worker `n` and runs its loop.
     fn worker_main(&mut self, n: usize, ctl: OwnedFd) -> i32 {
         // Changing credentials clears the parent-death signal, so drop root first.
-        if let Err(e) = crate::daemon::drop_privileges(self.cfg.user.as_deref()) {
+        let user = self.opts.user.as_deref().or(self.cfg.user.as_deref());
+        if let Err(e) = crate::daemon::drop_privileges(user) {
             log::error!("worker {n}: {e}");
             return EXIT_NO_RESPAWN;
         }

@@ -36,6 +36,8 @@ const SIGNALS_TOKEN: usize = usize::MAX;
 pub struct Options {
     pub config_path: PathBuf,
     pub workers: Option<usize>,
+    /// `-u USER`: the workers' OS user, over the file's `user`.
+    pub user: Option<String>,
 }
 
 struct Supervisor {

@@ -18,6 +18,14 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// `-q`: nothing goes to stderr; lines with no logfile to go to are dropped.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops logging to stderr for good (PgBouncer's `-q`); a logfile is still written.
+pub fn quiet() {
+    QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Opens `path` for appending and returns the writer to give the logger.
 pub fn open(path: &str) -> io::Result<LogWriter> {
     let file = open_append(Path::new(path))?;
@@ -82,6 +90,7 @@ impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match lock().as_mut() {
             Some((_, file)) => file.write(buf),
+            None if QUIET.load(std::sync::atomic::Ordering::Relaxed) => Ok(buf.len()),
             None => io::stderr().write(buf),
         }
     }
