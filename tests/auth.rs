@@ -934,3 +934,80 @@ fn client_supplied_text_cannot_forge_log_lines() {
         "a raw carriage return in the log:\n{log:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Unknown databases after authentication (issue 15, item 1)
+// ---------------------------------------------------------------------------
+
+/// PgBouncer checks the password before it says "no such database", so a client that
+/// cannot log in learns nothing about which databases exist: the method offered and a
+/// failed login are the same for an unknown database as for a known one, for a known
+/// and an unknown user alike. Only a client that authenticates hears the database is
+/// unknown, with PgBouncer's words and SQLSTATE (08P01), and no AuthenticationOk first.
+#[test]
+fn unknown_database_is_told_only_after_authentication() {
+    const NO_DB: &str = "nosuchdb";
+    let no_db_message = format!("no such database: {NO_DB}");
+    for auth_type in ["trust", "plain", "md5", "scram-sha-256"] {
+        let yaml = config(auth_type, true, "", &db_line("app", "user: trust_user"));
+        let pooler = start(&yaml, &[userlist_entry(APP_USER, APP_PASSWORD)], &[]);
+        // Under trust a known user is authenticated at once, so hears it straight away.
+        let users: &[&str] = if auth_type == "trust" {
+            &[NOBODY]
+        } else {
+            &[APP_USER, NOBODY]
+        };
+        for &user in users {
+            assert_eq!(
+                first_auth_request(&pooler, user, NO_DB),
+                first_auth_request(&pooler, user, "app"),
+                "{auth_type}, {user}: the first answer tells the databases apart"
+            );
+        }
+        if auth_type != "trust" {
+            for db in ["app", NO_DB] {
+                assert_login_fails(
+                    pooler.try_connect(APP_USER, "not-the-password", db),
+                    &SqlState::INVALID_PASSWORD,
+                    &auth_failed_message(APP_USER),
+                    &format!("{auth_type}, wrong password to {db}"),
+                );
+            }
+        }
+        for db in ["app", NO_DB] {
+            assert_login_fails(
+                pooler.try_connect(NOBODY, APP_PASSWORD, db),
+                &SqlState::INVALID_PASSWORD,
+                &auth_failed_message(NOBODY),
+                &format!("{auth_type}, unknown user to {db}"),
+            );
+        }
+        assert_login_fails(
+            pooler.try_connect(APP_USER, APP_PASSWORD, NO_DB),
+            &SqlState::PROTOCOL_VIOLATION,
+            &no_db_message,
+            &format!("{auth_type}, right password to {NO_DB}"),
+        );
+        let mut c = pooler.connect(APP_USER, APP_PASSWORD, "app");
+        assert_eq!(current_user(&mut c), TRUST_USER, "{auth_type}");
+    }
+
+    // On the wire (cleartext, to read it simply): the password request, then the error
+    // and the close; no AuthenticationOk for a login that cannot go on.
+    let yaml = config("plain", true, "", &db_line("app", ""));
+    let pooler = start(&yaml, &[userlist_entry(APP_USER, APP_PASSWORD)], &[]);
+    let mut s = common::wire::connect(pooler.port());
+    s.write_all(&startup_packet(APP_USER, NO_DB)).unwrap();
+    let Message { tag, body } = read_next(&mut s).expect("the password request");
+    assert_eq!((tag, &body[..4]), (b'R', &AUTH_CLEARTEXT.to_be_bytes()[..]));
+    s.write_all(&message(b'p', &common::wire::cstr(APP_PASSWORD)))
+        .unwrap();
+    let fields = common::wire::read_error(&mut s);
+    assert_eq!(
+        (fields.severity(), fields.code(), fields.message()),
+        ("FATAL", "08P01", no_db_message.as_str()),
+        "{:?}",
+        fields.0
+    );
+    common::wire::assert_closed(&mut s);
+}

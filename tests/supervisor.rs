@@ -474,7 +474,7 @@ fn reload_applies_databases_and_users_without_dropping_sessions() {
     let err = pooler.try_connect(APP_USER, APP_PASSWORD, "app2").err();
     assert_eq!(
         err.as_ref().and_then(sqlstate),
-        Some("3D000"),
+        Some("08P01"),
         "app2 before reload: {err:?}"
     );
     let err = pooler.try_connect(NEW_USER, NEW_USER, APP_DB).err();

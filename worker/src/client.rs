@@ -587,14 +587,6 @@ impl Worker {
                     Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "not allowed".into()),
                 );
             }
-        } else if self.cfg.database(&db).is_none() {
-            return self.close_client(
-                ct,
-                Close::Fatal(
-                    sqlstate::INVALID_CATALOG_NAME,
-                    format!("no such database: {db}"),
-                ),
-            );
         } else if self.holds.is_disabled(&db) {
             // PostgreSQL's code for a database that does not allow connections.
             return self.close_client(
@@ -838,17 +830,20 @@ impl Worker {
         if c.admin.is_some() {
             return self.console_welcome(ct);
         }
-        write::auth_ok(c.io.wbuf.vec(&mut self.bufs));
         let (db, user) = (c.db.to_string(), c.user.to_string());
+        // An unknown database is told only now, after the password, as PgBouncer does:
+        // before it, a client that cannot log in would learn which databases exist. Its
+        // words and SQLSTATE (08P01) are PgBouncer's, with no AuthenticationOk first.
         let pool = match self.pool_for(&db, &user) {
             Ok(p) => p,
             Err(msg) => {
-                return self.close_client(ct, Close::Fatal(sqlstate::INVALID_CATALOG_NAME, msg))
+                return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg))
             }
         };
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
+        write::auth_ok(c.io.wbuf.vec(&mut self.bufs));
         c.pool = Some(pool);
         if self.cfg.log_connections {
             let via = match (c.via, c.peer) {
