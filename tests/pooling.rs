@@ -1505,12 +1505,42 @@ async fn statement_mode_refuses_transaction_blocks() {
                 pooler.log()
             )
         });
-    assert_eq!(error.code(), "0A000", "{error:?}");
+    // PgBouncer's words and SQLSTATE (08P01, which PostgREST, for one, looks for), then
+    // the close.
+    assert_eq!(error.code(), "08P01", "{error:?}");
     assert_eq!(
         error.message(),
         "transaction blocks not allowed in statement pooling mode"
     );
     assert_eq!(error.severity(), "FATAL");
+
+    // A whole transaction block sent at once is refused too: PgBouncer closes at the
+    // first ReadyForQuery inside a transaction, not only at one that ends the pipeline.
+    let mut raw = Raw::connect(pooler.port(), &[("user", APP_USER), ("database", APP_DB)]);
+    let mut pipeline = query_msg("BEGIN");
+    pipeline.extend(query_msg("SELECT 1"));
+    pipeline.extend(query_msg("COMMIT"));
+    raw.send(&pipeline);
+    let got = raw.until_eof();
+    let kinds: String = got.iter().map(|(t, _)| *t as char).collect();
+    let error = got
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .map(|(_, body)| Fields::parse(body))
+        .unwrap_or_else(|| panic!("pipelined BEGIN: no ErrorResponse; got {kinds:?}"));
+    assert_eq!(
+        (error.severity(), error.code(), error.message()),
+        (
+            "FATAL",
+            "08P01",
+            "transaction blocks not allowed in statement pooling mode"
+        ),
+        "pipelined BEGIN, got {kinds:?}"
+    );
+    assert!(
+        !got.iter().any(|(t, body)| *t == b'Z' && body[..] == [b'I']),
+        "the pipelined transaction block ran to its end: {kinds:?}"
+    );
 
     let c = pooler.connect_async(APP_USER, "", APP_DB).await.unwrap();
     c.simple_query("SELECT 1").await.unwrap();
@@ -1518,7 +1548,7 @@ async fn statement_mode_refuses_transaction_blocks() {
         .simple_query("BEGIN")
         .await
         .expect_err("BEGIN in statement mode");
-    assert_eq!(tokio_code(&e), Some("0A000"), "{e:?}");
+    assert_eq!(tokio_code(&e), Some("08P01"), "{e:?}");
     assert_eq!(
         e.as_db_error().map(|d| d.message()),
         Some("transaction blocks not allowed in statement pooling mode")

@@ -356,10 +356,10 @@ impl Worker {
                             progress = true;
                             break;
                         }
-                        if mode == PoolMode::Statement
-                            && c.tx.expected == 0
-                            && c.tx.status != TxStatus::Idle
-                        {
+                        // PgBouncer's rule: any ReadyForQuery inside a transaction, even
+                        // one in the middle of a pipeline, closes the client, with its
+                        // words and SQLSTATE (08P01).
+                        if mode == PoolMode::Statement && c.tx.status != TxStatus::Idle {
                             let msg = "transaction blocks not allowed in statement pooling mode";
                             // The server's answer opens a transaction the client may not
                             // have: drop it, tell the client why, and let the server go.
@@ -368,7 +368,7 @@ impl Worker {
                             s.close_needed = true;
                             return self.close_client(
                                 ct,
-                                Close::Fatal(sqlstate::FEATURE_NOT_SUPPORTED, msg.into()),
+                                Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg.into()),
                             );
                         }
                     }
