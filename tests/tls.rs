@@ -2,14 +2,19 @@
 
 mod common;
 
-use common::tools::{psql_command, run_cmd, userlist_entry, wait_until};
-use common::wire::{self, Message};
+use common::pki::Pki;
+use common::tls::{
+    assert_refused, client_tls, hba_pooler, login_after, login_over, psql_tls, psql_tls_command,
+    select_one, tls_connect, tls_connect_after, tls_direct, ADMIN, SSL_REQUEST,
+};
+use common::tools::{run_cmd, userlist_entry, wait_until};
+use common::wire;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 /// trust_user may log in with or without TLS; everyone else needs TLS and a password.
 const HBA: &str = "\
@@ -18,265 +23,80 @@ hostssl all all 127.0.0.1/32 scram-sha-256
 host all all 127.0.0.1/32 reject
 ";
 
-/// A throwaway PKI made with the openssl command line: CAs and certificates they sign.
-struct Pki {
-    dir: TestDir,
+/// Who is in the poolers' auth files besides [`ADMIN`].
+const USERS: &[(&str, &str)] = &[(APP_USER, APP_PASSWORD), (TRUST_USER, "")];
+
+/// A pooler with client TLS in `mode`, the server certificate `cert` and `key`,
+/// [`HBA`] (unless `extra` names an auth_type) and the settings `extra`.
+fn tls_pooler(mode: &str, cert: &Path, key: &Path, extra: &str) -> Pooler {
+    hba_pooler(
+        USERS,
+        HBA,
+        &format!("{}{extra}", client_tls(mode, cert, key)),
+        &[],
+    )
 }
 
-impl Pki {
-    fn new() -> Pki {
-        Pki {
-            dir: TestDir::new("pki"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let mut cmd = Command::new("openssl");
-        cmd.args(args).current_dir(self.dir.path());
-        let out = run_cmd(cmd, None, secs(30));
-        assert!(out.success(), "openssl {args:?}:\n{out}");
-    }
-
-    /// `NAME.crt` and `NAME.key`: a self-signed CA.
-    fn ca(&self, name: &str) -> PathBuf {
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "3",
-            "-subj",
-            &format!("/CN={name}"),
-        ]);
-        self.path(&format!("{name}.crt"))
-    }
-
-    /// `NAME.crt` and `NAME.key` for localhost and 127.0.0.1, signed by CA `ca`.
-    fn leaf(&self, ca: &str, name: &str) -> (PathBuf, PathBuf) {
-        self.leaf_for(ca, name, "localhost")
-    }
-
-    /// A certificate with common name `cn` (a user, for auth_type cert).
-    fn leaf_for(&self, ca: &str, name: &str, cn: &str) -> (PathBuf, PathBuf) {
-        self.leaf_days(ca, name, cn, "3")
-    }
-
-    /// A certificate valid for `days` days from now; "0" expires within the second.
-    fn leaf_days(&self, ca: &str, name: &str, cn: &str, days: &str) -> (PathBuf, PathBuf) {
-        self.openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-addext",
-            "extendedKeyUsage=serverAuth,clientAuth",
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            days,
-            "-copy_extensions",
-            "copy",
-        ]);
-        (
-            self.path(&format!("{name}.crt")),
-            self.path(&format!("{name}.key")),
-        )
-    }
+/// [`tls_pooler`] with the shared PKI's server certificate.
+fn server_cert_pooler(mode: &str, extra: &str) -> Pooler {
+    let (cert, key) = Pki::shared().pair("server");
+    tls_pooler(mode, &cert, &key, extra)
 }
 
-/// One PKI for the whole binary: `ca` signs `server` (the pooler's and PostgreSQL's
-/// certificate); `other` is a CA that signed nothing anyone presents.
-fn pki() -> &'static Pki {
-    static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(|| {
-        let pki = Pki::new();
-        pki.ca("ca");
-        pki.ca("other");
-        pki.leaf("ca", "server");
-        pki
-    })
+/// The shared PKI's CA certificate.
+fn ca() -> PathBuf {
+    Pki::shared().path("ca.crt")
 }
 
-/// psql with this sslmode and root certificate, password from the environment.
-fn psql_tls(port: u16, user: &str, db: &str, sslmode: &str, root: &Path, sql: &str) -> CmdOutput {
-    let mut cmd = psql_command(port, user, APP_PASSWORD, db);
-    cmd.env("PGSSLMODE", sslmode)
-        .env("PGSSLROOTCERT", root)
-        .env("PGGSSENCMODE", "disable")
+/// Settings for auth_type cert with client certificates verified against `ca`.
+fn cert_auth(ca: &Path) -> String {
+    format!("client_tls_ca_file: {}\nauth_type: cert", ca.display())
+}
+
+/// psql with sslmode verify-full against `ca`, the client certificate
+/// `cert` and `key`, and no password.
+fn psql_with_cert(
+    port: u16,
+    user: &str,
+    ca: &Path,
+    (cert, key): (&Path, &Path),
+    sql: &str,
+) -> CmdOutput {
+    let mut cmd = psql_tls_command(port, user, "", APP_DB, "verify-full", ca);
+    cmd.env("PGSSLCERT", cert)
+        .env("PGSSLKEY", key)
         .args(["-c", sql]);
     run_cmd(cmd, None, secs(20))
 }
 
-fn userlist() -> String {
-    format!(
-        "{}\n{}\n{}\n",
-        userlist_entry(APP_USER, APP_PASSWORD),
-        userlist_entry(TRUST_USER, ""),
-        userlist_entry("admin", APP_PASSWORD)
-    )
+/// libpq refuses a key file others can read.
+fn owner_only(key: &Path) {
+    std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
-/// A pooler with client TLS in `mode`, the server certificate from `files` (cert, key).
-fn tls_pooler(mode: &str, cert: &Path, key: &Path, extra: &str) -> Pooler {
-    let setup = PoolerSetup::new();
-    setup.write_file("userlist.txt", &userlist());
-    setup.write_file("hba.conf", HBA);
-    setup.start(&format!(
-        "listen_addr: 127.0.0.1
-listen_port: @PORT@
-{auth}
-auth_file: @DIR@/userlist.txt
-auth_hba_file: @DIR@/hba.conf
-admin_users: [admin]
-client_tls_sslmode: {mode}
-client_tls_cert_file: {cert}
-client_tls_key_file: {key}
-{extra}
-databases:
-  {APP_DB}: {{host: 127.0.0.1, port: {pg}}}
-",
-        cert = cert.display(),
-        key = key.display(),
-        // The hba file unless the test picks its own auth_type.
-        auth = if extra.contains("auth_type:") {
-            ""
-        } else {
-            "auth_type: hba"
-        },
-        pg = shared_pg().port(),
-    ))
-}
-
-/// A raw TLS session to the pooler: SSLRequest, `S`, then rustls with `alpn` offered.
-fn tls_connect(port: u16, ca: &Path, alpn: &[&[u8]]) -> Result<TlsStream, String> {
-    tls_connect_after(port, &[], ca, alpn)
-}
-
-/// [`tls_connect`] with `prefix` (a PROXY header) sent first, in cleartext.
-fn tls_connect_after(
-    port: u16,
-    prefix: &[u8],
-    ca: &Path,
-    alpn: &[&[u8]],
-) -> Result<TlsStream, String> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(secs(10))).unwrap();
-    let mut opening = prefix.to_vec();
-    opening.extend([0, 0, 0, 8, 4, 210, 22, 47]);
-    tcp.write_all(&opening).unwrap();
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).map_err(|e| e.to_string())?;
-    if answer[0] != b'S' {
-        return Err(format!("SSLRequest answered {:?}", answer[0] as char));
-    }
-    tls_over(tcp, ca, alpn)
-}
-
-type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-/// PostgreSQL 17's direct TLS: a ClientHello as the very first bytes, no SSLRequest.
-fn tls_direct(port: u16, ca: &Path, alpn: &[&[u8]]) -> Result<TlsStream, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(secs(10))).unwrap();
-    tls_over(tcp, ca, alpn)
-}
-
-fn tls_over(mut tcp: TcpStream, ca: &Path, alpn: &[&[u8]]) -> Result<TlsStream, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(ca).unwrap();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+/// The rows `sql` returns over `c`.
+fn query_rows(c: &mut postgres::Client, sql: &str) -> Vec<postgres::SimpleQueryRow> {
+    c.simple_query(sql)
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
-    }
-    Ok(rustls::StreamOwned::new(conn, tcp))
-}
-
-/// Logs in as trust_user over an open session and returns it at ReadyForQuery.
-fn login_over<S: Read + Write>(s: &mut S) -> Result<(), String> {
-    s.write_all(&wire::startup_packet(&[
-        ("user", TRUST_USER),
-        ("database", APP_DB),
-    ]))
-    .map_err(|e| e.to_string())?;
-    loop {
-        match wire::read_message(s).map_err(|e| e.to_string())? {
-            Some(Message { tag: b'Z', .. }) => return Ok(()),
-            Some(Message { tag: b'E', body }) => {
-                return Err(format!("{:?}", wire::error_fields(&body)))
-            }
-            Some(_) => {}
-            None => return Err("closed during login".into()),
-        }
-    }
-}
-
-fn select_one<S: Read + Write>(s: &mut S) -> String {
-    s.write_all(&wire::query("select 1")).unwrap();
-    let a = wire::read_answer(s);
-    assert!(a.ready && a.error.is_none(), "{a:?}");
-    a.values.join(",")
+        .into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
 fn psql_verify_full_through_the_pooler_and_hostssl_matches_tls_only() {
-    let pki = pki();
-    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
-    let p = tls_pooler("prefer", &cert, &key, "");
-    let ca = pki.path("ca.crt");
+    let p = server_cert_pooler("prefer", "");
+    let ca = ca();
     let out = psql_tls(p.port(), APP_USER, APP_DB, "verify-full", &ca, "select 42");
     assert_eq!(out.expect_success().trim(), "42", "{}", p.log());
     assert!(p.log().contains("tls=TLSv1.3/TLS_"), "{}", p.log());
     // The console shows the session's version and suite in the tls column.
     let out = psql_tls(
         p.port(),
-        "admin",
+        ADMIN,
         "pgbouncer",
         "verify-full",
         &ca,
@@ -290,28 +110,25 @@ fn psql_verify_full_through_the_pooler_and_hostssl_matches_tls_only() {
         "{rows}"
     );
     // SCRAM-SHA-256-PLUS: libpq insists on channel binding and gets it.
-    let mut cmd = psql_command(p.port(), APP_USER, APP_PASSWORD, APP_DB);
-    cmd.env("PGSSLMODE", "verify-full")
-        .env("PGSSLROOTCERT", &ca)
-        .env("PGCHANNELBINDING", "require")
+    let mut cmd = psql_tls_command(p.port(), APP_USER, APP_PASSWORD, APP_DB, "verify-full", &ca);
+    cmd.env("PGCHANNELBINDING", "require")
         .args(["-c", "select 'bound'"]);
     let out = run_cmd(cmd, None, secs(20));
     assert_eq!(out.expect_success().trim(), "bound", "{}", p.log());
     // Without TLS the hostssl line does not match, and the reject line does.
     let out = psql_tls(p.port(), APP_USER, APP_DB, "disable", &ca, "select 1");
-    assert!(!out.success(), "{out}");
-    assert!(out.stderr.contains("rejects connection"), "{out}");
+    assert_refused(&out, "rejects connection", &p);
     // A CA that did not sign the pooler's certificate: libpq refuses the session.
+    let other = Pki::shared().path("other.crt");
     let out = psql_tls(
         p.port(),
         APP_USER,
         APP_DB,
         "verify-full",
-        &pki.path("other.crt"),
+        &other,
         "select 1",
     );
-    assert!(!out.success(), "{out}");
-    assert!(out.stderr.contains("certificate verify failed"), "{out}");
+    assert_refused(&out, "certificate verify failed", &p);
     // The pooler is unharmed.
     let out = psql_tls(p.port(), APP_USER, APP_DB, "verify-full", &ca, "select 7");
     assert_eq!(out.expect_success().trim(), "7");
@@ -319,17 +136,14 @@ fn psql_verify_full_through_the_pooler_and_hostssl_matches_tls_only() {
 
 #[test]
 fn require_refuses_cleartext_pipelined_bytes_garbage_and_foreign_alpn() {
-    let pki = pki();
-    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
-    let p = tls_pooler("require", &cert, &key, "");
-    let ca = pki.path("ca.crt");
+    let p = server_cert_pooler("require", "");
+    let ca = ca();
     // A client that does not ask for TLS gets PgBouncer's answer.
     let out = psql_tls(p.port(), TRUST_USER, APP_DB, "disable", &ca, "select 1");
-    assert!(!out.success(), "{out}");
-    assert!(out.stderr.contains("SSL required"), "{out}");
+    assert_refused(&out, "SSL required", &p);
     // A startup packet sent along with the SSLRequest, before `S`: travelled in cleartext.
     let mut s = wire::connect(p.port());
-    let mut bytes = vec![0, 0, 0, 8, 4, 210, 22, 47];
+    let mut bytes = SSL_REQUEST.to_vec();
     bytes.extend(wire::startup_packet(&[
         ("user", TRUST_USER),
         ("database", APP_DB),
@@ -342,7 +156,7 @@ fn require_refuses_cleartext_pipelined_bytes_garbage_and_foreign_alpn() {
     );
     // Garbage where the ClientHello belongs: the connection ends, nothing else happens.
     let mut s = wire::connect(p.port());
-    s.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+    s.write_all(&SSL_REQUEST).unwrap();
     assert_eq!(wire::read_byte(&mut s), Some(b'S'));
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut rest = Vec::new();
@@ -369,14 +183,12 @@ fn require_refuses_cleartext_pipelined_bytes_garbage_and_foreign_alpn() {
 
 #[test]
 fn pgbench_over_tls_with_a_login_per_transaction_has_no_failures() {
-    let pki = pki();
-    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
-    let p = tls_pooler("require", &cert, &key, "pool_mode: transaction");
+    let p = server_cert_pooler("require", "pool_mode: transaction");
     let script = p.write_file("select.sql", "select 1;\n");
     for connect_each in [false, true] {
         let mut cmd = common::tools::pgbench_command(p.port(), APP_USER, APP_PASSWORD);
         cmd.env("PGSSLMODE", "verify-full")
-            .env("PGSSLROOTCERT", pki.path("ca.crt"))
+            .env("PGSSLROOTCERT", ca())
             .args(["-n", "-c", "4", "-T", "3", "-f"])
             .arg(&script);
         if connect_each {
@@ -436,12 +248,12 @@ fn tls_postgres() -> &'static PgServer {
     static DONE: OnceLock<()> = OnceLock::new();
     let pg = shared_pg();
     DONE.get_or_init(|| {
-        let pki = pki();
+        let (cert, key) = Pki::shared().pair("server");
         pg.admin_sql("CREATE ROLE tls_user LOGIN PASSWORD 'tlspw'");
         pg.admin_sql(&format!("GRANT ALL ON DATABASE {APP_DB} TO tls_user"));
         pg.enable_ssl(
-            &pki.path("server.crt"),
-            &pki.path("server.key"),
+            &cert,
+            &key,
             "hostssl all tls_user 127.0.0.1/32 scram-sha-256\nhost all tls_user 127.0.0.1/32 reject",
         );
     });
@@ -456,7 +268,7 @@ fn server_tls_pooler(mode: &str, ca: &Path) -> Pooler {
         "userlist.txt",
         &format!(
             "{}\n{}\n",
-            userlist_entry("admin", ""),
+            userlist_entry(ADMIN, ""),
             userlist_entry("anyone", "")
         ),
     );
@@ -465,7 +277,7 @@ fn server_tls_pooler(mode: &str, ca: &Path) -> Pooler {
 listen_port: @PORT@
 auth_type: trust
 auth_file: @DIR@/userlist.txt
-admin_users: [admin]
+admin_users: [{ADMIN}]
 server_tls_sslmode: {mode}
 server_tls_ca_file: {ca}
 databases:
@@ -478,49 +290,27 @@ databases:
 
 #[test]
 fn server_tls_verify_full_reaches_a_hostssl_only_postgres() {
-    let pki = pki();
-    let p = server_tls_pooler("verify-full", &pki.path("ca.crt"));
-    let mut c = postgres::Config::new()
-        .host("127.0.0.1")
-        .port(p.port())
-        .user("anyone")
-        .dbname("tlsdb")
-        .connect(postgres::NoTls)
-        .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
+    let p = server_tls_pooler("verify-full", &ca());
+    let mut c = p.connect("anyone", "", "tlsdb");
     let ssl = scalar(
         &mut c,
         "select ssl::text from pg_stat_ssl where pid = pg_backend_pid()",
     )
     .unwrap();
     assert_eq!(ssl, "true");
-    let mut admin = postgres::Config::new()
-        .host("127.0.0.1")
-        .port(p.port())
-        .user("admin")
-        .dbname("pgbouncer")
-        .connect(postgres::NoTls)
-        .unwrap();
-    let rows = admin.simple_query("SHOW SERVERS").unwrap();
-    let tls: Vec<String> = rows
+    let mut admin = p.connect(ADMIN, "", "pgbouncer");
+    let tls: Vec<String> = query_rows(&mut admin, "SHOW SERVERS")
         .iter()
-        .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => r.get("tls").map(str::to_string),
-            _ => None,
-        })
+        .filter_map(|r| r.get("tls").map(str::to_string))
         .collect();
     assert!(tls.iter().any(|t| t.starts_with("TLSv1.3/")), "{tls:?}");
 }
 
 #[test]
 fn server_tls_refuses_a_certificate_from_another_ca_and_cleartext() {
-    let pki = pki();
-    let p = server_tls_pooler("verify-full", &pki.path("other.crt"));
-    let e = postgres::Config::new()
-        .host("127.0.0.1")
-        .port(p.port())
-        .user("anyone")
-        .dbname("tlsdb")
-        .connect(postgres::NoTls)
+    let p = server_tls_pooler("verify-full", &Pki::shared().path("other.crt"));
+    let e = p
+        .try_connect("anyone", "", "tlsdb")
         .err()
         .expect("a certificate from an unknown CA must fail the login");
     assert!(
@@ -528,13 +318,9 @@ fn server_tls_refuses_a_certificate_from_another_ca_and_cleartext() {
         "{e:?}"
     );
     // Without TLS, PostgreSQL's hostssl-only rule refuses the pooler's login.
-    let p = server_tls_pooler("disable", &pki.path("ca.crt"));
-    let e = postgres::Config::new()
-        .host("127.0.0.1")
-        .port(p.port())
-        .user("anyone")
-        .dbname("tlsdb")
-        .connect(postgres::NoTls)
+    let p = server_tls_pooler("disable", &ca());
+    let e = p
+        .try_connect("anyone", "", "tlsdb")
         .err()
         .expect("cleartext must be refused by the hostssl-only role");
     assert!(format!("{e:?}").contains("tls_user"), "{e:?}");
@@ -553,16 +339,9 @@ fn metric(port: u16, line_start: &str) -> Option<u64> {
 
 #[test]
 fn direct_tls_needs_postgresql_alpn_and_metrics_count_sessions_and_refusals() {
-    let pki = pki();
-    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
     let mport = common::tools::free_port();
-    let p = tls_pooler(
-        "require",
-        &cert,
-        &key,
-        &format!("metrics_addr: 127.0.0.1:{mport}"),
-    );
-    let ca = pki.path("ca.crt");
+    let p = server_cert_pooler("require", &format!("metrics_addr: 127.0.0.1:{mport}"));
+    let ca = ca();
     // A ClientHello first, agreeing on `postgresql`: served.
     let mut s = tls_direct(p.port(), &ca, &[b"postgresql"]).unwrap();
     login_over(&mut s).unwrap();
@@ -587,40 +366,20 @@ fn direct_tls_needs_postgresql_alpn_and_metrics_count_sessions_and_refusals() {
 
 #[test]
 fn auth_type_cert_takes_the_user_from_a_verified_client_certificate() {
-    let pki = pki();
-    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
-    let (app_cert, app_key) = pki.leaf_for("ca", "app-client", APP_USER);
-    // libpq refuses a key file others can read.
-    std::fs::set_permissions(
-        &app_key,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let ca = pki.path("ca.crt");
-    let p = tls_pooler(
-        "verify-full",
-        &cert,
-        &key,
-        &format!("client_tls_ca_file: {}\nauth_type: cert", ca.display()),
-    );
-    let with_cert = |user: &str, sql: &str| {
-        let mut cmd = psql_command(p.port(), user, "", APP_DB);
-        cmd.env("PGSSLMODE", "verify-full")
-            .env("PGSSLROOTCERT", &ca)
-            .env("PGSSLCERT", &app_cert)
-            .env("PGSSLKEY", &app_key)
-            .args(["-c", sql]);
-        run_cmd(cmd, None, secs(20))
-    };
+    let (app_cert, app_key) = Pki::shared().leaf_with_cn("ca", "app-client", APP_USER);
+    owner_only(&app_key);
+    let ca = ca();
+    let p = server_cert_pooler("verify-full", &cert_auth(&ca));
+    let app = (app_cert.as_path(), app_key.as_path());
     // The certificate's CN is the user: in, with no password asked.
-    assert_eq!(with_cert(APP_USER, "select 5").expect_success().trim(), "5");
+    let out = psql_with_cert(p.port(), APP_USER, &ca, app, "select 5");
+    assert_eq!(out.expect_success().trim(), "5");
     // The same certificate for another user: PostgreSQL's refusal.
-    let out = with_cert(TRUST_USER, "select 1");
-    assert!(!out.success(), "{out}");
-    assert!(
-        out.stderr
-            .contains("certificate authentication failed for user \"trust_user\""),
-        "{out}"
+    let out = psql_with_cert(p.port(), TRUST_USER, &ca, app, "select 1");
+    assert_refused(
+        &out,
+        "certificate authentication failed for user \"trust_user\"",
+        &p,
     );
     // No certificate at all: verify-full asks for one and the handshake fails.
     let out = psql_tls(p.port(), APP_USER, APP_DB, "verify-full", &ca, "select 1");
@@ -659,51 +418,26 @@ fn proxy_v2_with_ssl(verify: u32, cn: &str) -> Vec<u8> {
 }
 
 fn proxy_tls_pooler(tls_trusted: bool) -> Pooler {
-    let setup = PoolerSetup::new();
-    setup.write_file("userlist.txt", &userlist());
-    setup.write_file(
-        "hba.conf",
+    hba_pooler(
+        USERS,
         "host all admin 127.0.0.1/32 trust\n\
          host all trust_user 0.0.0.0/0 trust endpoint=aws:vpce-0abc123\n\
          hostssl all app 0.0.0.0/0 cert\n\
          host all all 0.0.0.0/0 reject\n",
-    );
-    setup.start(&format!(
-        "listen_addr: 127.0.0.1
-listen_port: @PORT@
-proxy_protocol: optional
+        &format!(
+            "proxy_protocol: optional
 proxy_trusted: [127.0.0.1/32]
-proxy_tls_trusted: {tls_trusted}
-auth_type: hba
-auth_file: @DIR@/userlist.txt
-auth_hba_file: @DIR@/hba.conf
-admin_users: [admin]
-databases:
-  {APP_DB}: {{host: 127.0.0.1, port: {pg}}}
-",
-        pg = shared_pg().port(),
-    ))
+proxy_tls_trusted: {tls_trusted}"
+        ),
+        &[],
+    )
 }
 
 /// Sends a PROXY header and a startup packet for `user`; the login's outcome.
 fn login_behind_header(port: u16, header: &[u8], user: &str) -> Result<TcpStream, String> {
     let mut s = wire::connect(port);
-    let mut bytes = header.to_vec();
-    bytes.extend(wire::startup_packet(&[
-        ("user", user),
-        ("database", APP_DB),
-    ]));
-    s.write_all(&bytes).unwrap();
-    loop {
-        match wire::read_message(&mut s).map_err(|e| e.to_string())? {
-            Some(Message { tag: b'Z', .. }) => return Ok(s),
-            Some(Message { tag: b'E', body }) => {
-                return Err(format!("{:?}", wire::error_fields(&body)))
-            }
-            Some(_) => {}
-            None => return Err("closed".into()),
-        }
-    }
+    login_after(&mut s, header, &[("user", user), ("database", APP_DB)])?;
+    Ok(s)
 }
 
 #[test]
@@ -721,22 +455,8 @@ fn tls_a_trusted_proxy_terminated_counts_with_proxy_tls_trusted() {
         p.log()
     );
     // SHOW CLIENTS: the real address, the proxy's TLS, the unique id and the endpoint.
-    let mut admin = postgres::Config::new()
-        .host("127.0.0.1")
-        .port(p.port())
-        .user("admin")
-        .dbname("pgbouncer")
-        .connect(postgres::NoTls)
-        .unwrap();
-    let rows: Vec<postgres::SimpleQueryRow> = admin
-        .simple_query("SHOW CLIENTS")
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .collect();
+    let mut admin = p.connect(ADMIN, "", "pgbouncer");
+    let rows = query_rows(&mut admin, "SHOW CLIENTS");
     let app = rows
         .iter()
         .find(|r| r.get("user") == Some(APP_USER))
@@ -771,15 +491,11 @@ fn tls_a_proxy_terminated_does_not_count_without_proxy_tls_trusted() {
 
 #[test]
 fn expired_certificates_are_refused_on_both_sides() {
-    let pki = pki();
-    let ca = pki.path("ca.crt");
+    let pki = Pki::shared();
+    let ca = ca();
     let (old_cert, old_key) = pki.leaf_days("ca", "expired", "localhost", "0");
     let (old_app, old_app_key) = pki.leaf_days("ca", "expired-app", APP_USER, "0");
-    std::fs::set_permissions(
-        &old_app_key,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    owner_only(&old_app_key);
     // Valid for the second they were made in.
     std::thread::sleep(secs(2));
     // Expiry is the certificate's only defect, as openssl itself says.
@@ -795,23 +511,11 @@ fn expired_certificates_are_refused_on_both_sides() {
     // only "certificate verify failed").
     let p = tls_pooler("require", &old_cert, &old_key, "");
     let out = psql_tls(p.port(), APP_USER, APP_DB, "verify-full", &ca, "select 1");
-    assert!(!out.success(), "{out}");
-    assert!(out.stderr.contains("certificate verify failed"), "{out}");
+    assert_refused(&out, "certificate verify failed", &p);
     // A client certificate that expired: rustls refuses it during the handshake.
-    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
-    let p = tls_pooler(
-        "verify-full",
-        &cert,
-        &key,
-        &format!("client_tls_ca_file: {}\nauth_type: cert", ca.display()),
-    );
-    let mut cmd = psql_command(p.port(), APP_USER, "", APP_DB);
-    cmd.env("PGSSLMODE", "verify-full")
-        .env("PGSSLROOTCERT", &ca)
-        .env("PGSSLCERT", &old_app)
-        .env("PGSSLKEY", &old_app_key)
-        .args(["-c", "select 1"]);
-    let out = run_cmd(cmd, None, secs(20));
+    let p = server_cert_pooler("verify-full", &cert_auth(&ca));
+    let old = (old_app.as_path(), old_app_key.as_path());
+    let out = psql_with_cert(p.port(), APP_USER, &ca, old, "select 1");
     assert!(!out.success(), "{out}");
     assert!(
         p.wait_for_log("TLS handshake failed", secs(5)) && p.log().contains("certificate expired"),
@@ -822,17 +526,13 @@ fn expired_certificates_are_refused_on_both_sides() {
 
 #[test]
 fn tls_follows_a_proxy_header_with_proxy_protocol_optional_and_required() {
-    let pki = pki();
-    let (cert, key) = (pki.path("server.crt"), pki.path("server.key"));
-    let ca = pki.path("ca.crt");
+    let ca = ca();
     // PROXY v1, then SSLRequest, then TLS: the order HAProxy sends. The source port
     // 40001 is the header's, not the socket's.
     let header = b"PROXY TCP4 127.0.0.1 127.0.0.1 40001 6432\r\n";
     for mode in ["optional", "required"] {
-        let p = tls_pooler(
+        let p = server_cert_pooler(
             "require",
-            &cert,
-            &key,
             &format!("proxy_protocol: {mode}\nproxy_trusted: [127.0.0.1/32]"),
         );
         let mut s = tls_connect_after(p.port(), header, &ca, &[]).unwrap();

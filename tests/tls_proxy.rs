@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -26,13 +26,12 @@ use std::thread;
 use common::haproxy::HaProxy;
 use common::pg::tail;
 use common::pki::Pki;
-use common::tools::{psql_command, run_cmd, userlist_entry, wait_until};
+use common::tls::{assert_refused, hba_pooler, psql_tls_command, show_clients, ADMIN, SSL_REQUEST};
+use common::tools::{run_cmd, wait_until};
 use common::*;
 
 /// HAProxy connects to the pooler from this address, the only trusted proxy.
 const PROXY_IP: &str = "127.0.0.2";
-/// Console user; logs in with [`APP_PASSWORD`].
-const ADMIN: &str = "admin";
 /// HAProxy's unique id for a connection: this, `-`, the client address.
 const UNIQUE_ID_PREFIX: &str = "hap";
 
@@ -43,9 +42,6 @@ hostssl all app 0.0.0.0/0 cert
 hostssl all all 0.0.0.0/0 scram-sha-256
 host all all 0.0.0.0/0 reject
 ";
-
-/// libpq's SSLRequest: length 8, code 80877103.
-const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
 
 /// The certificates HAProxy and psql use, made once per test binary.
 struct Certs {
@@ -79,33 +75,14 @@ fn certs() -> &'static Certs {
 /// A pooler behind HAProxy (PROXY header required from 127.0.0.2) with
 /// [`HBA`] and no TLS of its own.
 fn pooler(tls_trusted: bool) -> Pooler {
-    let setup = PoolerSetup::new();
-    setup.write_file(
-        "userlist.txt",
+    hba_pooler(
+        &[(APP_USER, APP_PASSWORD), (MD5_USER, MD5_PASSWORD)],
+        HBA,
         &format!(
-            "{}\n{}\n{}\n",
-            userlist_entry(APP_USER, APP_PASSWORD),
-            userlist_entry(MD5_USER, MD5_PASSWORD),
-            userlist_entry(ADMIN, APP_PASSWORD)
-        ),
-    );
-    setup.write_file("hba.conf", HBA);
-    setup.start_with_args(
-        &format!(
-            "listen_addr: 127.0.0.1
-listen_port: @PORT@
-auth_type: hba
-auth_file: @DIR@/userlist.txt
-auth_hba_file: @DIR@/hba.conf
-admin_users: [{ADMIN}]
-log_connections: true
+            "log_connections: true
 proxy_protocol: required
 proxy_trusted: [{PROXY_IP}/32]
-proxy_tls_trusted: {tls_trusted}
-databases:
-  {APP_DB}: {{host: 127.0.0.1, port: {port}}}
-",
-            port = shared_pg().port()
+proxy_tls_trusted: {tls_trusted}"
         ),
         &["--workers", "1"],
     )
@@ -237,50 +214,82 @@ fn psql(
     password: &str,
     db: &str,
     cert: Option<&(PathBuf, PathBuf)>,
-    sql: &str,
-) -> std::process::Command {
+) -> Command {
     let certs = certs();
     let dir = certs.ca.parent().expect("pki dir");
     let (crt, key) = match cert {
         Some((crt, key)) => (crt.clone(), key.clone()),
         None => (dir.join("none.crt"), dir.join("none.key")),
     };
-    let mut cmd = psql_command(port, user, password, db);
-    cmd.env("PGSSLMODE", "verify-full")
-        .env("PGSSLROOTCERT", &certs.ca)
-        .env("PGSSLCERT", crt)
+    let mut cmd = psql_tls_command(port, user, password, db, "verify-full", &certs.ca);
+    cmd.env("PGSSLCERT", crt)
         .env("PGSSLKEY", key)
-        .env("PGGSSENCMODE", "disable")
-        .env("PGPASSFILE", dir.join("no.pgpass"))
-        .args(["-c", sql]);
+        .env("PGPASSFILE", dir.join("no.pgpass"));
     cmd
 }
 
-fn run(cmd: std::process::Command) -> CmdOutput {
+/// Runs `cmd` (a [`psql`]) with `-c sql`.
+fn run(mut cmd: Command, sql: &str) -> CmdOutput {
+    cmd.args(["-c", sql]);
     run_cmd(cmd, None, secs(20))
 }
 
-/// SHOW CLIENTS through `port` as rows of (column name → value).
-fn show_clients(port: u16) -> Vec<HashMap<String, String>> {
-    let mut cmd = psql(port, ADMIN, APP_PASSWORD, "pgbouncer", None, "SHOW CLIENTS");
-    // A header line (psql_command asks for tuples only), no footer.
-    cmd.args(["-P", "tuples_only=off", "-P", "footer=off"]);
-    let out = run(cmd);
-    let text = out.expect_success();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
-    for column in ["user", "database", "addr", "tls", "proxy_id", "endpoint"] {
-        assert!(header.contains(&column), "no `{column}` column:\n{out}");
+/// A pooler (see [`pooler`]) and HAProxy in front of it.
+struct Setup {
+    proxy: TlsProxy,
+    pooler: Pooler,
+}
+
+impl Setup {
+    fn start(tls_trusted: bool) -> Setup {
+        let pooler = pooler(tls_trusted);
+        let proxy = TlsProxy::start(pooler.port());
+        Setup { proxy, pooler }
     }
-    lines
-        .map(|l| {
-            header
-                .iter()
-                .zip(l.split('\t'))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
+
+    /// psql as `user` on the app database through HAProxy's TLS listener.
+    fn psql(&self, user: &str, password: &str, cert: Option<&(PathBuf, PathBuf)>) -> Command {
+        psql(self.proxy.tls_port, user, password, APP_DB, cert)
+    }
+
+    /// Runs `sql` through [`Setup::psql`].
+    fn run(
+        &self,
+        user: &str,
+        password: &str,
+        cert: Option<&(PathBuf, PathBuf)>,
+        sql: &str,
+    ) -> CmdOutput {
+        run(self.psql(user, password, cert), sql)
+    }
+
+    /// Asserts psql printed `want`; the message carries both logs.
+    fn assert_printed(&self, out: &CmdOutput, want: &str) {
+        assert_eq!(
+            out.stdout.trim(),
+            want,
+            "{out}\n--- pooler log (tail) ---\n{}\n--- haproxy log ---\n{}",
+            tail(&self.pooler.log(), 40),
+            self.proxy.hap.log()
+        );
+    }
+
+    /// The pooler's `tls=` for `user`'s login, which must be TLS 1.3.
+    fn login_tls13(&self, user: &str) -> String {
+        let log = self.pooler.log();
+        let tls = login_tls(&log, user)
+            .unwrap_or_else(|| panic!("no login line with tls= for {user}:\n{}", tail(&log, 40)));
+        expect_tls13(&tls, "the login line");
+        tls
+    }
+
+    /// SHOW CLIENTS through HAProxy's TLS listener as rows of (column name → value).
+    fn show_clients(&self) -> Vec<HashMap<String, String>> {
+        show_clients(
+            psql(self.proxy.tls_port, ADMIN, APP_PASSWORD, "pgbouncer", None),
+            &["user", "database", "addr", "tls", "proxy_id", "endpoint"],
+        )
+    }
 }
 
 /// A psql session left running in the background; killed (by pid) when dropped.
@@ -329,30 +338,14 @@ fn expect_tls13(tls: &str, what: &str) {
 #[test]
 fn with_proxy_tls_trusted_a_client_certificate_haproxy_verified_logs_in_by_its_cn() {
     let certs = certs();
-    let pooler = pooler(true);
-    let proxy = TlsProxy::start(pooler.port());
+    let t = Setup::start(true);
 
     // No password anywhere: the hba cert line takes the user from the CN
     // HAProxy put in the TLV.
-    let out = run(psql(
-        proxy.tls_port,
-        APP_USER,
-        "",
-        APP_DB,
-        Some(&certs.app),
-        "select current_user",
-    ));
-    assert_eq!(
-        out.stdout.trim(),
-        APP_USER,
-        "{out}\n--- pooler log (tail) ---\n{}\n--- haproxy log ---\n{}",
-        tail(&pooler.log(), 40),
-        proxy.hap.log()
-    );
-    let log = pooler.log();
-    let tls = login_tls(&log, APP_USER)
-        .unwrap_or_else(|| panic!("no login line with tls= for app:\n{}", tail(&log, 40)));
-    expect_tls13(&tls, "the login line");
+    let out = t.run(APP_USER, "", Some(&certs.app), "select current_user");
+    t.assert_printed(&out, APP_USER);
+    let tls = t.login_tls13(APP_USER);
+    let log = t.pooler.log();
     assert!(
         log.contains(&format!(" proxy_id={UNIQUE_ID_PREFIX}-127.0.0.1 ")),
         "the login line lacks HAProxy's unique id:\n{}",
@@ -361,19 +354,14 @@ fn with_proxy_tls_trusted_a_client_certificate_haproxy_verified_logs_in_by_its_c
 
     // The same login held open while the console (a password login, through
     // HAProxy too) looks at SHOW CLIENTS.
-    let mut cmd = psql(
-        proxy.tls_port,
-        APP_USER,
-        "",
-        APP_DB,
-        Some(&certs.app),
-        "select pg_sleep(60)",
-    );
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut cmd = t.psql(APP_USER, "", Some(&certs.app));
+    cmd.args(["-c", "select pg_sleep(60)"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let _held = Background(cmd.spawn().expect("start psql"));
     let mut rows = Vec::new();
     let found = wait_until(secs(15), || {
-        rows = show_clients(proxy.tls_port);
+        rows = t.show_clients();
         rows.iter()
             .any(|r| r["user"] == APP_USER && r["database"] == APP_DB)
     });
@@ -409,146 +397,49 @@ fn with_proxy_tls_trusted_a_client_certificate_haproxy_verified_logs_in_by_its_c
 #[test]
 fn with_proxy_tls_trusted_app_needs_a_certificate_with_its_own_cn() {
     let certs = certs();
-    let pooler = pooler(true);
-    let proxy = TlsProxy::start(pooler.port());
+    let t = Setup::start(true);
     // TLS but no client certificate: the TLV has no verified CN, and a
     // password does not help on a cert line.
-    let out = run(psql(
-        proxy.tls_port,
-        APP_USER,
-        APP_PASSWORD,
-        APP_DB,
-        None,
-        "select 1",
-    ));
-    assert!(!out.success(), "{out}");
-    assert!(
-        out.stderr.contains("certificate authentication failed"),
-        "{out}\n--- pooler log (tail) ---\n{}",
-        tail(&pooler.log(), 40)
-    );
+    let out = t.run(APP_USER, APP_PASSWORD, None, "select 1");
+    assert_refused(&out, "certificate authentication failed", &t.pooler);
     // A certificate HAProxy verified, but its CN is `localhost`, not app.
-    let out = run(psql(
-        proxy.tls_port,
-        APP_USER,
-        APP_PASSWORD,
-        APP_DB,
-        Some(&certs.localhost),
-        "select 1",
-    ));
-    assert!(!out.success(), "{out}");
-    assert!(
-        out.stderr.contains("certificate authentication failed"),
-        "{out}"
-    );
+    let out = t.run(APP_USER, APP_PASSWORD, Some(&certs.localhost), "select 1");
+    assert_refused(&out, "certificate authentication failed", &t.pooler);
     // The right certificate still logs in (so the refusals above were about the certificate).
-    let out = run(psql(
-        proxy.tls_port,
-        APP_USER,
-        "",
-        APP_DB,
-        Some(&certs.app),
-        "select 7",
-    ));
-    assert_eq!(
-        out.stdout.trim(),
-        "7",
-        "{out}\n--- pooler log (tail) ---\n{}",
-        tail(&pooler.log(), 40)
-    );
+    let out = t.run(APP_USER, "", Some(&certs.app), "select 7");
+    t.assert_printed(&out, "7");
 }
 
 #[test]
 fn with_proxy_tls_trusted_a_password_login_over_haproxy_tls_matches_hostssl() {
-    let pooler = pooler(true);
-    let proxy = TlsProxy::start(pooler.port());
-    let out = run(psql(
-        proxy.tls_port,
-        MD5_USER,
-        MD5_PASSWORD,
-        APP_DB,
-        None,
-        "select current_user",
-    ));
-    assert_eq!(
-        out.stdout.trim(),
-        MD5_USER,
-        "{out}\n--- pooler log (tail) ---\n{}\n--- haproxy log ---\n{}",
-        tail(&pooler.log(), 40),
-        proxy.hap.log()
-    );
-    let log = pooler.log();
-    let tls = login_tls(&log, MD5_USER).unwrap_or_else(|| {
-        panic!(
-            "no login line with tls= for {MD5_USER}:\n{}",
-            tail(&log, 40)
-        )
-    });
-    expect_tls13(&tls, "the login line");
+    let t = Setup::start(true);
+    let out = t.run(MD5_USER, MD5_PASSWORD, None, "select current_user");
+    t.assert_printed(&out, MD5_USER);
+    t.login_tls13(MD5_USER);
     // The wrong password is still refused.
-    let out = run(psql(
-        proxy.tls_port,
-        MD5_USER,
-        "wrong",
-        APP_DB,
-        None,
-        "select 1",
-    ));
-    assert!(!out.success(), "{out}");
-    assert!(
-        out.stderr.contains("password authentication failed"),
-        "{out}"
-    );
+    let out = t.run(MD5_USER, "wrong", None, "select 1");
+    assert_refused(&out, "password authentication failed", &t.pooler);
     // The same login through HAProxy's plain TCP listener: a PROXY header
     // without the SSL TLV is no TLS, so only the reject line matches.
-    let mut cmd = psql(
-        proxy.plain_port,
-        MD5_USER,
-        MD5_PASSWORD,
-        APP_DB,
-        None,
-        "select 1",
-    );
+    let mut cmd = psql(t.proxy.plain_port, MD5_USER, MD5_PASSWORD, APP_DB, None);
     cmd.env("PGSSLMODE", "disable");
-    let out = run(cmd);
-    assert!(!out.success(), "{out}");
-    assert!(out.stderr.contains(&rejected(MD5_USER)), "{out}");
+    let out = run(cmd, "select 1");
+    assert_refused(&out, &rejected(MD5_USER), &t.pooler);
 }
 
 #[test]
 fn without_proxy_tls_trusted_tls_haproxy_terminated_does_not_count() {
     let certs = certs();
-    let pooler = pooler(false);
-    let proxy = TlsProxy::start(pooler.port());
+    let t = Setup::start(false);
     // The password login of the test above: no hostssl line matches.
-    let out = run(psql(
-        proxy.tls_port,
-        MD5_USER,
-        MD5_PASSWORD,
-        APP_DB,
-        None,
-        "select 1",
-    ));
-    assert!(!out.success(), "{out}");
-    assert!(
-        out.stderr.contains(&rejected(MD5_USER)),
-        "{out}\n--- pooler log (tail) ---\n{}",
-        tail(&pooler.log(), 40)
-    );
+    let out = t.run(MD5_USER, MD5_PASSWORD, None, "select 1");
+    assert_refused(&out, &rejected(MD5_USER), &t.pooler);
     // Nor does the certificate login.
-    let out = run(psql(
-        proxy.tls_port,
-        APP_USER,
-        "",
-        APP_DB,
-        Some(&certs.app),
-        "select 1",
-    ));
-    assert!(!out.success(), "{out}");
-    assert!(out.stderr.contains(&rejected(APP_USER)), "{out}");
+    let out = t.run(APP_USER, "", Some(&certs.app), "select 1");
+    assert_refused(&out, &rejected(APP_USER), &t.pooler);
     // Both were refused by the pooler, which had read HAProxy's header,
     // and none was logged as TLS.
-    let log = pooler.log();
+    let log = t.pooler.log();
     for user in [MD5_USER, APP_USER] {
         assert!(log.contains(&rejected(user)), "{}", tail(&log, 40));
     }

@@ -8,8 +8,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use super::tools::find_tool;
+use super::pg::tail;
+use super::tools::{clean_pg_env, find_tool, run_cmd, CmdOutput};
+use super::{Pooler, APP_DB, APP_PASSWORD, APP_USER, LOCALHOST};
+
+/// Upper bound for one program run (a hung pooler fails instead of hanging).
+pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Driver {
@@ -65,6 +71,45 @@ impl Driver {
             }
         }
     }
+}
+
+/// Runs `driver`'s program against `pooler` as [`APP_USER`] on [`APP_DB`]
+/// with `tag`, `clients` connections and `extra` arguments; panics with its
+/// output and the pooler log unless it exits 0 with `OK <driver>` last and
+/// the pooler did not panic. Returns what it printed.
+pub fn run_program(
+    driver: Driver,
+    pooler: &Pooler,
+    tag: &str,
+    clients: usize,
+    extra: &[&str],
+) -> CmdOutput {
+    let mut cmd = driver.command();
+    clean_pg_env(&mut cmd);
+    cmd.arg(LOCALHOST)
+        .arg(pooler.port().to_string())
+        .args([APP_USER, APP_PASSWORD, APP_DB, tag])
+        .arg(clients.to_string())
+        .args(extra)
+        .current_dir(clients_dir());
+    let start = Instant::now();
+    let out = run_cmd(cmd, None, PROGRAM_TIMEOUT);
+    eprintln!("[{}] {tag}: {:.1?}", driver.name(), start.elapsed());
+    let ok_line = format!("OK {}", driver.name());
+    let last = out.stdout.lines().rev().find(|l| !l.trim().is_empty());
+    assert!(
+        out.success() && last == Some(ok_line.as_str()),
+        "{} client ({tag}) failed (want exit 0 and `{ok_line}` last):\n{out}\n--- pooler log (tail) ---\n{}",
+        driver.name(),
+        tail(&pooler.log(), 60)
+    );
+    let log = pooler.log();
+    assert!(
+        !log.contains("panicked"),
+        "the pooler panicked:\n{}",
+        tail(&log, 60)
+    );
+    out
 }
 
 /// `tests/clients`, where the programs live (and run).

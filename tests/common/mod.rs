@@ -25,6 +25,7 @@ pub mod pg;
 pub mod pki;
 pub mod pooler;
 pub mod tempdir;
+pub mod tls;
 pub mod tools;
 pub mod wire;
 

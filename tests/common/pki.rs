@@ -51,25 +51,45 @@ impl Pki {
         assert!(out.success(), "openssl {args:?}:\n{out}");
     }
 
-    /// `NAME.crt` and `NAME.key`: a self-signed CA.
-    pub fn ca(&self, name: &str) -> PathBuf {
-        self.openssl(&[
+    /// `NAME.crt` and `NAME.key`.
+    pub fn pair(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+        )
+    }
+
+    /// `openssl req` making a new P-256 key `NAME.key`, with `args` after it.
+    fn new_key(&self, name: &str, args: &[&str]) {
+        let key = format!("{name}.key");
+        let mut all = vec![
             "req",
-            "-x509",
             "-newkey",
             "ec",
             "-pkeyopt",
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "3",
-            "-subj",
-            &format!("/CN={name}"),
-        ]);
+            &key,
+        ];
+        all.extend_from_slice(args);
+        self.openssl(&all);
+    }
+
+    /// `NAME.crt` and `NAME.key`: a self-signed CA.
+    pub fn ca(&self, name: &str) -> PathBuf {
+        self.new_key(
+            name,
+            &[
+                "-x509",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "3",
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
         self.path(&format!("{name}.crt"))
     }
 
@@ -80,25 +100,26 @@ impl Pki {
 
     /// Like [`Pki::leaf`], with subject CN `cn` (a client certificate for user `cn`).
     pub fn leaf_with_cn(&self, ca: &str, name: &str, cn: &str) -> (PathBuf, PathBuf) {
-        self.openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-addext",
-            "extendedKeyUsage=serverAuth,clientAuth",
-        ]);
+        self.leaf_days(ca, name, cn, "3")
+    }
+
+    /// Like [`Pki::leaf_with_cn`], valid for `days` days from now; "0" expires
+    /// within the second it was made in.
+    pub fn leaf_days(&self, ca: &str, name: &str, cn: &str, days: &str) -> (PathBuf, PathBuf) {
+        self.new_key(
+            name,
+            &[
+                "-new",
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-addext",
+                "extendedKeyUsage=serverAuth,clientAuth",
+            ],
+        );
         self.openssl(&[
             "x509",
             "-req",
@@ -112,13 +133,10 @@ impl Pki {
             "-out",
             &format!("{name}.crt"),
             "-days",
-            "3",
+            days,
             "-copy_extensions",
             "copy",
         ]);
-        (
-            self.path(&format!("{name}.crt")),
-            self.path(&format!("{name}.key")),
-        )
+        self.pair(name)
     }
 }
