@@ -1584,6 +1584,53 @@ async fn statement_mode_refuses_transaction_blocks() {
 // Per-user pool mode
 // ---------------------------------------------------------------------------
 
+/// PgBouncer 1.23 and later: a user's `pool_size` wins over the database's; a user
+/// without one gets the database's.
+#[test]
+fn user_pool_size_overrides_the_database() {
+    const ROLE: &str = "t_user_pool_size";
+    create_role(ROLE);
+    let pooler = Cfg::new("session", "pool_size: 1")
+        .role(ROLE)
+        .extra(&format!(
+            "query_wait_timeout: 5
+users:
+  {ROLE}: {{ pool_size: 3 }}"
+        ))
+        .start();
+    // Three sessions of the user at once: three backends, not the database's one.
+    let mut held: Vec<postgres::Client> = (0..3).map(|_| connect_as(&pooler, ROLE)).collect();
+    let pids: BTreeSet<i32> = held.iter_mut().map(backend_pid).collect();
+    assert_eq!(pids.len(), 3, "{pids:?}\n{}", pooler.log());
+    // And no more: a fourth waits for one of them.
+    let (rx, handle) = query_in_thread(connect_as(&pooler, ROLE), "SELECT pg_backend_pid()");
+    assert!(
+        rx.recv_timeout(ms(700)).is_err(),
+        "a fourth session got a server past the user's pool_size"
+    );
+    drop(held.pop());
+    let pid = rx
+        .recv_timeout(secs(5))
+        .expect("the fourth session did not get the freed server")
+        .expect("the fourth session's query failed");
+    assert!(pids.contains(&pid.parse().unwrap()), "{pid} {pids:?}");
+    handle.join().unwrap();
+
+    // A user without a pool_size of its own gets the database's: one.
+    let mut first = connect_as(&pooler, APP_USER);
+    backend_pid(&mut first);
+    let (rx, handle) = query_in_thread(connect_as(&pooler, APP_USER), "SELECT pg_backend_pid()");
+    assert!(
+        rx.recv_timeout(ms(700)).is_err(),
+        "a second session of app got a server past the database's pool_size"
+    );
+    drop(first);
+    rx.recv_timeout(secs(5))
+        .expect("the second session of app did not get the server")
+        .expect("the second session's query failed");
+    handle.join().unwrap();
+}
+
 #[test]
 fn user_pool_mode_overrides_the_database() {
     const ROLE: &str = "t_session_user";

@@ -461,11 +461,13 @@ impl Config {
             .unwrap_or(self.pool_mode)
     }
 
-    /// Pool size: the database's, else the user's, else `default_pool_size` (PgBouncer's order).
+    /// Pool size: the user's, else the database's, else `default_pool_size` (PgBouncer's
+    /// order since 1.23, `pool_pool_size`).
     pub fn pool_size_for(&self, db: &str, user: &str) -> u32 {
-        self.database_entry(db)
-            .and_then(|d| d.pool_size)
-            .or_else(|| self.users.get(user).and_then(|u| u.pool_size))
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_size)
+            .or_else(|| self.database_entry(db).and_then(|d| d.pool_size))
             .unwrap_or(self.default_pool_size)
     }
 
@@ -477,11 +479,13 @@ impl Config {
             .min(self.pool_size_for(db, user))
     }
 
-    /// Reserve pool size: the database's, else the user's, else the global one.
+    /// Reserve pool size: the user's, else the database's, else the global one (PgBouncer's
+    /// order, `pool_res_pool_size`).
     pub fn reserve_pool_size_for(&self, db: &str, user: &str) -> u32 {
-        self.database_entry(db)
-            .and_then(|d| d.reserve_pool_size)
-            .or_else(|| self.users.get(user).and_then(|u| u.reserve_pool_size))
+        self.users
+            .get(user)
+            .and_then(|u| u.reserve_pool_size)
+            .or_else(|| self.database_entry(db).and_then(|d| d.reserve_pool_size))
             .unwrap_or(self.reserve_pool_size)
     }
 

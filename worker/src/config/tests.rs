@@ -536,20 +536,24 @@ fn effective_settings_precedence() {
     assert_eq!(c.pool_mode_for("sized", "u"), PoolMode::Session);
     assert_eq!(c.pool_mode_for("sized", "nobody"), PoolMode::Transaction);
     assert_eq!(c.pool_mode_for("plain", "nobody"), PoolMode::Statement);
-    // pool_size: database, then user, then global.
-    assert_eq!(c.pool_size_for("sized", "u"), 7);
+    // pool_size: user, then database, then global (PgBouncer 1.23 and later).
+    assert_eq!(c.pool_size_for("sized", "u"), 5, "the user's wins");
+    assert_eq!(c.pool_size_for("sized", "nobody"), 7);
     assert_eq!(c.pool_size_for("plain", "u"), 5);
     assert_eq!(c.pool_size_for("plain", "nobody"), 20);
     assert_eq!(
-        c.pool_size_for("via_fallback", "u"),
+        c.pool_size_for("via_fallback", "nobody"),
         11,
         "the * entry counts as the database's"
     );
-    // min_pool_size: database, then global; capped at the pool size.
-    assert_eq!(c.min_pool_size_for("sized", "u"), 7);
+    assert_eq!(c.pool_size_for("via_fallback", "u"), 5);
+    // min_pool_size: database, then global; capped at the pool size (the user's here).
+    assert_eq!(c.min_pool_size_for("sized", "u"), 5);
+    assert_eq!(c.min_pool_size_for("sized", "nobody"), 7);
     assert_eq!(c.min_pool_size_for("plain", "nobody"), 3);
-    // reserve_pool_size: database, then user, then global.
-    assert_eq!(c.reserve_pool_size_for("sized", "u"), 4);
+    // reserve_pool_size: user, then database, then global.
+    assert_eq!(c.reserve_pool_size_for("sized", "u"), 2, "the user's wins");
+    assert_eq!(c.reserve_pool_size_for("sized", "nobody"), 4);
     assert_eq!(c.reserve_pool_size_for("plain", "u"), 2);
     assert_eq!(c.reserve_pool_size_for("plain", "nobody"), 1);
     // Connection limits.
