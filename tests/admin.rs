@@ -1173,6 +1173,33 @@ fn show_catalog_commands_match_the_spec() {
     assert_eq!(dbs.num(pgb, "port"), i64::from(pooler.port()));
     assert_eq!(dbs.val(pgb, "pool_mode"), "statement");
     assert!(dbs.num(pgb, "current_client_connections") >= 1);
+    // The rest of PgBouncer 1.25's row for its console database.
+    assert!(dbs.is_null(pgb, "host"), "{pgb:?}");
+    assert_eq!(dbs.val(pgb, "database"), "pgbouncer");
+    assert_eq!(dbs.val(pgb, "force_user"), "pgbouncer");
+    assert_eq!(dbs.num(pgb, "pool_size"), 2);
+    assert_eq!(dbs.num(pgb, "reserve_pool_size"), 0);
+    assert_eq!(dbs.num(pgb, "max_connections"), 0);
+    assert_eq!(dbs.num(pgb, "current_connections"), 0);
+
+    // No client has used a database yet: the console's own database is there all the
+    // same, as in PgBouncer (an exporter takes a SHOW STATS without rows for a failed
+    // scrape). Its counters are 0.
+    for q in ["SHOW STATS", "SHOW STATS_TOTALS", "SHOW STATS_AVERAGES"] {
+        let t = show(&mut c, q);
+        assert_eq!(t.values("database"), ["pgbouncer"], "{q}: {t:#?}");
+        for col in &t.cols[1..] {
+            assert_eq!(t.num(&t.rows[0], col), 0, "{q} {col}: {t:#?}");
+        }
+    }
+    let pools = show(&mut c, "SHOW POOLS");
+    assert_eq!(pools.values("database"), ["pgbouncer"], "{pools:#?}");
+    let console_pool = pools.one(&[("database", "pgbouncer"), ("user", "pgbouncer")]);
+    assert!(
+        pools.num(console_pool, "cl_active") >= 1,
+        "{console_pool:?}"
+    );
+    assert_eq!(pools.val(console_pool, "pool_mode"), "statement");
 
     let users = show(&mut c, "SHOW USERS");
     assert_eq!(users.cols, strs(&USERS_COLS));

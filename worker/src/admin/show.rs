@@ -227,7 +227,13 @@ impl Worker {
         ];
         // Index of each name in DbStats::values().
         const IDX: [usize; 8] = [7, 0, 1, 2, 3, 4, 5, 6];
-        let totals = self.db_totals();
+        let mut totals = self.db_totals();
+        // PgBouncer makes the console's pool at start-up, so its SHOW STATS always has a
+        // `pgbouncer` row, even before any client used a database; exporters take no rows
+        // for a failed scrape (prometheus-pgbouncer-exporter reports pgbouncer_up 0).
+        // PgBouncer 1.25 counts each console query there as a transaction and a query;
+        // console commands are not counted here, so the row's counters stay 0.
+        totals.entry("pgbouncer".to_string()).or_default();
         let mut cols: Vec<(String, Ty)> = vec![("database".into(), Ty::Text)];
         let parse = ["client_parse_count", "server_parse_count", "bind_count"];
         let (with_totals, with_avgs) = match what {
