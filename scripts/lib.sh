@@ -197,6 +197,56 @@ need_client_drivers() {
     fi
 }
 
+# ---- prometheus-pgbouncer-exporter (tests/exporter.rs) ----------------------------
+
+# The version tests/exporter.rs expects (its metric families come from this one).
+EXPORTER_VERSION=2.1.2
+
+# Prints the venv tests/exporter.rs runs the exporter from (it looks in the same place).
+exporter_venv() {
+    printf '%s\n' "${XDG_CACHE_HOME:-$HOME/.cache}/pgbouncers-test/exporter-venv"
+}
+
+# True if the venv has the exporter at EXPORTER_VERSION and everything it imports.
+exporter_ok() {
+    local venv
+    venv=$(exporter_venv)
+    [ -x "$venv/bin/pgbouncer-exporter" ] || return 1
+    "$venv/bin/python" - "$EXPORTER_VERSION" <<'EOF' >/dev/null 2>&1
+import sys, importlib.metadata as m
+import prometheus_pgbouncer_exporter.cli, prometheus_pgbouncer_exporter.collector
+assert m.version("prometheus-pgbouncer-exporter") == sys.argv[1]
+EOF
+}
+
+# Installs the prometheus-pgbouncer-exporter from PyPI into its own venv, only when it is
+# missing (so a second run takes a fraction of a second), and python3-venv if venvs cannot
+# be made. The package pins psycopg2==2.8.5, whose C code no longer builds on current
+# Python (3.11: Py_TYPE is not an lvalue), so it goes in with --no-deps, beside
+# psycopg2-binary (the same psycopg2 module, as a wheel) and its other dependencies at
+# the versions it pins: prometheus_client 0.8.0, python-json-logger 0.1.11, PyYAML>=5.4.1.
+need_exporter() {
+    local venv pip
+    exporter_ok && return 0
+    have python3 || die "python3 missing (need_test_pkgs installs it)"
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        apt_install python3-venv
+    fi
+    venv=$(exporter_venv)
+    log "installing prometheus-pgbouncer-exporter $EXPORTER_VERSION into $venv"
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+    pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+    # Dependencies first: pip then has nothing to say about the psycopg2 pin.
+    "${pip[@]}" --only-binary psycopg2-binary 'psycopg2-binary>=2.9,<3' \
+        'prometheus_client==0.8.0' 'python-json-logger==0.1.11' 'PyYAML>=5.4.1' ||
+        die "pip install of the exporter's dependencies failed"
+    "${pip[@]}" --no-deps "prometheus-pgbouncer-exporter==$EXPORTER_VERSION" ||
+        die "pip install prometheus-pgbouncer-exporter==$EXPORTER_VERSION failed"
+    exporter_ok || die "prometheus-pgbouncer-exporter still not usable in $venv"
+}
+
 # ---- Rust -----------------------------------------------------------------------
 
 # Makes sure cargo and the given rustup components (e.g. rustfmt clippy) exist.

@@ -15,6 +15,7 @@ source scripts/lib.sh
 log "checking tools"
 need_test_pkgs
 need_client_drivers
+need_exporter
 need_rust_components rustfmt clippy
 
 test_log=$(mktemp)
