@@ -2280,10 +2280,16 @@ fn disable_refuses_new_clients_in_every_worker_even_after_a_respawn() {
             .expect("a login to a disabled database went through");
         (e.get(&'C').cloned(), e.get(&'M').cloned())
     };
+    // PgBouncer 1.25's words and code, and only after the password: before it, a client
+    // that cannot log in learns nothing of the database.
     let want = (
-        Some("55000".to_string()),
-        Some("database does not allow connections: app".to_string()),
+        Some("08P01".to_string()),
+        Some("database \"app\" is disabled".to_string()),
     );
+    let e = Raw::try_login(pooler.port(), role, "not-the-password", APP_DB)
+        .err()
+        .expect("a wrong password logged in");
+    assert_eq!(e.get(&'C').map(String::as_str), Some("28P01"), "{e:?}");
     // Twenty logins: SO_REUSEPORT sends some to each worker.
     for _ in 0..20 {
         assert_eq!(refused(pooler.port()), want);

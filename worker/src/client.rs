@@ -587,15 +587,6 @@ impl Worker {
                     Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "not allowed".into()),
                 );
             }
-        } else if self.holds.is_disabled(&db) {
-            // PostgreSQL's code for a database that does not allow connections.
-            return self.close_client(
-                ct,
-                Close::Fatal(
-                    sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    format!("database does not allow connections: {db}"),
-                ),
-            );
         }
         if !self.shm.acquire_client(self.slot, self.cfg.max_client_conn) {
             return self.close_client(
@@ -831,6 +822,11 @@ impl Worker {
             return self.console_welcome(ct);
         }
         let (db, user) = (c.db.to_string(), c.user.to_string());
+        // A DISABLEd database, likewise only after the password and in PgBouncer's words.
+        if self.holds.is_disabled(&db) {
+            let msg = format!("database \"{db}\" is disabled");
+            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+        }
         // An unknown database is told only now, after the password, as PgBouncer does:
         // before it, a client that cannot log in would learn which databases exist. Its
         // words and SQLSTATE (08P01) are PgBouncer's, with no AuthenticationOk first.
