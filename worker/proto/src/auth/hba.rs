@@ -715,6 +715,15 @@ fn next_token(chars: &mut Peekable<Chars<'_>>) -> Result<Option<(Token, bool)>, 
     if !saw_quote && text.is_empty() {
         return Ok(None);
     }
+    // PgBouncer's tokenizer makes the comma a token of its own, so blanks may
+    // stand before it too: "alice , bob" and "alice ,bob" are one list, where
+    // PostgreSQL would end the field at "alice". Accepting more than
+    // PostgreSQL here changes no line PostgreSQL accepts: there a comma cannot
+    // start a field's first token.
+    if !comma_follows {
+        while chars.next_if(|&c| is_blank(c)).is_some() {}
+        comma_follows = chars.next_if_eq(&',').is_some();
+    }
     Ok(Some((Token { text, quoted }, comma_follows)))
 }
 
@@ -995,6 +1004,10 @@ mod tests {
             ("host db1,db2 alice,bob 10.0.0.0/8 md5", rule(1, Host, vec![name("db1"), name("db2")], vec![user("alice"), user("bob")], v4(), Md5)),
             // PostgreSQL skips blanks after a comma, so this is still one list.
             ("local db1, db2,  db3 all trust", rule(1, Local, vec![name("db1"), name("db2"), name("db3")], vec![UserAll], None, Trust)),
+            // PgBouncer's tokenizer also allows blanks before a comma.
+            ("host all alice , bob 10.0.0.0/8 md5", rule(1, Host, vec![DbAll], vec![user("alice"), user("bob")], v4(), Md5)),
+            ("host db1 ,db2\t,\tdb3 alice ,\"bob\" 10.0.0.0/8 md5", rule(1, Host, vec![name("db1"), name("db2"), name("db3")], vec![user("alice"), user("bob")], v4(), Md5)),
+            ("local all alice , bob trust # comment", rule(1, Local, vec![DbAll], vec![user("alice"), user("bob")], None, Trust)),
             ("local \"all\" \"all\" trust", rule(1, Local, vec![name("all")], vec![user("all")], None, Trust)),
             ("local all,\"all\" all,\"all\" trust", rule(1, Local, vec![DbAll, name("all")], vec![UserAll, user("all")], None, Trust)),
             // Database keywords are plain names in the user field.
