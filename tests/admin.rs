@@ -519,7 +519,8 @@ const POOLS_COLS: [&str; 17] = [
     "load_balance_hosts",
 ];
 
-const STATS_COLS: [&str; 23] = [
+/// PgBouncer 1.25.2's SHOW STATS columns, in its order.
+const STATS_COLS: [&str; 25] = [
     "database",
     "total_server_assignment_count",
     "total_xact_count",
@@ -532,6 +533,7 @@ const STATS_COLS: [&str; 23] = [
     "total_client_parse_count",
     "total_server_parse_count",
     "total_bind_count",
+    "total_client_login_count",
     "avg_server_assignment_count",
     "avg_xact_count",
     "avg_query_count",
@@ -543,9 +545,10 @@ const STATS_COLS: [&str; 23] = [
     "avg_client_parse_count",
     "avg_server_parse_count",
     "avg_bind_count",
+    "avg_client_login_count",
 ];
 
-const STATS_TOTALS_COLS: [&str; 12] = [
+const STATS_TOTALS_COLS: [&str; 13] = [
     "database",
     "server_assignment_count",
     "xact_count",
@@ -558,9 +561,10 @@ const STATS_TOTALS_COLS: [&str; 12] = [
     "client_parse_count",
     "server_parse_count",
     "bind_count",
+    "client_login_count",
 ];
 
-const STATS_AVERAGES_COLS: [&str; 12] = [
+const STATS_AVERAGES_COLS: [&str; 13] = [
     "database",
     "server_assignment_count",
     "xact_count",
@@ -573,6 +577,35 @@ const STATS_AVERAGES_COLS: [&str; 12] = [
     "avg_client_parse_count",
     "avg_server_parse_count",
     "avg_bind_count",
+    "avg_client_login_count",
+];
+
+/// PgBouncer 1.25.2's SHOW TOTALS rows, in its order.
+const TOTALS_ROWS: [&str; 24] = [
+    "total_server_assignment_count",
+    "total_xact_count",
+    "total_query_count",
+    "total_client_bytes",
+    "total_server_bytes",
+    "total_xact_time",
+    "total_query_time",
+    "total_wait_time",
+    "total_ps_client_parse_count",
+    "total_ps_server_parse_count",
+    "total_ps_bind_count",
+    "total_client_login_count",
+    "avg_server_assignment_count",
+    "avg_xact_count",
+    "avg_query_count",
+    "avg_client_bytes",
+    "avg_server_bytes",
+    "avg_xact_time",
+    "avg_query_time",
+    "avg_wait_time",
+    "avg_ps_client_parse_count",
+    "avg_ps_server_parse_count",
+    "avg_ps_bind_count",
+    "avg_client_login_count",
 ];
 
 /// PgBouncer's 21 socket columns, plus `worker`, `proxy_id` and `endpoint`.
@@ -1099,6 +1132,7 @@ fn show_stats_counts_traffic_of_every_worker() {
     avgs.one(&[("database", APP_DB)]);
     let all = show(&mut console, "SHOW TOTALS");
     assert_eq!(all.cols, strs(&["name", "value"]));
+    assert_eq!(all.values("name"), strs(&TOTALS_ROWS));
     let xacts = all.one(&[("name", "total_xact_count")]);
     assert!(all.num(xacts, "value") >= expected, "{all:#?}");
     for name in [
@@ -1280,8 +1314,9 @@ fn show_catalog_commands_match_the_spec() {
     // Column types on the wire.
     let mut raw = Raw::login(pooler.port(), ADMIN, ADMIN_PW, "pgbouncer");
     for (q, want) in [
-        ("SHOW STATS", oids(&format!("s{}", "N".repeat(22)))),
-        ("SHOW STATS_TOTALS", oids(&format!("s{}", "N".repeat(11)))),
+        ("SHOW STATS", oids(&format!("s{}", "N".repeat(24)))),
+        ("SHOW STATS_TOTALS", oids(&format!("s{}", "N".repeat(12)))),
+        ("SHOW STATS_AVERAGES", oids(&format!("s{}", "N".repeat(12)))),
         ("SHOW TOTALS", oids("sN")),
         ("SHOW POOLS", oids("ssiiiiiiiiiiiiiss")),
         ("SHOW CLIENTS", oids("ssssssisiTTiiississiiiss")),

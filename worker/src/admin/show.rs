@@ -235,7 +235,15 @@ impl Worker {
         // console commands are not counted here, so the row's counters stay 0.
         totals.entry("pgbouncer".to_string()).or_default();
         let mut cols: Vec<(String, Ty)> = vec![("database".into(), Ty::Text)];
-        let parse = ["client_parse_count", "server_parse_count", "bind_count"];
+        // PgBouncer 1.24+'s client_login_count comes after the prepared-statement counters.
+        // Logins per database are not counted here yet (the count would live next to the
+        // other per-database counters in shared memory), so the column is 0.
+        let parse = [
+            "client_parse_count",
+            "server_parse_count",
+            "bind_count",
+            "client_login_count",
+        ];
         let (with_totals, with_avgs) = match what {
             "stats_totals" => (true, false),
             "stats_averages" => (false, true),
@@ -294,11 +302,11 @@ impl Worker {
                 let mut r = vec![s(db)];
                 if with_totals {
                     r.extend(IDX.iter().map(|&i| s(t[i])));
-                    r.extend([s(0), s(0), s(0)]);
+                    r.extend([s(0), s(0), s(0), s(0)]);
                 }
                 if with_avgs {
                     r.extend(IDX.iter().map(|&i| s(a[i])));
-                    r.extend([s(0), s(0), s(0)]);
+                    r.extend([s(0), s(0), s(0), s(0)]);
                 }
                 r
             })
@@ -325,12 +333,22 @@ impl Worker {
             ("query_time", 5),
             ("wait_time", 6),
         ];
+        // PgBouncer 1.24+'s rows after the eight above: the prepared-statement counters
+        // (not counted here) and client logins (not counted here yet).
+        let zeros = [
+            "ps_client_parse_count",
+            "ps_server_parse_count",
+            "ps_bind_count",
+            "client_login_count",
+        ];
         let mut rows = Vec::new();
-        for (n, i) in names {
-            rows.push(vec![s(format!("total_{n}")), s(sum[i])]);
-        }
-        for (n, i) in names {
-            rows.push(vec![s(format!("avg_{n}")), s(avg[i])]);
+        for (prefix, vals) in [("total", &sum), ("avg", &avg)] {
+            for (n, i) in names {
+                rows.push(vec![s(format!("{prefix}_{n}")), s(vals[i])]);
+            }
+            for n in zeros {
+                rows.push(vec![s(format!("{prefix}_{n}")), s(0)]);
+            }
         }
         Table::new(&[("name", Ty::Text), ("value", Ty::Numeric)], rows)
     }
