@@ -26,6 +26,8 @@ import time
 TICK = os.sysconf("SC_CLK_TCK")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "pgbouncers")
+RELAY_BIN = os.path.join(ROOT, "target", "release", "examples", "null_relay")
+RELAY_PORT = 8532
 DIR = os.environ.get("BENCH_DIR", "/tmp/pgbouncers-bench")
 PG_PORT, PGB_PORT, OURS_PORT, HAPROXY_PORT = 15532, 16532, 6532, 7532
 PASSWORD = "benchpw"
@@ -228,6 +230,27 @@ databases:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class NullRelay(Pooler):
+    """The floor: every client gets its own PostgreSQL connection and bytes just move, two
+    reads and two writes per transaction (worker/examples/null_relay.rs)."""
+
+    def __init__(self, port=RELAY_PORT):
+        self.name = "null relay"
+        self.port = port
+        self.log = open(f"{DIR}/null_relay.log", "a")
+        self.proc = subprocess.Popen(
+            as_postgres([RELAY_BIN, str(port), f"127.0.0.1:{PG_PORT}"]),
+            stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(port, timeout=30)
+
+    def pids(self):
+        return tree(self.proc.pid)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
 
 
 # ---------------------------------------------------------------- measurements
@@ -571,13 +594,22 @@ def main():
                     failures.append(f"{name}: {label}")
             return res
 
-        # 1 and 2: throughput and CPU per transaction.
+        # 1 and 2: throughput and CPU per transaction; the simple protocol also through the
+        # null relay, the floor every pooler's CPU per transaction is a multiple of.
         plain_select = None
+        relay = NullRelay() if want("select") else None
+        if relay:
+            started.append(relay)
         for label, args in [("pgbench -S -c 50", ["-S", "-c", "50", "-j", "2"]),
                             ("pgbench -S -c 50 -M extended", ["-S", "-c", "50", "-j", "2", "-M", "extended"])]:
             if not want("select"):
                 break
-            res = scenario(label, args)
+            res = scenario(label, args, both + [relay] if "extended" not in label else both)
+            if "extended" not in label:
+                floor = med([r["cpu_us_per_tx"] for r in res["null relay"]])
+                mult = {n: med([r["cpu_us_per_tx"] for r in res[n]]) / floor for n in ("pgbouncers", "PgBouncer")}
+                report.add(label, "CPU / tx as a multiple of the null relay's", mult["pgbouncers"], 1.0, "lower",
+                           1.15, note=f"(PgBouncer: {mult['PgBouncer']:.2f}x; the relay: {floor:.1f} µs / tx)")
             if "extended" not in label:
                 plain_select = res
             report.add(label, "tps", med([r["tps"] for r in res["pgbouncers"]]),

@@ -25,6 +25,8 @@ have openssl || apt_install openssl
 if [[ " $* " == *" --callgrind "* ]] && ! have valgrind; then apt_install valgrind; fi
 if [[ " $* " == *" --perf "* ]] && ! have perf; then apt_install linux-perf; fi
 cargo build --release --quiet
+# The cost floor: a 1:1 forwarder with no parsing (worker/examples/null_relay.rs).
+cargo build --release --quiet -p pgbouncers-worker --example null_relay
 # 10,000 idle clients need descriptors on both sides.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # A fresh cluster each run: the previous one may be from another version of the script.
