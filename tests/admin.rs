@@ -702,6 +702,7 @@ const TEXT: u32 = 25;
 const INT4: u32 = 23;
 const INT8: u32 = 20;
 const NUMERIC: u32 = 1700;
+const BYTEA: u32 = 17;
 
 /// PgBouncer's type letters (admin-spec §1.1): s and T are text, i int4,
 /// q int8, N numeric.
@@ -1341,6 +1342,166 @@ fn show_catalog_commands_match_the_spec() {
         n.get(&'D').is_some_and(|d| d.contains("\tSHOW HELP|")),
         "{n:?}"
     );
+}
+
+/// PgBouncer 1.25.2's SHOW SOCKETS / ACTIVE_SOCKETS columns (its 21 socket columns, then
+/// the buffer columns), read from PgBouncer 1.25.2 itself.
+const SOCKETS_COLS: [&str; 28] = [
+    "type",
+    "user",
+    "database",
+    "replication",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+    "prepared_statements",
+    "id",
+    "recv_pos",
+    "pkt_pos",
+    "pkt_remain",
+    "send_pos",
+    "send_remain",
+    "pkt_avail",
+    "send_avail",
+];
+
+#[test]
+fn every_show_of_pgbouncer_1_25_answers_with_its_columns() {
+    let role = "adm_sock6";
+    create_role(role);
+    let pooler = start(&config("", ""), &[role]);
+    let mut held = Raw::login(pooler.port(), role, role, APP_DB);
+    assert_eq!(held.scalar("SELECT 1"), "1");
+    let mut raw = Raw::login(pooler.port(), ADMIN, ADMIN_PW, "pgbouncer");
+    // Columns and types as PgBouncer 1.25.2 sends them (no peering, no online restart, no
+    // slab allocator, resolver caches not gathered: those tables are empty).
+    for (q, cols, types, empty) in [
+        (
+            "SHOW PEERS",
+            &["peer_id", "host", "port", "pool_size"][..],
+            "isii",
+            true,
+        ),
+        (
+            "SHOW PEER_POOLS",
+            &[
+                "peer_id",
+                "cl_active_cancel_req",
+                "cl_waiting_cancel_req",
+                "sv_active_cancel",
+                "sv_login",
+            ][..],
+            "iiiii",
+            true,
+        ),
+        (
+            "SHOW FDS",
+            &[
+                "fd",
+                "task",
+                "user",
+                "database",
+                "addr",
+                "port",
+                "cancel",
+                "link",
+                "client_encoding",
+                "std_strings",
+                "datestyle",
+                "timezone",
+                "password",
+                "scram_client_key",
+                "scram_server_key",
+            ][..],
+            "issssiqisssss",
+            true,
+        ),
+        (
+            "SHOW MEM",
+            &["name", "size", "used", "free", "memtotal"][..],
+            "siiii",
+            true,
+        ),
+        (
+            "SHOW DNS_HOSTS",
+            &["hostname", "ttl", "addrs"][..],
+            "sqs",
+            true,
+        ),
+        (
+            "SHOW DNS_ZONES",
+            &["zonename", "serial", "count"][..],
+            "sqi",
+            true,
+        ),
+        ("SHOW STATE", &["key", "value"][..], "ss", false),
+        (
+            "SHOW SOCKETS",
+            &SOCKETS_COLS[..],
+            "ssssssisiTTiiississii iiiiiii",
+            false,
+        ),
+        (
+            "SHOW ACTIVE_SOCKETS",
+            &SOCKETS_COLS[..],
+            "ssssssisiTTiiississii iiiiiii",
+            true,
+        ),
+    ] {
+        let r = raw.query(q);
+        assert!(r.ok(), "{q}: {r:?}");
+        assert_eq!(r.table().cols, strs(cols), "{q} columns");
+        let mut want = oids(&types.replace(' ', ""));
+        if q == "SHOW FDS" {
+            // scram_client_key, scram_server_key
+            want.extend([BYTEA, BYTEA]);
+        }
+        assert_eq!(r.oids(), want, "{q} type OIDs");
+        assert_eq!(r.tags, ["SHOW"], "{q} command tag");
+        assert_eq!(r.rows.is_empty(), empty, "{q}: {r:?}");
+    }
+
+    // SHOW SOCKETS: every client and server, with PgBouncer's list names as states.
+    let sockets = raw.query("SHOW SOCKETS").table();
+    let me = sockets.one(&[("type", "C"), ("user", ADMIN)]);
+    assert_eq!(sockets.val(me, "database"), "pgbouncer");
+    assert_eq!(sockets.val(me, "state"), "cl_active");
+    let client = sockets.one(&[("type", "C"), ("user", role)]);
+    assert_eq!(sockets.val(client, "database"), APP_DB);
+    assert_eq!(sockets.val(client, "state"), "cl_active");
+    assert_eq!(sockets.num(client, "port"), i64::from(held.port));
+    let server = sockets.one(&[("type", "S"), ("user", role)]);
+    assert_eq!(sockets.val(server, "state"), "sv_active", "session pooling");
+    assert_eq!(sockets.val(server, "link"), sockets.val(client, "ptr"));
+    assert!(sockets.num(server, "remote_pid") > 0, "{server:?}");
+    for r in &sockets.rows {
+        for col in &SOCKETS_COLS[21..] {
+            assert_eq!(sockets.num(r, col), 0, "idle buffers: {col} {r:?}");
+        }
+    }
+
+    // SHOW HELP lists them, as PgBouncer 1.25's does.
+    let help = raw.query("SHOW HELP");
+    let detail = help.notices[0].get(&'D').cloned().unwrap_or_default();
+    for line in [
+        "\tSHOW PEERS|PEER_POOLS\n",
+        "SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE",
+        "\tSHOW DNS_HOSTS|DNS_ZONES\n",
+    ] {
+        assert!(detail.contains(line), "{line:?} in {detail:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------

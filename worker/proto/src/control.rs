@@ -14,6 +14,8 @@ pub enum What {
     Pools,
     Clients,
     Servers,
+    /// Clients and servers with their buffer columns (SHOW SOCKETS, ACTIVE_SOCKETS).
+    Sockets,
 }
 
 /// An admin console request a worker passes to the supervisor.
@@ -162,6 +164,7 @@ impl What {
         }
     }
 
+            What::Sockets => 4,
     fn from_code(c: u8) -> Result<What, DecodeError> {
         Ok(match c {
             1 => What::Pools,
@@ -170,6 +173,7 @@ impl What {
             _ => return Err(DecodeError("unknown collection")),
         })
     }
+            4 => What::Sockets,
 }
 
 impl AdminRequest {

@@ -18,6 +18,7 @@ pub enum Ty {
     Int4,
     Int8,
     Numeric,
+    Bytea,
 }
 
 impl Ty {
@@ -27,6 +28,7 @@ impl Ty {
             Ty::Int4 => 23,
             Ty::Int8 => 20,
             Ty::Numeric => 1700,
+            Ty::Bytea => 17,
         }
     }
 }
@@ -125,11 +127,80 @@ impl Worker {
                     crate::control::AdminRequest::Collect(What::Pools),
                 );
             }
-            "clients" | "servers" => {
-                let w = if what == "clients" {
-                    What::Clients
-                } else {
-                    What::Servers
+            "peers" => Table::new(
+                &[
+                    ("peer_id", Ty::Int4),
+                    ("host", Ty::Text),
+                    ("port", Ty::Int4),
+                    ("pool_size", Ty::Int4),
+                ],
+                Vec::new(),
+            ),
+            "peer_pools" => Table::new(
+                &[
+                    ("peer_id", Ty::Int4),
+                    ("cl_active_cancel_req", Ty::Int4),
+                    ("cl_waiting_cancel_req", Ty::Int4),
+                    ("sv_active_cancel", Ty::Int4),
+                    ("sv_login", Ty::Int4),
+                ],
+                Vec::new(),
+            ),
+            // No online restart (SUSPEND, -R) hands sockets over, so there are none to list.
+            "fds" => Table::new(
+                &[
+                    ("fd", Ty::Int4),
+                    ("task", Ty::Text),
+                    ("user", Ty::Text),
+                    ("database", Ty::Text),
+                    ("addr", Ty::Text),
+                    ("port", Ty::Int4),
+                    ("cancel", Ty::Int8),
+                    ("link", Ty::Int4),
+                    ("client_encoding", Ty::Text),
+                    ("std_strings", Ty::Text),
+                    ("datestyle", Ty::Text),
+                    ("timezone", Ty::Text),
+                    ("password", Ty::Text),
+                    ("scram_client_key", Ty::Bytea),
+                    ("scram_server_key", Ty::Bytea),
+                ],
+                Vec::new(),
+            ),
+            // PgBouncer's slab caches; this pooler's memory is each worker's buffer free
+            // lists, not shown yet.
+            "mem" => Table::new(
+                &[
+                    ("name", Ty::Text),
+                    ("size", Ty::Int4),
+                    ("used", Ty::Int4),
+                    ("free", Ty::Int4),
+                    ("memtotal", Ty::Int4),
+                ],
+                Vec::new(),
+            ),
+            // Each worker has its own resolver cache (dns.rs); they are not gathered yet.
+            "dns_hosts" => Table::new(
+                &[
+                    ("hostname", Ty::Text),
+                    ("ttl", Ty::Int8),
+                    ("addrs", Ty::Text),
+                ],
+                Vec::new(),
+            ),
+            "dns_zones" => Table::new(
+                &[
+                    ("zonename", Ty::Text),
+                    ("serial", Ty::Int8),
+                    ("count", Ty::Int4),
+                ],
+                Vec::new(),
+            ),
+            "clients" | "servers" | "sockets" | "active_sockets" => {
+                let w = match what {
+                    "clients" => What::Clients,
+                    "servers" => What::Servers,
+                    _ => What::Sockets,
                 };
                 let cmd = super::parse::Cmd::Show(what.to_string());
                 return self.console_forward(ct, cmd, crate::control::AdminRequest::Collect(w));
@@ -149,6 +220,8 @@ impl Worker {
             "lists" => self.show_lists(rows),
             "databases" => self.show_databases(rows),
             "users" => self.show_users(rows),
+            "sockets" => show_socket_buffers(rows, false),
+            "active_sockets" => show_socket_buffers(rows, true),
             _ => show_sockets(rows),
         };
         self.console_table(ct, &table);
@@ -160,7 +233,9 @@ impl Worker {
         };
         let out = c.io.wbuf.vec(&mut self.bufs);
         let detail = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
-                      \tSHOW LISTS|STATE|WORKERS\n\
+                      \tSHOW PEERS|PEER_POOLS\n\
+                      \tSHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE|WORKERS\n\
+                      \tSHOW DNS_HOSTS|DNS_ZONES\n\
                       \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
                       \tSET key = arg\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\
                       \tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]\n\
@@ -398,8 +473,13 @@ impl Worker {
     pub(crate) fn collect(&self, what: What) -> Vec<Row> {
         match what {
             What::Pools => self.collect_pools(),
-            What::Clients => self.collect_sockets(true),
-            What::Servers => self.collect_sockets(false),
+            What::Clients => self.collect_sockets(true, false),
+            What::Servers => self.collect_sockets(false, false),
+            What::Sockets => {
+                let mut rows = self.collect_sockets(true, true);
+                rows.extend(self.collect_sockets(false, true));
+                rows
+            }
         }
     }
 
@@ -469,7 +549,15 @@ impl Worker {
         rows
     }
 
-    fn collect_sockets(&self, clients: bool) -> Vec<Row> {
+    /// SHOW CLIENTS or SERVERS rows; with `buffers`, PgBouncer's seven buffer columns of
+    /// SHOW SOCKETS follow: recv_pos, pkt_pos, pkt_remain, send_pos, send_remain,
+    /// pkt_avail, send_avail (bytes read and not yet handled; bytes waiting to be sent).
+    fn collect_sockets(&self, clients: bool, buffers: bool) -> Vec<Row> {
+        let bufs = |io: &crate::stream::Stream| -> Vec<Option<String>> {
+            let read = io.rbuf.len();
+            let send = io.wbuf.pending().len();
+            vec![s(read), s(0), s(0), s(0), s(0), s(read), s(send)]
+        };
         let mut rows = Vec::new();
         let local = |io: &crate::stream::Stream| -> (String, i64) {
             match io.local_addr() {
@@ -547,6 +635,9 @@ impl Worker {
                             .map(|e| e.to_string())
                             .unwrap_or_default()),
                     ]);
+                    if buffers {
+                        rows.last_mut().expect("pushed").extend(bufs(&c.io));
+                    }
                 }
                 Conn::Server(sv) if !clients => {
                     let p = self.pools.get(sv.pool);
@@ -592,6 +683,9 @@ impl Worker {
                         s(""),
                         s(""),
                     ]);
+                    if buffers {
+                        rows.last_mut().expect("pushed").extend(bufs(&sv.io));
+                    }
                 }
                 _ => {}
             }
@@ -910,6 +1004,71 @@ fn show_sockets(rows: Vec<(u8, Row)>) -> Table {
             ("endpoint", Ty::Text),
         ],
         rows.into_iter().map(|(_, r)| r).collect(),
+    )
+}
+
+/// SHOW SOCKETS / ACTIVE_SOCKETS: PgBouncer 1.25's 21 socket columns (states named by
+/// PgBouncer's lists: cl_active, sv_idle, ...) and its 7 buffer columns. ACTIVE_SOCKETS
+/// keeps, as PgBouncer does, the sockets with bytes in their buffers.
+fn show_socket_buffers(rows: Vec<(u8, Row)>, active_only: bool) -> Table {
+    let int = |n: &'static str| (n, Ty::Int4);
+    let rows = rows
+        .into_iter()
+        .filter_map(|(_, r)| {
+            if r.len() < 31 {
+                return None;
+            }
+            if active_only && num(&r[29]) == 0 && num(&r[30]) == 0 {
+                return None;
+            }
+            let mut out: Row = r[..21].to_vec();
+            let client = r[0].as_deref() == Some("C");
+            let state = match (client, r[4].as_deref().unwrap_or("")) {
+                (true, "waiting") => "cl_waiting",
+                (true, _) => "cl_active",
+                (false, "active") => "sv_active",
+                (false, "idle") => "sv_idle",
+                (false, "tested") => "sv_tested",
+                (false, "being_canceled") => "sv_being_canceled",
+                (false, _) => "sv_login",
+            };
+            out[4] = s(state);
+            out.extend_from_slice(&r[24..31]);
+            Some(out)
+        })
+        .collect();
+    Table::new(
+        &[
+            ("type", Ty::Text),
+            ("user", Ty::Text),
+            ("database", Ty::Text),
+            ("replication", Ty::Text),
+            ("state", Ty::Text),
+            ("addr", Ty::Text),
+            int("port"),
+            ("local_addr", Ty::Text),
+            int("local_port"),
+            ("connect_time", Ty::Text),
+            ("request_time", Ty::Text),
+            int("wait"),
+            int("wait_us"),
+            int("close_needed"),
+            ("ptr", Ty::Text),
+            ("link", Ty::Text),
+            int("remote_pid"),
+            ("tls", Ty::Text),
+            ("application_name", Ty::Text),
+            int("prepared_statements"),
+            int("id"),
+            int("recv_pos"),
+            int("pkt_pos"),
+            int("pkt_remain"),
+            int("send_pos"),
+            int("send_remain"),
+            int("pkt_avail"),
+            int("send_avail"),
+        ],
+        rows,
     )
 }
 
