@@ -1876,6 +1876,62 @@ fn shutdown_from_the_console_stops_the_whole_pooler() {
     }
 }
 
+#[test]
+fn shutdown_wait_for_servers_lets_transactions_end_then_exits() {
+    let role = "adm_shutw11";
+    create_role(role);
+    let mut pooler = start(&config("pool_mode: transaction\n", ""), &[role]);
+    let mut busy = Raw::login(pooler.port(), role, role, APP_DB);
+    assert!(busy.query("BEGIN").ok());
+    assert_eq!(busy.scalar("SELECT 1"), "1");
+
+    // Anything else after SHUTDOWN is refused whole, as PgBouncer 1.25 refuses it; and
+    // WAIT_FOR_CLIENTS is refused here (not supported yet), leaving the pooler running.
+    let mut console = Raw::login(pooler.port(), ADMIN, ADMIN_PW, "pgbouncer");
+    let r = console.query("SHUTDOWN foo");
+    assert_eq!(
+        r.error().2,
+        "invalid command 'SHUTDOWN foo', use SHOW HELP;",
+        "{r:?}"
+    );
+    let r = console.query("SHUTDOWN WAIT_FOR_CLIENTS");
+    assert!(r.error().2.contains("WAIT_FOR_CLIENTS"), "{r:?}");
+    let help = console.query("SHOW HELP");
+    let detail = help.notices[0].get(&'D').cloned().unwrap_or_default();
+    assert!(
+        detail.contains("\tSHUTDOWN WAIT_FOR_SERVERS\n"),
+        "{detail:?}"
+    );
+    assert!(pooler.wait_exit(ms(300)).is_none(), "{}", pooler.log());
+
+    console.set_timeout(secs(5));
+    console.send(b'Q', b"shutdown wait_for_servers;\0");
+    // The open transaction holds its server: the pooler waits for it...
+    assert!(
+        pooler.wait_exit(ms(1500)).is_none(),
+        "exited with a transaction open:\n{}",
+        pooler.log()
+    );
+    // ...and takes no new client meanwhile.
+    assert!(
+        TcpStream::connect(("127.0.0.1", pooler.port())).is_err(),
+        "the listening socket is still open during SHUTDOWN WAIT_FOR_SERVERS"
+    );
+    busy.set_timeout(secs(5));
+    let _ = busy.query("COMMIT");
+    let status = pooler.wait_exit(secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "supervisor exit {status:?} after the transaction ended\n{}",
+        pooler.log()
+    );
+    assert!(
+        pooler.log().contains("SHUTDOWN WAIT_FOR_SERVERS"),
+        "{}",
+        pooler.log()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 12. Prometheus endpoint
 // ---------------------------------------------------------------------------

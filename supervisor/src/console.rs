@@ -116,6 +116,17 @@ impl Supervisor {
                 done(self, None);
             }
             AdminRequest::Shutdown => self.begin_stop(),
+            // As PgBouncer 1.23+: stop accepting, and exit once every server is released
+            // (transactions end, sessions in session pooling) -- what SHUTDOWN does here.
+            AdminRequest::ShutdownWait { clients: false } => self.begin_stop(),
+            AdminRequest::ShutdownWait { clients: true } => done(
+                self,
+                Some(
+                    "SHUTDOWN WAIT_FOR_CLIENTS is not supported yet: use SHUTDOWN \
+                     WAIT_FOR_SERVERS, or PAUSE and wait for the clients to leave"
+                        .into(),
+                ),
+            ),
             AdminRequest::Set { key, value } => {
                 let r = self.set_runtime(&key, &value);
                 if let Err(e) = &r {

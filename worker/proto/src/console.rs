@@ -7,13 +7,20 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
     Show(String),
-    Set { key: String, value: String },
+    Set {
+        key: String,
+        value: String,
+    },
     Reload,
     Pause(Option<String>),
     Resume(Option<String>),
     Kill(Option<String>),
     KillClient(String),
     Shutdown,
+    /// `SHUTDOWN WAIT_FOR_SERVERS`: stop accepting, exit once every server is released.
+    ShutdownWaitForServers,
+    /// `SHUTDOWN WAIT_FOR_CLIENTS`: stop accepting, exit once every client has left.
+    ShutdownWaitForClients,
     Suspend,
     Disable(String),
     Enable(String),
@@ -107,7 +114,12 @@ pub fn parse(query: &str) -> Result<Cmd, ParseError> {
         "resume" => Cmd::Resume(arg),
         "kill" => Cmd::Kill(arg),
         "kill_client" => Cmd::KillClient(arg.unwrap_or_default()),
-        "shutdown" if arg.is_none() => Cmd::Shutdown,
+        "shutdown" => match arg.map(|a| a.to_ascii_lowercase()).as_deref() {
+            None => Cmd::Shutdown,
+            Some("wait_for_servers") => Cmd::ShutdownWaitForServers,
+            Some("wait_for_clients") => Cmd::ShutdownWaitForClients,
+            Some(_) => return Err(ParseError::Invalid),
+        },
         "suspend" if arg.is_none() => Cmd::Suspend,
         "disable" => Cmd::Disable(arg.unwrap_or_default()),
         "enable" => Cmd::Enable(arg.unwrap_or_default()),
@@ -158,6 +170,8 @@ mod tests {
             ("KILL app;", Cmd::Kill(Some("app".into()))),
             ("kill_client 42", Cmd::KillClient("42".into())),
             ("SHUTDOWN", Cmd::Shutdown),
+            ("SHUTDOWN WAIT_FOR_SERVERS", Cmd::ShutdownWaitForServers),
+            ("shutdown wait_for_clients;", Cmd::ShutdownWaitForClients),
             (
                 "set log_connections = 0",
                 Cmd::Set {
@@ -198,6 +212,7 @@ mod tests {
             "-- comment",
             "RELOAD now",
             "SHUTDOWN x",
+            "SHUTDOWN WAIT_FOR_CLIENTS x",
             "frobnicate",
             "SET x",
             "SET x = 0.5",

@@ -28,7 +28,14 @@ pub enum AdminRequest {
     Kill(Option<String>),
     KillClient(u32),
     Shutdown,
-    Set { key: String, value: String },
+    /// SHUTDOWN WAIT_FOR_SERVERS (false) or WAIT_FOR_CLIENTS (true).
+    ShutdownWait {
+        clients: bool,
+    },
+    Set {
+        key: String,
+        value: String,
+    },
     Disable(String),
     Enable(String),
     Reconnect(Option<String>),
@@ -222,6 +229,9 @@ impl AdminRequest {
         }
     }
 
+            AdminRequest::ShutdownWait { clients } => {
+                out.extend_from_slice(&[13, u8::from(*clients)])
+            }
     fn decode(r: &mut Reader) -> Result<AdminRequest, DecodeError> {
         Ok(match r.take(1)?[0] {
             1 => AdminRequest::Collect(What::from_code(r.take(1)?[0])?),
@@ -242,6 +252,9 @@ impl AdminRequest {
             _ => return Err(DecodeError("unknown admin request")),
         })
     }
+            13 => AdminRequest::ShutdownWait {
+                clients: r.take(1)?[0] != 0,
+            },
 }
 
 impl Command {
@@ -655,6 +668,14 @@ mod tests {
                 last: true,
             },
         ] {
+            Report::Admin {
+                req: 10,
+                request: AdminRequest::ShutdownWait { clients: true },
+            },
+            Report::Admin {
+                req: 11,
+                request: AdminRequest::ShutdownWait { clients: false },
+            },
             let mut b = Vec::new();
             r.encode(&mut b);
             assert_eq!(Report::decode(&b), Ok(r));

@@ -263,6 +263,16 @@ impl Worker {
                 log::info!("SHUTDOWN from the admin console");
                 self.console_forward(ct, cmd.clone(), AdminRequest::Shutdown)
             }
+            Cmd::ShutdownWaitForServers | Cmd::ShutdownWaitForClients => {
+                let clients = matches!(cmd, Cmd::ShutdownWaitForClients);
+                let mode = if clients {
+                    "WAIT_FOR_CLIENTS"
+                } else {
+                    "WAIT_FOR_SERVERS"
+                };
+                log::info!("SHUTDOWN {mode} from the admin console");
+                self.console_forward(ct, cmd.clone(), AdminRequest::ShutdownWait { clients })
+            }
             Cmd::Set { ref key, ref value } => {
                 if let Some(why) = self.set_refused(key, value) {
                     return self.console_error(ct, &format!("SET failed: {why}"));

@@ -239,7 +239,8 @@ impl Worker {
                       \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
                       \tSET key = arg\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\
                       \tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]\n\
-                      \tKILL_CLIENT <client_id>\n\tSHUTDOWN\n\tWAIT_CLOSE [<db>]";
+                      \tKILL_CLIENT <client_id>\n\tSHUTDOWN\n\tSHUTDOWN WAIT_FOR_SERVERS\n\
+                      \tWAIT_CLOSE [<db>]";
         notice(out, "Console usage", detail);
         write::command_complete(out, "SHOW");
         write::ready_for_query(out, crate::relay::TxStatus::Idle);
