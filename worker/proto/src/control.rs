@@ -168,19 +168,19 @@ impl What {
             What::Pools => 1,
             What::Clients => 2,
             What::Servers => 3,
+            What::Sockets => 4,
         }
     }
 
-            What::Sockets => 4,
     fn from_code(c: u8) -> Result<What, DecodeError> {
         Ok(match c {
             1 => What::Pools,
             2 => What::Clients,
             3 => What::Servers,
+            4 => What::Sockets,
             _ => return Err(DecodeError("unknown collection")),
         })
     }
-            4 => What::Sockets,
 }
 
 impl AdminRequest {
@@ -226,12 +226,12 @@ impl AdminRequest {
                 out.push(12);
                 put_opt_str(out, db.as_deref());
             }
-        }
-    }
-
             AdminRequest::ShutdownWait { clients } => {
                 out.extend_from_slice(&[13, u8::from(*clients)])
             }
+        }
+    }
+
     fn decode(r: &mut Reader) -> Result<AdminRequest, DecodeError> {
         Ok(match r.take(1)?[0] {
             1 => AdminRequest::Collect(What::from_code(r.take(1)?[0])?),
@@ -249,12 +249,12 @@ impl AdminRequest {
             10 => AdminRequest::Enable(r.opt_str()?.ok_or(DecodeError("no database"))?),
             11 => AdminRequest::Reconnect(r.opt_str()?),
             12 => AdminRequest::WaitClose(r.opt_str()?),
-            _ => return Err(DecodeError("unknown admin request")),
-        })
-    }
             13 => AdminRequest::ShutdownWait {
                 clients: r.take(1)?[0] != 0,
             },
+            _ => return Err(DecodeError("unknown admin request")),
+        })
+    }
 }
 
 impl Command {
@@ -662,12 +662,6 @@ mod tests {
                 req: 9,
                 request: AdminRequest::WaitClose(Some("db".into())),
             },
-            Report::Rows {
-                req: 5,
-                chunk: vec![9],
-                last: true,
-            },
-        ] {
             Report::Admin {
                 req: 10,
                 request: AdminRequest::ShutdownWait { clients: true },
@@ -676,6 +670,12 @@ mod tests {
                 req: 11,
                 request: AdminRequest::ShutdownWait { clients: false },
             },
+            Report::Rows {
+                req: 5,
+                chunk: vec![9],
+                last: true,
+            },
+        ] {
             let mut b = Vec::new();
             r.encode(&mut b);
             assert_eq!(Report::decode(&b), Ok(r));
