@@ -95,6 +95,10 @@ pub(crate) struct Client {
     pub auth: Option<AuthStep>,
     /// Holds a place in the pooler-wide client count (max_client_conn).
     pub counted: bool,
+    /// Name-table indexes of the database's and the user's client counts this client holds
+    /// a place in (max_db_client_connections, max_user_client_connections).
+    pub counted_db: Option<usize>,
+    pub counted_user: Option<usize>,
     /// The client's named statements, under transaction pooling.
     pub stmts: std::collections::HashMap<Box<str>, std::rc::Rc<crate::prepared::Stmt>>,
     /// What the server still owes this client, when statements are rewritten.
@@ -215,6 +219,8 @@ impl Worker {
             xact_start: self.now,
             auth: None,
             counted: false,
+            counted_db: None,
+            counted_user: None,
             stmts: Default::default(),
             queue: Default::default(),
             dropped: Vec::new(),
@@ -600,7 +606,45 @@ impl Worker {
         if let Some(c) = self.client(ct) {
             c.counted = true;
         }
+        if let Some(why) = self.count_client(ct) {
+            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, why.into()));
+        }
         self.begin_auth(ct);
+    }
+
+    /// Takes the client's places in its database's and its user's client counts, all
+    /// workers together (max_db_client_connections, max_user_client_connections; PgBouncer
+    /// 1.24+). Where PgBouncer checks them: at the startup packet, after max_client_conn,
+    /// before any password, the database first; its words, SQLSTATE 08P01 as its
+    /// disconnect_client sends. The console is not counted. Only configured databases and
+    /// users the pooler knows get a place in the shared name table, so made-up names cannot
+    /// fill it; a name that does not fit in the table is not limited (as for servers).
+    fn count_client(&mut self, ct: usize) -> Option<&'static str> {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return None;
+        };
+        if c.admin.is_some() {
+            return None;
+        }
+        if self.cfg.database_entry(&c.db).is_some() {
+            if let Some(i) = self.shm.name_index(crate::shm::Kind::Database, &c.db) {
+                let limit = self.cfg.max_db_client_connections_for(&c.db);
+                if !self.shm.acquire_name_client(self.slot, i, limit) {
+                    return Some("client connections exceeded (max_db_client_connections)");
+                }
+                c.counted_db = Some(i);
+            }
+        }
+        if self.cfg.users.contains_key(&*c.user) || self.auth.secret(&c.user).is_some() {
+            if let Some(i) = self.shm.name_index(crate::shm::Kind::User, &c.user) {
+                let limit = self.cfg.max_user_client_connections_for(&c.user);
+                if !self.shm.acquire_name_client(self.slot, i, limit) {
+                    return Some("client connections exceeded (max_user_client_connections)");
+                }
+                c.counted_user = Some(i);
+            }
+        }
+        None
     }
 
     /// Sends the first authentication request for the configured method.
@@ -1007,6 +1051,12 @@ impl Worker {
         let state = c.state;
         if c.counted {
             self.shm.release_client(self.slot);
+        }
+        for i in [c.counted_db.take(), c.counted_user.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.shm.release_name_client(self.slot, i);
         }
         if c.admin.is_some() {
             self.console_forget(ct, id);

@@ -8,8 +8,8 @@
 //! |-----------|-------------------------------|-----------------------------------|------------|
 //! | header    | `Header`: magic, version, capacities, the global client count | 1 | 8 |
 //! | workers   | [`WorkerSlot`]: identity and counters | `workers_cap`             | 128        |
-//! | names     | `Name`: `d:<database>` / `u:<user>`, each with a global server count that enforces `max_db_connections` / `max_user_connections` | `names_cap` | 128 |
-//! | shares    | `AtomicU32`: one worker's share of every name's global count | `workers_cap` rows of `names_cap` | a page per row |
+//! | names     | `Name`: `d:<database>` / `u:<user>`, each with a global server count that enforces `max_db_connections` / `max_user_connections`, and a global client count that enforces `max_db_client_connections` / `max_user_client_connections` | `names_cap` | 128 |
+//! | shares    | `AtomicU32`: one worker's share of every name's server count, then of every name's client count | `workers_cap` rows of `2 * names_cap` | a page per row |
 //! | stats     | [`DbStats`]: one worker's per-database stats | `workers_cap` rows of `names_cap` | a page per row |
 //!
 //! `Plan` works out where each part lies, once, with checked arithmetic
@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
 
 const MAGIC: u64 = 0x7067_6273_5f73_686d; // "pgbs_shm"
-/// 2: worker slots count TLS sessions and failures.
-const VERSION: u32 = 2;
+/// 2: worker slots count TLS sessions and failures. 3: names count clients too.
+const VERSION: u32 = 3;
 /// Longest name kept in the table: PostgreSQL's NAMEDATALEN - 1, plus the kind prefix.
 pub const MAX_NAME: usize = 66;
 /// Each worker's row of shares and of stats starts on its own page: no false sharing.
@@ -137,6 +137,8 @@ struct Name {
     bytes: [AtomicU8; MAX_NAME],
     /// Global count: servers for this database or user, all workers together.
     count: AtomicU32,
+    /// Global count: clients of this database or user, all workers together.
+    clients: AtomicU32,
     /// Until when (Unix milliseconds) some worker has clients waiting because this
     /// name's limit is reached. Expires by itself, so a dead worker never leaves it set.
     starved_until: AtomicU64,
@@ -199,7 +201,8 @@ impl Plan {
             .ok()?;
         let names_layout = Layout::array::<Name>(names_cap).ok()?.align_to(128).ok()?;
         let (region, names) = region.extend(names_layout).ok()?;
-        let (share_rows, share_stride) = rows::<AtomicU32>(names_cap, workers_cap)?;
+        // Server shares, then client shares: two entries per name.
+        let (share_rows, share_stride) = rows::<AtomicU32>(names_cap.checked_mul(2)?, workers_cap)?;
         let (region, shares) = region.extend(share_rows).ok()?;
         let (stat_rows, stat_stride) = rows::<DbStats>(names_cap, workers_cap)?;
         let (region, stats) = region.extend(stat_rows).ok()?;
@@ -396,6 +399,16 @@ impl Shm {
         self.row_entry(self.region().shares, self.plan.share_stride, slot, i)
     }
 
+    /// Worker `slot`'s share of the client count at `i`: the second half of its row.
+    fn client_share(&self, slot: usize, i: usize) -> Option<&AtomicU32> {
+        if slot >= self.plan.workers_cap || i >= self.plan.names_cap {
+            return None;
+        }
+        self.region()
+            .shares
+            .get(slot * self.plan.share_stride + self.plan.names_cap + i)
+    }
+
     /// A worker's stats for the database at name index `i`, or None if either is out of
     /// range.
     pub fn get_db_stats(&self, slot: usize, i: usize) -> Option<&DbStats> {
@@ -519,14 +532,32 @@ impl Shm {
         let (Some(e), Some(s)) = (self.name(i), self.share(slot, i)) else {
             return false;
         };
-        let c = &e.count;
-        let before = c.fetch_add(1, AcqRel);
-        if limit != 0 && before >= limit {
-            c.fetch_sub(1, AcqRel);
+        take(&e.count, s, limit)
+    }
+
+    /// Takes one place in the client count at `i` (a database's or a user's) unless that
+    /// would pass `limit` (0 = none): `max_db_client_connections` and
+    /// `max_user_client_connections`, enforced like the server counts. False, taking
+    /// nothing, when `slot` or `i` is out of range.
+    pub fn acquire_name_client(&self, slot: usize, i: usize, limit: u32) -> bool {
+        let (Some(e), Some(s)) = (self.name(i), self.client_share(slot, i)) else {
             return false;
-        }
-        s.store(s.load(Relaxed) + 1, Relaxed);
-        true
+        };
+        take(&e.clients, s, limit)
+    }
+
+    /// Gives back a client place `slot` holds at `i`; nothing when it holds none or either
+    /// index is out of range.
+    pub fn release_name_client(&self, slot: usize, i: usize) {
+        let (Some(e), Some(s)) = (self.name(i), self.client_share(slot, i)) else {
+            return;
+        };
+        give(&e.clients, s);
+    }
+
+    /// The global client count at `i` (0 past the table).
+    pub fn name_clients(&self, i: usize) -> u32 {
+        self.name(i).map_or(0, |e| e.clients.load(Acquire))
     }
 
     /// Gives back a unit `slot` holds at `i`; nothing when it holds none or either index
@@ -535,12 +566,7 @@ impl Shm {
         let (Some(e), Some(s)) = (self.name(i), self.share(slot, i)) else {
             return;
         };
-        let mine = s.load(Relaxed);
-        if mine == 0 {
-            return;
-        }
-        s.store(mine - 1, Relaxed);
-        e.count.fetch_sub(1, AcqRel);
+        give(&e.count, s);
     }
 
     /// A worker could not get a server because this name's limit is reached. Ignored
@@ -629,6 +655,12 @@ impl Shm {
                     e.count.fetch_sub(held, AcqRel);
                 }
             }
+            if let Some(s) = self.client_share(slot, i) {
+                let held = s.swap(0, AcqRel);
+                if held > 0 {
+                    e.clients.fetch_sub(held, AcqRel);
+                }
+            }
         }
         let held = w.clients.swap(0, AcqRel) as u32;
         if held > 0 {
@@ -647,6 +679,28 @@ impl Shm {
             }
         }
     }
+}
+
+/// Takes one unit of the global count `c` unless that would pass `limit` (0 = none),
+/// recording it in the worker's share `s`. Lock-free: an add rolled back on overshoot.
+fn take(c: &AtomicU32, s: &AtomicU32, limit: u32) -> bool {
+    let before = c.fetch_add(1, AcqRel);
+    if limit != 0 && before >= limit {
+        c.fetch_sub(1, AcqRel);
+        return false;
+    }
+    s.store(s.load(Relaxed) + 1, Relaxed);
+    true
+}
+
+/// Gives back one unit of `c` that the worker's share `s` holds; nothing when it holds none.
+fn give(c: &AtomicU32, s: &AtomicU32) {
+    let mine = s.load(Relaxed);
+    if mine == 0 {
+        return;
+    }
+    s.store(mine - 1, Relaxed);
+    c.fetch_sub(1, AcqRel);
 }
 
 /// Milliseconds since the Unix epoch, the clock shared-memory deadlines use.
@@ -687,6 +741,38 @@ mod tests {
         // Releasing what a slot doesn't hold never goes below zero.
         shm.release(0, db);
         assert_eq!(shm.count(db), 2);
+    }
+
+    #[test]
+    fn client_counts_per_name_hold_roll_back_and_are_reclaimed() {
+        let shm = Shm::create(3, 8).unwrap();
+        let db = shm.name_index(Kind::Database, "app").unwrap();
+        let user = shm.name_index(Kind::User, "bob").unwrap();
+        assert!(shm.acquire_name_client(0, db, 2));
+        assert!(shm.acquire_name_client(1, db, 2));
+        assert!(!shm.acquire_name_client(2, db, 2));
+        assert_eq!(shm.name_clients(db), 2);
+        // The server count of the same name is separate.
+        assert_eq!(shm.count(db), 0);
+        assert!(shm.acquire(2, db, 1));
+        assert!(shm.acquire_name_client(2, user, 1));
+        assert!(!shm.acquire_name_client(0, user, 1));
+        // A worker dies: its client places come back, not more.
+        shm.reclaim(1);
+        assert_eq!(shm.name_clients(db), 1);
+        assert_eq!(shm.count(db), 1);
+        shm.release_name_client(1, db);
+        assert_eq!(shm.name_clients(db), 1);
+        shm.release_name_client(0, db);
+        shm.release_name_client(2, user);
+        assert_eq!((shm.name_clients(db), shm.name_clients(user)), (0, 0));
+        // 0 = unlimited; out of range takes nothing.
+        for _ in 0..5 {
+            assert!(shm.acquire_name_client(0, db, 0));
+        }
+        assert!(!shm.acquire_name_client(3, db, 0));
+        assert!(!shm.acquire_name_client(0, 8, 0));
+        assert_eq!(shm.name_clients(8), 0);
     }
 
     #[test]
@@ -738,18 +824,19 @@ mod tests {
 
     /// The offsets the hand-written arithmetic of the first version gave: the layout is
     /// byte for byte the same, so VERSION stays 1.
-    fn version_1_offsets(w: usize, n: usize) -> [usize; 5] {
+    fn layout_offsets(w: usize, n: usize) -> [usize; 5] {
         let align = |x: usize, to: usize| x.div_ceil(to) * to;
         let workers = align(std::mem::size_of::<Header>(), 128);
         let names = align(workers + w * std::mem::size_of::<WorkerSlot>(), 128);
         let shares = align(names + n * std::mem::size_of::<Name>(), 4096);
-        let stats = shares + w * align(n * 4, 4096);
+        // Version 3: two shares per name, servers then clients.
+        let stats = shares + w * align(n * 2 * 4, 4096);
         let len = stats + w * align(n * std::mem::size_of::<DbStats>(), 4096);
         [workers, names, shares, stats, len]
     }
 
     #[test]
-    fn plan_is_aligned_disjoint_and_matches_version_1() {
+    fn plan_is_aligned_disjoint_and_matches_the_layout() {
         for (w, n) in [
             (0, 0),
             (1, 0),
@@ -763,14 +850,14 @@ mod tests {
             let p = Plan::new(w, n).unwrap();
             assert_eq!(
                 [p.workers, p.names, p.shares, p.stats, p.len],
-                version_1_offsets(w, n),
+                layout_offsets(w, n),
                 "{w} workers, {n} names"
             );
             assert_eq!(p.workers % std::mem::align_of::<WorkerSlot>(), 0);
             assert_eq!(p.names % 128, 0);
             assert_eq!(p.shares % PAGE, 0);
             assert_eq!(p.stats % PAGE, 0);
-            assert!(p.share_stride >= n && (p.share_stride * 4).is_multiple_of(PAGE));
+            assert!(p.share_stride >= 2 * n && (p.share_stride * 4).is_multiple_of(PAGE));
             let stat_row = p.stat_stride * std::mem::size_of::<DbStats>();
             assert!(p.stat_stride >= n && stat_row.is_multiple_of(PAGE));
             assert!(std::mem::size_of::<Header>() <= p.workers);
@@ -801,7 +888,11 @@ mod tests {
             v.extend([w.clients.load(Relaxed), w.servers.load(Relaxed)]);
         }
         for e in r.names {
-            v.extend([e.count.load(Relaxed) as u64, e.starved_by.load(Relaxed)]);
+            v.extend([
+                e.count.load(Relaxed) as u64,
+                e.clients.load(Relaxed) as u64,
+                e.starved_by.load(Relaxed),
+            ]);
             v.push(e.starved_until.load(Relaxed));
             v.extend(e.retired.iter().chain(&e.averages).map(|a| a.load(Relaxed)));
         }

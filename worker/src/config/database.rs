@@ -45,6 +45,9 @@ pub struct Database {
     pub pool_mode: Option<PoolMode>,
     #[serde(deserialize_with = "cde::opt_int")]
     pub max_db_connections: Option<u32>,
+    /// Clients of this database, all users and workers together (PgBouncer 1.24+).
+    #[serde(deserialize_with = "cde::opt_int")]
+    pub max_db_client_connections: Option<u32>,
     /// Query run once on each new server connection, before any client uses it.
     #[serde(deserialize_with = "cde::opt_string")]
     pub connect_query: Option<String>,
@@ -66,6 +69,7 @@ impl Default for Database {
             reserve_pool_size: None,
             pool_mode: None,
             max_db_connections: None,
+            max_db_client_connections: None,
             connect_query: None,
             application_name: None,
         }
@@ -99,6 +103,9 @@ impl Database {
                 "max_db_connections" => {
                     db.max_db_connections = Some(parse_num(&value).map_err(bad)?)
                 }
+                "max_db_client_connections" => {
+                    db.max_db_client_connections = Some(parse_num(&value).map_err(bad)?)
+                }
                 "connect_query" => db.connect_query = non_empty(value),
                 "application_name" => db.application_name = non_empty(value),
                 _ => return Err(EntryError::unknown(&key, DATABASE_FIELDS)),
@@ -120,6 +127,7 @@ pub(super) const DATABASE_FIELDS: &[&str] = &[
     "reserve_pool_size",
     "pool_mode",
     "max_db_connections",
+    "max_db_client_connections",
     "connect_query",
     "application_name",
 ];
@@ -135,6 +143,9 @@ pub struct UserSettings {
     pub reserve_pool_size: Option<u32>,
     #[serde(deserialize_with = "cde::opt_int")]
     pub max_user_connections: Option<u32>,
+    /// Clients of this user, all databases and workers together (PgBouncer 1.24+).
+    #[serde(deserialize_with = "cde::opt_int")]
+    pub max_user_client_connections: Option<u32>,
 }
 
 /// Keys of a user entry, for error messages (a test checks them against the struct).
@@ -143,6 +154,7 @@ pub(super) const USER_FIELDS: &[&str] = &[
     "pool_size",
     "reserve_pool_size",
     "max_user_connections",
+    "max_user_client_connections",
 ];
 
 impl UserSettings {
@@ -160,6 +172,9 @@ impl UserSettings {
                 }
                 "max_user_connections" => {
                     user.max_user_connections = Some(parse_num(&value).map_err(bad)?)
+                }
+                "max_user_client_connections" => {
+                    user.max_user_client_connections = Some(parse_num(&value).map_err(bad)?)
                 }
                 _ => return Err(EntryError::unknown(&key, USER_FIELDS)),
             }

@@ -399,11 +399,11 @@ const SETTINGS: &[(&str, Rule, Status)] = {
         ("logfile", Same(Text), Different),
         ("login_notify_message", OnlyIf(Empty, "a notice after login is not supported yet"), Refused),
         ("max_client_conn", Same(Int(U32)), Honoured),
-        ("max_db_client_connections", OnlyIf(Zero, "per-database client limits are not supported yet: max_client_conn limits the clients of the whole pooler"), Refused),
+        ("max_db_client_connections", Same(Int(U32)), Honoured),
         ("max_db_connections", Same(Int(U32)), Honoured),
         ("max_packet_size", Same(Int(U32)), Honoured),
         ("max_prepared_statements", Same(Int(U32)), Different),
-        ("max_user_client_connections", OnlyIf(Zero, "per-user client limits are not supported yet: max_client_conn limits the clients of the whole pooler"), Refused),
+        ("max_user_client_connections", Same(Int(U32)), Honoured),
         ("max_user_connections", Same(Int(U32)), Honoured),
         ("min_pool_size", Same(Int(U32)), Different),
         ("peer_id", OnlyIf(Zero, "peering is not supported yet; cancel requests already reach the right worker of this pooler"), Refused),
@@ -500,7 +500,7 @@ const DATABASE_KEYS: &[(&str, Option<&str>)] = &[
     ("client_encoding", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET client_encoding = ...); clients' own settings still apply")),
     ("datestyle", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET datestyle = ...); clients' own settings still apply")),
     ("timezone", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET timezone = ...); clients' own settings still apply")),
-    ("max_db_client_connections", Some("per-database client limits are not supported yet: max_client_conn limits the clients of the whole pooler (0, no limit, is accepted)")),
+    ("max_db_client_connections", None),
     ("load_balance_hosts", Some("host lists are not supported: one host per database; put a load balancer or a DNS name with several addresses (used round-robin) in front")),
     ("server_lifetime", Some("a per-database server_lifetime is not supported: set server_lifetime in [pgbouncer]")),
 ];
@@ -511,7 +511,7 @@ const USER_KEYS: &[(&str, Option<&str>)] = &[
     ("pool_size", None),
     ("reserve_pool_size", None),
     ("max_user_connections", None),
-    ("max_user_client_connections", Some("per-user client limits are not supported yet: max_client_conn limits the clients of the whole pooler (0, no limit, is accepted)")),
+    ("max_user_client_connections", None),
 ];
 
 /// `[databases]` connection-string keys with their docs status.
@@ -990,9 +990,6 @@ fn database(
             )));
         };
         if let Some(why) = why {
-            if key == "max_db_client_connections" && c_long(value) == Some(0) {
-                continue;
-            }
             return Err(bad(format!("{key} is refused: {why}")));
         }
         if key == "reserve_pool" {
@@ -1027,7 +1024,11 @@ fn database(
                 .filter(|p| *p > 0)
                 .ok_or_else(|| bad(format!("port {}: expected 1 to 65535", shown(value))))?
                 .to_string(),
-            "pool_size" | "min_pool_size" | "reserve_pool_size" | "max_db_connections" => {
+            "pool_size"
+            | "min_pool_size"
+            | "reserve_pool_size"
+            | "max_db_connections"
+            | "max_db_client_connections" => {
                 decimal(value).map_err(|m| bad(format!("{key} {}: {m}", shown(value))))?
             }
             "pool_mode" => value
@@ -1465,10 +1466,6 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
                 "unix_socket_group = postgres",
                 "unix_socket_group = postgres is refused",
             ),
-            (
-                "max_db_client_connections = 10",
-                "max_db_client_connections = 10 is refused",
-            ),
             ("query_wait_notify = 5", "query_wait_notify = 5 is refused"),
             (
                 "auth_type = pam",
@@ -1606,10 +1603,6 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
             ("app = host=h auth_user=x", "auth_user is refused"),
             ("app = host=h auth_dbname=x", "auth_dbname is refused"),
             (
-                "app = host=h max_db_client_connections=5",
-                "max_db_client_connections is refused",
-            ),
-            (
                 "app = host=h load_balance_hosts=round-robin",
                 "load_balance_hosts is refused",
             ),
@@ -1634,20 +1627,29 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
             assert_eq!(e.line, 3, "{line}: {e}");
             assert!(e.message.contains(needle), "{line}: {e}");
         }
-        let e = refused(
-            "[pgbouncer]\n[databases]\nx = host=h\n[users]\nbob = max_user_client_connections=3\n",
-        );
-        assert!(
-            e.message
-                .contains("[users] bob: max_user_client_connections is refused"),
-            "{e}"
-        );
         let e = refused("[pgbouncer]\n[databases]\nx = host=h\n[users]\nbob = timeout=3\n");
         assert!(
             e.message.contains("unknown user parameter `timeout`"),
             "{e}"
         );
         load("[pgbouncer]\n[databases]\nx = host=h max_db_client_connections=0\n[users]\nbob = max_user_client_connections=0\n");
+        // PgBouncer 1.24+'s client limits, global, per database and per user.
+        let c = load(
+            "[pgbouncer]\nmax_db_client_connections = 10\nmax_user_client_connections = 7\n\
+             [databases]\nx = host=h max_db_client_connections=5\ny = host=h\n\
+             [users]\nbob = max_user_client_connections=3\n",
+        );
+        assert_eq!(
+            (
+                c.max_db_client_connections_for("x"),
+                c.max_db_client_connections_for("y"),
+                c.max_user_client_connections_for("bob"),
+                c.max_user_client_connections_for("eve"),
+            ),
+            (5, 10, 3, 7)
+        );
+        let e = refused("[pgbouncer]\n[databases]\nx = host=h max_db_client_connections=5x\n");
+        assert!(e.message.contains("max_db_client_connections 5x"), "{e}");
     }
 
     #[test]

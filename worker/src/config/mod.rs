@@ -104,6 +104,12 @@ pub struct Config {
     /// 0 = unlimited.
     #[serde(deserialize_with = "de::int")]
     pub max_user_connections: u32,
+    /// Clients of one database, all workers together; 0 = unlimited (PgBouncer 1.24+).
+    #[serde(deserialize_with = "de::int")]
+    pub max_db_client_connections: u32,
+    /// Clients of one user, all workers together; 0 = unlimited (PgBouncer 1.24+).
+    #[serde(deserialize_with = "de::int")]
+    pub max_user_client_connections: u32,
 
     /// Default md5.
     pub auth_type: AuthType,
@@ -267,6 +273,8 @@ impl Default for Config {
             max_client_conn: 100,
             max_db_connections: 0,
             max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
             auth_type: AuthType::Md5,
             auth_file: None,
             auth_hba_file: None,
@@ -504,6 +512,23 @@ impl Config {
             .get(user)
             .and_then(|u| u.max_user_connections)
             .unwrap_or(self.max_user_connections)
+    }
+
+    /// Clients allowed to one database (all users, all workers): its own limit, else the
+    /// global one. 0 = unlimited.
+    pub fn max_db_client_connections_for(&self, db: &str) -> u32 {
+        self.database_entry(db)
+            .and_then(|d| d.max_db_client_connections)
+            .unwrap_or(self.max_db_client_connections)
+    }
+
+    /// Clients allowed to one user (all databases, all workers): its own limit, else the
+    /// global one. 0 = unlimited.
+    pub fn max_user_client_connections_for(&self, user: &str) -> u32 {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_client_connections)
+            .unwrap_or(self.max_user_client_connections)
     }
 
     /// The top-level keys this struct accepts, straight from its `Deserialize` impl.

@@ -76,6 +76,8 @@ pub static SETTINGS: &[Setting] = &[
     num("max_client_conn", |c| c.max_client_conn.into(), "100", "5000"),
     num("max_db_connections", |c| c.max_db_connections.into(), "0", "50"),
     num("max_user_connections", |c| c.max_user_connections.into(), "0", "50"),
+    num("max_db_client_connections", |c| c.max_db_client_connections.into(), "0", "200"),
+    num("max_user_client_connections", |c| c.max_user_client_connections.into(), "0", "100"),
     text("auth_type", |c| c.auth_type.as_str(), "md5", "scram-sha-256"),
     set("auth_file", Opt(|c| &c.auth_file), Reloadable, "~", "/etc/userlist.txt"),
     file("auth_hba_file", |c| &c.auth_hba_file, "/etc/hba.conf"),
@@ -288,9 +290,11 @@ log_pooler_errors|0|1|yes
 log_stats|0|1|yes
 logfile|/var/log/p.log|NULL|yes
 max_client_conn|5000|100|yes
+max_db_client_connections|200|0|yes
 max_db_connections|50|0|yes
 max_packet_size|1048576|2147483647|yes
 max_prepared_statements|100|200|yes
+max_user_client_connections|100|0|yes
 max_user_connections|50|0|yes
 min_pool_size|2|0|yes
 pidfile|/run/p.pid|NULL|no

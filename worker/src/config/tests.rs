@@ -586,9 +586,12 @@ fn entry_field_lists_match_the_structs() {
     for field in DATABASE_FIELDS {
         let value = match *field {
             "pool_mode" => "session",
-            "port" | "pool_size" | "min_pool_size" | "reserve_pool_size" | "max_db_connections" => {
-                "3"
-            }
+            "port"
+            | "pool_size"
+            | "min_pool_size"
+            | "reserve_pool_size"
+            | "max_db_connections"
+            | "max_db_client_connections" => "3",
             _ => "x",
         };
         let db = Database::from_connstring(&format!("{field}={value}")).unwrap();
@@ -824,7 +827,7 @@ fn every_setting_is_read_by_the_code() {
             "pool_size" | "min_pool_size" | "reserve_pool_size" | "pool_mode" => {
                 format!("{key}_for(")
             }
-            "max_db_connections" => "max_db_connections_for(".to_string(),
+            "max_db_connections" | "max_db_client_connections" => format!("{key}_for("),
             // The resolved entry carries the name, "*" entries included.
             "dbname" => ".dbname".to_string(),
             _ => format!("entry.{key}"),
