@@ -1917,6 +1917,10 @@ fn shutdown_wait_for_servers_lets_transactions_end_then_exits() {
         TcpStream::connect(("127.0.0.1", pooler.port())).is_err(),
         "the listening socket is still open during SHUTDOWN WAIT_FOR_SERVERS"
     );
+    // PgBouncer answers the command before it waits.
+    let r = console.reply();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.tags, ["SHUTDOWN"], "{r:?}");
     busy.set_timeout(secs(5));
     let _ = busy.query("COMMIT");
     let status = pooler.wait_exit(secs(5));

@@ -118,7 +118,12 @@ impl Supervisor {
             AdminRequest::Shutdown => self.begin_stop(),
             // As PgBouncer 1.23+: stop accepting, and exit once every server is released
             // (transactions end, sessions in session pooling) -- what SHUTDOWN does here.
-            AdminRequest::ShutdownWait { clients: false } => self.begin_stop(),
+            // PgBouncer answers SHUTDOWN before it waits; the answer goes down the worker's
+            // channel ahead of the shutdown command, so the client reads it first.
+            AdminRequest::ShutdownWait { clients: false } => {
+                done(self, None);
+                self.begin_stop();
+            }
             AdminRequest::ShutdownWait { clients: true } => done(
                 self,
                 Some(
