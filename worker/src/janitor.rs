@@ -2,6 +2,7 @@
 
 use crate::client::{CState, Close};
 use crate::config::PoolMode;
+use crate::logsafe::Escaped;
 use crate::relay::TxStatus;
 use crate::server::SState;
 use crate::wire::fields::ErrorFields;
@@ -134,8 +135,33 @@ impl Worker {
             }
         }
         self.janitor_scratch = actions;
+        self.make_forced_pools();
         for pool in 0..self.pools.list.len() {
             self.pool_maintenance(pool, reserve_wanted.contains(&pool));
+        }
+    }
+
+    /// Makes the pool of every configured database with a forced user and a
+    /// min_pool_size, so that it is filled without waiting for a client, as PgBouncer's
+    /// janitor does (1.21+). Per-user pools still start at their first login: their
+    /// users are not known before.
+    fn make_forced_pools(&mut self) {
+        if self.shutdown_since.is_some() {
+            return;
+        }
+        let wanted: Vec<(String, String)> = self
+            .cfg
+            .databases
+            .iter()
+            .filter(|(name, _)| name.as_str() != crate::config::FALLBACK_DB)
+            .filter_map(|(name, db)| Some((name.clone(), db.user.clone()?)))
+            .filter(|(name, user)| self.cfg.min_pool_size_for(name, user) > 0)
+            .filter(|(name, user)| self.pools.find(name, user).is_none())
+            .collect();
+        for (name, user) in wanted {
+            if let Err(e) = self.pool_for(&name, &user) {
+                log::debug!("{}: no pool for min_pool_size: {e}", Escaped(&name));
+            }
         }
     }
 
@@ -152,8 +178,9 @@ impl Worker {
             // Serve whoever still waits in a pool a reload removed; nothing more.
             return self.serve_waiting(pool);
         }
-        // A pool that never logged in has no welcome: only clients' logins start it.
-        if p.welcome.is_some() {
+        // A pool with a forced user is filled from the start, as in PgBouncer 1.21+; a
+        // per-user pool that never logged in has no welcome: only clients' logins start it.
+        if (p.welcome.is_some() || p.forced) && self.shutdown_since.is_none() {
             let mut need = p.limits.min.saturating_sub(p.total());
             while need > 0
                 && self

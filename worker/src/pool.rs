@@ -42,6 +42,9 @@ pub struct Pool {
     pub db: String,
     /// The user servers log in as (the client's, or the database's forced user).
     pub user: String,
+    /// The database entry forces `user`: the pool needs no client to know its login,
+    /// so it is made at start and kept at min_pool_size from then on, as in PgBouncer.
+    pub forced: bool,
     pub target: Target,
     pub limits: Limits,
     /// Idle servers, most recently used last (reused first, so the rest can time out).
@@ -76,6 +79,7 @@ impl Pool {
         Pool {
             db,
             user,
+            forced: false,
             target,
             limits,
             idle: Vec::new(),
@@ -211,6 +215,7 @@ impl crate::worker::Worker {
             application_name: resolved.entry.application_name.clone(),
         };
         let mut pool = Pool::new(db.to_string(), server_user, target, limits);
+        pool.forced = resolved.entry.user.is_some();
         pool.paused = self.holds.is_paused(db);
         pool.db_idx = self.shm.name_index(crate::shm::Kind::Database, db);
         pool.user_idx = self.shm.name_index(crate::shm::Kind::User, &pool.user);
