@@ -65,6 +65,18 @@ fn s(v: impl ToString) -> Option<String> {
     Some(v.to_string())
 }
 
+/// SHOW HELP's detail: PgBouncer 1.25's, with this pooler's commands (SHOW WORKERS,
+/// KILL_CLIENT) and without what it refuses (SUSPEND, SHUTDOWN WAIT_FOR_CLIENTS).
+const HELP: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
+                    \tSHOW PEERS|PEER_POOLS\n\
+                    \tSHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE|WORKERS\n\
+                    \tSHOW DNS_HOSTS|DNS_ZONES\n\
+                    \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
+                    \tSET key = arg\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\
+                    \tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]\n\
+                    \tKILL_CLIENT <client_id>\n\tSHUTDOWN\n\tSHUTDOWN WAIT_FOR_SERVERS\n\
+                    \tWAIT_CLOSE [<db>]";
+
 /// The id SHOW CLIENTS/SERVERS shows: unique across workers (the low byte is the slot).
 pub fn admin_id(slot: usize, id: u64) -> u32 {
     (((id & 0x7f_ffff) << 8) | (slot as u64 & 0xff)) as u32
@@ -232,15 +244,7 @@ impl Worker {
             return;
         };
         let out = c.io.wbuf.vec(&mut self.bufs);
-        let detail = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
-                      \tSHOW PEERS|PEER_POOLS\n\
-                      \tSHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE|WORKERS\n\
-                      \tSHOW DNS_HOSTS|DNS_ZONES\n\
-                      \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
-                      \tSET key = arg\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\
-                      \tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]\n\
-                      \tKILL_CLIENT <client_id>\n\tSHUTDOWN\n\tSHUTDOWN WAIT_FOR_SERVERS\n\
-                      \tWAIT_CLOSE [<db>]";
+        let detail = HELP;
         notice(out, "Console usage", detail);
         write::command_complete(out, "SHOW");
         write::ready_for_query(out, crate::relay::TxStatus::Idle);
@@ -1096,6 +1100,69 @@ fn notice(out: &mut Vec<u8>, message: &str, detail: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every SHOW of PgBouncer 1.25.2's SHOW HELP is in ours, and the console table of
+    /// docs/PGBOUNCER.md names only commands SHOW HELP lists.
+    #[test]
+    fn help_has_every_show_of_pgbouncer_and_the_docs_table_only_real_commands() {
+        const PGBOUNCER_1_25: [&str; 22] = [
+            "HELP",
+            "CONFIG",
+            "DATABASES",
+            "POOLS",
+            "CLIENTS",
+            "SERVERS",
+            "USERS",
+            "VERSION",
+            "PEERS",
+            "PEER_POOLS",
+            "FDS",
+            "SOCKETS",
+            "ACTIVE_SOCKETS",
+            "LISTS",
+            "MEM",
+            "STATE",
+            "DNS_HOSTS",
+            "DNS_ZONES",
+            "STATS",
+            "STATS_TOTALS",
+            "STATS_AVERAGES",
+            "TOTALS",
+        ];
+        let shows: std::collections::BTreeSet<&str> = HELP
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("SHOW "))
+            .flat_map(|l| l.split('|'))
+            .collect();
+        for name in PGBOUNCER_1_25 {
+            assert!(shows.contains(name), "SHOW {name} is not in SHOW HELP");
+        }
+        let lines: Vec<&str> = HELP.lines().map(str::trim).collect();
+        let doc = include_str!("../../../docs/PGBOUNCER.md");
+        let at = doc.find("## Admin console").expect("console section");
+        let rows: Vec<&str> = doc[at..]
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.starts_with("## "))
+            .filter(|l| l.starts_with("| `"))
+            .collect();
+        assert!(!rows.is_empty());
+        for row in rows {
+            let mut cells = row.split('|').skip(1);
+            let (names, status) = (cells.next().unwrap(), cells.next().unwrap().trim());
+            for name in names.split(',').map(|n| n.trim().trim_matches('`')) {
+                match name.strip_prefix("SHOW ") {
+                    Some(n) => assert!(shows.contains(n), "{row}"),
+                    None if shows.contains(name) => {}
+                    None => assert_eq!(
+                        lines.contains(&name),
+                        status != "refused",
+                        "{name}: in SHOW HELP exactly when not refused: {row}"
+                    ),
+                }
+            }
+        }
+    }
 
     #[test]
     fn timestamps_print_like_pgbouncer() {
