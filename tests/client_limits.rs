@@ -226,3 +226,74 @@ fn a_client_that_leaves_any_way_gives_its_place_back() {
         pooler.log()
     );
 }
+
+// ---------------------------------------------------------------------------
+// track_extra_parameters
+// ---------------------------------------------------------------------------
+
+fn show(c: &mut postgres::Client, name: &str) -> String {
+    scalar(c, &format!("SHOW {name}")).unwrap()
+}
+
+/// One server for `apptx` (transaction pooling), so that every client gets the one another
+/// client changed. `default_transaction_read_only` is reported by PostgreSQL 14+
+/// (GUC_REPORT) and settable by anyone; `search_path` is not reported before 18.
+fn start_tracking(track: &str) -> Pooler {
+    start(track, "", ", pool_size: 1", "")
+}
+
+#[test]
+fn track_extra_parameters_follows_a_reported_parameter_set_by_the_client() {
+    let pooler =
+        start_tracking("track_extra_parameters: [IntervalStyle, default_transaction_read_only]");
+    let mut a = pooler.connect(TRUST_USER, "", "apptx");
+    let mut b = pooler.connect(TRUST_USER, "", "apptx");
+    assert_eq!(show(&mut a, "default_transaction_read_only"), "off");
+    a.batch_execute("SET default_transaction_read_only = on")
+        .unwrap();
+    assert_eq!(show(&mut a, "default_transaction_read_only"), "on");
+    // The same server, given to b: a's setting does not leak to it...
+    assert_eq!(show(&mut b, "default_transaction_read_only"), "off");
+    b.batch_execute("CREATE TEMP TABLE t_writable (x int)")
+        .unwrap();
+    // ...and comes back for a.
+    assert_eq!(show(&mut a, "default_transaction_read_only"), "on");
+    let err = a
+        .batch_execute("CREATE TEMP TABLE t_readonly (x int)")
+        .expect_err("a read-only transaction wrote");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::READ_ONLY_SQL_TRANSACTION),
+        "{err:?}"
+    );
+    // Sent at startup, it is tracked from there.
+    let mut c = pooler
+        .client_config(TRUST_USER, "", "apptx")
+        .options("-c default_transaction_read_only=on")
+        .connect(postgres::NoTls)
+        .unwrap();
+    assert_eq!(show(&mut b, "default_transaction_read_only"), "off");
+    assert_eq!(show(&mut c, "default_transaction_read_only"), "on");
+    c.batch_execute("SET default_transaction_read_only = off")
+        .unwrap();
+    assert_eq!(show(&mut a, "default_transaction_read_only"), "on");
+    assert_eq!(show(&mut c, "default_transaction_read_only"), "off");
+}
+
+#[test]
+fn a_parameter_the_server_does_not_report_is_applied_from_the_startup_packet() {
+    // search_path is not GUC_REPORT before PostgreSQL 18: listing it keeps what the client
+    // sent at startup on every server it gets, and off the servers of others.
+    let pooler = start_tracking("track_extra_parameters: search_path");
+    let mut a = pooler
+        .client_config(TRUST_USER, "", "apptx")
+        .options("-c search_path=a_schema")
+        .connect(postgres::NoTls)
+        .unwrap();
+    let mut b = pooler.connect(TRUST_USER, "", "apptx");
+    let default = show(&mut b, "search_path");
+    assert_ne!(default, "a_schema");
+    assert_eq!(show(&mut a, "search_path"), "a_schema");
+    assert_eq!(show(&mut b, "search_path"), default);
+    assert_eq!(show(&mut a, "search_path"), "a_schema");
+}

@@ -510,6 +510,8 @@ impl Worker {
                 );
             }
         }
+        // track_extra_parameters, as of the config now (a no-op when it has not changed).
+        params::set_extra_tracked(&self.cfg.track_extra_parameters);
         let mut params = Params::new();
         let cfg = self.cfg.clone();
         // Listed names are dropped wherever they come: as parameters, or as `-c name=value`

@@ -22,12 +22,80 @@ pub const TRACKED: [&str; 6] = [
 /// Startup parameters that pick the pool or the protocol and are never SET.
 const NOT_SETTABLE: [&str; 4] = ["user", "database", "replication", "options"];
 
-/// The canonical spelling of a tracked name, or None for an extra.
+/// The canonical spelling of a tracked name, or None for an extra: the built-in ones, then
+/// those `track_extra_parameters` adds (see [`set_extra_tracked`]).
 pub fn tracked_name(name: &str) -> Option<&'static str> {
+    builtin_name(name).or_else(|| {
+        EXTRA_TRACKED.with(|e| {
+            e.borrow()
+                .iter()
+                .copied()
+                .find(|t| t.eq_ignore_ascii_case(name))
+        })
+    })
+}
+
+/// The canonical spelling of a built-in tracked name.
+fn builtin_name(name: &str) -> Option<&'static str> {
     TRACKED
         .iter()
         .copied()
         .find(|t| t.eq_ignore_ascii_case(name))
+}
+
+thread_local! {
+    /// `track_extra_parameters` beyond the built-in list, as this thread last set them.
+    static EXTRA_TRACKED: std::cell::RefCell<Vec<&'static str>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    /// Every name ever tracked: a name listed again (after a reload) is not leaked twice.
+    static KNOWN: std::cell::RefCell<Vec<&'static str>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Sets the parameters `track_extra_parameters` adds to the built-in ones (PgBouncer 1.20+).
+/// A listed parameter that the server reports (GUC_REPORT, as `default_transaction_read_only`
+/// is from PostgreSQL 14) is tracked like the built-in ones: a client's value follows every
+/// ParameterStatus while it is linked, whether it came from the startup packet or a `SET`,
+/// and is SET on the next server it gets. One the server does not report (`search_path`
+/// before PostgreSQL 18) cannot be followed: only the value the client sent at startup is
+/// SET on each server, as for any other startup parameter. Cheap when nothing changed;
+/// names keep the spelling they were first given, and those that are not plain GUC names, or that
+/// are built in, are skipped.
+pub fn set_extra_tracked<S: AsRef<str>>(names: &[S]) {
+    let unchanged = EXTRA_TRACKED.with(|e| {
+        let e = e.borrow();
+        let mut wanted = names
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|n| is_settable_name(n) && builtin_name(n).is_none());
+        e.iter()
+            .all(|t| wanted.next().is_some_and(|w| w.eq_ignore_ascii_case(t)))
+            && wanted.next().is_none()
+    });
+    if unchanged {
+        return;
+    }
+    let mut list: Vec<&'static str> = Vec::new();
+    for n in names.iter().map(AsRef::as_ref) {
+        if !is_settable_name(n) || builtin_name(n).is_some() {
+            continue;
+        }
+        let known = KNOWN.with(|k| {
+            k.borrow()
+                .iter()
+                .copied()
+                .find(|t| t.eq_ignore_ascii_case(n))
+        });
+        let name = known.unwrap_or_else(|| {
+            let leaked: &'static str = Box::leak(n.to_owned().into_boxed_str());
+            KNOWN.with(|k| k.borrow_mut().push(leaked));
+            leaked
+        });
+        if !list.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+            list.push(name);
+        }
+    }
+    EXTRA_TRACKED.with(|e| *e.borrow_mut() = list);
 }
 
 /// Whether a startup parameter name may be applied with SET: a plain GUC name.
@@ -68,7 +136,7 @@ impl PartialEq for Params {
 impl Eq for Params {}
 
 fn spelling(name: &str) -> std::borrow::Cow<'_, str> {
-    match tracked_name(name) {
+    match builtin_name(name) {
         Some(t) => t.into(),
         None if name.bytes().any(|b| b.is_ascii_uppercase()) => name.to_ascii_lowercase().into(),
         None => name.into(),
@@ -130,7 +198,9 @@ impl Params {
 
     /// Keeps only tracked parameters: what a server has after DISCARD ALL.
     pub fn retain_tracked(&mut self) {
-        self.list.retain(|(k, _)| tracked_name(k).is_some());
+        // Only the built-in ones: a track_extra_parameters name the server does not report
+        // would otherwise be believed still set.
+        self.list.retain(|(k, _)| builtin_name(k).is_some());
     }
 }
 
@@ -191,8 +261,10 @@ pub fn sync_statements(client: &Params, server: &Params, sql: &mut String) -> bo
             sql.push(';');
         }
     }
+    // Parameters tracked through track_extra_parameters are extras here: one the server
+    // does not report must be RESET when a client without it gets the server.
     for (k, _) in server.iter() {
-        if tracked_name(k).is_none() && client.get(k).is_none() {
+        if builtin_name(k).is_none() && client.get(k).is_none() {
             sql.push_str("RESET ");
             sql.push_str(k);
             sql.push(';');
@@ -206,9 +278,9 @@ pub fn sync_statements(client: &Params, server: &Params, sql: &mut String) -> bo
 pub fn apply_extras(client: &Params, server: &mut Params) {
     server
         .list
-        .retain(|(k, _)| tracked_name(k).is_some() || client.get(k).is_some());
+        .retain(|(k, _)| builtin_name(k).is_some() || client.get(k).is_some());
     for (k, v) in client.iter() {
-        if tracked_name(k).is_none() {
+        if builtin_name(k).is_none() {
             server.set(k, v);
         }
     }
@@ -297,6 +369,39 @@ mod tests {
         let mut sql = String::new();
         assert!(sync_statements(&c, &s, &mut sql));
         assert_eq!(sql, "SET TimeZone TO E'Europe/Paris';RESET search_path;");
+    }
+
+    #[test]
+    fn track_extra_parameters_adds_reported_names_and_keeps_them_extras_for_reset() {
+        assert_eq!(tracked_name("default_transaction_read_only"), None);
+        set_extra_tracked(&["Default_Transaction_Read_Only", "IntervalStyle", "bad name"]);
+        assert_eq!(
+            tracked_name("DEFAULT_TRANSACTION_READ_ONLY"),
+            Some("Default_Transaction_Read_Only")
+        );
+        // Built-in names stay built in; names that are not GUC names are skipped.
+        assert_eq!(tracked_name("intervalstyle"), Some("IntervalStyle"));
+        assert_eq!(tracked_name("bad name"), None);
+        // Listed again, the same leaked name is reused.
+        let before = tracked_name("default_transaction_read_only").unwrap();
+        set_extra_tracked(&["search_path".to_string()]);
+        set_extra_tracked(&["default_transaction_read_only".to_string()]);
+        assert!(std::ptr::eq(
+            before,
+            tracked_name("default_transaction_read_only").unwrap()
+        ));
+        assert_eq!(tracked_name("search_path"), None);
+        // A server that has it but a client without it gets a RESET, as for any extra
+        // (the server may not report it), and DISCARD ALL forgets it.
+        let server = params(&[("default_transaction_read_only", "on")]);
+        let mut sql = String::new();
+        assert!(sync_statements(&Params::new(), &server, &mut sql));
+        assert_eq!(sql, "RESET default_transaction_read_only;");
+        let mut s = server.clone();
+        s.retain_tracked();
+        assert!(s.is_empty());
+        set_extra_tracked::<&str>(&[]);
+        assert_eq!(tracked_name("default_transaction_read_only"), None);
     }
 
     #[test]

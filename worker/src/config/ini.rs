@@ -451,7 +451,7 @@ const SETTINGS: &[(&str, Rule, Status)] = {
         ("tcp_keepintvl", Same(IntSecs), Honoured),
         ("tcp_socket_buffer", NoEffect("the kernel's automatic socket buffer sizing is used"), Accepted),
         ("tcp_user_timeout", Same(Millis), Different),
-        ("track_extra_parameters", Same(TrackExtra), Refused),
+        ("track_extra_parameters", Same(TrackExtra), Honoured),
         ("transaction_timeout", OnlyIf(Zero, "a pooler-side transaction timeout is not supported: use PostgreSQL's transaction_timeout (17+) or idle_transaction_timeout"), Refused),
         ("unix_socket_dir", Same(UnixSocketDir), Honoured),
         ("unix_socket_group", OnlyIf(Empty, "setting the socket's group is not supported: run pgbouncers with that group (systemd Group=) and set unix_socket_mode"), Refused),
@@ -754,30 +754,17 @@ fn value(kind: Kind, v: &str) -> Result<Option<String>, String> {
         }
         Kind::TrackExtra => {
             for p in super::de::split_list(v) {
-                if !TRACKED.iter().any(|t| t.eq_ignore_ascii_case(p)) {
+                if !crate::params::is_settable_name(p) {
                     return Err(format!(
-                        "tracking `{}` is not supported: pgbouncers tracks {} (and re-applies \
-                         every startup parameter); set others on the role or database in \
-                         PostgreSQL",
-                        super::de::truncate(p, 64),
-                        TRACKED.join(", ")
+                        "`{}` is not a parameter name",
+                        super::de::truncate(p, 64)
                     ));
                 }
             }
-            return Ok(None);
+            yaml_str(v)
         }
     }))
 }
-
-/// Parameters pgbouncers tracks per client (`track_extra_parameters` may list these).
-const TRACKED: &[&str] = &[
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "standard_conforming_strings",
-    "application_name",
-];
 
 fn auth_type(v: &str) -> Result<&'static str, String> {
     let lower = v.to_ascii_lowercase();
@@ -1474,8 +1461,8 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
             ("auth_type = any", "auth_type any is not supported"),
             ("server_tls_sslmode = sometimes", "server_tls_sslmode"),
             (
-                "track_extra_parameters = search_path",
-                "tracking `search_path` is not supported",
+                "track_extra_parameters = search-path",
+                "`search-path` is not a parameter name",
             ),
             ("unix_socket_mode = 777", "octal 1411"),
             ("unix_socket_dir = @pgb", "abstract-namespace"),
@@ -1514,9 +1501,21 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
             "scram_iterations = 4096",
             "server_tls_sslmode = prefer",
             "track_extra_parameters = IntervalStyle, application_name",
+            "track_extra_parameters = search_path, default_transaction_read_only",
         ] {
             load(&format!("[pgbouncer]\n{line}\n{DB}"));
         }
+        let c = load(&format!(
+            "[pgbouncer]\ntrack_extra_parameters = search_path, default_transaction_read_only\n{DB}"
+        ));
+        assert_eq!(
+            c.track_extra_parameters,
+            ["search_path", "default_transaction_read_only"]
+        );
+        assert_eq!(
+            load(&format!("[pgbouncer]\n{DB}")).track_extra_parameters,
+            ["IntervalStyle"]
+        );
         let e = refused("[pgbouncer]\n[peers]\n1 = host=10.0.0.1\n");
         assert!(e.message.contains("peering is not supported"), "{e}");
         load(&format!("[pgbouncer]\n[peers]\n{DB}"));

@@ -238,6 +238,10 @@ pub struct Config {
 
     #[serde(deserialize_with = "de::string_list")]
     pub ignore_startup_parameters: Vec<String>,
+    /// Startup parameters tracked besides the built-in ones (PgBouncer 1.20+); default
+    /// `IntervalStyle`, which pgbouncers tracks anyway.
+    #[serde(deserialize_with = "de::string_list")]
+    pub track_extra_parameters: Vec<String>,
     /// Named statements the pooler keeps prepared per server in transaction/statement mode.
     #[serde(deserialize_with = "de::int")]
     pub max_prepared_statements: u32,
@@ -324,6 +328,7 @@ impl Default for Config {
             server_tls_protocols: "secure".to_owned(),
             server_tls_ciphers: "default".to_owned(),
             ignore_startup_parameters: Vec::new(),
+            track_extra_parameters: vec!["IntervalStyle".to_owned()],
             max_prepared_statements: 200,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),

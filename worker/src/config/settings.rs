@@ -128,6 +128,8 @@ pub static SETTINGS: &[Setting] = &[
     text("server_tls_ciphers", |c| &c.server_tls_ciphers, "default", "TLS_AES_128_GCM_SHA256"),
     list("ignore_startup_parameters", |c| &c.ignore_startup_parameters,
         "extra_float_digits, options"),
+    set("track_extra_parameters", List(|c| &c.track_extra_parameters), Reloadable,
+        "IntervalStyle", "[IntervalStyle, default_transaction_read_only]"),
     num("max_prepared_statements", |c| c.max_prepared_statements.into(), "200", "100"),
     set("databases", Hidden, Reloadable, "{}", "{app: {host: db1}}"),
     set("users", Hidden, Reloadable, "{}", "{u: {pool_mode: session}}"),
@@ -327,6 +329,7 @@ shutdown_timeout|0|30|yes
 stats_period|10|60|yes
 stats_users|monitor,nagios||yes
 tcp_keepalive|0|1|yes
+track_extra_parameters|IntervalStyle,default_transaction_read_only|IntervalStyle|yes
 unix_socket_dir|/tmp|NULL|no
 unix_socket_mode|0700|0777|no
 user|postgres|NULL|no

@@ -243,7 +243,16 @@ fn server_and_client(c: &Config) -> Check {
     ensure(c.verbose <= MAX_VERBOSE, "verbose", || {
         format!("must be from 0 to {MAX_VERBOSE}, got {}", c.verbose)
     })?;
-    list("ignore_startup_parameters", &c.ignore_startup_parameters)
+    list("ignore_startup_parameters", &c.ignore_startup_parameters)?;
+    list("track_extra_parameters", &c.track_extra_parameters)?;
+    for p in &c.track_extra_parameters {
+        ensure(
+            crate::params::is_settable_name(p),
+            "track_extra_parameters",
+            || format!("`{}` is not a parameter name", truncate(p, 64)),
+        )?;
+    }
+    Ok(())
 }
 
 fn network(c: &Config) -> Check {
