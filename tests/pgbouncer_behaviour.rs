@@ -1,9 +1,12 @@
-//! Behaviours checked point by point against PgBouncer 1.25 (issue 15).
+//! Behaviours checked point by point against PgBouncer 1.25 (issue 15): the
+//! shutdown signals and when min_pool_size is filled.
 
 mod common;
 
+use std::io;
+use std::net::TcpStream;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::pg::quote_literal;
 use common::*;
@@ -49,6 +52,99 @@ fn start(role: &str, mode: &str, db: &str, extra: &str) -> Pooler {
         pg.port(),
     );
     setup.start(&yaml)
+}
+
+fn refused(port: u16) -> bool {
+    match TcpStream::connect(("127.0.0.1", port)) {
+        Err(e) => e.kind() == io::ErrorKind::ConnectionRefused,
+        Ok(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// SIGTERM and SIGINT (PgBouncer 1.23+)
+// ---------------------------------------------------------------------------
+
+/// SIGTERM is PgBouncer's "super safe shutdown": no new connections, but
+/// every client, idle ones included, is served until it leaves; in
+/// transaction pooling it still gets a server for each transaction.
+#[test]
+fn sigterm_waits_for_idle_clients_and_still_serves_them() {
+    const ROLE: &str = "pb_sigterm";
+    create_role(ROLE);
+    let mut pooler = start(ROLE, "transaction", "", "shutdown_timeout: 30\n");
+    let mut c = pooler.connect(ROLE, "", APP_DB);
+    assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
+    pooler.signal(libc::SIGTERM);
+    assert!(
+        wait_until(secs(2), || refused(pooler.port())),
+        "new connections are still accepted after SIGTERM"
+    );
+    thread::sleep(ms(700));
+    assert!(pooler.is_running(), "exited with a client still connected");
+    for i in 0..3 {
+        let got = scalar(&mut c, &format!("SELECT {i}"));
+        assert_eq!(
+            got.as_deref().ok(),
+            Some(i.to_string().as_str()),
+            "the idle client cannot run a query after SIGTERM: {got:?}\n{}",
+            pooler.log()
+        );
+    }
+    assert!(pooler.is_running(), "exited with a client still connected");
+    let left_at = Instant::now();
+    drop(c);
+    let status = pooler.wait_exit(secs(5));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{status:?}\n{}",
+        pooler.log()
+    );
+    assert!(left_at.elapsed() < secs(5));
+}
+
+/// SIGINT keeps the old safe shutdown: an idle client is closed at once
+/// and the pooler exits without waiting for it to leave.
+#[test]
+fn sigint_closes_idle_clients_and_exits() {
+    const ROLE: &str = "pb_sigint";
+    create_role(ROLE);
+    let mut pooler = start(ROLE, "transaction", "", "shutdown_timeout: 30\n");
+    let mut c = pooler.connect(ROLE, "", APP_DB);
+    assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
+    pooler.signal(libc::SIGINT);
+    assert!(wait_until(secs(2), || refused(pooler.port())));
+    let status = pooler.wait_exit(secs(5));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "SIGINT waited for an idle client: {status:?}\n{}",
+        pooler.log()
+    );
+    assert!(scalar(&mut c, "SELECT 2").is_err());
+}
+
+/// A second SIGTERM during the shutdown is a fast exit, as in PgBouncer.
+#[test]
+fn second_sigterm_exits_at_once() {
+    const ROLE: &str = "pb_sigterm2";
+    create_role(ROLE);
+    let mut pooler = start(ROLE, "session", "", "shutdown_timeout: 60\n");
+    let mut c = pooler.connect(ROLE, "", APP_DB);
+    assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
+    pooler.signal(libc::SIGTERM);
+    assert!(wait_until(secs(2), || refused(pooler.port())));
+    assert!(pooler.is_running());
+    pooler.signal(libc::SIGTERM);
+    let status = pooler.wait_exit(secs(3));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{status:?}\n{}",
+        pooler.log()
+    );
+    assert!(wait_until(secs(3), || scalar(&mut c, "SELECT 1").is_err()));
 }
 
 // ---------------------------------------------------------------------------

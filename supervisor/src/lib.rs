@@ -270,7 +270,28 @@ impl Supervisor {
             for i in 0..self.pending.len() {
                 match self.pending[i] {
                     SIGCHLD => {}
-                    SIGTERM | SIGINT => self.begin_stop(),
+                    SIGTERM | SIGINT if self.stopping.is_some() => {
+                        // As PgBouncer 1.23+: a second SIGTERM or SIGINT is a fast exit.
+                        let name = if self.pending[i] == SIGTERM {
+                            "SIGTERM"
+                        } else {
+                            "SIGINT"
+                        };
+                        log::info!("got {name} while shutting down, fast exit");
+                        self.kill_all(Signal::SIGKILL);
+                        self.reap();
+                        return Ok(0);
+                    }
+                    SIGTERM => {
+                        log::info!(
+                            "got SIGTERM, shutting down, waiting for all clients to disconnect"
+                        );
+                        self.begin_stop_as(Command::ShutdownWaitForClients);
+                    }
+                    SIGINT => {
+                        log::info!("got SIGINT, shutting down, waiting for transactions to end");
+                        self.begin_stop_as(Command::Shutdown);
+                    }
                     SIGQUIT => {
                         log::info!("got SIGQUIT, immediate shutdown");
                         self.kill_all(Signal::SIGKILL);
@@ -304,15 +325,22 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM/SIGINT: every worker drains and exits; so do we, once they are gone.
+    /// SHUTDOWN on the console: as SIGINT.
     fn begin_stop(&mut self) {
+        self.begin_stop_as(Command::Shutdown);
+    }
+
+    /// SIGINT (`Command::Shutdown`: transactions end, idle clients go) or SIGTERM
+    /// (`Command::ShutdownWaitForClients`: clients stay until they leave): every worker
+    /// drains and exits; so do we, once they are gone.
+    fn begin_stop_as(&mut self, how: Command) {
         if self.stopping.is_some() {
             return;
         }
         log::info!("shutting down");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         self.stopping = Some(Instant::now());
-        self.broadcast(&Command::Shutdown);
+        self.broadcast(&how);
         // Our copies of the sockets would keep them open: new connections must be refused.
         self.listeners.tcp.iter_mut().for_each(Vec::clear);
         self.listeners.unix = None;
@@ -337,7 +365,7 @@ impl Supervisor {
         if let Err(e) = ctl.send(&self.scratch, fd) {
             log::warn!("worker {n} (pid {pid}): control channel: {e}");
             // The signal a worker understands without the channel.
-            if matches!(cmd, Command::Shutdown) {
+            if matches!(cmd, Command::Shutdown | Command::ShutdownWaitForClients) {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
             }
         }

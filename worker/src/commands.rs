@@ -235,13 +235,16 @@ impl Worker {
         }
     }
 
-    /// Starts a graceful shutdown: no new clients, idle ones go now, the rest when their
-    /// transaction (session, in session pooling) ends or shutdown_timeout passes.
-    pub(crate) fn begin_shutdown(&mut self) {
+    /// Starts a graceful shutdown: no new clients. When `wait_for_clients` (SIGTERM, as
+    /// PgBouncer 1.23+), every client keeps being served until it leaves; otherwise
+    /// (SIGINT) idle ones go now, the rest when their transaction (session, in session
+    /// pooling) ends. Either way shutdown_timeout, when not 0, bounds the wait.
+    pub(crate) fn begin_shutdown(&mut self, wait_for_clients: bool) {
         if self.shutdown_since.is_some() {
             return;
         }
         self.shutdown_since = Some(self.now);
+        self.shutdown_waits_for_clients = wait_for_clients;
         self.close_listeners();
         self.shm
             .worker(self.slot)
@@ -257,6 +260,11 @@ impl Worker {
         };
         let timeout = self.cfg.shutdown_timeout;
         let overdue = !timeout.is_zero() && self.now.duration_since(since) >= timeout;
+        let any_client = self.conns.iter().any(|(_, c)| matches!(c, Conn::Client(_)));
+        if self.shutdown_waits_for_clients && !overdue && any_client {
+            // Clients go on as before, with their servers, until the last one leaves.
+            return false;
+        }
         let mut clients = Vec::new();
         let mut servers = Vec::new();
         for (t, c) in self.conns.iter() {

@@ -17,8 +17,9 @@ const PUMP_ROUNDS: usize = 16;
 impl Worker {
     /// A logged-in client has a request: give it a server now or queue it.
     pub(crate) fn request_server(&mut self, ct: usize) {
-        if self.shutdown_since.is_some() {
-            // During a shutdown no new transaction starts; the last one has finished.
+        if self.shutdown_since.is_some() && !self.shutdown_waits_for_clients {
+            // During a shutdown (SIGINT) no new transaction starts; the last one has
+            // finished. SIGTERM's shutdown serves clients until they leave.
             let msg = "pgbouncers is shutting down".to_string();
             return self.close_client(ct, Close::Fatal(sqlstate::ADMIN_SHUTDOWN, msg));
         }

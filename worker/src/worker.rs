@@ -104,6 +104,9 @@ pub struct Worker {
     pub(crate) waits: Vec<(u32, control::Until)>,
     /// Set once a graceful shutdown began.
     pub(crate) shutdown_since: Option<Instant>,
+    /// The shutdown waits for every client to leave (SIGTERM, PgBouncer's "super safe
+    /// shutdown") rather than only for transactions to end (SIGINT).
+    pub(crate) shutdown_waits_for_clients: bool,
     /// Server host names, looked up on a thread so the loop never blocks on DNS.
     pub(crate) dns: crate::dns::Resolver,
     /// TLS configurations for both sides, rebuilt on reload.
@@ -180,6 +183,7 @@ impl Worker {
             holds: init.holds,
             waits: Vec::new(),
             shutdown_since: None,
+            shutdown_waits_for_clients: false,
             dns,
             tls,
         };
@@ -249,8 +253,19 @@ impl Worker {
                 .as_mut()
                 .is_some_and(|s| s.pending().next().is_some());
             if got_term {
-                log::info!("worker {}: got SIGTERM, shutting down", self.slot);
-                self.begin_shutdown();
+                if self.shutdown_since.is_some() {
+                    // As PgBouncer: a second SIGTERM ends a shutdown in progress at once.
+                    log::info!(
+                        "worker {}: got SIGTERM while shutting down, fast exit",
+                        self.slot
+                    );
+                    std::process::exit(0);
+                }
+                log::info!(
+                    "worker {}: got SIGTERM, shutting down, waiting for all clients to disconnect",
+                    self.slot
+                );
+                self.begin_shutdown(true);
             }
             return;
         }
@@ -315,7 +330,7 @@ impl Worker {
                     log::warn!("worker {}: control channel closed: {e}", self.slot);
                     let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
                     self.control = None;
-                    self.begin_shutdown();
+                    self.begin_shutdown(false);
                     return;
                 }
             }
@@ -345,7 +360,8 @@ impl Worker {
             },
             Command::Pause(db) => self.pause(db.as_deref(), true),
             Command::Resume(db) => self.pause(db.as_deref(), false),
-            Command::Shutdown => self.begin_shutdown(),
+            Command::Shutdown => self.begin_shutdown(false),
+            Command::ShutdownWaitForClients => self.begin_shutdown(true),
             Command::Cancel { pid, key } => self.cancel_local(pid, key),
             Command::Collect { req, what } => self.console_collect(req, what),
             Command::Rows { req, slot, chunk } => self.console_rows(req, slot, &chunk),

@@ -101,6 +101,9 @@ pub enum Command {
     Resume(Option<String>),
     /// Stop accepting, let transactions (sessions in session mode) finish, then exit.
     Shutdown,
+    /// Stop accepting, keep serving every client (servers are still handed out) until
+    /// all of them have left, then exit: PgBouncer's SIGTERM, its "super safe shutdown".
+    ShutdownWaitForClients,
     /// A CancelRequest another worker received for one of this worker's clients.
     Cancel {
         pid: u32,
@@ -270,6 +273,7 @@ impl Command {
                 put_opt_str(out, db.as_deref());
             }
             Command::Shutdown => out.push(4),
+            Command::ShutdownWaitForClients => out.push(14),
             Command::Cancel { pid, key } => {
                 out.push(5);
                 out.extend_from_slice(&pid.to_be_bytes());
@@ -335,6 +339,7 @@ impl Command {
             2 => Command::Pause(r.opt_str()?),
             3 => Command::Resume(r.opt_str()?),
             4 => Command::Shutdown,
+            14 => Command::ShutdownWaitForClients,
             5 => Command::Cancel {
                 pid: r.u32()?,
                 key: r.u32()?,
@@ -580,6 +585,7 @@ mod tests {
             Command::Pause(Some("app".into())),
             Command::Resume(Some("x".into())),
             Command::Shutdown,
+            Command::ShutdownWaitForClients,
             Command::Cancel { pid: 7, key: 9 },
             Command::Collect {
                 req: 3,
