@@ -1885,8 +1885,7 @@ fn shutdown_wait_for_servers_lets_transactions_end_then_exits() {
     assert!(busy.query("BEGIN").ok());
     assert_eq!(busy.scalar("SELECT 1"), "1");
 
-    // Anything else after SHUTDOWN is refused whole, as PgBouncer 1.25 refuses it; and
-    // WAIT_FOR_CLIENTS is refused here (not supported yet), leaving the pooler running.
+    // Anything else after SHUTDOWN is refused whole, as PgBouncer 1.25 refuses it.
     let mut console = Raw::login(pooler.port(), ADMIN, ADMIN_PW, "pgbouncer");
     let r = console.query("SHUTDOWN foo");
     assert_eq!(
@@ -1894,12 +1893,10 @@ fn shutdown_wait_for_servers_lets_transactions_end_then_exits() {
         "invalid command 'SHUTDOWN foo', use SHOW HELP;",
         "{r:?}"
     );
-    let r = console.query("SHUTDOWN WAIT_FOR_CLIENTS");
-    assert!(r.error().2.contains("WAIT_FOR_CLIENTS"), "{r:?}");
     let help = console.query("SHOW HELP");
     let detail = help.notices[0].get(&'D').cloned().unwrap_or_default();
     assert!(
-        detail.contains("\tSHUTDOWN WAIT_FOR_SERVERS\n"),
+        detail.contains("\tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS\n"),
         "{detail:?}"
     );
     assert!(pooler.wait_exit(ms(300)).is_none(), "{}", pooler.log());
@@ -1931,6 +1928,54 @@ fn shutdown_wait_for_servers_lets_transactions_end_then_exits() {
     );
     assert!(
         pooler.log().contains("SHUTDOWN WAIT_FOR_SERVERS"),
+        "{}",
+        pooler.log()
+    );
+}
+
+#[test]
+fn shutdown_wait_for_clients_serves_them_until_every_one_left() {
+    let role = "adm_shutc11";
+    create_role(role);
+    let mut pooler = start(&config("pool_mode: transaction\n", ""), &[role]);
+    let mut idle = spread(&pooler, 1, || Raw::login(pooler.port(), role, role, APP_DB));
+    for h in &mut idle {
+        assert_eq!(h.conn.scalar("SELECT 1"), "1");
+    }
+    let mut console = Raw::login(pooler.port(), ADMIN, ADMIN_PW, "pgbouncer");
+    console.set_timeout(secs(5));
+    let r = console.query("SHUTDOWN WAIT_FOR_CLIENTS");
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.tags, ["SHUTDOWN"], "{r:?}");
+    drop(console);
+    // Idle clients stay, and still get servers for new transactions...
+    assert!(
+        pooler.wait_exit(ms(1500)).is_none(),
+        "exited with clients connected:\n{}",
+        pooler.log()
+    );
+    for h in &mut idle {
+        h.conn.set_timeout(secs(5));
+        assert_eq!(h.conn.scalar("SELECT 2"), "2", "worker {}", h.worker);
+    }
+    // ...no new client comes in...
+    assert!(
+        TcpStream::connect(("127.0.0.1", pooler.port())).is_err(),
+        "the listening socket is still open during SHUTDOWN WAIT_FOR_CLIENTS"
+    );
+    // ...and the pooler exits once the last one left.
+    for h in &mut idle {
+        h.conn.send(b'X', b"");
+    }
+    drop(idle);
+    let status = pooler.wait_exit(secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "supervisor exit {status:?} after the clients left\n{}",
+        pooler.log()
+    );
+    assert!(
+        pooler.log().contains("SHUTDOWN WAIT_FOR_CLIENTS"),
         "{}",
         pooler.log()
     );

@@ -124,14 +124,11 @@ impl Supervisor {
                 done(self, None);
                 self.begin_stop();
             }
-            AdminRequest::ShutdownWait { clients: true } => done(
-                self,
-                Some(
-                    "SHUTDOWN WAIT_FOR_CLIENTS is not supported yet: use SHUTDOWN \
-                     WAIT_FOR_SERVERS, or PAUSE and wait for the clients to leave"
-                        .into(),
-                ),
-            ),
+            // As SIGTERM: stop accepting, keep serving every client, exit once all left.
+            AdminRequest::ShutdownWait { clients: true } => {
+                done(self, None);
+                self.begin_stop_as(Command::ShutdownWaitForClients);
+            }
             AdminRequest::Set { key, value } => {
                 let r = self.set_runtime(&key, &value);
                 if let Err(e) = &r {
