@@ -1492,6 +1492,31 @@ fn every_show_of_pgbouncer_1_25_answers_with_its_columns() {
         }
     }
 
+    // A connection still logging in is a cl_login socket (not a SHOW CLIENTS row); once
+    // bytes of its startup packet wait in its buffer, it is an active socket too.
+    let mut login = TcpStream::connect(("127.0.0.1", pooler.port())).expect("connect");
+    let port = login
+        .local_addr()
+        .expect("local address")
+        .port()
+        .to_string();
+    let listed = wait_until(secs(2), || {
+        let t = raw.query("SHOW SOCKETS").table();
+        t.find(&[("port", &port), ("state", "cl_login")]).len() == 1
+    });
+    assert!(listed, "{:#?}", raw.query("SHOW SOCKETS").table());
+    let clients = raw.query("SHOW CLIENTS").table();
+    assert!(clients.find(&[("port", &port)]).is_empty(), "{clients:#?}");
+    // Four bytes of the startup packet's length, promising more.
+    login.write_all(&64u32.to_be_bytes()).expect("write");
+    let buffered = wait_until(secs(2), || {
+        let t = raw.query("SHOW ACTIVE_SOCKETS").table();
+        t.find(&[("port", &port)])
+            .first()
+            .is_some_and(|r| t.num(r, "recv_pos") == 4 && t.num(r, "pkt_avail") == 4)
+    });
+    assert!(buffered, "{:#?}", raw.query("SHOW ACTIVE_SOCKETS").table());
+
     // SHOW HELP lists them, as PgBouncer 1.25's does.
     let help = raw.query("SHOW HELP");
     let detail = help.notices[0].get(&'D').cloned().unwrap_or_default();

@@ -576,10 +576,12 @@ impl Worker {
         for (_, conn) in self.conns.iter() {
             match conn {
                 Conn::Client(c) if clients => {
-                    if matches!(
+                    // Clients still logging in: only SHOW SOCKETS lists them (cl_login).
+                    let login = matches!(
                         c.state,
                         CState::Proxy { .. } | CState::Startup | CState::Auth
-                    ) {
+                    );
+                    if login && !buffers {
                         continue;
                     }
                     let (addr, port) = match c.peer {
@@ -588,6 +590,7 @@ impl Worker {
                     };
                     let (laddr, lport) = local(&c.io);
                     let state = match c.state {
+                        _ if login => "login",
                         CState::Waiting if c.admin.is_none() => "waiting",
                         CState::Active => "active",
                         CState::LoginWait => "waiting",
@@ -1013,7 +1016,7 @@ fn show_sockets(rows: Vec<(u8, Row)>) -> Table {
 }
 
 /// SHOW SOCKETS / ACTIVE_SOCKETS: PgBouncer 1.25's 21 socket columns (states named by
-/// PgBouncer's lists: cl_active, sv_idle, ...) and its 7 buffer columns. ACTIVE_SOCKETS
+/// PgBouncer's lists: cl_active, cl_login, sv_idle, ...) and its 7 buffer columns. ACTIVE_SOCKETS
 /// keeps, as PgBouncer does, the sockets with bytes in their buffers.
 fn show_socket_buffers(rows: Vec<(u8, Row)>, active_only: bool) -> Table {
     let int = |n: &'static str| (n, Ty::Int4);
@@ -1030,6 +1033,7 @@ fn show_socket_buffers(rows: Vec<(u8, Row)>, active_only: bool) -> Table {
             let client = r[0].as_deref() == Some("C");
             let state = match (client, r[4].as_deref().unwrap_or("")) {
                 (true, "waiting") => "cl_waiting",
+                (true, "login") => "cl_login",
                 (true, _) => "cl_active",
                 (false, "active") => "sv_active",
                 (false, "idle") => "sv_idle",
