@@ -1867,6 +1867,10 @@ fn shutdown_from_the_console_stops_the_whole_pooler() {
     for h in &mut idle {
         assert_eq!(h.conn.scalar("SELECT 1"), "1");
     }
+    // As PgBouncer's plain SHUTDOWN: at once, an open transaction does not hold it up.
+    let mut busy = Raw::login(pooler.port(), role, role, APP_DB);
+    assert!(busy.query("BEGIN").ok());
+    assert_eq!(busy.scalar("SELECT 1"), "1");
     let mut console = Raw::login(pooler.port(), ADMIN, ADMIN_PW, "pgbouncer");
     let t0 = Instant::now();
     console.set_timeout(secs(5));
@@ -1889,6 +1893,9 @@ fn shutdown_from_the_console_stops_the_whole_pooler() {
     );
     let r = console.reply();
     assert_ne!(r.end, End::TimedOut, "console connection left open: {r:?}");
+    busy.set_timeout(secs(2));
+    let r = busy.reply();
+    assert_eq!(r.end, End::Closed, "client in a transaction: {r:?}");
     for h in &mut idle {
         h.conn.set_timeout(secs(2));
         let r = h.conn.reply();

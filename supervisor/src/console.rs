@@ -115,7 +115,13 @@ impl Supervisor {
                 self.broadcast(&Command::Kill(db));
                 done(self, None);
             }
-            AdminRequest::Shutdown => self.begin_stop(),
+            // As PgBouncer's plain SHUTDOWN (and SIGQUIT): exit at once, no answer. The
+            // loop sees every worker gone and exits 0.
+            AdminRequest::Shutdown => {
+                log::info!("SHUTDOWN from the admin console: immediate shutdown");
+                self.begin_stop();
+                self.kill_all(nix::sys::signal::Signal::SIGKILL);
+            }
             // As PgBouncer 1.23+: stop accepting, and exit once every server is released
             // (transactions end, sessions in session pooling) -- what SHUTDOWN does here.
             // PgBouncer answers SHUTDOWN before it waits; the answer goes down the worker's

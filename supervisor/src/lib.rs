@@ -325,7 +325,7 @@ impl Supervisor {
         }
     }
 
-    /// SHUTDOWN on the console: as SIGINT.
+    /// SHUTDOWN WAIT_FOR_SERVERS on the console: as SIGINT.
     fn begin_stop(&mut self) {
         self.begin_stop_as(Command::Shutdown);
     }
