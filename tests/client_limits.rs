@@ -297,3 +297,47 @@ fn a_parameter_the_server_does_not_report_is_applied_from_the_startup_packet() {
     assert_eq!(show(&mut b, "search_path"), default);
     assert_eq!(show(&mut a, "search_path"), "a_schema");
 }
+
+#[test]
+fn show_databases_and_users_report_the_client_limits() {
+    let pooler = start(
+        "max_db_client_connections: 2\nmax_user_client_connections: 5\nadmin_users: [admin]",
+        "",
+        ", max_db_client_connections: 3",
+        "users:\n  trust_user: { max_user_client_connections: 4 }",
+    );
+    let _held = must_login(&pooler, TRUST_USER, "app");
+    let mut console = pooler.connect("admin", "", "pgbouncer");
+    let mut rows = |sql: &str| -> Vec<postgres::SimpleQueryRow> {
+        console
+            .simple_query(sql)
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    };
+    let dbs = rows("SHOW DATABASES");
+    let db = |name: &str, col: &str| {
+        dbs.iter()
+            .find(|r| r.get("name") == Some(name))
+            .and_then(|r| r.get(col))
+            .unwrap_or_else(|| panic!("no {col} for {name}"))
+            .to_string()
+    };
+    assert_eq!(db("app", "max_client_connections"), "2");
+    assert_eq!(db("apptx", "max_client_connections"), "3");
+    assert_eq!(db("app", "current_client_connections"), "1");
+    let users = rows("SHOW USERS");
+    let user = |name: &str| {
+        users
+            .iter()
+            .find(|r| r.get("name") == Some(name))
+            .and_then(|r| r.get("max_user_client_connections"))
+            .unwrap_or_else(|| panic!("no row for {name}"))
+            .to_string()
+    };
+    assert_eq!(user(TRUST_USER), "4");
+}

@@ -856,7 +856,7 @@ impl Worker {
                 None,
                 s(cfg.max_db_connections_for(name)),
                 s(current),
-                s(0),
+                s(cfg.max_db_client_connections_for(name)),
                 s(clients.get(name).copied().unwrap_or(0)),
                 s(u8::from(paused.get(name).copied().unwrap_or(false))),
                 s(u8::from(self.holds.is_disabled(name))),
@@ -913,7 +913,7 @@ impl Worker {
                     u.and_then(|u| u.pool_mode).map(|m| m.as_str().to_string()),
                     s(self.cfg.max_user_connections_for(&name)),
                     s(current),
-                    s(0),
+                    s(self.cfg.max_user_client_connections_for(&name)),
                     s(clients.get(&name).copied().unwrap_or(0)),
                 ]
             })
