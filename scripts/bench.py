@@ -827,7 +827,8 @@ def report_callgrind(report, a):
     if not shutil.which("valgrind"):
         print("valgrind not installed: no instruction counts", file=sys.stderr)
         return
-    n = 4000 if not a.quick else 400
+    # CALLGRIND_TX overrides, e.g. 4000 with --quick to compare two builds cheaply.
+    n = int(os.environ.get("CALLGRIND_TX", 4000 if not a.quick else 400))
 
     def pgbench_tx(tx):
         subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(OURS_PORT), "-U", "bench", "-n", "-S", "-c", "4",
