@@ -1363,8 +1363,11 @@ fn transaction_reserve_pool_opens_one_extra_server_after_the_timeout() {
         w.join().unwrap().expect("pg_sleep through the pooler");
     }
     let first_two = first_two.expect("the reserve server never appeared");
+    // Not before reserve_pool_timeout (0.5 s); the upper bound only says "soon after it",
+    // with room for the 200 ms janitor tick on a loaded 2-core machine (1.6 s was seen
+    // with the whole suite running).
     assert!(
-        first_two >= ms(400) && first_two <= ms(1500),
+        first_two >= ms(400) && first_two <= ms(3000),
         "the reserve server appeared after {first_two:?}, expected ~0.5 s"
     );
     assert_eq!(max, 2, "pool 1 + reserve 1");
