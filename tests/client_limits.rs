@@ -308,18 +308,7 @@ fn show_databases_and_users_report_the_client_limits() {
     );
     let _held = must_login(&pooler, TRUST_USER, "app");
     let mut console = pooler.connect("admin", "", "pgbouncer");
-    let mut rows = |sql: &str| -> Vec<postgres::SimpleQueryRow> {
-        console
-            .simple_query(sql)
-            .unwrap()
-            .into_iter()
-            .filter_map(|m| match m {
-                postgres::SimpleQueryMessage::Row(r) => Some(r),
-                _ => None,
-            })
-            .collect()
-    };
-    let dbs = rows("SHOW DATABASES");
+    let dbs = query_rows(&mut console, "SHOW DATABASES");
     let db = |name: &str, col: &str| {
         dbs.iter()
             .find(|r| r.get("name") == Some(name))
@@ -330,7 +319,7 @@ fn show_databases_and_users_report_the_client_limits() {
     assert_eq!(db("app", "max_client_connections"), "2");
     assert_eq!(db("apptx", "max_client_connections"), "3");
     assert_eq!(db("app", "current_client_connections"), "1");
-    let users = rows("SHOW USERS");
+    let users = query_rows(&mut console, "SHOW USERS");
     let user = |name: &str| {
         users
             .iter()

@@ -6,7 +6,6 @@ mod common;
 
 use common::wire::{error_fields, startup_packet};
 use common::*;
-use postgres::SimpleQueryMessage;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -379,15 +378,7 @@ fn show_clients_returns_every_row_when_the_rows_exceed_the_socket_buffers() {
     let mut console = pooler.connect(TRUST_USER, "", "pgbouncer");
     for round in 0..3 {
         let started = Instant::now();
-        let rows: Vec<_> = console
-            .simple_query("SHOW CLIENTS")
-            .unwrap()
-            .into_iter()
-            .filter_map(|m| match m {
-                SimpleQueryMessage::Row(r) => Some(r),
-                _ => None,
-            })
-            .collect();
+        let rows = query_rows(&mut console, "SHOW CLIENTS");
         let app_col = rows
             .first()
             .and_then(|r| {

@@ -74,18 +74,6 @@ fn owner_only(key: &Path) {
     std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
-/// The rows `sql` returns over `c`.
-fn query_rows(c: &mut postgres::Client, sql: &str) -> Vec<postgres::SimpleQueryRow> {
-    c.simple_query(sql)
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn psql_verify_full_through_the_pooler_and_hostssl_matches_tls_only() {
     let p = server_cert_pooler("prefer", "");

@@ -66,6 +66,18 @@ pub fn secs(n: u64) -> std::time::Duration {
     std::time::Duration::from_secs(n)
 }
 
+/// The rows `sql` returns over `c` with the simple protocol (a SHOW, say); panics on error.
+pub fn query_rows(c: &mut postgres::Client, sql: &str) -> Vec<postgres::SimpleQueryRow> {
+    c.simple_query(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The first column of the first row `sql` returns, or "" when there is none.
 pub fn scalar(c: &mut postgres::Client, sql: &str) -> Result<String, postgres::Error> {
     for m in c.simple_query(sql)? {

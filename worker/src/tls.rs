@@ -104,27 +104,18 @@ fn accept_config(
     let chain = certs("client_tls_cert_file", cert)?;
     let endpoint = endpoint_hash(&chain[0]);
     let key = private_key("client_tls_key_file", key)?;
-    let provider = Arc::new(provider("client_tls_ciphers", &cfg.client_tls_ciphers)?);
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions(
-            "client_tls_protocols",
-            &cfg.client_tls_protocols,
-        )?)
+    let side = Side::new("client", &cfg.client_tls_ciphers, &cfg.client_tls_protocols)?;
+    let builder = rustls::ServerConfig::builder_with_provider(side.provider.clone())
+        .with_protocol_versions(&side.versions)
         .map_err(|e| format!("client_tls_protocols: {e}"))?;
-    let builder = if mode.verifies() {
-        let Some(ca) = &cfg.client_tls_ca_file else {
-            return Err(format!(
-                "client_tls_sslmode {mode} needs client_tls_ca_file"
-            ));
-        };
-        let roots = Arc::new(roots("client_tls_ca_file", ca)?);
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
-            .build()
-            .map_err(|e| format!("client_tls_ca_file {ca}: {e}"))?;
-        builder.with_client_cert_verifier(verifier)
-    } else {
+    let builder = match side.roots(mode, cfg.client_tls_ca_file.as_deref())? {
+        Some((roots, ca)) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, side.provider)
+                .build()
+                .map_err(|e| format!("client_tls_ca_file {ca}: {e}"))?,
+        ),
         // PgBouncer: below verify-ca, a client certificate is not asked for or checked.
-        builder.with_no_client_auth()
+        None => builder.with_no_client_auth(),
     };
     let mut config = builder
         .with_single_cert(chain, key)
@@ -136,34 +127,27 @@ fn accept_config(
 }
 
 fn connect_config(cfg: &Config, mode: TlsMode) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(provider("server_tls_ciphers", &cfg.server_tls_ciphers)?);
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions(
-            "server_tls_protocols",
-            &cfg.server_tls_protocols,
-        )?)
+    let side = Side::new("server", &cfg.server_tls_ciphers, &cfg.server_tls_protocols)?;
+    let builder = rustls::ClientConfig::builder_with_provider(side.provider.clone())
+        .with_protocol_versions(&side.versions)
         .map_err(|e| format!("server_tls_protocols: {e}"))?;
-    let builder = if mode.verifies() {
-        let Some(ca) = &cfg.server_tls_ca_file else {
-            return Err(format!(
-                "server_tls_sslmode {mode} needs server_tls_ca_file"
-            ));
-        };
-        let roots = Arc::new(roots("server_tls_ca_file", ca)?);
-        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-            .build()
-            .map_err(|e| format!("server_tls_ca_file {ca}: {e}"))?;
-        if mode == TlsMode::VerifyFull {
-            builder.with_webpki_verifier(webpki)
-        } else {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+    let builder = match side.roots(mode, cfg.server_tls_ca_file.as_deref())? {
+        Some((roots, ca)) => {
+            let webpki =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, side.provider)
+                    .build()
+                    .map_err(|e| format!("server_tls_ca_file {ca}: {e}"))?;
+            if mode == TlsMode::VerifyFull {
+                builder.with_webpki_verifier(webpki)
+            } else {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+            }
         }
-    } else {
-        builder
+        None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_custom_certificate_verifier(Arc::new(Unverified(side.provider))),
     };
     let mut config = match (&cfg.server_tls_cert_file, &cfg.server_tls_key_file) {
         (Some(cert), Some(key)) => builder
@@ -177,6 +161,43 @@ fn connect_config(cfg: &Config, mode: TlsMode) -> Result<rustls::ClientConfig, S
     };
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+/// What `client_tls_*` or `server_tls_*` choose alike: suites, versions and the CA.
+struct Side {
+    name: &'static str,
+    provider: Arc<CryptoProvider>,
+    versions: Vec<&'static SupportedProtocolVersion>,
+}
+
+impl Side {
+    fn new(name: &'static str, ciphers: &str, protocols: &str) -> Result<Side, String> {
+        Ok(Side {
+            name,
+            provider: Arc::new(provider(&format!("{name}_tls_ciphers"), ciphers)?),
+            versions: versions(&format!("{name}_tls_protocols"), protocols)?,
+        })
+    }
+
+    /// The CA to check the peer's certificate against, with its file name: `None` below
+    /// verify-ca, and an error when a verifying mode has no `<side>_tls_ca_file`.
+    fn roots<'a>(
+        &self,
+        mode: TlsMode,
+        ca: Option<&'a str>,
+    ) -> Result<Option<(Arc<rustls::RootCertStore>, &'a str)>, String> {
+        if !mode.verifies() {
+            return Ok(None);
+        }
+        let Some(ca) = ca else {
+            return Err(format!(
+                "{name}_tls_sslmode {mode} needs {name}_tls_ca_file",
+                name = self.name
+            ));
+        };
+        let roots = roots(&format!("{}_tls_ca_file", self.name), ca)?;
+        Ok(Some((Arc::new(roots), ca)))
+    }
 }
 
 /// The TLS versions a `*_tls_protocols` value allows. rustls has no TLS 1.0 or 1.1, so
