@@ -147,6 +147,7 @@ impl PoolerSetup {
     pub fn try_start(self, yaml: &str, args: &[&str]) -> Result<Pooler, String> {
         let yaml = self.expand(yaml);
         let port = listen_port(&yaml, self.port);
+        let host = listen_ip(&yaml);
         let config = self.dir.write_file(&self.config_name, &yaml);
         let log_path = self.dir.join(LOG_FILE);
         let log = OpenOptions::new()
@@ -187,7 +188,7 @@ impl PoolerSetup {
                     pooler.log()
                 ));
             }
-            if accepts(port) {
+            if accepts(host, port) {
                 return Ok(pooler);
             }
             if Instant::now() >= deadline {
@@ -230,8 +231,20 @@ fn listen_port(yaml: &str, default: u16) -> u16 {
         .unwrap_or(default)
 }
 
-fn accepts(port: u16) -> bool {
+/// The address in a `listen_addr: 127.0.0.3` line, when it is one IPv4 address (a test
+/// standing for another host listens on 127.0.0.x); None: try the loopback defaults.
+fn listen_ip(yaml: &str) -> Option<std::net::Ipv4Addr> {
+    yaml.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("listen_addr:"))
+        .filter_map(|v| v.split('#').next()?.trim().trim_matches('\'').parse().ok())
+        .next_back()
+}
+
+fn accepts(host: Option<std::net::Ipv4Addr>, port: u16) -> bool {
     let timeout = Duration::from_millis(250);
+    if let Some(ip) = host {
+        return TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout).is_ok();
+    }
     ["127.0.0.1", "[::1]"].iter().any(|host| {
         let addr: SocketAddr = format!("{host}:{port}").parse().expect("socket address");
         TcpStream::connect_timeout(&addr, timeout).is_ok()

@@ -284,6 +284,16 @@ impl Worker {
                 }
             };
             if got == Filled::Eof {
+                // A client may send its last bytes with its FIN: libpq and the postgres
+                // crate shut down their side right after a CancelRequest, and behind a
+                // PROXY header the two arrive in one read. Use what is buffered first.
+                loop {
+                    match self.login_step(ct) {
+                        Step::Again => continue,
+                        Step::Done => return,
+                        Step::Wait => break,
+                    }
+                }
                 return self.close_client(ct, Close::Quiet("client unexpected eof"));
             }
             match self.login_step(ct) {
@@ -343,14 +353,26 @@ impl Worker {
                     }
                 };
                 c.io.rbuf.consume(n);
+                let (via, peer) = (c.via, c.peer);
+                if !matches!(packet, FirstPacket::Cancel { .. }) && self.peer_only(via) {
+                    log::warn!(
+                        "{peer}: a peer pooler without a PROXY header may only send cancel \
+                         requests: refused (proxy_protocol is required)"
+                    );
+                    self.stats.proxy_rejected[crate::proxy::Rejection::Untrusted as usize] += 1;
+                    self.close_client(ct, Close::Quiet("peer sent no cancel request"));
+                    return Step::Done;
+                }
                 match packet {
                     FirstPacket::SslRequest => self.ssl_request(ct),
                     FirstPacket::GssEncRequest => {
-                        c.io.wbuf.vec(&mut self.bufs).push(b'N');
+                        if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
+                            c.io.wbuf.vec(&mut self.bufs).push(b'N');
+                        }
                         Step::Again
                     }
                     FirstPacket::Cancel { pid, key } => {
-                        self.cancel_request(pid, &key);
+                        self.cancel_request(ct, pid, &key);
                         self.close_client(ct, Close::Quiet("cancel request"));
                         Step::Done
                     }
@@ -936,7 +958,7 @@ impl Worker {
         let Some(welcome) = self.pools.get(pool).welcome.as_ref() else {
             return;
         };
-        let Some((pid, secret)) = cancel_key(self.slot) else {
+        let Some((pid, secret)) = crate::cancel::new_key(self.slot, self.cfg.peer_id) else {
             // A guessable key would let anyone cancel this client's queries: refuse the
             // login instead, as when any other secret cannot be made.
             log::error!("{}: no randomness for a cancel key", c.name());
@@ -1104,48 +1126,5 @@ pub(crate) fn io_reason(e: &std::io::Error) -> &'static str {
         // rustls refused what came: a failed handshake or a bad record.
         std::io::ErrorKind::InvalidData => "client TLS error",
         _ => "client socket error",
-    }
-}
-
-/// A fresh cancel key (pid, secret) whose secret's top byte names this worker, so any
-/// worker can route a cancel here; None when the kernel has no randomness to give.
-fn cancel_key(slot: usize) -> Option<(u32, u32)> {
-    cancel_key_from(slot, |b| getrandom::fill(b).is_ok())
-}
-
-/// [`cancel_key`] with its randomness passed in, so failing closed can be tested.
-fn cancel_key_from(slot: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> Option<(u32, u32)> {
-    let mut b = [0u8; 8];
-    if !fill(&mut b) {
-        return None;
-    }
-    let [p0, p1, p2, p3, s0, s1, s2, s3] = b;
-    let pid = (u32::from_be_bytes([p0, p1, p2, p3]) & 0x7fff_ffff).max(1);
-    let secret = (slot as u32 & 0xff) << 24 | (u32::from_be_bytes([s0, s1, s2, s3]) & 0x00ff_ffff);
-    Some((pid, secret))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cancel_keys_fail_closed_without_randomness() {
-        assert_eq!(cancel_key_from(3, |_| false), None);
-        let (pid, secret) = cancel_key_from(3, |b| {
-            b.fill(0xab);
-            true
-        })
-        .unwrap();
-        assert_eq!(pid, 0x2bab_abab);
-        assert_eq!(secret, 0x03ab_abab, "the top byte names the worker");
-        // A zero pid would read as "no key": never handed out.
-        assert_eq!(
-            cancel_key_from(0, |b| {
-                b.fill(0);
-                true
-            }),
-            Some((1, 0))
-        );
     }
 }

@@ -44,6 +44,7 @@ impl Worker {
             });
         }
         self.cfg = Arc::new(cfg);
+        self.warm_peer_names();
         for id in 0..self.pools.list.len() {
             self.refresh_pool(id);
         }

@@ -139,6 +139,25 @@ impl Resolver {
         }
         any
     }
+
+    /// Whether `host` resolved to `ip` in the cache's last answer. Like [`Resolver::lookup`]
+    /// it asks the thread when the answer is missing or stale, so a later call may say yes.
+    /// `ttls` are `dns_max_ttl` and `dns_nxdomain_ttl`.
+    pub fn resolves_to(
+        &mut self,
+        (host, port): (&str, u16),
+        ip: IpAddr,
+        now: Instant,
+        ttls: (Duration, Duration),
+    ) -> bool {
+        if let Lookup::Ready(a) = self.lookup(host, port, now, ttls.0, ttls.1) {
+            if a.ip() == ip {
+                return true;
+            }
+        }
+        matches!(self.cache.get(&(host.to_string(), port)),
+            Some(Entry { result: Ok(addrs), .. }) if addrs.iter().any(|a| a.ip() == ip))
+    }
 }
 
 /// One blocking lookup, on the resolver thread.

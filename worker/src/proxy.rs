@@ -105,17 +105,35 @@ impl Rejection {
 }
 
 impl Worker {
-    pub(crate) fn proxy_admission(&self, peer: Option<SocketAddr>) -> Admission {
+    pub(crate) fn proxy_admission(&mut self, peer: Option<SocketAddr>) -> Admission {
         let Some(peer) = peer else {
             // Unix-socket clients are local: there is no proxy in between.
             return Admission::Direct;
         };
-        let trusted = self.cfg.proxy_trusted.iter().any(|c| c.contains(peer.ip()));
-        match self.cfg.proxy_protocol {
+        let trusted = self.is_proxy_trusted(peer);
+        let mode = self.cfg.proxy_protocol;
+        match mode {
             ProxyProtocol::Off => Admission::Direct,
+            // Peer poolers connect directly to forward cancel requests; the startup step
+            // lets nothing else through (see `peer_only`).
+            ProxyProtocol::Required if !trusted && self.is_peer(crate::client::Peer::Tcp(peer)) => {
+                Admission::Direct
+            }
             ProxyProtocol::Required if !trusted => Admission::Refuse,
             ProxyProtocol::Required | ProxyProtocol::Optional => Admission::Header { trusted },
         }
+    }
+
+    fn is_proxy_trusted(&self, peer: SocketAddr) -> bool {
+        self.cfg.proxy_trusted.iter().any(|c| c.contains(peer.ip()))
+    }
+
+    /// Whether a client was let in without a PROXY header only because it is a peer
+    /// pooler (proxy_protocol required): it may send a CancelRequest and nothing else.
+    /// `via` is the socket's own peer address (None on a Unix socket).
+    pub(crate) fn peer_only(&self, via: Option<SocketAddr>) -> bool {
+        self.cfg.proxy_protocol == ProxyProtocol::Required
+            && via.is_some_and(|a| !self.is_proxy_trusted(a))
     }
 
     /// Reads the header from the buffered bytes; the bytes after it stay for the

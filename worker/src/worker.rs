@@ -81,6 +81,8 @@ pub struct Worker {
     pub(crate) hba: crate::auth::hba::Hba,
     /// Cancel keys handed to clients: (pid << 32 | key) -> (token, client id).
     pub(crate) cancel_keys: HashMap<u64, (usize, u64)>,
+    /// Cancel requests forwarded to peer poolers and not yet answered.
+    pub(crate) peer_cancels: crate::cancel::PeerCancels,
     pub(crate) next_id: u64,
     pub(crate) now: Instant,
     /// Set when accepting failed for lack of descriptors: retry after this instant.
@@ -157,7 +159,7 @@ impl Worker {
             crate::tls::Tls::default()
         });
         let now = Instant::now();
-        let w = Worker {
+        let mut w = Worker {
             slot: init.slot,
             poll,
             conns: Slab::with_capacity(1024),
@@ -168,6 +170,7 @@ impl Worker {
             auth,
             hba: parse_hba(init.hba.as_deref()),
             cancel_keys: HashMap::new(),
+            peer_cancels: Default::default(),
             next_id: 1,
             now,
             accept_paused_until: None,
@@ -188,6 +191,7 @@ impl Worker {
             tls,
         };
         w.stats.started(&w.shm, w.slot);
+        w.warm_peer_names();
         Ok(w)
     }
 

@@ -139,25 +139,8 @@ impl Worker {
                     crate::control::AdminRequest::Collect(What::Pools),
                 );
             }
-            "peers" => Table::new(
-                &[
-                    ("peer_id", Ty::Int4),
-                    ("host", Ty::Text),
-                    ("port", Ty::Int4),
-                    ("pool_size", Ty::Int4),
-                ],
-                Vec::new(),
-            ),
-            "peer_pools" => Table::new(
-                &[
-                    ("peer_id", Ty::Int4),
-                    ("cl_active_cancel_req", Ty::Int4),
-                    ("cl_waiting_cancel_req", Ty::Int4),
-                    ("sv_active_cancel", Ty::Int4),
-                    ("sv_login", Ty::Int4),
-                ],
-                Vec::new(),
-            ),
+            "peers" => self.show_peers(),
+            "peer_pools" => self.show_peer_pools(),
             // No online restart (SUSPEND, -R) hands sockets over, so there are none to list.
             "fds" => Table::new(
                 &[
@@ -431,6 +414,47 @@ impl Worker {
             }
         }
         Table::new(&[("name", Ty::Text), ("value", Ty::Numeric)], rows)
+    }
+
+    /// The `peers` section as configured; this pooler's own entry is listed too.
+    fn show_peers(&self) -> Table {
+        let rows = (self.cfg.peers.iter())
+            .map(|(id, p)| {
+                let size = p.pool_size.unwrap_or(self.cfg.default_pool_size);
+                vec![s(id), s(&p.host), s(p.port), s(size)]
+            })
+            .collect();
+        Table::new(
+            &[
+                ("peer_id", Ty::Int4),
+                ("host", Ty::Text),
+                ("port", Ty::Int4),
+                ("pool_size", Ty::Int4),
+            ],
+            rows,
+        )
+    }
+
+    /// One row per peer: the cancel requests this worker has forwarded there and waits on
+    /// (sv_active_cancel). Over pool_size a cancel is dropped, not queued, so none wait.
+    fn show_peer_pools(&self) -> Table {
+        let rows = (self.cfg.peers.keys())
+            .filter(|&&id| id != self.cfg.peer_id)
+            .map(|&id| {
+                let n = self.peer_cancels.in_flight(id);
+                vec![s(id), s(0), s(0), s(n), s(0)]
+            })
+            .collect();
+        Table::new(
+            &[
+                ("peer_id", Ty::Int4),
+                ("cl_active_cancel_req", Ty::Int4),
+                ("cl_waiting_cancel_req", Ty::Int4),
+                ("sv_active_cancel", Ty::Int4),
+                ("sv_login", Ty::Int4),
+            ],
+            rows,
+        )
     }
 
     fn show_workers(&self) -> Table {

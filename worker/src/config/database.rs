@@ -199,7 +199,7 @@ pub struct EntryError {
 }
 
 impl EntryError {
-    fn syntax(e: connstring::ConnStrError) -> EntryError {
+    pub(super) fn syntax(e: connstring::ConnStrError) -> EntryError {
         EntryError {
             key: e.key().map(str::to_owned),
             unknown_key: false,
@@ -207,7 +207,7 @@ impl EntryError {
         }
     }
 
-    fn value(key: &str, message: String) -> EntryError {
+    pub(super) fn value(key: &str, message: String) -> EntryError {
         EntryError {
             key: Some(key.to_owned()),
             unknown_key: false,
@@ -215,7 +215,7 @@ impl EntryError {
         }
     }
 
-    fn unknown(key: &str, expected: &[&str]) -> EntryError {
+    pub(super) fn unknown(key: &str, expected: &[&str]) -> EntryError {
         EntryError {
             key: Some(key.to_owned()),
             unknown_key: true,
@@ -235,7 +235,7 @@ impl fmt::Display for EntryError {
 
 impl std::error::Error for EntryError {}
 
-fn parse_num<T: FromStr + cde::ConfigInt>(value: &str) -> Result<T, String> {
+pub(super) fn parse_num<T: FromStr + cde::ConfigInt>(value: &str) -> Result<T, String> {
     // Digits only: `FromStr` would also take a leading '+'.
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         if let Ok(n) = value.parse() {
@@ -302,6 +302,8 @@ macro_rules! entry_deserialize {
         }
     };
 }
+
+pub(super) use entry_deserialize;
 
 entry_deserialize!(
     Database,

@@ -406,7 +406,7 @@ const SETTINGS: &[(&str, Rule, Status)] = {
         ("max_user_client_connections", Same(Int(U32)), Honoured),
         ("max_user_connections", Same(Int(U32)), Honoured),
         ("min_pool_size", Same(Int(U32)), Different),
-        ("peer_id", OnlyIf(Zero, "peering is not supported yet; cancel requests already reach the right worker of this pooler"), Refused),
+        ("peer_id", Same(Int(super::MAX_PEER_ID as u64)), Honoured),
         ("pidfile", Same(Text), Honoured),
         ("pkt_buf", Same(Int(U32)), Different),
         ("pool_idle_timeout", NoEffect("pools are kept; their idle server connections still close after server_idle_timeout"), Accepted),
@@ -567,21 +567,13 @@ pub fn translate(entries: &[Entry]) -> Result<Converted, IniError> {
     let mut main: Placed<'_> = BTreeMap::new();
     let mut dbs: Placed<'_> = BTreeMap::new();
     let mut users: Placed<'_> = BTreeMap::new();
+    let mut peers: Placed<'_> = BTreeMap::new();
     for e in entries {
         let map = match e.section.as_str() {
             "pgbouncer" => &mut main,
             "databases" => &mut dbs,
             "users" => &mut users,
-            _ => {
-                return Err(at(
-                    e,
-                    format!(
-                        "[peers] {}: peering is not supported yet (cancel requests already reach \
-                         the right worker of this pooler): remove the [peers] entries",
-                        super::de::truncate(&e.key, 64)
-                    ),
-                ))
-            }
+            _ => &mut peers,
         };
         // Keys are case-sensitive in PgBouncer; the last of a repeated key wins.
         map.insert(e.key.clone(), e);
@@ -635,6 +627,12 @@ pub fn translate(entries: &[Entry]) -> Result<Converted, IniError> {
         out.text.push_str("users:\n");
         for (name, e) in &users {
             user(&mut out, name, e)?;
+        }
+    }
+    if !peers.is_empty() {
+        out.text.push_str("peers:\n");
+        for (id, e) in &peers {
+            peer(&mut out, id, e)?;
         }
     }
     let mut yaml = String::from(
@@ -1083,6 +1081,43 @@ fn user(out: &mut Yaml, name: &str, e: &Entry) -> Result<(), IniError> {
     Ok(())
 }
 
+/// A `[peers]` line, `1 = host=10.0.0.2 port=6432`: the key is the peer's id.
+fn peer(out: &mut Yaml, id: &str, e: &Entry) -> Result<(), IniError> {
+    let what = format!("[peers] {}", super::de::truncate(id, 64));
+    let bad = |m: String| at(e, format!("{what}: {m}"));
+    let id = decimal(id)
+        .ok()
+        .and_then(|n| n.parse::<u16>().ok())
+        .filter(|n| (1..=super::MAX_PEER_ID).contains(n))
+        .ok_or_else(|| {
+            bad(format!(
+                "a peer id must be from 1 to {}",
+                super::MAX_PEER_ID
+            ))
+        })?;
+    let pairs = split_connstr(&e.value).map_err(bad)?;
+    out.text.push_str(&format!("  {id}:\n"));
+    for (key, value) in &pairs {
+        let yaml = match key.as_str() {
+            "host" => yaml_str(value),
+            "port" | "pool_size" => {
+                decimal(value).map_err(|m| bad(format!("{key} {}: {m}", shown(value))))?
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown peer parameter `{}` (PgBouncer refuses it too)",
+                    super::de::truncate(key, 64)
+                )))
+            }
+        };
+        out.text.push_str(&format!("    {key}: {yaml}\n"));
+    }
+    if !pairs.iter().any(|(k, _)| k == "host") {
+        return Err(bad("host= is missing".into()));
+    }
+    Ok(())
+}
+
 /// A connection-string number: PgBouncer reads it with `atoi`, which would take `10x` as 10
 /// and `x` as 0; only plain digits are accepted here, so such a typo is an error.
 fn decimal(v: &str) -> Result<String, String> {
@@ -1440,10 +1475,6 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
     #[test]
     fn unsupported_settings_are_refused_by_name_with_a_reason() {
         let cases: &[(&str, &str)] = &[
-            (
-                "peer_id = 3",
-                "peer_id = 3 is refused: peering is not supported",
-            ),
             ("auth_user = pgbouncer", "auth_user = pgbouncer is refused"),
             (
                 "syslog = 1",
@@ -1516,9 +1547,33 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
             load(&format!("[pgbouncer]\n{DB}")).track_extra_parameters,
             ["IntervalStyle"]
         );
-        let e = refused("[pgbouncer]\n[peers]\n1 = host=10.0.0.1\n");
-        assert!(e.message.contains("peering is not supported"), "{e}");
         load(&format!("[pgbouncer]\n[peers]\n{DB}"));
+    }
+
+    #[test]
+    fn peers_become_the_peers_section() {
+        let c = load(&format!(
+            "[pgbouncer]\npeer_id = 2\n[peers]\n1 = host=10.0.0.1\n\
+             2 = host=/tmp/pgb2 port=7000 pool_size=4\n{DB}"
+        ));
+        assert_eq!(c.peer_id, 2);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.peers[&1].host, "10.0.0.1");
+        assert_eq!(c.peers[&1].port, 6432);
+        assert_eq!(c.peers[&2].port, 7000);
+        assert_eq!(c.peers[&2].pool_size, Some(4));
+        for (line, needle) in [
+            ("0 = host=h", "a peer id must be from 1 to 16383"),
+            ("16384 = host=h", "a peer id must be from 1 to 16383"),
+            ("x = host=h", "a peer id must be from 1 to 16383"),
+            ("1 = port=5", "host= is missing"),
+            ("1 = host=h dbname=x", "unknown peer parameter `dbname`"),
+        ] {
+            let e = refused(&format!("[pgbouncer]\npeer_id = 1\n[peers]\n{line}\n{DB}"));
+            assert!(e.message.contains(needle), "{line}: {e}");
+        }
+        let e = refused(&format!("[pgbouncer]\npeer_id = 16384\n{DB}"));
+        assert!(e.message.contains("peer_id"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod database;
 mod de;
 mod error;
 pub mod ini;
+mod peer;
 pub mod settings;
 mod types;
 mod validate;
@@ -29,6 +30,7 @@ pub use database::{
     Database, EntryError, ResolvedDb, UserSettings, DEFAULT_HOST, DEFAULT_PORT, FALLBACK_DB,
 };
 pub use error::{ConfigError, ErrorKind};
+pub use peer::{Peer, DEFAULT_PEER_PORT, MAX_PEER_ID};
 pub use pgbouncers_proto::cidr::{Cidr, CidrError};
 pub use settings::restart_required_changes;
 pub use types::{AuthType, PoolMode, ProxyProtocol, Secret, TlsMode, UnknownKeyword, Workers};
@@ -246,8 +248,16 @@ pub struct Config {
     #[serde(deserialize_with = "de::int")]
     pub max_prepared_statements: u32,
 
+    /// This pooler's id among its peers (1..=16383), in every cancel key it hands out;
+    /// 0 = no peering. Default 0.
+    #[serde(deserialize_with = "de::int")]
+    pub peer_id: u16,
+
     pub databases: BTreeMap<String, Database>,
     pub users: BTreeMap<String, UserSettings>,
+    /// Pooler hosts by `peer_id`: a cancel request whose key names another peer is
+    /// forwarded there, once.
+    pub peers: BTreeMap<u16, Peer>,
 }
 
 impl Default for Config {
@@ -330,8 +340,10 @@ impl Default for Config {
             ignore_startup_parameters: Vec::new(),
             track_extra_parameters: vec!["IntervalStyle".to_owned()],
             max_prepared_statements: 200,
+            peer_id: 0,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
+            peers: BTreeMap::new(),
         }
     }
 }

@@ -131,8 +131,11 @@ pub static SETTINGS: &[Setting] = &[
     set("track_extra_parameters", List(|c| &c.track_extra_parameters), Reloadable,
         "IntervalStyle", "[IntervalStyle, default_transaction_read_only]"),
     num("max_prepared_statements", |c| c.max_prepared_statements.into(), "200", "100"),
+    // Cancel keys already handed out carry the old id: a reload cannot change it.
+    set("peer_id", Num(|c| c.peer_id.into()), Restart, "0", "7"),
     set("databases", Hidden, Reloadable, "{}", "{app: {host: db1}}"),
     set("users", Hidden, Reloadable, "{}", "{u: {pool_mode: session}}"),
+    set("peers", Hidden, Reloadable, "{}", "{1: {host: 10.0.0.1}}"),
 ];
 
 const fn set(name: S, show: Show, reload: Reload, default: S, example: S) -> Setting {
@@ -299,6 +302,7 @@ max_prepared_statements|100|200|yes
 max_user_client_connections|100|0|yes
 max_user_connections|50|0|yes
 min_pool_size|2|0|yes
+peer_id|7|0|no
 pidfile|/run/p.pid|NULL|no
 pkt_buf|4096|8192|yes
 pool_mode|transaction|session|yes

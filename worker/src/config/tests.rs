@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 
 use super::database::{DATABASE_FIELDS, USER_FIELDS};
+use super::peer::PEER_FIELDS;
 use super::settings::{Reload, SETTINGS};
 use super::*;
 
@@ -582,6 +583,7 @@ fn debug_never_shows_passwords() {
 fn entry_field_lists_match_the_structs() {
     assert_eq!(struct_fields(|p| Database::deserialize(p)), DATABASE_FIELDS);
     assert_eq!(struct_fields(|p| UserSettings::deserialize(p)), USER_FIELDS);
+    assert_eq!(struct_fields(|p| Peer::deserialize(p)), PEER_FIELDS);
     // Every field can also be set through a connection string.
     for field in DATABASE_FIELDS {
         let value = match *field {
@@ -707,6 +709,11 @@ fn example_file_documents_every_key_and_its_default() {
                 format!("users: {{x: {{{field}: VALUE}}}}"),
                 "users: {x: {}}",
             )
+        } else if let Some(field) = name.strip_prefix("peers.ID.") {
+            (
+                format!("peers: {{1: {{{field}: VALUE}}}}"),
+                "peers: {1: {}}",
+            )
         } else {
             (format!("{name}: VALUE"), "{}")
         };
@@ -726,6 +733,7 @@ fn example_file_documents_every_key_and_its_default() {
             .map(|f| format!("databases.NAME.{f}")),
     );
     expected.extend(USER_FIELDS.iter().map(|f| format!("users.NAME.{f}")));
+    expected.extend(PEER_FIELDS.iter().map(|f| format!("peers.ID.{f}")));
     let missing: Vec<_> = expected.difference(&documented).collect();
     let stale: Vec<_> = documented.difference(&expected).collect();
     assert!(

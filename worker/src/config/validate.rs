@@ -93,7 +93,28 @@ pub(super) fn validate(c: &Config) -> Check {
     for (name, user) in &c.users {
         user_settings(name, user)?;
     }
+    peers(c)?;
     auth(c)
+}
+
+/// `peer_id` and `peers`: ids that fit the cancel key, and somewhere to send each cancel.
+fn peers(c: &Config) -> Check {
+    in_range("peer_id", c.peer_id.into(), 0, super::MAX_PEER_ID.into())?;
+    for (&id, peer) in &c.peers {
+        let here = format!("peers.{id}");
+        ensure((1..=super::MAX_PEER_ID).contains(&id), &here, || {
+            format!("a peer id must be from 1 to {}", super::MAX_PEER_ID)
+        })?;
+        ensure(!peer.host.is_empty(), &format!("{here}.host"), || {
+            "must not be empty: where does this peer take cancel requests?".to_owned()
+        })?;
+        no_nul(&format!("{here}.host"), &peer.host)?;
+        if let Some(n) = peer.pool_size {
+            in_range(&format!("{here}.pool_size"), n, 1, MAX_POOL_SIZE)?;
+        }
+    }
+    // peer_id 0 with peers listed is PgBouncer's "peering disabled", not an error.
+    Ok(())
 }
 
 /// A config file must let someone log in: with no database and no console user every login
