@@ -274,6 +274,7 @@ impl Worker {
                         CState::Proxy { .. }
                         | CState::Startup
                         | CState::Auth
+                        | CState::Lookup
                         | CState::LoginWait
                         | CState::Idle => true,
                         // A console client waiting on the supervisor (e.g. its SHUTDOWN).
