@@ -294,6 +294,9 @@ pub struct Cache {
 
 /// Entries beyond which stale ones are swept at the next insert.
 const SWEEP_ABOVE: usize = 1024;
+/// Most entries kept: a flood of made-up names (each one a lookup anyway) cannot grow the
+/// cache without bound; beyond this new answers are used once and not kept.
+const MAX_ENTRIES: usize = 65_536;
 
 impl Cache {
     /// A fresh answer for `key`, if one was stored less than `ttl` ago.
@@ -312,7 +315,9 @@ impl Cache {
             self.map
                 .retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
         }
-        self.map.insert(key, (now, found));
+        if self.map.len() < MAX_ENTRIES || self.map.contains_key(&key) {
+            self.map.insert(key, (now, found));
+        }
     }
 }
 

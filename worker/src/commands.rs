@@ -145,7 +145,8 @@ impl Worker {
                     self.set_server_state(st, SState::Active);
                     self.link(ct, st);
                 }
-                self.serve_waiting(id);
+                // auth_query lookups queued during the pause, then new servers.
+                self.serve_lookups(id);
             }
         }
         log::info!(

@@ -212,7 +212,8 @@ impl Worker {
                 need -= 1;
             }
         }
-        self.serve_waiting(pool);
+        // Lookups left waiting with an idle server (after a check, say) get it now.
+        self.serve_lookups(pool);
         let p = self.pools.get(pool);
         if use_reserve
             && p.waiting.len() > p.launching

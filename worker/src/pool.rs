@@ -233,11 +233,15 @@ impl crate::worker::Worker {
             port: resolved.entry.port,
             dbname: resolved.dbname.clone(),
             user: server_user.clone(),
-            password: resolved
-                .entry
-                .password
-                .as_ref()
-                .map(|p| p.expose().to_string()),
+            // A forced user's password is that user's: not for auth_user's pool there.
+            password: match &resolved.entry.user {
+                Some(forced) if *forced != server_user => None,
+                _ => resolved
+                    .entry
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose().to_string()),
+            },
             application_name: resolved.entry.application_name.clone(),
         };
         let mut pool = Pool::new(db.to_string(), server_user, target, limits);
