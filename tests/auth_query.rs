@@ -433,3 +433,47 @@ fn a_slow_lookup_blocks_nobody_and_ends_at_client_login_timeout() {
         pooler.log()
     );
 }
+
+#[test]
+fn many_lookups_at_once_share_one_server_of_auth_user_s_pool() {
+    create_role("aq_many", "manypw", false, "");
+    // auth_user's pool has one server; nothing cached, so every login queues a lookup.
+    let pooler = start(
+        "scram-sha-256",
+        "auth_user: postgres\nauth_query_cache_ttl: 0\n\
+         users:\n  postgres: {pool_size: 1}",
+        &db("app", APP_DB, ""),
+        &[superuser_line(), admin_line()],
+    );
+    let port = pooler.port();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = postgres::Config::new()
+                    .host(LOCALHOST)
+                    .port(port)
+                    .user("aq_many")
+                    .password("manypw")
+                    .dbname("app")
+                    .connect_timeout(secs(10))
+                    .connect(postgres::NoTls)
+                    .expect("login through a queued lookup");
+                scalar(&mut c, "SELECT current_user").expect("query")
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().expect("client thread"), "aq_many");
+    }
+    let pools = console_rows(&pooler, "SHOW POOLS");
+    let auth_pool = pools
+        .iter()
+        .find(|r| r[0].as_deref() == Some("app") && r[1].as_deref() == Some(SUPERUSER))
+        .unwrap_or_else(|| panic!("no auth pool in SHOW POOLS: {pools:?}"));
+    // sv_active through sv_login: one server at most in all.
+    let servers: u64 = auth_pool[6..13]
+        .iter()
+        .map(|v| v.as_deref().unwrap_or("0").parse::<u64>().unwrap_or(0))
+        .sum();
+    assert!(servers <= 1, "auth pool servers: {auth_pool:?}");
+}
