@@ -51,15 +51,19 @@ fn create_role(name: &str, password: &str, md5: bool, extra: &str) {
     assert!(stored.starts_with(want), "{name}: {stored}");
 }
 
-/// One worker, the `userlist` lines as auth_file, `extra` top-level YAML, `databases`.
+/// The config: `auth_type`, `@DIR@/userlist.txt`, `extra` top-level YAML, `databases`.
+fn config(auth_type: &str, extra: &str, databases: &str) -> String {
+    format!(
+        "listen_addr: 127.0.0.1\nlisten_port: @PORT@\nauth_type: {auth_type}\n\
+         auth_file: @DIR@/userlist.txt\nadmin_users: [aq_admin]\n{extra}\ndatabases:\n{databases}"
+    )
+}
+
+/// One worker, the `userlist` lines as auth_file, and [`config`].
 fn start(auth_type: &str, extra: &str, databases: &str, userlist: &[String]) -> Pooler {
     let setup = PoolerSetup::new();
     setup.write_file("userlist.txt", &format!("{}\n", userlist.join("\n")));
-    let yaml = format!(
-        "listen_addr: 127.0.0.1\nlisten_port: @PORT@\nauth_type: {auth_type}\n\
-         auth_file: @DIR@/userlist.txt\nadmin_users: [aq_admin]\n{extra}\ndatabases:\n{databases}"
-    );
-    setup.start_with_args(&yaml, &["--workers", "1"])
+    setup.start_with_args(&config(auth_type, extra, databases), &["--workers", "1"])
 }
 
 /// `  name: { host, port, dbname, <more> }` for the shared server.
@@ -476,4 +480,37 @@ fn many_lookups_at_once_share_one_server_of_auth_user_s_pool() {
         .map(|v| v.as_deref().unwrap_or("0").parse::<u64>().unwrap_or(0))
         .sum();
     assert!(servers <= 1, "auth pool servers: {auth_pool:?}");
+}
+
+#[test]
+fn a_reload_changes_who_is_looked_up_at_once() {
+    create_role("aq_reload", "reloadpw", false, "");
+    let ttl = "auth_query_cache_ttl: 600";
+    let pooler = start(
+        "scram-sha-256",
+        &format!("auth_user: postgres\n{ttl}"),
+        &db("app", APP_DB, ""),
+        &[superuser_line(), admin_line()],
+    );
+    let reload = |yaml: String| {
+        pooler.rewrite_config(&yaml);
+        let mut admin = pooler.connect("aq_admin", "adminpw", "pgbouncer");
+        admin.simple_query("RELOAD").expect("RELOAD");
+    };
+    drop(pooler.connect("aq_reload", "reloadpw", "app"));
+    // No auth_user any more: the cached answer is not used, the user is unknown.
+    reload(config("scram-sha-256", ttl, &db("app", APP_DB, "")));
+    refused(
+        pooler.try_connect("aq_reload", "reloadpw", "app"),
+        &SqlState::INVALID_PASSWORD,
+        &wrong_password("aq_reload"),
+    );
+    // The database's own auth_user brings the lookup back.
+    reload(config(
+        "scram-sha-256",
+        ttl,
+        &db("app", APP_DB, "auth_user: postgres"),
+    ));
+    let mut c = pooler.connect("aq_reload", "reloadpw", "app");
+    assert_eq!(current_user(&mut c), "aq_reload");
 }
