@@ -194,11 +194,12 @@ pub fn parse_valid_until(text: &str) -> Result<Option<i64>, String> {
         "-infinity" => return Ok(Some(i64::MIN)),
         _ => {}
     }
+    // The value is not quoted: a query with its columns in another order could put a
+    // secret there.
     parse_iso(t).map(Some).ok_or_else(|| {
-        format!(
-            "cannot read the third auth_query column as a valid-until time in ISO format: {}",
-            t.chars().take(40).collect::<String>()
-        )
+        "cannot read the third auth_query column as a valid-until time (PostgreSQL's ISO \
+         format, or infinity)"
+            .to_owned()
     })
 }
 
@@ -387,6 +388,9 @@ mod tests {
         ] {
             assert!(parse_valid_until(bad).is_err(), "{bad:?}");
         }
+        // What could not be read is not repeated (it could be a secret, misplaced).
+        let e = parse_valid_until("md5hiddenhiddenhidden").unwrap_err();
+        assert!(!e.contains("hidden"), "{e}");
     }
 
     #[test]
