@@ -17,6 +17,8 @@ pub struct AuthCache {
     /// Salt and keys of mock exchanges for unknown users, and the salt of secrets derived
     /// from plaintext passwords; made once by the supervisor, the same in every worker.
     pub mock_key: [u8; 32],
+    /// Recent auth_query answers for users missing from the auth file.
+    pub lookups: crate::auth_query::Cache,
 }
 
 impl AuthCache {
@@ -27,6 +29,7 @@ impl AuthCache {
             derived: HashMap::new(),
             client_keys: HashMap::new(),
             mock_key,
+            lookups: Default::default(),
         };
         cache.replace_userlist(text);
         cache

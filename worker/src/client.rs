@@ -29,6 +29,8 @@ pub(crate) enum CState {
     Startup,
     /// Exchanging password or SASL messages.
     Auth,
+    /// Waiting for auth_query to find the user's password (client.lookup says where).
+    Lookup,
     /// Authenticated; waiting for the pool's first server login to greet the client.
     LoginWait,
     /// Logged in, no request in flight, no server.
@@ -111,6 +113,18 @@ pub(crate) struct Client {
     pub admin: Option<crate::admin::Role>,
     /// What a trusted PROXY v2 header said besides the address.
     pub proxy: Option<Box<crate::proxy::ProxyInfo>>,
+    /// The user's password as auth_query found it; `None` while the auth file is used.
+    pub found: Option<Box<crate::auth_query::Found>>,
+    /// In `CState::Lookup`: the lookup waited for or running.
+    pub lookup: Option<Box<Lookup>>,
+}
+
+/// A client's auth_query lookup: queued in `pool`, then running on `server`.
+pub(crate) struct Lookup {
+    pub pool: PoolId,
+    pub server: Option<usize>,
+    pub key: crate::auth_query::Key,
+    pub query: String,
 }
 
 impl Client {
@@ -227,6 +241,8 @@ impl Worker {
             skipping: false,
             admin: None,
             proxy: None,
+            found: None,
+            lookup: None,
         };
         entry.insert(Conn::Client(Box::new(client)));
     }
@@ -242,9 +258,11 @@ impl Worker {
     pub(crate) fn drive_client(&mut self, ct: usize) {
         let Some(c) = self.client(ct) else { return };
         match c.state {
-            CState::Proxy { .. } | CState::Startup | CState::Auth | CState::LoginWait => {
-                self.login_io(ct)
-            }
+            CState::Proxy { .. }
+            | CState::Startup
+            | CState::Auth
+            | CState::Lookup
+            | CState::LoginWait => self.login_io(ct),
             CState::Idle | CState::Waiting => self.unlinked_io(ct),
             CState::Active => {
                 if let Some(st) = c.server {
@@ -263,8 +281,9 @@ impl Worker {
             if let Err(e) = c.io.flush_own(&mut self.bufs) {
                 return self.close_client(ct, Close::Quiet(io_reason(&e)));
             }
-            if c.state == CState::LoginWait {
-                // Bytes sent before the greeting wait in the buffer; only EOF matters.
+            if matches!(c.state, CState::LoginWait | CState::Lookup) {
+                // Bytes sent before the greeting (or the password request) wait in the
+                // buffer; only EOF matters.
                 match c.io.fill(&mut self.bufs) {
                     Ok(Filled::Eof) | Err(_) => {
                         return self.close_client(ct, Close::Quiet("client close request"))
@@ -672,21 +691,33 @@ impl Worker {
     }
 
     /// Sends the first authentication request for the configured method.
-    fn begin_auth(&mut self, ct: usize) {
+    pub(crate) fn begin_auth(&mut self, ct: usize) {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
         let user = c.user.to_string();
+        let db = c.db.clone();
+        let looked_up = c.found.is_some();
         let binding: Option<Vec<u8>> = c.io.tls_binding().map(<[u8]>::to_vec);
         let method = match self.auth_method(ct) {
             Ok(m) => m,
             Err(why) => return self.close_client(ct, why),
         };
-        let scram_stored = matches!(self.auth.secret(&user), Some(Secret::Scram(_)));
+        // PgBouncer: a user missing from the auth file is looked up with auth_query when
+        // the database has an auth_user; the client waits without a password request.
+        let needs_secret = !matches!(method, Method::Cert | Method::Trust { listed: false });
+        if needs_secret && !looked_up && self.auth.secret(&user).is_none() {
+            if let Some(source) = crate::auth_query::source(&self.cfg, &db) {
+                return self.start_lookup(ct, source);
+            }
+        }
+        let secret = self.login_secret(ct);
+        let scram_stored = matches!(secret, Some(Secret::Scram(_)));
         let step = match method {
             Method::Trust { listed } => {
-                // PgBouncer: with auth_type trust the user must still be in the auth file.
-                if listed && self.auth.secret(&user).is_none() {
+                // PgBouncer: with auth_type trust the user must still be in the auth file
+                // (or found by auth_query).
+                if listed && secret.is_none() {
                     return self.auth_failed(ct);
                 }
                 return self.client_authenticated(ct);
@@ -714,7 +745,17 @@ impl Worker {
                     Ok(n) => n,
                     Err(_) => return self.auth_failed(ct),
                 };
-                let server = match self.auth.scram_secret(&user) {
+                let scram = match (looked_up, &secret) {
+                    (false, _) => self.auth.scram_secret(&user).cloned(),
+                    (true, Some(Secret::Scram(s))) => Some(s.clone()),
+                    // A plaintext password in PostgreSQL (a custom auth_query): derived
+                    // with the user's fixed salt, as for plaintext in the auth file.
+                    (true, Some(Secret::Plain(p))) if !p.is_empty() => Some(
+                        crate::auth::ScramSecret::for_user_password(&user, p, &self.auth.mock_key),
+                    ),
+                    (true, _) => None,
+                };
+                let server = match &scram {
                     Some(secret) => ScramServer::new(secret, nonce),
                     // Unknown users and md5-only secrets get an exchange that always fails.
                     None => ScramServer::mock(&user, &self.auth.mock_key, nonce),
@@ -748,8 +789,76 @@ impl Worker {
         c.auth = Some(step);
     }
 
+    /// The password a client is checked against: the auth file's, or what auth_query
+    /// found (nothing once its rolvaliduntil has passed).
+    fn login_secret(&self, ct: usize) -> Option<Secret> {
+        let Some(Conn::Client(c)) = self.conns.get(ct) else {
+            return None;
+        };
+        match &c.found {
+            Some(f) => f.usable(std::time::SystemTime::now()).cloned(),
+            None => self.auth.secret(&c.user).cloned(),
+        }
+    }
+
+    /// A user missing from the auth file: use a fresh cached auth_query answer, or queue
+    /// the client for a server of the auth pool to run the query (server.rs).
+    fn start_lookup(&mut self, ct: usize, source: crate::config::AuthSource) {
+        let Some(c) = self.client(ct) else { return };
+        let key = crate::auth_query::key(&source, &c.user);
+        let ttl = self.cfg.auth_query_cache_ttl;
+        if let Some(found) = self.auth.lookups.get(&key, self.now, ttl) {
+            let found = Box::new(found.clone());
+            if let Some(c) = self.client(ct) {
+                c.found = Some(found);
+            }
+            return self.begin_auth(ct);
+        }
+        // PgBouncer's checks of the authentication database, and its words.
+        let dbname = source.dbname.as_str();
+        if self.cfg.database(dbname).is_none() {
+            if let Some(c) = self.client(ct) {
+                log::error!(
+                    "{}: authentication database \"{}\" is not configured.",
+                    c.name(),
+                    Escaped(dbname)
+                );
+            }
+            let msg = "bouncer config error".to_string();
+            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+        }
+        if self.holds.is_disabled(dbname) {
+            let msg = format!("authentication database \"{dbname}\" is disabled");
+            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+        }
+        let pool = match self.auth_pool(dbname, &source.user) {
+            Ok(p) => p,
+            Err(msg) => {
+                return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg))
+            }
+        };
+        let retry = self.cfg.server_login_retry;
+        if let Some(msg) = self.pools.get(pool).fast_fail(self.now, retry) {
+            return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
+        }
+        let now = self.now;
+        let Some(c) = self.client(ct) else { return };
+        c.state = CState::Lookup;
+        c.since = now;
+        c.lookup = Some(Box::new(Lookup {
+            pool,
+            server: None,
+            key,
+            query: source.query,
+        }));
+        let id = c.id;
+        self.pools.get_mut(pool).lookups.push_back((ct, id));
+        self.serve_lookups(pool);
+    }
+
     /// One PasswordMessage / SASLInitialResponse / SASLResponse from the client.
     fn on_auth_message(&mut self, ct: usize, body: &[u8]) {
+        let secret = self.login_secret(ct);
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
@@ -776,7 +885,7 @@ impl Worker {
                     );
                 };
                 let pw = String::from_utf8_lossy(pw);
-                match self.auth.secret(&user) {
+                match &secret {
                     // Checked the way PostgreSQL checks a password against a SCRAM secret;
                     // the ClientKey it yields is what a SCRAM login would have left, so the
                     // pooler's own server login can pass through as it does after one. Without
@@ -796,8 +905,8 @@ impl Worker {
             }
             AuthStep::Md5 { salt } => {
                 let resp = body.strip_suffix(&[0]).unwrap_or(body);
-                self.auth
-                    .secret(&user)
+                secret
+                    .as_ref()
                     .is_some_and(|s| s.verify_md5_response(&user, *salt, resp))
             }
             AuthStep::Scram { server, started } if !*started => {
@@ -850,7 +959,7 @@ impl Worker {
             AuthStep::Scram { server, .. } => match server.handle_client_final(body) {
                 Ok(success) => {
                     write::auth_sasl_final(c.io.wbuf.vec(&mut self.bufs), &success.server_final);
-                    if let Some(Secret::Scram(s)) = self.auth.secret(&user) {
+                    if let Some(Secret::Scram(s)) = &secret {
                         let server_key = s.server_key;
                         self.auth
                             .remember_client_key(&user, server_key, success.client_key);
@@ -890,6 +999,7 @@ impl Worker {
             return self.console_welcome(ct);
         }
         let (db, user) = (c.db.to_string(), c.user.to_string());
+        let found = c.found.as_ref().and_then(|f| f.secret.clone());
         // A DISABLEd database, likewise only after the password and in PgBouncer's words.
         if self.holds.is_disabled(&db) {
             let msg = format!("database \"{db}\" is disabled");
@@ -904,6 +1014,15 @@ impl Worker {
                 return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg))
             }
         };
+        if let Some(secret) = found {
+            // The server login of this user's own pool uses what PostgreSQL gave (md5, or
+            // the SCRAM secret with the ClientKey this login recovered); refreshed at
+            // every lookup, so a changed password reaches new server logins too.
+            let p = self.pools.get_mut(pool);
+            if p.user == user && !p.forced {
+                p.auth_secret = Some(secret);
+            }
+        }
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
@@ -1073,6 +1192,7 @@ impl Worker {
         let pool = c.pool;
         let id = c.id;
         let state = c.state;
+        let lookup = c.lookup.take();
         if c.counted {
             self.shm.release_client(self.slot);
         }
@@ -1091,6 +1211,14 @@ impl Worker {
         if let (Some(st), Some(pool)) = (server, pool) {
             let mode = self.pools.get(pool).limits.mode;
             self.client_left_server(st, clean, mode);
+        }
+        // A lookup still queued leaves the queue; one already running finishes on its
+        // server, whose answer is cached for the next try.
+        if let Some(l) = lookup.filter(|l| l.server.is_none()) {
+            self.pools
+                .get_mut(l.pool)
+                .lookups
+                .retain(|(t, i)| (*t, *i) != (ct, id));
         }
         if let (Some(pool), CState::LoginWait) = (pool, state) {
             self.pools

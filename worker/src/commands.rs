@@ -146,7 +146,8 @@ impl Worker {
                     self.set_server_state(st, SState::Active);
                     self.link(ct, st);
                 }
-                self.serve_waiting(id);
+                // auth_query lookups queued during the pause, then new servers.
+                self.serve_lookups(id);
             }
         }
         log::info!(
@@ -275,6 +276,7 @@ impl Worker {
                         CState::Proxy { .. }
                         | CState::Startup
                         | CState::Auth
+                        | CState::Lookup
                         | CState::LoginWait
                         | CState::Idle => true,
                         // A console client waiting on the supervisor (e.g. its SHUTDOWN).

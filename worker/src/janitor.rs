@@ -44,6 +44,14 @@ impl Worker {
                                 actions.push(Action::Client(t, "client_login_timeout"));
                             }
                         }
+                        // Waiting for auth_query: a login, and a wait for a server too.
+                        CState::Lookup => {
+                            if expired(c.connect_time, cfg.client_login_timeout, now) {
+                                actions.push(Action::Client(t, "client_login_timeout"));
+                            } else if expired(c.since, cfg.query_wait_timeout, now) {
+                                actions.push(Action::Client(t, "query_wait_timeout"));
+                            }
+                        }
                         CState::Idle => {
                             if expired(c.since, cfg.client_idle_timeout, now) {
                                 actions.push(Action::Client(t, "client_idle_timeout"));
@@ -96,6 +104,16 @@ impl Worker {
                         {
                             actions.push(Action::Server(t, "server idle timeout"));
                         }
+                    }
+                    // An auth_query that outlasts any login it could serve: its client
+                    // has been told by now; the lookup fails and is not cached.
+                    SState::Reset(crate::server::OwnQuery::AuthQuery)
+                        if expired(s.since, cfg.client_login_timeout, now) =>
+                    {
+                        actions.push(Action::Server(
+                            t,
+                            "auth_query took longer than client_login_timeout",
+                        ));
                     }
                     SState::Active | SState::Reset(_) | SState::Canceling => {}
                 },
@@ -194,7 +212,8 @@ impl Worker {
                 need -= 1;
             }
         }
-        self.serve_waiting(pool);
+        // Lookups left waiting with an idle server (after a check, say) get it now.
+        self.serve_lookups(pool);
         let p = self.pools.get(pool);
         if use_reserve
             && p.waiting.len() > p.launching

@@ -4,6 +4,7 @@ mod access;
 pub mod admin;
 pub mod auth;
 mod auth_cache;
+mod auth_query;
 pub mod buf;
 mod cancel;
 mod client;

@@ -96,7 +96,8 @@ impl Worker {
         }
         let greeting = usize::from(p.welcome.is_none() && !p.login_waiting.is_empty());
         // Servers running a check or reset come back to the queue: count them as coming.
-        let want = (p.waiting.len() + greeting).saturating_sub(p.launching + p.resetting);
+        let want = (p.waiting.len() + p.lookups.len() + greeting)
+            .saturating_sub(p.launching + p.resetting);
         for _ in 0..want {
             let p = self.pools.get(pool);
             if !p.may_launch(false, self.now, self.cfg.server_login_retry)
@@ -111,11 +112,24 @@ impl Worker {
     /// the config names now (a forced user changed) or tells them the database is gone.
     fn requeue_obsolete(&mut self, pool: PoolId) {
         let p = self.pools.get_mut(pool);
-        if p.waiting.is_empty() && p.login_waiting.is_empty() {
+        if p.waiting.is_empty() && p.login_waiting.is_empty() && p.lookups.is_empty() {
             return;
         }
         let waiting: Vec<(usize, u64)> = p.waiting.drain(..).collect();
         let greeting = std::mem::take(&mut p.login_waiting);
+        let lookups: Vec<(usize, u64)> = p.lookups.drain(..).collect();
+        for (ct, id) in lookups {
+            // Not started yet: ask again, through the pool the config names now.
+            let Some(c) = self
+                .client(ct)
+                .filter(|c| c.id == id && c.state == CState::Lookup)
+            else {
+                continue;
+            };
+            c.lookup = None;
+            c.state = CState::Auth;
+            self.begin_auth(ct);
+        }
         for (ct, id) in waiting {
             if let Some(c) = self.client(ct).filter(|c| c.id == id) {
                 c.state = CState::Idle;

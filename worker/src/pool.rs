@@ -53,6 +53,11 @@ pub struct Pool {
     pub waiting: VecDeque<(usize, u64)>,
     /// Clients waiting for the welcome of a first server login.
     pub login_waiting: Vec<(usize, u64)>,
+    /// Clients waiting for a server to run their auth_query (this is auth_user's pool).
+    pub lookups: VecDeque<(usize, u64)>,
+    /// The password auth_query last found for `user`, for server logins when the auth
+    /// file has none: what PgBouncer keeps in its per-database user.
+    pub auth_secret: Option<crate::auth::Secret>,
     pub active: usize,
     /// Servers connecting or logging in.
     pub launching: usize,
@@ -85,6 +90,8 @@ impl Pool {
             idle: Vec::new(),
             waiting: VecDeque::new(),
             login_waiting: Vec::new(),
+            lookups: VecDeque::new(),
+            auth_secret: None,
             active: 0,
             launching: 0,
             resetting: 0,
@@ -192,6 +199,25 @@ impl crate::worker::Worker {
             .user
             .clone()
             .unwrap_or_else(|| user.to_string());
+        self.pool_with(db, server_user, resolved)
+    }
+
+    /// The pool of `auth_user` in database `db`, whatever user the database forces, as
+    /// PgBouncer's auth pool: auth_query runs on its servers.
+    pub(crate) fn auth_pool(&mut self, db: &str, auth_user: &str) -> Result<PoolId, String> {
+        let resolved = self
+            .cfg
+            .database(db)
+            .ok_or_else(|| format!("no such database: {db}"))?;
+        self.pool_with(db, auth_user.to_string(), resolved)
+    }
+
+    fn pool_with(
+        &mut self,
+        db: &str,
+        server_user: String,
+        resolved: crate::config::ResolvedDb,
+    ) -> Result<PoolId, String> {
         if let Some(id) = self.pools.find(db, &server_user) {
             return Ok(id);
         }
@@ -207,15 +233,19 @@ impl crate::worker::Worker {
             port: resolved.entry.port,
             dbname: resolved.dbname.clone(),
             user: server_user.clone(),
-            password: resolved
-                .entry
-                .password
-                .as_ref()
-                .map(|p| p.expose().to_string()),
+            // A forced user's password is that user's: not for auth_user's pool there.
+            password: match &resolved.entry.user {
+                Some(forced) if *forced != server_user => None,
+                _ => resolved
+                    .entry
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose().to_string()),
+            },
             application_name: resolved.entry.application_name.clone(),
         };
         let mut pool = Pool::new(db.to_string(), server_user, target, limits);
-        pool.forced = resolved.entry.user.is_some();
+        pool.forced = resolved.entry.user.as_ref() == Some(&pool.user);
         pool.paused = self.holds.is_paused(db);
         pool.db_idx = self.shm.name_index(crate::shm::Kind::Database, db);
         pool.user_idx = self.shm.name_index(crate::shm::Kind::User, &pool.user);

@@ -1,7 +1,7 @@
 //! Server connections: connecting, logging in to PostgreSQL, reset, and closing.
 
 use crate::auth::{md5_salted_response, ScramClient, Secret};
-use crate::client::Close;
+use crate::client::{CState, Close};
 use crate::dns::Lookup;
 use crate::params::{self, Params};
 use crate::pool::{PoolId, Welcome};
@@ -40,6 +40,8 @@ pub(crate) enum OwnQuery {
     Connect,
     /// server_check_query, before reuse after server_check_delay idle.
     Check,
+    /// auth_query, for a client whose user is not in the auth file (`Server::lookup`).
+    AuthQuery,
 }
 
 impl OwnQuery {
@@ -48,6 +50,7 @@ impl OwnQuery {
             OwnQuery::Reset => "server_reset_query",
             OwnQuery::Connect => "connect_query",
             OwnQuery::Check => "server_check_query",
+            OwnQuery::AuthQuery => "auth_query",
         }
     }
 }
@@ -103,6 +106,14 @@ struct Login {
     missing_creds: bool,
 }
 
+/// An auth_query in flight on a server: the client waiting (token, id), the cache key, and
+/// the answer so far.
+pub(crate) struct ServerLookup {
+    pub client: (usize, u64),
+    pub key: crate::auth_query::Key,
+    pub answer: crate::auth_query::Answer,
+}
+
 pub(crate) struct Server {
     pub id: u64,
     pub io: Stream,
@@ -130,6 +141,8 @@ pub(crate) struct Server {
     /// Cancel requests sent for this server and not yet finished by PostgreSQL.
     pub cancels: u32,
     login: Option<Box<Login>>,
+    /// The auth_query running here, and for whom.
+    pub lookup: Option<Box<ServerLookup>>,
     /// Shared-memory places this server holds (database, user), given back when it closes.
     holds: (Option<usize>, Option<usize>),
 }
@@ -280,6 +293,7 @@ impl Worker {
                 params: Vec::new(),
                 missing_creds: false,
             })),
+            lookup: None,
             holds,
         };
         self.conns.insert(Conn::Server(Box::new(server)));
@@ -331,7 +345,19 @@ impl Worker {
                 },
                 None => Creds::None,
             },
-            None => Creds::None,
+            None => match &self.pools.get(pool).auth_secret {
+                // Found by auth_query (never for a user the auth file lists).
+                Some(Secret::Plain(p)) => Creds::Password(p.clone()),
+                Some(Secret::Md5(h)) => Creds::Md5(*h),
+                Some(Secret::Scram(s)) => match self.auth.client_key(&t.user, &s.server_key) {
+                    Some(client_key) => Creds::Keys {
+                        client_key,
+                        server_key: s.server_key,
+                    },
+                    None => Creds::None,
+                },
+                None => Creds::None,
+            },
         }
     }
 
@@ -716,6 +742,9 @@ impl Worker {
         let mut queued = std::mem::take(&mut p.login_waiting);
         if p.connected() <= failing {
             queued.extend(p.waiting.drain(..));
+            // Clients waiting for auth_query on this (auth_user's) pool: a failed lookup,
+            // never cached, told in the server's words as PgBouncer does.
+            queued.extend(p.lookups.drain(..));
         }
         for (ct, id) in queued {
             if self.client(ct).is_some_and(|c| c.id == id) {
@@ -745,6 +774,10 @@ impl Worker {
             return self.remove_server(st, "server sent data while idle");
         }
         s.io.release_buffers(&mut self.bufs);
+        // Lookups first: a login waits on them, and each is one short query.
+        if let Some(ct) = self.next_lookup(pool) {
+            return self.run_lookup(st, ct);
+        }
         if let Some(ct) = self.next_waiting(pool) {
             self.set_server_state(st, SState::Active);
             return self.link(ct, st);
@@ -918,16 +951,27 @@ impl Worker {
                 match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut tx, s.own, None) {
                     FromServer::Own { tag, body } => {
                         let len = body.len() + 5;
-                        let done = own_answer(
-                            tag,
-                            body,
-                            &mut s.own,
-                            &mut s.own_error,
-                            &mut s.params,
-                            None,
-                        );
+                        let done = match s.lookup.as_mut() {
+                            Some(l) => {
+                                // Errors are the lookup's to judge; the server stays usable.
+                                l.answer.on_message(tag, body);
+                                let mut error = None;
+                                own_answer(tag, body, &mut s.own, &mut error, &mut s.params, None)
+                            }
+                            None => own_answer(
+                                tag,
+                                body,
+                                &mut s.own,
+                                &mut s.own_error,
+                                &mut s.params,
+                                None,
+                            ),
+                        };
                         s.io.rbuf.consume(len);
                         progress = true;
+                        if done && what == OwnQuery::AuthQuery {
+                            return self.lookup_done(st);
+                        }
                         if done {
                             if let Some(e) = s.own_error.take() {
                                 if what == OwnQuery::Connect {
@@ -967,6 +1011,10 @@ impl Worker {
 
     /// Closes a server connection and forgets it; a linked client is told and closed.
     pub(crate) fn remove_server(&mut self, st: usize, reason: &str) {
+        let lookup = match self.conns.get_mut(st) {
+            Some(Conn::Server(s)) => s.lookup.take(),
+            _ => return,
+        };
         let Some(Conn::Server(s)) = self.conns.get(st) else {
             return;
         };
@@ -1007,7 +1055,140 @@ impl Worker {
             s.io.shutdown();
             s.io.drop_buffers(&mut self.bufs);
         }
+        if let Some(l) = lookup {
+            let (ct, id) = l.client;
+            self.lookup_answered(ct, id, Err(format!("server connection lost: {reason}")));
+        }
         self.serve_waiting(pool);
+    }
+
+    /// Gives idle servers of auth_user's pool to clients waiting for auth_query, and
+    /// starts servers for the rest.
+    pub(crate) fn serve_lookups(&mut self, pool: PoolId) {
+        loop {
+            let p = self.pools.get(pool);
+            if p.paused || p.obsolete || p.lookups.is_empty() {
+                break;
+            }
+            let Some(&st) = p.idle.last() else { break };
+            if self.needs_check(st) {
+                // Checked first; server_ready then serves the lookups.
+                self.start_check(st);
+                continue;
+            }
+            let Some(ct) = self.next_lookup(pool) else {
+                break;
+            };
+            self.run_lookup(st, ct);
+        }
+        self.serve_waiting(pool);
+    }
+
+    /// The next client still waiting for a server to run its auth_query.
+    fn next_lookup(&mut self, pool: PoolId) -> Option<usize> {
+        let p = self.pools.get_mut(pool);
+        if p.paused {
+            return None;
+        }
+        while let Some((ct, id)) = p.lookups.pop_front() {
+            if let Some(Conn::Client(c)) = self.conns.get(ct) {
+                let queued = c.lookup.as_ref().is_some_and(|l| l.server.is_none());
+                if c.id == id && c.state == CState::Lookup && queued {
+                    return Some(ct);
+                }
+            }
+        }
+        None
+    }
+
+    /// Sends a client's auth_query on a free server: the user name as `$1` of the
+    /// extended protocol. The answer comes back through `reset_io`.
+    fn run_lookup(&mut self, st: usize, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let Some(l) = c.lookup.as_mut() else { return };
+        l.server = Some(st);
+        let lookup = Box::new(ServerLookup {
+            client: (ct, c.id),
+            key: l.key.clone(),
+            answer: Default::default(),
+        });
+        let query = std::mem::take(&mut l.query);
+        let user = c.user.clone();
+        self.set_server_state(st, SState::Reset(OwnQuery::AuthQuery));
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        crate::auth_query::write_request(s.io.wbuf.vec(&mut self.bufs), &query, &user);
+        s.own += 1;
+        s.scan = Scan::default();
+        s.lookup = Some(lookup);
+        self.reset_io(st, OwnQuery::AuthQuery);
+    }
+
+    /// The auth_query's ReadyForQuery came: cache what it found (a failure never), give
+    /// the server back, and go on with the client's login.
+    fn lookup_done(&mut self, st: usize) {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        s.scan = Scan::default();
+        let Some(l) = s.lookup.take() else {
+            return self.server_ready(st);
+        };
+        let ServerLookup {
+            client,
+            key,
+            answer,
+        } = *l;
+        let result = answer.finish();
+        if let Ok(found) = &result {
+            let ttl = self.cfg.auth_query_cache_ttl;
+            self.auth.lookups.put(key, self.now, ttl, found.clone());
+        }
+        self.server_ready(st);
+        self.lookup_answered(client.0, client.1, result);
+    }
+
+    /// Ends a client's wait for auth_query: its login goes on with what was found, or it
+    /// is closed when the lookup failed (PgBouncer's words to a client whose login server
+    /// went away; the log says why).
+    pub(crate) fn lookup_answered(
+        &mut self,
+        ct: usize,
+        id: u64,
+        result: Result<crate::auth_query::Found, String>,
+    ) {
+        let now = self.now;
+        let waiting = self
+            .client(ct)
+            .filter(|c| c.id == id && c.state == CState::Lookup);
+        let Some(c) = waiting else {
+            if let Err(why) = result {
+                log::warn!("auth_query failed: {}", crate::logsafe::Escaped(&why));
+            }
+            return;
+        };
+        c.lookup = None;
+        match result {
+            Ok(found) => {
+                c.found = Some(Box::new(found));
+                c.state = CState::Auth;
+                c.since = now;
+                self.begin_auth(ct);
+                self.drive_client(ct);
+            }
+            Err(why) => {
+                log::warn!(
+                    "{}: auth_query failed: {}",
+                    c.name(),
+                    crate::logsafe::Escaped(&why)
+                );
+                let msg = "server conn crashed?".to_string();
+                self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+            }
+        }
     }
 }
 

@@ -603,7 +603,7 @@ impl Worker {
                     // Clients still logging in: only SHOW SOCKETS lists them (cl_login).
                     let login = matches!(
                         c.state,
-                        CState::Proxy { .. } | CState::Startup | CState::Auth
+                        CState::Proxy { .. } | CState::Startup | CState::Auth | CState::Lookup
                     );
                     if login && !buffers {
                         continue;

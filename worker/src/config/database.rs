@@ -54,6 +54,15 @@ pub struct Database {
     /// `application_name` sent in the server's startup packet.
     #[serde(deserialize_with = "cde::opt_string")]
     pub application_name: Option<String>,
+    /// This database's `auth_user`, over the global one.
+    #[serde(deserialize_with = "cde::opt_string")]
+    pub auth_user: Option<String>,
+    /// This database's `auth_query`, over the global one.
+    #[serde(deserialize_with = "cde::opt_string")]
+    pub auth_query: Option<String>,
+    /// This database's `auth_dbname`, over the global one.
+    #[serde(deserialize_with = "cde::opt_string")]
+    pub auth_dbname: Option<String>,
 }
 
 impl Default for Database {
@@ -72,6 +81,9 @@ impl Default for Database {
             max_db_client_connections: None,
             connect_query: None,
             application_name: None,
+            auth_user: None,
+            auth_query: None,
+            auth_dbname: None,
         }
     }
 }
@@ -108,6 +120,9 @@ impl Database {
                 }
                 "connect_query" => db.connect_query = non_empty(value),
                 "application_name" => db.application_name = non_empty(value),
+                "auth_user" => db.auth_user = non_empty(value),
+                "auth_query" => db.auth_query = non_empty(value),
+                "auth_dbname" => db.auth_dbname = non_empty(value),
                 _ => return Err(EntryError::unknown(&key, DATABASE_FIELDS)),
             }
         }
@@ -130,6 +145,9 @@ pub(super) const DATABASE_FIELDS: &[&str] = &[
     "max_db_client_connections",
     "connect_query",
     "application_name",
+    "auth_user",
+    "auth_query",
+    "auth_dbname",
 ];
 
 /// One entry of the `users` section: per-user pool settings.

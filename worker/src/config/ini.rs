@@ -358,15 +358,15 @@ const SETTINGS: &[(&str, Rule, Status)] = {
     &[
         ("admin_users", Same(List), Honoured),
         ("application_name_add_host", Same(Flag), Honoured),
-        ("auth_dbname", NoEffect("it is only used with auth_user, which pgbouncers refuses"), Accepted),
+        ("auth_dbname", Same(Text), Honoured),
         ("auth_file", Same(Text), Honoured),
         ("auth_hba_file", Same(Text), Honoured),
         ("auth_ident_file", OnlyIf(Empty, "ident maps are not supported: write the user names in auth_hba_file itself, without map="), Refused),
         ("auth_ldap_options", NoEffect("it is only used with auth_type = ldap, which pgbouncers refuses"), Accepted),
         ("auth_pam_confdir", NoEffect("it is only used with auth_type = pam, which pgbouncers refuses"), Accepted),
-        ("auth_query", NoEffect("it is only used with auth_user, which pgbouncers refuses"), Accepted),
+        ("auth_query", Same(Text), Different),
         ("auth_type", Same(AuthType), Different),
-        ("auth_user", OnlyIf(Empty, "looking up passwords with auth_query is not supported: list every user in auth_file (userlist.txt)"), Refused),
+        ("auth_user", Same(Text), Different),
         ("autodb_idle_timeout", NoEffect("pools of databases reached through `*` are kept; their idle server connections still close after server_idle_timeout"), Accepted),
         ("cancel_wait_timeout", Same(Secs), Honoured),
         ("client_idle_timeout", Same(Secs), Honoured),
@@ -475,6 +475,7 @@ const OWN_SETTINGS: &[&str] = &[
     "proxy_header_timeout",
     "proxy_max_header",
     "shutdown_timeout",
+    "auth_query_cache_ttl",
 ];
 
 /// PgBouncer's connection-string keys in `[databases]`, what becomes of each, and why.
@@ -494,9 +495,9 @@ const DATABASE_KEYS: &[(&str, Option<&str>)] = &[
     ("pool_mode", None),
     ("connect_query", None),
     ("application_name", None),
-    ("auth_user", Some("looking up passwords with auth_query is not supported: list the users in auth_file (userlist.txt)")),
-    ("auth_query", Some("looking up passwords with auth_query is not supported: list the users in auth_file (userlist.txt)")),
-    ("auth_dbname", Some("it is only used for auth_query lookups, which are not supported: list the users in auth_file (userlist.txt)")),
+    ("auth_user", None),
+    ("auth_query", None),
+    ("auth_dbname", None),
     ("client_encoding", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET client_encoding = ...); clients' own settings still apply")),
     ("datestyle", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET datestyle = ...); clients' own settings still apply")),
     ("timezone", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET timezone = ...); clients' own settings still apply")),
@@ -1206,6 +1207,37 @@ mod tests {
     const DB: &str = "[databases]\napp = host=127.0.0.1\n";
 
     #[test]
+    fn auth_user_auth_query_and_auth_dbname_are_translated_global_and_per_database() {
+        let c = load(
+            "[pgbouncer]\nauth_user = lookup\nauth_query = SELECT * FROM pgbouncer.get_auth($1)\n\
+             auth_dbname = authdb\nauth_query_cache_ttl = 2\n[databases]\n\
+             app = host=127.0.0.1\nauthdb = host=127.0.0.1 dbname=postgres\n\
+             other = host=127.0.0.1 auth_user=other_lookup auth_dbname=app \
+             auth_query='SELECT usename, passwd FROM pg_shadow WHERE usename=$1'\n",
+        );
+        assert_eq!(c.auth_user.as_deref(), Some("lookup"));
+        assert_eq!(c.auth_query, "SELECT * FROM pgbouncer.get_auth($1)");
+        assert_eq!(c.auth_dbname.as_deref(), Some("authdb"));
+        assert_eq!(c.auth_query_cache_ttl, std::time::Duration::from_secs(2));
+        let other = &c.databases["other"];
+        assert_eq!(other.auth_user.as_deref(), Some("other_lookup"));
+        assert_eq!(other.auth_dbname.as_deref(), Some("app"));
+        assert_eq!(
+            other.auth_query.as_deref(),
+            Some("SELECT usename, passwd FROM pg_shadow WHERE usename=$1")
+        );
+        assert_eq!(c.databases["app"].auth_user, None);
+        // Without any auth_user nothing is looked up; the default query is PgBouncer's.
+        let plain = load(&format!("[pgbouncer]\n{DB}"));
+        assert_eq!(plain.auth_user, None);
+        assert_eq!(plain.auth_query, super::super::DEFAULT_AUTH_QUERY);
+        // And an auth_user alone needs no auth_file (its password may not be needed).
+        let text = "[pgbouncer]\nauth_type = scram-sha-256\nauth_user = lookup\n[databases]\napp = host=h\n";
+        let conv = convert_text(text, &[]).expect("converts");
+        Config::from_file_text(&conv.yaml).expect("auth_user without auth_file");
+    }
+
+    #[test]
     fn the_format_is_told_by_content() {
         for ini in [
             "[pgbouncer]\n",
@@ -1475,7 +1507,6 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
     #[test]
     fn unsupported_settings_are_refused_by_name_with_a_reason() {
         let cases: &[(&str, &str)] = &[
-            ("auth_user = pgbouncer", "auth_user = pgbouncer is refused"),
             (
                 "syslog = 1",
                 "syslog = 1 is refused: syslog is not supported",
@@ -1654,8 +1685,6 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
                 "client_encoding is refused",
             ),
             ("app = host=h datestyle=ISO", "datestyle is refused"),
-            ("app = host=h auth_user=x", "auth_user is refused"),
-            ("app = host=h auth_dbname=x", "auth_dbname is refused"),
             (
                 "app = host=h load_balance_hosts=round-robin",
                 "load_balance_hosts is refused",

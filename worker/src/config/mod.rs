@@ -38,6 +38,9 @@ pub use types::{AuthType, PoolMode, ProxyProtocol, Secret, TlsMode, UnknownKeywo
 /// Database names that belong to the admin console and cannot be configured.
 pub const ADMIN_DB_NAMES: &[&str] = &["pgbouncers", "pgbouncer"];
 
+/// PgBouncer's default `auth_query`.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+
 /// Largest config file read; anything bigger is a mistake (or an attack on memory).
 pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
 
@@ -119,6 +122,17 @@ pub struct Config {
     pub auth_file: Option<String>,
     #[serde(deserialize_with = "de::opt_string")]
     pub auth_hba_file: Option<String>,
+    /// Role whose server connections run `auth_query` for users not in `auth_file`.
+    #[serde(deserialize_with = "de::opt_string")]
+    pub auth_user: Option<String>,
+    /// Default [`DEFAULT_AUTH_QUERY`].
+    pub auth_query: String,
+    /// Database (a `databases` key) whose pool runs `auth_query`; unset = the client's.
+    #[serde(deserialize_with = "de::opt_string")]
+    pub auth_dbname: Option<String>,
+    /// How long a worker reuses an `auth_query` answer (pgbouncers only). Default 5 s.
+    #[serde(deserialize_with = "de::seconds")]
+    pub auth_query_cache_ttl: Duration,
     #[serde(deserialize_with = "de::string_list")]
     pub admin_users: Vec<String>,
     #[serde(deserialize_with = "de::string_list")]
@@ -292,6 +306,10 @@ impl Default for Config {
             auth_type: AuthType::Md5,
             auth_file: None,
             auth_hba_file: None,
+            auth_user: None,
+            auth_query: DEFAULT_AUTH_QUERY.to_owned(),
+            auth_dbname: None,
+            auth_query_cache_ttl: secs(5),
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             server_reset_query: "DISCARD ALL".to_owned(),
@@ -552,6 +570,16 @@ impl Config {
     pub fn keys() -> &'static [&'static str] {
         struct_fields(|probe| Config::deserialize(probe))
     }
+}
+
+/// The `auth_query` lookup that applies to one database (the worker's `auth_query::source`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AuthSource {
+    /// The role the query runs as (`auth_user`).
+    pub user: String,
+    pub query: String,
+    /// The database (a `databases` key, or the client's) whose pool runs the query.
+    pub dbname: String,
 }
 
 /// A file's text, at most [`MAX_FILE_SIZE`] bytes of it.

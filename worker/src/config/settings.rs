@@ -81,6 +81,11 @@ pub static SETTINGS: &[Setting] = &[
     text("auth_type", |c| c.auth_type.as_str(), "md5", "scram-sha-256"),
     set("auth_file", Opt(|c| &c.auth_file), Reloadable, "~", "/etc/userlist.txt"),
     file("auth_hba_file", |c| &c.auth_hba_file, "/etc/hba.conf"),
+    set("auth_user", Opt(|c| &c.auth_user), Reloadable, "~", "pgbouncer"),
+    text("auth_query", |c| &c.auth_query, "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
+        "SELECT * FROM pgbouncer.get_auth($1)"),
+    set("auth_dbname", Opt(|c| &c.auth_dbname), Reloadable, "~", "postgres"),
+    secs("auth_query_cache_ttl", |c| c.auth_query_cache_ttl, "5", "1"),
     list("admin_users", |c| &c.admin_users, "admin"),
     list("stats_users", |c| &c.stats_users, "[monitor, nagios]"),
     text("server_reset_query", |c| &c.server_reset_query, "DISCARD ALL", "''"),
@@ -270,9 +275,13 @@ mod tests {
     const EXAMPLE_ROWS: &str = "\
 admin_users|admin||yes
 application_name_add_host|1|0|yes
+auth_dbname|postgres|NULL|yes
 auth_file|/etc/userlist.txt|NULL|yes
 auth_hba_file|/etc/hba.conf||yes
+auth_query|SELECT * FROM pgbouncer.get_auth($1)|SELECT usename, passwd FROM pg_shadow WHERE usename=$1|yes
+auth_query_cache_ttl|1|5|yes
 auth_type|scram-sha-256|md5|yes
+auth_user|pgbouncer|NULL|yes
 cancel_wait_timeout|1|10|yes
 client_idle_timeout|3600|0|yes
 client_login_timeout|0|60|yes

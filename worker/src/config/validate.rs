@@ -217,6 +217,23 @@ fn pools(c: &Config) -> Check {
 fn auth(c: &Config) -> Check {
     no_nul_opt("auth_file", c.auth_file.as_deref())?;
     no_nul_opt("auth_hba_file", c.auth_hba_file.as_deref())?;
+    no_nul_opt("auth_user", c.auth_user.as_deref())?;
+    no_nul_opt("auth_dbname", c.auth_dbname.as_deref())?;
+    no_nul("auth_query", &c.auth_query)?;
+    // The query is only sent where some auth_user is set; an empty one would find nobody.
+    let looks_up = c.auth_user.is_some() || c.databases.values().any(|d| d.auth_user.is_some());
+    ensure(
+        !looks_up || !c.auth_query.trim().is_empty(),
+        "auth_query",
+        || "must not be empty when auth_user is set".to_owned(),
+    )?;
+    if let Some(name) = &c.auth_dbname {
+        ensure(
+            !ADMIN_DB_NAMES.contains(&name.as_str()),
+            "auth_dbname",
+            || format!("`{name}` is the admin console, which cannot run auth_query"),
+        )?;
+    }
     // With no databases and no console users nobody can log in, so the default config
     // (md5, no auth_file) stays valid as a value; a config *file* like that is refused by
     // `serves_someone` instead, with a message about the file rather than auth_file.
@@ -224,8 +241,13 @@ fn auth(c: &Config) -> Check {
         !c.databases.is_empty() || !c.admin_users.is_empty() || !c.stats_users.is_empty();
     match c.auth_type {
         AuthType::Plain | AuthType::Md5 | AuthType::ScramSha256 if anyone_can_log_in => {
-            ensure(c.auth_file.is_some(), "auth_file", || {
-                format!("is required when auth_type is {}", c.auth_type)
+            // With auth_user, users missing from the file are looked up in PostgreSQL; the
+            // file then only holds auth_user's own password, if it needs one (PgBouncer).
+            ensure(c.auth_file.is_some() || looks_up, "auth_file", || {
+                format!(
+                    "is required when auth_type is {} (or set auth_user)",
+                    c.auth_type
+                )
             })?;
         }
         AuthType::Plain | AuthType::Md5 | AuthType::ScramSha256 => {}
@@ -317,6 +339,16 @@ fn database(name: &str, db: &Database) -> Check {
     no_nul_opt(&key("password"), db.password.as_ref().map(|p| p.expose()))?;
     no_nul_opt(&key("connect_query"), db.connect_query.as_deref())?;
     no_nul_opt(&key("application_name"), db.application_name.as_deref())?;
+    no_nul_opt(&key("auth_user"), db.auth_user.as_deref())?;
+    no_nul_opt(&key("auth_query"), db.auth_query.as_deref())?;
+    no_nul_opt(&key("auth_dbname"), db.auth_dbname.as_deref())?;
+    if let Some(a) = &db.auth_dbname {
+        ensure(
+            !ADMIN_DB_NAMES.contains(&a.as_str()),
+            &key("auth_dbname"),
+            || format!("`{a}` is the admin console, which cannot run auth_query"),
+        )?;
+    }
     if let Some(n) = db.pool_size {
         in_range(&key("pool_size"), n, 1, MAX_POOL_SIZE)?;
     }
