@@ -39,7 +39,7 @@ pub use types::{AuthType, PoolMode, ProxyProtocol, Secret, TlsMode, UnknownKeywo
 pub const ADMIN_DB_NAMES: &[&str] = &["pgbouncers", "pgbouncer"];
 
 /// PgBouncer's default `auth_query`.
-pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
 
 /// Largest config file read; anything bigger is a mistake (or an attack on memory).
 pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;

@@ -82,7 +82,8 @@ pub static SETTINGS: &[Setting] = &[
     set("auth_file", Opt(|c| &c.auth_file), Reloadable, "~", "/etc/userlist.txt"),
     file("auth_hba_file", |c| &c.auth_hba_file, "/etc/hba.conf"),
     set("auth_user", Opt(|c| &c.auth_user), Reloadable, "~", "pgbouncer"),
-    text("auth_query", |c| &c.auth_query, "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
+    text("auth_query", |c| &c.auth_query,
+        "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin",
         "SELECT * FROM pgbouncer.get_auth($1)"),
     set("auth_dbname", Opt(|c| &c.auth_dbname), Reloadable, "~", "postgres"),
     secs("auth_query_cache_ttl", |c| c.auth_query_cache_ttl, "5", "1"),
@@ -278,7 +279,7 @@ application_name_add_host|1|0|yes
 auth_dbname|postgres|NULL|yes
 auth_file|/etc/userlist.txt|NULL|yes
 auth_hba_file|/etc/hba.conf||yes
-auth_query|SELECT * FROM pgbouncer.get_auth($1)|SELECT usename, passwd FROM pg_shadow WHERE usename=$1|yes
+auth_query|SELECT * FROM pgbouncer.get_auth($1)|SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin|yes
 auth_query_cache_ttl|1|5|yes
 auth_type|scram-sha-256|md5|yes
 auth_user|pgbouncer|NULL|yes
