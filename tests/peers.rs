@@ -23,6 +23,17 @@ const SLEEP: &str = "SELECT pg_sleep(30)";
 /// A pooler standing for one host: it listens on `ip` only, trusts PROXY headers from
 /// 127.0.0.1 (HAProxy), and has peer id `id` among `peers` (id, ip, port).
 fn start_host(setup: PoolerSetup, ip: &str, id: u16, peers: &[(u16, &str, u16)]) -> Pooler {
+    start_host_with(setup, ip, id, peers, "")
+}
+
+/// [`start_host`] with more settings.
+fn start_host_with(
+    setup: PoolerSetup,
+    ip: &str,
+    id: u16,
+    peers: &[(u16, &str, u16)],
+    extra: &str,
+) -> Pooler {
     let pg = shared_pg();
     let peers: String = peers
         .iter()
@@ -39,6 +50,7 @@ fn start_host(setup: PoolerSetup, ip: &str, id: u16, peers: &[(u16, &str, u16)])
              proxy_trusted: [127.0.0.1/32]\n\
              admin_users: [{TRUST_USER}]\n\
              peer_id: {id}\n\
+             {extra}\
              peers:\n{peers}\
              databases:\n  \
                app: {{ host: 127.0.0.1, port: {port}, dbname: {APP_DB} }}\n",
@@ -265,8 +277,21 @@ fn forwarded_cancels_are_taken_only_from_peers_and_never_forwarded_twice() {
     // peer 3, and its table sends peer 2's keys back to A. A loop would ping-pong.
     let (sa, sb) = (PoolerSetup::new(), PoolerSetup::new());
     let (pa, pb) = (sa.port(), sb.port());
-    let a = start_host(sa, HOSTS[0], 1, &[(1, HOSTS[0], pa), (2, HOSTS[1], pb)]);
-    let b = start_host(sb, HOSTS[1], 3, &[(1, HOSTS[0], pa), (2, HOSTS[0], pa)]);
+    let (ma, mb) = (free_port(), free_port());
+    let a = start_host_with(
+        sa,
+        HOSTS[0],
+        1,
+        &[(1, HOSTS[0], pa), (2, HOSTS[1], pb)],
+        &format!("metrics_addr: {}:{ma}\n", HOSTS[0]),
+    );
+    let b = start_host_with(
+        sb,
+        HOSTS[1],
+        3,
+        &[(1, HOSTS[0], pa), (2, HOSTS[0], pa)],
+        &format!("metrics_addr: {}:{mb}\n", HOSTS[1]),
+    );
     let logs = || format!("--- A ---\n{}\n--- B ---\n{}", a.log(), b.log());
 
     let mut client = connect_as("10.9.9.9", HOSTS[0], pa);

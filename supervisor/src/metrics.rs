@@ -7,7 +7,7 @@ use crate::Supervisor;
 use mio::net::{TcpListener, TcpStream};
 use pgbouncers_worker::control::{Row, What};
 use pgbouncers_worker::shm::{Kind, Shm, WorkerSlot};
-use pgbouncers_worker::stats::TlsFailure;
+use pgbouncers_worker::stats::{CancelOutcome, TlsFailure};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::sync::atomic::AtomicU64;
@@ -374,7 +374,7 @@ type SlotCounters = fn(&WorkerSlot) -> &[AtomicU64];
 /// Counters summed over the live workers: one sample, or one per reason (labelled `reason`,
 /// indexing the worker's array).
 #[rustfmt::skip]
-static SUMMED: [(Family<SlotCounters>, &[&str]); 4] = [
+static SUMMED: [(Family<SlotCounters>, &[&str]); 5] = [
     (family("pgbouncers_proxy_headers_accepted_total", COUNTER, "PROXY headers accepted.",
         |w| std::slice::from_ref(&w.proxy_accepted)), &[]),
     (family("pgbouncers_proxy_headers_rejected_total", COUNTER,
@@ -385,6 +385,9 @@ static SUMMED: [(Family<SlotCounters>, &[&str]); 4] = [
         |w| std::slice::from_ref(&w.tls_handshakes)), &[]),
     (family("pgbouncers_tls_failures_total", COUNTER, "TLS failures and refusals, by reason.",
         |w| &w.tls_failures), &TlsFailure::NAMES),
+    (family("pgbouncers_cancel_requests_total", COUNTER,
+        "CancelRequests that arrived, by what became of them (reason: handled, forwarded to a peer, refused, dropped).",
+        |w| &w.cancels), &CancelOutcome::NAMES),
 ];
 
 /// A database's counters over every worker, dead ones included, in `DbStats::values`
@@ -548,6 +551,9 @@ mod tests {
             for (k, c) in w.tls_failures.iter().enumerate() {
                 c.store(n(20 + k as u64), Relaxed);
             }
+            for (k, c) in w.cancels.iter().enumerate() {
+                c.store(n(30 + k as u64), Relaxed);
+            }
             for (db, base) in [(app, 1_000u64), (odd, 5_000)] {
                 let d = shm.db_stats(slot, db);
                 for (k, c) in [
@@ -675,6 +681,12 @@ pgbouncers_tls_failures_total{reason="client_handshake"} 440
 pgbouncers_tls_failures_total{reason="required"} 442
 pgbouncers_tls_failures_total{reason="unencrypted"} 444
 pgbouncers_tls_failures_total{reason="server_handshake"} 446
+# HELP pgbouncers_cancel_requests_total CancelRequests that arrived, by what became of them (reason: handled, forwarded to a peer, refused, dropped).
+# TYPE pgbouncers_cancel_requests_total counter
+pgbouncers_cancel_requests_total{reason="handled"} 460
+pgbouncers_cancel_requests_total{reason="forwarded"} 462
+pgbouncers_cancel_requests_total{reason="refused"} 464
+pgbouncers_cancel_requests_total{reason="dropped"} 466
 # HELP pgbouncers_database_transactions_total Transactions pooled.
 # TYPE pgbouncers_database_transactions_total counter
 pgbouncers_database_transactions_total{database="we\"ird"} 50000

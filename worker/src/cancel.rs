@@ -15,6 +15,7 @@
 use crate::client::Peer as From;
 use crate::control::Report;
 use crate::server::{SState, ServerAddr};
+use crate::stats::CancelOutcome;
 use crate::stream::{Sock, Stream};
 use crate::wire::write;
 use crate::worker::{Conn, Worker};
@@ -103,7 +104,7 @@ impl Worker {
         let pid = pid & !FORWARDED;
         if forwarded && !self.is_peer(from) {
             log::debug!("forwarded cancel request from {from}, which is not a peer: ignored");
-            return;
+            return self.count_cancel(CancelOutcome::Refused);
         }
         if let Some(owner) = key_owner(pid, self.cfg.peer_id) {
             if owner != self.cfg.peer_id {
@@ -115,17 +116,26 @@ impl Worker {
                          pooler ({}): check the peers sections",
                         self.cfg.peer_id
                     );
-                    return;
+                    return self.count_cancel(CancelOutcome::Refused);
                 }
-                return self.forward_cancel(owner, pid, key);
+                let outcome = match self.forward_cancel(owner, pid, key) {
+                    true => CancelOutcome::Forwarded,
+                    false => CancelOutcome::Dropped,
+                };
+                return self.count_cancel(outcome);
             }
         }
+        self.count_cancel(CancelOutcome::Handled);
         let slot = (key >> 24) as usize;
         if slot == self.slot {
             self.cancel_local(pid, key);
         } else if slot < self.shm.workers_cap() {
             self.report(Report::Cancel { pid, key });
         }
+    }
+
+    fn count_cancel(&mut self, outcome: CancelOutcome) {
+        self.stats.cancels[outcome as usize] += 1;
     }
 
     /// Whether a connection's (PROXY-given) address is one of the configured peers'.
@@ -157,17 +167,18 @@ impl Worker {
     }
 
     /// Sends a cancel request on to the peer that handed its key out, marked as forwarded.
-    fn forward_cancel(&mut self, owner: u16, pid: u32, key: u32) {
+    /// False when it cannot be sent: the peer is unknown, at pool_size or unreachable.
+    fn forward_cancel(&mut self, owner: u16, pid: u32, key: u32) -> bool {
         let Some(peer) = self.cfg.peers.get(&owner).cloned() else {
             log::debug!("cancel request for peer {owner}, which is not in peers: ignored");
-            return;
+            return false;
         };
         let limit = peer.pool_size.unwrap_or(self.cfg.default_pool_size);
         if self.peer_cancels.in_flight(owner) >= limit {
             log::warn!(
                 "peer {owner}: {limit} cancel requests already in flight (pool_size): one dropped"
             );
-            return;
+            return false;
         }
         let addr = if peer.is_unix_socket() {
             ServerAddr::Unix(format!("{}/.s.PGSQL.{}", peer.host, peer.port).into())
@@ -177,7 +188,7 @@ impl Worker {
                 crate::dns::Lookup::Ready(a) => ServerAddr::Tcp(a),
                 other => {
                     log::warn!("peer {owner}: host name not resolved ({other:?}): cancel dropped");
-                    return;
+                    return false;
                 }
             }
         };
@@ -185,7 +196,7 @@ impl Worker {
             Ok(sock) => sock,
             Err(e) => {
                 log::warn!("peer {owner}: cannot connect to {addr} to forward a cancel: {e}");
-                return;
+                return false;
             }
         };
         log::debug!("cancel request forwarded to peer {owner} at {addr}");
@@ -195,7 +206,7 @@ impl Worker {
         packet.copy_from_slice(&out);
         let t = self.conns.vacant_entry().key();
         if self.register(t, &mut sock).is_err() {
-            return;
+            return false;
         }
         *self.peer_cancels.in_flight.entry(owner).or_default() += 1;
         self.conns.insert(Conn::Cancel(CancelConn {
@@ -205,6 +216,7 @@ impl Worker {
             started: self.now,
             target: Target::Peer(owner),
         }));
+        true
     }
 
     /// Connects to a peer from this pooler's own entry in `peers` when that is an address

@@ -34,7 +34,7 @@ use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
 
 const MAGIC: u64 = 0x7067_6273_5f73_686d; // "pgbs_shm"
 /// 2: worker slots count TLS sessions and failures. 3: names count clients too.
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// Longest name kept in the table: PostgreSQL's NAMEDATALEN - 1, plus the kind prefix.
 pub const MAX_NAME: usize = 66;
 /// Each worker's row of shares and of stats starts on its own page: no false sharing.
@@ -82,6 +82,8 @@ pub struct WorkerSlot {
     pub tls_handshakes: AtomicU64,
     /// TLS refusals and failures, indexed by `stats::TlsFailure`.
     pub tls_failures: [AtomicU64; 4],
+    /// CancelRequests that arrived, by `stats::CancelOutcome`.
+    pub cancels: [AtomicU64; 4],
 }
 
 /// Per-database counters of one worker, in PgBouncer's SHOW STATS terms.

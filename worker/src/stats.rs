@@ -44,6 +44,26 @@ pub struct WorkerStats {
     pub tls_handshakes: u64,
     /// Indexed by [`TlsFailure`].
     pub tls_failures: [u64; 4],
+    /// CancelRequests that arrived here, indexed by [`CancelOutcome`].
+    pub cancels: [u64; 4],
+}
+
+/// What became of a CancelRequest that arrived: the `result` label of
+/// `pgbouncers_cancel_requests_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum CancelOutcome {
+    /// Its key names this pooler: passed to the worker that handed it out.
+    Handled = 0,
+    /// Its key names a peer: sent on to it.
+    Forwarded = 1,
+    /// Marked as forwarded but not from a peer, or naming another peer: not acted on.
+    Refused = 2,
+    /// Its peer is unknown, unresolved, unreachable or at pool_size: lost.
+    Dropped = 3,
+}
+
+impl CancelOutcome {
+    pub const NAMES: [&'static str; 4] = ["handled", "forwarded", "refused", "dropped"];
 }
 
 /// Why a TLS session failed or was refused: the `reason` label of
@@ -116,6 +136,9 @@ impl WorkerStats {
         w.tls_handshakes.store(self.tls_handshakes, Relaxed);
         for (k, v) in self.tls_failures.iter().enumerate() {
             w.tls_failures[k].store(*v, Relaxed);
+        }
+        for (k, v) in self.cancels.iter().enumerate() {
+            w.cancels[k].store(*v, Relaxed);
         }
         for (i, s) in by_db {
             let d = shm.db_stats(slot, i);
