@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::connstring;
 use super::de as cde;
-use super::types::{PoolMode, Secret};
+use super::types::{LoadBalanceHosts, PoolMode, Secret, TargetSessionAttrs};
 
 /// Server host used when a database entry names none: the usual PostgreSQL socket directory.
 pub const DEFAULT_HOST: &str = "/var/run/postgresql";
@@ -25,6 +25,7 @@ pub const FALLBACK_DB: &str = "*";
 #[serde(deny_unknown_fields, default, remote = "Self")]
 pub struct Database {
     /// Server host name or address; a value starting with `/` is a Unix socket directory.
+    /// A comma-separated list names several servers (PgBouncer 1.24+): see [`Database::hosts`].
     pub host: String,
     #[serde(deserialize_with = "cde::int")]
     pub port: u16,
@@ -54,6 +55,11 @@ pub struct Database {
     /// `application_name` sent in the server's startup packet.
     #[serde(deserialize_with = "cde::opt_string")]
     pub application_name: Option<String>,
+    /// How a host list is used: round-robin (the default) or first host up.
+    pub load_balance_hosts: Option<LoadBalanceHosts>,
+    /// Which kind of server (primary, standby...) new connections must reach; a
+    /// pgbouncers extension, checked at login and again every server_check_delay.
+    pub target_session_attrs: Option<TargetSessionAttrs>,
 }
 
 impl Default for Database {
@@ -72,6 +78,8 @@ impl Default for Database {
             max_db_client_connections: None,
             connect_query: None,
             application_name: None,
+            load_balance_hosts: None,
+            target_session_attrs: None,
         }
     }
 }
@@ -80,6 +88,12 @@ impl Database {
     /// Whether `host` names a Unix socket directory rather than a TCP host (libpq's rule).
     pub fn is_unix_socket(&self) -> bool {
         self.host.starts_with('/')
+    }
+
+    /// The hosts of `host`: one, or the elements of a comma-separated list, in order.
+    /// PgBouncer splits on commas only; blanks around them are dropped here too.
+    pub fn hosts(&self) -> Vec<String> {
+        self.host.split(',').map(|h| h.trim().to_owned()).collect()
     }
 
     /// Builds an entry from a PgBouncer connection string.
@@ -108,6 +122,12 @@ impl Database {
                 }
                 "connect_query" => db.connect_query = non_empty(value),
                 "application_name" => db.application_name = non_empty(value),
+                "load_balance_hosts" => {
+                    db.load_balance_hosts = Some(parse_keyword(&value).map_err(bad)?)
+                }
+                "target_session_attrs" => {
+                    db.target_session_attrs = Some(parse_keyword(&value).map_err(bad)?)
+                }
                 _ => return Err(EntryError::unknown(&key, DATABASE_FIELDS)),
             }
         }
@@ -130,6 +150,8 @@ pub(super) const DATABASE_FIELDS: &[&str] = &[
     "max_db_client_connections",
     "connect_query",
     "application_name",
+    "load_balance_hosts",
+    "target_session_attrs",
 ];
 
 /// One entry of the `users` section: per-user pool settings.
