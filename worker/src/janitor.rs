@@ -19,6 +19,8 @@ pub(crate) enum Action {
     Client(usize, &'static str),
     Server(usize, &'static str),
     ServerLogin(usize),
+    /// An idle server's target_session_attrs check is due.
+    RoleCheck(usize),
     Cancel(usize),
 }
 
@@ -95,6 +97,10 @@ impl Worker {
                             && p.total() > p.limits.min
                         {
                             actions.push(Action::Server(t, "server idle timeout"));
+                        } else if !cfg.server_check_delay.is_zero() && self.role_check_due(t) {
+                            // Found out now, not when a client needs the server: after a
+                            // promotion the pool moves before its clients come.
+                            actions.push(Action::RoleCheck(t));
                         }
                     }
                     SState::Active | SState::Reset(_) | SState::Canceling => {}
@@ -132,6 +138,7 @@ impl Worker {
                     self.server_login_failed(t, err);
                 }
                 Action::Cancel(t) => self.cancel_done(t),
+                Action::RoleCheck(t) => self.start_check(t),
             }
         }
         self.janitor_scratch = actions;

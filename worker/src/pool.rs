@@ -7,12 +7,14 @@ use std::time::Instant;
 pub type PoolId = usize;
 
 pub use crate::config::PoolMode;
+use crate::config::{LoadBalanceHosts, ResolvedDb, TargetSessionAttrs};
 
 /// Where and as whom a pool's servers log in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Host name, IP address, or a directory holding PostgreSQL's Unix socket.
-    pub host: String,
+    /// Host names, IP addresses, or directories holding PostgreSQL's Unix socket: the
+    /// configured `host`, split at its commas.
+    pub hosts: Vec<String>,
     pub port: u16,
     pub dbname: String,
     pub user: String,
@@ -20,6 +22,79 @@ pub struct Target {
     pub password: Option<String>,
     /// The database entry's application_name, sent in the server's startup packet.
     pub application_name: Option<String>,
+    pub load_balance: LoadBalanceHosts,
+    /// The kind of server (primary, standby...) the pool's servers must be on.
+    pub attrs: TargetSessionAttrs,
+}
+
+impl Target {
+    /// The target of a resolved database entry, logging in as `user`.
+    pub fn new(resolved: &ResolvedDb, user: String) -> Target {
+        let entry = &resolved.entry;
+        Target {
+            hosts: entry.hosts(),
+            port: entry.port,
+            dbname: resolved.dbname.clone(),
+            user,
+            password: entry.password.as_ref().map(|p| p.expose().to_string()),
+            application_name: entry.application_name.clone(),
+            load_balance: entry.load_balance_hosts.unwrap_or_default(),
+            attrs: entry.target_session_attrs.unwrap_or_default(),
+        }
+    }
+}
+
+/// What a server's role check found: PostgreSQL's recovery state and session default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Role {
+    /// `pg_is_in_recovery()`: a standby.
+    pub in_recovery: bool,
+    /// `transaction_read_only` of a new session: a standby, or default_transaction_read_only.
+    pub read_only: bool,
+}
+
+impl Role {
+    /// Whether a server of this role is what `attrs` asks for. prefer-standby asks for
+    /// a standby; [`Pool::pick_host`] falls back to a primary when no standby is up.
+    pub fn fits(self, attrs: TargetSessionAttrs) -> bool {
+        match attrs {
+            TargetSessionAttrs::Any => true,
+            TargetSessionAttrs::ReadWrite => !self.read_only,
+            TargetSessionAttrs::ReadOnly => self.read_only,
+            TargetSessionAttrs::Primary => !self.in_recovery,
+            TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby => self.in_recovery,
+        }
+    }
+
+    /// How the role is described in logs and errors.
+    pub fn describe(self) -> &'static str {
+        match (self.in_recovery, self.read_only) {
+            (true, _) => "a standby",
+            (false, true) => "a read-only primary",
+            (false, false) => "a read-write primary",
+        }
+    }
+}
+
+/// What a pool knows of one host of its list.
+#[derive(Debug, Clone, Default)]
+pub struct HostState {
+    /// Connecting or logging in failed for a reason of the host's: skipped until then
+    /// (server_login_retry later).
+    pub down_until: Option<Instant>,
+    /// Its role check found the wrong kind of server: skipped until then, except by
+    /// prefer-standby's fallback to a primary.
+    pub misfit_until: Option<Instant>,
+}
+
+impl HostState {
+    fn down(&self, now: Instant) -> bool {
+        self.down_until.is_some_and(|t| now < t)
+    }
+
+    fn misfit(&self, now: Instant) -> bool {
+        self.misfit_until.is_some_and(|t| now < t)
+    }
 }
 
 /// What a pool's first server login reported: what new clients are told at login.
@@ -46,6 +121,10 @@ pub struct Pool {
     /// so it is made at start and kept at min_pool_size from then on, as in PgBouncer.
     pub forced: bool,
     pub target: Target,
+    /// One entry per host of `target.hosts`.
+    pub hosts: Vec<HostState>,
+    /// The host round-robin starts its search at next.
+    pub next_host: usize,
     pub limits: Limits,
     /// Idle servers, most recently used last (reused first, so the rest can time out).
     pub idle: Vec<usize>,
@@ -80,6 +159,8 @@ impl Pool {
             db,
             user,
             forced: false,
+            hosts: vec![HostState::default(); target.hosts.len()],
+            next_host: 0,
             target,
             limits,
             idle: Vec::new(),
@@ -143,6 +224,41 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// The host of the list a new server should go to: the next one (round-robin) or the
+    /// first one (disable) that is neither down nor known to be the wrong kind; for
+    /// prefer-standby a primary when no other host is left. None when every host is
+    /// skipped: the pool then waits out server_login_retry like a single failing host.
+    pub fn pick_host(&mut self, now: Instant) -> Option<usize> {
+        let n = self.hosts.len();
+        let start = match self.target.load_balance {
+            LoadBalanceHosts::RoundRobin => self.next_host % n.max(1),
+            LoadBalanceHosts::Disable => 0,
+        };
+        let order = (0..n).map(|i| (start + i) % n);
+        let found = order
+            .clone()
+            .find(|&h| !self.hosts[h].down(now) && !self.hosts[h].misfit(now))
+            .or_else(|| {
+                (self.target.attrs == TargetSessionAttrs::PreferStandby)
+                    .then(|| order.clone().find(|&h| !self.hosts[h].down(now)))
+                    .flatten()
+            })?;
+        if self.target.load_balance == LoadBalanceHosts::RoundRobin {
+            self.next_host = found + 1;
+        }
+        Some(found)
+    }
+
+    /// Whether a host other than `host` could still serve: not down, not known misfit.
+    pub fn other_host_up(&self, host: usize, now: Instant) -> bool {
+        self.hosts
+            .iter()
+            .enumerate()
+            .any(|(i, h)| i != host && !h.down(now) && !h.misfit(now))
+    }
+}
+
 /// All pools of a worker, found by (database, server user).
 #[derive(Default)]
 pub struct Pools {
@@ -202,18 +318,7 @@ impl crate::worker::Worker {
             min: cfg.min_pool_size_for(db, &server_user) as usize,
             reserve: cfg.reserve_pool_size_for(db, &server_user) as usize,
         };
-        let target = Target {
-            host: resolved.entry.host.clone(),
-            port: resolved.entry.port,
-            dbname: resolved.dbname.clone(),
-            user: server_user.clone(),
-            password: resolved
-                .entry
-                .password
-                .as_ref()
-                .map(|p| p.expose().to_string()),
-            application_name: resolved.entry.application_name.clone(),
-        };
+        let target = Target::new(&resolved, server_user.clone());
         let mut pool = Pool::new(db.to_string(), server_user, target, limits);
         pool.forced = resolved.entry.user.is_some();
         pool.paused = self.holds.is_paused(db);
