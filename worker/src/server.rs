@@ -137,6 +137,9 @@ pub(crate) struct Server {
     pub checked_at: Instant,
     /// What the role query's row said, until its ReadyForQuery.
     role_seen: Option<Role>,
+    /// The login's parameters, the pool's welcome if it has none once the server proves
+    /// of the right kind (clients wait for a welcome, and so for such a server).
+    login_params: Option<Vec<(String, String)>>,
     /// A reload changed the database: close instead of reusing.
     pub close_needed: bool,
     /// Has served a client (for server_lifetime 0: use each connection once).
@@ -292,6 +295,7 @@ impl Worker {
             host,
             checked_at: self.now,
             role_seen: None,
+            login_params: None,
             close_needed: false,
             used: false,
             stmts: Default::default(),
@@ -719,10 +723,8 @@ impl Worker {
         }
         log::debug!("S-{}: login ok", s.id);
         let role = role_from_params(&params);
-        let p = self.pools.get_mut(pool);
-        if p.welcome.is_none() {
-            p.welcome = Some(Welcome { params });
-        }
+        s.login_params = Some(params);
+        let p = self.pools.get(pool);
         if p.target.attrs == TargetSessionAttrs::Any {
             return self.server_usable(st);
         }
@@ -736,11 +738,15 @@ impl Worker {
     /// A new server logged in and is of the kind the pool wants: the pool is not failing
     /// any more; greet clients waiting for it, run connect_query, serve.
     fn server_usable(&mut self, st: usize) {
-        let Some(Conn::Server(s)) = self.conns.get(st) else {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;
         };
         let (pool, host) = (s.pool, s.host);
+        let params = s.login_params.take().unwrap_or_default();
         let p = self.pools.get_mut(pool);
+        if p.welcome.is_none() {
+            p.welcome = Some(Welcome { params });
+        }
         p.last_failure = None;
         p.hosts[host].down_until = None;
         let waiting = std::mem::take(&mut p.login_waiting);
