@@ -102,6 +102,9 @@ impl Worker {
                         if let Conn::Server(s) = c {
                             if s.pool == id {
                                 s.close_needed = true;
+                                // Its host is not in the new list: its failures and role
+                                // checks say nothing about the new hosts.
+                                s.host = usize::MAX;
                             }
                         }
                     }

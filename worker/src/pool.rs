@@ -250,12 +250,23 @@ impl Pool {
         Some(found)
     }
 
-    /// Whether a host other than `host` could still serve: not down, not known misfit.
+    /// Whether a host other than `host` may be of the kind wanted: not down, not known
+    /// to be the wrong kind.
     pub fn other_host_up(&self, host: usize, now: Instant) -> bool {
         self.hosts
             .iter()
             .enumerate()
             .any(|(i, h)| i != host && !h.down(now) && !h.misfit(now))
+    }
+
+    /// Whether a host other than `host` could serve a new server now: as
+    /// [`Pool::other_host_up`], but prefer-standby also takes a primary.
+    pub fn other_host_usable(&self, host: usize, now: Instant) -> bool {
+        let any_kind = self.target.attrs == TargetSessionAttrs::PreferStandby;
+        self.hosts
+            .iter()
+            .enumerate()
+            .any(|(i, h)| i != host && !h.down(now) && (any_kind || !h.misfit(now)))
     }
 }
 
@@ -325,5 +336,122 @@ impl crate::worker::Worker {
         pool.db_idx = self.shm.name_index(crate::shm::Kind::Database, db);
         pool.user_idx = self.shm.name_index(crate::shm::Kind::User, &pool.user);
         Ok(self.pools.add(pool))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pool(hosts: &[&str], balance: LoadBalanceHosts, attrs: TargetSessionAttrs) -> Pool {
+        let target = Target {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            port: 5432,
+            dbname: "app".into(),
+            user: "u".into(),
+            password: None,
+            application_name: None,
+            load_balance: balance,
+            attrs,
+        };
+        let limits = Limits {
+            mode: PoolMode::Session,
+            size: 10,
+            min: 0,
+            reserve: 0,
+        };
+        Pool::new("app".into(), "u".into(), target, limits)
+    }
+
+    const RETRY: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn round_robin_skips_hosts_that_are_down_until_their_retry() {
+        let now = Instant::now();
+        let mut p = pool(
+            &["a", "b", "c"],
+            LoadBalanceHosts::RoundRobin,
+            Default::default(),
+        );
+        let picks: Vec<_> = (0..4).map(|_| p.pick_host(now).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0]);
+        p.hosts[1].down_until = Some(now + RETRY);
+        let picks: Vec<_> = (0..3).map(|_| p.pick_host(now).unwrap()).collect();
+        assert_eq!(picks, [2, 0, 2]);
+        assert!(p.other_host_up(1, now));
+        assert_eq!(p.pick_host(now + RETRY), Some(0));
+        assert_eq!(p.pick_host(now + RETRY), Some(1));
+        p.hosts[0].down_until = Some(now + RETRY);
+        p.hosts[2].down_until = Some(now + RETRY);
+        assert!(!p.other_host_up(1, now));
+        assert_eq!(p.pick_host(now), None, "every host down");
+    }
+
+    #[test]
+    fn disable_takes_the_first_host_up() {
+        let now = Instant::now();
+        let mut p = pool(&["a", "b"], LoadBalanceHosts::Disable, Default::default());
+        assert_eq!(p.pick_host(now), Some(0));
+        assert_eq!(p.pick_host(now), Some(0));
+        p.hosts[0].down_until = Some(now + RETRY);
+        assert_eq!(p.pick_host(now), Some(1));
+        assert_eq!(
+            p.pick_host(now + RETRY),
+            Some(0),
+            "back to the first once it is due"
+        );
+    }
+
+    #[test]
+    fn roles_fit_target_session_attrs_and_prefer_standby_falls_back() {
+        use TargetSessionAttrs::*;
+        let primary = Role {
+            in_recovery: false,
+            read_only: false,
+        };
+        let standby = Role {
+            in_recovery: true,
+            read_only: true,
+        };
+        let ro_primary = Role {
+            in_recovery: false,
+            read_only: true,
+        };
+        for (attrs, p, s, rp) in [
+            (Any, true, true, true),
+            (ReadWrite, true, false, false),
+            (ReadOnly, false, true, true),
+            (Primary, true, false, true),
+            (Standby, false, true, false),
+            (PreferStandby, false, true, false),
+        ] {
+            assert_eq!(primary.fits(attrs), p, "{attrs}");
+            assert_eq!(standby.fits(attrs), s, "{attrs}");
+            assert_eq!(ro_primary.fits(attrs), rp, "{attrs}");
+        }
+        let now = Instant::now();
+        let mut p = pool(
+            &["primary", "standby"],
+            LoadBalanceHosts::Disable,
+            PreferStandby,
+        );
+        p.hosts[0].misfit_until = Some(now + RETRY);
+        assert_eq!(p.pick_host(now), Some(1), "a standby first");
+        p.hosts[1].down_until = Some(now + RETRY);
+        assert_eq!(
+            p.pick_host(now),
+            Some(0),
+            "the primary when no standby is up"
+        );
+        assert!(p.other_host_usable(1, now) && !p.other_host_up(1, now));
+        let mut rw = pool(
+            &["primary", "standby"],
+            LoadBalanceHosts::Disable,
+            ReadWrite,
+        );
+        rw.hosts[0].misfit_until = Some(now + RETRY);
+        rw.hosts[1].down_until = Some(now + RETRY);
+        assert_eq!(rw.pick_host(now), None, "read-write takes no misfit");
     }
 }

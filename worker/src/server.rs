@@ -131,7 +131,8 @@ pub(crate) struct Server {
     pub connect_time: Instant,
     pub since: Instant,
     pub addr: ServerAddr,
-    /// Index of its host in the pool's host list.
+    /// Index of its host in the pool's host list; usize::MAX once a reload changed the
+    /// list (the server is closed as soon as it is free).
     pub host: usize,
     /// When its role was last checked (target_session_attrs), or its login.
     pub checked_at: Instant,
@@ -321,8 +322,12 @@ impl Worker {
         let retry = self.cfg.server_login_retry;
         let now = self.now;
         let p = self.pools.get_mut(pool);
-        p.hosts[host].down_until = Some(now + retry);
-        let other = p.other_host_up(host, now);
+        let Some(state) = p.hosts.get_mut(host) else {
+            // A server of the host list before a reload: nothing to learn.
+            return true;
+        };
+        state.down_until = Some(now + retry);
+        let other = p.other_host_usable(host, now);
         if other {
             log::warn!(
                 "{}/{}: host {} skipped for server_login_retry: {}",
@@ -485,7 +490,12 @@ impl Worker {
                     return Err(proto("server sent unencrypted data after SSL response"));
                 }
                 s.io.rbuf.consume(1);
-                let host = &self.pools.get(s.pool).target.hosts[s.host];
+                let Some(host) = self.pools.get(s.pool).target.hosts.get(s.host) else {
+                    return Err(error_fields(
+                        sqlstate::CONNECTION_FAILURE,
+                        "the database's host list changed by reload".into(),
+                    ));
+                };
                 let name = crate::tls::server_name(host)
                     .map_err(|e| error_fields(sqlstate::CONNECTION_FAILURE, e))?;
                 s.io.start_tls_connect(config, name).map_err(|e| {
@@ -748,7 +758,9 @@ impl Worker {
             p.welcome = Some(Welcome { params });
         }
         p.last_failure = None;
-        p.hosts[host].down_until = None;
+        if let Some(h) = p.hosts.get_mut(host) {
+            h.down_until = None;
+        }
         let waiting = std::mem::take(&mut p.login_waiting);
         let connect_query = self
             .cfg
@@ -784,8 +796,8 @@ impl Worker {
         let fits = role.fits(attrs);
         // prefer-standby takes a primary when no host is left that may be a standby.
         if fits || (attrs == TargetSessionAttrs::PreferStandby && !other) {
-            if fits {
-                p.hosts[host].misfit_until = None;
+            if let Some(h) = p.hosts.get_mut(host).filter(|_| fits) {
+                h.misfit_until = None;
             }
             return if after_login {
                 self.server_usable(st)
@@ -793,7 +805,9 @@ impl Worker {
                 self.server_ready(st)
             };
         }
-        p.hosts[host].misfit_until = Some(now + retry);
+        if let Some(h) = p.hosts.get_mut(host) {
+            h.misfit_until = Some(now + retry);
+        }
         let why = format!(
             "server {addr} is {}, not what target_session_attrs={attrs} asks for",
             role.describe()
@@ -1298,4 +1312,74 @@ fn scram_error(user: &str, e: crate::auth::ScramError) -> ErrorFields {
         sqlstate::INVALID_PASSWORD,
         format!("SCRAM authentication with the server failed for user \"{user}\": {e}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(values: &[&[u8]]) -> Vec<u8> {
+        let mut body = (values.len() as u16).to_be_bytes().to_vec();
+        for v in values {
+            body.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            body.extend_from_slice(v);
+        }
+        body
+    }
+
+    #[test]
+    fn the_role_comes_from_the_row_or_the_login_parameters() {
+        let standby = Role {
+            in_recovery: true,
+            read_only: true,
+        };
+        assert_eq!(role_from_row(&row(&[b"t", b"on"])), Some(standby));
+        assert_eq!(
+            role_from_row(&row(&[b"f", b"off"])),
+            Some(Role {
+                in_recovery: false,
+                read_only: false
+            })
+        );
+        assert_eq!(role_from_row(&row(&[b"f"])), None, "a column missing");
+        assert_eq!(role_from_row(&[0, 2, 0xff, 0xff, 0xff, 0xff]), None, "NULL");
+        let p = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // PostgreSQL 13 and older report no in_hot_standby: the query decides.
+        assert_eq!(
+            role_from_params(&p(&[("default_transaction_read_only", "off")])),
+            None
+        );
+        assert_eq!(
+            role_from_params(&p(&[
+                ("in_hot_standby", "off"),
+                ("default_transaction_read_only", "on")
+            ])),
+            Some(Role {
+                in_recovery: false,
+                read_only: true
+            })
+        );
+        assert_eq!(
+            role_from_params(&p(&[
+                ("default_transaction_read_only", "off"),
+                ("in_hot_standby", "on")
+            ])),
+            Some(standby)
+        );
+    }
+
+    #[test]
+    fn host_failures_are_told_from_other_login_failures() {
+        let e = |code: &str| error_fields(code, "x".into());
+        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert!(about_host(&e(code)), "{code}");
+        }
+        for code in ["28P01", "3D000", "28000", "42601"] {
+            assert!(!about_host(&e(code)), "{code}");
+        }
+    }
 }
