@@ -142,6 +142,9 @@ pub struct Pool {
     pub welcome: Option<Welcome>,
     /// The last server login failure, for server_login_retry.
     pub last_failure: Option<(Instant, ErrorFields)>,
+    /// Why the last role check refused a server (target_session_attrs), for clients
+    /// that cannot be greeted while no host is of the right kind.
+    pub misfit_error: Option<ErrorFields>,
     pub paused: bool,
     /// A reload removed or changed the database: serve who is here, then go.
     pub obsolete: bool,
@@ -172,6 +175,7 @@ impl Pool {
             canceling: 0,
             welcome: None,
             last_failure: None,
+            misfit_error: None,
             paused: false,
             obsolete: false,
             stats: Default::default(),
@@ -257,6 +261,16 @@ impl Pool {
             .iter()
             .enumerate()
             .any(|(i, h)| i != host && !h.down(now) && !h.misfit(now))
+    }
+
+    /// Whether a host other than `host` is not down, whatever its kind: while one is, the
+    /// pool waits for it to become the right kind (a standby being promoted) instead of
+    /// failing.
+    pub fn other_host_alive(&self, host: usize, now: Instant) -> bool {
+        self.hosts
+            .iter()
+            .enumerate()
+            .any(|(i, h)| i != host && !h.down(now))
     }
 
     /// Whether a host other than `host` could serve a new server now: as

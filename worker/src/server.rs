@@ -256,12 +256,19 @@ impl Worker {
                 Err(e) => {
                     let msg = format!("could not connect to server {name}:{port}: {e}");
                     let err = error_fields(sqlstate::CONNECTION_FAILURE, msg);
-                    if self.host_failed(pool, host, &err) {
-                        continue;
+                    match self.host_failed(pool, host, &err) {
+                        HostLeft::Usable => continue,
+                        HostLeft::WrongKind => {
+                            self.give_back(holds);
+                            self.no_host_fits(pool);
+                            return false;
+                        }
+                        HostLeft::None => {
+                            self.give_back(holds);
+                            self.pool_login_failed(pool, err, true, 0);
+                            return false;
+                        }
                     }
-                    self.give_back(holds);
-                    self.pool_login_failed(pool, err, true, 0);
-                    return false;
                 }
             }
         };
@@ -316,19 +323,24 @@ impl Worker {
     }
 
     /// A host of the pool failed for a reason of its own (no connection, PostgreSQL
-    /// starting or stopping): it is skipped for server_login_retry. True when another
-    /// host may be tried now; false when none is left, and the failure is the pool's.
-    fn host_failed(&mut self, pool: PoolId, host: usize, err: &ErrorFields) -> bool {
+    /// starting or stopping): it is skipped for server_login_retry. Says what is left.
+    fn host_failed(&mut self, pool: PoolId, host: usize, err: &ErrorFields) -> HostLeft {
         let retry = self.cfg.server_login_retry;
         let now = self.now;
         let p = self.pools.get_mut(pool);
         let Some(state) = p.hosts.get_mut(host) else {
             // A server of the host list before a reload: nothing to learn.
-            return true;
+            return HostLeft::Usable;
         };
         state.down_until = Some(now + retry);
-        let other = p.other_host_usable(host, now);
-        if other {
+        let left = if p.other_host_usable(host, now) {
+            HostLeft::Usable
+        } else if p.other_host_alive(host, now) {
+            HostLeft::WrongKind
+        } else {
+            HostLeft::None
+        };
+        if left != HostLeft::None {
             log::warn!(
                 "{}/{}: host {} skipped for server_login_retry: {}",
                 crate::logsafe::Escaped(&p.db),
@@ -337,27 +349,51 @@ impl Worker {
                 crate::logsafe::Escaped(&err.to_string())
             );
         }
-        other
+        left
     }
 
-    /// Every host of the pool is down or the wrong kind: the pool fails as one failing
-    /// host does, so server_login_retry spaces the attempts and clients are told.
+    /// No host can take a new server now. When every host is down the pool fails as one
+    /// failing host does: server_login_retry spaces the attempts and clients are told.
+    /// When some host is up but of the wrong kind, see [`Worker::no_host_fits`].
     fn no_host_left(&mut self, pool: PoolId) {
+        let now = self.now;
         let p = self.pools.get(pool);
-        let attrs = p.target.attrs;
-        let msg = if attrs == TargetSessionAttrs::Any {
-            "no host of the database's host list is up".to_string()
-        } else {
-            format!(
-                "no host of the database's host list is up and fits target_session_attrs={attrs}"
-            )
-        };
+        if p.other_host_alive(usize::MAX, now) {
+            return self.no_host_fits(pool);
+        }
+        let msg = "no host of the database's host list is up".to_string();
         self.pool_login_failed(
             pool,
             error_fields(sqlstate::CONNECTION_FAILURE, msg),
             true,
             0,
         );
+    }
+
+    /// Hosts are up, but none is of the kind target_session_attrs asks for (a switchover
+    /// between the old primary's stop and the standby's promotion): that is no login
+    /// failure, so clients waiting for a server keep waiting (query_wait_timeout bounds
+    /// it) while each host is checked again after server_login_retry; only clients whose
+    /// login needs a first server's greeting are told now.
+    fn no_host_fits(&mut self, pool: PoolId) {
+        let p = self.pools.get_mut(pool);
+        if p.welcome.is_some() || p.login_waiting.is_empty() {
+            return;
+        }
+        let err = p.misfit_error.clone().unwrap_or_else(|| {
+            error_fields(
+                sqlstate::CONNECTION_FAILURE,
+                format!(
+                    "no host of the database's host list fits target_session_attrs={}",
+                    p.target.attrs
+                ),
+            )
+        });
+        for (ct, id) in std::mem::take(&mut p.login_waiting) {
+            if self.client(ct).is_some_and(|c| c.id == id) {
+                self.close_client(ct, Close::Relay(err.clone()));
+            }
+        }
     }
 
     fn give_back(&mut self, holds: (Option<usize>, Option<usize>)) {
@@ -812,12 +848,12 @@ impl Worker {
             "server {addr} is {}, not what target_session_attrs={attrs} asks for",
             role.describe()
         );
-        if after_login && !other {
-            // No host of the right kind: a login failure of the pool's.
-            return self.server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, why));
-        }
-        // Removing it serves the waiting clients again, from another host.
+        p.misfit_error = Some(error_fields(sqlstate::CONNECTION_FAILURE, why.clone()));
+        // Removing it serves the waiting clients again, from another host if one may fit.
         self.remove_server(st, &why);
+        if after_login && !other {
+            self.no_host_fits(pool);
+        }
     }
 
     pub(crate) fn server_login_failed(&mut self, st: usize, err: ErrorFields) {
@@ -826,10 +862,18 @@ impl Worker {
         let remember = !s.login.as_ref().is_some_and(|l| l.missing_creds);
         // A server whose connect_query failed counts as logged in: it serves nobody.
         let counted = usize::from(matches!(s.state, SState::Reset(_)));
-        if about_host(&err) && self.host_failed(pool, host, &err) {
-            // Another host is tried at once (removing the server serves the queue again);
-            // the pool is not failing while a host is left.
-            return self.remove_server(st, &format!("login failed: {}", err.message()));
+        if about_host(&err) {
+            let why = format!("login failed: {}", err.message());
+            match self.host_failed(pool, host, &err) {
+                // Another host is tried at once (removing the server serves the queue
+                // again); the pool is not failing while a host is left.
+                HostLeft::Usable => return self.remove_server(st, &why),
+                HostLeft::WrongKind => {
+                    self.remove_server(st, &why);
+                    return self.no_host_fits(pool);
+                }
+                HostLeft::None => {}
+            }
         }
         // Record the failure first: removing the server looks for waiting clients, and
         // must not start a new login inside server_login_retry.
@@ -1242,6 +1286,17 @@ pub(crate) fn own_answer(
         _ => {}
     }
     false
+}
+
+/// What is left of a pool's host list once a host failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostLeft {
+    /// Another host may take a new server now.
+    Usable,
+    /// Other hosts are up but of the wrong kind for target_session_attrs.
+    WrongKind,
+    /// Every host is down: the pool's login fails.
+    None,
 }
 
 /// Whether a login failure says something about the host rather than the database or
