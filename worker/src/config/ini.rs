@@ -1660,6 +1660,24 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
             ),
             (5, 10, 3, 7)
         );
+        // Host lists (PgBouncer 1.24+) and pgbouncers' target_session_attrs.
+        let c = load(
+            "[pgbouncer]\n[databases]\n\
+             x = host=10.0.0.1,10.0.0.2 port=6000 load_balance_hosts=disable \
+             target_session_attrs=read-write\ny = host=h\n",
+        );
+        let x = &c.databases["x"];
+        assert_eq!(x.hosts(), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(x.port, 6000);
+        assert_eq!(
+            x.load_balance_hosts,
+            Some(super::super::LoadBalanceHosts::Disable)
+        );
+        assert_eq!(
+            x.target_session_attrs,
+            Some(super::super::TargetSessionAttrs::ReadWrite)
+        );
+        assert_eq!(c.databases["y"].load_balance_hosts, None);
         let e = refused("[pgbouncer]\n[databases]\nx = host=h max_db_client_connections=5x\n");
         assert!(e.message.contains("max_db_client_connections 5x"), "{e}");
     }
