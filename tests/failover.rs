@@ -109,6 +109,15 @@ fn round_robin_spreads_servers_and_disable_uses_the_first_host() {
     assert_eq!(row("rr").get("host"), Some("127.0.0.1,127.0.0.2"));
     assert_eq!(row("rr").get("load_balance_hosts"), Some("round-robin"));
     assert_eq!(row("first").get("load_balance_hosts"), Some("disable"));
+    let pools = query_rows(&mut console, "SHOW POOLS");
+    let balance = |db: &str| {
+        pools
+            .iter()
+            .find(|r| r.get("database") == Some(db))
+            .and_then(|r| r.get("load_balance_hosts").map(str::to_string))
+    };
+    assert_eq!(balance("rr").as_deref(), Some("round-robin"), "SHOW POOLS");
+    assert_eq!(balance("first").as_deref(), Some("disable"), "SHOW POOLS");
     drop(rr);
 }
 

@@ -138,7 +138,12 @@ impl Worker {
                     self.server_login_failed(t, err);
                 }
                 Action::Cancel(t) => self.cancel_done(t),
-                Action::RoleCheck(t) => self.start_check(t),
+                // Only if an earlier action did not give it to a client meanwhile.
+                Action::RoleCheck(t) => {
+                    if self.server(t).is_some_and(|s| s.state == SState::Idle) {
+                        self.start_check(t)
+                    }
+                }
             }
         }
         self.janitor_scratch = actions;
