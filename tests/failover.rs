@@ -603,3 +603,62 @@ fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// A primary that turns read-only without a restart (default_transaction_read_only and a
+/// reload): its servers leave the read-write pool at their next role check (idle ones
+/// from the janitor, busy ones as they come back), a client waiting for a server is told
+/// at query_wait_timeout (no hang), and once the primary is writable again the pool comes
+/// back by itself.
+#[test]
+fn a_primary_turned_read_only_is_left_and_found_again() {
+    let primary = PgServer::start();
+    create_writes_table(&primary);
+    let p = pooler(
+        "pool_mode: transaction\nserver_check_delay: 1\nserver_login_retry: 1\n\
+         query_wait_timeout: 3",
+        &format!(
+            "  rw:\n    host: \"{PRIMARY}\"\n    port: {}\n    dbname: {APP_DB}\n    \
+             target_session_attrs: read-write\n",
+            primary.port()
+        ),
+    );
+    let insert = "INSERT INTO failover_writes VALUES (now())";
+    let mut a = connect(&p, "rw");
+    let mut b = connect(&p, "rw");
+    a.simple_query(insert).unwrap();
+    // b holds its server in a transaction while the primary turns read-only.
+    b.simple_query("BEGIN").unwrap();
+    primary.admin_sql("ALTER SYSTEM SET default_transaction_read_only = on");
+    primary.admin_sql("SELECT pg_reload_conf()");
+    // The transaction began read-write, and ends so: a role check never takes a server
+    // from a client in a transaction (a write in a later, read-only transaction on that
+    // server would fail in PostgreSQL).
+    b.simple_query(insert).unwrap();
+    b.simple_query("COMMIT").unwrap();
+    assert!(
+        wait_until(secs(5), || servers_of(&p, "rw").is_empty()),
+        "servers left on a read-only primary: {:?}",
+        servers_of(&p, "rw")
+    );
+    let started = Instant::now();
+    let e = a
+        .simple_query(insert)
+        .expect_err("a write through a read-write pool with no read-write host succeeded");
+    let waited = started.elapsed();
+    assert!(waited < secs(6), "the client waited {waited:?}");
+    eprintln!("with no read-write host, after {waited:?}: {e:?}");
+    assert!(
+        p.log()
+            .contains("is a read-only primary, not what target_session_attrs=read-write"),
+        "{}",
+        p.log()
+    );
+    // Writable again: a new client's write succeeds, with no reload of the pooler.
+    primary.admin_sql("ALTER SYSTEM RESET default_transaction_read_only");
+    primary.admin_sql("SELECT pg_reload_conf()");
+    let back = wait_until(secs(5), || {
+        p.try_connect(TRUST_USER, "", "rw")
+            .is_ok_and(|mut c| c.simple_query(insert).is_ok())
+    });
+    assert!(back, "the pool did not come back:\n{}", p.log());
+}
