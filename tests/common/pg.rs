@@ -56,6 +56,9 @@ pub struct PgServer {
     data: PathBuf,
     log: PathBuf,
     port: AtomicU16,
+    /// The TCP address it listens on: 127.0.0.1, or another loopback address for a
+    /// standby that shares the primary's port (a host list has one port for all hosts).
+    listen: &'static str,
     cleaned: AtomicBool,
     watchdog: Mutex<Option<Child>>,
 }
@@ -128,6 +131,72 @@ impl PgServer {
     /// initdb + configure + start + create the test roles and database.
     /// Panics (with the server log) if anything fails.
     pub fn start() -> PgServer {
+        let pg = PgServer::new_dir(super::LOCALHOST);
+        pg.initdb();
+        pg.start_on_free_port();
+        pg.create_roles();
+        pg
+    }
+
+    /// A streaming standby of `primary` made with pg_basebackup (`-R` writes
+    /// primary_conninfo and standby.signal), listening on `listen` (another loopback
+    /// address, say 127.0.0.2) with the primary's port, and its own Unix socket dir.
+    /// Returns once it accepts connections (as a hot standby).
+    pub fn standby_of(primary: &PgServer, listen: &'static str) -> PgServer {
+        let pg = PgServer::new_dir(listen);
+        let out = pg.run_server_tool(
+            "pg_basebackup",
+            &[
+                "-D".as_ref(),
+                pg.data.as_os_str(),
+                "-h".as_ref(),
+                primary.socket_dir().as_os_str(),
+                "-p".as_ref(),
+                primary.port().to_string().as_ref(),
+                "-U".as_ref(),
+                SUPERUSER.as_ref(),
+                "-R".as_ref(),
+                "-X".as_ref(),
+                "stream".as_ref(),
+                "-c".as_ref(),
+                "fast".as_ref(),
+                "--no-sync".as_ref(),
+            ],
+        );
+        assert!(
+            out.success(),
+            "pg_basebackup failed:\n{out}\n{}",
+            primary.log()
+        );
+        pg.port.store(primary.port(), Ordering::SeqCst);
+        // The primary's harness.conf came along: listen elsewhere, socket here.
+        pg.write_settings(primary.port());
+        let out = pg.pg_ctl("start", &[]);
+        assert!(
+            out.success(),
+            "standby failed to start:\n{out}\n{}",
+            pg.log()
+        );
+        let ready = tools::wait_until(Duration::from_secs(30), || {
+            pg.try_admin_sql("SELECT pg_is_in_recovery()")
+                .is_ok_and(|o| o.trim() == "t")
+        });
+        assert!(ready, "standby not in hot standby:\n{}", pg.log());
+        pg
+    }
+
+    /// Promotes a standby (pg_ctl promote waits until it accepts writes).
+    pub fn promote(&self) {
+        let out = self.pg_ctl("promote", &[]);
+        assert!(
+            out.success(),
+            "pg_ctl promote failed:\n{out}\n{}",
+            self.log()
+        );
+    }
+
+    /// An empty server dir, with its watchdog, listening on `listen` once started.
+    fn new_dir(listen: &'static str) -> PgServer {
         cleanup::init();
         let dir = TestDir::new("pg");
         if is_root() {
@@ -144,27 +213,24 @@ impl PgServer {
         let log = dir.join("postgres.log");
         let watchdog =
             cleanup::spawn_watchdog(WATCHDOG, &[dir.path().as_os_str(), data.as_os_str()]);
-        let pg = PgServer {
+        PgServer {
             dir,
             data,
             log,
             port: AtomicU16::new(0),
+            listen,
             cleaned: AtomicBool::new(false),
             watchdog: Mutex::new(Some(watchdog)),
-        };
-        pg.initdb();
-        pg.start_on_free_port();
-        pg.create_roles();
-        pg
+        }
     }
 
     pub fn port(&self) -> u16 {
         self.port.load(Ordering::SeqCst)
     }
 
-    /// The TCP host to connect to: always 127.0.0.1.
+    /// The TCP host to connect to: 127.0.0.1, except for a standby made elsewhere.
     pub fn host(&self) -> &'static str {
-        super::LOCALHOST
+        self.listen
     }
 
     /// Directory holding the `.s.PGSQL.<port>` Unix socket.
@@ -250,6 +316,7 @@ impl PgServer {
         fs::write(&conf, text).expect("write postgresql.conf");
         let hba = format!(
             "local all all trust\n\
+             local replication all trust\n\
              host all {TRUST_USER} 127.0.0.1/32 trust\n\
              host all {PLAIN_USER} 127.0.0.1/32 password\n\
              host all {MD5_USER} 127.0.0.1/32 md5\n\
@@ -261,7 +328,7 @@ impl PgServer {
 
     fn write_settings(&self, port: u16) {
         let settings = format!(
-            "listen_addresses = '127.0.0.1'\n\
+            "listen_addresses = '{}'\n\
              port = {port}\n\
              unix_socket_directories = '{}'\n\
              fsync = off\n\
@@ -277,6 +344,7 @@ impl PgServer {
              lc_messages = 'C'\n\
              timezone = 'UTC'\n\
              log_timezone = 'UTC'\n",
+            self.listen,
             self.dir.path().display()
         );
         let path = self.data.join("harness.conf");
@@ -400,7 +468,7 @@ impl PgServer {
     ) -> Result<postgres::Client, postgres::Error> {
         let mut config = postgres::Config::new();
         config
-            .host(super::LOCALHOST)
+            .host(self.host())
             .port(self.port())
             .user(user)
             .dbname(db)

@@ -62,14 +62,7 @@ impl Worker {
             let user = r.entry.user.clone().unwrap_or_else(|| p.user.clone());
             // A pool's servers log in as one user; a forced user change means a new pool.
             (r.entry.user.is_none() || user == p.user).then(|| {
-                let target = Target {
-                    host: r.entry.host.clone(),
-                    port: r.entry.port,
-                    dbname: r.dbname.clone(),
-                    user: user.clone(),
-                    password: r.entry.password.as_ref().map(|s| s.expose().to_string()),
-                    application_name: r.entry.application_name.clone(),
-                };
+                let target = Target::new(&r, user.clone());
                 let limits = Limits {
                     mode: self.cfg.pool_mode_for(&p.db, &user),
                     size: self.cfg.pool_size_for(&p.db, &user) as usize,
@@ -101,6 +94,8 @@ impl Worker {
                         Escaped(&p.db),
                         Escaped(&p.user)
                     );
+                    p.hosts = vec![Default::default(); target.hosts.len()];
+                    p.next_host = 0;
                     p.target = target;
                     p.welcome = None;
                     p.last_failure = None;
@@ -108,6 +103,9 @@ impl Worker {
                         if let Conn::Server(s) = c {
                             if s.pool == id {
                                 s.close_needed = true;
+                                // Its host is not in the new list: its failures and role
+                                // checks say nothing about the new hosts.
+                                s.host = usize::MAX;
                             }
                         }
                     }

@@ -19,6 +19,8 @@ pub(crate) enum Action {
     Client(usize, &'static str),
     Server(usize, &'static str),
     ServerLogin(usize),
+    /// An idle server's target_session_attrs check is due.
+    RoleCheck(usize),
     Cancel(usize),
 }
 
@@ -103,6 +105,10 @@ impl Worker {
                             && p.total() > p.limits.min
                         {
                             actions.push(Action::Server(t, "server idle timeout"));
+                        } else if !cfg.server_check_delay.is_zero() && self.role_check_due(t) {
+                            // Found out now, not when a client needs the server: after a
+                            // promotion the pool moves before its clients come.
+                            actions.push(Action::RoleCheck(t));
                         }
                     }
                     // An auth_query that outlasts any login it could serve: its client
@@ -150,6 +156,12 @@ impl Worker {
                     self.server_login_failed(t, err);
                 }
                 Action::Cancel(t) => self.cancel_done(t),
+                // Only if an earlier action did not give it to a client meanwhile.
+                Action::RoleCheck(t) => {
+                    if self.server(t).is_some_and(|s| s.state == SState::Idle) {
+                        self.start_check(t)
+                    }
+                }
             }
         }
         self.janitor_scratch = actions;

@@ -7,12 +7,14 @@ use std::time::Instant;
 pub type PoolId = usize;
 
 pub use crate::config::PoolMode;
+use crate::config::{LoadBalanceHosts, ResolvedDb, TargetSessionAttrs};
 
 /// Where and as whom a pool's servers log in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Host name, IP address, or a directory holding PostgreSQL's Unix socket.
-    pub host: String,
+    /// Host names, IP addresses, or directories holding PostgreSQL's Unix socket: the
+    /// configured `host`, split at its commas.
+    pub hosts: Vec<String>,
     pub port: u16,
     pub dbname: String,
     pub user: String,
@@ -20,6 +22,83 @@ pub struct Target {
     pub password: Option<String>,
     /// The database entry's application_name, sent in the server's startup packet.
     pub application_name: Option<String>,
+    pub load_balance: LoadBalanceHosts,
+    /// The kind of server (primary, standby...) the pool's servers must be on.
+    pub attrs: TargetSessionAttrs,
+}
+
+impl Target {
+    /// The target of a resolved database entry, logging in as `user`.
+    pub fn new(resolved: &ResolvedDb, user: String) -> Target {
+        let entry = &resolved.entry;
+        Target {
+            hosts: entry.hosts(),
+            port: entry.port,
+            dbname: resolved.dbname.clone(),
+            // A forced user's password is that user's: not for auth_user's pool there.
+            password: match &entry.user {
+                Some(forced) if *forced != user => None,
+                _ => entry.password.as_ref().map(|p| p.expose().to_string()),
+            },
+            user,
+            application_name: entry.application_name.clone(),
+            load_balance: entry.load_balance_hosts.unwrap_or_default(),
+            attrs: entry.target_session_attrs.unwrap_or_default(),
+        }
+    }
+}
+
+/// What a server's role check found: PostgreSQL's recovery state and session default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Role {
+    /// `pg_is_in_recovery()`: a standby.
+    pub in_recovery: bool,
+    /// `transaction_read_only` of a new session: a standby, or default_transaction_read_only.
+    pub read_only: bool,
+}
+
+impl Role {
+    /// Whether a server of this role is what `attrs` asks for. prefer-standby asks for
+    /// a standby; [`Pool::pick_host`] falls back to a primary when no standby is up.
+    pub fn fits(self, attrs: TargetSessionAttrs) -> bool {
+        match attrs {
+            TargetSessionAttrs::Any => true,
+            TargetSessionAttrs::ReadWrite => !self.read_only,
+            TargetSessionAttrs::ReadOnly => self.read_only,
+            TargetSessionAttrs::Primary => !self.in_recovery,
+            TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby => self.in_recovery,
+        }
+    }
+
+    /// How the role is described in logs and errors.
+    pub fn describe(self) -> &'static str {
+        match (self.in_recovery, self.read_only) {
+            (true, _) => "a standby",
+            (false, true) => "a read-only primary",
+            (false, false) => "a read-write primary",
+        }
+    }
+}
+
+/// What a pool knows of one host of its list.
+#[derive(Debug, Clone, Default)]
+pub struct HostState {
+    /// Connecting or logging in failed for a reason of the host's: skipped until then
+    /// (server_login_retry later).
+    pub down_until: Option<Instant>,
+    /// Its role check found the wrong kind of server: skipped until then, except by
+    /// prefer-standby's fallback to a primary.
+    pub misfit_until: Option<Instant>,
+}
+
+impl HostState {
+    fn down(&self, now: Instant) -> bool {
+        self.down_until.is_some_and(|t| now < t)
+    }
+
+    fn misfit(&self, now: Instant) -> bool {
+        self.misfit_until.is_some_and(|t| now < t)
+    }
 }
 
 /// What a pool's first server login reported: what new clients are told at login.
@@ -46,6 +125,10 @@ pub struct Pool {
     /// so it is made at start and kept at min_pool_size from then on, as in PgBouncer.
     pub forced: bool,
     pub target: Target,
+    /// One entry per host of `target.hosts`.
+    pub hosts: Vec<HostState>,
+    /// The host round-robin starts its search at next.
+    pub next_host: usize,
     pub limits: Limits,
     /// Idle servers, most recently used last (reused first, so the rest can time out).
     pub idle: Vec<usize>,
@@ -68,6 +151,9 @@ pub struct Pool {
     pub welcome: Option<Welcome>,
     /// The last server login failure, for server_login_retry.
     pub last_failure: Option<(Instant, ErrorFields)>,
+    /// Why the last role check refused a server (target_session_attrs), for clients
+    /// that cannot be greeted while no host is of the right kind.
+    pub misfit_error: Option<ErrorFields>,
     pub paused: bool,
     /// A reload removed or changed the database: serve who is here, then go.
     pub obsolete: bool,
@@ -85,6 +171,8 @@ impl Pool {
             db,
             user,
             forced: false,
+            hosts: vec![HostState::default(); target.hosts.len()],
+            next_host: 0,
             target,
             limits,
             idle: Vec::new(),
@@ -98,6 +186,7 @@ impl Pool {
             canceling: 0,
             welcome: None,
             last_failure: None,
+            misfit_error: None,
             paused: false,
             obsolete: false,
             stats: Default::default(),
@@ -147,6 +236,62 @@ impl Pool {
             Some((at, _)) => now.duration_since(*at) >= login_retry,
             None => true,
         }
+    }
+}
+
+impl Pool {
+    /// The host of the list a new server should go to: the next one (round-robin) or the
+    /// first one (disable) that is neither down nor known to be the wrong kind; for
+    /// prefer-standby a primary when no other host is left. None when every host is
+    /// skipped: the pool then waits out server_login_retry like a single failing host.
+    pub fn pick_host(&mut self, now: Instant) -> Option<usize> {
+        let n = self.hosts.len();
+        let start = match self.target.load_balance {
+            LoadBalanceHosts::RoundRobin => self.next_host % n.max(1),
+            LoadBalanceHosts::Disable => 0,
+        };
+        let order = (0..n).map(|i| (start + i) % n);
+        let found = order
+            .clone()
+            .find(|&h| !self.hosts[h].down(now) && !self.hosts[h].misfit(now))
+            .or_else(|| {
+                (self.target.attrs == TargetSessionAttrs::PreferStandby)
+                    .then(|| order.clone().find(|&h| !self.hosts[h].down(now)))
+                    .flatten()
+            })?;
+        if self.target.load_balance == LoadBalanceHosts::RoundRobin {
+            self.next_host = found + 1;
+        }
+        Some(found)
+    }
+
+    /// Whether a host other than `host` may be of the kind wanted: not down, not known
+    /// to be the wrong kind.
+    pub fn other_host_up(&self, host: usize, now: Instant) -> bool {
+        self.hosts
+            .iter()
+            .enumerate()
+            .any(|(i, h)| i != host && !h.down(now) && !h.misfit(now))
+    }
+
+    /// Whether a host other than `host` is not down, whatever its kind: while one is, the
+    /// pool waits for it to become the right kind (a standby being promoted) instead of
+    /// failing.
+    pub fn other_host_alive(&self, host: usize, now: Instant) -> bool {
+        self.hosts
+            .iter()
+            .enumerate()
+            .any(|(i, h)| i != host && !h.down(now))
+    }
+
+    /// Whether a host other than `host` could serve a new server now: as
+    /// [`Pool::other_host_up`], but prefer-standby also takes a primary.
+    pub fn other_host_usable(&self, host: usize, now: Instant) -> bool {
+        let any_kind = self.target.attrs == TargetSessionAttrs::PreferStandby;
+        self.hosts
+            .iter()
+            .enumerate()
+            .any(|(i, h)| i != host && !h.down(now) && (any_kind || !h.misfit(now)))
     }
 }
 
@@ -228,27 +373,129 @@ impl crate::worker::Worker {
             min: cfg.min_pool_size_for(db, &server_user) as usize,
             reserve: cfg.reserve_pool_size_for(db, &server_user) as usize,
         };
-        let target = Target {
-            host: resolved.entry.host.clone(),
-            port: resolved.entry.port,
-            dbname: resolved.dbname.clone(),
-            user: server_user.clone(),
-            // A forced user's password is that user's: not for auth_user's pool there.
-            password: match &resolved.entry.user {
-                Some(forced) if *forced != server_user => None,
-                _ => resolved
-                    .entry
-                    .password
-                    .as_ref()
-                    .map(|p| p.expose().to_string()),
-            },
-            application_name: resolved.entry.application_name.clone(),
-        };
+        let target = Target::new(&resolved, server_user.clone());
         let mut pool = Pool::new(db.to_string(), server_user, target, limits);
         pool.forced = resolved.entry.user.as_ref() == Some(&pool.user);
         pool.paused = self.holds.is_paused(db);
         pool.db_idx = self.shm.name_index(crate::shm::Kind::Database, db);
         pool.user_idx = self.shm.name_index(crate::shm::Kind::User, &pool.user);
         Ok(self.pools.add(pool))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pool(hosts: &[&str], balance: LoadBalanceHosts, attrs: TargetSessionAttrs) -> Pool {
+        let target = Target {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            port: 5432,
+            dbname: "app".into(),
+            user: "u".into(),
+            password: None,
+            application_name: None,
+            load_balance: balance,
+            attrs,
+        };
+        let limits = Limits {
+            mode: PoolMode::Session,
+            size: 10,
+            min: 0,
+            reserve: 0,
+        };
+        Pool::new("app".into(), "u".into(), target, limits)
+    }
+
+    const RETRY: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn round_robin_skips_hosts_that_are_down_until_their_retry() {
+        let now = Instant::now();
+        let mut p = pool(
+            &["a", "b", "c"],
+            LoadBalanceHosts::RoundRobin,
+            Default::default(),
+        );
+        let picks: Vec<_> = (0..4).map(|_| p.pick_host(now).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0]);
+        p.hosts[1].down_until = Some(now + RETRY);
+        let picks: Vec<_> = (0..3).map(|_| p.pick_host(now).unwrap()).collect();
+        assert_eq!(picks, [2, 0, 2]);
+        assert!(p.other_host_up(1, now));
+        assert_eq!(p.pick_host(now + RETRY), Some(0));
+        assert_eq!(p.pick_host(now + RETRY), Some(1));
+        p.hosts[0].down_until = Some(now + RETRY);
+        p.hosts[2].down_until = Some(now + RETRY);
+        assert!(!p.other_host_up(1, now));
+        assert_eq!(p.pick_host(now), None, "every host down");
+    }
+
+    #[test]
+    fn disable_takes_the_first_host_up() {
+        let now = Instant::now();
+        let mut p = pool(&["a", "b"], LoadBalanceHosts::Disable, Default::default());
+        assert_eq!(p.pick_host(now), Some(0));
+        assert_eq!(p.pick_host(now), Some(0));
+        p.hosts[0].down_until = Some(now + RETRY);
+        assert_eq!(p.pick_host(now), Some(1));
+        assert_eq!(
+            p.pick_host(now + RETRY),
+            Some(0),
+            "back to the first once it is due"
+        );
+    }
+
+    #[test]
+    fn roles_fit_target_session_attrs_and_prefer_standby_falls_back() {
+        use TargetSessionAttrs::*;
+        let primary = Role {
+            in_recovery: false,
+            read_only: false,
+        };
+        let standby = Role {
+            in_recovery: true,
+            read_only: true,
+        };
+        let ro_primary = Role {
+            in_recovery: false,
+            read_only: true,
+        };
+        for (attrs, p, s, rp) in [
+            (Any, true, true, true),
+            (ReadWrite, true, false, false),
+            (ReadOnly, false, true, true),
+            (Primary, true, false, true),
+            (Standby, false, true, false),
+            (PreferStandby, false, true, false),
+        ] {
+            assert_eq!(primary.fits(attrs), p, "{attrs}");
+            assert_eq!(standby.fits(attrs), s, "{attrs}");
+            assert_eq!(ro_primary.fits(attrs), rp, "{attrs}");
+        }
+        let now = Instant::now();
+        let mut p = pool(
+            &["primary", "standby"],
+            LoadBalanceHosts::Disable,
+            PreferStandby,
+        );
+        p.hosts[0].misfit_until = Some(now + RETRY);
+        assert_eq!(p.pick_host(now), Some(1), "a standby first");
+        p.hosts[1].down_until = Some(now + RETRY);
+        assert_eq!(
+            p.pick_host(now),
+            Some(0),
+            "the primary when no standby is up"
+        );
+        assert!(p.other_host_usable(1, now) && !p.other_host_up(1, now));
+        let mut rw = pool(
+            &["primary", "standby"],
+            LoadBalanceHosts::Disable,
+            ReadWrite,
+        );
+        rw.hosts[0].misfit_until = Some(now + RETRY);
+        rw.hosts[1].down_until = Some(now + RETRY);
+        assert_eq!(rw.pick_host(now), None, "read-write takes no misfit");
     }
 }

@@ -2,9 +2,10 @@
 
 use crate::auth::{md5_salted_response, ScramClient, Secret};
 use crate::client::{CState, Close};
+use crate::config::TargetSessionAttrs;
 use crate::dns::Lookup;
 use crate::params::{self, Params};
-use crate::pool::{PoolId, Welcome};
+use crate::pool::{PoolId, Role, Welcome};
 use crate::relay::{self, FromServer, Scan};
 use crate::stream::{Filled, Sock, Stream};
 use crate::wire::fields::{self, ErrorFields};
@@ -42,7 +43,15 @@ pub(crate) enum OwnQuery {
     Check,
     /// auth_query, for a client whose user is not in the auth file (`Server::lookup`).
     AuthQuery,
+    /// The role check of a database with target_session_attrs: right after login
+    /// (`after_login`), then again every server_check_delay.
+    Role { after_login: bool },
 }
+
+/// Asks for what target_session_attrs needs in one round trip: whether the server is a
+/// standby, and whether a new session's transactions are read-only (libpq's two checks).
+const ROLE_QUERY: &str = "SELECT pg_catalog.pg_is_in_recovery(), \
+                          pg_catalog.current_setting('transaction_read_only')";
 
 impl OwnQuery {
     fn what(self) -> &'static str {
@@ -51,6 +60,7 @@ impl OwnQuery {
             OwnQuery::Connect => "connect_query",
             OwnQuery::Check => "server_check_query",
             OwnQuery::AuthQuery => "auth_query",
+            OwnQuery::Role { .. } => "target_session_attrs check",
         }
     }
 }
@@ -132,6 +142,16 @@ pub(crate) struct Server {
     pub connect_time: Instant,
     pub since: Instant,
     pub addr: ServerAddr,
+    /// Index of its host in the pool's host list; usize::MAX once a reload changed the
+    /// list (the server is closed as soon as it is free).
+    pub host: usize,
+    /// When its role was last checked (target_session_attrs), or its login.
+    pub checked_at: Instant,
+    /// What the role query's row said, until its ReadyForQuery.
+    role_seen: Option<Role>,
+    /// The login's parameters, the pool's welcome if it has none once the server proves
+    /// of the right kind (clients wait for a welcome, and so for such a server).
+    login_params: Option<Vec<(String, String)>>,
     /// A reload changed the database: close instead of reusing.
     pub close_needed: bool,
     /// Has served a client (for server_lifetime 0: use each connection once).
@@ -212,47 +232,57 @@ impl Worker {
         None
     }
 
-    /// Starts one new server connection for a pool; false when a global limit says no.
+    /// Starts one new server connection for a pool; false when a global limit says no or
+    /// no host can be tried now. A host whose connection fails at once is marked down and
+    /// the next one is tried.
     pub(crate) fn launch_server(&mut self, pool: PoolId) -> bool {
         let Some(holds) = self.take_global_places(pool) else {
             return false;
         };
-        let target = self.pools.get(pool).target.clone();
-        let addr = if target.host.starts_with('/') {
-            Ok(ServerAddr::Unix(
-                PathBuf::from(&target.host).join(format!(".s.PGSQL.{}", target.port)),
-            ))
-        } else {
-            let (max_ttl, nx_ttl) = (self.cfg.dns_max_ttl, self.cfg.dns_nxdomain_ttl);
-            match self
-                .dns
-                .lookup(&target.host, target.port, self.now, max_ttl, nx_ttl)
-            {
-                Lookup::Ready(a) => Ok(ServerAddr::Tcp(a)),
-                // The resolver thread wakes the loop, which serves this pool again.
-                Lookup::Pending => {
-                    self.give_back(holds);
-                    return false;
-                }
-                Lookup::Failed(e) => Err(std::io::Error::other(e)),
-            }
-        };
-        let sock = addr.and_then(|a| a.connect().map(|s| (a, s)));
-        let (addr, mut sock) = match sock {
-            Ok(x) => x,
-            Err(e) => {
+        let (host, addr, mut sock) = loop {
+            let now = self.now;
+            let Some(host) = self.pools.get_mut(pool).pick_host(now) else {
                 self.give_back(holds);
-                let msg = format!(
-                    "could not connect to server {}:{}: {e}",
-                    target.host, target.port
-                );
-                self.pool_login_failed(
-                    pool,
-                    error_fields(sqlstate::CONNECTION_FAILURE, msg),
-                    true,
-                    0,
-                );
+                self.no_host_left(pool);
                 return false;
+            };
+            let target = &self.pools.get(pool).target;
+            let (name, port) = (target.hosts[host].clone(), target.port);
+            let addr = if name.starts_with('/') {
+                Ok(ServerAddr::Unix(
+                    PathBuf::from(&name).join(format!(".s.PGSQL.{port}")),
+                ))
+            } else {
+                let (max_ttl, nx_ttl) = (self.cfg.dns_max_ttl, self.cfg.dns_nxdomain_ttl);
+                match self.dns.lookup(&name, port, self.now, max_ttl, nx_ttl) {
+                    Lookup::Ready(a) => Ok(ServerAddr::Tcp(a)),
+                    // The resolver thread wakes the loop, which serves this pool again.
+                    Lookup::Pending => {
+                        self.give_back(holds);
+                        return false;
+                    }
+                    Lookup::Failed(e) => Err(std::io::Error::other(e)),
+                }
+            };
+            match addr.and_then(|a| a.connect().map(|s| (a, s))) {
+                Ok((addr, sock)) => break (host, addr, sock),
+                Err(e) => {
+                    let msg = format!("could not connect to server {name}:{port}: {e}");
+                    let err = error_fields(sqlstate::CONNECTION_FAILURE, msg);
+                    match self.host_failed(pool, host, &err) {
+                        HostLeft::Usable => continue,
+                        HostLeft::WrongKind => {
+                            self.give_back(holds);
+                            self.no_host_fits(pool);
+                            return false;
+                        }
+                        HostLeft::None => {
+                            self.give_back(holds);
+                            self.pool_login_failed(pool, err, true, 0);
+                            return false;
+                        }
+                    }
+                }
             }
         };
         if let Sock::Tcp(s) = &sock {
@@ -267,6 +297,7 @@ impl Worker {
         let creds = self.server_creds(pool);
         let io = Stream::connecting(sock);
         let id = self.new_id();
+        log::debug!("S-{id}: new connection to {addr}");
         let server = Server {
             id,
             io,
@@ -282,6 +313,10 @@ impl Worker {
             connect_time: self.now,
             since: self.now,
             addr,
+            host,
+            checked_at: self.now,
+            role_seen: None,
+            login_params: None,
             close_needed: false,
             used: false,
             stmts: Default::default(),
@@ -298,8 +333,81 @@ impl Worker {
         };
         self.conns.insert(Conn::Server(Box::new(server)));
         self.pools.get_mut(pool).launching += 1;
-        log::debug!("S-{id}: new connection to {}", target.host);
         true
+    }
+
+    /// A host of the pool failed for a reason of its own (no connection, PostgreSQL
+    /// starting or stopping): it is skipped for server_login_retry. Says what is left.
+    fn host_failed(&mut self, pool: PoolId, host: usize, err: &ErrorFields) -> HostLeft {
+        let retry = self.cfg.server_login_retry;
+        let now = self.now;
+        let p = self.pools.get_mut(pool);
+        let Some(state) = p.hosts.get_mut(host) else {
+            // A server of the host list before a reload: nothing to learn.
+            return HostLeft::Usable;
+        };
+        state.down_until = Some(now + retry);
+        let left = if p.other_host_usable(host, now) {
+            HostLeft::Usable
+        } else if p.other_host_alive(host, now) {
+            HostLeft::WrongKind
+        } else {
+            HostLeft::None
+        };
+        if left != HostLeft::None {
+            log::warn!(
+                "{}/{}: host {} skipped for server_login_retry: {}",
+                crate::logsafe::Escaped(&p.db),
+                crate::logsafe::Escaped(&p.user),
+                crate::logsafe::Escaped(&p.target.hosts[host]),
+                crate::logsafe::Escaped(&err.to_string())
+            );
+        }
+        left
+    }
+
+    /// No host can take a new server now. When every host is down the pool fails as one
+    /// failing host does: server_login_retry spaces the attempts and clients are told.
+    /// When some host is up but of the wrong kind, see [`Worker::no_host_fits`].
+    fn no_host_left(&mut self, pool: PoolId) {
+        let now = self.now;
+        let p = self.pools.get(pool);
+        if p.other_host_alive(usize::MAX, now) {
+            return self.no_host_fits(pool);
+        }
+        let msg = "no host of the database's host list is up".to_string();
+        self.pool_login_failed(
+            pool,
+            error_fields(sqlstate::CONNECTION_FAILURE, msg),
+            true,
+            0,
+        );
+    }
+
+    /// Hosts are up, but none is of the kind target_session_attrs asks for (a switchover
+    /// between the old primary's stop and the standby's promotion): that is no login
+    /// failure, so clients waiting for a server keep waiting (query_wait_timeout bounds
+    /// it) while each host is checked again after server_login_retry; only clients whose
+    /// login needs a first server's greeting are told now.
+    fn no_host_fits(&mut self, pool: PoolId) {
+        let p = self.pools.get_mut(pool);
+        if p.welcome.is_some() || p.login_waiting.is_empty() {
+            return;
+        }
+        let err = p.misfit_error.clone().unwrap_or_else(|| {
+            error_fields(
+                sqlstate::CONNECTION_FAILURE,
+                format!(
+                    "no host of the database's host list fits target_session_attrs={}",
+                    p.target.attrs
+                ),
+            )
+        });
+        for (ct, id) in std::mem::take(&mut p.login_waiting) {
+            if self.client(ct).is_some_and(|c| c.id == id) {
+                self.close_client(ct, Close::Relay(err.clone()));
+            }
+        }
     }
 
     fn give_back(&mut self, holds: (Option<usize>, Option<usize>)) {
@@ -444,7 +552,12 @@ impl Worker {
                     return Err(proto("server sent unencrypted data after SSL response"));
                 }
                 s.io.rbuf.consume(1);
-                let host = &self.pools.get(s.pool).target.host;
+                let Some(host) = self.pools.get(s.pool).target.hosts.get(s.host) else {
+                    return Err(error_fields(
+                        sqlstate::CONNECTION_FAILURE,
+                        "the database's host list changed by reload".into(),
+                    ));
+                };
                 let name = crate::tls::server_name(host)
                     .map_err(|e| error_fields(sqlstate::CONNECTION_FAILURE, e))?;
                 s.io.start_tls_connect(config, name).map_err(|e| {
@@ -664,13 +777,16 @@ impl Worker {
         Ok(false)
     }
 
-    /// Login succeeded: remember the welcome, greet clients waiting for it, serve.
+    /// Login succeeded: remember the welcome, check the role target_session_attrs asks
+    /// for, then serve.
     fn server_logged_in(&mut self, st: usize) {
+        let now = self.now;
         let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;
         };
         let login = s.login.take();
         let pool = s.pool;
+        s.checked_at = now;
         let params = login.map(|l| l.params).unwrap_or_default();
         for (k, v) in &params {
             if let Some(name) = params::tracked_name(k) {
@@ -678,10 +794,34 @@ impl Worker {
             }
         }
         log::debug!("S-{}: login ok", s.id);
+        let role = role_from_params(&params);
+        s.login_params = Some(params);
+        let p = self.pools.get(pool);
+        if p.target.attrs == TargetSessionAttrs::Any {
+            return self.server_usable(st);
+        }
+        match role {
+            // PostgreSQL 14+ reports both at login: no query needed (libpq's shortcut).
+            Some(role) => self.role_known(st, role, true),
+            None => self.run_own_query(st, OwnQuery::Role { after_login: true }, ROLE_QUERY),
+        }
+    }
+
+    /// A new server logged in and is of the kind the pool wants: the pool is not failing
+    /// any more; greet clients waiting for it, run connect_query, serve.
+    fn server_usable(&mut self, st: usize) {
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        let (pool, host) = (s.pool, s.host);
+        let params = s.login_params.take().unwrap_or_default();
         let p = self.pools.get_mut(pool);
-        p.last_failure = None;
         if p.welcome.is_none() {
             p.welcome = Some(Welcome { params });
+        }
+        p.last_failure = None;
+        if let Some(h) = p.hosts.get_mut(host) {
+            h.down_until = None;
         }
         let waiting = std::mem::take(&mut p.login_waiting);
         let connect_query = self
@@ -700,12 +840,67 @@ impl Worker {
         }
     }
 
+    /// The role check of a server ended: keep it when it fits target_session_attrs (or is
+    /// prefer-standby's fallback primary), else close it and skip its host for
+    /// server_login_retry, so new servers go to a host of the right kind.
+    fn role_known(&mut self, st: usize, role: Role, after_login: bool) {
+        let now = self.now;
+        let retry = self.cfg.server_login_retry;
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        s.checked_at = now;
+        let (pool, host) = (s.pool, s.host);
+        let addr = s.addr.to_string();
+        let p = self.pools.get_mut(pool);
+        let attrs = p.target.attrs;
+        let other = p.other_host_up(host, now);
+        let fits = role.fits(attrs);
+        // prefer-standby takes a primary when no host is left that may be a standby.
+        if fits || (attrs == TargetSessionAttrs::PreferStandby && !other) {
+            if let Some(h) = p.hosts.get_mut(host).filter(|_| fits) {
+                h.misfit_until = None;
+            }
+            return if after_login {
+                self.server_usable(st)
+            } else {
+                self.server_ready(st)
+            };
+        }
+        if let Some(h) = p.hosts.get_mut(host) {
+            h.misfit_until = Some(now + retry);
+        }
+        let why = format!(
+            "server {addr} is {}, not what target_session_attrs={attrs} asks for",
+            role.describe()
+        );
+        p.misfit_error = Some(error_fields(sqlstate::CONNECTION_FAILURE, why.clone()));
+        // Removing it serves the waiting clients again, from another host if one may fit.
+        self.remove_server(st, &why);
+        if after_login && !other {
+            self.no_host_fits(pool);
+        }
+    }
+
     pub(crate) fn server_login_failed(&mut self, st: usize, err: ErrorFields) {
         let Some(s) = self.server(st) else { return };
-        let pool = s.pool;
+        let (pool, host) = (s.pool, s.host);
         let remember = !s.login.as_ref().is_some_and(|l| l.missing_creds);
         // A server whose connect_query failed counts as logged in: it serves nobody.
         let counted = usize::from(matches!(s.state, SState::Reset(_)));
+        if about_host(&err) {
+            let why = format!("login failed: {}", err.message());
+            match self.host_failed(pool, host, &err) {
+                // Another host is tried at once (removing the server serves the queue
+                // again); the pool is not failing while a host is left.
+                HostLeft::Usable => return self.remove_server(st, &why),
+                HostLeft::WrongKind => {
+                    self.remove_server(st, &why);
+                    return self.no_host_fits(pool);
+                }
+                HostLeft::None => {}
+            }
+        }
         // Record the failure first: removing the server looks for waiting clients, and
         // must not start a new login inside server_login_retry.
         self.pool_login_failed(pool, err.clone(), remember, counted);
@@ -773,6 +968,13 @@ impl Worker {
         if !s.io.rbuf.is_empty() {
             return self.remove_server(st, "server sent data while idle");
         }
+        if !self.cfg.server_check_delay.is_zero() && self.role_check_due(st) {
+            // A busy server is never idle for long: its role is checked as it comes back.
+            return self.start_check(st);
+        }
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
         s.io.release_buffers(&mut self.bufs);
         // Lookups first: a login waits on them, and each is one short query.
         if let Some(ct) = self.next_lookup(pool) {
@@ -916,17 +1118,39 @@ impl Worker {
         self.reset_io(st, what);
     }
 
-    /// Whether an idle server must pass server_check_query before a client gets it.
+    /// Whether an idle server must pass server_check_query (or, for a database with
+    /// target_session_attrs, its role check) before a client gets it.
     pub(crate) fn needs_check(&self, st: usize) -> bool {
         let Some(Conn::Server(s)) = self.conns.get(st) else {
             return false;
         };
-        !self.cfg.server_check_query.trim().is_empty()
-            && self.now.duration_since(s.since) >= self.cfg.server_check_delay
+        let delay = self.cfg.server_check_delay;
+        self.role_check_due(st)
+            || (!self.cfg.server_check_query.trim().is_empty()
+                && self.now.duration_since(s.since) >= delay)
+    }
+
+    /// Whether a server of a database with target_session_attrs was last checked
+    /// server_check_delay ago (always, when that is 0).
+    pub(crate) fn role_check_due(&self, st: usize) -> bool {
+        let Some(Conn::Server(s)) = self.conns.get(st) else {
+            return false;
+        };
+        self.pools.get(s.pool).target.attrs != TargetSessionAttrs::Any
+            && self.now.duration_since(s.checked_at) >= self.cfg.server_check_delay
     }
 
     /// Runs server_check_query on an idle server; a waiting client gets it afterwards.
+    /// For a database with target_session_attrs the role check runs instead: it proves
+    /// the connection alive too, and a server on a host whose role changed (a promotion,
+    /// a demotion) is closed.
     pub(crate) fn start_check(&mut self, st: usize) {
+        let Some(Conn::Server(s)) = self.conns.get(st) else {
+            return;
+        };
+        if self.pools.get(s.pool).target.attrs != TargetSessionAttrs::Any {
+            return self.run_own_query(st, OwnQuery::Role { after_login: false }, ROLE_QUERY);
+        }
         let cfg = self.cfg.clone();
         self.run_own_query(st, OwnQuery::Check, &cfg.server_check_query);
     }
@@ -951,6 +1175,9 @@ impl Worker {
                 match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut tx, s.own, None) {
                     FromServer::Own { tag, body } => {
                         let len = body.len() + 5;
+                        if tag == b'D' && matches!(what, OwnQuery::Role { .. }) {
+                            s.role_seen = role_from_row(body);
+                        }
                         let done = match s.lookup.as_mut() {
                             Some(l) => {
                                 // Errors are the lookup's to judge; the server stays usable.
@@ -982,10 +1209,28 @@ impl Worker {
                                         Some(format!("connect_query failed: {}", e.message()));
                                     return self.server_login_failed(st, e);
                                 }
+                                if what == (OwnQuery::Role { after_login: true }) {
+                                    // As connect_query: every new server would fail it.
+                                    let mut e = e;
+                                    e.message = Some(format!(
+                                        "target_session_attrs check failed: {}",
+                                        e.message()
+                                    ));
+                                    return self.server_login_failed(st, e);
+                                }
                                 let why = format!("{} failed: {e}", what.what());
                                 return self.remove_server(st, &why);
                             }
                             s.scan = Scan::default();
+                            if let OwnQuery::Role { after_login } = what {
+                                return match s.role_seen.take() {
+                                    Some(role) => self.role_known(st, role, after_login),
+                                    None => self.remove_server(
+                                        st,
+                                        "target_session_attrs check returned no row",
+                                    ),
+                                };
+                            }
                             return self.server_ready(st);
                         }
                     }
@@ -1224,6 +1469,64 @@ pub(crate) fn own_answer(
     false
 }
 
+/// What is left of a pool's host list once a host failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostLeft {
+    /// Another host may take a new server now.
+    Usable,
+    /// Other hosts are up but of the wrong kind for target_session_attrs.
+    WrongKind,
+    /// Every host is down: the pool's login fails.
+    None,
+}
+
+/// Whether a login failure says something about the host rather than the database or
+/// the user: no connection, PostgreSQL starting up or shutting down, or full. Another
+/// host of the list may do.
+fn about_host(err: &ErrorFields) -> bool {
+    let code = err.code();
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            sqlstate::ADMIN_SHUTDOWN | "57P02" | sqlstate::CANNOT_CONNECT_NOW
+        )
+}
+
+/// The role PostgreSQL 14+ reports at login (`in_hot_standby`, `default_transaction_read_only`),
+/// when it reports both.
+fn role_from_params(params: &[(String, String)]) -> Option<Role> {
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v == "on")
+    };
+    let in_recovery = get("in_hot_standby")?;
+    let default_read_only = get("default_transaction_read_only")?;
+    Some(Role {
+        in_recovery,
+        read_only: in_recovery || default_read_only,
+    })
+}
+
+/// The role from the row of [`ROLE_QUERY`]: `t`/`f`, then `on`/`off`.
+fn role_from_row(body: &[u8]) -> Option<Role> {
+    let mut rest = body.get(2..)?;
+    let mut col = || -> Option<&[u8]> {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let v = rest.get(4..4 + len)?;
+        rest = &rest[4 + len..];
+        Some(v)
+    };
+    let in_recovery = col()? == b"t";
+    let read_only = col()? == b"on";
+    Some(Role {
+        in_recovery,
+        read_only,
+    })
+}
+
 fn error_fields(code: &str, message: String) -> ErrorFields {
     ErrorFields {
         severity: Some("FATAL".into()),
@@ -1245,4 +1548,74 @@ fn scram_error(user: &str, e: crate::auth::ScramError) -> ErrorFields {
         sqlstate::INVALID_PASSWORD,
         format!("SCRAM authentication with the server failed for user \"{user}\": {e}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(values: &[&[u8]]) -> Vec<u8> {
+        let mut body = (values.len() as u16).to_be_bytes().to_vec();
+        for v in values {
+            body.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            body.extend_from_slice(v);
+        }
+        body
+    }
+
+    #[test]
+    fn the_role_comes_from_the_row_or_the_login_parameters() {
+        let standby = Role {
+            in_recovery: true,
+            read_only: true,
+        };
+        assert_eq!(role_from_row(&row(&[b"t", b"on"])), Some(standby));
+        assert_eq!(
+            role_from_row(&row(&[b"f", b"off"])),
+            Some(Role {
+                in_recovery: false,
+                read_only: false
+            })
+        );
+        assert_eq!(role_from_row(&row(&[b"f"])), None, "a column missing");
+        assert_eq!(role_from_row(&[0, 2, 0xff, 0xff, 0xff, 0xff]), None, "NULL");
+        let p = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // PostgreSQL 13 and older report no in_hot_standby: the query decides.
+        assert_eq!(
+            role_from_params(&p(&[("default_transaction_read_only", "off")])),
+            None
+        );
+        assert_eq!(
+            role_from_params(&p(&[
+                ("in_hot_standby", "off"),
+                ("default_transaction_read_only", "on")
+            ])),
+            Some(Role {
+                in_recovery: false,
+                read_only: true
+            })
+        );
+        assert_eq!(
+            role_from_params(&p(&[
+                ("default_transaction_read_only", "off"),
+                ("in_hot_standby", "on")
+            ])),
+            Some(standby)
+        );
+    }
+
+    #[test]
+    fn host_failures_are_told_from_other_login_failures() {
+        let e = |code: &str| error_fields(code, "x".into());
+        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert!(about_host(&e(code)), "{code}");
+        }
+        for code in ["28P01", "3D000", "28000", "42601"] {
+            assert!(!about_host(&e(code)), "{code}");
+        }
+    }
 }

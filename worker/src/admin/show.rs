@@ -731,6 +731,13 @@ impl Worker {
         let rows = pools
             .into_iter()
             .map(|((db, user), p)| {
+                // As PgBouncer: only a database with a host list has a load_balance_hosts.
+                let balance = self.cfg.database(&db).and_then(|r| {
+                    r.entry.host.contains(',').then(|| {
+                        let b = r.entry.load_balance_hosts.unwrap_or_default();
+                        b.as_str().to_string()
+                    })
+                });
                 vec![
                     s(db),
                     s(user),
@@ -748,7 +755,7 @@ impl Worker {
                     s(p.maxwait_us / 1_000_000),
                     s(p.maxwait_us % 1_000_000),
                     s(p.mode),
-                    None,
+                    balance,
                 ]
             })
             .collect();
@@ -877,7 +884,13 @@ impl Worker {
                 s(db.reserve_pool_size.unwrap_or(cfg.reserve_pool_size)),
                 s(cfg.server_lifetime.as_secs()),
                 db.pool_mode.map(|m| m.as_str().to_string()),
-                None,
+                // As PgBouncer: only a host list has a load_balance_hosts.
+                db.host.contains(',').then(|| {
+                    db.load_balance_hosts
+                        .unwrap_or_default()
+                        .as_str()
+                        .to_string()
+                }),
                 s(cfg.max_db_connections_for(name)),
                 s(current),
                 s(cfg.max_db_client_connections_for(name)),

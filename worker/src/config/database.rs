@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::connstring;
 use super::de as cde;
-use super::types::{PoolMode, Secret};
+use super::types::{LoadBalanceHosts, PoolMode, Secret, TargetSessionAttrs};
 
 /// Server host used when a database entry names none: the usual PostgreSQL socket directory.
 pub const DEFAULT_HOST: &str = "/var/run/postgresql";
@@ -25,6 +25,7 @@ pub const FALLBACK_DB: &str = "*";
 #[serde(deny_unknown_fields, default, remote = "Self")]
 pub struct Database {
     /// Server host name or address; a value starting with `/` is a Unix socket directory.
+    /// A comma-separated list names several servers (PgBouncer 1.24+): see [`Database::hosts`].
     pub host: String,
     #[serde(deserialize_with = "cde::int")]
     pub port: u16,
@@ -63,6 +64,11 @@ pub struct Database {
     /// This database's `auth_dbname`, over the global one.
     #[serde(deserialize_with = "cde::opt_string")]
     pub auth_dbname: Option<String>,
+    /// How a host list is used: round-robin (the default) or first host up.
+    pub load_balance_hosts: Option<LoadBalanceHosts>,
+    /// Which kind of server (primary, standby...) new connections must reach; a
+    /// pgbouncers extension, checked at login and again every server_check_delay.
+    pub target_session_attrs: Option<TargetSessionAttrs>,
 }
 
 impl Default for Database {
@@ -84,6 +90,8 @@ impl Default for Database {
             auth_user: None,
             auth_query: None,
             auth_dbname: None,
+            load_balance_hosts: None,
+            target_session_attrs: None,
         }
     }
 }
@@ -92,6 +100,12 @@ impl Database {
     /// Whether `host` names a Unix socket directory rather than a TCP host (libpq's rule).
     pub fn is_unix_socket(&self) -> bool {
         self.host.starts_with('/')
+    }
+
+    /// The hosts of `host`: one, or the elements of a comma-separated list, in order.
+    /// PgBouncer splits on commas only; blanks around them are dropped here too.
+    pub fn hosts(&self) -> Vec<String> {
+        self.host.split(',').map(|h| h.trim().to_owned()).collect()
     }
 
     /// Builds an entry from a PgBouncer connection string.
@@ -123,6 +137,12 @@ impl Database {
                 "auth_user" => db.auth_user = non_empty(value),
                 "auth_query" => db.auth_query = non_empty(value),
                 "auth_dbname" => db.auth_dbname = non_empty(value),
+                "load_balance_hosts" => {
+                    db.load_balance_hosts = Some(parse_keyword(&value).map_err(bad)?)
+                }
+                "target_session_attrs" => {
+                    db.target_session_attrs = Some(parse_keyword(&value).map_err(bad)?)
+                }
                 _ => return Err(EntryError::unknown(&key, DATABASE_FIELDS)),
             }
         }
@@ -148,6 +168,8 @@ pub(super) const DATABASE_FIELDS: &[&str] = &[
     "auth_user",
     "auth_query",
     "auth_dbname",
+    "load_balance_hosts",
+    "target_session_attrs",
 ];
 
 /// One entry of the `users` section: per-user pool settings.

@@ -502,7 +502,9 @@ const DATABASE_KEYS: &[(&str, Option<&str>)] = &[
     ("datestyle", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET datestyle = ...); clients' own settings still apply")),
     ("timezone", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET timezone = ...); clients' own settings still apply")),
     ("max_db_client_connections", None),
-    ("load_balance_hosts", Some("host lists are not supported: one host per database; put a load balancer or a DNS name with several addresses (used round-robin) in front")),
+    ("load_balance_hosts", None),
+    // pgbouncers' own key (PgBouncer refuses it): which kind of server the database needs.
+    ("target_session_attrs", None),
     ("server_lifetime", Some("a per-database server_lifetime is not supported: set server_lifetime in [pgbouncer]")),
 ];
 
@@ -531,10 +533,18 @@ fn keys_status(
     keys.iter().map(|(k, why)| {
         let status = match (k, why) {
             (_, Some(_)) => Status::Refused,
-            // Deprecated spelling, and pool sizes that are per worker here.
-            (&("reserve_pool" | "pool_size" | "min_pool_size" | "reserve_pool_size"), None) => {
-                Status::Different
-            }
+            // Deprecated spelling, pool sizes that are per worker here, host lists that
+            // skip hosts that are down, and pgbouncers' own target_session_attrs.
+            (
+                &("reserve_pool"
+                | "pool_size"
+                | "min_pool_size"
+                | "reserve_pool_size"
+                | "host"
+                | "load_balance_hosts"
+                | "target_session_attrs"),
+                None,
+            ) => Status::Different,
             (_, None) => Status::Honoured,
         };
         (*k, status)
@@ -991,14 +1001,7 @@ fn database(
         };
         let yaml = match field {
             "host" => {
-                if value.contains(',') {
-                    return Err(bad(
-                        "host lists are not supported: one host per database; put a \
-                                    load balancer or a DNS name with several addresses in front"
-                            .into(),
-                    ));
-                }
-                if value.starts_with('@') {
+                if value.split(',').any(|h| h.trim().starts_with('@')) {
                     return Err(bad(
                         "abstract-namespace sockets are not supported: give a directory".into(),
                     ));
@@ -1020,6 +1023,16 @@ fn database(
             "pool_mode" => value
                 .parse::<super::PoolMode>()
                 .map_err(|e| bad(format!("pool_mode: {e}")))?
+                .as_str()
+                .to_owned(),
+            "load_balance_hosts" => value
+                .parse::<super::LoadBalanceHosts>()
+                .map_err(|e| bad(format!("load_balance_hosts: {e}")))?
+                .as_str()
+                .to_owned(),
+            "target_session_attrs" => value
+                .parse::<super::TargetSessionAttrs>()
+                .map_err(|e| bad(format!("target_session_attrs: {e}")))?
                 .as_str()
                 .to_owned(),
             _ => yaml_str(value),
@@ -1686,10 +1699,10 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
             ),
             ("app = host=h datestyle=ISO", "datestyle is refused"),
             (
-                "app = host=h load_balance_hosts=round-robin",
-                "load_balance_hosts is refused",
+                "app = host=a,b load_balance_hosts=random",
+                "load_balance_hosts: ",
             ),
-            ("app = host=a,b", "host lists are not supported"),
+            ("app = host=a,@b", "abstract-namespace"),
             (
                 "app = host=h sslmode=require",
                 "unknown connection parameter `sslmode`",
@@ -1731,6 +1744,24 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
             ),
             (5, 10, 3, 7)
         );
+        // Host lists (PgBouncer 1.24+) and pgbouncers' target_session_attrs.
+        let c = load(
+            "[pgbouncer]\n[databases]\n\
+             x = host=10.0.0.1,10.0.0.2 port=6000 load_balance_hosts=disable \
+             target_session_attrs=read-write\ny = host=h\n",
+        );
+        let x = &c.databases["x"];
+        assert_eq!(x.hosts(), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(x.port, 6000);
+        assert_eq!(
+            x.load_balance_hosts,
+            Some(super::super::LoadBalanceHosts::Disable)
+        );
+        assert_eq!(
+            x.target_session_attrs,
+            Some(super::super::TargetSessionAttrs::ReadWrite)
+        );
+        assert_eq!(c.databases["y"].load_balance_hosts, None);
         let e = refused("[pgbouncer]\n[databases]\nx = host=h max_db_client_connections=5x\n");
         assert!(e.message.contains("max_db_client_connections 5x"), "{e}");
     }

@@ -33,7 +33,10 @@ pub use error::{ConfigError, ErrorKind};
 pub use peer::{Peer, DEFAULT_PEER_PORT, MAX_PEER_ID};
 pub use pgbouncers_proto::cidr::{Cidr, CidrError};
 pub use settings::restart_required_changes;
-pub use types::{AuthType, PoolMode, ProxyProtocol, Secret, TlsMode, UnknownKeyword, Workers};
+pub use types::{
+    AuthType, LoadBalanceHosts, PoolMode, ProxyProtocol, Secret, TargetSessionAttrs, TlsMode,
+    UnknownKeyword, Workers,
+};
 
 /// Database names that belong to the admin console and cannot be configured.
 pub const ADMIN_DB_NAMES: &[&str] = &["pgbouncers", "pgbouncer"];

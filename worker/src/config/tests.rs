@@ -236,7 +236,9 @@ fn errors_name_their_key() {
         ("auth_type: trust\nadmin_users: [admin, '']", Invalid, Some("admin_users[1]"), "empty"),
         ("auth_type: trust\ndatabases:\n  pgbouncer: {}\n", Invalid, Some("databases.pgbouncer"), "admin console"),
         ("auth_type: trust\ndatabases:\n  pgbouncers: {}\n", Invalid, Some("databases.pgbouncers"), "admin console"),
-        ("auth_type: trust\ndatabases:\n  app: host=a,b\n", Invalid, Some("databases.app.host"), "host lists"),
+        ("auth_type: trust\ndatabases:\n  app: host=a,,b\n", Invalid, Some("databases.app.host"), "empty element"),
+        ("auth_type: trust\ndatabases:\n  app: host=a,@b\n", Invalid, Some("databases.app.host"), "abstract"),
+        ("auth_type: trust\ndatabases:\n  app: target_session_attrs=primary-ish\n", BadValue, Some("databases.app.target_session_attrs"), "read-write"),
         ("auth_type: trust\ndatabases:\n  app:\n    host: ''\n", Invalid, Some("databases.app.host"), "empty"),
         ("auth_type: trust\ndatabases:\n  app: port=0\n", Invalid, Some("databases.app.port"), "from 1"),
         ("auth_type: trust\ndatabases:\n  app:\n    password: \"a\\0b\"\n", Invalid, Some("databases.app.password"), "NUL"),
@@ -588,6 +590,8 @@ fn entry_field_lists_match_the_structs() {
     for field in DATABASE_FIELDS {
         let value = match *field {
             "pool_mode" => "session",
+            "load_balance_hosts" => "disable",
+            "target_session_attrs" => "read-write",
             "port"
             | "pool_size"
             | "min_pool_size"

@@ -183,7 +183,46 @@ impl TlsMode {
     }
 }
 
-keyword_deserialize!(PoolMode, AuthType, TlsMode);
+keyword_enum! {
+    /// How a database whose `host` is a list picks the host of each new server (PgBouncer 1.24+).
+    #[derive(Default)]
+    pub enum LoadBalanceHosts {
+        /// Each new connection goes to the next host of the list.
+        #[default]
+        RoundRobin => "round-robin",
+        /// Each new connection goes to the first host of the list that is not marked down.
+        Disable => "disable",
+    }
+}
+
+keyword_enum! {
+    /// Which kind of PostgreSQL server a database's connections must reach (libpq's
+    /// `target_session_attrs`; a pgbouncers extension, PgBouncer has no such setting).
+    #[derive(Default)]
+    pub enum TargetSessionAttrs {
+        /// Any server that lets the pooler log in.
+        #[default]
+        Any => "any",
+        /// A server whose sessions can write (`transaction_read_only` off).
+        ReadWrite => "read-write",
+        /// A server whose sessions cannot write (a standby, or default_transaction_read_only).
+        ReadOnly => "read-only",
+        /// A server not in recovery.
+        Primary => "primary",
+        /// A server in recovery (a hot standby).
+        Standby => "standby",
+        /// A standby when one is up, else any server.
+        PreferStandby => "prefer-standby",
+    }
+}
+
+keyword_deserialize!(
+    PoolMode,
+    AuthType,
+    TlsMode,
+    LoadBalanceHosts,
+    TargetSessionAttrs
+);
 
 impl<'de> Deserialize<'de> for ProxyProtocol {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ProxyProtocol, D::Error> {

@@ -322,15 +322,19 @@ fn database(name: &str, db: &Database) -> Check {
     ensure(!db.host.is_empty(), &key("host"), || {
         "must not be empty".to_owned()
     })?;
-    ensure(
-        !db.host
-            .contains(|ch: char| ch == ',' || ch.is_whitespace() || ch == '\0'),
-        &key("host"),
-        || {
-            "must be one host name, address or socket directory (host lists are not supported)"
-                .to_owned()
-        },
-    )?;
+    for h in db.hosts() {
+        ensure(!h.is_empty(), &key("host"), || {
+            "an empty element in the host list".to_owned()
+        })?;
+        ensure(
+            !h.contains(|ch: char| ch.is_whitespace() || ch == '\0'),
+            &key("host"),
+            || "each host must be one host name, address or socket directory".to_owned(),
+        )?;
+        ensure(!h.starts_with('@'), &key("host"), || {
+            "abstract-namespace sockets are not supported: give a directory".to_owned()
+        })?;
+    }
     ensure(db.port != 0, &key("port"), || {
         "must be from 1 to 65535, got 0".to_owned()
     })?;
