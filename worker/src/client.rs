@@ -306,14 +306,14 @@ impl Worker {
                 // A client may send its last bytes with its FIN: libpq and the postgres
                 // crate shut down their side right after a CancelRequest, and behind a
                 // PROXY header the two arrive in one read. Use what is buffered first.
-                loop {
-                    match self.login_step(ct) {
-                        Step::Again => continue,
-                        Step::Done => return,
-                        Step::Wait => break,
-                    }
+                // Then the client is gone: whatever state the bytes led to (a login
+                // waiting for a server, say), it is closed, unless a step closed it.
+                let id = self.client(ct).map(|c| c.id);
+                while self.login_step(ct) == Step::Again {}
+                if id.is_some() && self.client(ct).map(|c| c.id) == id {
+                    self.close_client(ct, Close::Quiet("client unexpected eof"));
                 }
-                return self.close_client(ct, Close::Quiet("client unexpected eof"));
+                return;
             }
             match self.login_step(ct) {
                 Step::Again => continue,
@@ -1238,6 +1238,7 @@ fn c_may_read(conns: &slab::Slab<Conn>, ct: usize) -> bool {
     matches!(conns.get(ct), Some(Conn::Client(c)) if c.io.may_read())
 }
 
+#[derive(PartialEq, Eq)]
 pub(crate) enum Step {
     /// Something was handled; look again.
     Again,
