@@ -7,6 +7,7 @@
 
 use crate::auth::Secret;
 use crate::config::{AuthSource, Config};
+use crate::wire::write::message;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -76,15 +77,6 @@ pub fn write_request(out: &mut Vec<u8>, query: &str, user: &str) {
         b.extend_from_slice(&0u32.to_be_bytes());
     });
     message(out, b'S', |_| {});
-}
-
-fn message(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
-    out.push(tag);
-    let at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    body(out);
-    let len = (out.len() - at) as u32;
-    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// The answer to [`write_request`], read message by message up to its ReadyForQuery.

@@ -11,6 +11,7 @@
 use crate::client::Close;
 use crate::relay::{bind_names, Expect};
 use crate::wire::fields::cstr;
+use crate::wire::write::message;
 use crate::wire::{frame, sqlstate};
 use crate::worker::{Conn, Worker};
 use std::collections::HashMap;
@@ -97,16 +98,6 @@ fn put_name(out: &mut Vec<u8>, id: u64) {
     use std::io::Write;
     let _ = write!(out, "PGBS_{id:x}");
     out.push(0);
-}
-
-/// Appends a message with a length patched after its body is written.
-fn message(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
-    out.push(tag);
-    let at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    body(out);
-    let len = (out.len() - at) as u32;
-    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// What to do with the message at the front of the client's buffer.

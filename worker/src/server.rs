@@ -443,7 +443,12 @@ impl Worker {
         if let Some(pw) = &t.password {
             return Creds::Password(pw.clone());
         }
-        match self.auth.secret(&t.user) {
+        // The auth file's secret, else one auth_query found (never for a listed user).
+        let secret = self
+            .auth
+            .secret(&t.user)
+            .or(self.pools.get(pool).auth_secret.as_ref());
+        match secret {
             Some(Secret::Plain(p)) => Creds::Password(p.clone()),
             Some(Secret::Md5(h)) => Creds::Md5(*h),
             Some(Secret::Scram(s)) => match self.auth.client_key(&t.user, &s.server_key) {
@@ -453,19 +458,7 @@ impl Worker {
                 },
                 None => Creds::None,
             },
-            None => match &self.pools.get(pool).auth_secret {
-                // Found by auth_query (never for a user the auth file lists).
-                Some(Secret::Plain(p)) => Creds::Password(p.clone()),
-                Some(Secret::Md5(h)) => Creds::Md5(*h),
-                Some(Secret::Scram(s)) => match self.auth.client_key(&t.user, &s.server_key) {
-                    Some(client_key) => Creds::Keys {
-                        client_key,
-                        server_key: s.server_key,
-                    },
-                    None => Creds::None,
-                },
-                None => Creds::None,
-            },
+            None => Creds::None,
         }
     }
 

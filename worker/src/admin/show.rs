@@ -1120,22 +1120,19 @@ fn show_socket_buffers(rows: Vec<(u8, Row)>, active_only: bool) -> Table {
 
 /// A NoticeResponse with a message and a detail, as SHOW HELP sends it.
 fn notice(out: &mut Vec<u8>, message: &str, detail: &str) {
-    out.push(b'N');
-    let at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    for (f, v) in [
-        (b'S', "NOTICE"),
-        (b'C', "00000"),
-        (b'M', message),
-        (b'D', detail),
-    ] {
-        out.push(f);
-        out.extend_from_slice(v.as_bytes());
+    crate::wire::write::message(out, b'N', |out| {
+        for (f, v) in [
+            (b'S', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', message),
+            (b'D', detail),
+        ] {
+            out.push(f);
+            out.extend_from_slice(v.as_bytes());
+            out.push(0);
+        }
         out.push(0);
-    }
-    out.push(0);
-    let len = (out.len() - at) as u32;
-    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    });
 }
 
 #[cfg(test)]

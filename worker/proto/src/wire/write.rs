@@ -16,6 +16,14 @@ fn finish(out: &mut [u8], at: usize) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends a message whose body `body` writes; its length is patched afterwards. For
+/// messages with no writer of their own here (a Parse or Bind the pooler builds).
+pub fn message(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
+    let at = begin(out, tag);
+    body(out);
+    finish(out, at);
+}
+
 fn cstr(out: &mut Vec<u8>, s: &[u8]) {
     // A NUL inside would end the string early and shift every later field.
     out.extend(s.iter().map(|&b| if b == 0 { b'?' } else { b }));
