@@ -741,6 +741,64 @@ fn clients_with_the_same_query_share_one_server_statement() {
     assert_eq!(s.pid, server_stmts(&mut c3).pid, "pool_size 1: one server");
 }
 
+/// SHOW STATS and SHOW TOTALS count what PgBouncer 1.24+ counts: each client Parse of a
+/// named statement, each Parse sent to a server for one, each Bind of one, each login.
+#[test]
+fn show_stats_counts_parses_binds_and_logins() {
+    const SQL: &str = "SELECT $1::int + 2000 AS counted";
+    let pooler = Cfg::tx("pool_size: 1")
+        .extra(&format!("admin_users: [{APP_USER}]"))
+        .start();
+    let mut c1 = connect(&pooler);
+    let mut c2 = connect(&pooler);
+    // Two client Parses of one text: one server Parse (pool_size 1: one server).
+    let s1 = c1.prepare(SQL).unwrap();
+    let s2 = c2.prepare(SQL).unwrap();
+    for i in 0..3 {
+        c1.query_one(&s1, &[&i]).unwrap();
+    }
+    c2.query_one(&s2, &[&7i32]).unwrap();
+    let mut admin = pooler.connect(APP_USER, "", "pgbouncer");
+    let want = [
+        ("total_client_parse_count", "2"),
+        ("total_server_parse_count", "1"),
+        ("total_bind_count", "4"),
+        // c1, c2 and the console login are not in app's row: two.
+        ("total_client_login_count", "2"),
+    ];
+    let mut last = Vec::new();
+    let counted = wait_until(Duration::from_secs(10), || {
+        let rows = admin.simple_query("SHOW STATS").unwrap();
+        last = rows
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) if r.get("database") == Some("app") => Some(
+                    want.iter()
+                        .map(|(col, _)| (*col, r.get(*col).unwrap_or("").to_string()))
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .next()
+            .unwrap_or_default();
+        want.iter()
+            .all(|(col, v)| last.iter().any(|(c, x)| c == col && x == v))
+    });
+    assert!(counted, "SHOW STATS app row: {last:?}, want {want:?}");
+    let totals = simple_rows(&mut admin, "SHOW TOTALS");
+    let total = |name: &str| {
+        (totals.iter())
+            .find(|r| r[0].as_deref() == Some(name))
+            .and_then(|r| r[1].clone())
+    };
+    assert_eq!(
+        total("total_ps_bind_count").as_deref(),
+        Some("4"),
+        "{totals:?}"
+    );
+    assert_eq!(total("total_ps_client_parse_count").as_deref(), Some("2"));
+}
+
 // ---------------------------------------------------------------------------
 // 4. At most max_prepared_statements per server
 // ---------------------------------------------------------------------------

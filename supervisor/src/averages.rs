@@ -1,7 +1,7 @@
 //! Every `stats_period`: per-database averages for SHOW STATS, and the `log_stats` lines.
 
 use crate::Supervisor;
-use pgbouncers_worker::shm::Kind;
+use pgbouncers_worker::shm::{Kind, DB_COUNTERS};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -9,7 +9,7 @@ use std::time::Instant;
 pub(crate) struct Averages {
     last: Option<Instant>,
     /// Totals per database at the last period's end.
-    prev: HashMap<usize, [u64; 8]>,
+    prev: HashMap<usize, [u64; DB_COUNTERS]>,
 }
 
 impl Supervisor {
@@ -36,12 +36,13 @@ impl Supervisor {
                     t[k] += v;
                 }
             }
-            let prev = self.averages.prev.insert(i, t).unwrap_or([0; 8]);
-            let d: [u64; 8] = std::array::from_fn(|k| t[k].saturating_sub(prev[k]));
+            let prev = self.averages.prev.insert(i, t).unwrap_or([0; DB_COUNTERS]);
+            let d: [u64; DB_COUNTERS] = std::array::from_fn(|k| t[k].saturating_sub(prev[k]));
             let per_sec = |k: usize| (d[k] as f64 / secs) as u64;
             let per = |k: usize, by: usize| d[k].checked_div(d[by]).unwrap_or(0);
             // Order of DbStats: xact, query, recv, sent, xact_time, query_time, wait_time,
-            // assignments. Times are per transaction / query / assignment, as PgBouncer's.
+            // assignments, client parses, server parses, binds, logins. Times are per
+            // transaction / query / assignment, as PgBouncer's; the rest per second.
             let avg = [
                 per_sec(0),
                 per_sec(1),
@@ -51,6 +52,10 @@ impl Supervisor {
                 per(5, 1),
                 per(6, 7),
                 per_sec(7),
+                per_sec(8),
+                per_sec(9),
+                per_sec(10),
+                per_sec(11),
             ];
             shm.set_averages(i, avg);
             if self.cfg.log_stats {

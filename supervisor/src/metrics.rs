@@ -6,7 +6,7 @@ use crate::console::Asker;
 use crate::Supervisor;
 use mio::net::{TcpListener, TcpStream};
 use pgbouncers_worker::control::{Row, What};
-use pgbouncers_worker::shm::{Kind, Shm, WorkerSlot};
+use pgbouncers_worker::shm::{Kind, Shm, WorkerSlot, DB_COUNTERS};
 use pgbouncers_worker::stats::{CancelOutcome, TlsFailure};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -393,7 +393,7 @@ static SUMMED: [(Family<SlotCounters>, &[&str]); 5] = [
 /// A database's counters over every worker, dead ones included, in `DbStats::values`
 /// order, and its server connections now.
 struct DbTotals {
-    stats: [u64; 8],
+    stats: [u64; DB_COUNTERS],
     servers: u32,
 }
 
@@ -401,7 +401,7 @@ type DbValue = fn(&DbTotals) -> f64;
 
 /// One sample per database, labelled `database`.
 #[rustfmt::skip]
-static PER_DATABASE: [Family<DbValue>; 9] = [
+static PER_DATABASE: [Family<DbValue>; 13] = [
     family("pgbouncers_database_transactions_total", COUNTER, "Transactions pooled.",
         |t| t.stats[0] as f64),
     family("pgbouncers_database_queries_total", COUNTER, "Queries pooled.",
@@ -418,6 +418,15 @@ static PER_DATABASE: [Family<DbValue>; 9] = [
         |t| t.stats[6] as f64 * 1e-6),
     family("pgbouncers_database_server_assignments_total", COUNTER,
         "Times a server was given to a client.", |t| t.stats[7] as f64),
+    family("pgbouncers_database_client_parses_total", COUNTER,
+        "Named statements clients prepared (max_prepared_statements).", |t| t.stats[8] as f64),
+    family("pgbouncers_database_server_parses_total", COUNTER,
+        "Parses the pooler sent to servers for clients' named statements.",
+        |t| t.stats[9] as f64),
+    family("pgbouncers_database_binds_total", COUNTER, "Binds of named statements.",
+        |t| t.stats[10] as f64),
+    family("pgbouncers_database_client_logins_total", COUNTER, "Clients that logged in.",
+        |t| t.stats[11] as f64),
     family("pgbouncers_database_server_connections", GAUGE,
         "Server connections to a database, all workers.", |t| f64::from(t.servers)),
 ];
@@ -565,6 +574,10 @@ mod tests {
                     &d.query_time_us,
                     &d.wait_time_us,
                     &d.server_assignments,
+                    &d.client_parse_count,
+                    &d.server_parse_count,
+                    &d.bind_count,
+                    &d.client_login_count,
                 ]
                 .into_iter()
                 .enumerate()
@@ -719,6 +732,22 @@ pgbouncers_database_wait_seconds_total{database="app"} 6.010024
 # TYPE pgbouncers_database_server_assignments_total counter
 pgbouncers_database_server_assignments_total{database="we\"ird"} 7050028
 pgbouncers_database_server_assignments_total{database="app"} 7010028
+# HELP pgbouncers_database_client_parses_total Named statements clients prepared (max_prepared_statements).
+# TYPE pgbouncers_database_client_parses_total counter
+pgbouncers_database_client_parses_total{database="we\"ird"} 8050032
+pgbouncers_database_client_parses_total{database="app"} 8010032
+# HELP pgbouncers_database_server_parses_total Parses the pooler sent to servers for clients' named statements.
+# TYPE pgbouncers_database_server_parses_total counter
+pgbouncers_database_server_parses_total{database="we\"ird"} 9050036
+pgbouncers_database_server_parses_total{database="app"} 9010036
+# HELP pgbouncers_database_binds_total Binds of named statements.
+# TYPE pgbouncers_database_binds_total counter
+pgbouncers_database_binds_total{database="we\"ird"} 10050040
+pgbouncers_database_binds_total{database="app"} 10010040
+# HELP pgbouncers_database_client_logins_total Clients that logged in.
+# TYPE pgbouncers_database_client_logins_total counter
+pgbouncers_database_client_logins_total{database="we\"ird"} 11050044
+pgbouncers_database_client_logins_total{database="app"} 11010044
 # HELP pgbouncers_database_server_connections Server connections to a database, all workers.
 # TYPE pgbouncers_database_server_connections gauge
 pgbouncers_database_server_connections{database="we\"ird"} 1

@@ -1100,6 +1100,7 @@ impl Worker {
         }
         write::backend_key_data(out, pid, secret);
         write::ready_for_query(out, crate::relay::TxStatus::Idle);
+        self.pools.get_mut(pool).stats.client_login_count += 1;
         let key = (pid as u64) << 32 | secret as u64;
         c.cancel_key = key;
         c.state = CState::Idle;

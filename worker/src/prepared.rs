@@ -180,6 +180,9 @@ impl Worker {
             _ => Plan::Pass(Expect::Close),
         };
         c.tx.unsynced = h.tag != b'Q';
+        // SHOW STATS' prepared-statement counters, as PgBouncer 1.21+ counts them.
+        let stats = c.pool.map(|p| &mut self.pools.get_mut(p).stats);
+        let mut counted = crate::stats::PoolStats::default();
         match plan {
             Plan::Wait(total) => {
                 c.io.rbuf.make_room(total, &mut self.bufs);
@@ -192,11 +195,13 @@ impl Worker {
             Plan::Parse { client_name, body } => {
                 let stmt = self.stmts.get_or_add(&body);
                 c.io.rbuf.consume(h.total);
+                counted.client_parse_count += 1;
                 if s.stmts.touch(stmt.id) {
                     c.queue.push_back(Expect::MadeParse);
                 } else {
                     let out = s.io.wbuf.vec(&mut self.bufs);
                     prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, false);
+                    counted.server_parse_count += 1;
                 }
                 c.stmts.insert(client_name, stmt);
             }
@@ -208,7 +213,9 @@ impl Worker {
                 let out = s.io.wbuf.vec(&mut self.bufs);
                 if !s.stmts.touch(stmt.id) {
                     prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, true);
+                    counted.server_parse_count += 1;
                 }
+                counted.bind_count += 1;
                 // Header and names here; the parameters stream from the client's buffer.
                 let rest = h.total - prefix;
                 out.push(b'B');
@@ -229,6 +236,7 @@ impl Worker {
                 let out = s.io.wbuf.vec(&mut self.bufs);
                 if !s.stmts.touch(stmt.id) {
                     prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, true);
+                    counted.server_parse_count += 1;
                 }
                 message(out, b'D', |o| {
                     o.push(b'S');
@@ -249,6 +257,11 @@ impl Worker {
                 c.stmts.remove(&name);
                 c.queue.push_back(Expect::MadeClose);
             }
+        }
+        if let Some(st) = stats {
+            st.client_parse_count += counted.client_parse_count;
+            st.server_parse_count += counted.server_parse_count;
+            st.bind_count += counted.bind_count;
         }
         Ok(true)
     }

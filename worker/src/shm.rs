@@ -34,7 +34,7 @@ use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
 
 const MAGIC: u64 = 0x7067_6273_5f73_686d; // "pgbs_shm"
 /// 2: worker slots count TLS sessions and failures. 3: names count clients too.
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 /// Longest name kept in the table: PostgreSQL's NAMEDATALEN - 1, plus the kind prefix.
 pub const MAX_NAME: usize = 66;
 /// Each worker's row of shares and of stats starts on its own page: no false sharing.
@@ -98,25 +98,24 @@ pub struct DbStats {
     pub query_time_us: AtomicU64,
     pub wait_time_us: AtomicU64,
     pub server_assignments: AtomicU64,
+    /// Named statements clients prepared (Parse), with max_prepared_statements on.
+    pub client_parse_count: AtomicU64,
+    /// Parses the pooler sent to servers for them (a statement new to that server).
+    pub server_parse_count: AtomicU64,
+    /// Binds of named statements.
+    pub bind_count: AtomicU64,
+    /// Clients that logged in.
+    pub client_login_count: AtomicU64,
+    /// Unused: keeps a row of stats a whole number of entries per page (128 bytes each).
+    _reserved: [AtomicU64; 4],
 }
 
-impl DbStats {
-    /// All eight counters, in field order.
-    pub fn values(&self) -> [u64; 8] {
-        [
-            self.xact_count.load(Relaxed),
-            self.query_count.load(Relaxed),
-            self.bytes_received.load(Relaxed),
-            self.bytes_sent.load(Relaxed),
-            self.xact_time_us.load(Relaxed),
-            self.query_time_us.load(Relaxed),
-            self.wait_time_us.load(Relaxed),
-            self.server_assignments.load(Relaxed),
-        ]
-    }
+/// The counters of [`DbStats::values`].
+pub const DB_COUNTERS: usize = 12;
 
-    fn clear(&self) {
-        for c in [
+impl DbStats {
+    fn counters(&self) -> [&AtomicU64; DB_COUNTERS] {
+        [
             &self.xact_count,
             &self.query_count,
             &self.bytes_received,
@@ -125,7 +124,20 @@ impl DbStats {
             &self.query_time_us,
             &self.wait_time_us,
             &self.server_assignments,
-        ] {
+            &self.client_parse_count,
+            &self.server_parse_count,
+            &self.bind_count,
+            &self.client_login_count,
+        ]
+    }
+
+    /// Every counter, in field order.
+    pub fn values(&self) -> [u64; DB_COUNTERS] {
+        self.counters().map(|c| c.load(Relaxed))
+    }
+
+    fn clear(&self) {
+        for c in self.counters() {
             c.store(0, Relaxed);
         }
     }
@@ -149,8 +161,8 @@ struct Name {
     starved_by: AtomicU64,
     /// Database stats of workers that died (the supervisor adds them in), so totals never
     /// go back; and per-second averages over the last stats_period. Supervisor-written.
-    retired: [AtomicU64; 8],
-    averages: [AtomicU64; 8],
+    retired: [AtomicU64; DB_COUNTERS],
+    averages: [AtomicU64; DB_COUNTERS],
 }
 
 /// A worker's bit in `Name::starved_by`; slots past 64 share bits, which at worst lets a
@@ -483,22 +495,22 @@ impl Shm {
     }
 
     /// What dead workers counted for the database at `i` (zeros past the table).
-    pub fn retired(&self, i: usize) -> [u64; 8] {
-        self.name(i).map_or([0; 8], |e| {
+    pub fn retired(&self, i: usize) -> [u64; DB_COUNTERS] {
+        self.name(i).map_or([0; DB_COUNTERS], |e| {
             std::array::from_fn(|k| e.retired[k].load(Relaxed))
         })
     }
 
     /// Per-second averages over the last stats_period for the database at `i` (zeros past
     /// the table).
-    pub fn averages(&self, i: usize) -> [u64; 8] {
-        self.name(i).map_or([0; 8], |e| {
+    pub fn averages(&self, i: usize) -> [u64; DB_COUNTERS] {
+        self.name(i).map_or([0; DB_COUNTERS], |e| {
             std::array::from_fn(|k| e.averages[k].load(Relaxed))
         })
     }
 
     /// Ignored past the table.
-    pub fn set_averages(&self, i: usize, avg: [u64; 8]) {
+    pub fn set_averages(&self, i: usize, avg: [u64; DB_COUNTERS]) {
         if let Some(e) = self.name(i) {
             for (a, v) in e.averages.iter().zip(avg) {
                 a.store(v, Relaxed);
@@ -929,9 +941,9 @@ mod tests {
             shm.clear_starved(0, i);
             assert!(!shm.is_starved_elsewhere(0, i, 0));
             assert_eq!(shm.count(i), 0);
-            assert_eq!(shm.retired(i), [0; 8]);
-            assert_eq!(shm.averages(i), [0; 8]);
-            shm.set_averages(i, [7; 8]);
+            assert_eq!(shm.retired(i), [0; DB_COUNTERS]);
+            assert_eq!(shm.averages(i), [0; DB_COUNTERS]);
+            shm.set_averages(i, [7; DB_COUNTERS]);
         }
         assert_eq!(snapshot(&shm), before);
         assert_eq!(shm.count(db), 1);
@@ -963,7 +975,7 @@ mod tests {
             assert_eq!(shm.worker(slot).clients.load(Relaxed), 0);
             for i in 0..1500 {
                 assert_eq!(shm.share(slot, i).unwrap().load(Relaxed), 0);
-                assert_eq!(shm.db_stats(slot, i).values(), [0; 8]);
+                assert_eq!(shm.db_stats(slot, i).values(), [0; DB_COUNTERS]);
             }
         }
         assert!((0..1500).all(|i| shm.count(i) == 1));

@@ -17,10 +17,22 @@ pub struct PoolStats {
     pub query_time_us: u64,
     pub wait_time_us: u64,
     pub server_assignments: u64,
+    /// Named statements clients prepared.
+    pub client_parse_count: u64,
+    /// Parses sent to servers for clients' named statements.
+    pub server_parse_count: u64,
+    /// Binds of named statements.
+    pub bind_count: u64,
+    /// Clients that logged in.
+    pub client_login_count: u64,
 }
 
 impl PoolStats {
     fn add(&mut self, o: &PoolStats) {
+        self.client_parse_count += o.client_parse_count;
+        self.server_parse_count += o.server_parse_count;
+        self.bind_count += o.bind_count;
+        self.client_login_count += o.client_login_count;
         self.xact_count += o.xact_count;
         self.query_count += o.query_count;
         self.bytes_received += o.bytes_received;
@@ -148,6 +160,10 @@ impl WorkerStats {
             d.bytes_sent.store(s.bytes_sent, Relaxed);
             d.xact_time_us.store(s.xact_time_us, Relaxed);
             d.query_time_us.store(s.query_time_us, Relaxed);
+            d.client_parse_count.store(s.client_parse_count, Relaxed);
+            d.server_parse_count.store(s.server_parse_count, Relaxed);
+            d.bind_count.store(s.bind_count, Relaxed);
+            d.client_login_count.store(s.client_login_count, Relaxed);
             d.wait_time_us.store(s.wait_time_us, Relaxed);
             d.server_assignments.store(s.server_assignments, Relaxed);
         }

@@ -4,7 +4,7 @@
 use crate::client::{CState, Peer};
 use crate::control::{Row, What};
 use crate::server::SState;
-use crate::shm::Kind;
+use crate::shm::{Kind, DB_COUNTERS};
 use crate::wire::write;
 use crate::worker::{Conn, Worker};
 use std::collections::BTreeMap;
@@ -259,7 +259,7 @@ impl Worker {
     }
 
     /// Per-database totals over every worker, plus what workers that died had counted.
-    fn db_totals(&self) -> BTreeMap<String, ([u64; 8], [u64; 8])> {
+    fn db_totals(&self) -> BTreeMap<String, ([u64; DB_COUNTERS], [u64; DB_COUNTERS])> {
         let mut out = BTreeMap::new();
         for (kind, name, i) in self.shm.names() {
             if kind != Kind::Database {
@@ -298,9 +298,8 @@ impl Worker {
         // console commands are not counted here, so the row's counters stay 0.
         totals.entry("pgbouncer".to_string()).or_default();
         let mut cols: Vec<(String, Ty)> = vec![("database".into(), Ty::Text)];
-        // PgBouncer 1.24+'s client_login_count comes after the prepared-statement counters.
-        // Logins per database are not counted here yet (the count would live next to the
-        // other per-database counters in shared memory), so the column is 0.
+        // PgBouncer 1.24+'s client_login_count comes after the prepared-statement counters
+        // (DbStats::values 8..12, in this order).
         let parse = [
             "client_parse_count",
             "server_parse_count",
@@ -365,11 +364,11 @@ impl Worker {
                 let mut r = vec![s(db)];
                 if with_totals {
                     r.extend(IDX.iter().map(|&i| s(t[i])));
-                    r.extend([s(0), s(0), s(0), s(0)]);
+                    r.extend(t[8..].iter().map(s));
                 }
                 if with_avgs {
                     r.extend(IDX.iter().map(|&i| s(a[i])));
-                    r.extend([s(0), s(0), s(0), s(0)]);
+                    r.extend(a[8..].iter().map(s));
                 }
                 r
             })
@@ -378,10 +377,10 @@ impl Worker {
     }
 
     fn show_totals(&self) -> Table {
-        let mut sum = [0u64; 8];
-        let mut avg = [0u64; 8];
+        let mut sum = [0u64; DB_COUNTERS];
+        let mut avg = [0u64; DB_COUNTERS];
         for (t, a) in self.db_totals().values() {
-            for k in 0..8 {
+            for k in 0..DB_COUNTERS {
                 sum[k] += t[k];
                 avg[k] += a[k];
             }
@@ -397,20 +396,20 @@ impl Worker {
             ("wait_time", 6),
         ];
         // PgBouncer 1.24+'s rows after the eight above: the prepared-statement counters
-        // (not counted here) and client logins (not counted here yet).
-        let zeros = [
-            "ps_client_parse_count",
-            "ps_server_parse_count",
-            "ps_bind_count",
-            "client_login_count",
+        // and client logins (DbStats::values 8..12).
+        let more = [
+            ("ps_client_parse_count", 8),
+            ("ps_server_parse_count", 9),
+            ("ps_bind_count", 10),
+            ("client_login_count", 11),
         ];
         let mut rows = Vec::new();
         for (prefix, vals) in [("total", &sum), ("avg", &avg)] {
             for (n, i) in names {
                 rows.push(vec![s(format!("{prefix}_{n}")), s(vals[i])]);
             }
-            for n in zeros {
-                rows.push(vec![s(format!("{prefix}_{n}")), s(0)]);
+            for (n, i) in more {
+                rows.push(vec![s(format!("{prefix}_{n}")), s(vals[i])]);
             }
         }
         Table::new(&[("name", Ty::Text), ("value", Ty::Numeric)], rows)
