@@ -152,6 +152,7 @@ fn a_cancel_reaches_its_query_whichever_host_it_lands_on() {
         worst < Duration::from_secs(10),
         "slowest cancel took {worst:?}"
     );
+    eprintln!("9 protocol cancels through HAProxy: the slowest canceled query ran {worst:?} (cancel sent at 300 ms)");
     // At least one host forwarded a cancel to a peer, and each was taken by its owner.
     let logs: String = c.hosts.iter().map(|h| h.log()).collect();
     assert!(
