@@ -1077,7 +1077,9 @@ impl Worker {
         let Some(welcome) = self.pools.get(pool).welcome.as_ref() else {
             return;
         };
-        let Some((pid, secret)) = crate::cancel::new_key(self.slot, self.cfg.peer_id) else {
+        let Some((pid, secret)) =
+            crate::cancel::new_key(self.slot, self.cfg.peer_id, self.generation)
+        else {
             // A guessable key would let anyone cancel this client's queries: refuse the
             // login instead, as when any other secret cannot be made.
             log::error!("{}: no randomness for a cancel key", c.name());

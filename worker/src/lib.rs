@@ -26,7 +26,8 @@ mod stream;
 pub mod tls;
 mod worker;
 
-pub use worker::{run, ListenSocket, WorkerInit};
+pub use cancel::key_generation_matches;
+pub use worker::{run, ListenSocket, PassedFd, WorkerInit};
 
 // The sans-IO protocol crate, under the paths these modules had when they lived here.
 pub(crate) use pgbouncers_proto::intern;

@@ -53,6 +53,27 @@ pub struct WorkerInit {
     pub shm: Arc<Shm>,
     /// PAUSE and DISABLE in force when this worker starts.
     pub holds: control::Holds,
+    /// The pooler generation (1 at a cold start, one more at each online upgrade): its
+    /// parity is in every cancel key this worker hands out.
+    pub generation: u32,
+    /// The previous generation's shared memory while it drains after an online upgrade:
+    /// SHOW WORKERS lists its workers too.
+    pub predecessor: Option<Arc<Shm>>,
+    /// The descriptors an online upgrade passes to the next generation (SHOW FDS).
+    pub passed: Arc<Vec<PassedFd>>,
+}
+
+/// A descriptor the supervisor passes to its successor at an online upgrade.
+#[derive(Debug, Clone)]
+pub struct PassedFd {
+    /// Its number in the supervisor (and, after exec, in the successor).
+    pub fd: i32,
+    /// `listen` (a slot's TCP socket), `unix` (the Unix socket) or `shm`.
+    pub task: &'static str,
+    /// The worker slot a TCP socket belongs to.
+    pub slot: Option<usize>,
+    pub addr: String,
+    pub port: u16,
 }
 
 enum Listener {
@@ -70,6 +91,9 @@ pub(crate) enum Conn {
 
 pub struct Worker {
     pub(crate) slot: usize,
+    pub(crate) generation: u32,
+    pub(crate) predecessor: Option<Arc<Shm>>,
+    pub(crate) passed: Arc<Vec<PassedFd>>,
     pub(crate) poll: Poll,
     pub(crate) conns: Slab<Conn>,
     listeners: Vec<(Listener, bool)>,
@@ -161,6 +185,9 @@ impl Worker {
         let now = Instant::now();
         let mut w = Worker {
             slot: init.slot,
+            generation: init.generation,
+            predecessor: init.predecessor,
+            passed: init.passed,
             poll,
             conns: Slab::with_capacity(1024),
             listeners,

@@ -1,0 +1,618 @@
+//! Online binary upgrade (`pgbouncers --upgrade`): listener take-over under load, draining, the pid file, failed upgrades, cancels across generations and descriptor leaks.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::tools::{child_pids, process_alive, run_cmd, CmdOutput};
+use common::*;
+use postgres::{NoTls, SimpleQueryMessage};
+
+const ADMIN: &str = "upg_admin";
+const ADMIN_PW: &str = "upg_admin_pw";
+
+/// A config for the shared server with a pid file (which `--upgrade` needs) and an
+/// admin user for the console.
+fn config(mode: &str, extra: &str) -> String {
+    let pg = shared_pg();
+    format!(
+        "listen_addr: 127.0.0.1\n\
+         listen_port: @PORT@\n\
+         auth_type: trust\n\
+         auth_file: @DIR@/userlist.txt\n\
+         pidfile: @DIR@/pgbouncers.pid\n\
+         admin_users: {ADMIN}\n\
+         pool_mode: {mode}\n\
+         default_pool_size: 20\n\
+         query_wait_timeout: 20\n\
+         {extra}\
+         databases:\n  \
+           app: {{ host: 127.0.0.1, port: {port}, dbname: app }}\n",
+        port = pg.port(),
+    )
+}
+
+fn binary() -> PathBuf {
+    std::env::var_os("PGBOUNCERS_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pgbouncers")))
+}
+
+/// Kills every generation at the end: the new supervisors stay in the first one's
+/// process group, which `Pooler` no longer signals once its own child was reaped.
+struct Group(i32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the test pooler's process group.
+        unsafe { libc::kill(-self.0, libc::SIGKILL) };
+    }
+}
+
+/// Starts a pooler with `workers` workers from `bin` (its launch path, which an upgrade
+/// execs again).
+fn start_from(bin: Option<&Path>, yaml: &str, workers: usize) -> (Pooler, Group) {
+    let mut setup = PoolerSetup::new();
+    let users = format!(
+        "{}\n{}\n",
+        userlist_entry(APP_USER, APP_PASSWORD),
+        userlist_entry(ADMIN, ADMIN_PW)
+    );
+    setup.write_file("userlist.txt", &users);
+    if let Some(b) = bin {
+        setup.binary(b);
+    }
+    let pooler = setup.start_with_args(yaml, &["--workers", &workers.to_string()]);
+    pooler.wait_for_children(workers, secs(5));
+    let group = Group(pooler.pid());
+    (pooler, group)
+}
+
+fn start(yaml: &str, workers: usize) -> (Pooler, Group) {
+    start_from(None, yaml, workers)
+}
+
+/// Runs `pgbouncers --upgrade -c CONFIG`.
+fn upgrade(pooler: &Pooler) -> CmdOutput {
+    let mut cmd = Command::new(binary());
+    cmd.arg("--upgrade").arg("-c").arg(pooler.config_path());
+    run_cmd(cmd, None, secs(100))
+}
+
+fn pidfile_pid(pooler: &Pooler) -> Option<i32> {
+    std::fs::read_to_string(pooler.path("pgbouncers.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// Upgrades and returns the new supervisor's pid (from the pid file).
+fn upgrade_ok(pooler: &Pooler, workers: usize) -> i32 {
+    let before = pidfile_pid(pooler);
+    let out = upgrade(pooler);
+    assert!(
+        out.success(),
+        "upgrade failed: {out}\n--- log ---\n{}",
+        pooler.log()
+    );
+    let new = pidfile_pid(pooler).expect("a pid file after the upgrade");
+    assert_ne!(
+        Some(new),
+        before,
+        "the pid file still names the old supervisor"
+    );
+    assert!(out.stdout.contains(&format!("to pid {new}")), "{out}");
+    let ok = wait_until(secs(5), || child_pids(new).len() == workers);
+    assert!(
+        ok,
+        "new supervisor {new} has workers {:?}\n--- log ---\n{}",
+        child_pids(new),
+        pooler.log()
+    );
+    new
+}
+
+fn scalar(c: &mut postgres::Client, sql: &str) -> Result<String, postgres::Error> {
+    let messages = c.simple_query(sql)?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// (column names, rows) of a console SHOW.
+fn show(c: &mut postgres::Client, sql: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut cols = Vec::new();
+    let mut rows = Vec::new();
+    for m in c.simple_query(sql).expect(sql) {
+        match m {
+            SimpleQueryMessage::RowDescription(d) => {
+                cols = d.iter().map(|c| c.name().to_string()).collect()
+            }
+            SimpleQueryMessage::Row(r) => rows.push(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => {}
+        }
+    }
+    (cols, rows)
+}
+
+/// What a process's descriptors past stdio point at: `socket:[inode]`, `pipe:[inode]`,
+/// `/memfd:name`, ... (stdio is the test harness's, the same for every generation).
+fn fd_targets(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) > Some(2))
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Inodes of every listening socket on the machine (TCP and Unix).
+fn listening_inodes() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" {
+                out.insert(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    for line in std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+    {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Flags 00010000: __SO_ACCEPTCON, a listening socket.
+        if f.len() > 6 && f[3] == "00010000" {
+            out.insert(format!("socket:[{}]", f[6]));
+        }
+    }
+    out
+}
+
+/// The pgbench summary line's number, e.g. "number of failed transactions: ".
+fn pgbench_number(out: &str, prefix: &str) -> Option<u64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// A pgbench run of `SELECT 1` transactions against the pooler, in a thread.
+fn pgbench(pooler: &Pooler, args: &[&str]) -> thread::JoinHandle<CmdOutput> {
+    let script = pooler.write_file("select1.sql", "SELECT 1;\n");
+    let mut cmd = pgbench_command(pooler.port(), APP_USER, APP_PASSWORD);
+    cmd.args(["-n", "-f"]).arg(script).args(args).arg(APP_DB);
+    thread::spawn(move || run_cmd(cmd, None, secs(120)))
+}
+
+/// The run went through with no failed connection or transaction.
+fn assert_clean(out: &CmdOutput, what: &str) -> u64 {
+    assert!(out.success(), "{what}: pgbench failed: {out}");
+    let processed = pgbench_number(&out.stdout, "number of transactions actually processed: ")
+        .unwrap_or_else(|| panic!("{what}: no summary: {out}"));
+    assert_eq!(
+        pgbench_number(&out.stdout, "number of failed transactions: ").unwrap_or(0),
+        0,
+        "{what}: {out}"
+    );
+    for bad in ["aborted", "error", "failed", "could not"] {
+        assert!(
+            !out.stderr.to_lowercase().contains(bad),
+            "{what}: pgbench reported {bad:?}: {out}"
+        );
+    }
+    processed
+}
+
+/// `pgbench -C` (a connection per transaction) across an upgrade: not one connection is
+/// refused or reset. The new generation's workers are the new supervisor's children,
+/// the old generation exits, and the pid file names the new supervisor.
+#[test]
+fn upgrade_under_connect_load_refuses_no_connection() {
+    let (mut pooler, _g) = start(&config("transaction", "shutdown_timeout: 10\n"), 2);
+    let old = pooler.pid();
+    assert_eq!(pidfile_pid(&pooler), Some(old));
+    let bench = pgbench(&pooler, &["-C", "-c", "20", "-j", "4", "-T", "8"]);
+    thread::sleep(secs(2));
+    let started = Instant::now();
+    let new = upgrade_ok(&pooler, 2);
+    let took = started.elapsed();
+    let status = pooler.wait_exit(secs(20));
+    assert!(
+        status.is_some(),
+        "the old supervisor did not exit\n{}",
+        pooler.log()
+    );
+    let overlap = started.elapsed();
+    assert!(process_alive(new));
+    assert_eq!(
+        pidfile_pid(&pooler),
+        Some(new),
+        "the old exit removed the new pid file"
+    );
+    let out = bench.join().unwrap();
+    let n = assert_clean(&out, "pgbench -C -c 20");
+    eprintln!(
+        "FIGURES pgbench -C -c 20 -T 8 across an upgrade: {n} connections+transactions, \
+         0 refused, 0 failed; --upgrade returned in {took:?}, old generation gone after \
+         {overlap:?}"
+    );
+    assert!(n > 100, "too little load to mean anything: {out}");
+    let log = pooler.log();
+    assert!(log.contains("upgrade complete: generation 1"), "{log}");
+    // The new generation serves on.
+    let mut c = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
+    assert_eq!(scalar(&mut c, "SELECT 7").unwrap(), "7");
+}
+
+/// A session client inside a transaction finishes it on its old worker while a new
+/// client gets a new-generation worker; SHOW WORKERS lists both generations, SHOW FDS
+/// what is passed on, and cancel requests reach clients of both generations.
+#[test]
+fn old_sessions_drain_while_the_new_generation_serves() {
+    let (mut pooler, _g) = start(&config("session", "shutdown_timeout: 60\n"), 2);
+    let old = pooler.pid();
+    let old_workers: BTreeSet<i32> = pooler.children().into_iter().collect();
+    let mut a = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
+    scalar(&mut a, "BEGIN").unwrap();
+    let a_backend = scalar(&mut a, "SELECT pg_backend_pid()").unwrap();
+    let a_cancel = a.cancel_token();
+
+    let mut console = pooler.connect(ADMIN, ADMIN_PW, "pgbouncer");
+    let (cols, fds) = show(&mut console, "SHOW FDS");
+    assert_eq!(cols[..2], ["fd", "task"]);
+    let tasks: Vec<&str> = fds.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(
+        tasks.iter().filter(|t| **t == "listen").count(),
+        2,
+        "{fds:?}"
+    );
+    assert!(tasks.contains(&"shm"), "{fds:?}");
+    drop(console);
+
+    let new = upgrade_ok(&pooler, 2);
+    let new_workers: BTreeSet<i32> = child_pids(new).into_iter().collect();
+    assert!(new_workers.is_disjoint(&old_workers));
+    // The old generation stays for its session.
+    thread::sleep(ms(500));
+    assert!(
+        pooler.is_running(),
+        "the old supervisor left its session behind"
+    );
+
+    // A new client gets a new worker: its backend's client port is held by one.
+    let mut b = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
+    let b_port = scalar(&mut b, "SELECT inet_client_port()").unwrap();
+    let holder = holder_of_server_port(b_port.parse().unwrap(), &new_workers, &old_workers);
+    assert_eq!(
+        holder,
+        Some(true),
+        "the new client was not served by a new worker"
+    );
+
+    // Both generations in SHOW WORKERS.
+    let mut console = pooler.connect(ADMIN, ADMIN_PW, "pgbouncer");
+    let (cols, rows) = show(&mut console, "SHOW WORKERS");
+    let gen = cols
+        .iter()
+        .position(|c| c == "generation")
+        .expect("generation column");
+    let pid = cols.iter().position(|c| c == "pid").unwrap();
+    let state = cols.iter().position(|c| c == "state").unwrap();
+    let by_gen = |g: &str| -> BTreeSet<i32> {
+        rows.iter()
+            .filter(|r| r[gen] == g)
+            .map(|r| r[pid].parse().unwrap())
+            .collect()
+    };
+    assert_eq!(by_gen("2"), new_workers, "{rows:?}");
+    // Old workers with no client left have exited already; the one serving `a` remains.
+    let old_listed = by_gen("1");
+    assert!(
+        !old_listed.is_empty() && old_listed.is_subset(&old_workers),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .filter(|r| r[gen] == "1")
+            .all(|r| r[state] == "stopping"),
+        "{rows:?}"
+    );
+
+    // Cancels: the old client's key reaches its old worker through the new generation
+    // (the old one accepts nothing now), the new client's its new worker.
+    let b_cancel = b.cancel_token();
+    for (who, client, token) in [("old", &mut a, a_cancel), ("new", &mut b, b_cancel)] {
+        let (tx, rx) = mpsc::channel();
+        thread::scope(|s| {
+            s.spawn(|| {
+                let _ = tx.send(scalar(client, "SELECT pg_sleep(20)"));
+            });
+            thread::sleep(ms(500));
+            token.cancel_query(NoTls).expect("cancel");
+            let r = rx
+                .recv_timeout(secs(5))
+                .unwrap_or_else(|_| panic!("{who} client: not cancelled\n{}", pooler.log()));
+            let e = r.expect_err("pg_sleep finished");
+            assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{who}: {e:?}");
+        });
+    }
+    // The old client's transaction (aborted by the cancel) ends on the same backend.
+    scalar(&mut a, "ROLLBACK").unwrap();
+    assert_eq!(
+        scalar(&mut a, "SELECT pg_backend_pid()").unwrap(),
+        a_backend
+    );
+    assert!(pooler.is_running());
+    drop(a);
+    let started = Instant::now();
+    assert!(
+        pooler.wait_exit(secs(10)).is_some(),
+        "the old generation did not exit once its last client left\n{}",
+        pooler.log()
+    );
+    eprintln!(
+        "old generation exited {:?} after its last client",
+        started.elapsed()
+    );
+    for w in &old_workers {
+        assert!(
+            wait_until(secs(2), || !process_alive(*w)),
+            "old worker {w} lives on"
+        );
+    }
+    assert_eq!(pidfile_pid(&pooler), Some(new));
+    assert_eq!(scalar(&mut b, "SELECT 1").unwrap(), "1");
+    let _ = old;
+}
+
+/// Whether the worker holding the TCP connection from local port `port` to PostgreSQL is
+/// one of `new` (Some(true)) or of `old` (Some(false)).
+fn holder_of_server_port(port: u16, new: &BTreeSet<i32>, old: &BTreeSet<i32>) -> Option<bool> {
+    let pg = shared_pg().port();
+    let mut inodes = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port_of = |a: &str| {
+                a.rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            };
+            if f.len() > 9 && port_of(f[1]) == Some(port) && port_of(f[2]) == Some(pg) {
+                inodes.insert(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    let holds = |pid: &i32| fd_targets(*pid).iter().any(|t| inodes.contains(t));
+    if new.iter().any(holds) {
+        Some(true)
+    } else if old.iter().any(holds) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// A broken config, a broken binary and a config the new supervisor refuses: the old
+/// generation serves on, its pid file untouched, and `--upgrade` says why. Then the
+/// binary at the launch path is replaced (as a package upgrade does) and the upgrade
+/// runs that file, not the old one.
+#[test]
+fn failed_upgrades_leave_the_old_generation_serving() {
+    let dir = common::tempdir::TestDir::new("upgrade-bin");
+    let bin = dir.join("pgbouncers");
+    std::fs::copy(binary(), &bin).unwrap();
+    let yaml = config("transaction", "");
+    let (mut pooler, _g) = start_from(Some(&bin), &yaml, 2);
+    let old = pooler.pid();
+    let workers = pooler.children();
+    let serving = |pooler: &Pooler| {
+        let mut c = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
+        assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
+    };
+    let assert_still_old = |pooler: &mut Pooler, what: &str| {
+        assert!(pooler.is_running(), "{what}: the old supervisor exited");
+        assert_eq!(pidfile_pid(pooler), Some(old), "{what}: pid file");
+        assert_eq!(pooler.children(), workers, "{what}: workers changed");
+        serving(pooler);
+    };
+
+    // 1. A config that does not parse: refused before the pooler is even asked.
+    let good = std::fs::read_to_string(pooler.config_path()).unwrap();
+    let broken = good.replace("pool_mode: transaction", "pool_mode: sometimes");
+    assert_ne!(broken, good);
+    std::fs::write(pooler.config_path(), broken).unwrap();
+    let out = upgrade(&pooler);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("pool_mode"), "{out}");
+    assert_still_old(&mut pooler, "broken config");
+
+    // 2. A config the new supervisor cannot take over with (another port).
+    let other = good.replace(
+        &format!("listen_port: {}", pooler.port()),
+        &format!("listen_port: {}", common::tools::free_port()),
+    );
+    std::fs::write(pooler.config_path(), other).unwrap();
+    let out = upgrade(&pooler);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("listen_port changed"), "{out}");
+    assert!(
+        out.stderr.contains(&format!("pid {old} goes on serving")),
+        "{out}"
+    );
+    assert_still_old(&mut pooler, "changed port");
+    std::fs::write(pooler.config_path(), &good).unwrap();
+
+    // 3. A binary that cannot start, then one that is not there at all.
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::write(&bin, "#!/bin/sh\necho broken >&2\nexit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = upgrade(&pooler);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("exited with code 3"), "{out}");
+    assert_still_old(&mut pooler, "broken binary");
+    std::fs::remove_file(&bin).unwrap();
+    let out = upgrade(&pooler);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("cannot execute"), "{out}");
+    assert_still_old(&mut pooler, "missing binary");
+    let log = pooler.log();
+    assert_eq!(log.matches("upgrade failed").count(), 3, "{log}");
+
+    // 4. The package put a new binary at the launch path: that one starts.
+    std::fs::copy(binary(), &bin).unwrap();
+    let new = upgrade_ok(&pooler, 2);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{new}/exe")).unwrap(),
+        std::fs::canonicalize(&bin).unwrap()
+    );
+    assert!(pooler.wait_exit(secs(10)).is_some());
+    serving(&pooler);
+}
+
+/// Two upgrades in a row, the second refused while the first generation still drains;
+/// afterwards no generation holds a descriptor of an older one, and the supervisor and
+/// workers hold as many descriptors as the first generation did.
+#[test]
+fn two_upgrades_in_a_row_leak_no_descriptor() {
+    let (mut pooler, _g) = start(&config("session", "shutdown_timeout: 60\n"), 2);
+    let gen1 = pooler.pid();
+    let listening = listening_inodes();
+    let mut gen1_fds: BTreeSet<String> = BTreeSet::new();
+    let mut gen1_pids = vec![gen1];
+    gen1_pids.extend(pooler.children());
+    for p in &gen1_pids {
+        gen1_fds.extend(fd_targets(*p));
+    }
+    let sup_fds = fd_targets(gen1).len();
+    // A session keeps generation 1 alive: a second upgrade must wait for it.
+    let mut a = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
+    scalar(&mut a, "SELECT 1").unwrap();
+    let gen2 = upgrade_ok(&pooler, 2);
+    let out = upgrade(&pooler);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("still draining"), "{out}");
+    assert_eq!(pidfile_pid(&pooler), Some(gen2));
+    drop(a);
+    assert!(pooler.wait_exit(secs(10)).is_some(), "{}", pooler.log());
+    assert!(
+        wait_until(secs(5), || pooler
+            .log()
+            .contains("upgrade complete: generation 1")),
+        "{}",
+        pooler.log()
+    );
+    let gen3 = upgrade_ok(&pooler, 2);
+    assert!(
+        wait_until(secs(10), || !process_alive(gen2)),
+        "generation 2 did not exit\n{}",
+        pooler.log()
+    );
+    assert!(
+        wait_until(secs(5), || pooler
+            .log()
+            .contains("upgrade complete: generation 2")),
+        "{}",
+        pooler.log()
+    );
+    let gen3_workers = child_pids(gen3);
+    assert_eq!(gen3_workers.len(), 2);
+    // Only the listening sockets are shared with generation 1.
+    let mut gen3_fds = BTreeSet::new();
+    for p in std::iter::once(gen3).chain(gen3_workers.iter().copied()) {
+        gen3_fds.extend(fd_targets(p));
+    }
+    // Descriptors the test harness passed down (cargo's jobserver pipe) are not ours.
+    let harness: BTreeSet<String> = fd_targets(std::process::id() as i32).into_iter().collect();
+    let shared: Vec<&String> = gen3_fds
+        .intersection(&gen1_fds)
+        .filter(|t| !harness.contains(*t))
+        // Sockets and pipes have unique names; epoll and the like do not.
+        .filter(|t| (t.starts_with("socket:") || t.starts_with("pipe:")) && !listening.contains(*t))
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "generation 3 holds generation 1's {shared:?}"
+    );
+    let memfds = fd_targets(gen3)
+        .iter()
+        .filter(|t| t.contains("pgbouncers-shm"))
+        .count();
+    assert_eq!(memfds, 1, "{:?}", fd_targets(gen3));
+    assert_eq!(
+        fd_targets(gen3).len(),
+        sup_fds,
+        "generation 3's supervisor holds {:?}, generation 1's held {sup_fds}: {}",
+        fd_targets(gen3),
+        String::from_utf8_lossy(
+            &Command::new("ls")
+                .arg("-l")
+                .arg(format!("/proc/{gen3}/fd"))
+                .output()
+                .unwrap()
+                .stdout
+        )
+    );
+    let mut c = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
+    assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
+}
+
+/// An upgrade right after a worker was killed (while it is being respawned), under
+/// connect load: nothing is refused, and the new generation has all its workers.
+#[test]
+fn upgrade_while_a_worker_is_respawned() {
+    let (mut pooler, _g) = start(&config("transaction", "shutdown_timeout: 10\n"), 3);
+    let bench = pgbench(&pooler, &["-C", "-c", "8", "-j", "2", "-T", "6"]);
+    thread::sleep(secs(1));
+    // Kill one worker twice in a row so its respawn backs off.
+    let victim = pooler.children()[0];
+    // SAFETY: kill(2) on one of the test pooler's workers.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let _ = wait_until(secs(2), || pooler.children().len() == 3);
+    let victim = pooler.children()[0];
+    // SAFETY: as above.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let new = upgrade_ok(&pooler, 3);
+    assert!(pooler.wait_exit(secs(20)).is_some(), "{}", pooler.log());
+    assert_eq!(child_pids(new).len(), 3);
+    let out = bench.join().unwrap();
+    // Connections the killed workers held are lost (that is the kill, not the upgrade):
+    // pgbench -C reconnects per transaction, so only a transaction in flight then fails.
+    assert!(
+        out.stdout
+            .contains("number of transactions actually processed"),
+        "{out}"
+    );
+    let mut c = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
+    assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
