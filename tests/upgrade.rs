@@ -616,3 +616,115 @@ fn upgrade_while_a_worker_is_respawned() {
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// `pgbench -c 20 -T 16` in transaction mode across an upgrade with a shutdown_timeout
+/// far shorter than the run: every client moves to the new generation between two of
+/// its transactions, so not one transaction fails and not one client logs in twice.
+#[test]
+fn transaction_clients_move_to_the_new_generation_unnoticed() {
+    for mode in ["simple", "prepared"] {
+        let extra = "shutdown_timeout: 3\nmax_prepared_statements: 100\n";
+        let (mut pooler, _g) = start(&config("transaction", extra), 2);
+        let bench = pgbench(&pooler, &["-M", mode, "-c", "20", "-j", "4", "-T", "16"]);
+        thread::sleep(secs(4));
+        let started = Instant::now();
+        let new = upgrade_ok(&pooler, 2);
+        let status = pooler.wait_exit(secs(10));
+        let overlap = started.elapsed();
+        // The new generation serves the same 20 clients, connected before the upgrade.
+        thread::sleep(secs(1));
+        let mut console = pooler.connect(ADMIN, ADMIN_PW, "pgbouncer");
+        let (cols, rows) = show(&mut console, "SHOW CLIENTS");
+        let col = |n: &str| cols.iter().position(|c| c == n).unwrap();
+        let mine = rows
+            .iter()
+            .find(|r| r[col("user")] == ADMIN)
+            .map(|r| r[col("connect_time")].clone())
+            .expect("the console client");
+        let apps: Vec<&Vec<String>> = rows.iter().filter(|r| r[col("user")] == APP_USER).collect();
+        assert_eq!(apps.len(), 20, "{mode}: {rows:?}");
+        assert!(
+            apps.iter().all(|r| r[col("connect_time")] < mine),
+            "{mode}: a client connected after the upgrade: {rows:?}"
+        );
+        drop(console);
+        assert!(
+            status.is_some(),
+            "{mode}: the old generation did not exit\n{}",
+            pooler.log()
+        );
+        let out = bench.join().unwrap();
+        let n = assert_clean(&out, &format!("pgbench -M {mode} -c 20 -T 16"));
+        let log = pooler.log();
+        // pgbench logs in once more before its clients start (a check connection).
+        let logins = log.matches("login attempt: db=app user=app").count();
+        let after = log
+            .split_once("upgrade: starting")
+            .map_or("", |(_, rest)| rest)
+            .matches("login attempt: db=app user=app")
+            .count();
+        let handed = log.matches("handed over to the new generation").count();
+        eprintln!(
+            "FIGURES pgbench -M {mode} -c 20 -T 16 (transaction pooling, shutdown_timeout 3) \
+             across an upgrade: {n} transactions, 0 failed, {logins} logins in all for 20 \
+             clients, {after} after the upgrade began, {handed} clients handed over; old \
+             generation gone after {overlap:?}"
+        );
+        assert_eq!(after, 0, "{mode}: a client logged in again\n{log}");
+        assert!(logins <= 21, "{mode}: {logins} logins\n{log}");
+        assert_eq!(
+            handed, 20,
+            "{mode}: not every client was handed over\n{log}"
+        );
+        assert!(
+            overlap < secs(3),
+            "{mode}: the old generation waited for shutdown_timeout: {overlap:?}"
+        );
+        assert!(process_alive(new));
+    }
+}
+
+/// A handed-over client keeps its session: tracked parameters, named prepared
+/// statements, and its cancel key, which reaches it in the new generation.
+#[test]
+fn a_handed_over_client_keeps_its_parameters_statements_and_cancel_key() {
+    let extra = "shutdown_timeout: 30\nmax_prepared_statements: 100\nserver_lifetime: 0\n";
+    let (mut pooler, _g) = start(&config("transaction", extra), 2);
+    let mut c = pooler
+        .client_config(APP_USER, APP_PASSWORD, APP_DB)
+        .application_name("before_upgrade")
+        .connect(NoTls)
+        .unwrap();
+    let stmt = c.prepare("SELECT $1::int4 + 1").unwrap();
+    scalar(&mut c, "SET DateStyle = 'SQL, DMY'").unwrap();
+    let token = c.cancel_token();
+    let _new = upgrade_ok(&pooler, 2);
+    // Idle, so handed over at once: the old generation has nobody left.
+    assert!(
+        pooler.wait_exit(secs(10)).is_some(),
+        "the old generation kept the idle client\n{}",
+        pooler.log()
+    );
+    assert!(pooler.log().contains("handed over to the new generation"));
+    let row = c.query_one(&stmt, &[&41i32]).unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    assert_eq!(
+        scalar(&mut c, "SELECT current_setting('application_name')").unwrap(),
+        "before_upgrade"
+    );
+    assert_eq!(scalar(&mut c, "SHOW DateStyle").unwrap(), "SQL, DMY");
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(scalar(&mut c, "SELECT pg_sleep(20)"));
+        });
+        thread::sleep(ms(500));
+        token.cancel_query(NoTls).expect("cancel");
+        let r = rx
+            .recv_timeout(secs(5))
+            .unwrap_or_else(|_| panic!("not cancelled\n{}", pooler.log()));
+        let e = r.expect_err("pg_sleep finished");
+        assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
+    });
+    assert_eq!(scalar(&mut c, "SELECT 5").unwrap(), "5");
+}

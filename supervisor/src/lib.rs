@@ -22,7 +22,6 @@ use pgbouncers_worker::shm::Shm;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,6 +96,8 @@ struct Supervisor {
     handed_over: bool,
     /// The pid file a new generation writes once it has taken over.
     pidfile: Option<daemon::PidFile>,
+    /// Cancel keys of clients the old generation handed over -> the slot that took each.
+    adopted: std::collections::HashMap<u64, usize>,
     /// The metrics socket inherited at an upgrade, used if `metrics_addr` still names it.
     inherited_metrics: Option<std::net::TcpListener>,
 }
@@ -258,7 +259,7 @@ fn run_inner(opts: Options, cfg: Config, inherited: &mut Option<upgrade::Inherit
         Some(i) => match i.link.take() {
             Some(fd) => (
                 Some(upgrade::Link {
-                    fd,
+                    chan: channel::Channel::new(fd),
                     role: upgrade::Role::Predecessor { pid: i.predecessor },
                     since: Instant::now(),
                 }),
@@ -298,6 +299,7 @@ fn run_inner(opts: Options, cfg: Config, inherited: &mut Option<upgrade::Inherit
         link,
         handed_over: false,
         pidfile: None,
+        adopted: Default::default(),
         inherited_metrics,
     };
     let code = match sup.main_loop() {
@@ -465,7 +467,10 @@ impl Supervisor {
         if let Err(e) = ctl.send(&self.scratch, fd) {
             log::warn!("worker {n} (pid {pid}): control channel: {e}");
             // The signal a worker understands without the channel.
-            if matches!(cmd, Command::Shutdown | Command::ShutdownWaitForClients) {
+            if matches!(
+                cmd,
+                Command::Shutdown | Command::ShutdownWaitForClients | Command::UpgradeDrain
+            ) {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
             }
         }
@@ -488,7 +493,8 @@ impl Supervisor {
         let mut buf = [0u8; control::MAX_MESSAGE];
         loop {
             match control::recv(fd, &mut buf) {
-                Ok(Some((len, _))) => match Report::decode(&buf[..len]) {
+                Ok(Some((len, fd))) => match Report::decode(&buf[..len]) {
+                    Ok(Report::HandOver { state }) => self.hand_over(&state, fd),
                     Ok(Report::Cancel { pid, key }) => self.route_cancel(pid, key),
                     Ok(Report::Admin { req, request }) => self.console_request(n, req, request),
                     Ok(Report::Rows { req, chunk, last }) => self.gather_rows(n, req, chunk, last),
@@ -512,9 +518,16 @@ impl Supervisor {
     /// A cancel request a worker could not serve: to the worker whose slot the key names,
     /// or, for the other generation's key during an upgrade, across the link.
     fn route_cancel(&mut self, pid: u32, key: u32) {
+        // A client the old generation handed over keeps its key; we know where it went.
+        let full = u64::from(pid) << 32 | u64::from(key);
+        if let Some(&n) = self.adopted.get(&full) {
+            return self.send(n, &Command::Cancel { pid, key }, None);
+        }
         if !pgbouncers_worker::key_generation_matches(key, self.generation) {
-            if let Some(link) = &self.link {
-                let _ = upgrade::send(link.fd.as_raw_fd(), &format!("cancel {pid} {key}"));
+            if let Some(link) = self.link.as_mut() {
+                let _ = link
+                    .chan
+                    .send(format!("cancel {pid} {key}").as_bytes(), None);
             }
             return;
         }

@@ -255,6 +255,9 @@ pub fn send(fd: RawFd, msg: &str) -> io::Result<()> {
     pgbouncers_worker::control::send(fd, msg.as_bytes(), None)
 }
 
+/// The prefix of a handed-over client's message on the link (the rest is binary).
+const HANDOVER: &[u8] = b"handover ";
+
 /// A message on the link.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Message {
@@ -264,10 +267,16 @@ pub enum Message {
     Fail(String),
     /// A cancel request for the receiver's generation.
     Cancel { pid: u32, key: u32 },
+    /// An idle client (`HandedClient` encoded) for the new generation; its socket comes
+    /// with the message.
+    HandOver(Vec<u8>),
 }
 
 impl Message {
     pub fn parse(b: &[u8]) -> Option<Message> {
+        if let Some(state) = b.strip_prefix(HANDOVER) {
+            return Some(Message::HandOver(state.to_vec()));
+        }
         let s = std::str::from_utf8(b).ok()?;
         let (verb, rest) = s.split_once(' ').unwrap_or((s, ""));
         match verb {
@@ -287,7 +296,8 @@ impl Message {
 
 /// The link to the other generation.
 pub(crate) struct Link {
-    pub fd: OwnedFd,
+    /// With a queue: handed-over clients' sockets must not be lost to a full buffer.
+    pub chan: crate::channel::Channel,
     pub role: Role,
     pub since: Instant,
 }
@@ -456,7 +466,7 @@ impl crate::Supervisor {
             .register(
                 &mut mio::unix::SourceFd(&ours.as_raw_fd()),
                 mio::Token(crate::LINK_TOKEN),
-                mio::Interest::READABLE,
+                mio::Interest::READABLE | mio::Interest::WRITABLE,
             )
             .map_err(|e| e.to_string())?;
         // SAFETY: the supervisor is single-threaded; the child only runs `Exec::exec`.
@@ -470,7 +480,7 @@ impl crate::Supervisor {
                     self.generation + 1
                 );
                 self.link = Some(Link {
-                    fd: ours,
+                    chan: crate::channel::Channel::new(ours),
                     role: Role::Successor {
                         pid: child,
                         ready: false,
@@ -495,11 +505,11 @@ impl crate::Supervisor {
         let Some(link) = &self.link else {
             return Ok(());
         };
-        let fd = link.fd.as_raw_fd();
+        let fd = link.chan.raw();
         self.poll.registry().register(
             &mut mio::unix::SourceFd(&fd),
             mio::Token(crate::LINK_TOKEN),
-            mio::Interest::READABLE,
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
         )?;
         if let Some(path) = &self.opts.pidfile {
             match crate::daemon::PidFile::take_over(path) {
@@ -522,13 +532,19 @@ impl crate::Supervisor {
 
     /// Messages from the other generation.
     pub(crate) fn link_io(&mut self) {
-        let mut buf = [0u8; 1024];
+        if let Some(link) = self.link.as_mut() {
+            if let Err(e) = link.chan.flush() {
+                log::debug!("upgrade link: {e}");
+            }
+        }
+        let mut buf = vec![0u8; pgbouncers_worker::control::MAX_MESSAGE];
         loop {
-            let Some(fd) = self.link.as_ref().map(|l| l.fd.as_raw_fd()) else {
+            let Some(fd) = self.link.as_ref().map(|l| l.chan.raw()) else {
                 return;
             };
             match pgbouncers_worker::control::recv(fd, &mut buf) {
-                Ok(Some((n, _))) => match Message::parse(&buf[..n]) {
+                Ok(Some((n, fd))) => match Message::parse(&buf[..n]) {
+                    Some(Message::HandOver(state)) => self.adopt_handed(state, fd),
                     Some(Message::Ready(pid)) => self.handed_over_to(pid),
                     Some(Message::Fail(why)) => self.upgrade_failed(&why),
                     Some(Message::Cancel { pid, key }) => {
@@ -564,7 +580,7 @@ impl crate::Supervisor {
         let _ = self
             .poll
             .registry()
-            .deregister(&mut mio::unix::SourceFd(&link.fd.as_raw_fd()));
+            .deregister(&mut mio::unix::SourceFd(&link.chan.raw()));
         match link.role {
             Role::Predecessor { pid } => {
                 log::info!(
@@ -582,10 +598,10 @@ impl crate::Supervisor {
     }
 
     /// The successor took over: stop accepting (our workers close their copies of the
-    /// sockets, which stay open in the new generation) and drain as SIGTERM does: every
-    /// client is served until it leaves, up to shutdown_timeout. (SIGINT's way would
-    /// close clients that are logging in or between transactions: they would see an
-    /// error.)
+    /// sockets, which stay open in the new generation) and drain as SIGTERM does, every
+    /// client served until it leaves (up to shutdown_timeout), except that idle clients
+    /// go to the new generation as soon as they are between transactions. (SIGINT's way
+    /// would close clients that are logging in or idle: they would see an error.)
     fn handed_over_to(&mut self, new: i32) {
         let Some(Link {
             role: Role::Successor { ready, .. },
@@ -620,7 +636,60 @@ impl crate::Supervisor {
         if let Some(mut l) = self.metrics.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        self.begin_stop_as(pgbouncers_worker::control::Command::ShutdownWaitForClients);
+        self.begin_stop_as(pgbouncers_worker::control::Command::UpgradeDrain);
+    }
+
+    /// A worker of ours handed an idle client over: on to the new supervisor.
+    pub(crate) fn hand_over(&mut self, state: &[u8], fd: Option<OwnedFd>) {
+        let Some(fd) = fd else {
+            return;
+        };
+        let Some(link) = self.link.as_mut() else {
+            log::warn!("upgrade: a handed-over client has nowhere to go; closing it");
+            return;
+        };
+        let mut msg = Vec::with_capacity(HANDOVER.len() + state.len());
+        msg.extend_from_slice(HANDOVER);
+        msg.extend_from_slice(state);
+        if let Err(e) = link.chan.send(&msg, Some(fd.as_raw_fd())) {
+            log::warn!("upgrade: cannot pass a client on: {e}");
+        }
+    }
+
+    /// A client the old generation handed over: to our worker in the slot its cancel key
+    /// names (so cancels find it by slot), or any live one.
+    fn adopt_handed(&mut self, state: Vec<u8>, fd: Option<OwnedFd>) {
+        let Some(fd) = fd else {
+            return;
+        };
+        let key = match pgbouncers_worker::control::HandedClient::decode(&state) {
+            Ok(h) => h.cancel_key,
+            Err(e) => {
+                log::warn!("upgrade: bad handed-over client: {}", e.0);
+                return;
+            }
+        };
+        let want = ((key as u32) >> 24) as usize;
+        let live = |n: usize| {
+            self.slots
+                .get(n)
+                .is_some_and(|s| s.pid.is_some() && s.ctl.is_some())
+        };
+        let Some(n) = std::iter::once(want)
+            .chain(0..self.slots.len())
+            .find(|&n| live(n))
+        else {
+            log::warn!("upgrade: no worker to adopt a client; closing it");
+            return;
+        };
+        if key != 0 {
+            self.adopted.insert(key, n);
+        }
+        self.send(
+            n,
+            &pgbouncers_worker::control::Command::Adopt { state },
+            Some(fd.as_raw_fd()),
+        );
     }
 
     /// The successor cannot start: we keep serving and say why.
@@ -634,7 +703,7 @@ impl crate::Supervisor {
             let _ = self
                 .poll
                 .registry()
-                .deregister(&mut mio::unix::SourceFd(&link.fd.as_raw_fd()));
+                .deregister(&mut mio::unix::SourceFd(&link.chan.raw()));
             if let Role::Successor { pid, ready: false } = link.role {
                 // It said it cannot start; make sure it does not linger half-started.
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);

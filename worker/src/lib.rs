@@ -12,6 +12,7 @@ pub(crate) mod commands;
 pub mod config;
 pub mod control;
 mod dns;
+mod handover;
 mod janitor;
 mod link;
 pub mod logfile;

@@ -130,6 +130,8 @@ pub struct Worker {
     pub(crate) waits: Vec<(u32, control::Until)>,
     /// Set once a graceful shutdown began.
     pub(crate) shutdown_since: Option<Instant>,
+    /// Draining after an online upgrade: idle clients go to the new generation.
+    pub(crate) handing_over: bool,
     /// The shutdown waits for every client to leave (SIGTERM, PgBouncer's "super safe
     /// shutdown") rather than only for transactions to end (SIGINT).
     pub(crate) shutdown_waits_for_clients: bool,
@@ -213,6 +215,7 @@ impl Worker {
             holds: init.holds,
             waits: Vec::new(),
             shutdown_since: None,
+            handing_over: false,
             shutdown_waits_for_clients: false,
             dns,
             tls,
@@ -249,6 +252,9 @@ impl Worker {
                 self.drive(t);
             }
             self.accept_all();
+            if self.handing_over {
+                self.hand_over_idle();
+            }
             if !self.waits.is_empty() {
                 self.check_waits();
             }
@@ -372,6 +378,11 @@ impl Worker {
         self.control.is_some()
     }
 
+    /// The control socket, for a message that carries a descriptor.
+    pub(crate) fn control_raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.control.as_ref().map(|f| f.as_raw_fd())
+    }
+
     /// Sends a report to the supervisor, queueing it if the channel is full.
     pub(crate) fn report(&mut self, r: Report) {
         let mut msg = Vec::with_capacity(16);
@@ -380,7 +391,10 @@ impl Worker {
         self.control_io();
     }
 
-    fn on_command(&mut self, cmd: Command, fd: Option<OwnedFd>) {
+    fn on_command(&mut self, cmd: Command, mut fd: Option<OwnedFd>) {
+        if self.handover_command(&cmd, &mut fd) {
+            return;
+        }
         match cmd {
             Command::Reload => match fd.map(control::snapshot_from_fd) {
                 Some(Ok(snap)) => self.reload(snap),
@@ -413,6 +427,7 @@ impl Worker {
                 };
                 self.send_rows(req, &rows);
             }
+            Command::UpgradeDrain | Command::Adopt { .. } => {}
         }
     }
 
