@@ -728,3 +728,38 @@ fn a_handed_over_client_keeps_its_parameters_statements_and_cancel_key() {
     });
     assert_eq!(scalar(&mut c, "SELECT 5").unwrap(), "5");
 }
+
+/// max_client_conn holds for both generations together while the old one drains, and
+/// the old generation's places come back once it has exited.
+#[test]
+fn max_client_conn_counts_both_generations_during_the_overlap() {
+    let extra = "shutdown_timeout: 30\nmax_client_conn: 3\n";
+    let (mut pooler, _g) = start(&config("session", extra), 2);
+    let mut old: Vec<postgres::Client> = (0..2)
+        .map(|_| pooler.connect(APP_USER, APP_PASSWORD, APP_DB))
+        .collect();
+    for c in &mut old {
+        scalar(c, "BEGIN").unwrap();
+    }
+    upgrade_ok(&pooler, 2);
+    let mut b1 = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
+    assert_eq!(scalar(&mut b1, "SELECT 1").unwrap(), "1");
+    let refused = pooler
+        .try_connect(APP_USER, APP_PASSWORD, APP_DB)
+        .err()
+        .expect("a fourth client got in while the old generation holds two");
+    let db = refused.as_db_error().map(|e| e.message().to_string());
+    assert_eq!(
+        db.as_deref(),
+        Some("no more connections allowed (max_client_conn)"),
+        "{refused:?}"
+    );
+    for mut c in old.drain(..) {
+        scalar(&mut c, "COMMIT").unwrap();
+    }
+    assert!(pooler.wait_exit(secs(10)).is_some(), "{}", pooler.log());
+    let more: Vec<postgres::Client> = (0..2)
+        .map(|_| pooler.connect(APP_USER, APP_PASSWORD, APP_DB))
+        .collect();
+    assert_eq!(more.len(), 2);
+}

@@ -588,8 +588,11 @@ impl crate::Supervisor {
                     self.generation - 1,
                     link.since.elapsed().as_secs_f64()
                 );
-                // Workers forked from now on need not map it.
-                self.predecessor = None;
+                // Whatever it held no longer counts (it may have died without cleaning
+                // up); workers forked from now on need not map it.
+                if let Some(old) = self.predecessor.take() {
+                    old.retire();
+                }
             }
             Role::Successor { pid, .. } => {
                 log::warn!("upgrade: the new supervisor (pid {pid}) closed the link");

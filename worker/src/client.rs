@@ -637,7 +637,7 @@ impl Worker {
                 );
             }
         }
-        if !self.shm.acquire_client(self.slot, self.cfg.max_client_conn) {
+        if !self.acquire_client_place() {
             return self.close_client(
                 ct,
                 Close::Fatal(
@@ -653,6 +653,18 @@ impl Worker {
             return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, why.into()));
         }
         self.begin_auth(ct);
+    }
+
+    /// A place in the pooler-wide client count (max_client_conn). While an online
+    /// upgrade's previous generation drains, its clients count too: the limit holds for
+    /// both generations together.
+    fn acquire_client_place(&mut self) -> bool {
+        let max = self.cfg.max_client_conn;
+        let room = match &self.predecessor {
+            Some(old) if max != 0 => max.saturating_sub(old.clients()),
+            _ => max,
+        };
+        (max == 0 || room > 0) && self.shm.acquire_client(self.slot, room)
     }
 
     /// Takes the client's places in its database's and its user's client counts, all

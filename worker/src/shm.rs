@@ -373,6 +373,17 @@ impl Shm {
         self.header().generation.load(Relaxed)
     }
 
+    /// Marks the whole region's generation as gone (online upgrade: its supervisor
+    /// exited): no worker rows, no clients. Whatever it held cannot count against the
+    /// next generation's limits any more, even if it died without cleaning up.
+    pub fn retire(&self) {
+        for w in self.region().workers {
+            w.state.store(0, Relaxed);
+            w.clients.store(0, Relaxed);
+        }
+        self.header().clients.store(0, Release);
+    }
+
     /// The region, typed. The one place that reads the mapping through a raw pointer.
     fn region(&self) -> Region<'_> {
         let p = &self.plan;
