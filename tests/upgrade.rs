@@ -583,31 +583,48 @@ fn two_upgrades_in_a_row_leak_no_descriptor() {
     assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
 }
 
-/// An upgrade right after a worker was killed (while it is being respawned), under
-/// connect load: nothing is refused, and the new generation has all its workers.
+/// An upgrade while a worker is being respawned (killed twice, so its respawn backs
+/// off), under connect load: connections that reach the empty slot's socket wait in its
+/// queue until a worker of either generation accepts them; none is refused, and the new
+/// generation has all its workers.
 #[test]
 fn upgrade_while_a_worker_is_respawned() {
     let (mut pooler, _g) = start(&config("transaction", "shutdown_timeout: 10\n"), 3);
-    let bench = pgbench(&pooler, &["-C", "-c", "8", "-j", "2", "-T", "6"]);
-    thread::sleep(secs(1));
-    // Kill one worker twice in a row so its respawn backs off.
-    let victim = pooler.children()[0];
+    // Worker 0's pid, from the last "worker 0 started (pid N)" line.
+    let slot0 = |pooler: &Pooler| -> i32 {
+        let log = pooler.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("worker 0 started (pid "))
+            .unwrap();
+        line.rsplit("(pid ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')')
+            .parse()
+            .unwrap()
+    };
+    let victim = slot0(&pooler);
     // SAFETY: kill(2) on one of the test pooler's workers.
     unsafe { libc::kill(victim, libc::SIGKILL) };
-    let _ = wait_until(secs(2), || pooler.children().len() == 3);
-    let victim = pooler.children()[0];
+    assert!(wait_until(secs(2), || slot0(&pooler) != victim));
+    let victim = slot0(&pooler);
     // SAFETY: as above.
     unsafe { libc::kill(victim, libc::SIGKILL) };
+    assert!(
+        wait_until(secs(2), || pooler.log().contains("respawning in 400ms")),
+        "{}",
+        pooler.log()
+    );
+    let bench = pgbench(&pooler, &["-C", "-c", "8", "-j", "2", "-T", "5"]);
     let new = upgrade_ok(&pooler, 3);
     assert!(pooler.wait_exit(secs(20)).is_some(), "{}", pooler.log());
     assert_eq!(child_pids(new).len(), 3);
     let out = bench.join().unwrap();
-    // Connections the killed workers held are lost (that is the kill, not the upgrade):
-    // pgbench -C reconnects per transaction, so only a transaction in flight then fails.
-    assert!(
-        out.stdout
-            .contains("number of transactions actually processed"),
-        "{out}"
+    assert_clean(
+        &out,
+        "pgbench -C during an upgrade with a worker respawning",
     );
     let mut c = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
     assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
@@ -762,4 +779,68 @@ fn max_client_conn_counts_both_generations_during_the_overlap() {
         .map(|_| pooler.connect(APP_USER, APP_PASSWORD, APP_DB))
         .collect();
     assert_eq!(more.len(), 2);
+}
+
+/// Two upgrades in a row under transaction-pooling load: the clients move twice (the
+/// third generation has the first one's key parity), no transaction fails and nobody
+/// logs in again; cancels still reach a client that moved twice.
+#[test]
+fn two_upgrades_in_a_row_under_load() {
+    let extra = "shutdown_timeout: 3\n";
+    let (mut pooler, _g) = start(&config("transaction", extra), 2);
+    let mut c = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
+    let token = c.cancel_token();
+    let bench = pgbench(&pooler, &["-c", "20", "-j", "4", "-T", "14"]);
+    thread::sleep(secs(3));
+    let t1 = Instant::now();
+    let gen2 = upgrade_ok(&pooler, 2);
+    assert!(pooler.wait_exit(secs(10)).is_some(), "{}", pooler.log());
+    assert!(
+        wait_until(secs(5), || pooler
+            .log()
+            .contains("upgrade complete: generation 1")),
+        "{}",
+        pooler.log()
+    );
+    let overlap1 = t1.elapsed();
+    thread::sleep(secs(2));
+    let t2 = Instant::now();
+    let gen3 = upgrade_ok(&pooler, 2);
+    assert!(
+        wait_until(secs(10), || !process_alive(gen2)),
+        "generation 2 did not exit\n{}",
+        pooler.log()
+    );
+    let overlap2 = t2.elapsed();
+    let out = bench.join().unwrap();
+    let n = assert_clean(&out, "pgbench -c 20 across two upgrades");
+    let log = pooler.log();
+    let after = log
+        .split_once("upgrade: starting")
+        .map_or("", |(_, rest)| rest)
+        .matches("login attempt: db=app user=app")
+        .count();
+    let handed = log.matches("handed over to the new generation").count();
+    eprintln!(
+        "FIGURES pgbench -c 20 -T 14 across two upgrades: {n} transactions, 0 failed, \
+         {after} logins after the first upgrade began, {handed} handovers; overlaps \
+         {overlap1:?} and {overlap2:?}"
+    );
+    assert_eq!(after, 0, "{log}");
+    // 20 pgbench clients and `c`, twice.
+    assert_eq!(handed, 42, "{log}");
+    assert!(process_alive(gen3));
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(scalar(&mut c, "SELECT pg_sleep(20)"));
+        });
+        thread::sleep(ms(500));
+        token.cancel_query(NoTls).expect("cancel");
+        let r = rx
+            .recv_timeout(secs(5))
+            .unwrap_or_else(|_| panic!("not cancelled\n{}", pooler.log()));
+        let e = r.expect_err("pg_sleep finished");
+        assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
+    });
 }
