@@ -410,12 +410,18 @@ impl Supervisor {
             self.metrics_timeouts();
             self.averages_tick();
             if let Some(since) = self.stopping {
-                if self.slots.iter().all(|s| s.pid.is_none()) {
+                // Clients handed over last must reach the new generation first.
+                let link_busy = self
+                    .link
+                    .as_mut()
+                    .is_some_and(|l| l.chan.flush().is_ok() && !l.chan.is_flushed());
+                let limit = self.cfg.shutdown_timeout;
+                let overdue = !limit.is_zero() && since.elapsed() > limit + Duration::from_secs(5);
+                if self.slots.iter().all(|s| s.pid.is_none()) && (!link_busy || overdue) {
                     log::info!("all workers stopped; exiting");
                     return Ok(0);
                 }
-                let limit = self.cfg.shutdown_timeout;
-                if !limit.is_zero() && since.elapsed() > limit + Duration::from_secs(5) {
+                if overdue {
                     log::warn!("workers did not stop in time; killing them");
                     self.kill_all(Signal::SIGKILL);
                 }

@@ -117,7 +117,8 @@ impl Worker {
         state.encode(&mut body);
         let mut msg = Vec::with_capacity(body.len() + 8);
         Report::HandOver { state: body }.encode(&mut msg);
-        if msg.len() > control::MAX_MESSAGE {
+        // The link adds a prefix on the way: keep well inside one record.
+        if msg.len() + 64 > control::MAX_MESSAGE {
             // Thousands of prepared statements: it drains here instead.
             return true;
         }
