@@ -501,7 +501,24 @@ fn failed_upgrades_leave_the_old_generation_serving() {
 /// workers hold as many descriptors as the first generation did.
 #[test]
 fn two_upgrades_in_a_row_leak_no_descriptor() {
-    let (mut pooler, _g) = start(&config("session", "shutdown_timeout: 60\n"), 2);
+    let extra = "shutdown_timeout: 60\nunix_socket_dir: @DIR@\n";
+    let (mut pooler, _g) = start(&config("session", extra), 2);
+    let unix = |pooler: &Pooler| {
+        postgres::Config::new()
+            .host_path(pooler.dir())
+            .port(pooler.port())
+            .user(APP_USER)
+            .dbname(APP_DB)
+            .password(APP_PASSWORD)
+            .connect_timeout(secs(10))
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("over the Unix socket: {e}\n{}", pooler.log()))
+    };
+    let socket_file = pooler.path(&format!(".s.PGSQL.{}", pooler.port()));
+    assert!(socket_file.exists());
+    // A client over the Unix socket stays with generation 1 (session pooling).
+    let mut u = unix(&pooler);
+    scalar(&mut u, "SELECT 1").unwrap();
     let gen1 = pooler.pid();
     let listening = listening_inodes();
     let mut gen1_fds: BTreeSet<String> = BTreeSet::new();
@@ -519,6 +536,10 @@ fn two_upgrades_in_a_row_leak_no_descriptor() {
     assert!(!out.success(), "{out}");
     assert!(out.stderr.contains("still draining"), "{out}");
     assert_eq!(pidfile_pid(&pooler), Some(gen2));
+    let mut u2 = unix(&pooler);
+    assert_eq!(scalar(&mut u2, "SELECT 2").unwrap(), "2");
+    drop(u2);
+    drop(u);
     drop(a);
     assert!(pooler.wait_exit(secs(10)).is_some(), "{}", pooler.log());
     assert!(
@@ -581,6 +602,10 @@ fn two_upgrades_in_a_row_leak_no_descriptor() {
     );
     let mut c = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
     assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
+    // The old generations' exits left the Unix socket file to the new one.
+    assert!(socket_file.exists(), "the Unix socket file is gone");
+    let mut u3 = unix(&pooler);
+    assert_eq!(scalar(&mut u3, "SELECT 3").unwrap(), "3");
 }
 
 /// An upgrade while a worker is being respawned (killed twice, so its respawn backs
@@ -843,4 +868,48 @@ fn two_upgrades_in_a_row_under_load() {
         let e = r.expect_err("pg_sleep finished");
         assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
     });
+}
+
+/// Under systemd (Type=notify, NotifyAccess=main) the old supervisor, still the main
+/// process, announces the new one: MAINPID=<new pid> then READY=1.
+#[test]
+fn systemd_is_told_the_new_main_pid() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = common::tempdir::TestDir::new("upgrade-notify");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(ms(200))).unwrap();
+    let mut setup = PoolerSetup::new();
+    let users = format!("{}\n", userlist_entry(APP_USER, APP_PASSWORD));
+    setup.write_file("userlist.txt", &users);
+    setup.env("NOTIFY_SOCKET", &path);
+    let pooler = setup.start_with_args(&config("transaction", ""), &["--workers", "1"]);
+    let _g = Group(pooler.pid());
+    let old = pooler.pid();
+    let mut got: Vec<String> = Vec::new();
+    let read_all = |got: &mut Vec<String>| {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    read_all(&mut got);
+    assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
+    got.clear();
+    let new = upgrade_ok(&pooler, 1);
+    assert!(
+        wait_until(secs(5), || {
+            read_all(&mut got);
+            got.iter().any(|m| m.contains(&format!("MAINPID={new}")))
+        }),
+        "{got:?}\n{}",
+        pooler.log()
+    );
+    let announce = got.iter().find(|m| m.contains("MAINPID=")).unwrap();
+    assert!(announce.contains("READY=1"), "{announce:?}");
+    // The old one does not say STOPPING=1: systemd would think the service stops.
+    let _ = old;
+    thread::sleep(secs(1));
+    read_all(&mut got);
+    assert!(!got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
 }
