@@ -913,3 +913,38 @@ fn systemd_is_told_the_new_main_pid() {
     read_all(&mut got);
     assert!(!got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
 }
+
+/// A client behind a PROXY header keeps its real address when it is handed over.
+#[test]
+fn a_handed_over_client_keeps_its_proxy_address() {
+    use common::wire::{query, read_answer, startup_packet};
+    use std::io::Write;
+    let extra = "shutdown_timeout: 30\nproxy_protocol: optional\nproxy_trusted: [127.0.0.1/32]\n";
+    let (mut pooler, _g) = start(&config("transaction", extra), 1);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", pooler.port())).unwrap();
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    let mut hello = b"PROXY TCP4 203.0.113.7 127.0.0.1 40123 5432\r\n".to_vec();
+    hello.extend(startup_packet(&[("user", APP_USER), ("database", APP_DB)]));
+    s.write_all(&hello).unwrap();
+    assert!(read_answer(&mut s).ready, "login through a PROXY header");
+    let addr_of_client = |pooler: &Pooler| {
+        let mut console = pooler.connect(ADMIN, ADMIN_PW, "pgbouncer");
+        let (cols, rows) = show(&mut console, "SHOW CLIENTS");
+        let col = |n: &str| cols.iter().position(|c| c == n).unwrap();
+        rows.iter()
+            .find(|r| r[col("user")] == APP_USER)
+            .map(|r| (r[col("addr")].clone(), r[col("port")].clone()))
+    };
+    let want = Some(("203.0.113.7".to_string(), "40123".to_string()));
+    assert_eq!(addr_of_client(&pooler), want);
+    upgrade_ok(&pooler, 1);
+    assert!(
+        pooler.wait_exit(secs(10)).is_some(),
+        "the old generation kept the idle client\n{}",
+        pooler.log()
+    );
+    assert_eq!(addr_of_client(&pooler), want, "in the new generation");
+    s.write_all(&query("SELECT 6 * 7")).unwrap();
+    let a = read_answer(&mut s);
+    assert_eq!(a.values, ["42"], "{:?}", a.error);
+}
