@@ -136,8 +136,9 @@ fn main() {
     if args.reboot {
         eprintln!(
             "pgbouncers: -R/--reboot (PgBouncer's online restart through the Unix socket) is not \
-             supported: use `pgbouncers --upgrade -c CONFIG`, which starts the new binary with \
-             the running pooler's listening sockets and drains the old one"
+             supported: pgbouncers' online upgrade is `pgbouncers --upgrade -c CONFIG`, which \
+             starts the new binary with the running pooler's listening sockets, hands idle \
+             clients over and drains the old one"
         );
         std::process::exit(1);
     }

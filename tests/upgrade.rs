@@ -948,3 +948,34 @@ fn a_handed_over_client_keeps_its_proxy_address() {
     let a = read_answer(&mut s);
     assert_eq!(a.values, ["42"], "{:?}", a.error);
 }
+
+/// `--upgrade` needs a pid file that names a running pooler, and says so.
+#[test]
+fn upgrade_without_a_running_pooler_says_why() {
+    let setup = PoolerSetup::new();
+    setup.write_file("userlist.txt", &userlist_entry(APP_USER, APP_PASSWORD));
+    let no_pidfile = config("transaction", "").replace("pidfile: @DIR@/pgbouncers.pid\n", "");
+    let out = setup.run_to_exit(&no_pidfile, &["--upgrade"], secs(10));
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("set pidfile or --pidfile"), "{out}");
+    let out = setup.run_to_exit(&config("transaction", ""), &["--upgrade"], secs(10));
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("names no process"), "{out}");
+    // A stale pid file (a pid that is not running): refused, nothing is signalled.
+    setup.write_file("pgbouncers.pid", "999999999\n");
+    let out = setup.run_to_exit(&config("transaction", ""), &["--upgrade"], secs(10));
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("cannot signal pid 999999999"), "{out}");
+    // A pid file that names some other live process: it is left alone.
+    let mut other = Command::new("sleep").arg("30").spawn().unwrap();
+    setup.write_file("pgbouncers.pid", &format!("{}\n", other.id()));
+    let out = setup.run_to_exit(&config("transaction", ""), &["--upgrade"], secs(10));
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("not a pgbouncers supervisor"), "{out}");
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other process was signalled"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+}

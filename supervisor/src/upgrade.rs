@@ -37,6 +37,17 @@ pub fn signal() -> i32 {
 
 /// Asks the supervisor `pid` to upgrade (what `pgbouncers --upgrade` does).
 pub fn request(pid: i32) -> io::Result<()> {
+    // A stale pid file may name an unrelated process by now, which SIGRTMIN+1 (default
+    // action: terminate) would kill. The supervisor's short name is its binary's.
+    if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        let comm = comm.trim_end();
+        if !comm.starts_with("pgbouncers") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("it is not a pgbouncers supervisor (it runs {comm:?}): a stale pid file?"),
+            ));
+        }
+    }
     // SAFETY: kill only sends a signal.
     if unsafe { libc::kill(pid, signal()) } != 0 {
         return Err(io::Error::last_os_error());
