@@ -4,14 +4,14 @@
 //! nothing buffered either way, no TLS session (rustls state cannot move between
 //! processes) and no auth_query password (the new worker's pool would not know it), is
 //! all socket plus a little state: user and database, tracked parameters, named prepared
-//! statements, its real (PROXY) address and its cancel key. The socket goes with
+//! statements, its real (PROXY) address and PROXY v2 extras, and its cancel key. The socket goes with
 //! SCM_RIGHTS, worker -> supervisor -> link -> new supervisor -> new worker; the client
 //! sees nothing. Bytes it sent meanwhile wait in the socket's kernel buffer, which moves
 //! with it. Server connections stay: each generation has its own (see ARCHITECTURE.md).
 
 use crate::client::{CState, Client, Close, Peer};
 use crate::config::PoolMode;
-use crate::control::{self, Command, HandedClient, Report};
+use crate::control::{self, Command, HandedClient, HandedProxy, Report};
 use crate::intern::intern;
 use crate::params::Params;
 use crate::relay::{Scan, TxState};
@@ -63,7 +63,6 @@ impl Worker {
             && c.admin.is_none()
             && c.found.is_none()
             && c.lookup.is_none()
-            && c.proxy.is_none()
             && !c.io.is_tls()
             && c.tx.is_idle()
             && c.scan.ready == 0
@@ -112,6 +111,12 @@ impl Worker {
                 .collect(),
             age_ms: self.now.duration_since(c.connect_time).as_millis() as u64,
             scram_keys,
+            proxy: c.proxy.as_ref().map(|p| HandedProxy {
+                tls: p.tls.clone(),
+                tls_cn: p.tls_cn.clone(),
+                unique_id: p.unique_id.clone(),
+                endpoint: p.endpoint.clone(),
+            }),
         };
         let mut body = Vec::new();
         state.encode(&mut body);
@@ -237,7 +242,14 @@ impl Worker {
             dropped: Vec::new(),
             skipping: false,
             admin: None,
-            proxy: None,
+            proxy: h.proxy.clone().map(|p| {
+                Box::new(crate::proxy::ProxyInfo {
+                    tls: p.tls,
+                    tls_cn: p.tls_cn,
+                    unique_id: p.unique_id,
+                    endpoint: p.endpoint,
+                })
+            }),
             found: None,
             lookup: None,
         };

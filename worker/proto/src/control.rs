@@ -567,6 +567,17 @@ pub struct HandedClient {
     /// The SCRAM keys (ServerKey, ClientKey) its login recovered, for pass-through
     /// logins to PostgreSQL.
     pub scram_keys: Option<([u8; 32], [u8; 32])>,
+    /// What a trusted PROXY v2 header said besides the address.
+    pub proxy: Option<HandedProxy>,
+}
+
+/// A PROXY v2 header's extras, as a handed-over client keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandedProxy {
+    pub tls: Option<String>,
+    pub tls_cn: Option<String>,
+    pub unique_id: Option<String>,
+    pub endpoint: Option<crate::proxy_header::CloudEndpoint>,
 }
 
 fn put_addr(out: &mut Vec<u8>, a: Option<std::net::SocketAddr>) {
@@ -598,6 +609,31 @@ impl HandedClient {
                 out.push(1);
                 out.extend_from_slice(server);
                 out.extend_from_slice(client);
+            }
+        }
+        match &self.proxy {
+            None => out.push(0),
+            Some(p) => {
+                out.push(1);
+                put_long_str(out, p.tls.as_deref());
+                put_long_str(out, p.tls_cn.as_deref());
+                put_long_str(out, p.unique_id.as_deref());
+                use crate::proxy_header::CloudEndpoint as E;
+                match &p.endpoint {
+                    None => out.push(0),
+                    Some(E::AwsVpce(id)) => {
+                        out.push(1);
+                        put_long_bytes(out, id);
+                    }
+                    Some(E::AzureLink(id)) => {
+                        out.push(2);
+                        out.extend_from_slice(&id.to_be_bytes());
+                    }
+                    Some(E::GcpPsc(id)) => {
+                        out.push(3);
+                        out.extend_from_slice(&id.to_be_bytes());
+                    }
+                }
             }
         }
     }
@@ -643,6 +679,29 @@ impl HandedClient {
                 let mut client = [0u8; 32];
                 client.copy_from_slice(r.take(32)?);
                 Some((server, client))
+            }
+            _ => return Err(DecodeError("bad option tag")),
+        };
+        c.proxy = match r.take(1)?[0] {
+            0 => None,
+            1 => {
+                use crate::proxy_header::CloudEndpoint as E;
+                let mut p = HandedProxy {
+                    tls: r.long_str()?,
+                    tls_cn: r.long_str()?,
+                    unique_id: r.long_str()?,
+                    endpoint: None,
+                };
+                p.endpoint = match r.take(1)?[0] {
+                    0 => None,
+                    1 => Some(E::AwsVpce(
+                        r.long_bytes()?.ok_or(DecodeError("no endpoint"))?,
+                    )),
+                    2 => Some(E::AzureLink(r.u32()?)),
+                    3 => Some(E::GcpPsc(u64(&mut r)?)),
+                    _ => return Err(DecodeError("bad endpoint")),
+                };
+                Some(p)
             }
             _ => return Err(DecodeError("bad option tag")),
         };
@@ -781,6 +840,14 @@ mod tests {
             stmts: vec![("s1".into(), b"SELECT 1\0\0\0".to_vec())],
             age_ms: 1234,
             scram_keys: Some(([1; 32], [2; 32])),
+            proxy: Some(HandedProxy {
+                tls: Some("TLSv1.3".into()),
+                tls_cn: None,
+                unique_id: Some("abc".into()),
+                endpoint: Some(crate::proxy_header::CloudEndpoint::AwsVpce(
+                    b"vpce-1".to_vec(),
+                )),
+            }),
         };
         let mut b = Vec::new();
         handed.encode(&mut b);
