@@ -1348,7 +1348,10 @@ fn sysv_script_starts_reloads_and_stops_the_daemon() {
     );
     // Only now is the new supervisor our child (re-parented to us, the subreaper).
     let guard2 = DaemonGuard::watch(pid);
-    assert!(pidfile.exists(), "the old daemon's exit removed the pid file");
+    assert!(
+        pidfile.exists(),
+        "the old daemon's exit removed the pid file"
+    );
     let out = run_psql(setup.port(), APP_USER, "", APP_DB, "SELECT 40 + 2");
     assert_eq!(out.stdout, "42\n", "{out}");
 
