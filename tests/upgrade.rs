@@ -199,8 +199,14 @@ fn pgbench_number(out: &str, prefix: &str) -> Option<u64> {
 
 /// A pgbench run of `SELECT 1` transactions against the pooler, in a thread.
 fn pgbench(pooler: &Pooler, args: &[&str]) -> thread::JoinHandle<CmdOutput> {
+    pgbench_as(pooler, "pgbench", args)
+}
+
+/// [`pgbench`] with its application_name (which the servers take on, too).
+fn pgbench_as(pooler: &Pooler, app: &str, args: &[&str]) -> thread::JoinHandle<CmdOutput> {
     let script = pooler.write_file("select1.sql", "SELECT 1;\n");
     let mut cmd = pgbench_command(pooler.port(), APP_USER, APP_PASSWORD);
+    cmd.env("PGAPPNAME", app);
     cmd.args(["-n", "-f"]).arg(script).args(args).arg(APP_DB);
     thread::spawn(move || run_cmd(cmd, None, secs(120)))
 }
@@ -688,12 +694,36 @@ fn transaction_clients_move_to_the_new_generation_unnoticed() {
     ] {
         let extra = "shutdown_timeout: 3\nmax_prepared_statements: 100\n";
         let (mut pooler, _g) = start(&config(pooling, extra), 2);
-        let bench = pgbench(&pooler, &["-M", mode, "-c", "20", "-j", "4", "-T", &run]);
+        let app = format!("upg_{pooling}_{mode}_{}", std::process::id());
+        let bench = pgbench_as(
+            &pooler,
+            &app,
+            &["-M", mode, "-c", "20", "-j", "4", "-T", &run],
+        );
         thread::sleep(secs(4));
+        // Backend side: the servers of this run (they take the clients' application_name).
+        let mut pg = shared_pg().admin_client();
+        let backends = |pg: &mut postgres::Client, since: Option<&str>| -> i64 {
+            let sql = format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' {}",
+                since.map_or(String::new(), |t| format!("AND backend_start > '{t}'"))
+            );
+            pg.query_one(sql.as_str(), &[]).unwrap().get(0)
+        };
+        let before = backends(&mut pg, None);
+        let t0: String = pg.query_one("SELECT now()::text", &[]).unwrap().get(0);
         let started = Instant::now();
         let new = upgrade_ok(&pooler, 2);
         let status = pooler.wait_exit(secs(10));
         let overlap = started.elapsed();
+        thread::sleep(secs(1));
+        let opened = backends(&mut pg, Some(&t0));
+        let now_open = backends(&mut pg, None);
+        // Two workers with default_pool_size 20 each, in either generation.
+        assert!(
+            before <= 40 && opened <= 40,
+            "{before} then {opened} new backends"
+        );
         // The new generation serves the same 20 clients, connected before the upgrade.
         thread::sleep(secs(1));
         let mut console = pooler.connect(ADMIN, ADMIN_PW, "pgbouncer");
@@ -731,7 +761,8 @@ fn transaction_clients_move_to_the_new_generation_unnoticed() {
             "FIGURES pgbench -M {mode} -c 20 -T {run} ({pooling} pooling, shutdown_timeout 3) \
              across an upgrade: {n} transactions, 0 failed, {logins} logins in all for 20 \
              clients, {after} after the upgrade began, {handed} clients handed over; old \
-             generation gone after {overlap:?}"
+             generation gone after {overlap:?}; backends: {before} before, {opened} opened \
+             by the new generation, {now_open} open after"
         );
         assert_eq!(after, 0, "{mode}: a client logged in again\n{log}");
         assert!(logins <= 21, "{mode}: {logins} logins\n{log}");
