@@ -1031,3 +1031,23 @@ fn upgrade_without_a_running_pooler_says_why() {
     let _ = other.kill();
     let _ = other.wait();
 }
+
+/// A pid file that names a process which does not catch the upgrade signal (here a
+/// worker; likewise a pgbouncers from before online upgrades) is refused: the signal
+/// would kill it.
+#[test]
+fn upgrade_refuses_a_process_that_would_die_of_the_signal() {
+    let (mut pooler, _g) = start(&config("transaction", ""), 1);
+    let worker = pooler.children()[0];
+    std::fs::write(pooler.path("pgbouncers.pid"), format!("{worker}\n")).unwrap();
+    let out = upgrade(&pooler);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr.contains("does not handle the upgrade signal"),
+        "{out}"
+    );
+    thread::sleep(ms(300));
+    assert!(process_alive(worker), "the worker was signalled");
+    assert!(pooler.is_running());
+    assert_eq!(pooler.children(), [worker]);
+}

@@ -215,8 +215,10 @@ impl Supervisor {
             }
         }
         // Signals meant for the pooler come through the supervisor: a terminal's Ctrl-C
-        // or a stray HUP to the process group must not end a worker on its own.
-        for sig in [SIGINT, SIGHUP, SIGUSR1, SIGUSR2] {
+        // or a stray HUP to the process group must not end a worker on its own. The
+        // upgrade signal too: ignored, it also shows `--upgrade` (SigCgt) that a worker's
+        // pid is not the supervisor's.
+        for sig in [SIGINT, SIGHUP, SIGUSR1, SIGUSR2, crate::upgrade::signal()] {
             // SAFETY: as above.
             unsafe {
                 libc::signal(sig, libc::SIG_IGN);

@@ -48,11 +48,32 @@ pub fn request(pid: i32) -> io::Result<()> {
             ));
         }
     }
+    // A pgbouncers that predates online upgrades (or a worker) does not catch the
+    // signal, and would die of it.
+    if catches(pid, signal()) == Some(false) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "it does not handle the upgrade signal: a pgbouncers without online upgrade, or \
+             not the supervisor; restart it instead (SIGTERM, then start the new binary)",
+        ));
+    }
     // SAFETY: kill only sends a signal.
     if unsafe { libc::kill(pid, signal()) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Whether process `pid` has a handler for `sig` (SigCgt in /proc/PID/status); None when
+/// that cannot be read.
+fn catches(pid: i32, sig: i32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())?;
+    let bit = u32::try_from(sig - 1).ok()?;
+    Some(mask.checked_shr(bit).is_some_and(|m| m & 1 == 1))
 }
 
 /// Where a failed upgrade's reason is written for `pgbouncers --upgrade` to print: the
