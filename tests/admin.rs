@@ -684,7 +684,7 @@ const LISTS_ROWS: [&str; 14] = [
     "dns_pending",
 ];
 
-const WORKERS_COLS: [&str; 11] = [
+const WORKERS_COLS: [&str; 12] = [
     "worker",
     "pid",
     "state",
@@ -696,6 +696,7 @@ const WORKERS_COLS: [&str; 11] = [
     "accepts",
     "bytes_received",
     "bytes_sent",
+    "generation",
 ];
 
 const TEXT: u32 = 25;
@@ -1326,7 +1327,7 @@ fn show_catalog_commands_match_the_spec() {
         ("SHOW USERS", oids("ssssiiii")),
         ("SHOW LISTS", oids("si")),
         ("SHOW CONFIG", oids("ssss")),
-        ("SHOW WORKERS", oids("iissqqqqqqq")),
+        ("SHOW WORKERS", oids("iissqqqqqqqi")),
     ] {
         let r = raw.query(q);
         assert!(r.ok(), "{q}: {r:?}");
@@ -1426,7 +1427,8 @@ fn every_show_of_pgbouncer_1_25_answers_with_its_columns() {
                 "scram_server_key",
             ][..],
             "issssiqisssss",
-            true,
+            // The listening sockets an online upgrade passes on.
+            false,
         ),
         (
             "SHOW MEM",

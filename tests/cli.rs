@@ -78,6 +78,10 @@ fn reboot_is_refused_with_a_pointer_to_what_works() {
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(out.stderr.contains("-R/--reboot"), "{out}");
     assert!(out.stderr.contains("online upgrade"), "{out}");
+    assert!(
+        out.stderr.contains("pgbouncers --upgrade -c CONFIG"),
+        "{out}"
+    );
 }
 
 #[test]

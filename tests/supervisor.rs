@@ -1332,6 +1332,29 @@ fn sysv_script_starts_reloads_and_stops_the_daemon() {
         log()
     );
 
+    // upgrade: the binary at DAEMON takes over; the pid file names it, the old exits.
+    let out = init_script("upgrade", &env, setup.dir());
+    assert_eq!(out.code(), Some(0), "upgrade:\n{out}\n{}", log());
+    let old = pid;
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("a pid file after the upgrade");
+    assert_ne!(pid, old, "{out}");
+    assert!(
+        wait_until(secs(10), || !process_alive(old)),
+        "the old daemon {old} did not exit:\n{}",
+        log()
+    );
+    // Only now is the new supervisor our child (re-parented to us, the subreaper).
+    let guard2 = DaemonGuard::watch(pid);
+    assert!(
+        pidfile.exists(),
+        "the old daemon's exit removed the pid file"
+    );
+    let out = run_psql(setup.port(), APP_USER, "", APP_DB, "SELECT 40 + 2");
+    assert_eq!(out.stdout, "42\n", "{out}");
+
     let out = init_script("stop", &env, setup.dir());
     assert_eq!(out.code(), Some(0), "stop:\n{out}\n{}", log());
     assert!(!out.stdout.contains("did not stop"), "{out}");
@@ -1341,6 +1364,7 @@ fn sysv_script_starts_reloads_and_stops_the_daemon() {
 
     let out = init_script("status", &env, setup.dir());
     assert_eq!(out.code(), Some(3), "status after stop:\n{out}");
+    drop(guard2);
     drop(guard);
 }
 

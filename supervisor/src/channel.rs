@@ -75,6 +75,11 @@ impl Channel {
         Ok(())
     }
 
+    /// Whether everything sent has gone out.
+    pub fn is_flushed(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Messages waiting for room.
     #[cfg(test)]
     pub fn queued(&self) -> usize {

@@ -5,8 +5,9 @@ use crate::{title, Supervisor, EXIT_NO_RESPAWN};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use pgbouncers_worker::control;
-use pgbouncers_worker::{ListenSocket, WorkerInit};
+use pgbouncers_worker::{ListenSocket, PassedFd, WorkerInit};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Control channel tokens in the supervisor's poll: one per slot.
@@ -52,6 +53,7 @@ impl Supervisor {
                 Ok(_) => continue,
             };
             let Some(n) = self.slots.iter().position(|s| s.pid == Some(pid)) else {
+                self.successor_exited(pid, &how);
                 continue;
             };
             // Whatever the dead worker held in shared memory is free again.
@@ -146,11 +148,13 @@ impl Supervisor {
             }
             Ok(ForkResult::Child) => {
                 drop(ours);
+                // What an upgrade would pass on (SHOW FDS), listed before those close.
+                let passed = self.passed_fds();
                 self.close_supervisor_fds();
                 // The child never returns into the supervisor's loop, even on a panic:
                 // it would run a second supervisor (and remove the pid file on exit).
                 let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.worker_main(n, theirs)
+                    self.worker_main(n, theirs, passed)
                 }))
                 .unwrap_or(1);
                 std::process::exit(code);
@@ -179,11 +183,16 @@ impl Supervisor {
         for s in &mut self.slots {
             s.ctl = None;
         }
+        // The other generation's link and our shared memory's descriptor (the mapping
+        // stays) belong to the supervisor.
+        self.link = None;
+        self.shm_fd = None;
+        self.pidfile = None;
         // The other slots' listeners go once this one's are cloned, in worker_main.
     }
 
     /// The child side of a fork: becomes worker `n` and runs its loop.
-    fn worker_main(&mut self, n: usize, ctl: OwnedFd) -> i32 {
+    fn worker_main(&mut self, n: usize, ctl: OwnedFd, passed: Vec<PassedFd>) -> i32 {
         // Changing credentials clears the parent-death signal, so drop root first.
         let user = self.opts.user.as_deref().or(self.cfg.user.as_deref());
         if let Err(e) = crate::daemon::drop_privileges(user) {
@@ -206,8 +215,10 @@ impl Supervisor {
             }
         }
         // Signals meant for the pooler come through the supervisor: a terminal's Ctrl-C
-        // or a stray HUP to the process group must not end a worker on its own.
-        for sig in [SIGINT, SIGHUP, SIGUSR1, SIGUSR2] {
+        // or a stray HUP to the process group must not end a worker on its own. The
+        // upgrade signal too: ignored, it also shows `--upgrade` (SigCgt) that a worker's
+        // pid is not the supervisor's.
+        for sig in [SIGINT, SIGHUP, SIGUSR1, SIGUSR2, crate::upgrade::signal()] {
             // SAFETY: as above.
             unsafe {
                 libc::signal(sig, libc::SIG_IGN);
@@ -243,6 +254,9 @@ impl Supervisor {
             control: Some(ctl),
             shm: self.shm.clone(),
             holds: self.holds.clone(),
+            generation: self.generation,
+            predecessor: self.predecessor.clone(),
+            passed: Arc::new(passed),
         };
         match pgbouncers_worker::run(init) {
             Ok(()) => 0,
@@ -251,5 +265,53 @@ impl Supervisor {
                 1
             }
         }
+    }
+}
+
+impl Supervisor {
+    /// What an upgrade would pass to the next generation now (SHOW FDS).
+    fn passed_fds(&self) -> Vec<PassedFd> {
+        let mut out = Vec::new();
+        for (n, socks) in self.listeners.tcp.iter().enumerate() {
+            for l in socks {
+                let addr = l.local_addr().ok();
+                out.push(PassedFd {
+                    fd: l.as_raw_fd(),
+                    task: "listen",
+                    slot: Some(n),
+                    addr: addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    port: addr.map_or(0, |a| a.port()),
+                });
+            }
+        }
+        if let Some((l, path)) = &self.listeners.unix {
+            out.push(PassedFd {
+                fd: l.as_raw_fd(),
+                task: "unix",
+                slot: None,
+                addr: path.display().to_string(),
+                port: self.cfg.listen_port,
+            });
+        }
+        if let Some(l) = &self.metrics.listener {
+            let addr = l.local_addr().ok();
+            out.push(PassedFd {
+                fd: l.as_raw_fd(),
+                task: "metrics",
+                slot: None,
+                addr: addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+                port: addr.map_or(0, |a| a.port()),
+            });
+        }
+        if let Some(fd) = &self.shm_fd {
+            out.push(PassedFd {
+                fd: fd.as_raw_fd(),
+                task: "shm",
+                slot: None,
+                addr: String::new(),
+                port: 0,
+            });
+        }
+        out
     }
 }

@@ -56,9 +56,32 @@ impl PidFile {
     }
 }
 
+impl PidFile {
+    /// Writes our pid over the old generation's at an online upgrade: the file names
+    /// whoever serves now.
+    pub fn take_over(path: &Path) -> io::Result<PidFile> {
+        // Written whole and renamed, so a reader never sees it empty or half-written.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| io::Error::new(e.kind(), format!("pid file {}: {e}", path.display())))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
 impl Drop for PidFile {
+    /// Removes the file only while it names us: after an upgrade it names the new
+    /// supervisor, which the old one's exit must not undo.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let ours = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            == Some(std::process::id());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 

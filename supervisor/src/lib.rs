@@ -12,6 +12,7 @@ mod listen;
 mod metrics;
 mod reload;
 pub mod title;
+pub mod upgrade;
 
 use children::Slot;
 use nix::sys::signal::Signal;
@@ -32,12 +33,25 @@ const WORKERS_CAP: usize = 256;
 /// Shared-memory capacity for database and user names with global limits and stats.
 const NAMES_CAP: usize = 4096;
 const SIGNALS_TOKEN: usize = usize::MAX;
+/// The link to the other generation during an online upgrade.
+const LINK_TOKEN: usize = usize::MAX - 2;
+/// How long a new supervisor has to take over before the upgrade counts as failed.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Options {
     pub config_path: PathBuf,
     pub workers: Option<usize>,
     /// `-u USER`: the workers' OS user, over the file's `user`.
     pub user: Option<String>,
+    /// The binary an online upgrade starts: the path the pooler was launched with (after
+    /// a package upgrade it names the new file; /proc/self/exe would name the old one).
+    pub exe: PathBuf,
+    /// The arguments an online upgrade starts it with (no `-d`: we are detached already).
+    pub args: Vec<std::ffi::OsString>,
+    /// The pid file, which a new generation takes over.
+    pub pidfile: Option<PathBuf>,
+    /// What the old supervisor handed over, when this start is an online upgrade.
+    pub inherited: Option<upgrade::Inherited>,
 }
 
 struct Supervisor {
@@ -70,6 +84,22 @@ struct Supervisor {
     stopping: Option<Instant>,
     /// Our own pid: a worker whose parent is someone else was orphaned at birth.
     pid: nix::unistd::Pid,
+    /// 1 at a cold start, one more at each online upgrade.
+    generation: u32,
+    /// The shared memory's memfd, passed to the next generation at an upgrade.
+    shm_fd: Option<std::os::fd::OwnedFd>,
+    /// The previous generation's shared memory while it drains (SHOW WORKERS).
+    predecessor: Option<Arc<Shm>>,
+    /// The link to the other generation: the successor we start, or the predecessor.
+    link: Option<upgrade::Link>,
+    /// A successor took over: we accept nothing and drain.
+    handed_over: bool,
+    /// The pid file a new generation writes once it has taken over.
+    pidfile: Option<daemon::PidFile>,
+    /// Cancel keys of clients the old generation handed over -> the slot that took each.
+    adopted: std::collections::HashMap<u64, usize>,
+    /// The metrics socket inherited at an upgrade, used if `metrics_addr` still names it.
+    inherited_metrics: Option<std::net::TcpListener>,
 }
 
 /// The supervisor's poll. A forked worker closes it at once (it makes its own), so it is
@@ -142,7 +172,28 @@ pub fn check_tls(cfg: &Config) -> Result<(), String> {
 }
 
 /// Runs the pooler: returns the process exit code.
-pub fn run(opts: Options, cfg: Config) -> i32 {
+pub fn run(mut opts: Options, cfg: Config) -> i32 {
+    let mut inherited = opts.inherited.take();
+    let code = run_inner(opts, cfg, &mut inherited);
+    if code != 0 {
+        if let Some(inh) = &inherited {
+            // The reason is in our log too; the old generation logs it and serves on.
+            inh.fail(&format!(
+                "the new supervisor exited with code {code}; see its log"
+            ));
+        }
+    }
+    code
+}
+
+fn run_inner(opts: Options, cfg: Config, inherited: &mut Option<upgrade::Inherited>) -> i32 {
+    let fail = |inherited: &Option<upgrade::Inherited>, e: &str| {
+        log::error!("{e}");
+        if let Some(inh) = inherited {
+            inh.fail(e);
+        }
+        1
+    };
     // The text the console's SET edits; the file was just parsed, so it reads again. An ini
     // file's text is its YAML conversion, which SET edits like any YAML.
     let config_text = Config::read_file(&opts.config_path)
@@ -151,34 +202,41 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
     let files = check_tls(&cfg).and_then(|()| read_userlist(&cfg));
     let (userlist, hba) = match files.and_then(|u| Ok((u, read_hba(&cfg)?))) {
         Ok(x) => x,
-        Err(e) => {
-            log::error!("{e}");
-            return 1;
-        }
+        Err(e) => return fail(inherited, &e),
     };
     let workers = opts
         .workers
         .unwrap_or_else(|| cfg.worker_count())
         .clamp(1, WORKERS_CAP);
-    let listeners = match listen::bind(&cfg, workers) {
+    let listeners = match inherited.as_mut() {
+        Some(inh) => inh.listeners(&cfg, workers),
+        None => listen::bind(&cfg, workers).map_err(|e| e.to_string()),
+    };
+    let listeners = match listeners {
         Ok(l) => l,
-        Err(e) => {
-            log::error!("{e}");
-            return 1;
-        }
+        Err(e) => return fail(inherited, &e),
     };
     let mut mock_key = [0u8; 32];
     if let Err(e) = getrandom::fill(&mut mock_key) {
         log::error!("no random numbers: {e}");
         return 1;
     }
-    let shm = match Shm::create(WORKERS_CAP, NAMES_CAP) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            log::error!("cannot map shared memory: {e}");
-            return 1;
-        }
+    let generation = inherited.as_ref().map_or(1, |i| i.generation);
+    let (shm, shm_fd) = match Shm::create_shared(WORKERS_CAP, NAMES_CAP, generation) {
+        Ok((s, fd)) => (Arc::new(s), fd),
+        Err(e) => return fail(inherited, &format!("cannot map shared memory: {e}")),
     };
+    // The old generation's region, mapped; its descriptor closes here (the mapping stays).
+    let predecessor = inherited
+        .as_mut()
+        .and_then(|i| i.shm.take())
+        .and_then(|fd| match Shm::open(&fd) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                log::warn!("upgrade: the old generation's shared memory: {e}");
+                None
+            }
+        });
     let poll = match mio::Poll::new() {
         Ok(p) => p,
         Err(e) => {
@@ -186,12 +244,31 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
             return 1;
         }
     };
+    let verb = if inherited.is_some() {
+        "took over listening on"
+    } else {
+        "listening on"
+    };
     for addr in listen::addresses(&cfg).unwrap_or_default() {
-        log::info!("listening on {addr}");
+        log::info!("{verb} {addr}");
     }
     if let Some((_, p)) = &listeners.unix {
-        log::info!("listening on {}", p.display());
+        log::info!("{verb} {}", p.display());
     }
+    let (link, inherited_metrics) = match inherited.as_mut() {
+        Some(i) => match i.link.take() {
+            Some(fd) => (
+                Some(upgrade::Link {
+                    chan: channel::Channel::new(fd),
+                    role: upgrade::Role::Predecessor { pid: i.predecessor },
+                    since: Instant::now(),
+                }),
+                i.metrics.take(),
+            ),
+            None => return fail(inherited, "the upgrade link is gone"),
+        },
+        None => (None, None),
+    };
     let mut sup = Supervisor {
         opts,
         cfg: Arc::new(cfg),
@@ -216,6 +293,14 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
         scratch: Vec::with_capacity(256),
         stopping: None,
         pid: nix::unistd::getpid(),
+        generation,
+        shm_fd: Some(shm_fd),
+        predecessor,
+        link,
+        handed_over: false,
+        pidfile: None,
+        adopted: Default::default(),
+        inherited_metrics,
     };
     let code = match sup.main_loop() {
         Ok(code) => code,
@@ -225,14 +310,23 @@ pub fn run(opts: Options, cfg: Config) -> i32 {
             1
         }
     };
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    if !sup.handed_over {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    }
     code
 }
 
 impl Supervisor {
     fn main_loop(&mut self) -> std::io::Result<i32> {
         let signals = self.signals.insert(Signals::new([
-            SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2,
+            SIGCHLD,
+            SIGHUP,
+            SIGINT,
+            SIGTERM,
+            SIGQUIT,
+            SIGUSR1,
+            SIGUSR2,
+            upgrade::signal(),
         ])?);
         self.poll.registry().register(
             signals,
@@ -244,6 +338,9 @@ impl Supervisor {
             self.slots.push(Slot::new());
         }
         self.respawn_due();
+        if self.link.is_some() {
+            self.take_over()?;
+        }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let mut events = mio::Events::with_capacity(64);
         loop {
@@ -258,6 +355,7 @@ impl Supervisor {
             for ev in events.iter() {
                 match ev.token().0 {
                     SIGNALS_TOKEN => {}
+                    LINK_TOKEN => self.link_io(),
                     metrics::LISTENER_TOKEN => self.metrics_accept(),
                     t if t >= metrics::CONN_BASE => self.metrics_io(t),
                     t => self.control_io(t),
@@ -301,21 +399,29 @@ impl Supervisor {
                     SIGHUP => self.reload(),
                     SIGUSR1 => self.pause(None, true),
                     SIGUSR2 => self.pause(None, false),
+                    s if s == upgrade::signal() => self.start_upgrade(),
                     _ => {}
                 }
             }
             self.reap();
+            self.upgrade_timeout();
             self.retire_done();
             self.finish_gathers(true);
             self.metrics_timeouts();
             self.averages_tick();
             if let Some(since) = self.stopping {
-                if self.slots.iter().all(|s| s.pid.is_none()) {
+                // Clients handed over last must reach the new generation first.
+                let link_busy = self
+                    .link
+                    .as_mut()
+                    .is_some_and(|l| l.chan.flush().is_ok() && !l.chan.is_flushed());
+                let limit = self.cfg.shutdown_timeout;
+                let overdue = !limit.is_zero() && since.elapsed() > limit + Duration::from_secs(5);
+                if self.slots.iter().all(|s| s.pid.is_none()) && (!link_busy || overdue) {
                     log::info!("all workers stopped; exiting");
                     return Ok(0);
                 }
-                let limit = self.cfg.shutdown_timeout;
-                if !limit.is_zero() && since.elapsed() > limit + Duration::from_secs(5) {
+                if overdue {
                     log::warn!("workers did not stop in time; killing them");
                     self.kill_all(Signal::SIGKILL);
                 }
@@ -338,7 +444,9 @@ impl Supervisor {
             return;
         }
         log::info!("shutting down");
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        if !self.handed_over {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        }
         self.stopping = Some(Instant::now());
         self.broadcast(&how);
         // Our copies of the sockets would keep them open: new connections must be refused.
@@ -365,7 +473,10 @@ impl Supervisor {
         if let Err(e) = ctl.send(&self.scratch, fd) {
             log::warn!("worker {n} (pid {pid}): control channel: {e}");
             // The signal a worker understands without the channel.
-            if matches!(cmd, Command::Shutdown | Command::ShutdownWaitForClients) {
+            if matches!(
+                cmd,
+                Command::Shutdown | Command::ShutdownWaitForClients | Command::UpgradeDrain
+            ) {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
             }
         }
@@ -388,13 +499,9 @@ impl Supervisor {
         let mut buf = [0u8; control::MAX_MESSAGE];
         loop {
             match control::recv(fd, &mut buf) {
-                Ok(Some((len, _))) => match Report::decode(&buf[..len]) {
-                    Ok(Report::Cancel { pid, key }) => {
-                        let owner = (key >> 24) as usize;
-                        if owner < self.slots.len() {
-                            self.send(owner, &Command::Cancel { pid, key }, None);
-                        }
-                    }
+                Ok(Some((len, fd))) => match Report::decode(&buf[..len]) {
+                    Ok(Report::HandOver { state }) => self.hand_over(&state, fd),
+                    Ok(Report::Cancel { pid, key }) => self.route_cancel(pid, key),
                     Ok(Report::Admin { req, request }) => self.console_request(n, req, request),
                     Ok(Report::Rows { req, chunk, last }) => self.gather_rows(n, req, chunk, last),
                     Err(e) => log::warn!("worker {n}: bad control message: {}", e.0),
@@ -411,6 +518,28 @@ impl Supervisor {
                     return;
                 }
             }
+        }
+    }
+
+    /// A cancel request a worker could not serve: to the worker whose slot the key names,
+    /// or, for the other generation's key during an upgrade, across the link.
+    fn route_cancel(&mut self, pid: u32, key: u32) {
+        // A client the old generation handed over keeps its key; we know where it went.
+        let full = u64::from(pid) << 32 | u64::from(key);
+        if let Some(&n) = self.adopted.get(&full) {
+            return self.send(n, &Command::Cancel { pid, key }, None);
+        }
+        if !pgbouncers_worker::key_generation_matches(key, self.generation) {
+            if let Some(link) = self.link.as_mut() {
+                let _ = link
+                    .chan
+                    .send(format!("cancel {pid} {key}").as_bytes(), None);
+            }
+            return;
+        }
+        let owner = (key >> 24) as usize;
+        if owner < self.slots.len() {
+            self.send(owner, &Command::Cancel { pid, key }, None);
         }
     }
 

@@ -56,8 +56,21 @@ impl Supervisor {
         let Some(addr) = self.cfg.metrics_addr else {
             return Ok(());
         };
-        let mut l = TcpListener::bind(addr)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("metrics_addr {addr}: {e}")))?;
+        // At an upgrade, the old generation's socket when it is the same address.
+        let inherited = self
+            .inherited_metrics
+            .take()
+            .filter(|l| l.local_addr().ok() == Some(addr))
+            .and_then(|l| {
+                l.set_nonblocking(true)
+                    .ok()
+                    .map(|()| TcpListener::from_std(l))
+            });
+        let mut l = match inherited {
+            Some(l) => l,
+            None => TcpListener::bind(addr)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("metrics_addr {addr}: {e}")))?,
+        };
         self.poll.registry().register(
             &mut l,
             mio::Token(LISTENER_TOKEN),

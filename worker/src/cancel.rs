@@ -60,11 +60,29 @@ fn key_owner(pid: u32, own: u16) -> Option<u16> {
     (own != 0).then_some((pid >> 16) as u16 & crate::config::MAX_PEER_ID)
 }
 
+/// The secret's bit that holds the parity of the pooler generation that handed the key
+/// out. During an online upgrade two generations run, each with a worker in slot k: the
+/// bit tells which one a key belongs to, so a cancel reaching the other generation is
+/// passed across (through both supervisors) instead of being looked up in the wrong slot.
+pub(crate) const GENERATION_BIT: u32 = 1 << 23;
+
+/// Whether a key's secret was handed out by a generation of this parity.
+pub fn key_generation_matches(key: u32, generation: u32) -> bool {
+    (key & GENERATION_BIT != 0) == (generation & 1 == 1)
+}
+
 /// A fresh cancel key (pid, secret): the secret's top byte names the worker, so any worker
-/// of this pooler can route a cancel here, and with peering the pid names this pooler, so
-/// any peer can. None when the kernel has no randomness to give.
-pub(crate) fn new_key(slot: usize, peer_id: u16) -> Option<(u32, u32)> {
-    new_key_from(slot, peer_id, |b| getrandom::fill(b).is_ok())
+/// of this pooler can route a cancel here, its bit 23 the generation's parity, and with
+/// peering the pid names this pooler, so any peer can. None when the kernel has no
+/// randomness to give.
+pub(crate) fn new_key(slot: usize, peer_id: u16, generation: u32) -> Option<(u32, u32)> {
+    let (pid, secret) = new_key_from(slot, peer_id, |b| getrandom::fill(b).is_ok())?;
+    let secret = if generation & 1 == 1 {
+        secret | GENERATION_BIT
+    } else {
+        secret & !GENERATION_BIT
+    };
+    Some((pid, secret))
 }
 
 /// [`new_key`] with its randomness passed in, so failing closed can be tested.
@@ -126,6 +144,17 @@ impl Worker {
             }
         }
         self.count_cancel(CancelOutcome::Handled);
+        if !key_generation_matches(key, self.generation) {
+            // The other generation's key, during an online upgrade: the supervisors pass
+            // it across. A client handed over from it may be ours by now: look first.
+            if self
+                .cancel_keys
+                .contains_key(&(u64::from(pid) << 32 | u64::from(key)))
+            {
+                return self.cancel_local(pid, key);
+            }
+            return self.report(Report::Cancel { pid, key });
+        }
         let slot = (key >> 24) as usize;
         if slot == self.slot {
             self.cancel_local(pid, key);
@@ -368,6 +397,20 @@ fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_carry_their_generation_and_slot() {
+        for generation in 1..=4u32 {
+            for slot in [0usize, 1, 200, 255] {
+                for _ in 0..32 {
+                    let (_, secret) = new_key(slot, 0, generation).unwrap();
+                    assert_eq!((secret >> 24) as usize, slot);
+                    assert!(key_generation_matches(secret, generation));
+                    assert!(!key_generation_matches(secret, generation + 1));
+                }
+            }
+        }
+    }
 
     #[test]
     fn keys_fail_closed_without_randomness() {

@@ -637,7 +637,7 @@ impl Worker {
                 );
             }
         }
-        if !self.shm.acquire_client(self.slot, self.cfg.max_client_conn) {
+        if !self.acquire_client_place() {
             return self.close_client(
                 ct,
                 Close::Fatal(
@@ -653,6 +653,18 @@ impl Worker {
             return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, why.into()));
         }
         self.begin_auth(ct);
+    }
+
+    /// A place in the pooler-wide client count (max_client_conn). While an online
+    /// upgrade's previous generation drains, its clients count too: the limit holds for
+    /// both generations together.
+    fn acquire_client_place(&mut self) -> bool {
+        let max = self.cfg.max_client_conn;
+        let room = match &self.predecessor {
+            Some(old) if max != 0 => max.saturating_sub(old.clients()),
+            _ => max,
+        };
+        (max == 0 || room > 0) && self.shm.acquire_client(self.slot, room)
     }
 
     /// Takes the client's places in its database's and its user's client counts, all
@@ -1077,7 +1089,9 @@ impl Worker {
         let Some(welcome) = self.pools.get(pool).welcome.as_ref() else {
             return;
         };
-        let Some((pid, secret)) = crate::cancel::new_key(self.slot, self.cfg.peer_id) else {
+        let Some((pid, secret)) =
+            crate::cancel::new_key(self.slot, self.cfg.peer_id, self.generation)
+        else {
             // A guessable key would let anyone cancel this client's queries: refuse the
             // login instead, as when any other secret cannot be made.
             log::error!("{}: no randomness for a cancel key", c.name());

@@ -12,6 +12,7 @@ pub(crate) mod commands;
 pub mod config;
 pub mod control;
 mod dns;
+mod handover;
 mod janitor;
 mod link;
 pub mod logfile;
@@ -26,7 +27,8 @@ mod stream;
 pub mod tls;
 mod worker;
 
-pub use worker::{run, ListenSocket, WorkerInit};
+pub use cancel::key_generation_matches;
+pub use worker::{run, ListenSocket, PassedFd, WorkerInit};
 
 // The sans-IO protocol crate, under the paths these modules had when they lived here.
 pub(crate) use pgbouncers_proto::intern;

@@ -33,7 +33,7 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    fn get_or_add(&mut self, body: &[u8]) -> Rc<Stmt> {
+    pub(crate) fn get_or_add(&mut self, body: &[u8]) -> Rc<Stmt> {
         if let Some(s) = self.by_body.get(body).and_then(Weak::upgrade) {
             return s;
         }

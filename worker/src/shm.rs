@@ -1,7 +1,8 @@
 //! Shared memory between the supervisor and its workers: global limits and per-worker stats.
 //!
-//! One `MAP_SHARED | MAP_ANONYMOUS` region, mapped with nix's `mmap_anonymous` before the
-//! first fork and inherited by every worker. Its layout is fixed-size and versioned, and
+//! One `MAP_SHARED` region of a memfd, mapped before the first fork and inherited by every
+//! worker. An online upgrade passes the memfd to the new supervisor, which maps it beside
+//! its own to show the old generation's workers (and count its clients) during the overlap. Its layout is fixed-size and versioned, and
 //! made only of `#[repr(C)]` types whose fields are all atomics (or padding never written):
 //!
 //! | part      | type                          | count                             | aligned to |
@@ -30,10 +31,13 @@ use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 
-use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 const MAGIC: u64 = 0x7067_6273_5f73_686d; // "pgbs_shm"
 /// 2: worker slots count TLS sessions and failures. 3: names count clients too.
+/// 4: the header names the pooler generation (online upgrades). 5: per-database
+/// counters of parses, binds and logins, and worker counters of cancel requests.
 const VERSION: u32 = 5;
 /// Longest name kept in the table: PostgreSQL's NAMEDATALEN - 1, plus the kind prefix.
 pub const MAX_NAME: usize = 66;
@@ -48,7 +52,8 @@ struct Header {
     version: AtomicU32,
     workers_cap: AtomicU32,
     names_cap: AtomicU32,
-    _pad: u32,
+    /// The pooler generation: 1 at a cold start, one more at each online upgrade.
+    generation: AtomicU32,
     clients: AtomicU32,
     _pad2: u32,
 }
@@ -250,7 +255,7 @@ unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: base and len are exactly what mmap_anonymous returned and asked for, and
+        // SAFETY: base and len are exactly what mmap returned and asked for, and
         // no reference into the mapping outlives it: every one borrows the Shm that owns it.
         // Nothing useful is left to do if munmap fails.
         let _ = unsafe { munmap(self.base, self.len) };
@@ -283,20 +288,83 @@ pub enum Kind {
 impl Shm {
     /// Maps a new zeroed region for up to `workers_cap` workers and `names_cap` names.
     pub fn create(workers_cap: usize, names_cap: usize) -> io::Result<Shm> {
+        Shm::create_shared(workers_cap, names_cap, 1).map(|(shm, _)| shm)
+    }
+
+    /// Maps a new zeroed region in a memfd, for pooler generation `generation`, and returns
+    /// the memfd too (close-on-exec), which an online upgrade hands to the next generation.
+    pub fn create_shared(
+        workers_cap: usize,
+        names_cap: usize,
+        generation: u32,
+    ) -> io::Result<(Shm, OwnedFd)> {
         let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "shared memory too large");
         let plan = Plan::new(workers_cap, names_cap).ok_or_else(too_big)?;
         let workers_cap32 = u32::try_from(workers_cap).map_err(|_| too_big())?;
         let names_cap32 = u32::try_from(names_cap).map_err(|_| too_big())?;
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"pgbouncers-shm".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        std::fs::File::from(fd.try_clone()?).set_len(plan.len as u64)?;
+        let shm = Shm::map(&fd, plan)?;
+        let h = shm.region().header;
+        h.magic.store(MAGIC, Relaxed);
+        h.version.store(VERSION, Relaxed);
+        h.workers_cap.store(workers_cap32, Relaxed);
+        h.names_cap.store(names_cap32, Relaxed);
+        h.generation.store(generation, Relaxed);
+        Ok((shm, fd))
+    }
+
+    /// Maps the region of another generation's memfd (online upgrade). Refused unless it
+    /// is a region of this very layout: same magic, version and a size its capacities fit.
+    pub fn open(fd: &OwnedFd) -> io::Result<Shm> {
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+        let len = std::fs::File::from(fd.try_clone()?).metadata()?.len() as usize;
+        if len < std::mem::size_of::<Header>() {
+            return Err(bad("shared memory too small"));
+        }
+        // Read the header alone first: the capacities decide the plan.
+        let head = Shm::map(
+            fd,
+            Plan::new(0, 0).ok_or_else(|| bad("shared memory layout"))?,
+        )?;
+        let h = head.header();
+        if h.magic.load(Relaxed) != MAGIC || h.version.load(Relaxed) != VERSION {
+            return Err(bad("shared memory of another layout version"));
+        }
+        let plan = Plan::new(
+            h.workers_cap.load(Relaxed) as usize,
+            h.names_cap.load(Relaxed) as usize,
+        )
+        .ok_or_else(|| bad("shared memory capacities"))?;
+        if plan.len > len {
+            return Err(bad("shared memory shorter than its capacities"));
+        }
+        drop(head);
+        Shm::map(fd, plan)
+    }
+
+    /// Maps `plan.len` bytes of `fd`, shared.
+    fn map(fd: &OwnedFd, plan: Plan) -> io::Result<Shm> {
+        let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "shared memory too large");
         // The header alone makes the region at least one byte long.
         let len = NonZeroUsize::new(plan.len).ok_or_else(too_big)?;
-        // SAFETY: a new anonymous mapping at an address the kernel picks overlaps nothing
-        // this process uses, so it cannot invalidate any existing memory.
+        // SAFETY: a new mapping at an address the kernel picks overlaps nothing this
+        // process uses, so it cannot invalidate any existing memory; the file is at least
+        // `len` bytes long (set by the creator, checked by `open`).
         let base = unsafe {
-            mmap_anonymous(
+            mmap(
                 None,
                 len,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
+                fd.as_fd(),
+                0,
             )
         }?;
         let shm = Shm {
@@ -312,12 +380,23 @@ impl Shm {
                 "shared memory mapping is not page-aligned",
             ));
         }
-        let h = shm.region().header;
-        h.magic.store(MAGIC, Relaxed);
-        h.version.store(VERSION, Relaxed);
-        h.workers_cap.store(workers_cap32, Relaxed);
-        h.names_cap.store(names_cap32, Relaxed);
         Ok(shm)
+    }
+
+    /// The pooler generation whose region this is.
+    pub fn generation(&self) -> u32 {
+        self.header().generation.load(Relaxed)
+    }
+
+    /// Marks the whole region's generation as gone (online upgrade: its supervisor
+    /// exited): no worker rows, no clients. Whatever it held cannot count against the
+    /// next generation's limits any more, even if it died without cleaning up.
+    pub fn retire(&self) {
+        for w in self.region().workers {
+            w.state.store(0, Relaxed);
+            w.clients.store(0, Relaxed);
+        }
+        self.header().clients.store(0, Release);
     }
 
     /// The region, typed. The one place that reads the mapping through a raw pointer.
@@ -733,6 +812,26 @@ pub fn bump(c: &AtomicU64, n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_successor_maps_the_same_region_through_the_memfd() {
+        let (old, fd) = Shm::create_shared(4, 8, 7).unwrap();
+        old.worker(2).pid.store(4242, Relaxed);
+        let seen = Shm::open(&fd).unwrap();
+        assert!(seen.is_valid());
+        assert_eq!(seen.generation(), 7);
+        assert_eq!(seen.workers_cap(), 4);
+        assert_eq!(seen.worker(2).pid.load(Relaxed), 4242);
+        // Writes go both ways: it is one region.
+        seen.worker(1).state.store(2, Relaxed);
+        assert_eq!(old.worker(1).state.load(Relaxed), 2);
+        // Anything else is refused, never mapped past its end.
+        let (_, small) = Shm::create_shared(1, 1, 1).unwrap();
+        std::fs::File::from(small.try_clone().unwrap())
+            .set_len(8)
+            .unwrap();
+        assert!(Shm::open(&small).is_err());
+    }
     use std::sync::Arc;
 
     #[test]

@@ -14,6 +14,15 @@ pub enum Sock {
 }
 
 impl Sock {
+    /// The descriptor, for passing the socket to another process (online upgrade).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     pub fn source(&mut self) -> &mut dyn mio::event::Source {
         match self {
             Sock::Tcp(s) => s,
@@ -117,6 +126,15 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// The socket, for deregistering it before it is handed to another process.
+    pub fn sock_mut(&mut self) -> &mut Sock {
+        &mut self.sock
+    }
+
+    pub fn sock(&self) -> &Sock {
+        &self.sock
+    }
+
     /// A socket just accepted: writable, and readable once epoll says so.
     pub fn accepted(sock: Sock) -> Stream {
         Stream::with_readiness(sock, false, true)

@@ -53,6 +53,27 @@ pub struct WorkerInit {
     pub shm: Arc<Shm>,
     /// PAUSE and DISABLE in force when this worker starts.
     pub holds: control::Holds,
+    /// The pooler generation (1 at a cold start, one more at each online upgrade): its
+    /// parity is in every cancel key this worker hands out.
+    pub generation: u32,
+    /// The previous generation's shared memory while it drains after an online upgrade:
+    /// SHOW WORKERS lists its workers too.
+    pub predecessor: Option<Arc<Shm>>,
+    /// The descriptors an online upgrade passes to the next generation (SHOW FDS).
+    pub passed: Arc<Vec<PassedFd>>,
+}
+
+/// A descriptor the supervisor passes to its successor at an online upgrade.
+#[derive(Debug, Clone)]
+pub struct PassedFd {
+    /// Its number in the supervisor (and, after exec, in the successor).
+    pub fd: i32,
+    /// `listen` (a slot's TCP socket), `unix` (the Unix socket) or `shm`.
+    pub task: &'static str,
+    /// The worker slot a TCP socket belongs to.
+    pub slot: Option<usize>,
+    pub addr: String,
+    pub port: u16,
 }
 
 enum Listener {
@@ -70,6 +91,9 @@ pub(crate) enum Conn {
 
 pub struct Worker {
     pub(crate) slot: usize,
+    pub(crate) generation: u32,
+    pub(crate) predecessor: Option<Arc<Shm>>,
+    pub(crate) passed: Arc<Vec<PassedFd>>,
     pub(crate) poll: Poll,
     pub(crate) conns: Slab<Conn>,
     listeners: Vec<(Listener, bool)>,
@@ -106,6 +130,8 @@ pub struct Worker {
     pub(crate) waits: Vec<(u32, control::Until)>,
     /// Set once a graceful shutdown began.
     pub(crate) shutdown_since: Option<Instant>,
+    /// Draining after an online upgrade: idle clients go to the new generation.
+    pub(crate) handing_over: bool,
     /// The shutdown waits for every client to leave (SIGTERM, PgBouncer's "super safe
     /// shutdown") rather than only for transactions to end (SIGINT).
     pub(crate) shutdown_waits_for_clients: bool,
@@ -161,6 +187,9 @@ impl Worker {
         let now = Instant::now();
         let mut w = Worker {
             slot: init.slot,
+            generation: init.generation,
+            predecessor: init.predecessor,
+            passed: init.passed,
             poll,
             conns: Slab::with_capacity(1024),
             listeners,
@@ -186,6 +215,7 @@ impl Worker {
             holds: init.holds,
             waits: Vec::new(),
             shutdown_since: None,
+            handing_over: false,
             shutdown_waits_for_clients: false,
             dns,
             tls,
@@ -222,6 +252,9 @@ impl Worker {
                 self.drive(t);
             }
             self.accept_all();
+            if self.handing_over {
+                self.hand_over_idle();
+            }
             if !self.waits.is_empty() {
                 self.check_waits();
             }
@@ -345,6 +378,11 @@ impl Worker {
         self.control.is_some()
     }
 
+    /// The control socket, for a message that carries a descriptor.
+    pub(crate) fn control_raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.control.as_ref().map(|f| f.as_raw_fd())
+    }
+
     /// Sends a report to the supervisor, queueing it if the channel is full.
     pub(crate) fn report(&mut self, r: Report) {
         let mut msg = Vec::with_capacity(16);
@@ -353,7 +391,10 @@ impl Worker {
         self.control_io();
     }
 
-    fn on_command(&mut self, cmd: Command, fd: Option<OwnedFd>) {
+    fn on_command(&mut self, cmd: Command, mut fd: Option<OwnedFd>) {
+        if self.handover_command(&cmd, &mut fd) {
+            return;
+        }
         match cmd {
             Command::Reload => match fd.map(control::snapshot_from_fd) {
                 Some(Ok(snap)) => self.reload(snap),
@@ -386,6 +427,7 @@ impl Worker {
                 };
                 self.send_rows(req, &rows);
             }
+            Command::UpgradeDrain | Command::Adopt { .. } => {}
         }
     }
 

@@ -145,6 +145,14 @@ pub enum Command {
         req: u32,
         until: Until,
     },
+    /// An online upgrade's new generation took over: stop accepting, hand idle clients
+    /// over (`Report::HandOver`), serve the rest until they leave, then exit.
+    UpgradeDrain,
+    /// A client handed over by the previous generation: its state, with its socket
+    /// attached.
+    Adopt {
+        state: Vec<u8>,
+    },
 }
 
 /// Worker to supervisor.
@@ -160,6 +168,8 @@ pub enum Report {
         chunk: Vec<u8>,
         last: bool,
     },
+    /// An idle client for the next generation: its state, with its socket attached.
+    HandOver { state: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,6 +338,11 @@ impl Command {
                 out.push(code);
                 put_opt_str(out, db.as_deref());
             }
+            Command::UpgradeDrain => out.push(16),
+            Command::Adopt { state } => {
+                out.push(17);
+                put_long_bytes(out, state);
+            }
         }
     }
 
@@ -380,6 +395,10 @@ impl Command {
                     _ => return Err(DecodeError("unknown condition")),
                 },
             },
+            16 => Command::UpgradeDrain,
+            17 => Command::Adopt {
+                state: r.long_bytes()?.ok_or(DecodeError("no client state"))?,
+            },
             _ => return Err(DecodeError("unknown command")),
         };
         r.end()?;
@@ -406,6 +425,10 @@ impl Report {
                 out.push(u8::from(*last));
                 put_long_bytes(out, chunk);
             }
+            Report::HandOver { state } => {
+                out.push(4);
+                put_long_bytes(out, state);
+            }
         }
     }
 
@@ -425,6 +448,9 @@ impl Report {
                 req: r.u32()?,
                 last: r.take(1)?[0] != 0,
                 chunk: r.long_bytes()?.ok_or(DecodeError("no rows"))?,
+            },
+            4 => Report::HandOver {
+                state: r.long_bytes()?.ok_or(DecodeError("no client state"))?,
             },
             _ => return Err(DecodeError("unknown report")),
         };
@@ -514,6 +540,174 @@ fn put_long_str(out: &mut Vec<u8>, s: Option<&str>) {
 fn put_long_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_be_bytes());
     out.extend_from_slice(b);
+}
+
+/// An idle client's state as an online upgrade hands it to the next generation (its
+/// socket travels beside it, with SCM_RIGHTS). Only clients between transactions, with
+/// nothing buffered, are handed over, so this is all there is to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandedClient {
+    pub user: String,
+    pub db: String,
+    /// The client's address (from a trusted PROXY header when there was one); None for a
+    /// Unix socket client.
+    pub peer: Option<std::net::SocketAddr>,
+    /// The socket's own peer (the proxy's address when a PROXY header was believed).
+    pub via: Option<std::net::SocketAddr>,
+    /// The socket is a Unix socket.
+    pub unix: bool,
+    /// The tracked session parameters (client_encoding, DateStyle, application_name, ...).
+    pub params: Vec<(String, String)>,
+    /// The cancel key handed out at login: pid << 32 | secret.
+    pub cancel_key: u64,
+    /// Named prepared statements: the client's name and the Parse body after it.
+    pub stmts: Vec<(String, Vec<u8>)>,
+    /// How long ago the client connected, in milliseconds.
+    pub age_ms: u64,
+    /// The SCRAM keys (ServerKey, ClientKey) its login recovered, for pass-through
+    /// logins to PostgreSQL.
+    pub scram_keys: Option<([u8; 32], [u8; 32])>,
+    /// What a trusted PROXY v2 header said besides the address.
+    pub proxy: Option<HandedProxy>,
+}
+
+/// A PROXY v2 header's extras, as a handed-over client keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandedProxy {
+    pub tls: Option<String>,
+    pub tls_cn: Option<String>,
+    pub unique_id: Option<String>,
+    pub endpoint: Option<crate::proxy_header::CloudEndpoint>,
+}
+
+fn put_addr(out: &mut Vec<u8>, a: Option<std::net::SocketAddr>) {
+    put_long_str(out, a.map(|a| a.to_string()).as_deref());
+}
+
+impl HandedClient {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_long_bytes(out, self.user.as_bytes());
+        put_long_bytes(out, self.db.as_bytes());
+        put_addr(out, self.peer);
+        put_addr(out, self.via);
+        out.push(u8::from(self.unix));
+        out.extend_from_slice(&(self.params.len() as u32).to_be_bytes());
+        for (k, v) in &self.params {
+            put_long_bytes(out, k.as_bytes());
+            put_long_bytes(out, v.as_bytes());
+        }
+        out.extend_from_slice(&self.cancel_key.to_be_bytes());
+        out.extend_from_slice(&(self.stmts.len() as u32).to_be_bytes());
+        for (name, body) in &self.stmts {
+            put_long_bytes(out, name.as_bytes());
+            put_long_bytes(out, body);
+        }
+        out.extend_from_slice(&self.age_ms.to_be_bytes());
+        match &self.scram_keys {
+            None => out.push(0),
+            Some((server, client)) => {
+                out.push(1);
+                out.extend_from_slice(server);
+                out.extend_from_slice(client);
+            }
+        }
+        match &self.proxy {
+            None => out.push(0),
+            Some(p) => {
+                out.push(1);
+                put_long_str(out, p.tls.as_deref());
+                put_long_str(out, p.tls_cn.as_deref());
+                put_long_str(out, p.unique_id.as_deref());
+                use crate::proxy_header::CloudEndpoint as E;
+                match &p.endpoint {
+                    None => out.push(0),
+                    Some(E::AwsVpce(id)) => {
+                        out.push(1);
+                        put_long_bytes(out, id);
+                    }
+                    Some(E::AzureLink(id)) => {
+                        out.push(2);
+                        out.extend_from_slice(&id.to_be_bytes());
+                    }
+                    Some(E::GcpPsc(id)) => {
+                        out.push(3);
+                        out.extend_from_slice(&id.to_be_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<HandedClient, DecodeError> {
+        let mut r = Reader(buf);
+        let s = |r: &mut Reader| r.long_str()?.ok_or(DecodeError("no string"));
+        let addr = |r: &mut Reader| -> Result<Option<std::net::SocketAddr>, DecodeError> {
+            match r.long_str()? {
+                None => Ok(None),
+                Some(a) => a.parse().map(Some).map_err(|_| DecodeError("bad address")),
+            }
+        };
+        let u64 = |r: &mut Reader| -> Result<u64, DecodeError> {
+            Ok(u64::from(r.u32()?) << 32 | u64::from(r.u32()?))
+        };
+        let mut c = HandedClient {
+            user: s(&mut r)?,
+            db: s(&mut r)?,
+            peer: addr(&mut r)?,
+            via: addr(&mut r)?,
+            unix: r.take(1)?[0] != 0,
+            ..Default::default()
+        };
+        let n = r.u32()?;
+        for _ in 0..n {
+            let k = s(&mut r)?;
+            c.params.push((k, s(&mut r)?));
+        }
+        c.cancel_key = u64(&mut r)?;
+        let n = r.u32()?;
+        for _ in 0..n {
+            let name = s(&mut r)?;
+            let body = r.long_bytes()?.ok_or(DecodeError("no statement"))?;
+            c.stmts.push((name, body));
+        }
+        c.age_ms = u64(&mut r)?;
+        c.scram_keys = match r.take(1)?[0] {
+            0 => None,
+            1 => {
+                let mut server = [0u8; 32];
+                server.copy_from_slice(r.take(32)?);
+                let mut client = [0u8; 32];
+                client.copy_from_slice(r.take(32)?);
+                Some((server, client))
+            }
+            _ => return Err(DecodeError("bad option tag")),
+        };
+        c.proxy = match r.take(1)?[0] {
+            0 => None,
+            1 => {
+                use crate::proxy_header::CloudEndpoint as E;
+                let mut p = HandedProxy {
+                    tls: r.long_str()?,
+                    tls_cn: r.long_str()?,
+                    unique_id: r.long_str()?,
+                    endpoint: None,
+                };
+                p.endpoint = match r.take(1)?[0] {
+                    0 => None,
+                    1 => Some(E::AwsVpce(
+                        r.long_bytes()?.ok_or(DecodeError("no endpoint"))?,
+                    )),
+                    2 => Some(E::AzureLink(r.u32()?)),
+                    3 => Some(E::GcpPsc(u64(&mut r)?)),
+                    _ => return Err(DecodeError("bad endpoint")),
+                };
+                Some(p)
+            }
+            _ => return Err(DecodeError("bad option tag")),
+        };
+        r.end()?;
+        Ok(c)
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -626,12 +820,52 @@ mod tests {
                 req: 6,
                 until: Until::Closed(Some("app".into())),
             },
+            Command::UpgradeDrain,
+            Command::Adopt {
+                state: vec![1, 2, 3],
+            },
         ] {
             let mut b = Vec::new();
             c.encode(&mut b);
             assert_eq!(Command::decode(&b), Ok(c));
         }
+        let handed = HandedClient {
+            user: "app".into(),
+            db: "db".into(),
+            peer: Some("10.1.2.3:5555".parse().unwrap()),
+            via: Some("[::1]:6000".parse().unwrap()),
+            unix: false,
+            params: vec![("application_name".into(), "x y".into())],
+            cancel_key: u64::MAX - 5,
+            stmts: vec![("s1".into(), b"SELECT 1\0\0\0".to_vec())],
+            age_ms: 1234,
+            scram_keys: Some(([1; 32], [2; 32])),
+            proxy: Some(HandedProxy {
+                tls: Some("TLSv1.3".into()),
+                tls_cn: None,
+                unique_id: Some("abc".into()),
+                endpoint: Some(crate::proxy_header::CloudEndpoint::AwsVpce(
+                    b"vpce-1".to_vec(),
+                )),
+            }),
+        };
+        let mut b = Vec::new();
+        handed.encode(&mut b);
+        assert_eq!(HandedClient::decode(&b), Ok(handed));
+        for cut in 0..b.len() {
+            assert!(HandedClient::decode(&b[..cut]).is_err(), "{cut}");
+        }
+        let unix = HandedClient {
+            unix: true,
+            ..Default::default()
+        };
+        let mut b = Vec::new();
+        unix.encode(&mut b);
+        assert_eq!(HandedClient::decode(&b), Ok(unix));
         for r in [
+            Report::HandOver {
+                state: vec![9; 300],
+            },
             Report::Cancel { pid: 1, key: 2 },
             Report::Admin {
                 req: 1,

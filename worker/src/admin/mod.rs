@@ -321,7 +321,10 @@ impl Worker {
             }
             Cmd::Suspend => self.console_error(
                 ct,
-                "SUSPEND is not supported by pgbouncers: restart it, or use PAUSE and RESUME",
+                "SUSPEND is not supported by pgbouncers: for an online upgrade run `pgbouncers \
+                 --upgrade -c CONFIG`, which hands the listening sockets and idle clients to \
+                 the new binary without refusing a connection; PAUSE and RESUME stop and \
+                 restart traffic",
             ),
         }
     }

@@ -9,6 +9,7 @@ use crate::wire::write;
 use crate::worker::{Conn, Worker};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Column types as PgBouncer sends them (timestamps are text there too).
@@ -63,6 +64,12 @@ impl Table {
 
 fn s(v: impl ToString) -> Option<String> {
     Some(v.to_string())
+}
+
+/// Whether process `pid` still exists (signal 0 checks without sending anything).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 
 /// SHOW HELP's detail: PgBouncer 1.25's, with this pooler's commands (SHOW WORKERS,
@@ -141,27 +148,7 @@ impl Worker {
             }
             "peers" => self.show_peers(),
             "peer_pools" => self.show_peer_pools(),
-            // No online restart (SUSPEND, -R) hands sockets over, so there are none to list.
-            "fds" => Table::new(
-                &[
-                    ("fd", Ty::Int4),
-                    ("task", Ty::Text),
-                    ("user", Ty::Text),
-                    ("database", Ty::Text),
-                    ("addr", Ty::Text),
-                    ("port", Ty::Int4),
-                    ("cancel", Ty::Int8),
-                    ("link", Ty::Int4),
-                    ("client_encoding", Ty::Text),
-                    ("std_strings", Ty::Text),
-                    ("datestyle", Ty::Text),
-                    ("timezone", Ty::Text),
-                    ("password", Ty::Text),
-                    ("scram_client_key", Ty::Bytea),
-                    ("scram_server_key", Ty::Bytea),
-                ],
-                Vec::new(),
-            ),
+            "fds" => self.show_fds(),
             // PgBouncer's slab caches; this pooler's memory is each worker's buffer free
             // lists, not shown yet.
             "mem" => Table::new(
@@ -458,26 +445,36 @@ impl Worker {
 
     fn show_workers(&self) -> Table {
         let mut rows = Vec::new();
-        for slot in 0..self.shm.workers_cap() {
-            let w = self.shm.worker(slot);
-            let state = w.state.load(Relaxed);
-            if state == 0 {
-                continue;
+        // The previous generation first, while it drains after an online upgrade.
+        for shm in self.predecessor.iter().chain(std::iter::once(&self.shm)) {
+            let generation = shm.generation();
+            for slot in 0..shm.workers_cap() {
+                let w = shm.worker(slot);
+                let state = w.state.load(Relaxed);
+                if state == 0 {
+                    continue;
+                }
+                let pid = w.pid.load(Relaxed);
+                // A worker of the old generation that was killed never cleared its row.
+                if !Arc::ptr_eq(shm, &self.shm) && !process_alive(pid) {
+                    continue;
+                }
+                let started = SystemTime::UNIX_EPOCH + Duration::from_secs(w.started.load(Relaxed));
+                rows.push(vec![
+                    s(slot),
+                    s(pid),
+                    s(if state == 1 { "running" } else { "stopping" }),
+                    s(timestamp(started)),
+                    s(w.clients.load(Relaxed)),
+                    s(w.servers.load(Relaxed)),
+                    s(w.transactions.load(Relaxed)),
+                    s(w.queries.load(Relaxed)),
+                    s(w.accepts.load(Relaxed)),
+                    s(w.bytes_received.load(Relaxed)),
+                    s(w.bytes_sent.load(Relaxed)),
+                    s(generation),
+                ]);
             }
-            let started = SystemTime::UNIX_EPOCH + Duration::from_secs(w.started.load(Relaxed));
-            rows.push(vec![
-                s(slot),
-                s(w.pid.load(Relaxed)),
-                s(if state == 1 { "running" } else { "stopping" }),
-                s(timestamp(started)),
-                s(w.clients.load(Relaxed)),
-                s(w.servers.load(Relaxed)),
-                s(w.transactions.load(Relaxed)),
-                s(w.queries.load(Relaxed)),
-                s(w.accepts.load(Relaxed)),
-                s(w.bytes_received.load(Relaxed)),
-                s(w.bytes_sent.load(Relaxed)),
-            ]);
         }
         Table::new(
             &[
@@ -492,6 +489,55 @@ impl Worker {
                 ("accepts", Ty::Int8),
                 ("bytes_received", Ty::Int8),
                 ("bytes_sent", Ty::Int8),
+                ("generation", Ty::Int4),
+            ],
+            rows,
+        )
+    }
+
+    /// SHOW FDS: what an online upgrade (`pgbouncers --upgrade`) passes to the new
+    /// supervisor, in PgBouncer's columns. Client connections are not passed that way.
+    fn show_fds(&self) -> Table {
+        let rows = self
+            .passed
+            .iter()
+            .map(|p| {
+                vec![
+                    s(p.fd),
+                    s(p.task),
+                    None,
+                    None,
+                    Some(p.addr.clone()),
+                    s(p.port),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                ]
+            })
+            .collect();
+        Table::new(
+            &[
+                ("fd", Ty::Int4),
+                ("task", Ty::Text),
+                ("user", Ty::Text),
+                ("database", Ty::Text),
+                ("addr", Ty::Text),
+                ("port", Ty::Int4),
+                ("cancel", Ty::Int8),
+                ("link", Ty::Int4),
+                ("client_encoding", Ty::Text),
+                ("std_strings", Ty::Text),
+                ("datestyle", Ty::Text),
+                ("timezone", Ty::Text),
+                ("password", Ty::Text),
+                ("scram_client_key", Ty::Bytea),
+                ("scram_server_key", Ty::Bytea),
             ],
             rows,
         )

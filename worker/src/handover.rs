@@ -1,0 +1,323 @@
+//! Online upgrade, worker side: the old generation hands idle clients (socket and state) to the new one, which adopts them.
+//!
+//! A client between transactions under transaction or statement pooling, with no server,
+//! nothing buffered either way, no TLS session (rustls state cannot move between
+//! processes) and no auth_query password (the new worker's pool would not know it), is
+//! all socket plus a little state: user and database, tracked parameters, named prepared
+//! statements, its real (PROXY) address and PROXY v2 extras, and its cancel key. The socket goes with
+//! SCM_RIGHTS, worker -> supervisor -> link -> new supervisor -> new worker; the client
+//! sees nothing. Bytes it sent meanwhile wait in the socket's kernel buffer, which moves
+//! with it. Server connections stay: each generation has its own (see ARCHITECTURE.md).
+
+use crate::client::{CState, Client, Close, Peer};
+use crate::config::PoolMode;
+use crate::control::{self, Command, HandedClient, HandedProxy, Report};
+use crate::intern::intern;
+use crate::params::Params;
+use crate::relay::{Scan, TxState};
+use crate::stream::{Sock, Stream};
+use crate::wire::sqlstate;
+use crate::worker::{Conn, Worker};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+impl Worker {
+    /// `Command::UpgradeDrain`: stop accepting, serve who stays until they leave (at most
+    /// shutdown_timeout), and hand every client over as soon as it is idle.
+    pub(crate) fn begin_upgrade_drain(&mut self) {
+        self.handing_over = true;
+        self.begin_shutdown(true);
+        self.hand_over_idle();
+    }
+
+    /// Hands over every client that can go now. Called on each turn of the loop while
+    /// draining for an upgrade, so a busy client goes between two of its transactions.
+    pub(crate) fn hand_over_idle(&mut self) {
+        if !self.handing_over || !self.has_control() {
+            return;
+        }
+        let ready: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c, Conn::Client(c) if self.can_hand_over(c)))
+            .map(|(t, _)| t)
+            .collect();
+        for ct in ready {
+            if !self.hand_over(ct) {
+                // The channel is full: the rest wait for a later turn.
+                break;
+            }
+        }
+    }
+
+    fn can_hand_over(&self, c: &Client) -> bool {
+        let pooled = c.pool.is_some_and(|p| {
+            matches!(
+                self.pools.get(p).limits.mode,
+                PoolMode::Transaction | PoolMode::Statement
+            )
+        });
+        pooled
+            && c.state == CState::Idle
+            && c.server.is_none()
+            && c.admin.is_none()
+            && c.found.is_none()
+            && c.lookup.is_none()
+            && !c.io.is_tls()
+            && c.tx.is_idle()
+            && c.scan.ready == 0
+            && c.scan.at_boundary()
+            && c.queue.is_empty()
+            && !c.skipping
+            && c.io.rbuf.is_empty()
+            && c.io.wbuf.is_empty()
+    }
+
+    /// Sends client `ct` to the supervisor and forgets it; false when the channel cannot
+    /// take it now (the client stays, untouched).
+    fn hand_over(&mut self, ct: usize) -> bool {
+        let Some(ctl) = self.control_raw_fd() else {
+            return false;
+        };
+        let Some(Conn::Client(c)) = self.conns.get(ct) else {
+            return true;
+        };
+        let scram_keys = match self.auth.secret(&c.user) {
+            Some(crate::auth::Secret::Scram(s)) => self
+                .auth
+                .client_key(&c.user, &s.server_key)
+                .map(|ck| (s.server_key, ck)),
+            _ => None,
+        };
+        let state = HandedClient {
+            user: c.user.to_string(),
+            db: c.db.to_string(),
+            peer: match c.peer {
+                Peer::Tcp(a) => Some(a),
+                Peer::Unix => None,
+            },
+            via: c.via,
+            unix: matches!(c.io.sock(), Sock::Unix(_)),
+            params: c
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cancel_key: c.cancel_key,
+            stmts: c
+                .stmts
+                .iter()
+                .map(|(name, s)| (name.to_string(), s.body.to_vec()))
+                .collect(),
+            age_ms: self.now.duration_since(c.connect_time).as_millis() as u64,
+            scram_keys,
+            proxy: c.proxy.as_ref().map(|p| HandedProxy {
+                tls: p.tls.clone(),
+                tls_cn: p.tls_cn.clone(),
+                unique_id: p.unique_id.clone(),
+                endpoint: p.endpoint.clone(),
+            }),
+        };
+        let mut body = Vec::new();
+        state.encode(&mut body);
+        let mut msg = Vec::with_capacity(body.len() + 8);
+        Report::HandOver { state: body }.encode(&mut msg);
+        // The link adds a prefix on the way: keep well inside one record.
+        if msg.len() + 64 > control::MAX_MESSAGE {
+            // Thousands of prepared statements: it drains here instead.
+            return true;
+        }
+        if control::send(ctl, &msg, Some(c.io.sock().raw_fd())).is_err() {
+            return false;
+        }
+        // The socket is in flight now: no goodbye, no shutdown, just let go of it.
+        self.forget_client(ct);
+        true
+    }
+
+    /// Drops a handed-over client: its places in the counts and its cancel key go, its
+    /// socket is deregistered and closed here (the copy in flight keeps it open).
+    fn forget_client(&mut self, ct: usize) {
+        let Some(Conn::Client(mut c)) = self.conns.try_remove(ct) else {
+            return;
+        };
+        if self.cfg.log_disconnections {
+            log::info!(
+                "{}: handed over to the new generation (age={}s) worker={}",
+                c.name(),
+                self.now.duration_since(c.connect_time).as_secs(),
+                self.slot
+            );
+        }
+        let _ = self.poll.registry().deregister(c.io.sock_mut().source());
+        if c.counted {
+            self.shm.release_client(self.slot);
+        }
+        for i in [c.counted_db.take(), c.counted_user.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.shm.release_name_client(self.slot, i);
+        }
+        if self.cancel_keys.get(&c.cancel_key).map(|e| e.1) == Some(c.id) {
+            self.cancel_keys.remove(&c.cancel_key);
+        }
+        c.io.drop_buffers(&mut self.bufs);
+    }
+
+    /// `Command::Adopt`: a client of the previous generation, with its socket.
+    pub(crate) fn adopt(&mut self, state: &[u8], fd: Option<OwnedFd>) {
+        let Some(fd) = fd else {
+            log::error!(
+                "worker {}: a handed-over client came without its socket",
+                self.slot
+            );
+            return;
+        };
+        let h = match HandedClient::decode(state) {
+            Ok(h) => h,
+            Err(e) => {
+                log::error!("worker {}: bad handed-over client: {}", self.slot, e.0);
+                return;
+            }
+        };
+        let sock = if h.unix {
+            let s = std::os::unix::net::UnixStream::from(fd);
+            if s.set_nonblocking(true).is_err() {
+                return;
+            }
+            Sock::Unix(mio::net::UnixStream::from_std(s))
+        } else {
+            let s = std::net::TcpStream::from(fd);
+            if s.set_nonblocking(true).is_err() {
+                return;
+            }
+            Sock::Tcp(mio::net::TcpStream::from_std(s))
+        };
+        let mut sock = sock;
+        let entry = self.conns.vacant_entry();
+        let ct = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            sock.source(),
+            mio::Token(ct),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register a handed-over client: {e}");
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut params = Params::new();
+        for (k, v) in &h.params {
+            params.set(k, v);
+        }
+        let connected = self
+            .now
+            .checked_sub(Duration::from_millis(h.age_ms))
+            .unwrap_or(self.now);
+        let mut client = Client {
+            id,
+            io: Stream::accepted(sock),
+            state: CState::Idle,
+            peer: h.peer.map(Peer::Tcp).unwrap_or(Peer::Unix),
+            via: h.via,
+            user: intern(&h.user),
+            db: intern(&h.db),
+            pool: None,
+            server: None,
+            params,
+            tx: TxState::new(),
+            scan: Scan::default(),
+            cancel_key: h.cancel_key,
+            connect_time: connected,
+            since: self.now,
+            request_time: self.now,
+            xact_start: self.now,
+            auth: None,
+            counted: false,
+            counted_db: None,
+            counted_user: None,
+            stmts: Default::default(),
+            queue: Default::default(),
+            dropped: Vec::new(),
+            skipping: false,
+            admin: None,
+            proxy: h.proxy.clone().map(|p| {
+                Box::new(crate::proxy::ProxyInfo {
+                    tls: p.tls,
+                    tls_cn: p.tls_cn,
+                    unique_id: p.unique_id,
+                    endpoint: p.endpoint,
+                })
+            }),
+            found: None,
+            lookup: None,
+        };
+        for (name, body) in &h.stmts {
+            let stmt = self.stmts.get_or_add(body);
+            client.stmts.insert(name.as_str().into(), stmt);
+        }
+        entry.insert(Conn::Client(Box::new(client)));
+        // It was counted in the old generation, which has let go of it: its place moves
+        // here whatever the limits say now (refusing it would be a disconnect).
+        if self.shm.acquire_client(self.slot, 0) {
+            if let Some(c) = self.client(ct) {
+                c.counted = true;
+            }
+        }
+        self.count_adopted(ct);
+        if let Some((server_key, client_key)) = h.scram_keys {
+            self.auth
+                .remember_client_key(&h.user, server_key, client_key);
+        }
+        if h.cancel_key != 0 {
+            self.cancel_keys.insert(h.cancel_key, (ct, id));
+        }
+        match self.pool_for(&h.db, &h.user) {
+            Ok(pool) => {
+                if let Some(c) = self.client(ct) {
+                    c.pool = Some(pool);
+                }
+            }
+            Err(msg) => {
+                // The new configuration has no such database: as at a login.
+                return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+            }
+        }
+        if let Some(c) = self.client(ct) {
+            log::debug!("{}: adopted from the previous generation", c.name());
+        }
+        self.drive_client(ct);
+    }
+
+    /// The database's and user's client counts, as at login but without a limit.
+    fn count_adopted(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        if self.cfg.database_entry(&c.db).is_some() {
+            if let Some(i) = self.shm.name_index(crate::shm::Kind::Database, &c.db) {
+                if self.shm.acquire_name_client(self.slot, i, 0) {
+                    c.counted_db = Some(i);
+                }
+            }
+        }
+        if self.cfg.users.contains_key(&*c.user) || self.auth.secret(&c.user).is_some() {
+            if let Some(i) = self.shm.name_index(crate::shm::Kind::User, &c.user) {
+                if self.shm.acquire_name_client(self.slot, i, 0) {
+                    c.counted_user = Some(i);
+                }
+            }
+        }
+    }
+
+    /// Whether a command is one this module handles; handles it if so.
+    pub(crate) fn handover_command(&mut self, cmd: &Command, fd: &mut Option<OwnedFd>) -> bool {
+        match cmd {
+            Command::UpgradeDrain => self.begin_upgrade_drain(),
+            Command::Adopt { state } => self.adopt(state, fd.take()),
+            _ => return false,
+        }
+        true
+    }
+}
