@@ -5,7 +5,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -193,10 +193,15 @@ struct Hammer {
 }
 
 impl Hammer {
+    /// Starts it and returns once its first query was answered, so it is contending for
+    /// the server from the test's first step on (on a loaded machine its thread may
+    /// otherwise start after a short test is over).
     fn start(pooler: &Pooler) -> Hammer {
         let mut client = connect_as(pooler, APP_USER);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let answered = Arc::new(AtomicU64::new(0));
+        let progress = answered.clone();
         let handle = thread::spawn(move || {
             let mut done = 0u64;
             let mut bad = Vec::new();
@@ -204,7 +209,10 @@ impl Hammer {
             while !flag.load(Ordering::SeqCst) {
                 n += 1;
                 match client.query_typed("SELECT $1::int4, 'hammer'::text", &[(&n, Type::INT4)]) {
-                    Ok(rows) if rows.len() == 1 && rows[0].get::<_, i32>(0) == n => done += 1,
+                    Ok(rows) if rows.len() == 1 && rows[0].get::<_, i32>(0) == n => {
+                        done += 1;
+                        progress.store(done, Ordering::SeqCst);
+                    }
                     Ok(rows) => bad.push(format!("sent {n}, got {rows:?}")),
                     Err(e) => {
                         bad.push(format!("sent {n}: {e:?}"));
@@ -214,6 +222,13 @@ impl Hammer {
             }
             (done, bad)
         });
+        let started = wait_until(Duration::from_secs(10), || {
+            answered.load(Ordering::SeqCst) > 0 || handle.is_finished()
+        });
+        assert!(
+            started,
+            "the parallel client's first query got no answer in 10 s"
+        );
         Hammer { stop, handle }
     }
 
@@ -231,7 +246,11 @@ impl Hammer {
             "the parallel client got wrong answers or errors: {bad:?}\n{}",
             pooler.log()
         );
-        assert!(done > 0, "the parallel client never got a server");
+        // One answer came before the test's steps: it must have got the server again.
+        assert!(
+            done > 1,
+            "the parallel client never got a server during the test"
+        );
     }
 }
 
