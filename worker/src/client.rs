@@ -183,6 +183,11 @@ pub(crate) enum Close {
     Relay(crate::wire::fields::ErrorFields),
 }
 
+/// Why a replication startup is refused, in the words of PgBouncer before 1.23, with the
+/// reason and the way out.
+const REPLICATION_REFUSED: &str = "unsupported startup parameter: replication (pgbouncers \
+    does not pass replication connections; connect replication clients to PostgreSQL directly)";
+
 impl Worker {
     pub(crate) fn add_client(&mut self, mut sock: Sock, peer: Option<SocketAddr>) {
         if let Sock::Tcp(s) = &sock {
@@ -537,6 +542,10 @@ impl Worker {
         };
         c.user = intern(user);
         c.db = intern(s.get("database").filter(|d| !d.is_empty()).unwrap_or(user));
+        // Replication connections (physical `replication=true`, logical
+        // `replication=database`) are refused here, before any password, where PgBouncer
+        // before 1.23 refused them too; 1.23+ gives each its own server instead. The
+        // message names the value, says why and what to do (docs/PGBOUNCER.md).
         if let Some(r) = s.get("replication") {
             if !matches!(
                 r.to_ascii_lowercase().as_str(),
@@ -544,10 +553,7 @@ impl Worker {
             ) {
                 return self.close_client(
                     ct,
-                    Close::Fatal(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "unsupported startup parameter: replication".into(),
-                    ),
+                    Close::Fatal(sqlstate::FEATURE_NOT_SUPPORTED, REPLICATION_REFUSED.into()),
                 );
             }
         }
