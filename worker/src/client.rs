@@ -102,7 +102,7 @@ pub(crate) struct Client {
     pub counted_db: Option<usize>,
     pub counted_user: Option<usize>,
     /// The client's named statements, under transaction pooling.
-    pub stmts: std::collections::HashMap<Box<str>, std::rc::Rc<crate::prepared::Stmt>>,
+    pub stmts: crate::prepared::ClientStmts,
     /// What the server still owes this client, when statements are rewritten.
     pub queue: std::collections::VecDeque<crate::relay::Expect>,
     /// Entries an error made the server skip, waiting to be undone (scratch).

@@ -192,10 +192,12 @@ impl Worker {
             return;
         };
         let mode = self.pools.get(pool).limits.mode;
-        let named = match mode {
-            PoolMode::Session => Named::Pass,
-            _ if self.cfg.max_prepared_statements > 0 => Named::Rewrite,
-            _ => Named::Refuse,
+        // max_prepared_statements: 0 passes statement names through in every mode, as in
+        // PgBouncer (a client's statement then lives on whichever server it was sent to).
+        let named = if mode != PoolMode::Session && self.cfg.max_prepared_statements > 0 {
+            Named::Rewrite
+        } else {
+            Named::Pass
         };
         let max_packet = self.cfg.max_packet_size as usize;
         for _ in 0..PUMP_ROUNDS {
@@ -252,15 +254,6 @@ impl Worker {
                     FromClient::NeedMore => {}
                     FromClient::Terminate if c.scan.ready == 0 => {
                         return self.close_client(ct, Close::Quiet("client close request"));
-                    }
-                    FromClient::NamedParse if c.scan.ready == 0 => {
-                        let msg = "prepared statements are not supported in transaction pooling mode: \
-                                   use unnamed statements (pgJDBC prepareThreshold=0, psycopg prepare_threshold=None, \
-                                   asyncpg statement_cache_size=0) or session pooling";
-                        return self.close_client(
-                            ct,
-                            Close::Fatal(sqlstate::FEATURE_NOT_SUPPORTED, msg.into()),
-                        );
                     }
                     FromClient::Rewrite if c.scan.ready == 0 => match self.rewrite_named(ct, st) {
                         Ok(true) => progress = true,
@@ -331,6 +324,7 @@ impl Worker {
                     relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own, track);
                 for e in c.dropped.drain(..) {
                     s.stmts.undo(e);
+                    c.stmts.undo(e);
                 }
                 match verdict {
                     FromServer::Made => {
