@@ -1,22 +1,45 @@
-//! Replication connections (`replication=true|database`): refused at the startup packet, tested with pg_receivewal and a logical subscription.
+//! Replication connections (`replication=true|database`, PgBouncer 1.23+) through the pooler: each gets a server of its own; tested with pg_receivewal and a logical subscription.
 
 mod common;
 
 use std::io::Write;
 use std::process::Command;
 
+use common::pg::tail;
 use common::tools::clean_pg_env;
-use common::wire::{assert_closed, connect, raw_login, read_error, startup_packet};
+use common::wire::{connect, read_error, read_message, startup_packet};
 use common::*;
 
-/// What the refusal says: PgBouncer's words before 1.23, then why and what to do.
-const REFUSED: &str = "unsupported startup parameter: replication (pgbouncers does not pass \
-                       replication connections; connect replication clients to PostgreSQL directly)";
+/// A PostgreSQL with `wal_level = logical`, `app` a REPLICATION role, and a pg_hba.conf line
+/// for replication over TCP.
+fn publisher() -> PgServer {
+    let pg = PgServer::start();
+    pg.admin_sql("ALTER SYSTEM SET wal_level = logical");
+    pg.admin_sql(&format!("ALTER ROLE {APP_USER} REPLICATION"));
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host replication {APP_USER} 127.0.0.1/32 scram-sha-256\n{old}"),
+    )
+    .unwrap();
+    pg.restart();
+    assert_eq!(pg.admin_sql("SHOW wal_level"), "logical");
+    pg
+}
 
-/// One worker, session pooling (where PgBouncer 1.23+ serves replication), trust at the
-/// pooler, `app` as an admin so SHOW CLIENTS can be read.
-fn start() -> Pooler {
+/// One worker, transaction pooling (replication servers are never pooled whatever the
+/// mode), trust at the pooler, `app` an admin so SHOW CLIENTS/SERVERS can be read. libpq
+/// sends `database=replication` for physical replication whatever the connection string
+/// says, so that name needs an entry (or `*`), as with PgBouncer.
+fn start(pg: &PgServer) -> Pooler {
+    start_with(pg, "auth_type: trust\n", "")
+}
+
+/// [`start`] with other authentication settings and an `hba.conf`.
+fn start_with(pg: &PgServer, auth: &str, hba: &str) -> Pooler {
     let setup = PoolerSetup::new();
+    setup.write_file("hba.conf", hba);
     setup.write_file(
         "userlist.txt",
         &format!("{}\n", userlist_entry(APP_USER, APP_PASSWORD)),
@@ -25,79 +48,126 @@ fn start() -> Pooler {
         "listen_addr: 127.0.0.1\n\
          listen_port: @PORT@\n\
          workers: 1\n\
-         auth_type: trust\n\
+         {auth}\
          auth_file: @DIR@/userlist.txt\n\
          admin_users: [{APP_USER}]\n\
-         pool_mode: session\n\
+         pool_mode: transaction\n\
+         query_wait_timeout: 20\n\
          databases:\n  \
-           app: {{ host: 127.0.0.1, port: {}, dbname: app }}\n",
-        shared_pg().port()
+           app: {{ host: 127.0.0.1, port: {port}, dbname: app, pool_size: 4 }}\n  \
+           replication: {{ host: 127.0.0.1, port: {port}, dbname: app }}\n",
+        port = pg.port()
     ))
 }
 
-/// The users of SHOW CLIENTS, the console's own connection left out.
-fn app_clients(pooler: &Pooler) -> Vec<String> {
+/// (replication, state) of SHOW CLIENTS or SERVERS rows, the console's left out.
+fn show(pooler: &Pooler, what: &str) -> Vec<(String, String)> {
     let mut console = pooler.connect(APP_USER, "", "pgbouncer");
-    query_rows(&mut console, "SHOW CLIENTS")
+    query_rows(&mut console, &format!("SHOW {what}"))
         .iter()
         .filter(|r| r.get("database") != Some("pgbouncer"))
         .map(|r| {
-            format!(
-                "{}@{}",
-                r.get("user").unwrap_or(""),
-                r.get("database").unwrap_or("")
+            (
+                r.get("replication").unwrap_or("").to_string(),
+                r.get("state").unwrap_or("").to_string(),
             )
         })
         .collect()
 }
 
-#[test]
-fn replication_startups_are_refused_before_any_password_and_false_is_a_normal_login() {
-    let pooler = start();
-    for value in ["database", "true", "on", "yes", "1", "TRUE"] {
-        let mut s = connect(pooler.port());
-        s.write_all(&startup_packet(&[
-            ("user", APP_USER),
-            ("database", APP_DB),
-            ("replication", value),
-        ]))
-        .unwrap();
-        // The refusal comes instead of an authentication request.
-        let e = read_error(&mut s);
-        assert_eq!(e.code(), "0A000", "replication={value}: {:?}", e.0);
-        assert_eq!(e.severity(), "FATAL", "replication={value}: {:?}", e.0);
-        assert_eq!(e.message(), REFUSED, "replication={value}");
-        assert_closed(&mut s);
-    }
-    // `replication=false` (libpq's default spelling is no parameter at all) is an
-    // ordinary connection.
-    for value in ["false", "off", "no", "0"] {
-        let startup = startup_packet(&[
-            ("user", APP_USER),
-            ("database", APP_DB),
-            ("replication", value),
-        ]);
-        let mut s = raw_login(pooler.port(), &startup, "")
-            .unwrap_or_else(|e| panic!("replication={value}: {e}"));
-        let (rows, status) = common::wire::run_query(&mut s, "SELECT 40 + 2");
-        assert_eq!(
-            (rows, status),
-            (vec!["42".to_string()], b'I'),
-            "replication={value}"
-        );
-    }
-    assert!(
-        pooler
-            .log()
-            .contains("unsupported startup parameter: replication"),
-        "the refusal is logged:\n{}",
-        pooler.log()
-    );
+/// Backends of `app` on `pg` by backend_type (walsender or client backend).
+fn backends(pg: &PgServer, kind: &str) -> i64 {
+    pg.admin_sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{APP_USER}' \
+         AND backend_type = '{kind}'"
+    ))
+    .parse()
+    .unwrap()
 }
 
-/// `pg_receivewal` against `conninfo` until the WAL position PostgreSQL has now.
-fn receivewal(conninfo: &str, dir: &std::path::Path) -> CmdOutput {
-    let lsn = shared_pg().admin_sql("SELECT pg_current_wal_lsn()");
+/// Reads to the next ReadyForQuery: the first column of the DataRows.
+fn until_ready(s: &mut std::net::TcpStream) -> Vec<String> {
+    let mut rows = Vec::new();
+    loop {
+        let m = read_message(s).unwrap().expect("closed");
+        match m.tag {
+            b'D' => {
+                let len = i32::from_be_bytes(m.body[2..6].try_into().unwrap());
+                rows.push(String::from_utf8_lossy(&m.body[6..6 + len as usize]).into_owned());
+            }
+            b'E' => panic!("error: {:?}", common::wire::Fields::parse(&m.body).0),
+            b'Z' => return rows,
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn physical_replication_client_gets_a_server_of_its_own_closed_when_it_leaves() {
+    let pg = publisher();
+    let pooler = start(&pg);
+    let system_id = pg.admin_sql("SELECT system_identifier FROM pg_control_system()");
+    let mut s = connect(pooler.port());
+    s.write_all(&startup_packet(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+        ("replication", "true"),
+    ]))
+    .unwrap();
+    until_ready(&mut s);
+    // A replication command, which only a walsender answers.
+    s.write_all(&common::wire::query("IDENTIFY_SYSTEM"))
+        .unwrap();
+    assert_eq!(until_ready(&mut s), vec![system_id]);
+    assert_eq!(backends(&pg, "walsender"), 1);
+    assert_eq!(
+        show(&pooler, "CLIENTS"),
+        vec![("physical".into(), "active".into())]
+    );
+    // The server that fetched the pool's greeting is idle in the pool; the walsender is
+    // the client's.
+    let mut servers = show(&pooler, "SERVERS");
+    servers.sort();
+    assert_eq!(
+        servers,
+        vec![
+            ("none".into(), "idle".into()),
+            ("physical".into(), "active".into())
+        ]
+    );
+
+    // Ordinary clients meanwhile: never given the walsender, and it is never theirs.
+    let mut c = pooler.connect(APP_USER, "", APP_DB);
+    for _ in 0..3 {
+        assert_eq!(
+            scalar(
+                &mut c,
+                "SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            )
+            .unwrap(),
+            "client backend"
+        );
+    }
+    s.write_all(&common::wire::query("IDENTIFY_SYSTEM"))
+        .unwrap();
+    assert_eq!(until_ready(&mut s).len(), 1);
+
+    // The client leaves: its server goes too, not into the pool.
+    s.write_all(&common::wire::message(b'X', &[])).unwrap();
+    drop(s);
+    assert!(
+        wait_until(secs(10), || backends(&pg, "walsender") == 0),
+        "the walsender outlived its client:\n{}",
+        pooler.log()
+    );
+    let servers = show(&pooler, "SERVERS");
+    assert!(servers.iter().all(|(r, _)| r == "none"), "{servers:?}");
+    assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
+}
+
+/// `pg_receivewal` against `conninfo` until the WAL position `pg` has now.
+fn receivewal(pg: &PgServer, conninfo: &str, dir: &std::path::Path) -> CmdOutput {
+    let lsn = pg.admin_sql("SELECT pg_current_wal_lsn()");
     let mut cmd = Command::new(pg_tool("pg_receivewal"));
     clean_pg_env(&mut cmd);
     cmd.args(["--no-loop", "--no-password", "--no-sync"])
@@ -122,81 +192,174 @@ fn wal_files(dir: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
-fn pg_receivewal_through_the_pooler_is_refused_clearly() {
-    let pooler = start();
-    let pg = shared_pg();
-    let direct = pooler.path("wal-direct");
-    let through = pooler.path("wal-pooler");
-    std::fs::create_dir_all(&direct).unwrap();
-    std::fs::create_dir_all(&through).unwrap();
-    // The same command straight to PostgreSQL receives WAL, so the tool and the server
-    // can do it: what fails below is the pooler's refusal.
+fn pg_receivewal_through_the_pooler_receives_wal() {
+    let pg = publisher();
+    let pooler = start(&pg);
+    pg.admin_sql_in(
+        APP_DB,
+        "CREATE TABLE wal_made (n int); INSERT INTO wal_made SELECT generate_series(1, 1000); GRANT SELECT ON wal_made TO app",
+    );
+    let dir = pooler.path("wal");
+    std::fs::create_dir_all(&dir).unwrap();
     let out = receivewal(
+        &pg,
         &format!(
-            "host={} port={} user={SUPERUSER}",
-            pg.socket_dir().display(),
-            pg.port()
+            "host=127.0.0.1 port={} user={APP_USER} dbname={APP_DB}",
+            pooler.port()
         ),
-        &direct,
+        &dir,
     );
     assert!(
         out.success(),
-        "pg_receivewal straight to PostgreSQL:\n{out}"
+        "pg_receivewal through the pooler:\n{out}\n{}",
+        pooler.log()
     );
+    assert!(!wal_files(&dir).is_empty(), "no WAL received:\n{out}");
     assert!(
-        !wal_files(&direct).is_empty(),
-        "no WAL received directly:\n{out}"
+        wait_until(secs(10), || backends(&pg, "walsender") == 0),
+        "the walsender outlived pg_receivewal"
     );
-
-    let out = receivewal(
-        &format!("host=127.0.0.1 port={} user={APP_USER}", pooler.port()),
-        &through,
-    );
-    assert!(
-        !out.success(),
-        "pg_receivewal through the pooler succeeded:\n{out}"
-    );
-    assert!(out.stderr.contains(REFUSED), "{out}");
-    assert!(
-        wal_files(&through).is_empty(),
-        "WAL came through the pooler"
-    );
-
-    // Ordinary clients go on, and no refused connection is left in SHOW CLIENTS.
     let mut c = pooler.connect(APP_USER, "", APP_DB);
-    assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
-    assert_eq!(app_clients(&pooler), vec![format!("{APP_USER}@{APP_DB}")]);
+    assert_eq!(
+        scalar(&mut c, "SELECT count(*) FROM wal_made").unwrap(),
+        "1000"
+    );
 }
 
 #[test]
-fn logical_subscription_through_the_pooler_is_refused_clearly() {
-    let pooler = start();
-    let pg = shared_pg();
-    // The subscriber is the shared server itself; the publisher it is pointed at is the
-    // pooler. CREATE SUBSCRIPTION connects (replication=database) before anything else.
-    let err = pg
-        .try_admin_sql_in(
-            APP_DB,
-            &format!(
-                "CREATE SUBSCRIPTION repl_refused_sub \
-                 CONNECTION 'host=127.0.0.1 port={} user={APP_USER} dbname={APP_DB}' \
-                 PUBLICATION repl_refused_pub",
-                pooler.port()
-            ),
-        )
-        .inspect(|_| {
-            let _ = pg.try_admin_sql_in(APP_DB, "DROP SUBSCRIPTION repl_refused_sub");
-        })
-        .expect_err("CREATE SUBSCRIPTION through the pooler succeeded");
-    assert!(err.contains("could not connect to the publisher"), "{err}");
-    assert!(err.contains(REFUSED), "{err}");
-    let count = pg.admin_sql_in(
+fn logical_subscription_replicates_rows_through_the_pooler() {
+    let pg = publisher();
+    let pooler = start(&pg);
+    let sub = shared_pg();
+    const TABLE: &str = "repl_through_pooler";
+    pg.admin_sql_in(
         APP_DB,
-        "SELECT count(*) FROM pg_subscription WHERE subname = 'repl_refused_sub'",
+        &format!(
+            "CREATE TABLE {TABLE} (id int PRIMARY KEY, v text);
+             INSERT INTO {TABLE} SELECT n, 'before ' || n FROM generate_series(1, 50) n;
+             GRANT SELECT ON {TABLE} TO {APP_USER};
+             CREATE PUBLICATION repl_pub FOR TABLE {TABLE};"
+        ),
     );
-    assert_eq!(count, "0");
-
+    sub.admin_sql_in(
+        APP_DB,
+        &format!(
+            "DROP SUBSCRIPTION IF EXISTS repl_sub; DROP TABLE IF EXISTS {TABLE};
+             CREATE TABLE {TABLE} (id int PRIMARY KEY, v text);"
+        ),
+    );
+    sub.admin_sql_in(
+        APP_DB,
+        &format!(
+            "CREATE SUBSCRIPTION repl_sub \
+             CONNECTION 'host=127.0.0.1 port={} user={APP_USER} dbname={APP_DB}' \
+             PUBLICATION repl_pub",
+            pooler.port()
+        ),
+    );
+    let count = || sub.admin_sql_in(APP_DB, &format!("SELECT count(*) FROM {TABLE}"));
+    assert!(
+        wait_until(secs(30), || count() == "50"),
+        "initial copy: {} rows\n{}\n{}",
+        count(),
+        pooler.log(),
+        tail(&sub.log(), 30)
+    );
+    // Streamed changes, while ordinary clients use the pool.
     let mut c = pooler.connect(APP_USER, "", APP_DB);
-    assert_eq!(scalar(&mut c, "SELECT 2").unwrap(), "2");
-    assert_eq!(app_clients(&pooler), vec![format!("{APP_USER}@{APP_DB}")]);
+    pg.admin_sql_in(
+        APP_DB,
+        &format!("INSERT INTO {TABLE} SELECT n, 'after ' || n FROM generate_series(51, 80) n"),
+    );
+    assert_eq!(
+        scalar(&mut c, &format!("SELECT count(*) FROM {TABLE}")).unwrap(),
+        "80"
+    );
+    assert!(
+        wait_until(secs(30), || count() == "80"),
+        "streamed: {} rows\n{}",
+        count(),
+        pooler.log()
+    );
+    let servers = show(&pooler, "SERVERS");
+    assert!(
+        servers.contains(&("logical".into(), "active".into())),
+        "{servers:?}"
+    );
+    let clients = show(&pooler, "CLIENTS");
+    assert!(
+        clients.contains(&("logical".into(), "active".into())),
+        "{clients:?}"
+    );
+    // DROP SUBSCRIPTION drops the slot through the pooler too.
+    sub.admin_sql_in(
+        APP_DB,
+        &format!("DROP SUBSCRIPTION repl_sub; DROP TABLE {TABLE}"),
+    );
+    assert_eq!(
+        pg.admin_sql("SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    assert!(
+        wait_until(secs(10), || backends(&pg, "walsender") == 0),
+        "walsenders outlived the subscription"
+    );
+}
+
+#[test]
+fn bad_replication_values_and_the_console_are_refused() {
+    let pg = shared_pg();
+    let pooler = start(pg);
+    let mut s = connect(pooler.port());
+    s.write_all(&startup_packet(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+        ("replication", "sometimes"),
+    ]))
+    .unwrap();
+    let e = read_error(&mut s);
+    assert_eq!(
+        (e.code(), e.message()),
+        ("08P01", "invalid value for parameter \"replication\"")
+    );
+    let mut s = connect(pooler.port());
+    s.write_all(&startup_packet(&[
+        ("user", APP_USER),
+        ("database", "pgbouncer"),
+        ("replication", "database"),
+    ]))
+    .unwrap();
+    let e = read_error(&mut s);
+    assert_eq!(e.code(), "0A000", "{:?}", e.0);
+}
+
+/// Raw login with `replication` (None: an ordinary one): Ok after ReadyForQuery, or the
+/// error's message.
+fn try_login(pooler: &Pooler, replication: Option<&str>) -> Result<std::net::TcpStream, String> {
+    let mut params = vec![("user", APP_USER), ("database", APP_DB)];
+    params.extend(replication.map(|r| ("replication", r)));
+    common::wire::raw_login(pooler.port(), &startup_packet(&params), "")
+}
+
+#[test]
+fn hba_replication_lines_match_physical_replication_only() {
+    let pg = publisher();
+    let pooler = start_with(
+        &pg,
+        "auth_type: hba\nauth_hba_file: @DIR@/hba.conf\n",
+        &format!(
+            "host replication {APP_USER} 127.0.0.1/32 trust\n\
+             host all {APP_USER} 127.0.0.1/32 reject\n"
+        ),
+    );
+    // Physical: the `replication` line.
+    let mut s = try_login(&pooler, Some("true")).expect("physical replication login");
+    s.write_all(&common::wire::query("IDENTIFY_SYSTEM"))
+        .unwrap();
+    assert_eq!(until_ready(&mut s).len(), 1);
+    // Ordinary and logical connections match by database name: the `all` line.
+    for replication in [None, Some("database")] {
+        let e = try_login(&pooler, replication).expect_err("rejected by the all line");
+        assert!(e.contains("28000"), "{replication:?}: {e}");
+    }
 }

@@ -48,6 +48,14 @@ impl Worker {
         c.state = CState::Waiting;
         c.since = self.now;
         let id = c.id;
+        if c.replication.is_some() {
+            // A server of its own, linked when it has logged in (PgBouncer 1.23+).
+            if !self.launch_replication_server(pool, ct) {
+                let msg = "no server connection available for the replication client".into();
+                self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
+            }
+            return;
+        }
         let p = self.pools.get_mut(pool);
         if !p.paused {
             if let Some(&st) = p.idle.last() {
@@ -178,7 +186,8 @@ impl Worker {
         s.scan = Scan::default();
         s.release_pending = false;
         let mut sql = String::new();
-        if params::sync_statements(&c.params, &s.params, &mut sql) {
+        // A replication server got the client's parameters in its startup packet.
+        if s.replication.is_none() && params::sync_statements(&c.params, &s.params, &mut sql) {
             write::query(s.io.wbuf.vec(&mut self.bufs), &sql);
             s.own += 1;
             params::apply_extras(&c.params, &mut s.params);
@@ -191,7 +200,13 @@ impl Worker {
         let Some(pool) = self.client(ct).and_then(|c| c.pool) else {
             return;
         };
-        let mode = self.pools.get(pool).limits.mode;
+        // A replication server is its client's alone: as in session pooling.
+        let own = matches!(self.conns.get(st), Some(Conn::Server(s)) if s.replication.is_some());
+        let mode = if own {
+            PoolMode::Session
+        } else {
+            self.pools.get(pool).limits.mode
+        };
         // max_prepared_statements: 0 passes statement names through in every mode, as in
         // PgBouncer (a client's statement then lives on whichever server it was sent to).
         let named = if mode != PoolMode::Session && self.cfg.max_prepared_statements > 0 {
@@ -463,6 +478,9 @@ impl Worker {
             return;
         };
         s.client = None;
+        if s.replication.is_some() {
+            return self.remove_server(st, "replication client disconnected");
+        }
         let clean = clean
             && s.own == 0
             && s.scan.ready == 0
