@@ -233,7 +233,7 @@ impl Worker {
             log::warn!("cannot register client socket: {e}");
             return;
         }
-        let id = self.next_id;
+        let id = crate::worker::shown_id(self.slot, self.next_id);
         self.next_id += 1;
         let io = Stream::accepted(sock);
         let client = Client {
