@@ -363,3 +363,28 @@ fn hba_replication_lines_match_physical_replication_only() {
         assert!(e.contains("28000"), "{replication:?}: {e}");
     }
 }
+
+#[test]
+fn a_replication_client_waits_through_pause_and_goes_on_at_resume() {
+    let pg = publisher();
+    let pooler = start(&pg);
+    // The pool's greeting first, so the replication client only waits for its server.
+    let mut c = pooler.connect(APP_USER, "", APP_DB);
+    assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
+    let mut console = pooler.connect(APP_USER, "", "pgbouncer");
+    console.simple_query("PAUSE app").unwrap();
+    let mut s = try_login(&pooler, Some("database")).expect("logical replication login");
+    s.write_all(&common::wire::query("IDENTIFY_SYSTEM"))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        backends(&pg, "walsender"),
+        0,
+        "a server started during PAUSE"
+    );
+    console.simple_query("RESUME app").unwrap();
+    // IDENTIFY_SYSTEM on a logical connection names the database too.
+    assert_eq!(until_ready(&mut s).len(), 1);
+    assert_eq!(backends(&pg, "walsender"), 1);
+    assert_eq!(scalar(&mut c, "SELECT 2").unwrap(), "2");
+}

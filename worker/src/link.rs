@@ -49,7 +49,12 @@ impl Worker {
         c.since = self.now;
         let id = c.id;
         if c.replication.is_some() {
-            // A server of its own, linked when it has logged in (PgBouncer 1.23+).
+            // A server of its own, linked when it has logged in (PgBouncer 1.23+); while
+            // the pool is paused it waits in the queue, which serve_waiting hands back.
+            if self.pools.get(pool).paused {
+                self.pools.get_mut(pool).waiting.push_back((ct, id));
+                return;
+            }
             if !self.launch_replication_server(pool, ct) {
                 let msg = "no server connection available for the replication client".into();
                 self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
@@ -81,14 +86,25 @@ impl Worker {
         if p.paused {
             return None;
         }
+        let mut own = Vec::new();
+        let mut next = None;
         while let Some((ct, id)) = p.waiting.pop_front() {
             if let Some(Conn::Client(c)) = self.conns.get(ct) {
                 if c.id == id && c.state == CState::Waiting {
-                    return Some(ct);
+                    if c.replication.is_some() {
+                        // Never given a pooled server: serve_waiting starts its own.
+                        own.push((ct, id));
+                        continue;
+                    }
+                    next = Some(ct);
+                    break;
                 }
             }
         }
-        None
+        for w in own.into_iter().rev() {
+            p.waiting.push_front(w);
+        }
+        next
     }
 
     /// Starts servers for waiting clients (and for clients waiting for their greeting)
@@ -102,6 +118,21 @@ impl Worker {
         if p.paused {
             return;
         }
+        // Replication clients queued during a pause: each starts a server of its own.
+        let conns = &self.conns;
+        let mut own = Vec::new();
+        self.pools.get_mut(pool).waiting.retain(|&(ct, id)| {
+            let repl = matches!(conns.get(ct), Some(Conn::Client(c))
+                if c.id == id && c.replication.is_some());
+            if repl {
+                own.push(ct);
+            }
+            !repl
+        });
+        for ct in own {
+            self.request_server(ct);
+        }
+        let p = self.pools.get(pool);
         let greeting = usize::from(p.welcome.is_none() && !p.login_waiting.is_empty());
         // Servers running a check or reset come back to the queue: count them as coming.
         let want = (p.waiting.len() + p.lookups.len() + greeting)

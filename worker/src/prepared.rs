@@ -192,11 +192,12 @@ impl Worker {
             b'P' if !whole => Plan::Wait(h.total),
             b'P' => {
                 let (name, rest) = cstr(body).ok_or_else(bad)?;
-                if c.stmts.get(&name_of(name)).is_some() {
+                let client_name = name_of(name);
+                if c.stmts.get(&client_name).is_some() {
                     return Err(in_use());
                 }
                 Plan::Parse {
-                    client_name: name_of(name),
+                    client_name,
                     body: rest.to_vec(),
                 }
             }
