@@ -1694,6 +1694,16 @@ fn kill_and_kill_client_reach_every_worker() {
     let r = victim.conn.reply();
     assert_eq!(r.error(), ("FATAL", "08P01", "admin forced disconnect"));
     assert_eq!(r.end, End::Closed);
+    // The log names the client by the same id as SHOW CLIENTS and KILL_CLIENT.
+    let logged = format!(
+        "C-{id}: other/{role}@127.0.0.1:{}: closing because: admin forced disconnect",
+        victim.port
+    );
+    assert!(
+        pooler.wait_for_log(&logged, secs(3)),
+        "{logged:?} not in the log:\n{}",
+        pooler.log()
+    );
     for h in &mut others {
         assert_eq!(
             h.conn.scalar("SELECT 3"),

@@ -875,19 +875,10 @@ fn raw_pipeline_gets_exact_answers_when_the_pooler_answers_parse() {
     s.assert_pooler_names("pipeline");
     assert_eq!((s.with_text(A), s.with_text(B)), (1, 1), "{s:?}");
 
-    // Close is answered by the pooler; the client's name is gone...
+    // Close is answered by the pooler; the server keeps the statement for the other
+    // client.
     let r = c2.exchange(&[close_msg(b'S', "a"), sync_msg()].concat(), 1);
     assert_eq!(r.tags(), "3 Z", "{r:?}");
-    let r = c2.exchange(&run_msgs("a", &["1"]), 1);
-    assert_eq!(r.tags(), "E Z", "Bind after Close: {r:?}");
-    let e = &r.errors()[0];
-    assert_eq!(e.code(), "26000", "{e:?}");
-    assert!(
-        e.message()
-            .contains("prepared statement \"a\" does not exist"),
-        "{e:?}"
-    );
-    // ...but the server kept it for the other client.
     let r = c1.exchange(&run_msgs("a", &["5"]), 1);
     assert_eq!(r.tags(), "2 D C Z", "{r:?}");
     assert_eq!(r.values(), ["5"]);
@@ -906,6 +897,12 @@ fn raw_pipeline_gets_exact_answers_when_the_pooler_answers_parse() {
         (r.tags().as_str(), r.values()),
         ("1 2 D C Z", vec!["11".into()])
     );
+    // A Bind after Close: the client's name is gone. PostgreSQL would answer 26000;
+    // PgBouncer (and so pgbouncers) closes the client.
+    let r = c2.exchange(&[close_msg(b'S', "a"), sync_msg()].concat(), 1);
+    assert_eq!(r.tags(), "3 Z", "{r:?}");
+    c2.send(&run_msgs("a", &["1"]));
+    assert_disconnected(&mut c2, "prepared statement did not exist");
 }
 
 // ---------------------------------------------------------------------------
@@ -942,10 +939,11 @@ fn error_mid_pipeline_keeps_answers_in_order() {
     }
     // The pooler's own ParseComplete for a Parse that PostgreSQL would skip
     // (after the error, before the Sync) must not be sent.
+    // ("z" is a new name for a statement the server has: the pooler would answer it.)
     let skipped = [
         bind_msg("", "x", &[]),
         execute_msg(),
-        parse_run_msgs("y", "SELECT 2", &[]),
+        parse_run_msgs("z", "SELECT 2", &[]),
     ]
     .concat();
     let setup = [(&pipeline[..], 2)];
@@ -959,6 +957,13 @@ fn error_mid_pipeline_keeps_answers_in_order() {
     let r = c.exchange(&skipped, 1);
     assert_eq!(r.tags(), "2 E Z", "{r:?}\n{}", pooler.log());
     assert_eq!(c.value("SELECT 'usable'"), "usable");
+    // PostgreSQL made no "z", so the name is free (not "already in use").
+    let r = c.exchange(&parse_run_msgs("z", "SELECT 2", &[]), 1);
+    assert_eq!(
+        (r.tags().as_str(), r.values()),
+        ("1 2 D C Z", vec!["2".into()]),
+        "{r:?}"
+    );
 }
 
 /// A client (pool_size 2) prepares a query on a table; the table is dropped;
@@ -1275,29 +1280,158 @@ fn parse_describe_flush_then_bind_execute_sync_with_contention() {
 }
 
 // ---------------------------------------------------------------------------
-// 8. max_prepared_statements: 0, and session mode
+// 8. max_prepared_statements: 0, names in use or unknown, a lower limit on reload, session mode
 // ---------------------------------------------------------------------------
 
 #[test]
-fn zero_max_prepared_statements_refuses_named_parse() {
+fn zero_max_prepared_statements_passes_names_through_as_pgbouncer_does() {
     let pooler = Cfg::tx("pool_size: 1")
         .extra("max_prepared_statements: 0")
         .start();
     let mut c = Raw::pooled(&pooler);
-    c.send(&[parse_msg("n", "SELECT 1", &[]), sync_msg()].concat());
+    let r = c.exchange(
+        &[parse_msg("my_tx_stmt", "SELECT 9", &[]), sync_msg()].concat(),
+        1,
+    );
+    assert_eq!(r.tags(), "1 Z", "{:?}", r.errors());
+    // The server holds the client's own name: nothing was rewritten.
+    let s = c.server_stmts();
+    let names: Vec<&str> = s.stmts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["my_tx_stmt"], "{s:?}");
+    // One server in the pool, so the statement is still there for the next transaction.
+    let r = c.exchange(&run_msgs("my_tx_stmt", &[]), 1);
+    assert_eq!(
+        (r.tags().as_str(), r.values()),
+        ("2 D C Z", vec!["9".into()])
+    );
+    let r = c.exchange(&[close_msg(b'S', "my_tx_stmt"), sync_msg()].concat(), 1);
+    assert_eq!(r.tags(), "3 Z");
+    assert!(
+        c.server_stmts().stmts.is_empty(),
+        "Close reached the server"
+    );
+}
+
+/// One FATAL ErrorResponse and the end of the connection: PgBouncer's answer.
+fn assert_disconnected(c: &mut Raw, message: &str) {
     let got = c.until_eof();
     let tags: String = got.iter().map(|(t, _)| *t as char).collect();
     assert_eq!(tags, "E", "one FATAL, then the close: {got:?}");
     let e = Fields::parse(&got[0].1);
-    assert_eq!((e.severity(), e.code()), ("FATAL", "0A000"), "{e:?}");
-    assert!(e.message().contains("prepared statements"), "{e:?}");
-    // Unnamed statements still work.
+    assert_eq!(
+        (e.severity(), e.code(), e.message()),
+        ("FATAL", "08P01", message)
+    );
+}
+
+#[test]
+fn parse_of_a_name_in_use_closes_the_client_and_a_closed_or_failed_name_is_free() {
+    let pooler = Cfg::tx("pool_size: 1").start();
     let mut c = Raw::pooled(&pooler);
-    let r = c.exchange(&parse_run_msgs("", "SELECT 5", &[]), 1);
+    // Closed: the name is free again.
+    let r = c.exchange(
+        &[parse_msg("again", "SELECT 1", &[]), sync_msg()].concat(),
+        1,
+    );
+    assert_eq!(r.tags(), "1 Z");
+    let r = c.exchange(&[close_msg(b'S', "again"), sync_msg()].concat(), 1);
+    assert_eq!(r.tags(), "3 Z");
+    let r = c.exchange(&parse_run_msgs("again", "SELECT 2", &[]), 1);
+    assert_eq!(
+        (r.tags().as_str(), r.values()),
+        ("1 2 D C Z", vec!["2".into()])
+    );
+    // Failed: PostgreSQL made no statement, so the name is free too.
+    let r = c.exchange(&[parse_msg("bad", "SELEC 3", &[]), sync_msg()].concat(), 1);
+    assert_eq!(r.tags(), "E Z", "{r:?}");
+    let r = c.exchange(&parse_run_msgs("bad", "SELECT 3", &[]), 1);
+    assert_eq!(
+        (r.tags().as_str(), r.values()),
+        ("1 2 D C Z", vec!["3".into()]),
+        "{:?}",
+        r.errors()
+    );
+    // In use: PgBouncer closes the client (PostgreSQL would answer 42P05 and go on).
+    c.send(&[parse_msg("again", "SELECT 4", &[]), sync_msg()].concat());
+    assert_disconnected(&mut c, "prepared statement name is already in use");
+    // The server and other clients go on.
+    let mut other = Raw::pooled(&pooler);
+    let r = other.exchange(&parse_run_msgs("again", "SELECT 5", &[]), 1);
     assert_eq!(
         (r.tags().as_str(), r.values()),
         ("1 2 D C Z", vec!["5".into()])
     );
+}
+
+#[test]
+fn describe_or_bind_of_an_unknown_statement_closes_the_client() {
+    let pooler = Cfg::tx("pool_size: 1").start();
+    let mut c = Raw::pooled(&pooler);
+    c.send(&[describe_msg(b'S', "never_parsed"), sync_msg()].concat());
+    assert_disconnected(&mut c, "prepared statement did not exist");
+    let mut c = Raw::pooled(&pooler);
+    c.send(&run_msgs("never_parsed", &[]));
+    assert_disconnected(&mut c, "prepared statement did not exist");
+    // A portal's Describe has no statement name to look up: it passes.
+    let mut c = Raw::pooled(&pooler);
+    let r = c.exchange(
+        &[
+            parse_msg("", "SELECT 6", &[]),
+            bind_msg("", "", &[]),
+            describe_msg(b'P', ""),
+            execute_msg(),
+            sync_msg(),
+        ]
+        .concat(),
+        1,
+    );
+    assert_eq!(
+        (r.tags().as_str(), r.values()),
+        ("1 2 T D C Z", vec!["6".into()])
+    );
+}
+
+#[test]
+fn lowering_max_prepared_statements_on_reload_shrinks_a_server_at_its_next_parse() {
+    let pooler = Cfg::tx("pool_size: 1")
+        .extra("max_prepared_statements: 5")
+        .start();
+    let mut c = connect(&pooler);
+    let stmts: Vec<_> = (1..=5)
+        .map(|k| {
+            c.prepare(&format!("SELECT $1::int + {k} AS shrink"))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(server_stmts(&mut c).stmts.len(), 5);
+
+    let yaml = std::fs::read_to_string(pooler.config_path()).unwrap();
+    assert!(yaml.contains("max_prepared_statements: 5"), "{yaml}");
+    std::fs::write(
+        pooler.config_path(),
+        yaml.replace("max_prepared_statements: 5", "max_prepared_statements: 2"),
+    )
+    .unwrap();
+    let reloads = |p: &Pooler| p.log().matches("configuration reloaded").count();
+    let before = reloads(&pooler);
+    pooler.reload();
+    assert!(
+        wait_until(secs(10), || reloads(&pooler) > before),
+        "no reload:\n{}",
+        pooler.log()
+    );
+    // The next statement prepared on that server brings it down to the new limit.
+    let sixth = c.prepare("SELECT $1::int + 6 AS shrink").unwrap();
+    let s = server_stmts(&mut c);
+    s.assert_pooler_names("after the reload");
+    assert_eq!(s.stmts.len(), 2, "{s:?}");
+    assert_eq!(s.with_text("SELECT $1::int + 6 AS shrink"), 1, "{s:?}");
+    // Every statement still runs (re-prepared where it was closed), within the limit.
+    for (k, stmt) in stmts.iter().chain([&sixth]).enumerate() {
+        let got: i32 = c.query_one(stmt, &[&10]).unwrap().get(0);
+        assert_eq!(got, 10 + k as i32 + 1);
+        assert!(server_stmts(&mut c).stmts.len() <= 2);
+    }
 }
 
 #[test]

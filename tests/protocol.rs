@@ -546,33 +546,10 @@ fn unknown_database_is_refused() {
     assert_serves(&pooler);
 }
 
+/// Replication connections themselves are tests/replication.rs's.
 #[test]
-fn replication_connections_are_refused() {
+fn replication_false_is_an_ordinary_connection() {
     let pooler = start_trust_pooler("");
-    for value in ["database", "true"] {
-        let mut s = raw_connect(&pooler);
-        send(
-            &mut s,
-            &startup_packet(
-                3,
-                0,
-                &[
-                    ("user", TRUST_USER),
-                    ("database", "app"),
-                    ("replication", value),
-                ],
-            ),
-        );
-        let what = format!("replication={value}");
-        let fields = expect_fatal_and_close(&mut s, &what);
-        assert_error(
-            &fields,
-            "0A000",
-            "unsupported startup parameter: replication",
-            &what,
-        );
-    }
-    // replication=false is an ordinary connection.
     let (mut s, login) = raw_login(&pooler, "app", &[("replication", "false")]);
     assert_eq!(login.ready, Some(b'I'));
     assert_eq!(raw_value(&mut s, "SELECT 1"), "1");

@@ -59,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
                     database: &names.0,
                     user: &names.1,
                     endpoint,
+                    physical_replication: false,
                 };
                 assert!(rule.matches(&conn), "{rule} does not match {conn:?}");
                 let found = hba.lookup(&conn).expect("a matching rule exists");
@@ -78,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
             database: "app",
             user: "app",
             endpoint: None,
+            physical_replication: false,
         };
         check_lookup(&hba, &conn);
     }

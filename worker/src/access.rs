@@ -60,6 +60,7 @@ impl Worker {
             database: &c.db,
             user: &c.user,
             endpoint: endpoint.as_deref(),
+            physical_replication: c.replication.as_ref().is_some_and(|r| r.kind == "yes"),
         };
         // PostgreSQL's words for how the connection is protected.
         let encryption = if c.is_tls() {

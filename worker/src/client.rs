@@ -102,7 +102,9 @@ pub(crate) struct Client {
     pub counted_db: Option<usize>,
     pub counted_user: Option<usize>,
     /// The client's named statements, under transaction pooling.
-    pub stmts: std::collections::HashMap<Box<str>, std::rc::Rc<crate::prepared::Stmt>>,
+    pub stmts: crate::prepared::ClientStmts,
+    /// A replication connection's startup (its server is its own).
+    pub replication: Option<std::rc::Rc<Replication>>,
     /// What the server still owes this client, when statements are rewritten.
     pub queue: std::collections::VecDeque<crate::relay::Expect>,
     /// Entries an error made the server skip, waiting to be undone (scratch).
@@ -183,6 +185,27 @@ pub(crate) enum Close {
     Relay(crate::wire::fields::ErrorFields),
 }
 
+/// A replication client's startup (`replication=true|database`, PgBouncer 1.23+): it gets
+/// a server of its own, logged in with these parameters, never pooled.
+pub(crate) struct Replication {
+    /// What the server's startup packet says: `database` (logical) or `yes` (physical).
+    pub kind: &'static str,
+    /// The client's other startup parameters, `options` included, as it sent them:
+    /// physical replication connections take no SET, so they go in the server's startup.
+    pub params: Vec<(String, String)>,
+}
+
+impl Replication {
+    /// SHOW CLIENTS/SERVERS' `replication` column, in PgBouncer's words.
+    pub fn shown(r: Option<&Replication>) -> &'static str {
+        match r.map(|r| r.kind) {
+            None => "none",
+            Some("database") => "logical",
+            Some(_) => "physical",
+        }
+    }
+}
+
 impl Worker {
     pub(crate) fn add_client(&mut self, mut sock: Sock, peer: Option<SocketAddr>) {
         if let Sock::Tcp(s) = &sock {
@@ -210,7 +233,7 @@ impl Worker {
             log::warn!("cannot register client socket: {e}");
             return;
         }
-        let id = self.next_id;
+        let id = crate::worker::shown_id(self.slot, self.next_id);
         self.next_id += 1;
         let io = Stream::accepted(sock);
         let client = Client {
@@ -236,6 +259,7 @@ impl Worker {
             counted_db: None,
             counted_user: None,
             stmts: Default::default(),
+            replication: None,
             queue: Default::default(),
             dropped: Vec::new(),
             skipping: false,
@@ -537,20 +561,39 @@ impl Worker {
         };
         c.user = intern(user);
         c.db = intern(s.get("database").filter(|d| !d.is_empty()).unwrap_or(user));
-        if let Some(r) = s.get("replication") {
-            if !matches!(
-                r.to_ascii_lowercase().as_str(),
-                "false" | "0" | "off" | "no"
-            ) {
-                return self.close_client(
-                    ct,
-                    Close::Fatal(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "unsupported startup parameter: replication".into(),
-                    ),
-                );
+        // Replication connections (physical `replication=true`, logical
+        // `replication=database`), as PgBouncer 1.23+ takes them: each gets a server of its
+        // own with the client's startup parameters (link.rs, server.rs).
+        let replication = match s.get("replication").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false" | "0" | "off" | "no") => None,
+            Some("database") => Some("database"),
+            Some("true" | "1" | "on" | "yes") => Some("yes"),
+            Some(_) => {
+                let msg = "invalid value for parameter \"replication\"".to_string();
+                return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
             }
+        };
+        if replication.is_some() && crate::admin::is_console(&c.db) {
+            let msg = "replication connections to the admin console are not supported";
+            return self.close_client(
+                ct,
+                Close::Fatal(sqlstate::FEATURE_NOT_SUPPORTED, msg.into()),
+            );
         }
+        c.replication = replication.map(|kind| {
+            std::rc::Rc::new(Replication {
+                kind,
+                params: s
+                    .params
+                    .iter()
+                    .filter(|(k, _)| {
+                        !matches!(k.as_str(), "user" | "database" | "replication")
+                            && !k.starts_with("_pq_.")
+                    })
+                    .cloned()
+                    .collect(),
+            })
+        });
         // track_extra_parameters, as of the config now (a no-op when it has not changed).
         params::set_extra_tracked(&self.cfg.track_extra_parameters);
         let mut params = Params::new();
@@ -567,6 +610,11 @@ impl Worker {
                 continue;
             }
             if ignored(k) {
+                continue;
+            }
+            // A replication client's options go to its own server as they are (PgBouncer
+            // takes any there: CREATE SUBSCRIPTION sends extra_float_digits in them).
+            if k == "options" && replication.is_some() {
                 continue;
             }
             if k == "options" {

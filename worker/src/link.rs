@@ -48,6 +48,19 @@ impl Worker {
         c.state = CState::Waiting;
         c.since = self.now;
         let id = c.id;
+        if c.replication.is_some() {
+            // A server of its own, linked when it has logged in (PgBouncer 1.23+); while
+            // the pool is paused it waits in the queue, which serve_waiting hands back.
+            if self.pools.get(pool).paused {
+                self.pools.get_mut(pool).waiting.push_back((ct, id));
+                return;
+            }
+            if !self.launch_replication_server(pool, ct) {
+                let msg = "no server connection available for the replication client".into();
+                self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
+            }
+            return;
+        }
         let p = self.pools.get_mut(pool);
         if !p.paused {
             if let Some(&st) = p.idle.last() {
@@ -73,14 +86,25 @@ impl Worker {
         if p.paused {
             return None;
         }
+        let mut own = Vec::new();
+        let mut next = None;
         while let Some((ct, id)) = p.waiting.pop_front() {
             if let Some(Conn::Client(c)) = self.conns.get(ct) {
                 if c.id == id && c.state == CState::Waiting {
-                    return Some(ct);
+                    if c.replication.is_some() {
+                        // Never given a pooled server: serve_waiting starts its own.
+                        own.push((ct, id));
+                        continue;
+                    }
+                    next = Some(ct);
+                    break;
                 }
             }
         }
-        None
+        for w in own.into_iter().rev() {
+            p.waiting.push_front(w);
+        }
+        next
     }
 
     /// Starts servers for waiting clients (and for clients waiting for their greeting)
@@ -94,6 +118,21 @@ impl Worker {
         if p.paused {
             return;
         }
+        // Replication clients queued during a pause: each starts a server of its own.
+        let conns = &self.conns;
+        let mut own = Vec::new();
+        self.pools.get_mut(pool).waiting.retain(|&(ct, id)| {
+            let repl = matches!(conns.get(ct), Some(Conn::Client(c))
+                if c.id == id && c.replication.is_some());
+            if repl {
+                own.push(ct);
+            }
+            !repl
+        });
+        for ct in own {
+            self.request_server(ct);
+        }
+        let p = self.pools.get(pool);
         let greeting = usize::from(p.welcome.is_none() && !p.login_waiting.is_empty());
         // Servers running a check or reset come back to the queue: count them as coming.
         let want = (p.waiting.len() + p.lookups.len() + greeting)
@@ -178,7 +217,8 @@ impl Worker {
         s.scan = Scan::default();
         s.release_pending = false;
         let mut sql = String::new();
-        if params::sync_statements(&c.params, &s.params, &mut sql) {
+        // A replication server got the client's parameters in its startup packet.
+        if s.replication.is_none() && params::sync_statements(&c.params, &s.params, &mut sql) {
             write::query(s.io.wbuf.vec(&mut self.bufs), &sql);
             s.own += 1;
             params::apply_extras(&c.params, &mut s.params);
@@ -191,11 +231,19 @@ impl Worker {
         let Some(pool) = self.client(ct).and_then(|c| c.pool) else {
             return;
         };
-        let mode = self.pools.get(pool).limits.mode;
-        let named = match mode {
-            PoolMode::Session => Named::Pass,
-            _ if self.cfg.max_prepared_statements > 0 => Named::Rewrite,
-            _ => Named::Refuse,
+        // A replication server is its client's alone: as in session pooling.
+        let own = matches!(self.conns.get(st), Some(Conn::Server(s)) if s.replication.is_some());
+        let mode = if own {
+            PoolMode::Session
+        } else {
+            self.pools.get(pool).limits.mode
+        };
+        // max_prepared_statements: 0 passes statement names through in every mode, as in
+        // PgBouncer (a client's statement then lives on whichever server it was sent to).
+        let named = if mode != PoolMode::Session && self.cfg.max_prepared_statements > 0 {
+            Named::Rewrite
+        } else {
+            Named::Pass
         };
         let max_packet = self.cfg.max_packet_size as usize;
         for _ in 0..PUMP_ROUNDS {
@@ -252,15 +300,6 @@ impl Worker {
                     FromClient::NeedMore => {}
                     FromClient::Terminate if c.scan.ready == 0 => {
                         return self.close_client(ct, Close::Quiet("client close request"));
-                    }
-                    FromClient::NamedParse if c.scan.ready == 0 => {
-                        let msg = "prepared statements are not supported in transaction pooling mode: \
-                                   use unnamed statements (pgJDBC prepareThreshold=0, psycopg prepare_threshold=None, \
-                                   asyncpg statement_cache_size=0) or session pooling";
-                        return self.close_client(
-                            ct,
-                            Close::Fatal(sqlstate::FEATURE_NOT_SUPPORTED, msg.into()),
-                        );
                     }
                     FromClient::Rewrite if c.scan.ready == 0 => match self.rewrite_named(ct, st) {
                         Ok(true) => progress = true,
@@ -331,6 +370,7 @@ impl Worker {
                     relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own, track);
                 for e in c.dropped.drain(..) {
                     s.stmts.undo(e);
+                    c.stmts.undo(e);
                 }
                 match verdict {
                     FromServer::Made => {
@@ -469,6 +509,9 @@ impl Worker {
             return;
         };
         s.client = None;
+        if s.replication.is_some() {
+            return self.remove_server(st, "replication client disconnected");
+        }
         let clean = clean
             && s.own == 0
             && s.scan.ready == 0

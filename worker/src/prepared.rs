@@ -51,6 +51,38 @@ impl Registry {
     }
 }
 
+/// A client's statement names, each with the number of the Parse that made it.
+#[derive(Default)]
+pub(crate) struct ClientStmts {
+    by_name: HashMap<Box<str>, (Rc<Stmt>, u64)>,
+    parses: u64,
+}
+
+impl ClientStmts {
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    fn get(&self, name: &str) -> Option<&Rc<Stmt>> {
+        self.by_name.get(name).map(|(s, _)| s)
+    }
+
+    /// Adds a name for a Parse being sent; its number, for `Expect::Prepare`/`MadeParse`.
+    fn add(&mut self, name: Box<str>, stmt: Rc<Stmt>) -> u64 {
+        self.parses += 1;
+        self.by_name.insert(name, (stmt, self.parses));
+        self.parses
+    }
+
+    /// A Parse the server skipped (after an error) or failed made no statement: its name is
+    /// free again, as in PostgreSQL.
+    pub fn undo(&mut self, e: Expect) {
+        if let Expect::Prepare { n, .. } | Expect::MadeParse(n) = e {
+            self.by_name.retain(|_, (_, made_by)| *made_by != n);
+        }
+    }
+}
+
 /// Statements a server has prepared under pooler names: id -> last use.
 #[derive(Default)]
 pub(crate) struct ServerStmts {
@@ -77,7 +109,7 @@ impl ServerStmts {
     /// Undoes what a message the server skipped (after an error) was assumed to do.
     pub fn undo(&mut self, e: Expect) {
         match e {
-            Expect::Prepare(id) | Expect::HiddenParse(id) => {
+            Expect::Prepare { id, .. } | Expect::HiddenParse(id) => {
                 self.have.remove(&id);
             }
             Expect::HiddenClose(id) => {
@@ -104,7 +136,7 @@ fn put_name(out: &mut Vec<u8>, id: u64) {
 enum Plan {
     /// More bytes are needed first (this many in all).
     Wait(usize),
-    /// It is not one of ours after all (unknown name): it passes unchanged.
+    /// Not a named-statement message after all: it passes unchanged.
     Pass(Expect),
     Parse {
         client_name: Box<str>,
@@ -142,20 +174,38 @@ impl Worker {
         let whole = bytes.len() >= h.total;
         let bad = || Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "malformed message".into());
         let name_of = |n: &[u8]| -> Box<str> { String::from_utf8_lossy(n).into() };
+        // PgBouncer's answers (prepare.c): it closes the client rather than sending an error
+        // the rest of a pipeline would have to be skipped after.
+        let in_use = || {
+            Close::Fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "prepared statement name is already in use".into(),
+            )
+        };
+        let unknown = || {
+            Close::Fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "prepared statement did not exist".into(),
+            )
+        };
         let plan = match h.tag {
             b'P' if !whole => Plan::Wait(h.total),
             b'P' => {
                 let (name, rest) = cstr(body).ok_or_else(bad)?;
+                let client_name = name_of(name);
+                if c.stmts.get(&client_name).is_some() {
+                    return Err(in_use());
+                }
                 Plan::Parse {
-                    client_name: name_of(name),
+                    client_name,
                     body: rest.to_vec(),
                 }
             }
             b'B' => match bind_names(body) {
                 None if whole => return Err(bad()),
                 None => Plan::Wait(h.total.min(5 + 1024).max(bytes.len() + 1)),
-                Some((portal, name)) => match c.stmts.get(&*name_of(name)) {
-                    None => Plan::Pass(Expect::Bind),
+                Some((portal, name)) => match c.stmts.get(&name_of(name)) {
+                    None => return Err(unknown()),
                     Some(stmt) => Plan::Bind {
                         stmt: stmt.clone(),
                         portal: portal.to_vec(),
@@ -166,8 +216,8 @@ impl Worker {
             b'D' | b'C' if !whole => Plan::Wait(h.total),
             b'D' => {
                 let (name, _) = body.get(1..).and_then(cstr).ok_or_else(bad)?;
-                match c.stmts.get(&*name_of(name)) {
-                    None => Plan::Pass(Expect::DescribeStatement),
+                match c.stmts.get(&name_of(name)) {
+                    None => return Err(unknown()),
                     Some(stmt) => Plan::Describe(stmt.clone()),
                 }
             }
@@ -196,14 +246,14 @@ impl Worker {
                 let stmt = self.stmts.get_or_add(&body);
                 c.io.rbuf.consume(h.total);
                 counted.client_parse_count += 1;
+                let n = c.stmts.add(client_name, stmt.clone());
                 if s.stmts.touch(stmt.id) {
-                    c.queue.push_back(Expect::MadeParse);
+                    c.queue.push_back(Expect::MadeParse(n));
                 } else {
                     let out = s.io.wbuf.vec(&mut self.bufs);
-                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, false);
+                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, Some(n));
                     counted.server_parse_count += 1;
                 }
-                c.stmts.insert(client_name, stmt);
             }
             Plan::Bind {
                 stmt,
@@ -212,7 +262,7 @@ impl Worker {
             } => {
                 let out = s.io.wbuf.vec(&mut self.bufs);
                 if !s.stmts.touch(stmt.id) {
-                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, true);
+                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, None);
                     counted.server_parse_count += 1;
                 }
                 counted.bind_count += 1;
@@ -235,7 +285,7 @@ impl Worker {
                 c.io.rbuf.consume(h.total);
                 let out = s.io.wbuf.vec(&mut self.bufs);
                 if !s.stmts.touch(stmt.id) {
-                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, true);
+                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, None);
                     counted.server_parse_count += 1;
                 }
                 message(out, b'D', |o| {
@@ -245,7 +295,7 @@ impl Worker {
                 c.queue.push_back(Expect::DescribeStatement);
             }
             Plan::ForgetAll => {
-                c.stmts.clear();
+                c.stmts.by_name.clear();
                 s.stmts.clear();
                 c.tx.expected += 1;
                 c.queue.push_back(Expect::Query);
@@ -254,7 +304,7 @@ impl Worker {
             Plan::Close(name) => {
                 // The server keeps the statement for others; the client only forgets it.
                 c.io.rbuf.consume(h.total);
-                c.stmts.remove(&name);
+                c.stmts.by_name.remove(&name);
                 c.queue.push_back(Expect::MadeClose);
             }
         }
@@ -267,34 +317,36 @@ impl Worker {
     }
 }
 
-/// Prepares `stmt` on a server, closing its least recently used statement first when it
-/// holds `limit` already. `hidden`: the client did not ask for this Parse.
+/// Prepares `stmt` on a server, closing its least recently used statements first while it
+/// holds `limit` or more: after a reload lowered max_prepared_statements, the next Parse on
+/// a server shrinks its cache to the new limit, as in PgBouncer. `client_parse`: the
+/// number of the client's Parse this answers (None: the client did not ask for it).
 fn prepare(
     out: &mut Vec<u8>,
     have: &mut ServerStmts,
     queue: &mut std::collections::VecDeque<Expect>,
     stmt: &Stmt,
     limit: usize,
-    hidden: bool,
+    client_parse: Option<u64>,
 ) {
-    if have.have.len() >= limit.max(1) {
-        if let Some((&victim, _)) = have.have.iter().min_by_key(|(_, &t)| t) {
-            have.have.remove(&victim);
-            message(out, b'C', |o| {
-                o.push(b'S');
-                put_name(o, victim);
-            });
-            queue.push_back(Expect::HiddenClose(victim));
-        }
+    while have.have.len() >= limit.max(1) {
+        let Some((&victim, _)) = have.have.iter().min_by_key(|(_, &t)| t) else {
+            break;
+        };
+        have.have.remove(&victim);
+        message(out, b'C', |o| {
+            o.push(b'S');
+            put_name(o, victim);
+        });
+        queue.push_back(Expect::HiddenClose(victim));
     }
     message(out, b'P', |o| {
         put_name(o, stmt.id);
         o.extend_from_slice(&stmt.body);
     });
-    queue.push_back(if hidden {
-        Expect::HiddenParse(stmt.id)
-    } else {
-        Expect::Prepare(stmt.id)
+    queue.push_back(match client_parse {
+        None => Expect::HiddenParse(stmt.id),
+        Some(n) => Expect::Prepare { id: stmt.id, n },
     });
     have.clock += 1;
     have.have.insert(stmt.id, have.clock);
@@ -302,6 +354,10 @@ fn prepare(
 
 /// The pooler's own answer to an elided Parse or Close.
 pub(crate) fn made_answer(out: &mut Vec<u8>, e: Expect) {
-    let tag = if e == Expect::MadeParse { b'1' } else { b'3' };
+    let tag = if matches!(e, Expect::MadeParse(_)) {
+        b'1'
+    } else {
+        b'3'
+    };
     out.extend_from_slice(&[tag, 0, 0, 0, 4]);
 }

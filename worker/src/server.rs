@@ -165,6 +165,9 @@ pub(crate) struct Server {
     pub lookup: Option<Box<ServerLookup>>,
     /// Shared-memory places this server holds (database, user), given back when it closes.
     holds: (Option<usize>, Option<usize>),
+    /// A replication client's own server: its startup, and the client (slot, id). Never
+    /// pooled: it is linked at login and closed when the client leaves.
+    pub replication: Option<(std::rc::Rc<crate::client::Replication>, usize, u64)>,
 }
 
 impl Server {
@@ -236,6 +239,26 @@ impl Worker {
     /// no host can be tried now. A host whose connection fails at once is marked down and
     /// the next one is tried.
     pub(crate) fn launch_server(&mut self, pool: PoolId) -> bool {
+        self.launch_server_for(pool, None)
+    }
+
+    /// Starts a server of its own for a replication client, as PgBouncer 1.23+ does.
+    pub(crate) fn launch_replication_server(&mut self, pool: PoolId, ct: usize) -> bool {
+        let Some(c) = self.client(ct) else {
+            return false;
+        };
+        let Some(r) = c.replication.clone() else {
+            return false;
+        };
+        let id = c.id;
+        self.launch_server_for(pool, Some((r, ct, id)))
+    }
+
+    fn launch_server_for(
+        &mut self,
+        pool: PoolId,
+        replication: Option<(std::rc::Rc<crate::client::Replication>, usize, u64)>,
+    ) -> bool {
         let Some(holds) = self.take_global_places(pool) else {
             return false;
         };
@@ -330,6 +353,7 @@ impl Worker {
             })),
             lookup: None,
             holds,
+            replication,
         };
         self.conns.insert(Conn::Server(Box::new(server)));
         self.pools.get_mut(pool).launching += 1;
@@ -519,6 +543,14 @@ impl Worker {
             // The database's application_name; a client's own is SET on top of it.
             if let Some(app) = &pool.target.application_name {
                 startup.push(("application_name", app.as_str()));
+            }
+            // A replication server takes the client's parameters in its startup packet:
+            // physical replication connections refuse SET.
+            if let Some((r, _, _)) = &s.replication {
+                // The client's application_name, when it sent one, instead of the database's.
+                startup.retain(|(k, _)| r.params.iter().all(|(n, _)| n != k));
+                startup.push(("replication", r.kind));
+                startup.extend(r.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             }
             write::startup_message(s.io.wbuf.vec(&mut self.bufs), &startup);
         }
@@ -788,6 +820,11 @@ impl Worker {
         }
         log::debug!("S-{}: login ok", s.id);
         let role = role_from_params(&params);
+        if let Some((_, ct, id)) = &s.replication {
+            let (ct, id) = (*ct, *id);
+            // Its client's own: linked now, without the pool's checks or welcome.
+            return self.link_replication(st, ct, id);
+        }
         s.login_params = Some(params);
         let p = self.pools.get(pool);
         if p.target.attrs == TargetSessionAttrs::Any {
@@ -798,6 +835,19 @@ impl Worker {
             Some(role) => self.role_known(st, role, true),
             None => self.run_own_query(st, OwnQuery::Role { after_login: true }, ROLE_QUERY),
         }
+    }
+
+    /// A replication server logged in: link it to its client, still waiting for it, or
+    /// close it when the client has gone.
+    fn link_replication(&mut self, st: usize, ct: usize, id: u64) {
+        let waiting = self
+            .client(ct)
+            .is_some_and(|c| c.id == id && c.state == CState::Waiting && c.server.is_none());
+        if !waiting {
+            return self.remove_server(st, "replication client was closed");
+        }
+        self.set_server_state(st, SState::Active);
+        self.link(ct, st);
     }
 
     /// A new server logged in and is of the kind the pool wants: the pool is not failing
@@ -877,6 +927,17 @@ impl Worker {
 
     pub(crate) fn server_login_failed(&mut self, st: usize, err: ErrorFields) {
         let Some(s) = self.server(st) else { return };
+        if let Some((_, ct, id)) = &s.replication {
+            // As PgBouncer: a replication login fails for reasons of its own (no
+            // REPLICATION role, no replication line in pg_hba.conf), so only its client
+            // hears it; the pool is not marked failing.
+            let (ct, id) = (*ct, *id);
+            let why = format!("login failed: {}", err.message());
+            if self.client(ct).is_some_and(|c| c.id == id) {
+                self.close_client(ct, Close::Relay(err));
+            }
+            return self.remove_server(st, &why);
+        }
         let (pool, host) = (s.pool, s.host);
         let remember = !s.login.as_ref().is_some_and(|l| l.missing_creds);
         // A server whose connect_query failed counts as logged in: it serves nobody.
@@ -948,6 +1009,10 @@ impl Worker {
         };
         let pool = s.pool;
         let lifetime = self.cfg.server_lifetime;
+        if s.replication.is_some() {
+            // Never pooled: its client is gone.
+            return self.remove_server(st, "replication client was closed");
+        }
         if s.close_needed || self.pools.get(pool).obsolete {
             return self.remove_server(st, "obsolete connection");
         }
@@ -1263,6 +1328,17 @@ impl Worker {
         );
         let client = s.client;
         let pool = s.pool;
+        if let (None, Some((_, ct, id))) = (client, &s.replication) {
+            // A replication client waits for this server alone: it is told now.
+            let (ct, id) = (*ct, *id);
+            if self
+                .client(ct)
+                .is_some_and(|c| c.id == id && c.server.is_none())
+            {
+                let msg = format!("replication server connection failed: {reason}");
+                self.close_client(ct, Close::Fatal(sqlstate::CONNECTION_FAILURE, msg));
+            }
+        }
         if let Some(ct) = client {
             if let Some(c) = self.client(ct) {
                 c.server = None;

@@ -498,11 +498,20 @@ impl Worker {
         )
     }
 
+    /// The id of a new server (clients take theirs from the same sequence).
     pub(crate) fn new_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        id
+        shown_id(self.slot, id)
     }
+}
+
+/// A client's or server's id from its worker's sequence number `n`: what logs (`C-<id>`,
+/// `S-<id>`), SHOW CLIENTS/SERVERS and KILL_CLIENT all use, one sequence for clients and
+/// servers as in PgBouncer. Unique across workers without a shared counter (the low byte
+/// is the slot), so not sequential as PgBouncer's; 31 bits, as the column is int4.
+pub(crate) fn shown_id(slot: usize, n: u64) -> u64 {
+    ((n & 0x7f_ffff) << 8) | (slot as u64 & 0xff)
 }
 
 /// The hba rules from text the supervisor validated; none at all refuses everyone.

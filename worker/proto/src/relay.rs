@@ -96,12 +96,18 @@ pub enum Expect {
     Sync,
     /// A simple Query or FunctionCall: everything up to its ReadyForQuery.
     Query,
-    /// The pooler answers itself: ParseComplete for a statement the server already has,
-    /// CloseComplete for a statement the pooler keeps.
-    MadeParse,
+    /// The pooler answers itself: ParseComplete for a statement the server already has
+    /// (the client's Parse number `n`, as in `Prepare`), CloseComplete for a statement the
+    /// pooler keeps.
+    MadeParse(u64),
     MadeClose,
-    /// A client's Parse the pooler rewrote to prepare statement `id` on this server.
-    Prepare(u64),
+    /// A client's Parse the pooler rewrote to prepare statement `id` on this server; `n`
+    /// numbers the client's Parses, so a Parse the server skipped (after an error) can be
+    /// undone in the client's names too.
+    Prepare {
+        id: u64,
+        n: u64,
+    },
     /// Answers to messages the pooler added (preparing or evicting statement `id` on this
     /// server): hidden.
     HiddenParse(u64),
@@ -112,18 +118,18 @@ impl Expect {
     /// Whether server message `tag` ends the answer to this entry.
     fn ends_with(self, tag: u8) -> bool {
         match self {
-            Expect::Parse | Expect::Prepare(_) | Expect::HiddenParse(_) => tag == b'1',
+            Expect::Parse | Expect::Prepare { .. } | Expect::HiddenParse(_) => tag == b'1',
             Expect::Bind => tag == b'2',
             Expect::DescribeStatement | Expect::DescribePortal => matches!(tag, b'T' | b'n'),
             Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
             Expect::Close | Expect::HiddenClose(_) => tag == b'3',
             Expect::Sync | Expect::Query => tag == b'Z',
-            Expect::MadeParse | Expect::MadeClose => false,
+            Expect::MadeParse(_) | Expect::MadeClose => false,
         }
     }
 
     pub fn is_made(self) -> bool {
-        matches!(self, Expect::MadeParse | Expect::MadeClose)
+        matches!(self, Expect::MadeParse(_) | Expect::MadeClose)
     }
 }
 
@@ -750,7 +756,7 @@ mod tests {
         );
         assert!(skipping && q.is_empty());
         q.extend([
-            Expect::MadeParse,
+            Expect::MadeParse(2),
             Expect::Bind,
             Expect::Execute,
             Expect::Sync,
@@ -816,7 +822,7 @@ mod tests {
     fn answers_are_matched_and_made_ones_come_in_order() {
         let mut q: VecDeque<Expect> = [
             Expect::Execute,
-            Expect::MadeParse,
+            Expect::MadeParse(2),
             Expect::HiddenParse(1),
             Expect::Bind,
             Expect::Sync,
@@ -905,9 +911,9 @@ mod tests {
     #[test]
     fn an_error_skips_answers_until_sync() {
         let mut q: VecDeque<Expect> = [
-            Expect::Prepare(1),
+            Expect::Prepare { id: 1, n: 1 },
             Expect::HiddenClose(2),
-            Expect::MadeParse,
+            Expect::MadeParse(2),
             Expect::Execute,
             Expect::Sync,
         ]
@@ -936,9 +942,9 @@ mod tests {
         assert_eq!(
             dropped,
             [
-                Expect::Prepare(1),
+                Expect::Prepare { id: 1, n: 1 },
                 Expect::HiddenClose(2),
-                Expect::MadeParse,
+                Expect::MadeParse(2),
                 Expect::Execute
             ]
         );

@@ -520,7 +520,7 @@ impl Worker {
     /// KILL_CLIENT: true when the client was here.
     pub(crate) fn kill_client(&mut self, id: u32) -> bool {
         let found = self.conns.iter().find_map(|(t, c)| match c {
-            Conn::Client(c) if show::admin_id(self.slot, c.id) == id => Some(t),
+            Conn::Client(c) if c.id == u64::from(id) => Some(t),
             _ => None,
         });
         match found {

@@ -84,11 +84,6 @@ const HELP: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|V
                     \tKILL_CLIENT <client_id>\n\tSHUTDOWN\n\tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS\n\
                     \tWAIT_CLOSE [<db>]";
 
-/// The id SHOW CLIENTS/SERVERS shows: unique across workers (the low byte is the slot).
-pub fn admin_id(slot: usize, id: u64) -> u32 {
-    (((id & 0x7f_ffff) << 8) | (slot as u64 & 0xff)) as u32
-}
-
 /// `2024-01-01 12:00:00 UTC`, as PgBouncer prints times.
 fn timestamp(t: SystemTime) -> String {
     let secs = t
@@ -683,7 +678,7 @@ impl Worker {
                         s("C"),
                         s(&c.user),
                         s(db),
-                        s("none"),
+                        s(crate::client::Replication::shown(c.replication.as_deref())),
                         s(state),
                         s(addr),
                         s(port),
@@ -700,7 +695,7 @@ impl Worker {
                         s(c.tls_description()),
                         s(c.params.get("application_name").unwrap_or("")),
                         s(c.stmts.len()),
-                        s(admin_id(self.slot, c.id)),
+                        s(c.id),
                         s(self.slot),
                         s(c.proxy
                             .as_ref()
@@ -738,7 +733,9 @@ impl Worker {
                         s("S"),
                         s(&p.user),
                         s(&p.db),
-                        s("none"),
+                        s(crate::client::Replication::shown(
+                            sv.replication.as_ref().map(|(r, _, _)| &**r),
+                        )),
                         s(state),
                         s(addr),
                         s(port),
@@ -755,7 +752,7 @@ impl Worker {
                         s(sv.io.tls_description()),
                         s(sv.params.get("application_name").unwrap_or("")),
                         s(sv.stmts.len()),
-                        s(admin_id(self.slot, sv.id)),
+                        s(sv.id),
                         s(self.slot),
                         s(""),
                         s(""),
@@ -1264,9 +1261,11 @@ mod tests {
     }
 
     #[test]
-    fn admin_ids_carry_the_slot() {
-        assert_eq!(admin_id(3, 5) & 0xff, 3);
-        assert_ne!(admin_id(3, 5), admin_id(4, 5));
+    fn ids_carry_the_slot() {
+        use crate::worker::shown_id;
+        assert_eq!(shown_id(3, 5) & 0xff, 3);
+        assert_ne!(shown_id(3, 5), shown_id(4, 5));
+        assert!(shown_id(255, u64::MAX) <= i32::MAX as u64);
     }
 
     #[test]

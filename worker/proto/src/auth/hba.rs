@@ -10,8 +10,8 @@
 //!
 //! Supported, as in PgBouncer:
 //! - record types `local`, `host`, `hostssl`, `hostnossl`;
-//! - database: names, `all`, `sameuser`, `replication` (kept, but it never
-//!   matches: the pooler accepts no replication connections);
+//! - database: names, `all`, `sameuser`, `replication` (which alone matches a
+//!   physical replication connection; a logical one matches by its database);
 //! - user: names, `all`;
 //! - address: `all`, CIDR (`10.0.0.0/8`, `2001:db8::/32`), or an address plus a
 //!   separate netmask column, which must be contiguous. IPv4-mapped IPv6 clients
@@ -129,8 +129,7 @@ pub enum DbMatch {
     All,
     /// `sameuser`: the database named like the user.
     SameUser,
-    /// `replication`: physical replication connections, which the pooler never
-    /// accepts, so this entry matches nothing.
+    /// `replication`: physical replication connections, and only those (PgBouncer 1.23+).
     Replication,
     /// A literal name, compared case-sensitively.
     Name(String),
@@ -204,6 +203,7 @@ impl Rule {
     pub fn matches(&self, conn: &HbaConn<'_>) -> bool {
         self.matches_kind(conn.kind)
             && self.databases.iter().any(|d| match d {
+                _ if conn.physical_replication => *d == DbMatch::Replication,
                 DbMatch::All => true,
                 DbMatch::SameUser => conn.database == conn.user,
                 DbMatch::Replication => false,
@@ -309,6 +309,9 @@ pub struct HbaConn<'a> {
     /// The cloud private endpoint a trusted PROXY header named (`aws:vpce-...`,
     /// `azure:N`, `gcp:N`), which an `endpoint=` option must equal.
     pub endpoint: Option<&'a str>,
+    /// A physical replication connection (`replication=true`): only `replication` rules
+    /// match it, as in PgBouncer and PostgreSQL.
+    pub physical_replication: bool,
 }
 
 /// The parsed file: its rules in file order.
@@ -1108,6 +1111,7 @@ mod tests {
                 database: "d",
                 user: "u",
                 endpoint: None,
+                physical_replication: false,
             };
             assert!(hba.lookup(&conn).is_none());
         }
@@ -1280,6 +1284,14 @@ mod tests {
             database,
             user,
             endpoint: None,
+            physical_replication: false,
+        }
+    }
+
+    fn physical(conn: HbaConn<'static>) -> HbaConn<'static> {
+        HbaConn {
+            physical_replication: true,
+            ..conn
         }
     }
 
@@ -1292,6 +1304,7 @@ mod tests {
             database,
             user,
             endpoint: None,
+            physical_replication: false,
         }
     }
 
@@ -1350,8 +1363,13 @@ host      all          all          ::/0                     scram-sha-256
             // sameuser
             (tcp("2001:db8::5", false, "frank", "frank"), Some((11, Trust))),
             (tcp("2001:db8::5", false, "frank", "frankie"), Some((15, ScramSha256))),
-            // replication over TCP never matches either
+            // ...nor over TCP for an ordinary connection to a database so named
             (tcp("203.0.113.9", false, "replication", "x"), Some((14, Reject))),
+            // a physical replication connection matches `replication` lines only
+            (physical(local("app", "x")), Some((3, Trust))),
+            (physical(tcp("10.1.2.3", false, "db1", "alice")), Some((12, Trust))),
+            (physical(local("app", "postgres")), Some((3, Trust))),
+            (physical(tcp("::1", true, "app", "x")), Some((12, Trust))),
             // names are case-sensitive
             (tcp("10.1.2.3", false, "DB1", "alice"), Some((14, Reject))),
             (tcp("10.1.2.3", false, "db1", "Alice"), Some((14, Reject))),
@@ -1665,6 +1683,7 @@ host      all          all          ::/0                     scram-sha-256
             database,
             user,
             endpoint: None,
+            physical_replication: false,
         }
     }
 
@@ -1696,6 +1715,7 @@ host      all          all          ::/0                     scram-sha-256
                             database: &database,
                             user: &user,
                             endpoint: None,
+                            physical_replication: false,
                         },
                     };
                     let want = hba.rules().iter().find(|r| reference_match(r, &conn));
