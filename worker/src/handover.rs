@@ -61,6 +61,9 @@ impl Worker {
             && c.state == CState::Idle
             && c.server.is_none()
             && c.admin.is_none()
+            // A replication client's startup (replication=...) is not handed over: it
+            // stays and drains with the old generation, as session clients do.
+            && c.replication.is_none()
             && c.found.is_none()
             && c.lookup.is_none()
             && !c.io.is_tls()
@@ -107,7 +110,7 @@ impl Worker {
             stmts: c
                 .stmts
                 .iter()
-                .map(|(name, s)| (name.to_string(), s.body.to_vec()))
+                .map(|(name, body)| (name.to_string(), body.to_vec()))
                 .collect(),
             age_ms: self.now.duration_since(c.connect_time).as_millis() as u64,
             scram_keys,
@@ -205,7 +208,8 @@ impl Worker {
             log::warn!("cannot register a handed-over client: {e}");
             return;
         }
-        let id = self.next_id;
+        // As new_id, which would borrow all of self while the slab's entry is held.
+        let id = crate::worker::shown_id(self.slot, self.next_id);
         self.next_id += 1;
         let mut params = Params::new();
         for (k, v) in &h.params {
@@ -252,10 +256,11 @@ impl Worker {
             }),
             found: None,
             lookup: None,
+            replication: None,
         };
         for (name, body) in &h.stmts {
             let stmt = self.stmts.get_or_add(body);
-            client.stmts.insert(name.as_str().into(), stmt);
+            client.stmts.adopt(name.as_str().into(), stmt);
         }
         entry.insert(Conn::Client(Box::new(client)));
         // It was counted in the old generation, which has let go of it: its place moves

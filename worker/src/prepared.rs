@@ -74,6 +74,16 @@ impl ClientStmts {
         self.parses
     }
 
+    /// Each name with its statement's text (for an online upgrade's handover).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        (self.by_name.iter()).map(|(name, (s, _))| (&**name, &*s.body))
+    }
+
+    /// A name that comes with a client handed over from the previous generation.
+    pub fn adopt(&mut self, name: Box<str>, stmt: Rc<Stmt>) {
+        self.add(name, stmt);
+    }
+
     /// A Parse the server skipped (after an error) or failed made no statement: its name is
     /// free again, as in PostgreSQL.
     pub fn undo(&mut self, e: Expect) {
