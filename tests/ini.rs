@@ -215,12 +215,12 @@ fn an_unsupported_setting_is_refused_by_name() {
     assert!(out.stderr.contains(&want), "{out}");
 
     // An unsupported connection-string key names the database and the key.
-    let text = ini(3, "").replace("pool_size=3", "pool_size=3 timezone=UTC");
+    let text = ini(3, "").replace("pool_size=3", "pool_size=3 server_lifetime=60");
     let out = setup.run_to_exit(&text, &["--check"], secs(30));
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(
         out.stderr
-            .contains("[databases] app db: timezone is refused"),
+            .contains("[databases] app db: server_lifetime is refused"),
         "{out}"
     );
     let out = setup.run_to_exit(&ini(3, ""), &["--check"], secs(30));

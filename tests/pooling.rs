@@ -876,6 +876,49 @@ async fn transaction_pipelined_queries_get_their_own_results() {
     assert!(b_done > 0, "the second client never ran");
 }
 
+/// A database's client_encoding, datestyle and timezone (PgBouncer's "ask specific ...
+/// from server") are what a client gets when it asks for none; a client's own values win,
+/// and in transaction pooling each client keeps its own on the one shared server.
+#[test]
+fn database_startup_parameters_are_the_default_and_clients_keep_their_own() {
+    let pooler = Cfg::new(
+        "transaction",
+        "pool_size: 1, client_encoding: LATIN1, datestyle: 'SQL, DMY', timezone: Asia/Tokyo",
+    )
+    .start();
+    let (mut plain, status) =
+        Raw::try_connect(pooler.port(), &[("user", APP_USER), ("database", APP_DB)])
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        status.get("client_encoding").map(String::as_str),
+        Some("LATIN1")
+    );
+    assert_eq!(
+        status.get("DateStyle").map(String::as_str),
+        Some("SQL, DMY")
+    );
+    assert_eq!(
+        status.get("TimeZone").map(String::as_str),
+        Some("Asia/Tokyo")
+    );
+    let mut own = Raw::connect(
+        pooler.port(),
+        &[
+            ("user", APP_USER),
+            ("database", APP_DB),
+            ("client_encoding", "UTF8"),
+            ("TimeZone", "UTC"),
+        ],
+    );
+    for _ in 0..3 {
+        assert_eq!(own.value("SHOW client_encoding"), "UTF8");
+        assert_eq!(own.value("SHOW TimeZone"), "UTC");
+        assert_eq!(own.value("SHOW DateStyle"), "SQL, DMY");
+        assert_eq!(plain.value("SHOW client_encoding"), "LATIN1");
+        assert_eq!(plain.value("SHOW TimeZone"), "Asia/Tokyo");
+    }
+}
+
 #[test]
 fn transaction_raw_pipeline_of_three_syncs() {
     let pooler = Cfg::new("transaction", "pool_size: 1").start();

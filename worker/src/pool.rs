@@ -22,6 +22,9 @@ pub struct Target {
     pub password: Option<String>,
     /// The database entry's application_name, sent in the server's startup packet.
     pub application_name: Option<String>,
+    /// The database entry's client_encoding, DateStyle and TimeZone, also sent in the
+    /// startup packet (PgBouncer's "ask specific ... from server").
+    pub startup_params: Vec<(&'static str, String)>,
     pub load_balance: LoadBalanceHosts,
     /// The kind of server (primary, standby...) the pool's servers must be on.
     pub attrs: TargetSessionAttrs,
@@ -42,6 +45,14 @@ impl Target {
             },
             user,
             application_name: entry.application_name.clone(),
+            startup_params: [
+                ("client_encoding", &entry.client_encoding),
+                ("DateStyle", &entry.datestyle),
+                ("TimeZone", &entry.timezone),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+            .collect(),
             load_balance: entry.load_balance_hosts.unwrap_or_default(),
             attrs: entry.target_session_attrs.unwrap_or_default(),
         }
@@ -396,6 +407,7 @@ mod tests {
             user: "u".into(),
             password: None,
             application_name: None,
+            startup_params: Vec::new(),
             load_balance: balance,
             attrs,
         };

@@ -544,6 +544,14 @@ impl Worker {
             if let Some(app) = &pool.target.application_name {
                 startup.push(("application_name", app.as_str()));
             }
+            // The database's client_encoding, DateStyle and TimeZone: what its clients get
+            // unless they ask for their own (then SET on top, as for every parameter).
+            startup.extend(
+                pool.target
+                    .startup_params
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str())),
+            );
             // A replication server takes the client's parameters in its startup packet:
             // physical replication connections refuse SET.
             if let Some((r, _, _)) = &s.replication {

@@ -55,6 +55,15 @@ pub struct Database {
     /// `application_name` sent in the server's startup packet.
     #[serde(deserialize_with = "cde::opt_string")]
     pub application_name: Option<String>,
+    /// `client_encoding` asked of the server in its startup packet.
+    #[serde(deserialize_with = "cde::opt_string")]
+    pub client_encoding: Option<String>,
+    /// `DateStyle` asked of the server in its startup packet.
+    #[serde(deserialize_with = "cde::opt_string")]
+    pub datestyle: Option<String>,
+    /// `TimeZone` asked of the server in its startup packet.
+    #[serde(deserialize_with = "cde::opt_string")]
+    pub timezone: Option<String>,
     /// This database's `auth_user`, over the global one.
     #[serde(deserialize_with = "cde::opt_string")]
     pub auth_user: Option<String>,
@@ -87,6 +96,9 @@ impl Default for Database {
             max_db_client_connections: None,
             connect_query: None,
             application_name: None,
+            client_encoding: None,
+            datestyle: None,
+            timezone: None,
             auth_user: None,
             auth_query: None,
             auth_dbname: None,
@@ -134,6 +146,9 @@ impl Database {
                 }
                 "connect_query" => db.connect_query = non_empty(value),
                 "application_name" => db.application_name = non_empty(value),
+                "client_encoding" => db.client_encoding = non_empty(value),
+                "datestyle" => db.datestyle = non_empty(value),
+                "timezone" => db.timezone = non_empty(value),
                 "auth_user" => db.auth_user = non_empty(value),
                 "auth_query" => db.auth_query = non_empty(value),
                 "auth_dbname" => db.auth_dbname = non_empty(value),
@@ -165,6 +180,9 @@ pub(super) const DATABASE_FIELDS: &[&str] = &[
     "max_db_client_connections",
     "connect_query",
     "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
     "auth_user",
     "auth_query",
     "auth_dbname",

@@ -498,14 +498,17 @@ const DATABASE_KEYS: &[(&str, Option<&str>)] = &[
     ("auth_user", None),
     ("auth_query", None),
     ("auth_dbname", None),
-    ("client_encoding", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET client_encoding = ...); clients' own settings still apply")),
-    ("datestyle", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET datestyle = ...); clients' own settings still apply")),
-    ("timezone", Some("server startup parameters per database are not supported: set it on the database in PostgreSQL (ALTER DATABASE ... SET timezone = ...); clients' own settings still apply")),
+    ("client_encoding", None),
+    ("datestyle", None),
+    ("timezone", None),
     ("max_db_client_connections", None),
     ("load_balance_hosts", None),
     // pgbouncers' own key (PgBouncer refuses it): which kind of server the database needs.
     ("target_session_attrs", None),
-    ("server_lifetime", Some("a per-database server_lifetime is not supported: set server_lifetime in [pgbouncer]")),
+    (
+        "server_lifetime",
+        Some("a per-database server_lifetime is not supported: set server_lifetime in [pgbouncer]"),
+    ),
 ];
 
 /// PgBouncer's `[users]` keys, as [`DATABASE_KEYS`].
@@ -1690,15 +1693,6 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
         }
         let cases: &[(&str, &str)] = &[
             (
-                "app = host=h timezone=UTC",
-                "[databases] app: timezone is refused: server startup parameters",
-            ),
-            (
-                "app = host=h client_encoding=UTF8",
-                "client_encoding is refused",
-            ),
-            ("app = host=h datestyle=ISO", "datestyle is refused"),
-            (
                 "app = host=a,b load_balance_hosts=random",
                 "load_balance_hosts: ",
             ),
@@ -1723,6 +1717,12 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
             assert_eq!(e.line, 3, "{line}: {e}");
             assert!(e.message.contains(needle), "{line}: {e}");
         }
+        // The startup parameters PgBouncer asks of the server are read as they are.
+        let c = load("[pgbouncer]\n[databases]\napp = host=h client_encoding=LATIN1 datestyle='SQL, DMY' timezone=UTC\n");
+        let app = &c.databases["app"];
+        assert_eq!(app.client_encoding.as_deref(), Some("LATIN1"));
+        assert_eq!(app.datestyle.as_deref(), Some("SQL, DMY"));
+        assert_eq!(app.timezone.as_deref(), Some("UTC"));
         let e = refused("[pgbouncer]\n[databases]\nx = host=h\n[users]\nbob = timeout=3\n");
         assert!(
             e.message.contains("unknown user parameter `timeout`"),

@@ -343,6 +343,9 @@ fn database(name: &str, db: &Database) -> Check {
     no_nul_opt(&key("password"), db.password.as_ref().map(|p| p.expose()))?;
     no_nul_opt(&key("connect_query"), db.connect_query.as_deref())?;
     no_nul_opt(&key("application_name"), db.application_name.as_deref())?;
+    no_nul_opt(&key("client_encoding"), db.client_encoding.as_deref())?;
+    no_nul_opt(&key("datestyle"), db.datestyle.as_deref())?;
+    no_nul_opt(&key("timezone"), db.timezone.as_deref())?;
     no_nul_opt(&key("auth_user"), db.auth_user.as_deref())?;
     no_nul_opt(&key("auth_query"), db.auth_query.as_deref())?;
     no_nul_opt(&key("auth_dbname"), db.auth_dbname.as_deref())?;
