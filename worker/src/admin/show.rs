@@ -130,8 +130,16 @@ impl Worker {
             ),
             "config" => self.show_config(),
             "state" => self.show_state(),
-            "stats" | "stats_totals" | "stats_averages" => self.show_stats(what),
-            "totals" => self.show_totals(),
+            // This worker's own counters as of now; the others' are at most one loop tick
+            // (200 ms) old: each publishes its counters to shared memory on every tick.
+            "stats" | "stats_totals" | "stats_averages" => {
+                self.stats.flush(&self.shm, self.slot, &self.pools);
+                self.show_stats(what)
+            }
+            "totals" => {
+                self.stats.flush(&self.shm, self.slot, &self.pools);
+                self.show_totals()
+            }
             "workers" => self.show_workers(),
             "pools" | "lists" | "databases" | "users" => {
                 let cmd = super::parse::Cmd::Show(what.to_string());
