@@ -577,3 +577,145 @@ fn every_mapped_family_is_exported_and_counters_move() {
     );
     drop(client);
 }
+
+// ---------------------------------------------------------------------------
+// The Go exporter (prometheus-community/pgbouncer_exporter)
+// ---------------------------------------------------------------------------
+
+/// A console query's column names and rows as text.
+fn console_table(c: &mut postgres::Client, sql: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut cols = Vec::new();
+    let mut rows = Vec::new();
+    for m in c.simple_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}")) {
+        match m {
+            postgres::SimpleQueryMessage::RowDescription(d) => {
+                cols = d.iter().map(|c| c.name().to_string()).collect()
+            }
+            postgres::SimpleQueryMessage::Row(r) => rows.push(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => {}
+        }
+    }
+    (cols, rows)
+}
+
+/// The Go `pgbouncer_exporter` (prometheus-community, collector.go) reads columns by name
+/// from SHOW DATABASES, STATS_TOTALS and POOLS, and rows of SHOW LISTS and CONFIG; a
+/// missing column is silently not exported, so this checks each one it maps is there
+/// and numeric where it makes a gauge or counter. Two names it maps are gone from
+/// PgBouncer 1.25 too and so are not expected: `reserve_pool` (now `reserve_pool_size`)
+/// and `requests` (gone since 1.8).
+#[test]
+fn the_go_exporter_finds_every_column_it_reads() {
+    let pooler = start_pooler();
+    // Traffic first, so every table has a row of the app database.
+    let mut app = pooler.connect(APP_USER, APP_PASSWORD, APP_DB);
+    app.simple_query("SELECT 1").unwrap();
+    let mut c = pooler.connect(STATS, STATS_PW, "pgbouncer");
+    let tables: [(&str, &[&str], &[&str]); 3] = [
+        (
+            "SHOW DATABASES",
+            &[
+                "name",
+                "host",
+                "port",
+                "database",
+                "force_user",
+                "pool_mode",
+            ],
+            &[
+                "pool_size",
+                "max_connections",
+                "current_connections",
+                "paused",
+                "disabled",
+            ],
+        ),
+        (
+            "SHOW STATS_TOTALS",
+            &["database"],
+            &[
+                "query_count",
+                "query_time",
+                "bytes_received",
+                "bytes_sent",
+                "wait_time",
+                "xact_count",
+                "xact_time",
+                "client_parse_count",
+                "server_parse_count",
+                "bind_count",
+            ],
+        ),
+        (
+            "SHOW POOLS",
+            &["database", "user"],
+            &[
+                "cl_active",
+                "cl_active_cancel_req",
+                "cl_waiting",
+                "cl_waiting_cancel_req",
+                "sv_active",
+                "sv_active_cancel",
+                "sv_being_canceled",
+                "sv_idle",
+                "sv_used",
+                "sv_tested",
+                "sv_login",
+                "maxwait",
+            ],
+        ),
+    ];
+    for (sql, labels, numbers) in tables {
+        let (cols, rows) = console_table(&mut c, sql);
+        for name in labels.iter().chain(numbers) {
+            assert!(
+                cols.iter().any(|c| c == name),
+                "{sql}: no column {name}: {cols:?}"
+            );
+        }
+        assert!(!rows.is_empty(), "{sql}: no rows");
+        for row in &rows {
+            for name in numbers {
+                let i = cols.iter().position(|c| c == name).unwrap();
+                assert!(
+                    row[i].parse::<f64>().is_ok(),
+                    "{sql}: {name} = {:?} is not a number",
+                    row[i]
+                );
+            }
+        }
+    }
+    // SHOW LISTS: two columns, a row per list it maps, each a number.
+    let (cols, rows) = console_table(&mut c, "SHOW LISTS");
+    assert_eq!(cols.len(), 2, "{cols:?}");
+    for list in [
+        "databases",
+        "users",
+        "pools",
+        "free_clients",
+        "used_clients",
+        "login_clients",
+        "free_servers",
+        "used_servers",
+        "dns_names",
+        "dns_zones",
+        "dns_queries",
+    ] {
+        let row = rows.iter().find(|r| r[0] == list);
+        let row = row.unwrap_or_else(|| panic!("SHOW LISTS has no {list}: {rows:?}"));
+        assert!(row[1].parse::<f64>().is_ok(), "{row:?}");
+    }
+    // SHOW CONFIG: 3 or 4 columns; the two settings it exports are numbers.
+    let (cols, rows) = console_table(&mut c, "SHOW CONFIG");
+    assert!(cols.len() == 3 || cols.len() == 4, "{cols:?}");
+    for key in ["max_client_conn", "max_user_connections"] {
+        let row = rows.iter().find(|r| r[0] == key).expect(key);
+        assert!(row[1].parse::<f64>().is_ok(), "{row:?}");
+    }
+    let (_, rows) = console_table(&mut c, "SHOW VERSION");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+}
