@@ -116,17 +116,6 @@ fn upgrade_ok(pooler: &Pooler, workers: usize) -> i32 {
     new
 }
 
-fn scalar(c: &mut postgres::Client, sql: &str) -> Result<String, postgres::Error> {
-    let messages = c.simple_query(sql)?;
-    Ok(messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
-            _ => None,
-        })
-        .unwrap_or_default())
-}
-
 /// (column names, rows) of a console SHOW.
 fn show(c: &mut postgres::Client, sql: &str) -> (Vec<String>, Vec<Vec<String>>) {
     let mut cols = Vec::new();
@@ -145,6 +134,24 @@ fn show(c: &mut postgres::Client, sql: &str) -> (Vec<String>, Vec<Vec<String>>) 
         }
     }
     (cols, rows)
+}
+
+/// A `pg_sleep(20)` on `c`, canceled with `token` (a protocol CancelRequest), ends with
+/// 57014 within 5 s.
+fn assert_cancel_reaches(c: &mut postgres::Client, token: &postgres::CancelToken, pooler: &Pooler) {
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(scalar(c, "SELECT pg_sleep(20)"));
+        });
+        thread::sleep(ms(500));
+        token.cancel_query(NoTls).expect("cancel");
+        let r = rx
+            .recv_timeout(secs(5))
+            .unwrap_or_else(|_| panic!("not cancelled\n{}", pooler.log()));
+        let e = r.expect_err("pg_sleep finished");
+        assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
+    });
 }
 
 /// What a process's descriptors past stdio point at: `socket:[inode]`, `pipe:[inode]`,
@@ -806,19 +813,7 @@ fn a_handed_over_client_keeps_its_parameters_statements_and_cancel_key() {
         "before_upgrade"
     );
     assert_eq!(scalar(&mut c, "SHOW DateStyle").unwrap(), "SQL, DMY");
-    let (tx, rx) = mpsc::channel();
-    thread::scope(|s| {
-        s.spawn(|| {
-            let _ = tx.send(scalar(&mut c, "SELECT pg_sleep(20)"));
-        });
-        thread::sleep(ms(500));
-        token.cancel_query(NoTls).expect("cancel");
-        let r = rx
-            .recv_timeout(secs(5))
-            .unwrap_or_else(|_| panic!("not cancelled\n{}", pooler.log()));
-        let e = r.expect_err("pg_sleep finished");
-        assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
-    });
+    assert_cancel_reaches(&mut c, &token, &pooler);
     assert_eq!(scalar(&mut c, "SELECT 5").unwrap(), "5");
 }
 
@@ -906,19 +901,7 @@ fn two_upgrades_in_a_row_under_load() {
     // 20 pgbench clients and `c`, twice.
     assert_eq!(handed, 42, "{log}");
     assert!(process_alive(gen3));
-    let (tx, rx) = mpsc::channel();
-    thread::scope(|s| {
-        s.spawn(|| {
-            let _ = tx.send(scalar(&mut c, "SELECT pg_sleep(20)"));
-        });
-        thread::sleep(ms(500));
-        token.cancel_query(NoTls).expect("cancel");
-        let r = rx
-            .recv_timeout(secs(5))
-            .unwrap_or_else(|_| panic!("not cancelled\n{}", pooler.log()));
-        let e = r.expect_err("pg_sleep finished");
-        assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
-    });
+    assert_cancel_reaches(&mut c, &token, &pooler);
 }
 
 /// Under systemd (Type=notify, NotifyAccess=main) the old supervisor, still the main
