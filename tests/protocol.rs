@@ -904,3 +904,63 @@ fn extra_float_digits_startup_parameter_is_applied() {
         terminate(&mut s);
     }
 }
+
+/// Holds back what is written to `s` until it is shut down or 200 ms pass (TCP_CORK).
+fn cork(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_CORK: {}", std::io::Error::last_os_error());
+}
+
+/// psql and libpq send Terminate and their FIN together, so one read brings both: the log
+/// says PgBouncer's "client close request" for it, and "client unexpected eof" only for a
+/// client that hung up without a word.
+#[test]
+fn terminate_sent_with_fin_is_logged_as_a_close_request() {
+    let pooler = start_trust_pooler("");
+    for db in ["app", "apptx"] {
+        for terminate in [true, false] {
+            let mut s = raw_connect(&pooler);
+            send(
+                &mut s,
+                &startup_packet(3, 0, &[("user", TRUST_USER), ("database", db)]),
+            );
+            read_login(&mut s);
+            assert_eq!(
+                raw_query(&mut s, "select 1"),
+                Ok(vec![vec![Some("1".into())]])
+            );
+            let port = format!(":{}:", s.local_addr().unwrap().port());
+            // Corked, the Terminate leaves with the FIN in one segment, as it often does
+            // from psql: the pooler's one read brings both.
+            cork(&s);
+            if terminate {
+                send(&mut s, &[b'X', 0, 0, 0, 4]);
+            }
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let want = if terminate {
+                "closing because: client close request"
+            } else {
+                "closing because: client unexpected eof"
+            };
+            assert!(
+                wait_until(Duration::from_secs(5), || pooler
+                    .log()
+                    .lines()
+                    .any(|l| l.contains(&port) && l.contains(want))),
+                "{db}, Terminate {terminate}: no \"{want}\"\n{}",
+                common::pg::tail(&pooler.log(), 20)
+            );
+        }
+    }
+}

@@ -1183,7 +1183,8 @@ impl Worker {
         loop {
             match c.io.fill(&mut self.bufs) {
                 Ok(Filled::Eof) => {
-                    return self.close_client(ct, Close::Quiet("client unexpected eof"))
+                    let why = eof_reason(c.io.rbuf.bytes());
+                    return self.close_client(ct, Close::Quiet(why));
                 }
                 Err(e) => return self.close_client(ct, Close::Quiet(io_reason(&e))),
                 Ok(Filled::Bytes(_)) => continue,
@@ -1309,6 +1310,16 @@ pub(crate) enum Step {
     Wait,
     /// The client is gone or waits on something else.
     Done,
+}
+
+/// Why a client that hung up is closed: psql and libpq send Terminate and their FIN
+/// together, so a read can bring both; PgBouncer's words for each.
+pub(crate) fn eof_reason(unread: &[u8]) -> &'static str {
+    if unread.first() == Some(&b'X') {
+        "client close request"
+    } else {
+        "client unexpected eof"
+    }
 }
 
 pub(crate) fn io_reason(e: &std::io::Error) -> &'static str {

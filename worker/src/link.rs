@@ -273,7 +273,9 @@ impl Worker {
                 Ok(Filled::Bytes(_)) => progress = true,
                 Ok(Filled::Nothing) => {}
                 Ok(Filled::Eof) => {
-                    return self.close_client(ct, Close::Quiet("client unexpected eof"))
+                    let unread = c.io.rbuf.bytes().get(c.scan.ready..).unwrap_or_default();
+                    let why = crate::client::eof_reason(unread);
+                    return self.close_client(ct, Close::Quiet(why));
                 }
                 Err(e) => return self.close_client(ct, Close::Quiet(crate::client::io_reason(&e))),
             }
