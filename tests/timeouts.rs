@@ -4,7 +4,6 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -431,95 +430,117 @@ fn server_lifetime_replaces_an_old_backend() {
     );
 }
 
+/// Logs in through a pooler whose PostgreSQL never comes up; the error and how long it took.
+fn login_to_absent_server(pooler: &Pooler, role: &str) -> ((String, String), Duration) {
+    let start = Instant::now();
+    match pooler.try_connect(role, PW, APP_DB) {
+        Ok(_) => panic!("logged in without a server\n{}", pooler.log()),
+        Err(e) => (db_error(&e), start.elapsed()),
+    }
+}
+
 #[test]
-fn server_connect_timeout_fails_a_login_to_a_silent_server() {
+fn server_connect_timeout_gives_up_on_a_silent_server() {
     // Accepts TCP (the kernel completes the handshake) but never speaks.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let pooler = pooler_at("t_silent", "server_connect_timeout: 1", port);
-    let start = Instant::now();
-    let err = match pooler.try_connect("t_silent", PW, APP_DB) {
-        Ok(_) => panic!("logged in through a server that never answered"),
-        Err(e) => e,
-    };
-    let took = start.elapsed();
-    let (code, message) = db_error(&err);
-    assert!(
-        message.contains("server_connect_timeout"),
-        "{code} {message}"
-    );
-    assert_eq!(code, "08006", "{message}");
-    assert_took(
-        took,
-        secs_f(1.0),
-        Duration::from_millis(500),
-        "server_connect_timeout",
-    );
-    // The pooler really connected to it.
-    silent.set_nonblocking(true).unwrap();
-    assert!(silent.accept().is_ok(), "the pooler never connected");
-}
-
-#[test]
-fn connecting_to_a_closed_port_fails_promptly() {
-    let port = free_port();
-    let pooler = pooler_at("t_closed", "server_connect_timeout: 5", port);
-    let start = Instant::now();
-    let err = match pooler.try_connect("t_closed", PW, APP_DB) {
-        Ok(_) => panic!("logged in through a closed port"),
-        Err(e) => e,
-    };
-    let took = start.elapsed();
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "08006", "{message}");
-    assert!(message.contains("could not connect to server"), "{message}");
-    assert!(took < secs_f(1.0), "refused connection took {took:?}");
-}
-
-#[test]
-fn server_login_retry_caches_the_failure_then_tries_again() {
-    let port = free_port();
     let pooler = pooler_at(
-        "t_retry",
-        "server_connect_timeout: 5\nserver_login_retry: 1",
+        "t_silent",
+        "server_connect_timeout: 1\nclient_login_timeout: 3",
         port,
     );
-    let attempt = || match pooler.try_connect("t_retry", PW, APP_DB) {
-        Ok(_) => panic!("logged in through a closed port"),
-        Err(e) => db_error(&e),
-    };
-    let (code, first) = attempt();
-    let failed_at = Instant::now();
-    assert_eq!(code, "08006", "{first}");
-    assert!(first.contains("could not connect to server"), "{first}");
-
-    let (code, cached) = attempt();
-    assert_eq!(code, "57P03", "{cached}");
-    assert_eq!(
-        cached,
-        format!("server login has been failing, cached error: {first} (server_login_retry)")
-    );
-
-    // Within the window every client gets the cached error; after it the
-    // pooler tries again and reports the fresh failure.
-    let (tx, rx) = mpsc::channel();
-    assert!(
-        wait_until(Duration::from_secs(4), || {
-            let (code, message) = attempt();
-            match code.as_str() {
-                "57P03" => false,
-                "08006" => {
-                    tx.send(failed_at.elapsed()).unwrap();
-                    true
-                }
-                _ => panic!("unexpected error {code} {message}"),
+    thread::scope(|s| {
+        let login = s.spawn(|| login_to_absent_server(&pooler, "t_silent"));
+        // The pooler connects, waits server_connect_timeout for a word, then hangs up.
+        let (mut server, _) = silent.accept().unwrap();
+        let accepted = Instant::now();
+        server.set_read_timeout(Some(secs_f(5.0))).unwrap();
+        let mut buf = [0u8; 512];
+        let mut got = 0;
+        let closed = loop {
+            match std::io::Read::read(&mut server, &mut buf) {
+                Ok(0) => break accepted.elapsed(),
+                Ok(n) => got += n,
+                Err(e) => panic!("the pooler never hung up: {e}\n{}", pooler.log()),
             }
-        }),
-        "the pooler never retried the server"
+        };
+        assert!(got > 0, "no startup packet");
+        assert_took(closed, secs_f(1.0), LATE, "server_connect_timeout");
+        assert!(
+            wait_until(secs_f(2.0), || pooler.log().contains(
+                "server login failed: FATAL 08006: server_connect_timeout"
+            )),
+            "{}",
+            pooler.log()
+        );
+        // The pool never logged in, so its client waits for PostgreSQL, as PgBouncer's
+        // does, until client_login_timeout.
+        let ((code, message), took) = login.join().unwrap();
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("08P01", "client_login_timeout (server down)")
+        );
+        assert_took(took, secs_f(3.0), LATE, "client_login_timeout");
+    });
+}
+
+/// A pool that never logged in keeps its clients while PostgreSQL's port is closed, tries
+/// again every server_login_retry, and lets them go at client_login_timeout with
+/// PgBouncer's words; a client arriving after a failed try waits too.
+#[test]
+fn a_cold_pool_retries_a_closed_port_until_client_login_timeout() {
+    let port = free_port();
+    let pooler = pooler_at(
+        "t_closed",
+        "server_login_retry: 1\nclient_login_timeout: 4",
+        port,
     );
-    let retried_after = rx.recv().unwrap();
+    let failures = || pooler.log().matches("server login failed").count();
+    thread::scope(|s| {
+        let first = s.spawn(|| login_to_absent_server(&pooler, "t_closed"));
+        assert!(
+            wait_until(secs_f(2.0), || failures() >= 1),
+            "{}",
+            pooler.log()
+        );
+        let second = s.spawn(|| login_to_absent_server(&pooler, "t_closed"));
+        for (i, login) in [first, second].into_iter().enumerate() {
+            let ((code, message), took) = login.join().unwrap();
+            assert_eq!(
+                (code.as_str(), message.as_str()),
+                ("08P01", "client_login_timeout (server down)"),
+                "client {i}"
+            );
+            assert!(took >= secs_f(2.5), "client {i} gave up after {took:?}");
+        }
+    });
+    // One try at the first login, then one per server_login_retry: 4 or 5 in 4 s, not
+    // a reconnect loop and not a single try.
+    let tries = failures();
+    assert!((3..=6).contains(&tries), "{tries} tries\n{}", pooler.log());
     assert!(
-        retried_after >= secs_f(0.9),
-        "retried after {retried_after:?}, within server_login_retry"
+        pooler
+            .log()
+            .contains("could not connect to server 127.0.0.1"),
+        "{}",
+        pooler.log()
     );
+}
+
+/// query_wait_timeout also bounds a login waiting for the pool's first server, when it
+/// is the shorter of the two.
+#[test]
+fn query_wait_timeout_bounds_a_login_waiting_for_postgres() {
+    let port = free_port();
+    let pooler = pooler_at(
+        "t_closed_qwt",
+        "server_login_retry: 1\nquery_wait_timeout: 2\nclient_login_timeout: 30",
+        port,
+    );
+    let ((code, message), took) = login_to_absent_server(&pooler, "t_closed_qwt");
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("08P01", "query_wait_timeout")
+    );
+    assert_took(took, secs_f(2.0), LATE, "query_wait_timeout");
 }

@@ -41,9 +41,19 @@ impl Worker {
                                 actions.push(Action::ProxyTimeout(t));
                             }
                         }
-                        CState::Startup | CState::Auth | CState::LoginWait => {
+                        CState::Startup | CState::Auth => {
                             if expired(c.connect_time, cfg.client_login_timeout, now) {
                                 actions.push(Action::Client(t, "client_login_timeout"));
+                            }
+                        }
+                        // Waiting for the pool's first server: PgBouncer's words for a
+                        // login that PostgreSQL's absence held up, and its queue limit.
+                        CState::LoginWait => {
+                            if expired(c.connect_time, cfg.client_login_timeout, now) {
+                                actions
+                                    .push(Action::Client(t, "client_login_timeout (server down)"));
+                            } else if expired(c.since, cfg.query_wait_timeout, now) {
+                                actions.push(Action::Client(t, "query_wait_timeout"));
                             }
                         }
                         // Waiting for auth_query: a login, and a wait for a server too.
@@ -226,6 +236,17 @@ impl Worker {
         }
         // Lookups left waiting with an idle server (after a check, say) get it now.
         self.serve_lookups(pool);
+        // Clients kept through a failed login (a pool whose PostgreSQL is not up yet):
+        // the next try, once server_login_retry has passed.
+        let p = self.pools.get(pool);
+        let kept = !p.login_waiting.is_empty() || !p.lookups.is_empty();
+        if kept
+            && p.launching == 0
+            && p.last_failure.is_some()
+            && p.may_launch(false, self.now, self.cfg.server_login_retry)
+        {
+            self.serve_waiting(pool);
+        }
         let p = self.pools.get(pool);
         if use_reserve
             && p.waiting.len() > p.launching

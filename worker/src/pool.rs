@@ -1,6 +1,7 @@
 //! Pools of server connections, one per (database, server user): sizes, queues and welcome.
 
 use crate::wire::fields::ErrorFields;
+use crate::wire::sqlstate;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
@@ -161,7 +162,7 @@ pub struct Pool {
     pub canceling: usize,
     pub welcome: Option<Welcome>,
     /// The last server login failure, for server_login_retry.
-    pub last_failure: Option<(Instant, ErrorFields)>,
+    pub last_failure: Option<LoginFailure>,
     /// Why the last role check refused a server (target_session_attrs), for clients
     /// that cannot be greeted while no host is of the right kind.
     pub misfit_error: Option<ErrorFields>,
@@ -220,8 +221,13 @@ impl Pool {
     /// The error to give a client at once instead of a wait: the last server login failed
     /// inside server_login_retry, nothing is logged in, and no retry is under way, so
     /// nothing could serve it before the window ends. PgBouncer's fast fail.
+    /// A pool that never logged in fails nobody fast while PostgreSQL is merely not up:
+    /// see [`Pool::waits_out`].
     pub fn fast_fail(&self, now: Instant, login_retry: std::time::Duration) -> Option<String> {
-        let (at, err) = self.last_failure.as_ref()?;
+        let LoginFailure { at, err, not_up } = self.last_failure.as_ref()?;
+        if self.waits_out(*not_up) {
+            return None;
+        }
         let failing = now.duration_since(*at) < login_retry;
         (failing && self.connected() == 0 && self.launching == 0).then(|| {
             format!(
@@ -229,6 +235,16 @@ impl Pool {
                 err.message()
             )
         })
+    }
+
+    /// Whether clients waiting for this pool's first server keep waiting through a
+    /// failure: the pool never logged in and PostgreSQL is not up (yet) (`not_up`, see
+    /// [`LoginFailure::not_up`]). PgBouncer keeps such
+    /// clients until client_login_timeout or query_wait_timeout and serves them when
+    /// PostgreSQL comes up, which is what a pooler started before its database needs.
+    /// Once a pool has logged in, the same failure is told at once (see `fast_fail`).
+    pub fn waits_out(&self, not_up: bool) -> bool {
+        self.welcome.is_none() && not_up
     }
 
     /// Whether a new server may be started now: below the pool size (or the reserve when
@@ -244,7 +260,7 @@ impl Pool {
             return false;
         }
         match &self.last_failure {
-            Some((at, _)) => now.duration_since(*at) >= login_retry,
+            Some(f) => now.duration_since(f.at) >= login_retry,
             None => true,
         }
     }
@@ -391,6 +407,31 @@ impl crate::worker::Worker {
         pool.db_idx = self.shm.name_index(crate::shm::Kind::Database, db);
         pool.user_idx = self.shm.name_index(crate::shm::Kind::User, &pool.user);
         Ok(self.pools.add(pool))
+    }
+}
+
+/// A failed server login, kept for server_login_retry.
+#[derive(Clone, Debug)]
+pub struct LoginFailure {
+    pub at: Instant,
+    pub err: ErrorFields,
+    /// PostgreSQL was not there rather than refusing: see [`LoginFailure::says_not_up`].
+    pub not_up: bool,
+}
+
+impl LoginFailure {
+    /// Whether a failure's SQLSTATE says PostgreSQL is not there: no connection or no
+    /// answer in time (class 08, as the pooler reports a refused or timed-out connect),
+    /// or a server starting up or shutting down (57P01-57P03). A refused role or
+    /// password is an answer, and is told at once; so is a failed TLS handshake, which
+    /// the caller knows apart (it is reported as 08006 too, but waiting will not fix it).
+    pub fn says_not_up(err: &ErrorFields) -> bool {
+        let code = err.code();
+        code.starts_with("08")
+            || matches!(
+                code,
+                sqlstate::ADMIN_SHUTDOWN | "57P02" | sqlstate::CANNOT_CONNECT_NOW
+            )
     }
 }
 

@@ -301,7 +301,7 @@ impl Worker {
                         }
                         HostLeft::None => {
                             self.give_back(holds);
-                            self.pool_login_failed(pool, err, true, 0);
+                            self.pool_login_failed(pool, err, true, true, 0);
                             return false;
                         }
                     }
@@ -403,6 +403,7 @@ impl Worker {
         self.pool_login_failed(
             pool,
             error_fields(sqlstate::CONNECTION_FAILURE, msg),
+            true,
             true,
             0,
         );
@@ -652,7 +653,7 @@ impl Worker {
                         Some(Conn::Server(s)) if s.io.may_read() => continue,
                         _ => return,
                     },
-                    Err(e) => return self.server_login_failed(st, e),
+                    Err(e) => return self.login_failed(st, e, true),
                 }
             }
             loop {
@@ -934,6 +935,13 @@ impl Worker {
     }
 
     pub(crate) fn server_login_failed(&mut self, st: usize, err: ErrorFields) {
+        self.login_failed(st, err, false)
+    }
+
+    /// A server login failed; `tls_refused` when TLS could not be set up with it (no TLS
+    /// where it is required, a certificate refused): a configuration to fix, not a
+    /// PostgreSQL to wait for, although it is reported as 08006 too.
+    fn login_failed(&mut self, st: usize, err: ErrorFields, tls_refused: bool) {
         let Some(s) = self.server(st) else { return };
         if let Some((_, ct, id)) = &s.replication {
             // As PgBouncer: a replication login fails for reasons of its own (no
@@ -948,6 +956,8 @@ impl Worker {
         }
         let (pool, host) = (s.pool, s.host);
         let remember = !s.login.as_ref().is_some_and(|l| l.missing_creds);
+        let tls_refused = tls_refused || s.io.tls_handshaking();
+        let not_up = !tls_refused && crate::pool::LoginFailure::says_not_up(&err);
         // A server whose connect_query failed counts as logged in: it serves nobody.
         let counted = usize::from(matches!(s.state, SState::Reset(_)));
         if about_host(&err) {
@@ -965,14 +975,16 @@ impl Worker {
         }
         // Record the failure first: removing the server looks for waiting clients, and
         // must not start a new login inside server_login_retry.
-        self.pool_login_failed(pool, err.clone(), remember, counted);
+        self.pool_login_failed(pool, err.clone(), not_up, remember, counted);
         self.remove_server(st, &format!("login failed: {}", err.message()));
     }
 
     /// A server login failed: clients waiting for their greeting get the server's error,
     /// and so do clients waiting for a server when no logged-in server could serve them
-    /// (PostgreSQL down, the role refused): they hear it now, as PgBouncer tells them,
-    /// not at query_wait_timeout.
+    /// (PostgreSQL down, the role refused): they hear it now, not at query_wait_timeout.
+    /// A pool that never logged in keeps its clients while PostgreSQL is not up
+    /// ([`crate::pool::Pool::waits_out`]), as PgBouncer does.
+    /// `not_up` says PostgreSQL was not there rather than refusing.
     /// `remember` keeps the error for server_login_retry; a failure that says nothing
     /// of PostgreSQL (this worker lacks the password yet) only goes to who waits now.
     /// `failing` is how many of the pool's logged-in servers are the one that failed.
@@ -980,6 +992,7 @@ impl Worker {
         &mut self,
         pool: PoolId,
         err: ErrorFields,
+        not_up: bool,
         remember: bool,
         failing: usize,
     ) {
@@ -994,7 +1007,16 @@ impl Worker {
             crate::logsafe::Escaped(&why)
         );
         if remember {
-            p.last_failure = Some((self.now, err.clone()));
+            p.last_failure = Some(crate::pool::LoginFailure {
+                at: self.now,
+                err: err.clone(),
+                not_up,
+            });
+        }
+        if p.waits_out(not_up) {
+            // PostgreSQL is not up yet and the pool never logged in: its clients wait,
+            // and the janitor tries again every server_login_retry.
+            return;
         }
         let mut queued = std::mem::take(&mut p.login_waiting);
         if p.connected() <= failing {
