@@ -425,7 +425,7 @@ const SETTINGS: &[(&str, Rule, Status)] = {
         ("server_fast_close", OnlyIf(Zero, "closing session-mode servers early after RECONNECT or a reload is not supported: they close when their client leaves"), Refused),
         ("server_idle_timeout", Same(Secs), Honoured),
         ("server_lifetime", Same(Secs), Honoured),
-        ("server_login_retry", Same(Secs), Honoured),
+        ("server_login_retry", Same(Secs), Different),
         ("server_reset_query", Same(Text), Honoured),
         ("server_reset_query_always", Same(Flag), Honoured),
         ("server_round_robin", OnlyIf(Zero, "round-robin reuse of server connections is not supported: the most recently used server is reused first"), Refused),
