@@ -1386,8 +1386,8 @@ fn every_show_of_pgbouncer_1_25_answers_with_its_columns() {
     let mut held = Raw::login(pooler.port(), role, role, APP_DB);
     assert_eq!(held.scalar("SELECT 1"), "1");
     let mut raw = Raw::login(pooler.port(), ADMIN, ADMIN_PW, "pgbouncer");
-    // Columns and types as PgBouncer 1.25.2 sends them (no peering, no online restart, no
-    // slab allocator, resolver caches not gathered: those tables are empty).
+    // Columns and types as PgBouncer 1.25.2 sends them (no peering and no zone checks:
+    // those tables are empty; this config names no host to resolve).
     for (q, cols, types, empty) in [
         (
             "SHOW PEERS",
@@ -1434,7 +1434,7 @@ fn every_show_of_pgbouncer_1_25_answers_with_its_columns() {
             "SHOW MEM",
             &["name", "size", "used", "free", "memtotal"][..],
             "siiii",
-            true,
+            false,
         ),
         (
             "SHOW DNS_HOSTS",
@@ -1529,6 +1529,62 @@ fn every_show_of_pgbouncer_1_25_answers_with_its_columns() {
     ] {
         assert!(detail.contains(line), "{line:?} in {detail:?}");
     }
+}
+
+/// SHOW DNS_HOSTS lists the host names the workers resolved, with their addresses and the
+/// seconds until the next lookup; SHOW MEM sums every worker's connection slots and
+/// buffers.
+#[test]
+fn show_dns_hosts_and_mem_report_every_workers_caches() {
+    let role = "adm_dnsmem";
+    create_role(role);
+    let dbs = format!(
+        "  byname: {{ host: localhost, port: {}, dbname: app }}\n",
+        shared_pg().port()
+    );
+    let pooler = start(&config("dns_max_ttl: 30\n", &dbs), &[role]);
+    let mut admin = admin(&pooler);
+    assert!(query_rows(&mut admin, "SHOW DNS_HOSTS").is_empty());
+    let mut c = pooler.connect(role, role, "byname");
+    assert_eq!(scalar(&mut c, "SELECT 1").unwrap(), "1");
+
+    let hosts = query_rows(&mut admin, "SHOW DNS_HOSTS");
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    let h = &hosts[0];
+    assert_eq!(h.get("hostname"), Some("localhost"));
+    let ttl: u64 = h.get("ttl").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&ttl), "ttl {ttl}");
+    let port = shared_pg().port();
+    let addrs = h.get("addrs").unwrap();
+    assert!(
+        addrs
+            .split(',')
+            .any(|a| a == format!("127.0.0.1:{port}") || a == format!("[::1]:{port}")),
+        "{addrs}"
+    );
+
+    // A client mid-query: its slot and its server's are used.
+    let mut busy = Raw::login(pooler.port(), role, role, "byname");
+    busy.send(b'Q', b"SELECT pg_sleep(2)\0");
+    thread::sleep(Duration::from_millis(300));
+    let mem = query_rows(&mut admin, "SHOW MEM");
+    let names: Vec<&str> = mem.iter().filter_map(|r| r.get("name")).collect();
+    assert_eq!(
+        names,
+        ["conn_cache", "pool_cache", "iobuf_cache", "outbuf_cache"]
+    );
+    let n = |row: usize, col: &str| -> u64 { mem[row].get(col).unwrap().parse().unwrap() };
+    for row in 0..mem.len() {
+        assert_eq!(
+            n(row, "memtotal"),
+            n(row, "size") * (n(row, "used") + n(row, "free"))
+        );
+    }
+    // Two clients, their two servers and this console, at least.
+    assert!(n(0, "used") >= 5, "{:?}", mem[0]);
+    assert!(n(1, "used") >= 1, "{:?}", mem[1]);
+    assert_eq!(n(2, "size"), 8192, "pkt_buf");
+    drop(busy);
 }
 
 // ---------------------------------------------------------------------------

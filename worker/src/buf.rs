@@ -26,6 +26,11 @@ impl BufPool {
         self.size
     }
 
+    /// Read and write buffers kept on the free lists.
+    pub fn free(&self) -> (usize, usize) {
+        (self.reads.len(), self.writes.len())
+    }
+
     fn get_read(&mut self) -> Vec<u8> {
         self.reads.pop().unwrap_or_else(|| vec![0; self.size])
     }
@@ -164,6 +169,11 @@ impl OutBuf {
 
     pub fn is_empty(&self) -> bool {
         self.sent == self.data.len()
+    }
+
+    /// Whether it holds a buffer (lent from the pool or grown).
+    pub fn has_storage(&self) -> bool {
+        self.data.capacity() > 0
     }
 
     pub fn pending(&self) -> &[u8] {

@@ -140,6 +140,32 @@ impl Resolver {
         any
     }
 
+    /// The cache, one row per host name (its freshest entry): the name, seconds until it
+    /// is looked up again (0 when due), and its addresses (none after a failed lookup),
+    /// as PgBouncer's SHOW DNS_HOSTS gives them. `ttls` as in [`Resolver::resolves_to`].
+    pub fn hosts(&self, now: Instant, ttls: (Duration, Duration)) -> Vec<(String, u64, String)> {
+        let mut rows: Vec<(String, u64, String)> = Vec::new();
+        for ((name, _), e) in &self.cache {
+            let ttl = if e.result.is_ok() { ttls.0 } else { ttls.1 };
+            let left = ttl.saturating_sub(now.duration_since(e.at)).as_secs();
+            let addrs = match &e.result {
+                Ok(a) => a
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Err(_) => String::new(),
+            };
+            match rows.iter_mut().find(|r| r.0 == *name) {
+                Some(r) if r.1 >= left => {}
+                Some(r) => *r = (name.clone(), left, addrs),
+                None => rows.push((name.clone(), left, addrs)),
+            }
+        }
+        rows.sort();
+        rows
+    }
+
     /// Whether `host` resolved to `ip` in the cache's last answer. Like [`Resolver::lookup`]
     /// it asks the thread when the answer is missing or stale, so a later call may say yes.
     /// `ttls` are `dns_max_ttl` and `dns_nxdomain_ttl`.
@@ -249,6 +275,33 @@ mod tests {
             Lookup::Ready(_)
         ));
         assert_eq!(r.asked.len(), 1);
+    }
+
+    #[test]
+    fn hosts_lists_each_name_once_with_its_ttl_left() {
+        let (mut poll, mut r) = resolver();
+        let t0 = Instant::now();
+        for (host, port) in [("localhost", 5432), ("localhost", 6432), ("nowhere", 1)] {
+            assert_eq!(r.lookup(host, port, t0, TTL, TTL), Lookup::Pending);
+        }
+        while !r.asked.is_empty() {
+            wait(&mut poll, &mut r);
+        }
+        let later = Instant::now() + Duration::from_secs(2);
+        let hosts = r.hosts(later, (TTL, Duration::from_secs(1)));
+        assert_eq!(hosts.len(), 2, "{hosts:?}");
+        let (name, ttl, addrs) = &hosts[0];
+        assert_eq!(name, "localhost");
+        assert!(
+            *ttl + 2 <= TTL.as_secs() && *ttl + 3 >= TTL.as_secs(),
+            "{ttl}"
+        );
+        assert!(
+            addrs.ends_with(":5432") || addrs.ends_with(":6432"),
+            "{addrs}"
+        );
+        // A failed lookup lists no address, and a ttl past due reads 0.
+        assert_eq!(hosts[1], ("nowhere".to_string(), 0, String::new()));
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub enum What {
     Servers,
     /// Clients and servers with their buffer columns (SHOW SOCKETS, ACTIVE_SOCKETS).
     Sockets,
+    /// Each worker's connection slots and buffer free lists (SHOW MEM).
+    Mem,
+    /// Each worker's resolver cache (SHOW DNS_HOSTS).
+    DnsHosts,
 }
 
 /// An admin console request a worker passes to the supervisor.
@@ -182,6 +186,8 @@ impl What {
             What::Clients => 2,
             What::Servers => 3,
             What::Sockets => 4,
+            What::Mem => 5,
+            What::DnsHosts => 6,
         }
     }
 
@@ -191,6 +197,8 @@ impl What {
             2 => What::Clients,
             3 => What::Servers,
             4 => What::Sockets,
+            5 => What::Mem,
+            6 => What::DnsHosts,
             _ => return Err(DecodeError("unknown collection")),
         })
     }
@@ -870,6 +878,14 @@ mod tests {
             Report::Admin {
                 req: 1,
                 request: AdminRequest::Collect(What::Pools),
+            },
+            Report::Admin {
+                req: 11,
+                request: AdminRequest::Collect(What::Mem),
+            },
+            Report::Admin {
+                req: 12,
+                request: AdminRequest::Collect(What::DnsHosts),
             },
             Report::Admin {
                 req: 2,

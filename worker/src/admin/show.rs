@@ -152,27 +152,17 @@ impl Worker {
             "peers" => self.show_peers(),
             "peer_pools" => self.show_peer_pools(),
             "fds" => self.show_fds(),
-            // PgBouncer's slab caches; this pooler's memory is each worker's buffer free
-            // lists, not shown yet.
-            "mem" => Table::new(
-                &[
-                    ("name", Ty::Text),
-                    ("size", Ty::Int4),
-                    ("used", Ty::Int4),
-                    ("free", Ty::Int4),
-                    ("memtotal", Ty::Int4),
-                ],
-                Vec::new(),
-            ),
-            // Each worker has its own resolver cache (dns.rs); they are not gathered yet.
-            "dns_hosts" => Table::new(
-                &[
-                    ("hostname", Ty::Text),
-                    ("ttl", Ty::Int8),
-                    ("addrs", Ty::Text),
-                ],
-                Vec::new(),
-            ),
+            // Each worker's slots and buffer free lists, and its resolver cache.
+            "mem" | "dns_hosts" => {
+                let w = if what == "mem" {
+                    What::Mem
+                } else {
+                    What::DnsHosts
+                };
+                let cmd = super::parse::Cmd::Show(what.to_string());
+                return self.console_forward(ct, cmd, crate::control::AdminRequest::Collect(w));
+            }
+            // Zones are checked only with dns_zone_check_period, which is refused.
             "dns_zones" => Table::new(
                 &[
                     ("zonename", Ty::Text),
@@ -207,6 +197,8 @@ impl Worker {
             "users" => self.show_users(rows),
             "sockets" => show_socket_buffers(rows, false),
             "active_sockets" => show_socket_buffers(rows, true),
+            "mem" => show_mem(rows),
+            "dns_hosts" => show_dns_hosts(rows),
             _ => show_sockets(rows),
         };
         self.console_table(ct, &table);
@@ -557,7 +549,51 @@ impl Worker {
                 rows.extend(self.collect_sockets(false, true));
                 rows
             }
+            What::Mem => self.collect_mem(),
+            What::DnsHosts => {
+                let ttls = (self.cfg.dns_max_ttl, self.cfg.dns_nxdomain_ttl);
+                let hosts = self.dns.hosts(self.now, ttls).into_iter();
+                hosts.map(|(h, ttl, a)| vec![s(h), s(ttl), s(a)]).collect()
+            }
         }
+    }
+
+    /// This worker's caches, as SHOW MEM rows without memtotal: name, size, used, free.
+    /// PgBouncer lists its slab allocator's caches; here a connection is a slot of the
+    /// worker's slab and holds pkt_buf-sized buffers only while it has bytes to keep.
+    fn collect_mem(&self) -> Vec<Row> {
+        let (mut reads, mut writes) = (0usize, 0usize);
+        for (_, conn) in self.conns.iter() {
+            let io = match conn {
+                Conn::Client(c) => &c.io,
+                Conn::Server(s) => &s.io,
+                Conn::Cancel(_) => continue,
+            };
+            reads += usize::from(io.rbuf.has_storage());
+            writes += usize::from(io.wbuf.has_storage());
+        }
+        let (free_reads, free_writes) = self.bufs.free();
+        let buf = self.bufs.size();
+        let slots = self.conns.len();
+        [
+            (
+                "conn_cache",
+                std::mem::size_of::<Conn>(),
+                slots,
+                self.conns.capacity() - slots,
+            ),
+            (
+                "pool_cache",
+                std::mem::size_of::<crate::pool::Pool>(),
+                self.pools.list.len(),
+                0,
+            ),
+            ("iobuf_cache", buf, reads, free_reads),
+            ("outbuf_cache", buf, writes, free_writes),
+        ]
+        .into_iter()
+        .map(|(name, size, used, free)| vec![s(name), s(size), s(used), s(free)])
+        .collect()
     }
 
     /// Per pool: db, user, cl_active, cl_waiting, sv_active, sv_idle, sv_tested, sv_login,
@@ -1034,6 +1070,63 @@ struct PoolSum {
     mode: String,
     paused: bool,
     sv_being_canceled: u64,
+}
+
+/// One cell of a row a worker sent; a short row reads as empty cells.
+fn cell(r: &Row, i: usize) -> Option<String> {
+    r.get(i).cloned().flatten()
+}
+
+/// SHOW MEM: each cache summed over the workers; memtotal is what its slots take.
+fn show_mem(rows: Vec<(u8, Row)>) -> Table {
+    let mut caches: Vec<(Option<String>, u64, u64, u64)> = Vec::new();
+    for (_, r) in rows {
+        let (name, size) = (cell(&r, 0), num(&cell(&r, 1)));
+        let (used, free) = (num(&cell(&r, 2)), num(&cell(&r, 3)));
+        match caches.iter_mut().find(|c| c.0 == name) {
+            Some(c) => (c.2, c.3) = (c.2 + used, c.3 + free),
+            None => caches.push((name, size, used, free)),
+        }
+    }
+    let rows = caches
+        .into_iter()
+        .map(|(name, size, used, free)| {
+            vec![name, s(size), s(used), s(free), s(size * (used + free))]
+        })
+        .collect();
+    Table::new(
+        &[
+            ("name", Ty::Text),
+            ("size", Ty::Int4),
+            ("used", Ty::Int4),
+            ("free", Ty::Int4),
+            ("memtotal", Ty::Int4),
+        ],
+        rows,
+    )
+}
+
+/// SHOW DNS_HOSTS: per host name, the freshest answer a worker holds (each worker
+/// resolves for itself).
+fn show_dns_hosts(rows: Vec<(u8, Row)>) -> Table {
+    let mut hosts: Vec<Row> = Vec::new();
+    for (_, r) in rows {
+        let r = vec![cell(&r, 0), cell(&r, 1), cell(&r, 2)];
+        match hosts.iter_mut().find(|h| h[0] == r[0]) {
+            Some(h) if num(&h[1]) >= num(&r[1]) => {}
+            Some(h) => *h = r,
+            None => hosts.push(r),
+        }
+    }
+    hosts.sort();
+    Table::new(
+        &[
+            ("hostname", Ty::Text),
+            ("ttl", Ty::Int8),
+            ("addrs", Ty::Text),
+        ],
+        hosts,
+    )
 }
 
 fn num(v: &Option<String>) -> u64 {
