@@ -363,6 +363,41 @@ fn idle_transaction_timeout_closes_the_client_and_its_server() {
     );
 }
 
+/// transaction_timeout (PgBouncer 1.25) counts from a transaction's first query, however
+/// busy the client keeps it, and spares a client whose statements each commit.
+#[test]
+fn transaction_timeout_ends_a_long_transaction_however_busy() {
+    create_role("t_txto");
+    let pooler = pooler(
+        "t_txto",
+        "pool_mode: transaction\ntransaction_timeout: 2\nidle_transaction_timeout: 30",
+    );
+    let mut calm = wire::login(pooler.port(), "t_txto", PW);
+    let mut s = wire::login(pooler.port(), "t_txto", PW);
+    let (_, status) = wire::run_query(&mut s, "BEGIN; SELECT 1");
+    assert_eq!(status, b'T', "expected to be in a transaction block");
+    let began = Instant::now();
+    let (err, took) = loop {
+        let (rows, status) = wire::run_query(&mut calm, "SELECT 2");
+        assert_eq!((rows, status), (vec!["2".to_string()], b'I'));
+        thread::sleep(Duration::from_millis(200));
+        s.write_all(&wire::query("SELECT 1")).unwrap();
+        let a = wire::read_answer(&mut s);
+        if let Some(err) = a.error {
+            break (err, began.elapsed());
+        }
+        assert_eq!(a.values, ["1"]);
+        assert!(began.elapsed() < secs_f(4.0), "no transaction timeout");
+    };
+    assert_fatal(&err, "08P01", "transaction timeout");
+    wire::assert_closed(&mut s);
+    // Within one janitor tick and one 200 ms step of the limit.
+    assert_took(took, secs_f(2.0), LATE, "transaction_timeout");
+    // The autocommit client, busy for as long, is still served.
+    let (rows, _) = wire::run_query(&mut calm, "SELECT 3");
+    assert_eq!(rows, ["3"]);
+}
+
 #[test]
 fn server_idle_timeout_closes_an_unused_backend() {
     create_role("t_srvidle");

@@ -81,15 +81,20 @@ impl Worker {
                             }
                         }
                         CState::Active => {
-                            if c.tx.in_request() {
-                                if expired(c.request_time, cfg.query_timeout, now) {
-                                    actions.push(Action::Client(t, "query_timeout"));
-                                }
-                            } else if c.tx.status != TxStatus::Idle {
-                                if expired(c.since, cfg.idle_transaction_timeout, now) {
-                                    actions.push(Action::Client(t, "idle transaction timeout"));
-                                }
-                            } else if mode == Some(PoolMode::Session)
+                            // PgBouncer's order: query, idle transaction, transaction.
+                            let in_tx = c.tx.in_request() || c.tx.status != TxStatus::Idle;
+                            if c.tx.in_request() && expired(c.request_time, cfg.query_timeout, now)
+                            {
+                                actions.push(Action::Client(t, "query_timeout"));
+                            } else if !c.tx.in_request()
+                                && c.tx.status != TxStatus::Idle
+                                && expired(c.since, cfg.idle_transaction_timeout, now)
+                            {
+                                actions.push(Action::Client(t, "idle transaction timeout"));
+                            } else if in_tx && expired(c.xact_start, cfg.transaction_timeout, now) {
+                                actions.push(Action::Client(t, "transaction timeout"));
+                            } else if !in_tx
+                                && mode == Some(PoolMode::Session)
                                 && expired(c.since, cfg.client_idle_timeout, now)
                             {
                                 actions.push(Action::Client(t, "client_idle_timeout"));

@@ -452,7 +452,7 @@ const SETTINGS: &[(&str, Rule, Status)] = {
         ("tcp_socket_buffer", NoEffect("the kernel's automatic socket buffer sizing is used"), Accepted),
         ("tcp_user_timeout", Same(Millis), Different),
         ("track_extra_parameters", Same(TrackExtra), Honoured),
-        ("transaction_timeout", OnlyIf(Zero, "a pooler-side transaction timeout is not supported: use PostgreSQL's transaction_timeout (17+) or idle_transaction_timeout"), Refused),
+        ("transaction_timeout", Same(Secs), Honoured),
         ("unix_socket_dir", Same(UnixSocketDir), Honoured),
         ("unix_socket_group", OnlyIf(Empty, "setting the socket's group is not supported: run pgbouncers with that group (systemd Group=) and set unix_socket_mode"), Refused),
         ("unix_socket_mode", Same(Mode), Honoured),

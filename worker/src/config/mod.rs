@@ -183,6 +183,10 @@ pub struct Config {
     /// 0 = disabled.
     #[serde(deserialize_with = "de::seconds")]
     pub idle_transaction_timeout: Duration,
+    /// How long a client may stay in one transaction, from its first query (PgBouncer
+    /// 1.25); 0 = disabled.
+    #[serde(deserialize_with = "de::seconds")]
+    pub transaction_timeout: Duration,
     /// Default 30 s; 0 = no limit.
     #[serde(deserialize_with = "de::seconds")]
     pub shutdown_timeout: Duration,
@@ -330,6 +334,7 @@ impl Default for Config {
             query_timeout: Duration::ZERO,
             query_wait_timeout: secs(120),
             idle_transaction_timeout: Duration::ZERO,
+            transaction_timeout: Duration::ZERO,
             shutdown_timeout: secs(30),
             cancel_wait_timeout: secs(10),
             max_packet_size: 2_147_483_647,

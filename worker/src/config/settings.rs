@@ -104,6 +104,7 @@ pub static SETTINGS: &[Setting] = &[
     secs("query_timeout", |c| c.query_timeout, "0", "30"),
     secs("query_wait_timeout", |c| c.query_wait_timeout, "120", "0"),
     secs("idle_transaction_timeout", |c| c.idle_transaction_timeout, "0", "10"),
+    secs("transaction_timeout", |c| c.transaction_timeout, "0", "60"),
     secs("shutdown_timeout", |c| c.shutdown_timeout, "30", "0"),
     secs("cancel_wait_timeout", |c| c.cancel_wait_timeout, "10", "1"),
     num("max_packet_size", |c| c.max_packet_size.into(), "2147483647", "1048576"),
@@ -344,6 +345,7 @@ stats_period|10|60|yes
 stats_users|monitor,nagios||yes
 tcp_keepalive|0|1|yes
 track_extra_parameters|IntervalStyle,default_transaction_read_only|IntervalStyle|yes
+transaction_timeout|60|0|yes
 unix_socket_dir|/tmp|NULL|no
 unix_socket_mode|0700|0777|no
 user|postgres|NULL|no
