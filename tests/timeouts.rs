@@ -398,6 +398,51 @@ fn transaction_timeout_ends_a_long_transaction_however_busy() {
     assert_eq!(rows, ["3"]);
 }
 
+/// PgBouncer 1.25's per-user timeouts: a `users` entry's query_timeout wins over the
+/// global one for that user's pool, and another user keeps the global one.
+#[test]
+fn a_users_query_timeout_wins_over_the_global_one() {
+    create_role("t_uqt");
+    create_role("t_uqt_other");
+    let setup = PoolerSetup::new();
+    setup.write_file(
+        "userlist.txt",
+        &format!(
+            "{}\n{}\n",
+            userlist_entry("t_uqt", PW),
+            userlist_entry("t_uqt_other", PW)
+        ),
+    );
+    let pooler = setup.start(&format!(
+        "listen_addr: 127.0.0.1\nlisten_port: @PORT@\nworkers: 1\nauth_type: plain\n\
+         auth_file: @DIR@/userlist.txt\nquery_timeout: 30\n\
+         users:\n  t_uqt: {{ query_timeout: 1 }}\n\
+         databases:\n  app: {{ host: 127.0.0.1, port: {}, dbname: app }}\n",
+        shared_pg().port()
+    ));
+    let c = AsyncClient::connect(&pooler, "t_uqt", PW, APP_DB);
+    let start = Instant::now();
+    let err = c
+        .first_value("SELECT pg_sleep(5)::text")
+        .expect_err("pg_sleep(5) outlived the user's query_timeout 1");
+    assert_eq!(
+        db_error(&err),
+        ("08P01".to_string(), "query_timeout".to_string())
+    );
+    assert_took(
+        start.elapsed(),
+        secs_f(1.0),
+        LATE,
+        "users.t_uqt.query_timeout",
+    );
+    let other = AsyncClient::connect(&pooler, "t_uqt_other", PW, APP_DB);
+    assert_eq!(
+        other.first_value("SELECT pg_sleep(1.5)::text").unwrap(),
+        "",
+        "another user has the global query_timeout"
+    );
+}
+
 #[test]
 fn server_idle_timeout_closes_an_unused_backend() {
     create_role("t_srvidle");

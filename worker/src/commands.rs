@@ -63,12 +63,7 @@ impl Worker {
             // A pool's servers log in as one user; a forced user change means a new pool.
             (r.entry.user.is_none() || user == p.user).then(|| {
                 let target = Target::new(&r, user.clone());
-                let limits = Limits {
-                    mode: self.cfg.pool_mode_for(&p.db, &user),
-                    size: self.cfg.pool_size_for(&p.db, &user) as usize,
-                    min: self.cfg.min_pool_size_for(&p.db, &user) as usize,
-                    reserve: self.cfg.reserve_pool_size_for(&p.db, &user) as usize,
-                };
+                let limits = Limits::of(&self.cfg, &p.db, &user);
                 (target, limits)
             })
         });

@@ -31,10 +31,13 @@ impl Worker {
         let cfg = &self.cfg;
         let mut actions = std::mem::take(&mut self.janitor_scratch);
         let mut reserve_wanted = Vec::new();
+        let global = cfg.global_timeouts();
         for (t, conn) in self.conns.iter() {
             match conn {
                 Conn::Client(c) => {
-                    let mode = c.pool.map(|p| self.pools.get(p).limits.mode);
+                    let limits = c.pool.map(|p| &self.pools.get(p).limits);
+                    let mode = limits.map(|l| l.mode);
+                    let tmo = limits.map_or(global, |l| l.timeouts);
                     match c.state {
                         CState::Proxy { .. } => {
                             if expired(c.connect_time, cfg.proxy_header_timeout, now) {
@@ -52,7 +55,7 @@ impl Worker {
                             if expired(c.connect_time, cfg.client_login_timeout, now) {
                                 actions
                                     .push(Action::Client(t, "client_login_timeout (server down)"));
-                            } else if expired(c.since, cfg.query_wait_timeout, now) {
+                            } else if expired(c.since, tmo.query_wait, now) {
                                 actions.push(Action::Client(t, "query_wait_timeout"));
                             }
                         }
@@ -60,17 +63,17 @@ impl Worker {
                         CState::Lookup => {
                             if expired(c.connect_time, cfg.client_login_timeout, now) {
                                 actions.push(Action::Client(t, "client_login_timeout"));
-                            } else if expired(c.since, cfg.query_wait_timeout, now) {
+                            } else if expired(c.since, tmo.query_wait, now) {
                                 actions.push(Action::Client(t, "query_wait_timeout"));
                             }
                         }
                         CState::Idle => {
-                            if expired(c.since, cfg.client_idle_timeout, now) {
+                            if expired(c.since, tmo.client_idle, now) {
                                 actions.push(Action::Client(t, "client_idle_timeout"));
                             }
                         }
                         CState::Waiting => {
-                            if expired(c.since, cfg.query_wait_timeout, now) {
+                            if expired(c.since, tmo.query_wait, now) {
                                 actions.push(Action::Client(t, "query_wait_timeout"));
                             } else if let Some(p) = c.pool {
                                 if expired(c.since, cfg.reserve_pool_timeout, now)
@@ -83,19 +86,18 @@ impl Worker {
                         CState::Active => {
                             // PgBouncer's order: query, idle transaction, transaction.
                             let in_tx = c.tx.in_request() || c.tx.status != TxStatus::Idle;
-                            if c.tx.in_request() && expired(c.request_time, cfg.query_timeout, now)
-                            {
+                            if c.tx.in_request() && expired(c.request_time, tmo.query, now) {
                                 actions.push(Action::Client(t, "query_timeout"));
                             } else if !c.tx.in_request()
                                 && c.tx.status != TxStatus::Idle
-                                && expired(c.since, cfg.idle_transaction_timeout, now)
+                                && expired(c.since, tmo.idle_transaction, now)
                             {
                                 actions.push(Action::Client(t, "idle transaction timeout"));
-                            } else if in_tx && expired(c.xact_start, cfg.transaction_timeout, now) {
+                            } else if in_tx && expired(c.xact_start, tmo.transaction, now) {
                                 actions.push(Action::Client(t, "transaction timeout"));
                             } else if !in_tx
                                 && mode == Some(PoolMode::Session)
-                                && expired(c.since, cfg.client_idle_timeout, now)
+                                && expired(c.since, tmo.client_idle, now)
                             {
                                 actions.push(Action::Client(t, "client_idle_timeout"));
                             }

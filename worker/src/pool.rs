@@ -126,6 +126,21 @@ pub struct Limits {
     pub size: usize,
     pub min: usize,
     pub reserve: usize,
+    /// Its clients' timeouts: per user and per database over the global ones.
+    pub timeouts: crate::config::Timeouts,
+}
+
+impl Limits {
+    /// What the config gives the pool of `db` whose servers log in as `user`.
+    pub fn of(cfg: &crate::config::Config, db: &str, user: &str) -> Limits {
+        Limits {
+            mode: cfg.pool_mode_for(db, user),
+            size: cfg.pool_size_for(db, user) as usize,
+            min: cfg.min_pool_size_for(db, user) as usize,
+            reserve: cfg.reserve_pool_size_for(db, user) as usize,
+            timeouts: cfg.timeouts_for(db, user),
+        }
+    }
 }
 
 pub struct Pool {
@@ -393,13 +408,7 @@ impl crate::worker::Worker {
         if let Some(id) = self.pools.find(db, &server_user) {
             return Ok(id);
         }
-        let cfg = &self.cfg;
-        let limits = Limits {
-            mode: cfg.pool_mode_for(db, &server_user),
-            size: cfg.pool_size_for(db, &server_user) as usize,
-            min: cfg.min_pool_size_for(db, &server_user) as usize,
-            reserve: cfg.reserve_pool_size_for(db, &server_user) as usize,
-        };
+        let limits = Limits::of(&self.cfg, db, &server_user);
         let target = Target::new(&resolved, server_user.clone());
         let mut pool = Pool::new(db.to_string(), server_user, target, limits);
         pool.forced = resolved.entry.user.as_ref() == Some(&pool.user);
@@ -457,6 +466,7 @@ mod tests {
             size: 10,
             min: 0,
             reserve: 0,
+            timeouts: Default::default(),
         };
         Pool::new("app".into(), "u".into(), target, limits)
     }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -49,6 +50,9 @@ pub struct Database {
     /// Clients of this database, all users and workers together (PgBouncer 1.24+).
     #[serde(deserialize_with = "cde::opt_int")]
     pub max_db_client_connections: Option<u32>,
+    /// This database's query_wait_timeout, over the global one (PgBouncer 1.25).
+    #[serde(deserialize_with = "cde::opt_seconds")]
+    pub query_wait_timeout: Option<Duration>,
     /// Query run once on each new server connection, before any client uses it.
     #[serde(deserialize_with = "cde::opt_string")]
     pub connect_query: Option<String>,
@@ -94,6 +98,7 @@ impl Default for Database {
             pool_mode: None,
             max_db_connections: None,
             max_db_client_connections: None,
+            query_wait_timeout: None,
             connect_query: None,
             application_name: None,
             client_encoding: None,
@@ -144,6 +149,9 @@ impl Database {
                 "max_db_client_connections" => {
                     db.max_db_client_connections = Some(parse_num(&value).map_err(bad)?)
                 }
+                "query_wait_timeout" => {
+                    db.query_wait_timeout = Some(parse_secs(&value).map_err(bad)?)
+                }
                 "connect_query" => db.connect_query = non_empty(value),
                 "application_name" => db.application_name = non_empty(value),
                 "client_encoding" => db.client_encoding = non_empty(value),
@@ -178,6 +186,7 @@ pub(super) const DATABASE_FIELDS: &[&str] = &[
     "pool_mode",
     "max_db_connections",
     "max_db_client_connections",
+    "query_wait_timeout",
     "connect_query",
     "application_name",
     "client_encoding",
@@ -204,6 +213,18 @@ pub struct UserSettings {
     /// Clients of this user, all databases and workers together (PgBouncer 1.24+).
     #[serde(deserialize_with = "cde::opt_int")]
     pub max_user_client_connections: Option<u32>,
+    /// This user's timeouts, over the global ones (PgBouncer 1.25): see
+    /// [`super::Config::timeouts_for`].
+    #[serde(deserialize_with = "cde::opt_seconds")]
+    pub query_timeout: Option<Duration>,
+    #[serde(deserialize_with = "cde::opt_seconds")]
+    pub query_wait_timeout: Option<Duration>,
+    #[serde(deserialize_with = "cde::opt_seconds")]
+    pub idle_transaction_timeout: Option<Duration>,
+    #[serde(deserialize_with = "cde::opt_seconds")]
+    pub transaction_timeout: Option<Duration>,
+    #[serde(deserialize_with = "cde::opt_seconds")]
+    pub client_idle_timeout: Option<Duration>,
 }
 
 /// Keys of a user entry, for error messages (a test checks them against the struct).
@@ -213,6 +234,11 @@ pub(super) const USER_FIELDS: &[&str] = &[
     "reserve_pool_size",
     "max_user_connections",
     "max_user_client_connections",
+    "query_timeout",
+    "query_wait_timeout",
+    "idle_transaction_timeout",
+    "transaction_timeout",
+    "client_idle_timeout",
 ];
 
 impl UserSettings {
@@ -233,6 +259,19 @@ impl UserSettings {
                 }
                 "max_user_client_connections" => {
                     user.max_user_client_connections = Some(parse_num(&value).map_err(bad)?)
+                }
+                "query_timeout" => user.query_timeout = Some(parse_secs(&value).map_err(bad)?),
+                "query_wait_timeout" => {
+                    user.query_wait_timeout = Some(parse_secs(&value).map_err(bad)?)
+                }
+                "idle_transaction_timeout" => {
+                    user.idle_transaction_timeout = Some(parse_secs(&value).map_err(bad)?)
+                }
+                "transaction_timeout" => {
+                    user.transaction_timeout = Some(parse_secs(&value).map_err(bad)?)
+                }
+                "client_idle_timeout" => {
+                    user.client_idle_timeout = Some(parse_secs(&value).map_err(bad)?)
                 }
                 _ => return Err(EntryError::unknown(&key, USER_FIELDS)),
             }
@@ -292,6 +331,11 @@ impl fmt::Display for EntryError {
 }
 
 impl std::error::Error for EntryError {}
+
+/// Whole seconds, as PgBouncer reads a per-database or per-user timeout.
+fn parse_secs(value: &str) -> Result<Duration, String> {
+    parse_num::<u32>(value).map(|s| Duration::from_secs(s.into()))
+}
 
 pub(super) fn parse_num<T: FromStr + cde::ConfigInt>(value: &str) -> Result<T, String> {
     // Digits only: `FromStr` would also take a leading '+'.

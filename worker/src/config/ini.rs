@@ -502,6 +502,7 @@ const DATABASE_KEYS: &[(&str, Option<&str>)] = &[
     ("datestyle", None),
     ("timezone", None),
     ("max_db_client_connections", None),
+    ("query_wait_timeout", None),
     ("load_balance_hosts", None),
     // pgbouncers' own key (PgBouncer refuses it): which kind of server the database needs.
     ("target_session_attrs", None),
@@ -518,6 +519,11 @@ const USER_KEYS: &[(&str, Option<&str>)] = &[
     ("reserve_pool_size", None),
     ("max_user_connections", None),
     ("max_user_client_connections", None),
+    ("query_timeout", None),
+    ("query_wait_timeout", None),
+    ("idle_transaction_timeout", None),
+    ("transaction_timeout", None),
+    ("client_idle_timeout", None),
 ];
 
 /// `[databases]` connection-string keys with their docs status.
@@ -527,7 +533,12 @@ pub fn database_keys() -> impl Iterator<Item = (&'static str, Status)> {
 
 /// `[users]` keys with their docs status.
 pub fn user_keys() -> impl Iterator<Item = (&'static str, Status)> {
-    keys_status(USER_KEYS)
+    keys_status(USER_KEYS).map(|(k, status)| match k {
+        // Read for the pool's user, where PgBouncer takes the client's login user (they
+        // differ under a forced user).
+        "query_wait_timeout" | "client_idle_timeout" => (k, Status::Different),
+        _ => (k, status),
+    })
 }
 
 fn keys_status(
@@ -1020,7 +1031,8 @@ fn database(
             | "min_pool_size"
             | "reserve_pool_size"
             | "max_db_connections"
-            | "max_db_client_connections" => {
+            | "max_db_client_connections"
+            | "query_wait_timeout" => {
                 decimal(value).map_err(|m| bad(format!("{key} {}: {m}", shown(value))))?
             }
             "pool_mode" => value
@@ -1743,6 +1755,21 @@ bob = pool_mode=statement pool_size=3 max_user_connections=4
                 c.max_user_client_connections_for("eve"),
             ),
             (5, 10, 3, 7)
+        );
+        // PgBouncer 1.25's per-database query_wait_timeout and per-user timeouts.
+        let c = load(
+            "[pgbouncer]\nquery_timeout = 10\n[databases]\nx = host=h query_wait_timeout=7\n\
+             [users]\nbob = query_timeout=3 transaction_timeout=9 query_wait_timeout=0\n",
+        );
+        let (bob, eve) = (c.timeouts_for("x", "bob"), c.timeouts_for("x", "eve"));
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(
+            (bob.query, bob.transaction, bob.query_wait),
+            (secs(3), secs(9), secs(0))
+        );
+        assert_eq!(
+            (eve.query, eve.transaction, eve.query_wait),
+            (secs(10), secs(0), secs(7))
         );
         // Host lists (PgBouncer 1.24+) and pgbouncers' target_session_attrs.
         let c = load(

@@ -374,6 +374,16 @@ impl Default for Config {
     }
 }
 
+/// A pool's client timeouts, resolved by [`Config::timeouts_for`]; zero disables one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub query: Duration,
+    pub query_wait: Duration,
+    pub idle_transaction: Duration,
+    pub transaction: Duration,
+    pub client_idle: Duration,
+}
+
 impl Config {
     /// Parses and validates a config from YAML text. An empty document gives [`Config::default`].
     pub fn from_yaml_str(yaml: &str) -> Result<Config, ConfigError> {
@@ -510,6 +520,38 @@ impl Config {
             .and_then(|u| u.pool_mode)
             .or_else(|| self.database_entry(db).and_then(|d| d.pool_mode))
             .unwrap_or(self.pool_mode)
+    }
+
+    /// The timeouts of a pool's clients, as PgBouncer 1.25 resolves them: a `[users]`
+    /// value over the global one (a 0 there leaves the global one, as PgBouncer reads
+    /// it), and for query_wait_timeout a user's, else the database's, else the global one.
+    pub fn timeouts_for(&self, db: &str, user: &str) -> Timeouts {
+        let global = self.global_timeouts();
+        let u = self.users.get(user);
+        let over = |global: Duration, field: fn(&UserSettings) -> Option<Duration>| {
+            u.and_then(field).filter(|d| !d.is_zero()).unwrap_or(global)
+        };
+        Timeouts {
+            query: over(global.query, |u| u.query_timeout),
+            idle_transaction: over(global.idle_transaction, |u| u.idle_transaction_timeout),
+            transaction: over(global.transaction, |u| u.transaction_timeout),
+            client_idle: over(global.client_idle, |u| u.client_idle_timeout),
+            query_wait: u
+                .and_then(|u| u.query_wait_timeout)
+                .or_else(|| self.database_entry(db).and_then(|d| d.query_wait_timeout))
+                .unwrap_or(global.query_wait),
+        }
+    }
+
+    /// The `[pgbouncer]` timeouts, for clients of no pool yet.
+    pub fn global_timeouts(&self) -> Timeouts {
+        Timeouts {
+            query: self.query_timeout,
+            query_wait: self.query_wait_timeout,
+            idle_transaction: self.idle_transaction_timeout,
+            transaction: self.transaction_timeout,
+            client_idle: self.client_idle_timeout,
+        }
     }
 
     /// Pool size: the user's, else the database's, else `default_pool_size` (PgBouncer's

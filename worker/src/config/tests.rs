@@ -521,6 +521,37 @@ fn fallback_database() {
     assert!(c.database("other").is_none(), "no fallback configured");
 }
 
+/// PgBouncer 1.25's order: a user's timeout over the global one (0 keeps the global,
+/// except query_wait_timeout), and for query_wait_timeout the database's in between.
+#[test]
+fn timeouts_per_user_and_per_database() {
+    let c = parse(
+        "auth_type: trust\n\
+         query_timeout: 10\nquery_wait_timeout: 120\nclient_idle_timeout: 5\n\
+         databases:\n  \
+           a: host=h query_wait_timeout=7\n  \
+           b: host=h\n\
+         users:\n  \
+           u: query_timeout=3 query_wait_timeout=0 transaction_timeout=9 client_idle_timeout=0\n",
+    );
+    let s = Duration::from_secs;
+    let t = c.timeouts_for("a", "u");
+    assert_eq!(
+        (
+            t.query,
+            t.query_wait,
+            t.transaction,
+            t.client_idle,
+            t.idle_transaction
+        ),
+        (s(3), s(0), s(9), s(5), s(0))
+    );
+    let t = c.timeouts_for("a", "v");
+    assert_eq!((t.query, t.query_wait, t.transaction), (s(10), s(7), s(0)));
+    assert_eq!(c.timeouts_for("b", "v").query_wait, s(120));
+    assert_eq!(c.timeouts_for("b", "v"), c.global_timeouts());
+}
+
 #[test]
 fn effective_settings_precedence() {
     let c = parse(
@@ -597,7 +628,8 @@ fn entry_field_lists_match_the_structs() {
             | "min_pool_size"
             | "reserve_pool_size"
             | "max_db_connections"
-            | "max_db_client_connections" => "3",
+            | "max_db_client_connections"
+            | "query_wait_timeout" => "3",
             _ => "x",
         };
         let db = Database::from_connstring(&format!("{field}={value}")).unwrap();
@@ -820,6 +852,12 @@ fn every_setting_is_read_by_the_code() {
         ("databases", ".database("),
         ("users", "_for(&"),
         ("default_pool_size", ".pool_size_for("),
+        // Read through Config::global_timeouts, which a unit test checks.
+        ("query_timeout", ".global_timeouts("),
+        ("query_wait_timeout", ".global_timeouts("),
+        ("idle_transaction_timeout", ".global_timeouts("),
+        ("transaction_timeout", ".global_timeouts("),
+        ("client_idle_timeout", ".global_timeouts("),
     ];
     let mut unused = Vec::new();
     for key in Config::keys() {
@@ -840,6 +878,7 @@ fn every_setting_is_read_by_the_code() {
                 format!("{key}_for(")
             }
             "max_db_connections" | "max_db_client_connections" => format!("{key}_for("),
+            "query_wait_timeout" => "Limits::of(".to_string(),
             // The resolved entry carries the name, "*" entries included.
             "dbname" => ".dbname".to_string(),
             _ => format!("entry.{key}"),
