@@ -200,8 +200,13 @@ fn workers_drop_root_after_the_supervisor_binds_a_privileged_port() {
         "nothing listens on privileged port {port}"
     );
     let sup = kill.0.id() as i32;
+    // The supervisor listens before it forks: a connect can beat the workers.
+    assert!(
+        wait_until(secs(5), || child_pids(sup).len() == 2),
+        "workers: {:?}",
+        child_pids(sup)
+    );
     let workers = child_pids(sup);
-    assert_eq!(workers.len(), 2, "workers: {workers:?}");
     assert_eq!(
         uid_of(sup),
         0,
