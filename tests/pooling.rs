@@ -1734,3 +1734,31 @@ fn user_pool_mode_overrides_the_database() {
     );
     handle.join().unwrap();
 }
+
+/// server_round_robin hands out the server released first, so one client's transactions
+/// go round every server of the pool; by default the one released last goes next (LIFO).
+#[test]
+fn server_round_robin_spreads_transactions_over_the_servers() {
+    for (round_robin, want_distinct) in [(false, 1), (true, 2)] {
+        let pooler = Cfg::new("transaction", "pool_size: 2")
+            .extra(&format!("server_round_robin: {round_robin}"))
+            .start();
+        // Two transactions at once: the pool opens both servers.
+        let mut a = connect_as(&pooler, APP_USER);
+        let mut b = connect_as(&pooler, APP_USER);
+        simple_value(&mut a, "BEGIN; SELECT 1");
+        simple_value(&mut b, "BEGIN; SELECT 1");
+        simple_value(&mut a, "COMMIT; SELECT 1");
+        simple_value(&mut b, "COMMIT; SELECT 1");
+        let pids: Vec<i32> = (0..4).map(|_| backend_pid(&mut a)).collect();
+        let distinct: std::collections::BTreeSet<i32> = pids.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            want_distinct,
+            "round robin {round_robin}: {pids:?}"
+        );
+        if round_robin {
+            assert!(pids.windows(2).all(|w| w[0] != w[1]), "{pids:?}");
+        }
+    }
+}

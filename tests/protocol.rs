@@ -964,3 +964,15 @@ fn terminate_sent_with_fin_is_logged_as_a_close_request() {
         }
     }
 }
+
+/// login_notify_message: every client gets it as a notice right after its login.
+#[test]
+fn login_notify_message_greets_every_client() {
+    let pooler = start_trust_pooler("login_notify_message: 'you are on pgbouncers'");
+    let out = pooler.psql(TRUST_USER, "", "app", "SELECT 1");
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stderr.contains("NOTICE:  you are on pgbouncers"),
+        "{out}"
+    );
+}

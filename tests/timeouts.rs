@@ -443,6 +443,54 @@ fn a_users_query_timeout_wins_over_the_global_one() {
     );
 }
 
+/// query_wait_notify (PgBouncer's default 5 s): a client queued that long gets PgBouncer's
+/// notice once, and its query still runs when a server comes free.
+#[test]
+fn query_wait_notify_tells_a_queued_client_once() {
+    create_role("t_qwn");
+    let pooler = pooler(
+        "t_qwn",
+        "pool_mode: transaction\ndefault_pool_size: 1\nquery_wait_notify: 1",
+    );
+    let mut holder = wire::login(pooler.port(), "t_qwn", PW);
+    let (_, status) = wire::run_query(&mut holder, "BEGIN; SELECT 1");
+    assert_eq!(status, b'T');
+    let mut queued = wire::login(pooler.port(), "t_qwn", PW);
+    let asked = Instant::now();
+    queued.write_all(&wire::query("SELECT 42")).unwrap();
+    let m = wire::read_next(&mut queued).unwrap();
+    let took = asked.elapsed();
+    assert_eq!(m.tag, b'N', "{m:?}");
+    let f = wire::error_fields(&m.body);
+    assert_eq!(
+        (f[&'S'].as_str(), f[&'C'].as_str(), f[&'M'].as_str()),
+        (
+            "NOTICE",
+            "00000",
+            "No server connection available in postgres backend, client being queued"
+        )
+    );
+    assert_took(took, secs_f(1.0), LATE, "query_wait_notify");
+    // Still queued a second later: no second notice.
+    thread::sleep(Duration::from_millis(1500));
+    let (_, status) = wire::run_query(&mut holder, "COMMIT");
+    assert_eq!(status, b'I');
+    let mut tags = Vec::new();
+    let mut values = Vec::new();
+    loop {
+        let m = wire::read_next(&mut queued).unwrap();
+        tags.push(m.tag);
+        if m.tag == b'D' {
+            values.push(String::from_utf8_lossy(&m.body[6..]).into_owned());
+        }
+        if m.tag == b'Z' {
+            break;
+        }
+    }
+    assert!(!tags.contains(&b'N'), "a second notice: {tags:?}");
+    assert_eq!(values, ["42"]);
+}
+
 #[test]
 fn server_idle_timeout_closes_an_unused_backend() {
     create_role("t_srvidle");

@@ -94,6 +94,8 @@ pub(crate) struct Client {
     pub request_time: Instant,
     /// When the transaction in flight began.
     pub xact_start: Instant,
+    /// This wait in the queue was told (query_wait_notify).
+    pub wait_notified: bool,
     pub auth: Option<AuthStep>,
     /// Holds a place in the pooler-wide client count (max_client_conn).
     pub counted: bool,
@@ -254,6 +256,7 @@ impl Worker {
             since: self.now,
             request_time: self.now,
             xact_start: self.now,
+            wait_notified: false,
             auth: None,
             counted: false,
             counted_db: None,
@@ -1161,6 +1164,10 @@ impl Worker {
             write::parameter_status(out, k, &v);
         }
         write::backend_key_data(out, pid, secret);
+        if !self.cfg.login_notify_message.is_empty() {
+            let notice = &self.cfg.login_notify_message;
+            write::error_response(out, write::Severity::Notice, "00000", notice);
+        }
         write::ready_for_query(out, crate::relay::TxStatus::Idle);
         self.pools.get_mut(pool).stats.client_login_count += 1;
         let key = (pid as u64) << 32 | secret as u64;
@@ -1169,6 +1176,18 @@ impl Worker {
         c.since = self.now;
         let id = c.id;
         self.cancel_keys.insert(key, (ct, id));
+        self.drive_client(ct);
+    }
+
+    /// Tells a client queued for query_wait_notify that it waits, in PgBouncer's words.
+    pub(crate) fn notify_queued(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        c.wait_notified = true;
+        let text = "No server connection available in postgres backend, client being queued";
+        let out = c.io.wbuf.vec(&mut self.bufs);
+        write::error_response(out, Severity::Notice, "00000", text);
         self.drive_client(ct);
     }
 

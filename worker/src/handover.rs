@@ -237,6 +237,7 @@ impl Worker {
             since: self.now,
             request_time: self.now,
             xact_start: self.now,
+            wait_notified: false,
             auth: None,
             counted: false,
             counted_db: None,

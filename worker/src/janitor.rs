@@ -22,6 +22,8 @@ pub(crate) enum Action {
     /// An idle server's target_session_attrs check is due.
     RoleCheck(usize),
     Cancel(usize),
+    /// A queued client is told it waits (query_wait_notify).
+    NotifyQueued(usize),
 }
 
 impl Worker {
@@ -76,6 +78,12 @@ impl Worker {
                             if expired(c.since, tmo.query_wait, now) {
                                 actions.push(Action::Client(t, "query_wait_timeout"));
                             } else if let Some(p) = c.pool {
+                                if !c.wait_notified
+                                    && c.admin.is_none()
+                                    && expired(c.since, cfg.query_wait_notify, now)
+                                {
+                                    actions.push(Action::NotifyQueued(t));
+                                }
                                 if expired(c.since, cfg.reserve_pool_timeout, now)
                                     || cfg.reserve_pool_timeout.is_zero()
                                 {
@@ -173,6 +181,7 @@ impl Worker {
                     self.server_login_failed(t, err);
                 }
                 Action::Cancel(t) => self.cancel_done(t),
+                Action::NotifyQueued(t) => self.notify_queued(t),
                 // Only if an earlier action did not give it to a client meanwhile.
                 Action::RoleCheck(t) => {
                     if self.server(t).is_some_and(|s| s.state == SState::Idle) {

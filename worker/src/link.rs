@@ -47,6 +47,7 @@ impl Worker {
         };
         c.state = CState::Waiting;
         c.since = self.now;
+        c.wait_notified = false;
         let id = c.id;
         if c.replication.is_some() {
             // A server of its own, linked when it has logged in (PgBouncer 1.23+); while

@@ -1086,6 +1086,7 @@ impl Worker {
         };
         let old = std::mem::replace(&mut s.state, new);
         s.since = self.now;
+        let round_robin = self.cfg.server_round_robin;
         let p = self.pools.get_mut(s.pool);
         match old {
             SState::Connecting | SState::Login => p.launching -= 1,
@@ -1100,6 +1101,8 @@ impl Worker {
         }
         match new {
             SState::Connecting | SState::Login => p.launching += 1,
+            // `idle` is handed out from its end: round-robin puts a server at the front.
+            SState::Idle if round_robin => p.idle.insert(0, st),
             SState::Idle => p.idle.push(st),
             SState::Active => p.active += 1,
             SState::Reset(_) => p.resetting += 1,

@@ -147,6 +147,9 @@ pub struct Config {
     pub server_reset_query_always: bool,
     /// Default `select 1`; empty = no check.
     pub server_check_query: String,
+    /// Hand out the least recently used idle server instead of the most recently used.
+    #[serde(deserialize_with = "de::flag")]
+    pub server_round_robin: bool,
     /// Default 30 s; 0 = always check.
     #[serde(deserialize_with = "de::seconds")]
     pub server_check_delay: Duration,
@@ -180,6 +183,10 @@ pub struct Config {
     /// Default 120 s; 0 = disabled.
     #[serde(deserialize_with = "de::seconds")]
     pub query_wait_timeout: Duration,
+    /// After this long in the queue a client gets PgBouncer's notice that it waits;
+    /// default 5 s, 0 = never.
+    #[serde(deserialize_with = "de::seconds")]
+    pub query_wait_notify: Duration,
     /// 0 = disabled.
     #[serde(deserialize_with = "de::seconds")]
     pub idle_transaction_timeout: Duration,
@@ -211,6 +218,8 @@ pub struct Config {
     pub log_pooler_errors: bool,
     #[serde(deserialize_with = "de::flag")]
     pub log_stats: bool,
+    /// A notice sent to every client after its login; empty = none.
+    pub login_notify_message: String,
     /// Default 60 s.
     #[serde(deserialize_with = "de::seconds")]
     pub stats_period: Duration,
@@ -322,6 +331,7 @@ impl Default for Config {
             server_reset_query: "DISCARD ALL".to_owned(),
             server_reset_query_always: false,
             server_check_query: "select 1".to_owned(),
+            server_round_robin: false,
             server_check_delay: secs(30),
             server_idle_timeout: secs(600),
             server_lifetime: secs(3600),
@@ -333,6 +343,7 @@ impl Default for Config {
             client_idle_timeout: Duration::ZERO,
             query_timeout: Duration::ZERO,
             query_wait_timeout: secs(120),
+            query_wait_notify: secs(5),
             idle_transaction_timeout: Duration::ZERO,
             transaction_timeout: Duration::ZERO,
             shutdown_timeout: secs(30),
@@ -344,6 +355,7 @@ impl Default for Config {
             log_disconnections: true,
             log_pooler_errors: true,
             log_stats: true,
+            login_notify_message: String::new(),
             stats_period: secs(60),
             verbose: 0,
             tcp_keepalive: true,

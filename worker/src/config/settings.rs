@@ -92,6 +92,7 @@ pub static SETTINGS: &[Setting] = &[
     text("server_reset_query", |c| &c.server_reset_query, "DISCARD ALL", "''"),
     flag("server_reset_query_always", |c| c.server_reset_query_always, "false", "true"),
     text("server_check_query", |c| &c.server_check_query, "select 1", "''"),
+    flag("server_round_robin", |c| c.server_round_robin, "false", "1"),
     secs("server_check_delay", |c| c.server_check_delay, "30", "0"),
     secs("server_idle_timeout", |c| c.server_idle_timeout, "600", "60"),
     secs("server_lifetime", |c| c.server_lifetime, "3600", "0"),
@@ -103,6 +104,7 @@ pub static SETTINGS: &[Setting] = &[
     secs("client_idle_timeout", |c| c.client_idle_timeout, "0", "3600"),
     secs("query_timeout", |c| c.query_timeout, "0", "30"),
     secs("query_wait_timeout", |c| c.query_wait_timeout, "120", "0"),
+    secs("query_wait_notify", |c| c.query_wait_notify, "5", "0"),
     secs("idle_transaction_timeout", |c| c.idle_transaction_timeout, "0", "10"),
     secs("transaction_timeout", |c| c.transaction_timeout, "0", "60"),
     secs("shutdown_timeout", |c| c.shutdown_timeout, "30", "0"),
@@ -114,6 +116,7 @@ pub static SETTINGS: &[Setting] = &[
     flag("log_disconnections", |c| c.log_disconnections, "true", "no"),
     flag("log_pooler_errors", |c| c.log_pooler_errors, "true", "off"),
     flag("log_stats", |c| c.log_stats, "true", "false"),
+    text("login_notify_message", |c| &c.login_notify_message, "''", "'via the pooler'"),
     secs("stats_period", |c| c.stats_period, "60", "10"),
     num("verbose", |c| c.verbose.into(), "0", "2"),
     flag("tcp_keepalive", |c| c.tcp_keepalive, "true", "false"),
@@ -305,6 +308,7 @@ log_disconnections|0|1|yes
 log_pooler_errors|0|1|yes
 log_stats|0|1|yes
 logfile|/var/log/p.log|NULL|yes
+login_notify_message|via the pooler||yes
 max_client_conn|5000|100|yes
 max_db_client_connections|200|0|yes
 max_db_connections|50|0|yes
@@ -323,6 +327,7 @@ proxy_protocol|optional|off|yes
 proxy_tls_trusted|1|0|yes
 proxy_trusted|10.0.0.0/8||yes
 query_timeout|30|0|yes
+query_wait_notify|0|5|yes
 query_wait_timeout|0|120|yes
 reserve_pool_size|3|0|yes
 reserve_pool_timeout|0|5|yes
@@ -334,6 +339,7 @@ server_lifetime|0|3600|yes
 server_login_retry|1|15|yes
 server_reset_query||DISCARD ALL|yes
 server_reset_query_always|1|0|yes
+server_round_robin|1|0|yes
 server_tls_ca_file|/etc/root.crt||yes
 server_tls_cert_file|/etc/pooler.crt||yes
 server_tls_ciphers|TLS_AES_128_GCM_SHA256|default|yes
