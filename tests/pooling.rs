@@ -67,7 +67,6 @@ impl Cfg {
     }
 
     fn start(self) -> Pooler {
-        let pg = shared_pg();
         let setup = PoolerSetup::new();
         let mut userlist = userlist_entry(APP_USER, APP_PASSWORD);
         userlist.push('\n');
@@ -76,6 +75,12 @@ impl Cfg {
             userlist.push('\n');
         }
         setup.write_file("userlist.txt", &userlist);
+        setup.start(&self.yaml())
+    }
+
+    /// The config file this builds (placeholders left for the pooler to fill).
+    fn yaml(&self) -> String {
+        let pg = shared_pg();
         let extra = if self.extra.contains("query_wait_timeout") {
             self.extra.clone()
         } else {
@@ -87,7 +92,7 @@ impl Cfg {
         } else {
             format!(", {}", self.db)
         };
-        let yaml = format!(
+        format!(
             "listen_addr: 127.0.0.1\n\
              listen_port: @PORT@\n\
              workers: 1\n\
@@ -100,8 +105,7 @@ impl Cfg {
             self.auth,
             self.mode,
             pg.port(),
-        );
-        setup.start(&yaml)
+        )
     }
 }
 
@@ -1761,4 +1765,58 @@ fn server_round_robin_spreads_transactions_over_the_servers() {
             assert!(pids.windows(2).all(|w| w[0] != w[1]), "{pids:?}");
         }
     }
+}
+
+/// What a maintenance script that resizes a pool relies on: a RELOAD that raises the pool
+/// size serves the clients already queued, with no reconnect, and one that lowers it
+/// closes the servers over it as they come free ("too many servers in the pool").
+#[test]
+fn reload_with_a_changed_pool_size_serves_the_queue_and_closes_the_extra_servers() {
+    let role = "pool_resize";
+    create_role(role);
+    let sized = |n: u32| Cfg::new("transaction", &format!("pool_size: {n}")).role(role);
+    let pooler = sized(1).start();
+    let mut admin = shared_pg().admin_client();
+    let mut holder = pooler.connect(role, role, APP_DB);
+    simple_value(&mut holder, "BEGIN; SELECT 1");
+    let port = pooler.port();
+    let queued = thread::spawn(move || {
+        let mut c = postgres::Config::new()
+            .host(LOCALHOST)
+            .port(port)
+            .user(role)
+            .password(role)
+            .dbname(APP_DB)
+            .connect(postgres::NoTls)
+            .unwrap();
+        let start = Instant::now();
+        let v = simple_value(&mut c, "SELECT 7");
+        (v, start.elapsed(), c)
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(!queued.is_finished(), "not queued behind the one server");
+    pooler.rewrite_config(&sized(2).yaml());
+    pooler.reload();
+    let (v, waited, mut queued) = queued.join().unwrap();
+    assert_eq!(v, "7");
+    assert!(
+        waited < Duration::from_secs(5),
+        "served {waited:?} after it asked"
+    );
+    assert_eq!(backends(&mut admin, role), 2);
+    simple_value(&mut holder, "COMMIT; SELECT 1");
+
+    pooler.rewrite_config(&sized(1).yaml());
+    pooler.reload();
+    assert!(
+        wait_until(Duration::from_secs(5), || backends(&mut admin, role) == 1),
+        "{} servers after the pool size went down to 1\n{}",
+        backends(&mut admin, role),
+        pooler.log()
+    );
+    assert!(pooler.log().contains("too many servers in the pool"));
+    // Both clients are still served, in turn, by the one server left.
+    assert_eq!(simple_value(&mut holder, "SELECT 1"), "1");
+    assert_eq!(simple_value(&mut queued, "SELECT 2"), "2");
+    assert_eq!(backends(&mut admin, role), 1);
 }

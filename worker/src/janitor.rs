@@ -34,6 +34,8 @@ impl Worker {
         let mut actions = std::mem::take(&mut self.janitor_scratch);
         let mut reserve_wanted = Vec::new();
         let global = cfg.global_timeouts();
+        // Replication servers count in their pool but are no pooled servers.
+        let mut replicating = vec![0usize; self.pools.list.len()];
         for (t, conn) in self.conns.iter() {
             match conn {
                 Conn::Client(c) => {
@@ -112,42 +114,49 @@ impl Worker {
                         }
                     }
                 }
-                Conn::Server(s) => match s.state {
-                    SState::Connecting | SState::Login => {
-                        if expired(s.connect_time, cfg.server_connect_timeout, now) {
-                            actions.push(Action::ServerLogin(t));
+                Conn::Server(s) => {
+                    if s.replication.is_some() {
+                        if let Some(n) = replicating.get_mut(s.pool) {
+                            *n += 1;
                         }
                     }
-                    SState::Idle => {
-                        let p = self.pools.get(s.pool);
-                        if s.close_needed || p.obsolete {
-                            actions.push(Action::Server(t, "obsolete connection"));
-                        } else if p.waiting.is_empty() && self.others_starved(s.pool) {
-                            actions.push(Action::Server(t, "released for another worker"));
-                        } else if s.lifetime_over(cfg.server_lifetime, now) {
-                            actions.push(Action::Server(t, "server lifetime over"));
-                        } else if expired(s.since, cfg.server_idle_timeout, now)
-                            && p.total() > p.limits.min
+                    match s.state {
+                        SState::Connecting | SState::Login => {
+                            if expired(s.connect_time, cfg.server_connect_timeout, now) {
+                                actions.push(Action::ServerLogin(t));
+                            }
+                        }
+                        SState::Idle => {
+                            let p = self.pools.get(s.pool);
+                            if s.close_needed || p.obsolete {
+                                actions.push(Action::Server(t, "obsolete connection"));
+                            } else if p.waiting.is_empty() && self.others_starved(s.pool) {
+                                actions.push(Action::Server(t, "released for another worker"));
+                            } else if s.lifetime_over(cfg.server_lifetime, now) {
+                                actions.push(Action::Server(t, "server lifetime over"));
+                            } else if expired(s.since, cfg.server_idle_timeout, now)
+                                && p.total() > p.limits.min
+                            {
+                                actions.push(Action::Server(t, "server idle timeout"));
+                            } else if !cfg.server_check_delay.is_zero() && self.role_check_due(t) {
+                                // Found out now, not when a client needs the server: after a
+                                // promotion the pool moves before its clients come.
+                                actions.push(Action::RoleCheck(t));
+                            }
+                        }
+                        // An auth_query that outlasts any login it could serve: its client
+                        // has been told by now; the lookup fails and is not cached.
+                        SState::Reset(crate::server::OwnQuery::AuthQuery)
+                            if expired(s.since, cfg.client_login_timeout, now) =>
                         {
-                            actions.push(Action::Server(t, "server idle timeout"));
-                        } else if !cfg.server_check_delay.is_zero() && self.role_check_due(t) {
-                            // Found out now, not when a client needs the server: after a
-                            // promotion the pool moves before its clients come.
-                            actions.push(Action::RoleCheck(t));
+                            actions.push(Action::Server(
+                                t,
+                                "auth_query took longer than client_login_timeout",
+                            ));
                         }
+                        SState::Active | SState::Reset(_) | SState::Canceling => {}
                     }
-                    // An auth_query that outlasts any login it could serve: its client
-                    // has been told by now; the lookup fails and is not cached.
-                    SState::Reset(crate::server::OwnQuery::AuthQuery)
-                        if expired(s.since, cfg.client_login_timeout, now) =>
-                    {
-                        actions.push(Action::Server(
-                            t,
-                            "auth_query took longer than client_login_timeout",
-                        ));
-                    }
-                    SState::Active | SState::Reset(_) | SState::Canceling => {}
-                },
+                }
                 Conn::Cancel(x) => {
                     if expired(
                         x.started,
@@ -192,8 +201,10 @@ impl Worker {
         }
         self.janitor_scratch = actions;
         self.make_forced_pools();
+        // make_forced_pools may have added pools: they have no replication server yet.
         for pool in 0..self.pools.list.len() {
-            self.pool_maintenance(pool, reserve_wanted.contains(&pool));
+            let replicating = replicating.get(pool).copied().unwrap_or(0);
+            self.pool_maintenance(pool, reserve_wanted.contains(&pool), replicating);
         }
     }
 
@@ -222,7 +233,8 @@ impl Worker {
     }
 
     /// Keeps min_pool_size servers, retries for waiting clients, opens the reserve.
-    fn pool_maintenance(&mut self, pool: usize, use_reserve: bool) {
+    /// `replicating`: the pool's replication servers, left out of its size.
+    fn pool_maintenance(&mut self, pool: usize, use_reserve: bool, replicating: usize) {
         if self.pools.get(pool).waiting.is_empty() {
             self.no_longer_starved(pool);
         }
@@ -249,6 +261,19 @@ impl Worker {
                 }
                 need -= 1;
             }
+        }
+        // A pool size lowered by a reload: idle servers over the pool and reserve sizes
+        // close now, least recently used first, as PgBouncer's check_pool_size does;
+        // busy ones follow as they come free.
+        let p = self.pools.get(pool);
+        let pooled = p.connected().saturating_sub(replicating);
+        let mut many = pooled.saturating_sub(p.limits.size + p.limits.reserve);
+        while many > 0 {
+            let Some(&st) = self.pools.get(pool).idle.first() else {
+                break;
+            };
+            self.remove_server(st, "too many servers in the pool");
+            many -= 1;
         }
         // Lookups left waiting with an idle server (after a check, say) get it now.
         self.serve_lookups(pool);
