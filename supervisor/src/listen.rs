@@ -92,16 +92,18 @@ pub fn bind(cfg: &Config, slots: usize) -> io::Result<Listeners> {
     for &a in &addrs {
         ensure_free(a)?;
     }
-    let mut tcp = Vec::with_capacity(slots);
-    for _ in 0..slots {
-        tcp.push(bind_slot(&addrs)?);
-    }
+    // The Unix socket first: whoever sees the TCP port answer (a start script, a test
+    // harness) may use the socket at once.
     let unix = match &cfg.unix_socket_dir {
         Some(dir) if !dir.is_empty() => {
             Some(bind_unix(dir, cfg.listen_port, cfg.unix_socket_mode)?)
         }
         _ => None,
     };
+    let mut tcp = Vec::with_capacity(slots);
+    for _ in 0..slots {
+        tcp.push(bind_slot(&addrs)?);
+    }
     let unix_path = unix.as_ref().map(|(_, p)| p.clone());
     Ok(Listeners {
         tcp,
