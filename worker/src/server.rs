@@ -1586,13 +1586,7 @@ enum HostLeft {
 /// the user: no connection, PostgreSQL starting up or shutting down, or full. Another
 /// host of the list may do.
 fn about_host(err: &ErrorFields) -> bool {
-    let code = err.code();
-    code.starts_with("08")
-        || code.starts_with("53")
-        || matches!(
-            code,
-            sqlstate::ADMIN_SHUTDOWN | "57P02" | sqlstate::CANNOT_CONNECT_NOW
-        )
+    crate::pool::LoginFailure::says_not_up(err) || err.code().starts_with("53")
 }
 
 /// The role PostgreSQL 14+ reports at login (`in_hot_standby`, `default_transaction_read_only`),

@@ -91,6 +91,13 @@ impl<'de> Visitor<'de> for SecondsVisitor {
     }
 }
 
+/// [`seconds`] for an optional field: null or absent means "not set".
+pub fn opt_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    struct Secs(#[serde(deserialize_with = "seconds")] Duration);
+    Ok(Option::<Secs>::deserialize(d)?.map(|s| s.0))
+}
+
 // ---------------------------------------------------------------------------------------
 // Bounded integers.
 
@@ -360,13 +367,6 @@ impl<'de> Visitor<'de> for OctalVisitor {
 
 // ---------------------------------------------------------------------------------------
 // Optional strings.
-
-/// [`seconds`] for an optional field: null or absent means "not set".
-pub fn opt_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    #[derive(Deserialize)]
-    struct Secs(#[serde(deserialize_with = "seconds")] Duration);
-    Ok(Option::<Secs>::deserialize(d)?.map(|s| s.0))
-}
 
 /// Deserializes an optional string where null, absent and `""` all mean "not set",
 /// as an empty value does in PgBouncer's ini file.
