@@ -2,20 +2,23 @@
 """Measures pgbouncers against PgBouncer on this machine, in one sitting, interleaved.
 
 Run through scripts/bench.sh, which installs what is missing and builds the release binary.
-Everything is on loopback with a throwaway PostgreSQL. Both poolers get the same settings:
-transaction pooling, pool size 20, SCRAM-SHA-256 with the same auth file. Runs alternate
-(PgBouncer, pgbouncers, PgBouncer, ...) and the report gives medians and ratios. Pooler CPU
-is utime+stime of every process of the pooler, read from /proc before and after a run.
-The TLS scenarios give both poolers the same throwaway certificate (made with openssl) and
+Everything is on loopback with a throwaway PostgreSQL. Every pooler gets the same settings:
+transaction pooling, pool size 20, SCRAM-SHA-256 with the same auth file, 200 prepared
+statements where the pooler has them. Runs alternate (the anchor PgBouncer, pgbouncers, the
+second PgBouncer, ...) and the report gives medians and ratios. Pooler CPU is utime+stime of
+every process of the pooler, read from /proc before and after a run; wake-ups are voluntary
+context switches (/proc for the poolers and PostgreSQL, getrusage for pgbench). The TLS
+scenarios give both poolers the same throwaway certificate (made with openssl) and
 client_tls_sslmode = require, and run pgbench with sslmode=require.
 
 usage: bench.py [--quick] [--pairs N] [--secs S] [--idle N,N] [--only GROUPS] [--pgbouncer PATH]
-                [--callgrind] [--perf] [--out FILE]
+                [--pgbouncer2 PATH|none] [--callgrind] [--perf] [--out FILE]
 """
 import argparse
 import asyncio
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -32,11 +35,14 @@ DIR = os.environ.get("BENCH_DIR", "/tmp/pgbouncers-bench")
 PG_PORT, PGB_PORT, OURS_PORT, HAPROXY_PORT = 15532, 16532, 6532, 7532
 PASSWORD = "benchpw"
 TLS_DIR = f"{DIR}/tls"
-# The PgBouncer binary: Debian's package unless --pgbouncer names another (such as the 1.25
-# that ../shared/bench/build-pgbouncer.sh builds).
+# The anchor PgBouncer: the newest one, 1.25, where ../shared/bench/build-pgbouncer.sh put it
+# (or --pgbouncer), else Debian's package. When the anchor is not Debian's, Debian's 1.18 runs
+# beside it as a second column (--pgbouncer2 none leaves it out).
+PGBOUNCER_125 = os.environ.get("PGBOUNCER_125", "/tmp/pgbouncer-1.25/build/pgbouncer")
 PGBOUNCER = "pgbouncer"
+PGBOUNCER2 = None
 # Scenario groups, in the order they run; --only picks some of them.
-GROUPS = ("select", "latency", "login", "tls", "idle", "proxy", "workers")
+GROUPS = ("select", "prepared", "many", "rate", "latency", "login", "tls", "idle", "proxy", "workers")
 
 
 def sh(cmd, **kw):
@@ -89,6 +95,27 @@ def cpu_split(pids):
     return user / TICK, system / TICK
 
 
+def switches(pids):
+    """Voluntary context switches of the processes: how often each went to sleep and was woken."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def version_of(binary):
+    """`PgBouncer 1.25.2` and (1, 25) from `binary --version`."""
+    line = sh([binary, "--version"]).stdout.splitlines()[0]
+    m = re.search(r"(\d+)\.(\d+)", line)
+    return line.strip(), (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
 def pss_kb(pids):
     total = 0
     for p in pids:
@@ -131,8 +158,12 @@ class PgBouncer(Pooler):
     """The Debian package (or --pgbouncer); `procs` > 1 runs that many processes with so_reuseport.
     With `tls`, clients must use TLS, with the certificate from make_certificate()."""
 
-    def __init__(self, procs=1, port=PGB_PORT, tls=False):
-        self.name = "PgBouncer" if procs == 1 else f"PgBouncer x{procs}"
+    def __init__(self, procs=1, port=PGB_PORT, tls=False, binary=None, name="PgBouncer"):
+        self.name = name if procs == 1 else f"{name} x{procs}"
+        self.binary = binary or PGBOUNCER
+        self.version, ver = version_of(self.binary)
+        # Transaction pooling keeps prepared statements from 1.21 on; both poolers get 200.
+        self.prepared = ver >= (1, 21)
         self.port, self.procs, self.pidfiles = port, procs, []
         for i in range(procs):
             ini = f"{DIR}/pgbouncer-{port}-{i}.ini"
@@ -156,13 +187,15 @@ log_connections = 0
 log_disconnections = 0
 ignore_startup_parameters = extra_float_digits
 """)
+                if self.prepared:
+                    f.write("max_prepared_statements = 200\n")
                 if tls:
                     f.write(f"client_tls_sslmode = require\nclient_tls_cert_file = {TLS_DIR}/server.crt\n"
                             f"client_tls_key_file = {TLS_DIR}/server.key\n")
             os.chmod(ini, 0o644)
             if os.geteuid() == 0:
                 shutil.chown(ini, "postgres")
-            subprocess.run(as_postgres([PGBOUNCER, "-d", ini]), check=True)
+            subprocess.run(as_postgres([self.binary, "-d", ini]), check=True)
             self.pidfiles.append(pidfile)
         wait_port(port)
         time.sleep(0.3)
@@ -202,6 +235,7 @@ auth_file: {DIR}/userlist.txt
 log_connections: false
 log_disconnections: false
 log_stats: false
+max_prepared_statements: 200
 databases:
   bench:
     host: 127.0.0.1
@@ -300,11 +334,16 @@ def postgres_pids():
 def measure(pooler, args, secs, port=None, sslmode=None):
     u0, s0 = cpu_split(pooler.pids())
     h0, pg0, t0 = host_busy(), sum(cpu_split(postgres_pids())), os.times()
+    # Wake-ups: voluntary context switches, each a sleep that something's write ended.
+    z0 = (switches(pooler.pids()), switches(postgres_pids()), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw)
     w0 = time.monotonic()
     r = pgbench(port or pooler.port, args, secs, sslmode=sslmode)
     r["host_busy"] = (host_busy() - h0) / (time.monotonic() - w0) / os.cpu_count()
+    z1 = (switches(pooler.pids()), switches(postgres_pids()), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw)
     u1, s1 = cpu_split(pooler.pids())
     h1, pg1, t1 = host_busy(), sum(cpu_split(postgres_pids())), os.times()
+    for key, a, b in zip(("pooler_wakeups_per_tx", "pg_wakeups_per_tx", "pgbench_wakeups_per_tx"), z0, z1):
+        r[key] = (b - a) / r["tx"] if r["tx"] else float("nan")
     c0, c1 = u0 + s0, u1 + s1
     # The whole machine's CPU, split by who spent it: what bounds throughput on a shared host.
     # Backends that exit during the run are missed in the PostgreSQL figure (none do with a
@@ -445,25 +484,40 @@ def med(xs):
 
 
 class Report:
-    def __init__(self):
+    """The table: pgbouncers, the anchor PgBouncer and their ratio, which the targets apply to,
+    then the second PgBouncer (Debian's 1.18) and pgbouncers' ratio to it where it ran."""
+
+    def __init__(self, anchor="PgBouncer", second=None):
+        self.anchor, self.second = anchor, second
         self.rows = []
         self.notes = []
 
-    def add(self, scenario, metric, ours, theirs, better, target=None, note=""):
+    def add(self, scenario, metric, ours, theirs, better, target=None, note="", second=None):
         ratio = ours / theirs if theirs else float("nan")
-        self.rows.append((scenario, metric, ours, theirs, ratio, better, target, note))
+        if theirs is None:
+            # The anchor could not run it (1.18 has no prepared statements in transaction pooling).
+            target, note = None, (note + " (the anchor cannot run this)").strip()
+        self.rows.append((scenario, metric, ours, theirs, ratio, better, target, note, second))
 
     def markdown(self):
-        out = ["| scenario | metric | pgbouncers | PgBouncer | ratio | target | met |",
-               "|---|---|---:|---:|---:|---|---|"]
-        for scenario, metric, ours, theirs, ratio, better, target, note in self.rows:
+        def num(x):
+            return "" if x is None else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
+        head = f"| scenario | metric | pgbouncers | {self.anchor} | ratio | target | met |"
+        rule = "|---|---|---:|---:|---:|---|---|"
+        if self.second:
+            head += f" {self.second} | ratio |"
+            rule += "---:|---:|"
+        out = [head, rule]
+        for scenario, metric, ours, theirs, ratio, better, target, note, second in self.rows:
             met = ""
             if target is not None:
                 ok = ratio >= target if better == "higher" else ratio <= target
                 met = "yes" if ok else "no"
                 target = f"{'≥' if better == 'higher' else '≤'} {target}"
-            out.append(f"| {scenario} | {metric} | {ours:.1f} | {theirs:.1f} | {ratio:.2f} | {target or ''} | {met} |"
-                       + (f" {note}" if note else ""))
+            line = f"| {scenario} | {metric} | {num(ours)} | {num(theirs)} | {ratio:.2f} | {target or ''} | {met} |"
+            if self.second:
+                line += (f" {num(second)} | {ours / second:.2f} |" if second else " | |")
+            out.append(line + (f" {note}" if note else ""))
         out.extend(f"\n{n}" for n in self.notes)
         return "\n".join(out)
 
@@ -555,8 +609,12 @@ def main():
     ap.add_argument("--perf", action="store_true", help="a system-call profile of each pooler with perf")
     ap.add_argument("--only", default=",".join(GROUPS),
                     help=f"run only these scenario groups, comma-separated, of: {','.join(GROUPS)}")
-    ap.add_argument("--pgbouncer", default="pgbouncer",
-                    help="the PgBouncer binary (default: the Debian package's, on PATH)")
+    ap.add_argument("--pgbouncer", default=None,
+                    help="the anchor PgBouncer binary (default: 1.25 from ../shared/bench/build-pgbouncer.sh "
+                         f"at {PGBOUNCER_125} when it is there, else the Debian package's)")
+    ap.add_argument("--pgbouncer2", default=None,
+                    help="a second PgBouncer for a column of its own (default: Debian's, when the anchor is "
+                         "another; 'none' for no second column)")
     ap.add_argument("--out", default=f"{DIR}/results.md")
     a = ap.parse_args()
     if a.quick:
@@ -569,13 +627,19 @@ def main():
 
     def want(group):
         return group in only
-    global PGBOUNCER
-    PGBOUNCER = a.pgbouncer
-    pgbouncer_version = sh([PGBOUNCER, "--version"]).stdout.splitlines()[0]
+    global PGBOUNCER, PGBOUNCER2
+    PGBOUNCER = a.pgbouncer or (PGBOUNCER_125 if os.access(PGBOUNCER_125, os.X_OK) else "pgbouncer")
+    debian = shutil.which("pgbouncer")
+    PGBOUNCER2 = a.pgbouncer2 or (debian if debian and os.path.realpath(debian) != os.path.realpath(
+        shutil.which(PGBOUNCER) or PGBOUNCER) else None)
+    if PGBOUNCER2 == "none":
+        PGBOUNCER2 = None
+    pgbouncer_version = version_of(PGBOUNCER)[0]
+    second_version = version_of(PGBOUNCER2)[0] if PGBOUNCER2 else None
     bindir = setup_postgres(a.quick)
     if want("tls"):
         make_certificate()
-    report = Report()
+    report = Report(pgbouncer_version, second_version)
     raw = []
     started = []
     failures = []
@@ -583,9 +647,15 @@ def main():
         pgb, ours = PgBouncer(), Pgbouncers()
         started += [pgb, ours]
         both = [pgb, ours]
+        second = PgBouncer(port=PGB_PORT + 3, binary=PGBOUNCER2, name="PgBouncer 2") if PGBOUNCER2 else None
+        # The anchor, pgbouncers and the second PgBouncer, interleaved in that order.
+        three = both + ([second] if second else [])
+        if second:
+            started.append(second)
 
-        def scenario(label, args, poolers=both, sslmode=None):
-            res = pairs_of(lambda p: measure(p, args, a.secs, sslmode=sslmode), a.pairs, poolers)
+        def scenario(label, args, poolers=both, sslmode=None, run=None):
+            run = run or (lambda p: measure(p, args, a.secs, sslmode=sslmode))
+            res = pairs_of(run, a.pairs, poolers)
             raw.append((label, res))
             for name, rs in res.items():
                 failed = sum(r["failed"] for r in rs)
@@ -594,43 +664,73 @@ def main():
                     failures.append(f"{name}: {label}")
             return res
 
+        def compare(label, res, key, metric, better, target=None, note="", scale=1.0):
+            """A row from the medians of one key, for pgbouncers, the anchor and the second PgBouncer."""
+            def m(name):
+                return med([r[key] for r in res[name]]) * scale if name in res else None
+            report.add(label, metric, m("pgbouncers"), m("PgBouncer"), better, target, note, m("PgBouncer 2"))
+
+        def cost_rows(label, res, cpu_target=0.75, tps_target=1.0, host_target=1.0):
+            """Issue 18's rows for a throughput scenario: tps, the pooler's CPU and its split, the
+            neighbours' CPU, the whole host's, and how often each side was woken per transaction."""
+            if tps_target is not None:
+                compare(label, res, "tps", "tps", "higher", tps_target)
+            compare(label, res, "cpu_us_per_tx", "CPU µs / tx", "lower", cpu_target)
+            for key, metric, target in (("user_us_per_tx", "user CPU µs / tx", None),
+                                        ("sys_us_per_tx", "kernel CPU µs / tx", None),
+                                        ("pg_us_per_tx", "PostgreSQL CPU µs / tx", None),
+                                        ("pgbench_us_per_tx", "pgbench CPU µs / tx", None),
+                                        ("host_us_per_tx", "whole host CPU µs / tx", host_target),
+                                        ("pooler_wakeups_per_tx", "pooler wake-ups / tx", None),
+                                        ("pg_wakeups_per_tx", "PostgreSQL wake-ups / tx", None),
+                                        ("pgbench_wakeups_per_tx", "pgbench wake-ups / tx", None)):
+                compare(label, res, key, metric, "lower", target)
+
         # 1 and 2: throughput and CPU per transaction; the simple protocol also through the
         # null relay, the floor every pooler's CPU per transaction is a multiple of.
         plain_select = None
-        relay = NullRelay() if want("select") else None
-        if relay:
+        if want("select"):
+            relay = NullRelay()
             started.append(relay)
-        for label, args in [("pgbench -S -c 50", ["-S", "-c", "50", "-j", "2"]),
-                            ("pgbench -S -c 50 -M extended", ["-S", "-c", "50", "-j", "2", "-M", "extended"])]:
-            if not want("select"):
-                break
-            res = scenario(label, args, both + [relay] if "extended" not in label else both)
-            if "extended" not in label:
-                floor = med([r["cpu_us_per_tx"] for r in res["null relay"]])
-                mult = {n: med([r["cpu_us_per_tx"] for r in res[n]]) / floor for n in ("pgbouncers", "PgBouncer")}
-                report.add(label, "CPU / tx as a multiple of the null relay's", mult["pgbouncers"], 1.0, "lower",
-                           1.15, note=f"(PgBouncer: {mult['PgBouncer']:.2f}x; the relay: {floor:.1f} µs / tx)")
-            if "extended" not in label:
-                plain_select = res
-            report.add(label, "tps", med([r["tps"] for r in res["pgbouncers"]]),
-                       med([r["tps"] for r in res["PgBouncer"]]), "higher", 1.15 if "extended" not in label else None)
-            report.add(label, "CPU ms / 1k tx", med([r["cpu_ms_per_1k"] for r in res["pgbouncers"]]),
-                       med([r["cpu_ms_per_1k"] for r in res["PgBouncer"]]), "lower",
-                       0.6 if "extended" not in label else None)
-            for key, metric in (("user_us_per_tx", "user CPU µs / tx"), ("sys_us_per_tx", "kernel CPU µs / tx"),
-                                ("pg_us_per_tx", "PostgreSQL CPU µs / tx"), ("pgbench_us_per_tx", "pgbench CPU µs / tx"),
-                                ("host_us_per_tx", "whole host CPU µs / tx")):
-                report.add(label, metric, med([r[key] for r in res["pgbouncers"]]),
-                           med([r[key] for r in res["PgBouncer"]]), "lower")
-            if "extended" not in label:
-                report.notes.append(throughput_bound(res))
+            label = "pgbench -S -c 50"
+            plain_select = res = scenario(label, ["-S", "-c", "50", "-j", "2"], three + [relay])
+            floor = med([r["cpu_us_per_tx"] for r in res["null relay"]])
+            mult = {n: med([r["cpu_us_per_tx"] for r in res[n]]) / floor for n in res if n != "null relay"}
+            report.add(label, "CPU / tx as a multiple of the null relay's", mult["pgbouncers"], 1.0, "lower",
+                       1.15, note=f"(the relay: {floor:.1f} µs / tx; the anchor's multiple: {mult['PgBouncer']:.2f}"
+                       + (f", the second's: {mult['PgBouncer 2']:.2f}" if "PgBouncer 2" in mult else "") + ")")
+            cost_rows(label, res)
+            report.notes.append(throughput_bound(res))
+            relay.stop()
+            started.remove(relay)
+            label = "pgbench -S -c 50 -M extended"
+            cost_rows(label, scenario(label, ["-S", "-c", "50", "-j", "2", "-M", "extended"], three))
 
-        if a.perf and want("select"):
-            try:
-                report_perf(report, both, a)
-            except (Exception, SystemExit) as e:
-                print(f"ERROR: perf profile failed: {e}", file=sys.stderr)
-                report.notes.append(f"perf profile failed: {e}")
+        # Named prepared statements in transaction pooling (PgBouncer 1.21+; not Debian's 1.18).
+        if want("prepared"):
+            label = "pgbench -S -c 50 -M prepared"
+            cost_rows(label, scenario(label, ["-S", "-c", "50", "-j", "2", "-M", "prepared"],
+                                      [p for p in three if not isinstance(p, PgBouncer) or p.prepared]))
+
+        # Many clients on 20 server connections: 2,000 (200 in --quick) pgbench clients.
+        if want("many"):
+            n = "200" if a.quick else "2000"
+            label = f"pgbench -S -c {n}"
+            cost_rows(label, scenario(label, ["-S", "-c", n, "-j", "2"], three))
+
+        # Latency under a fixed rate: 50 % and 90 % of the anchor's peak -S -c 50 tps, from
+        # pgbench's per-transaction log (latency counted from each transaction's scheduled start).
+        if want("rate"):
+            peak = med([r["tps"] for r in plain_select["PgBouncer"]]) if plain_select else \
+                measure(pgb, ["-S", "-c", "50", "-j", "2"], a.secs)["tps"]
+            for share in (0.5, 0.9):
+                rate = int(peak * share)
+                label = f"pgbench -S -c 50 -R {rate} ({share:.0%} of the anchor's peak)"
+                res = scenario(label, None, three, run=lambda p: rate_latency(p, rate, a.secs))
+                compare(label, res, "p50_us", "p50 latency µs", "lower", 1.0)
+                compare(label, res, "p99_us", "p99 latency µs", "lower", 1.0)
+                compare(label, res, "cpu_us_per_tx", "CPU µs / tx", "lower")
+                compare(label, res, "pgbench_wakeups_per_tx", "pgbench wake-ups / tx", "lower")
 
         # 3: latency added at one client, over a direct connection.
         class Direct(Pooler):
@@ -639,20 +739,18 @@ def main():
             def pids(self):
                 return []
         if want("latency"):
-            direct = pairs_of(lambda p: measure(p, ["-S", "-c", "1"], a.secs), a.pairs, [Direct()] + both)
+            direct = pairs_of(lambda p: measure(p, ["-S", "-c", "1"], a.secs), a.pairs, [Direct()] + three)
             raw.append(("pgbench -S -c 1", direct))
             base = med([r["lat_ms"] for r in direct["direct"]])
-            added = {n: med([r["lat_ms"] for r in direct[n]]) - base for n in ("pgbouncers", "PgBouncer")}
-            report.add("pgbench -S -c 1", "added latency µs", added["pgbouncers"] * 1000, added["PgBouncer"] * 1000,
-                       "lower", 1.0, note=f"(direct {base * 1000:.0f} µs)")
+            added = {n: med([r["lat_ms"] for r in direct[n]]) * 1000 - base * 1000 for n in direct if n != "direct"}
+            report.add("pgbench -S -c 1", "added latency µs", added["pgbouncers"], added["PgBouncer"],
+                       "lower", 1.0, note=f"(direct {base * 1000:.0f} µs)", second=added.get("PgBouncer 2"))
 
         # 4: SCRAM login storm: a new connection per transaction.
         plain_login = None
         if want("login"):
-            plain_login = scenario("pgbench -S -C -c 8", ["-S", "-C", "-c", "8", "-j", "2"])
-            report.add("pgbench -S -C -c 8 (SCRAM logins)", "CPU µs / login",
-                       med([r["cpu_us_per_tx"] for r in plain_login["pgbouncers"]]),
-                       med([r["cpu_us_per_tx"] for r in plain_login["PgBouncer"]]), "lower", 0.1)
+            plain_login = scenario("pgbench -S -C -c 8", ["-S", "-C", "-c", "8", "-j", "2"], three)
+            compare("pgbench -S -C -c 8 (SCRAM logins)", plain_login, "cpu_us_per_tx", "CPU µs / login", "lower", 0.5)
 
         # 4b: the same over TLS (client_tls_sslmode = require on both, pgbench with sslmode=require),
         # against a second pair of poolers with the same certificate: throughput, then a login storm
@@ -707,10 +805,11 @@ def main():
 
         # 5: memory per idle client.
         for n in idle_counts if want("idle") else []:
-            mem = {p.name: idle_memory(p, n) for p in both}
+            mem = {p.name: idle_memory(p, n) for p in three}
             raw.append((f"{n} idle clients", mem))
             report.add(f"{n} idle clients", "bytes / client", mem["pgbouncers"]["bytes_per_client"],
-                       mem["PgBouncer"]["bytes_per_client"], "lower", 1.5)
+                       mem["PgBouncer"]["bytes_per_client"], "lower", 1.0,
+                       second=mem["PgBouncer 2"]["bytes_per_client"] if second else None)
 
         # 7: the PROXY v2 header through HAProxy, against a direct connection to the same pooler.
         for p in started:
@@ -738,7 +837,8 @@ def main():
         stop_postgres(bindir)
 
     machine = (f"{os.cpu_count()} CPUs, kernel {os.uname().release}, "
-               f"{time.strftime('%Y-%m-%d %H:%M %Z')}, pairs={a.pairs}, {a.secs}s runs, {pgbouncer_version}")
+               f"{time.strftime('%Y-%m-%d %H:%M %Z')}, pairs={a.pairs}, {a.secs}s runs, anchor {pgbouncer_version}"
+               + (f", second column {second_version}" if second_version else ""))
     text = f"Machine: {machine}\n\n{report.markdown()}\n"
     print(text)
     with open(a.out, "w") as f:
@@ -751,6 +851,30 @@ def main():
     print(f"(written to {a.out})")
     if failures:
         sys.exit(f"failed transactions in: {', '.join(failures)}")
+
+
+def rate_latency(pooler, rate, secs):
+    """`pgbench -S -c 50 -R rate` with a per-transaction log: the run's figures plus the p50 and
+    p99 of the logged latencies (µs, from each transaction's scheduled start)."""
+    prefix = f"{DIR}/latency-{pooler.name.replace(' ', '_')}"
+
+    def logs():
+        return [f"{DIR}/{f}" for f in os.listdir(DIR) if f"{DIR}/{f}".startswith(prefix + ".")]
+    for f in logs():
+        os.remove(f)
+    r = measure(pooler, ["-S", "-c", "50", "-j", "2", "-R", str(rate), "--log", f"--log-prefix={prefix}"], secs)
+    lat = []
+    for f in logs():
+        with open(f) as fh:
+            # client_id transaction_no time script_no time_epoch time_us [schedule_lag]
+            lat.extend(int(parts[2]) for parts in map(str.split, fh) if len(parts) > 2 and parts[2].isdigit())
+        os.remove(f)
+    if not lat:
+        raise SystemExit(f"pgbench -R {rate} through {pooler.name} logged no transactions")
+    lat.sort()
+    r["p50_us"] = lat[len(lat) // 2]
+    r["p99_us"] = lat[min(len(lat) - 1, len(lat) * 99 // 100)]
+    return r
 
 
 def perf_profile(pooler, a):

@@ -2,13 +2,14 @@
 # Benchmarks pgbouncers side by side with PgBouncer on this machine (see scripts/bench.py).
 #
 # Usage: scripts/bench.sh [--quick] [--pairs N] [--secs S] [--idle 2000,10000] [--callgrind] [--perf]
-#                        [--only select,latency,login,tls,idle,proxy,workers] [--pgbouncer PATH]
+#                        [--only select,prepared,many,rate,latency,login,tls,idle,proxy,workers]
+#                        [--pgbouncer PATH] [--pgbouncer2 PATH|none]
 # Installs what is missing (PostgreSQL, PgBouncer, HAProxy, asyncpg, openssl), builds the release
-# binary, then runs every scenario interleaved and prints a table of medians and ratios.
-# The TLS scenarios (pgbench -S -c 50 and a pgbench -C login storm, sslmode=require) give both
-# poolers one throwaway certificate and client_tls_sslmode = require. --only runs some scenario
-# groups; --pgbouncer PATH compares against another PgBouncer binary than Debian's 1.18, such as
-# the 1.25 that ../shared/bench/build-pgbouncer.sh builds (with OpenSSL, so TLS works too).
+# binary and the null relay (the cost floor), then runs every scenario interleaved and prints a
+# table of medians and ratios. The anchor is the newest PgBouncer: the 1.25 that
+# ../shared/bench/build-pgbouncer.sh builds into /tmp/pgbouncer-1.25 (or $PGBOUNCER_125, or
+# --pgbouncer), else Debian's 1.18; with 1.25 as the anchor, Debian's 1.18 is a second column.
+# The TLS scenarios give both poolers one throwaway certificate and client_tls_sslmode = require.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
