@@ -275,6 +275,23 @@ impl Worker {
             self.remove_server(st, "too many servers in the pool");
             many -= 1;
         }
+        // What the loop keeps true, made good once a tick should a path have missed it:
+        // nobody waits while a server of the pool is idle, or with none coming.
+        let p = self.pools.get(pool);
+        let conns = &self.conns;
+        let live = p.waiting.iter().any(|&(ct, id)| {
+            matches!(conns.get(ct), Some(Conn::Client(c)) if c.id == id && c.state == CState::Waiting)
+        });
+        if live && !p.idle.is_empty() {
+            log::warn!(
+                "{}/{}: clients waited with a server idle; handing it over",
+                Escaped(&p.db),
+                Escaped(&p.user)
+            );
+            self.defer_activation(pool);
+        } else if live && p.total() == 0 {
+            self.serve_waiting(pool);
+        }
         // Lookups left waiting with an idle server (after a check, say) get it now.
         self.serve_lookups(pool);
         // Clients kept through a failed login (a pool whose PostgreSQL is not up yet):

@@ -1068,15 +1068,17 @@ impl Worker {
         if let Some(ct) = self.next_lookup(pool) {
             return self.run_lookup(st, ct);
         }
-        if let Some(ct) = self.next_waiting(pool) {
-            self.set_server_state(st, SState::Active);
-            return self.link(ct, st);
-        }
-        if self.pools.get(pool).paused || self.others_starved(pool) {
+        let p = self.pools.get(pool);
+        if p.paused || (p.waiting.is_empty() && self.others_starved(pool)) {
             // PAUSE lets servers go; a starved worker elsewhere needs this one's place.
             return self.remove_server(st, "released for pause or for another worker");
         }
         self.set_server_state(st, SState::Idle);
+        if !self.pools.get(pool).waiting.is_empty() {
+            // A waiting client gets it at the end of this loop pass: the answers read in
+            // this pass reach their clients back to back before new queries go out.
+            self.defer_activation(pool);
+        }
     }
 
     /// Moves a server between states, keeping its pool's counts and idle list right.

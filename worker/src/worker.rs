@@ -113,6 +113,9 @@ pub struct Worker {
     accept_paused_until: Option<Instant>,
     /// Connections with work left over after their fair share of a turn.
     pub(crate) again: Vec<usize>,
+    /// Pools whose servers came free while clients waited: they are matched at the end of
+    /// the loop pass (link.rs `activate`), as PgBouncer's per-loop activation does.
+    pub(crate) activate: Vec<crate::pool::PoolId>,
     pub(crate) janitor_scratch: Vec<crate::janitor::Action>,
     control: Option<OwnedFd>,
     /// Reports the control socket could not take yet.
@@ -204,6 +207,7 @@ impl Worker {
             now,
             accept_paused_until: None,
             again: Vec::new(),
+            activate: Vec::new(),
             janitor_scratch: Vec::new(),
             control: init.control,
             control_out: VecDeque::new(),
@@ -231,6 +235,7 @@ impl Worker {
         let mut next_tick = Instant::now() + TICK;
         loop {
             let busy = !self.again.is_empty()
+                || !self.activate.is_empty()
                 || (self.listeners.iter().any(|(_, ready)| *ready)
                     && self.accept_paused_until.is_none());
             let timeout = if busy {
@@ -250,6 +255,9 @@ impl Worker {
             let again = std::mem::take(&mut self.again);
             for t in again {
                 self.drive(t);
+            }
+            if !self.activate.is_empty() {
+                self.activate();
             }
             self.accept_all();
             if self.handing_over {
