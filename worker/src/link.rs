@@ -298,20 +298,19 @@ impl Worker {
             let mut progress = false;
 
             // Towards the server: the pooler's own query first, then the client's bytes.
-            match s.io.flush_own(&mut self.bufs) {
-                // Once the server is about to be released, the client's next request
-                // waits for whichever server it gets next.
-                Ok(true) if s.own == 0 && c.scan.ready > 0 && !s.release_pending => {
-                    match stream::forward(&mut c.io, &mut s.io, c.scan.ready) {
-                        Ok(n) => {
-                            c.scan.sent(n);
-                            self.pools.get_mut(pool).stats.bytes_received += n as u64;
-                            progress |= n > 0;
-                        }
-                        Err(_) => return self.remove_server(st, "server connection broken"),
-                    }
+            // Once the server is about to be released, the client's next request waits
+            // for whichever server it gets next.
+            let ready = if s.own == 0 && !s.release_pending {
+                c.scan.ready
+            } else {
+                0
+            };
+            match stream::flush_then_forward(&mut c.io, &mut s.io, ready, &mut self.bufs) {
+                Ok(n) => {
+                    c.scan.sent(n);
+                    self.pools.get_mut(pool).stats.bytes_received += n as u64;
+                    progress |= n > 0;
                 }
-                Ok(_) => {}
                 Err(_) => return self.remove_server(st, "server connection broken"),
             }
             match c.io.fill(&mut self.bufs) {
@@ -324,7 +323,17 @@ impl Worker {
                 }
                 Err(e) => return self.close_client(ct, Close::Quiet(crate::client::io_reason(&e))),
             }
-            if c.scan.ready < c.io.rbuf.len() && !s.release_pending {
+            // A named message rewritten here lets the scan go on at once: what follows it
+            // (Execute, Sync) then leaves in the same write as its rewritten head.
+            let mut rescan = true;
+            while rescan {
+                rescan = false;
+                let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
+                    return;
+                };
+                if c.scan.ready >= c.io.rbuf.len() || s.release_pending {
+                    break;
+                }
                 let was_idle = !c.tx.in_request();
                 let before = c.scan.ready;
                 let queue = (named == Named::Rewrite).then_some(&mut c.queue);
@@ -349,7 +358,10 @@ impl Worker {
                         return self.close_client(ct, Close::Quiet("client close request"));
                     }
                     FromClient::Rewrite if c.scan.ready == 0 => match self.rewrite_named(ct, st) {
-                        Ok(true) => progress = true,
+                        Ok(true) => {
+                            progress = true;
+                            rescan = true;
+                        }
                         Ok(false) => {}
                         Err(why) => return self.close_client(ct, why),
                     },
@@ -375,21 +387,12 @@ impl Worker {
             let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
                 return;
             };
-            match c.io.flush_own(&mut self.bufs) {
-                Ok(true) if s.scan.ready > 0 => {
-                    match stream::forward(&mut s.io, &mut c.io, s.scan.ready) {
-                        Ok(n) => {
-                            s.scan.sent(n);
-                            self.pools.get_mut(pool).stats.bytes_sent += n as u64;
-                            progress |= n > 0;
-                        }
-                        Err(e) => {
-                            return self
-                                .close_client(ct, Close::Quiet(crate::client::io_reason(&e)))
-                        }
-                    }
+            match stream::flush_then_forward(&mut s.io, &mut c.io, s.scan.ready, &mut self.bufs) {
+                Ok(n) => {
+                    s.scan.sent(n);
+                    self.pools.get_mut(pool).stats.bytes_sent += n as u64;
+                    progress |= n > 0;
                 }
-                Ok(_) => {}
                 Err(e) => return self.close_client(ct, Close::Quiet(crate::client::io_reason(&e))),
             }
             if s.release_pending {

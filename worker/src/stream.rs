@@ -44,6 +44,13 @@ impl Sock {
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write_vectored(bufs),
+            Sock::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         match self {
             Sock::Tcp(s) => s.take_error(),
@@ -614,10 +621,137 @@ pub fn forward(src: &mut Stream, dst: &mut Stream, n: usize) -> io::Result<usize
     Ok(done)
 }
 
+/// Writes `dst`'s own pending output, then `src`'s first `n` buffered bytes once none of
+/// it is left; returns how many of `src`'s bytes went. On a plain socket with both to send
+/// it is one writev: a rewritten message head (a Bind under the pooler's statement name,
+/// parameter-sync SETs) and the client's bytes after it reach the peer as one segment, so
+/// PostgreSQL wakes once for them, not twice.
+#[inline]
+pub fn flush_then_forward(
+    src: &mut Stream,
+    dst: &mut Stream,
+    n: usize,
+    pool: &mut BufPool,
+) -> io::Result<usize> {
+    if n == 0 || dst.wbuf.is_empty() || dst.tls.is_some() {
+        if !dst.flush_own(pool)? || n == 0 {
+            return Ok(0);
+        }
+        return forward(src, dst, n);
+    }
+    if !dst.writable {
+        return Ok(0);
+    }
+    let own = dst.wbuf.pending();
+    let mine = own.len();
+    let theirs = &src.rbuf.bytes()[..n];
+    let k = loop {
+        match dst
+            .sock
+            .write_vectored(&[io::IoSlice::new(own), io::IoSlice::new(theirs)])
+        {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => break k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                dst.writable = false;
+                return Ok(0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
+    dst.wbuf.advance(k.min(mine));
+    let sent = k.saturating_sub(mine);
+    src.rbuf.consume(sent);
+    if k == mine + n {
+        dst.wbuf.release(pool);
+        return Ok(n);
+    }
+    // A short write: go on the usual way, which stops where the socket would block.
+    if !dst.flush_own(pool)? {
+        return Ok(sent);
+    }
+    Ok(sent + forward(src, dst, n - sent)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A connected pair: the pooler's side as a Stream (readable and writable, as after
+    /// its first events) and the peer as a plain blocking socket.
+    fn pair() -> (Stream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mine, _) = listener.accept().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let mut s = Stream::accepted(Sock::Tcp(mio::net::TcpStream::from_std(mine)));
+        s.on_event(true, true, false);
+        (s, peer)
+    }
+
+    fn read_exactly(peer: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        peer.read_exact(&mut got).unwrap();
+        got
+    }
+
+    #[test]
+    fn own_bytes_then_forwarded_ones_leave_in_order() {
+        let mut pool = BufPool::new(4096, 4);
+        let (mut client, mut client_peer) = pair();
+        let (mut server, mut server_peer) = pair();
+        client_peer.write_all(b"ExecSyncAndMore").unwrap();
+        while client.rbuf.len() < 15 {
+            client.fill(&mut pool).unwrap();
+        }
+        server.wbuf.vec(&mut pool).extend_from_slice(b"BindHead|");
+        // Only the first 8 client bytes are ready to go: the rest stays buffered.
+        let n = flush_then_forward(&mut client, &mut server, 8, &mut pool).unwrap();
+        assert_eq!(n, 8);
+        assert!(server.wbuf.is_empty());
+        assert!(
+            !server.wbuf.has_storage(),
+            "the write buffer goes back to the pool"
+        );
+        assert_eq!(client.rbuf.bytes(), b"AndMore");
+        assert_eq!(read_exactly(&mut server_peer, 17), b"BindHead|ExecSync");
+        // Nothing of the client's ready: the own bytes still go.
+        server.wbuf.vec(&mut pool).extend_from_slice(b"SET");
+        assert_eq!(
+            flush_then_forward(&mut client, &mut server, 0, &mut pool).unwrap(),
+            0
+        );
+        assert_eq!(read_exactly(&mut server_peer, 3), b"SET");
+        // No own bytes: a plain forward.
+        assert_eq!(
+            flush_then_forward(&mut client, &mut server, 3, &mut pool).unwrap(),
+            3
+        );
+        assert_eq!(read_exactly(&mut server_peer, 3), b"And");
+        assert_eq!(client.rbuf.bytes(), b"More");
+    }
+
+    #[test]
+    fn a_socket_known_full_takes_nothing_and_keeps_both_buffers() {
+        let mut pool = BufPool::new(4096, 4);
+        let (mut client, mut client_peer) = pair();
+        let (mut server, _server_peer) = pair();
+        client_peer.write_all(b"Query").unwrap();
+        while client.rbuf.len() < 5 {
+            client.fill(&mut pool).unwrap();
+        }
+        server.wbuf.vec(&mut pool).extend_from_slice(b"own");
+        server.writable = false;
+        assert_eq!(
+            flush_then_forward(&mut client, &mut server, 5, &mut pool).unwrap(),
+            0
+        );
+        assert_eq!(server.wbuf.pending(), b"own");
+        assert_eq!(client.rbuf.bytes(), b"Query");
+    }
 
     #[test]
     fn tcp_settings_reach_the_socket() {
