@@ -291,6 +291,9 @@ impl Worker {
             Named::Pass
         };
         let max_packet = self.cfg.max_packet_size as usize;
+        // After a named message was rewritten, the next round only scans on: what follows
+        // it (Execute, Sync) then leaves in the same write as its rewritten head.
+        let mut scan_only = false;
         for _ in 0..PUMP_ROUNDS {
             let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
                 return;
@@ -300,40 +303,37 @@ impl Worker {
             // Towards the server: the pooler's own query first, then the client's bytes.
             // Once the server is about to be released, the client's next request waits
             // for whichever server it gets next.
-            let ready = if s.own == 0 && !s.release_pending {
-                c.scan.ready
+            if std::mem::take(&mut scan_only) {
+                // The rewritten head waits in the server's buffer: the next round writes it.
+                progress = true;
             } else {
-                0
-            };
-            match stream::flush_then_forward(&mut c.io, &mut s.io, ready, &mut self.bufs) {
-                Ok(n) => {
-                    c.scan.sent(n);
-                    self.pools.get_mut(pool).stats.bytes_received += n as u64;
-                    progress |= n > 0;
-                }
-                Err(_) => return self.remove_server(st, "server connection broken"),
-            }
-            match c.io.fill(&mut self.bufs) {
-                Ok(Filled::Bytes(_)) => progress = true,
-                Ok(Filled::Nothing) => {}
-                Ok(Filled::Eof) => {
-                    let unread = c.io.rbuf.bytes().get(c.scan.ready..).unwrap_or_default();
-                    let why = crate::client::eof_reason(unread);
-                    return self.close_client(ct, Close::Quiet(why));
-                }
-                Err(e) => return self.close_client(ct, Close::Quiet(crate::client::io_reason(&e))),
-            }
-            // A named message rewritten here lets the scan go on at once: what follows it
-            // (Execute, Sync) then leaves in the same write as its rewritten head.
-            let mut rescan = true;
-            while rescan {
-                rescan = false;
-                let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
-                    return;
+                let ready = if s.own == 0 && !s.release_pending {
+                    c.scan.ready
+                } else {
+                    0
                 };
-                if c.scan.ready >= c.io.rbuf.len() || s.release_pending {
-                    break;
+                match stream::flush_then_forward(&mut c.io, &mut s.io, ready, &mut self.bufs) {
+                    Ok(n) => {
+                        c.scan.sent(n);
+                        self.pools.get_mut(pool).stats.bytes_received += n as u64;
+                        progress |= n > 0;
+                    }
+                    Err(_) => return self.remove_server(st, "server connection broken"),
                 }
+                match c.io.fill(&mut self.bufs) {
+                    Ok(Filled::Bytes(_)) => progress = true,
+                    Ok(Filled::Nothing) => {}
+                    Ok(Filled::Eof) => {
+                        let unread = c.io.rbuf.bytes().get(c.scan.ready..).unwrap_or_default();
+                        let why = crate::client::eof_reason(unread);
+                        return self.close_client(ct, Close::Quiet(why));
+                    }
+                    Err(e) => {
+                        return self.close_client(ct, Close::Quiet(crate::client::io_reason(&e)))
+                    }
+                }
+            }
+            if c.scan.ready < c.io.rbuf.len() && !s.release_pending {
                 let was_idle = !c.tx.in_request();
                 let before = c.scan.ready;
                 let queue = (named == Named::Rewrite).then_some(&mut c.queue);
@@ -359,8 +359,8 @@ impl Worker {
                     }
                     FromClient::Rewrite if c.scan.ready == 0 => match self.rewrite_named(ct, st) {
                         Ok(true) => {
-                            progress = true;
-                            rescan = true;
+                            scan_only = true;
+                            continue;
                         }
                         Ok(false) => {}
                         Err(why) => return self.close_client(ct, why),

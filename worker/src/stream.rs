@@ -626,8 +626,23 @@ pub fn forward(src: &mut Stream, dst: &mut Stream, n: usize) -> io::Result<usize
 /// it is one writev: a rewritten message head (a Bind under the pooler's statement name,
 /// parameter-sync SETs) and the client's bytes after it reach the peer as one segment, so
 /// PostgreSQL wakes once for them, not twice.
-#[inline]
+#[inline(always)]
 pub fn flush_then_forward(
+    src: &mut Stream,
+    dst: &mut Stream,
+    n: usize,
+    pool: &mut BufPool,
+) -> io::Result<usize> {
+    // The pump calls this for both sides on every round, nearly always with no own bytes
+    // and a plain socket: that case must cost a compare, not a call with a large frame.
+    if dst.wbuf.is_empty() && dst.tls.is_none() {
+        return if n == 0 { Ok(0) } else { forward(src, dst, n) };
+    }
+    own_then_forward(src, dst, n, pool)
+}
+
+#[inline(never)]
+fn own_then_forward(
     src: &mut Stream,
     dst: &mut Stream,
     n: usize,
