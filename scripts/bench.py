@@ -812,13 +812,19 @@ def main():
                 p.stop()
                 started.remove(p)
 
-        # 5: memory per idle client.
-        for n in idle_counts if want("idle") else []:
-            mem = {p.name: idle_memory(p, n) for p in three}
-            raw.append((f"{n} idle clients", mem))
-            report.add(f"{n} idle clients", "bytes / client", mem["pgbouncers"]["bytes_per_client"],
-                       mem["PgBouncer"]["bytes_per_client"], "lower", 1.0,
-                       second=mem["PgBouncer 2"]["bytes_per_client"] if second else None)
+        # 5: memory per idle client, on fresh poolers: the ones above kept the memory the
+        # -c 2000 scenario grew, which idle clients would reuse for free.
+        if want("idle") and idle_counts:
+            fresh = [PgBouncer(port=PGB_PORT + 4), Pgbouncers(port=OURS_PORT + 4)]
+            if second:
+                fresh.append(PgBouncer(port=PGB_PORT + 5, binary=PGBOUNCER2, name="PgBouncer 2"))
+            started += fresh
+            for n in idle_counts:
+                mem = {p.name: idle_memory(p, n) for p in fresh}
+                raw.append((f"{n} idle clients", mem))
+                report.add(f"{n} idle clients", "bytes / client", mem["pgbouncers"]["bytes_per_client"],
+                           mem["PgBouncer"]["bytes_per_client"], "lower", 1.0,
+                           second=mem["PgBouncer 2"]["bytes_per_client"] if second else None)
 
         # 7: the PROXY v2 header through HAProxy, against a direct connection to the same pooler.
         for p in started:
@@ -886,7 +892,7 @@ def rate_latency(pooler, rate, secs):
     return r
 
 
-def perf_profile(pooler, a):
+def perf_profile(pooler, a, args=("-S", "-c", "50", "-j", "2")):
     """Where one pooler's CPU goes under `pgbench -S -c 50`: `perf record -a -g` (cpu-clock, so it
     works without hardware counters) during a run, its samples grouped by the system call they fall
     in. Shares of the pooler's samples, turned into µs per transaction with the run's CPU figure."""
@@ -894,7 +900,7 @@ def perf_profile(pooler, a):
     rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "2000", "-a", "-g", "-o", data,
                             "--", "sleep", str(max(a.secs - 2, 1))],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    r = measure(pooler, ["-S", "-c", "50", "-j", "2"], a.secs)
+    r = measure(pooler, list(args), a.secs)
     rec.wait()
     out = subprocess.run(["perf", "script", "-i", data, "-F", "pid,ip,sym"], capture_output=True, text=True,
                          errors="replace").stdout
