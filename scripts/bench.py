@@ -95,18 +95,25 @@ def cpu_split(pids):
     return user / TICK, system / TICK
 
 
-def switches(pids):
-    """Voluntary context switches of the processes: how often each went to sleep and was woken."""
+def proc_sum(pids, name, key):
+    """The sum over the processes of one `key: value` line of /proc/PID/<name>."""
     total = 0
     for p in pids:
         try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
+            with open(f"/proc/{p}/{name}") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith(key)), 0)
         except (FileNotFoundError, ProcessLookupError):
             pass
     return total
+
+
+def switches(pids):
+    """Voluntary context switches of the processes: how often each went to sleep and was woken."""
+    return proc_sum(pids, "status", "voluntary_ctxt_switches:")
+
+
+def pss_kb(pids):
+    return proc_sum(pids, "smaps_rollup", "Pss:")
 
 
 def version_of(binary):
@@ -114,19 +121,6 @@ def version_of(binary):
     line = sh([binary, "--version"]).stdout.splitlines()[0]
     m = re.search(r"(\d+)\.(\d+)", line)
     return line.strip(), (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
-def pss_kb(pids):
-    total = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
 
 
 def wait_port(port, timeout=10):
