@@ -283,12 +283,16 @@ impl Worker {
             matches!(conns.get(ct), Some(Conn::Client(c)) if c.id == id && c.state == CState::Waiting)
         });
         if live && !p.idle.is_empty() {
-            log::warn!(
-                "{}/{}: clients waited with a server idle; handing it over",
-                Escaped(&p.db),
-                Escaped(&p.user)
-            );
-            self.defer_activation(pool);
+            // Not when this tick freed the server itself: its hand-over is due next pass.
+            // (A client waiting for another server's check gets this idle one now.)
+            if !self.activate.contains(&pool) {
+                log::info!(
+                    "{}/{}: clients waiting while a server is idle: handing it over",
+                    Escaped(&p.db),
+                    Escaped(&p.user)
+                );
+                self.defer_activation(pool);
+            }
         } else if live && p.total() == 0 {
             self.serve_waiting(pool);
         }
