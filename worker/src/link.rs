@@ -68,7 +68,6 @@ impl Worker {
             p.waiting.push_back((ct, id));
             return self.defer_activation(pool);
         }
-        let p = self.pools.get_mut(pool);
         if !p.paused {
             if let Some(&st) = p.idle.last() {
                 if self.needs_check(st) {
