@@ -1,11 +1,12 @@
 //! Which authentication a connection gets: from `auth_type`, or per connection from the
 //! hba file matched against the real client address (after any PROXY header).
 
-use crate::auth::hba::{HbaConn, HbaConnKind, Method as HbaMethod};
-use crate::client::{Close, Peer};
-use crate::config::AuthType;
+use crate::auth::hba::{Hba, HbaConn, HbaConnKind, Method as HbaMethod};
+use crate::close::Close;
+use crate::config::{AuthType, Config};
+use crate::proxy::Peer;
+use crate::stream::Stream;
 use crate::wire::sqlstate;
-use crate::worker::{Conn, Worker};
 
 /// The exchange a client goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,96 +22,103 @@ pub(crate) enum Method {
     Cert,
 }
 
-impl Worker {
-    /// The method for this client, or why it is refused before any exchange.
-    pub(crate) fn auth_method(&mut self, ct: usize) -> Result<Method, Close> {
-        Ok(match self.cfg.auth_type {
-            AuthType::Trust => Method::Trust {
-                listed: self.cfg.auth_file.is_some(),
-            },
-            AuthType::Plain => Method::Cleartext,
-            AuthType::Md5 => Method::Md5,
-            AuthType::ScramSha256 => Method::Scram,
-            AuthType::Hba => return self.hba_method(ct),
-            AuthType::Cert => Method::Cert,
-        })
-    }
+/// What the choice of method knows of a connection.
+pub(crate) struct Asker<'a> {
+    /// The real client address (after any trusted PROXY header).
+    pub peer: Peer,
+    /// TLS protects the client's bytes (its own session or a trusted proxy's).
+    pub tls: bool,
+    pub database: &'a str,
+    pub user: &'a str,
+    /// The cloud private endpoint a trusted PROXY header named.
+    pub endpoint: Option<String>,
+    pub physical_replication: bool,
+    /// The socket, for the Unix peer's uid (hba `peer`), asked only then.
+    pub io: &'a Stream,
+    /// `C-<id>: db/user@addr` for the log.
+    pub name: &'a dyn std::fmt::Display,
+}
 
-    fn hba_method(&mut self, ct: usize) -> Result<Method, Close> {
-        let Some(Conn::Client(c)) = self.conns.get(ct) else {
-            return Err(Close::Quiet("client gone"));
-        };
-        let (kind, host) = match c.peer {
-            Peer::Tcp(a) => (
-                HbaConnKind::Host {
-                    addr: a.ip(),
-                    tls: c.is_tls(),
-                },
-                format!("host \"{}\"", a.ip()),
-            ),
-            Peer::Unix => (HbaConnKind::Local, "local connection".to_string()),
-        };
-        let endpoint = c
-            .proxy
-            .as_ref()
-            .and_then(|p| p.endpoint.as_ref())
-            .map(|e| e.to_string());
-        let conn = HbaConn {
-            kind,
-            database: &c.db,
-            user: &c.user,
-            endpoint: endpoint.as_deref(),
-            physical_replication: c.replication.as_ref().is_some_and(|r| r.kind == "yes"),
-        };
-        // PostgreSQL's words for how the connection is protected.
-        let encryption = if c.is_tls() {
-            "SSL encryption"
-        } else {
-            "no encryption"
-        };
-        let who = format!(
-            "{host}, user \"{}\", database \"{}\", {encryption}",
-            c.user, c.db
-        );
-        let Some(rule) = self.hba.lookup(&conn) else {
+/// The method for this client, or why it is refused before any exchange.
+pub(crate) fn method(cfg: &Config, hba: &Hba, c: &Asker<'_>) -> Result<Method, Close> {
+    Ok(match cfg.auth_type {
+        AuthType::Trust => Method::Trust {
+            listed: cfg.auth_file.is_some(),
+        },
+        AuthType::Plain => Method::Cleartext,
+        AuthType::Md5 => Method::Md5,
+        AuthType::ScramSha256 => Method::Scram,
+        AuthType::Hba => return hba_method(hba, c),
+        AuthType::Cert => Method::Cert,
+    })
+}
+
+fn hba_method(hba: &Hba, c: &Asker<'_>) -> Result<Method, Close> {
+    let (kind, host) = match c.peer {
+        Peer::Tcp(a) => (
+            HbaConnKind::Host {
+                addr: a.ip(),
+                tls: c.tls,
+            },
+            format!("host \"{}\"", a.ip()),
+        ),
+        Peer::Unix => (HbaConnKind::Local, "local connection".to_string()),
+    };
+    let conn = HbaConn {
+        kind,
+        database: c.database,
+        user: c.user,
+        endpoint: c.endpoint.as_deref(),
+        physical_replication: c.physical_replication,
+    };
+    // PostgreSQL's words for how the connection is protected.
+    let encryption = if c.tls {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
+    let who = format!(
+        "{host}, user \"{}\", database \"{}\", {encryption}",
+        c.user, c.database
+    );
+    let Some(rule) = hba.lookup(&conn) else {
+        return Err(Close::Fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("no pg_hba.conf entry for {who}"),
+        ));
+    };
+    log::debug!(
+        "{}: hba line {} matched: {}",
+        c.name,
+        rule.line(),
+        rule.method()
+    );
+    Ok(match rule.method() {
+        HbaMethod::Trust => Method::Trust { listed: false },
+        HbaMethod::Password => Method::Cleartext,
+        HbaMethod::Md5 => Method::Md5,
+        HbaMethod::ScramSha256 => Method::Scram,
+        HbaMethod::Reject => {
             return Err(Close::Fatal(
                 sqlstate::INVALID_AUTHORIZATION,
-                format!("no pg_hba.conf entry for {who}"),
-            ));
-        };
-        log::debug!(
-            "{}: hba line {} matched: {}",
-            c.name(),
-            rule.line(),
-            rule.method()
-        );
-        Ok(match rule.method() {
-            HbaMethod::Trust => Method::Trust { listed: false },
-            HbaMethod::Password => Method::Cleartext,
-            HbaMethod::Md5 => Method::Md5,
-            HbaMethod::ScramSha256 => Method::Scram,
-            HbaMethod::Reject => {
+                format!("pg_hba.conf rejects connection for {who}"),
+            ))
+        }
+        HbaMethod::Peer => {
+            let os_user = c.io.peer_uid().and_then(user_name);
+            if os_user.as_deref() != Some(c.user) {
                 return Err(Close::Fatal(
                     sqlstate::INVALID_AUTHORIZATION,
-                    format!("pg_hba.conf rejects connection for {who}"),
-                ))
+                    format!("Peer authentication failed for user \"{}\"", c.user),
+                ));
             }
-            HbaMethod::Peer => {
-                let os_user = c.io.peer_uid().and_then(user_name);
-                if os_user.as_deref() != Some(&*c.user) {
-                    return Err(Close::Fatal(
-                        sqlstate::INVALID_AUTHORIZATION,
-                        format!("Peer authentication failed for user \"{}\"", c.user),
-                    ));
-                }
-                Method::Trust { listed: false }
-            }
-            // hostssl-only in the parser; rustls checked the chain when client_tls_sslmode
-            // is verify-ca or up, and below that no certificate is asked for, so none is
-            // there and the login fails.
-            HbaMethod::Cert => Method::Cert,
-        })
-    }
+            Method::Trust { listed: false }
+        }
+        // hostssl-only in the parser; rustls checked the chain when client_tls_sslmode
+        // is verify-ca or up, and below that no certificate is asked for, so none is
+        // there and the login fails.
+        HbaMethod::Cert => Method::Cert,
+    })
 }
 
 /// The OS user name of a uid (the peer of a Unix socket, for hba `peer`).

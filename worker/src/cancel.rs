@@ -12,8 +12,8 @@
 //! takes it only from a configured peer's address and never forwards it again, so a
 //! wrong `peers` table costs one hop at most, never a loop.
 
-use crate::client::Peer as From;
 use crate::control::Report;
+use crate::proxy::Peer as From;
 use crate::server::{SState, ServerAddr};
 use crate::stats::CancelOutcome;
 use crate::stream::{Sock, Stream};

@@ -2,10 +2,12 @@
 
 use crate::access::Method;
 use crate::auth::{ScramServer, Secret};
+use crate::close::Close;
 use crate::intern::intern;
 use crate::logsafe::Escaped;
 use crate::params::{self, Params};
 use crate::pool::PoolId;
+use crate::proxy::{Peer, Read, Rejection};
 use crate::relay::{Scan, TxState};
 use crate::stats::TlsFailure;
 use crate::stream::{Filled, Sock, Stream};
@@ -39,22 +41,6 @@ pub(crate) enum CState {
     Waiting,
     /// Linked to a server.
     Active,
-}
-
-/// The peer's address: from the socket, or from a PROXY header when one was trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Peer {
-    Tcp(SocketAddr),
-    Unix,
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Peer::Tcp(a) => write!(f, "{}:{}", a.ip(), a.port()),
-            Peer::Unix => f.write_str("unix"),
-        }
-    }
 }
 
 /// The authentication exchange in progress.
@@ -177,16 +163,6 @@ impl fmt::Display for ClientName<'_> {
     }
 }
 
-/// Why a client is closed, and what it is told.
-pub(crate) enum Close {
-    /// Closed without a message (the client left, or it is beyond talking to).
-    Quiet(&'static str),
-    /// A FATAL ErrorResponse, then the close.
-    Fatal(&'static str, String),
-    /// An error from a server, passed on as it came.
-    Relay(crate::wire::fields::ErrorFields),
-}
-
 /// A replication client's startup (`replication=true|database`, PgBouncer 1.23+): it gets
 /// a server of its own, logged in with these parameters, never pooled.
 pub(crate) struct Replication {
@@ -214,7 +190,8 @@ impl Worker {
             let _ = s.set_nodelay(true);
             crate::stream::tune_tcp(s, &self.cfg);
         }
-        let state = match self.proxy_admission(peer) {
+        let cfg = self.cfg.clone();
+        let state = match crate::proxy::admission(&cfg, peer, |p| self.is_peer(p)) {
             crate::proxy::Admission::Direct => CState::Startup,
             crate::proxy::Admission::Header { trusted } => CState::Proxy { trusted },
             crate::proxy::Admission::Refuse => {
@@ -361,13 +338,53 @@ impl Worker {
         }
     }
 
+    /// Refuses a connection at the PROXY stage: logged, counted, closed without a word.
+    pub(crate) fn proxy_reject(&mut self, ct: usize, why: Rejection, detail: String) {
+        if let Some(c) = self.client(ct) {
+            let via = c.via.map(|a| a.to_string()).unwrap_or_default();
+            log::warn!(
+                "C-{} from {via}: PROXY header refused ({}): {detail}",
+                c.id,
+                why.as_str()
+            );
+        }
+        self.stats.proxy_rejected[why as usize] += 1;
+        self.close_client(ct, Close::Quiet("PROXY header refused"));
+    }
+
     /// Handles one buffered login message if a whole one is there.
     fn login_step(&mut self, ct: usize) -> Step {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return Step::Done;
         };
         match c.state {
-            CState::Proxy { .. } => self.proxy_step(ct),
+            CState::Proxy { trusted } => {
+                match crate::proxy::read(&self.cfg, trusted, c.io.rbuf.bytes()) {
+                    Read::Wait => Step::Wait,
+                    Read::NotProxy => {
+                        c.state = CState::Startup;
+                        Step::Again
+                    }
+                    Read::Header {
+                        consumed,
+                        source,
+                        info,
+                    } => {
+                        c.io.rbuf.consume(consumed);
+                        if let Some(src) = source {
+                            c.peer = Peer::Tcp(src);
+                        }
+                        c.proxy = info;
+                        c.state = CState::Startup;
+                        self.stats.proxy_accepted += 1;
+                        Step::Again
+                    }
+                    Read::Refused(why, detail) => {
+                        self.proxy_reject(ct, why, detail);
+                        Step::Done
+                    }
+                }
+            }
             CState::Startup => {
                 // A TLS handshake record where a length belongs: direct TLS. No startup
                 // packet starts so (its length would be over 350 MB).
@@ -400,7 +417,9 @@ impl Worker {
                 };
                 c.io.rbuf.consume(n);
                 let (via, peer) = (c.via, c.peer);
-                if !matches!(packet, FirstPacket::Cancel { .. }) && self.peer_only(via) {
+                if !matches!(packet, FirstPacket::Cancel { .. })
+                    && crate::proxy::peer_only(&self.cfg, via)
+                {
                     log::warn!(
                         "{peer}: a peer pooler without a PROXY header may only send cancel \
                          requests: refused (proxy_protocol is required)"
@@ -762,7 +781,21 @@ impl Worker {
         let db = c.db.clone();
         let looked_up = c.found.is_some();
         let binding: Option<Vec<u8>> = c.io.tls_binding().map(<[u8]>::to_vec);
-        let method = match self.auth_method(ct) {
+        let asker = crate::access::Asker {
+            peer: c.peer,
+            tls: c.is_tls(),
+            database: &c.db,
+            user: &c.user,
+            endpoint: c
+                .proxy
+                .as_ref()
+                .and_then(|p| p.endpoint.as_ref())
+                .map(|e| e.to_string()),
+            physical_replication: c.replication.as_ref().is_some_and(|r| r.kind == "yes"),
+            io: &c.io,
+            name: &c.name(),
+        };
+        let method = match crate::access::method(&self.cfg, &self.hba, &asker) {
             Ok(m) => m,
             Err(why) => return self.close_client(ct, why),
         };
@@ -894,7 +927,11 @@ impl Worker {
             let msg = format!("authentication database \"{dbname}\" is disabled");
             return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
         }
-        let pool = match self.auth_pool(dbname, &source.user) {
+        let pool = match self.pools.for_auth(
+            crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
+            dbname,
+            &source.user,
+        ) {
             Ok(p) => p,
             Err(msg) => {
                 return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg))
@@ -1071,7 +1108,11 @@ impl Worker {
         // An unknown database is told only now, after the password, as PgBouncer does:
         // before it, a client that cannot log in would learn which databases exist. Its
         // words and SQLSTATE (08P01) are PgBouncer's, with no AuthenticationOk first.
-        let pool = match self.pool_for(&db, &user) {
+        let pool = match self.pools.for_client(
+            crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
+            &db,
+            &user,
+        ) {
             Ok(p) => p,
             Err(msg) => {
                 return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg))

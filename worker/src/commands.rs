@@ -1,7 +1,8 @@
 //! What the supervisor (or a signal) asks of a worker: reload, pause, resume, disable,
 //! reconnect, the waits of console commands, and shutdown.
 
-use crate::client::{CState, Close};
+use crate::client::CState;
+use crate::close::Close;
 use crate::config::Config;
 use crate::control::{Report, Snapshot, Until};
 use crate::logsafe::Escaped;

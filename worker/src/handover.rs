@@ -9,11 +9,13 @@
 //! sees nothing. Bytes it sent meanwhile wait in the socket's kernel buffer, which moves
 //! with it. Server connections stay: each generation has its own (see ARCHITECTURE.md).
 
-use crate::client::{CState, Client, Close, Peer};
+use crate::client::{CState, Client};
+use crate::close::Close;
 use crate::config::PoolMode;
 use crate::control::{self, Command, HandedClient, HandedProxy, Report};
 use crate::intern::intern;
 use crate::params::Params;
+use crate::proxy::Peer;
 use crate::relay::{Scan, TxState};
 use crate::stream::{Sock, Stream};
 use crate::wire::sqlstate;
@@ -279,7 +281,11 @@ impl Worker {
         if h.cancel_key != 0 {
             self.cancel_keys.insert(h.cancel_key, (ct, id));
         }
-        match self.pool_for(&h.db, &h.user) {
+        match self.pools.for_client(
+            crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
+            &h.db,
+            &h.user,
+        ) {
             Ok(pool) => {
                 if let Some(c) = self.client(ct) {
                     c.pool = Some(pool);

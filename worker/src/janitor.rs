@@ -1,6 +1,7 @@
 //! Periodic maintenance: every timeout, pool minimums, and retries after failed logins.
 
-use crate::client::{CState, Close};
+use crate::client::CState;
+use crate::close::Close;
 use crate::config::PoolMode;
 use crate::logsafe::Escaped;
 use crate::relay::TxStatus;
@@ -226,7 +227,11 @@ impl Worker {
             .filter(|(name, user)| self.pools.find(name, user).is_none())
             .collect();
         for (name, user) in wanted {
-            if let Err(e) = self.pool_for(&name, &user) {
+            if let Err(e) = self.pools.for_client(
+                crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
+                &name,
+                &user,
+            ) {
                 log::debug!("{}: no pool for min_pool_size: {e}", Escaped(&name));
             }
         }

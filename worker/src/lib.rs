@@ -8,6 +8,7 @@ mod auth_query;
 pub mod buf;
 mod cancel;
 mod client;
+mod close;
 pub(crate) mod commands;
 pub mod config;
 pub mod control;

@@ -1,6 +1,7 @@
 //! A client and its server: assignment, parameter sync, the byte pump, and release.
 
-use crate::client::{CState, Close};
+use crate::client::CState;
+use crate::close::Close;
 use crate::config::PoolMode;
 use crate::params;
 use crate::pool::PoolId;
@@ -32,7 +33,11 @@ impl Worker {
             // the config now names, or tell the client, but never launch a server for a
             // pool that would only close it again.
             let (db, user) = (c.db.clone(), c.user.clone());
-            match self.pool_for(&db, &user) {
+            match self.pools.for_client(
+                crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
+                &db,
+                &user,
+            ) {
                 Ok(p) if !self.pools.get(p).obsolete => {
                     pool = p;
                     if let Some(c) = self.client(ct) {
@@ -224,7 +229,11 @@ impl Worker {
                 continue;
             };
             let (db, user) = (c.db.clone(), c.user.clone());
-            match self.pool_for(&db, &user) {
+            match self.pools.for_client(
+                crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
+                &db,
+                &user,
+            ) {
                 Ok(p) if !self.pools.get(p).obsolete => {
                     if let Some(c) = self.client(ct) {
                         c.pool = Some(p);
@@ -356,14 +365,31 @@ impl Worker {
                     FromClient::Terminate if c.scan.ready == 0 => {
                         return self.close_client(ct, Close::Quiet("client close request"));
                     }
-                    FromClient::Rewrite if c.scan.ready == 0 => match self.rewrite_named(ct, st) {
-                        Ok(true) => {
-                            scan_only = true;
-                            continue;
+                    FromClient::Rewrite if c.scan.ready == 0 => {
+                        match crate::prepared::rewrite_named(
+                            crate::prepared::Link {
+                                rbuf: &mut c.io.rbuf,
+                                scan: &mut c.scan,
+                                tx: &mut c.tx,
+                                queue: &mut c.queue,
+                                stmts: &mut c.stmts,
+                                wbuf: &mut s.io.wbuf,
+                                server_stmts: &mut s.stmts,
+                            },
+                            &mut self.stmts,
+                            &mut self.bufs,
+                            c.pool.map(|p| &mut self.pools.get_mut(p).stats),
+                            max_packet,
+                            self.cfg.max_prepared_statements as usize,
+                        ) {
+                            Ok(true) => {
+                                scan_only = true;
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(why) => return self.close_client(ct, why),
                         }
-                        Ok(false) => {}
-                        Err(why) => return self.close_client(ct, why),
-                    },
+                    }
                     FromClient::Unknown(tag) if c.scan.ready == 0 => {
                         log::warn!("C-{}: unknown pkt from client: {tag}/{tag:#x}", c.id);
                         let why = Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "unknown pkt".into());

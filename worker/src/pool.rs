@@ -374,48 +374,74 @@ impl Pools {
     }
 }
 
-impl crate::worker::Worker {
+/// What a new pool is made from: the config, PAUSE and DISABLE in force, and the
+/// shared-memory name table its global limits and counters are kept under.
+#[derive(Clone, Copy)]
+pub struct Setting<'a>(
+    pub &'a crate::config::Config,
+    pub &'a crate::control::Holds,
+    pub &'a crate::shm::Shm,
+);
+
+impl Pools {
     /// The pool for a client's database and user, made on first use from the config.
-    pub(crate) fn pool_for(&mut self, db: &str, user: &str) -> Result<PoolId, String> {
-        let resolved = self
-            .cfg
-            .database(db)
-            .ok_or_else(|| format!("no such database: {db}"))?;
+    pub fn for_client(&mut self, at: Setting<'_>, db: &str, user: &str) -> Result<PoolId, String> {
+        let resolved =
+            at.0.database(db)
+                .ok_or_else(|| format!("no such database: {db}"))?;
         let server_user = resolved
             .entry
             .user
             .clone()
             .unwrap_or_else(|| user.to_string());
-        self.pool_with(db, server_user, resolved)
+        self.with_user(at, db, server_user, resolved)
     }
 
     /// The pool of `auth_user` in database `db`, whatever user the database forces, as
     /// PgBouncer's auth pool: auth_query runs on its servers.
-    pub(crate) fn auth_pool(&mut self, db: &str, auth_user: &str) -> Result<PoolId, String> {
-        let resolved = self
-            .cfg
-            .database(db)
-            .ok_or_else(|| format!("no such database: {db}"))?;
-        self.pool_with(db, auth_user.to_string(), resolved)
+    pub fn for_auth(
+        &mut self,
+        at: Setting<'_>,
+        db: &str,
+        auth_user: &str,
+    ) -> Result<PoolId, String> {
+        let resolved =
+            at.0.database(db)
+                .ok_or_else(|| format!("no such database: {db}"))?;
+        self.with_user(at, db, auth_user.to_string(), resolved)
     }
 
-    fn pool_with(
+    fn with_user(
         &mut self,
+        at: Setting<'_>,
         db: &str,
         server_user: String,
         resolved: crate::config::ResolvedDb,
     ) -> Result<PoolId, String> {
-        if let Some(id) = self.pools.find(db, &server_user) {
+        if let Some(id) = self.find(db, &server_user) {
             return Ok(id);
         }
-        let limits = Limits::of(&self.cfg, db, &server_user);
+        let limits = Limits::of(at.0, db, &server_user);
         let target = Target::new(&resolved, server_user.clone());
         let mut pool = Pool::new(db.to_string(), server_user, target, limits);
         pool.forced = resolved.entry.user.as_ref() == Some(&pool.user);
-        pool.paused = self.holds.is_paused(db);
-        pool.db_idx = self.shm.name_index(crate::shm::Kind::Database, db);
-        pool.user_idx = self.shm.name_index(crate::shm::Kind::User, &pool.user);
-        Ok(self.pools.add(pool))
+        pool.paused = at.1.is_paused(db);
+        pool.db_idx = at.2.name_index(crate::shm::Kind::Database, db);
+        pool.user_idx = at.2.name_index(crate::shm::Kind::User, &pool.user);
+        Ok(self.add(pool))
+    }
+
+    /// Every pool's counters added up, in total and per database, and the servers open.
+    pub fn totals(&self) -> crate::stats::Totals {
+        let mut t = crate::stats::Totals::default();
+        for p in &self.list {
+            t.all.add(&p.stats);
+            t.servers += p.total() as u64;
+            if let Some(i) = p.db_idx {
+                t.by_db.entry(i).or_default().add(&p.stats);
+            }
+        }
+        t
     }
 }
 

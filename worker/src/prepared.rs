@@ -8,13 +8,16 @@
 //! has and Close of a client's statement are answered by the pooler itself; the relay's
 //! queue of expected answers puts those answers in their place in the stream.
 
-use crate::client::Close;
+use crate::buf::{BufPool, InBuf, OutBuf};
+use crate::close::Close;
 use crate::relay::{bind_names, Expect};
+use crate::relay::{Scan, TxState};
+use crate::stats::PoolStats;
 use crate::wire::fields::cstr;
 use crate::wire::write::message;
 use crate::wire::{frame, sqlstate};
-use crate::worker::{Conn, Worker};
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 
 /// One distinct statement.
@@ -163,168 +166,178 @@ enum Plan {
     ForgetAll,
 }
 
-impl Worker {
-    /// Handles a named-statement message at the front of a linked client's buffer, once
-    /// every byte before it has gone to the server. Ok(false): more bytes are needed.
-    pub(crate) fn rewrite_named(&mut self, ct: usize, st: usize) -> Result<bool, Close> {
-        let max_packet = self.cfg.max_packet_size as usize;
-        let limit = self.cfg.max_prepared_statements as usize;
-        let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
-            return Err(Close::Quiet("connection gone"));
-        };
-        debug_assert_eq!(c.scan.ready, 0);
-        let bytes = c.io.rbuf.bytes();
-        let avail = bytes.len();
-        let h = match frame::header(bytes, max_packet) {
-            Ok(Some(h)) => h,
-            Ok(None) => return Ok(false),
-            Err(e) => return Err(Close::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
-        };
-        let body = &bytes[5..bytes.len().min(h.total)];
-        let whole = bytes.len() >= h.total;
-        let bad = || Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "malformed message".into());
-        let name_of = |n: &[u8]| -> Box<str> { String::from_utf8_lossy(n).into() };
-        // PgBouncer's answers (prepare.c): it closes the client rather than sending an error
-        // the rest of a pipeline would have to be skipped after.
-        let in_use = || {
-            Close::Fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                "prepared statement name is already in use".into(),
-            )
-        };
-        let unknown = || {
-            Close::Fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                "prepared statement did not exist".into(),
-            )
-        };
-        let plan = match h.tag {
-            b'P' if !whole => Plan::Wait(h.total),
-            b'P' => {
-                let (name, rest) = cstr(body).ok_or_else(bad)?;
-                let client_name = name_of(name);
-                if c.stmts.get(&client_name).is_some() {
-                    return Err(in_use());
-                }
-                Plan::Parse {
-                    client_name,
-                    body: rest.to_vec(),
-                }
+/// The parts of a linked client and its server that a named-statement rewrite touches.
+pub(crate) struct Link<'a> {
+    /// The client's unread bytes, its relay state and its statements.
+    pub rbuf: &'a mut InBuf,
+    pub scan: &'a mut Scan,
+    pub tx: &'a mut TxState,
+    pub queue: &'a mut VecDeque<Expect>,
+    pub stmts: &'a mut ClientStmts,
+    /// What goes to the server, and the statements it has.
+    pub wbuf: &'a mut OutBuf,
+    pub server_stmts: &'a mut ServerStmts,
+}
+
+pub(crate) fn rewrite_named(
+    l: Link<'_>,
+    reg: &mut Registry,
+    bufs: &mut BufPool,
+    stats: Option<&mut PoolStats>,
+    max_packet: usize,
+    limit: usize,
+) -> Result<bool, Close> {
+    debug_assert_eq!(l.scan.ready, 0);
+    let bytes = l.rbuf.bytes();
+    let avail = bytes.len();
+    let h = match frame::header(bytes, max_packet) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(false),
+        Err(e) => return Err(Close::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+    };
+    let body = &bytes[5..bytes.len().min(h.total)];
+    let whole = bytes.len() >= h.total;
+    let bad = || Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "malformed message".into());
+    let name_of = |n: &[u8]| -> Box<str> { String::from_utf8_lossy(n).into() };
+    // PgBouncer's answers (prepare.c): it closes the client rather than sending an error
+    // the rest of a pipeline would have to be skipped after.
+    let in_use = || {
+        Close::Fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "prepared statement name is already in use".into(),
+        )
+    };
+    let unknown = || {
+        Close::Fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "prepared statement did not exist".into(),
+        )
+    };
+    let plan = match h.tag {
+        b'P' if !whole => Plan::Wait(h.total),
+        b'P' => {
+            let (name, rest) = cstr(body).ok_or_else(bad)?;
+            let client_name = name_of(name);
+            if l.stmts.get(&client_name).is_some() {
+                return Err(in_use());
             }
-            b'B' => match bind_names(body) {
-                None if whole => return Err(bad()),
-                None => Plan::Wait(h.total.min(5 + 1024).max(bytes.len() + 1)),
-                Some((portal, name)) => match c.stmts.get(&name_of(name)) {
-                    None => return Err(unknown()),
-                    Some(stmt) => Plan::Bind {
-                        stmt: stmt.clone(),
-                        portal: portal.to_vec(),
-                        prefix: 5 + portal.len() + 1 + name.len() + 1,
-                    },
+            Plan::Parse {
+                client_name,
+                body: rest.to_vec(),
+            }
+        }
+        b'B' => match bind_names(body) {
+            None if whole => return Err(bad()),
+            None => Plan::Wait(h.total.min(5 + 1024).max(bytes.len() + 1)),
+            Some((portal, name)) => match l.stmts.get(&name_of(name)) {
+                None => return Err(unknown()),
+                Some(stmt) => Plan::Bind {
+                    stmt: stmt.clone(),
+                    portal: portal.to_vec(),
+                    prefix: 5 + portal.len() + 1 + name.len() + 1,
                 },
             },
-            b'D' | b'C' if !whole => Plan::Wait(h.total),
-            b'D' => {
-                let (name, _) = body.get(1..).and_then(cstr).ok_or_else(bad)?;
-                match c.stmts.get(&name_of(name)) {
-                    None => return Err(unknown()),
-                    Some(stmt) => Plan::Describe(stmt.clone()),
-                }
-            }
-            b'C' => {
-                let (name, _) = body.get(1..).and_then(cstr).ok_or_else(bad)?;
-                Plan::Close(name_of(name))
-            }
-            b'Q' if !whole => Plan::Wait(h.total),
-            b'Q' => Plan::ForgetAll,
-            _ => Plan::Pass(Expect::Close),
-        };
-        c.tx.unsynced = h.tag != b'Q';
-        // SHOW STATS' prepared-statement counters, as PgBouncer 1.21+ counts them.
-        let stats = c.pool.map(|p| &mut self.pools.get_mut(p).stats);
-        let mut counted = crate::stats::PoolStats::default();
-        match plan {
-            Plan::Wait(total) => {
-                c.io.rbuf.make_room(total, &mut self.bufs);
-                return Ok(false);
-            }
-            Plan::Pass(expect) => {
-                c.queue.push_back(expect);
-                c.scan.pass(h.total, avail);
-            }
-            Plan::Parse { client_name, body } => {
-                let stmt = self.stmts.get_or_add(&body);
-                c.io.rbuf.consume(h.total);
-                counted.client_parse_count += 1;
-                let n = c.stmts.add(client_name, stmt.clone());
-                if s.stmts.touch(stmt.id) {
-                    c.queue.push_back(Expect::MadeParse(n));
-                } else {
-                    let out = s.io.wbuf.vec(&mut self.bufs);
-                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, Some(n));
-                    counted.server_parse_count += 1;
-                }
-            }
-            Plan::Bind {
-                stmt,
-                portal,
-                prefix,
-            } => {
-                let out = s.io.wbuf.vec(&mut self.bufs);
-                if !s.stmts.touch(stmt.id) {
-                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, None);
-                    counted.server_parse_count += 1;
-                }
-                counted.bind_count += 1;
-                // Header and names here; the parameters stream from the client's buffer.
-                let rest = h.total - prefix;
-                out.push(b'B');
-                let at = out.len();
-                out.extend_from_slice(&[0; 4]);
-                out.extend_from_slice(&portal);
-                out.push(0);
-                put_name(out, stmt.id);
-                let len = (out.len() - at + rest) as u32;
-                out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-                c.io.rbuf.consume(prefix);
-                c.scan.remaining = rest;
-                c.scan.stream(c.io.rbuf.len());
-                c.queue.push_back(Expect::Bind);
-            }
-            Plan::Describe(stmt) => {
-                c.io.rbuf.consume(h.total);
-                let out = s.io.wbuf.vec(&mut self.bufs);
-                if !s.stmts.touch(stmt.id) {
-                    prepare(out, &mut s.stmts, &mut c.queue, &stmt, limit, None);
-                    counted.server_parse_count += 1;
-                }
-                message(out, b'D', |o| {
-                    o.push(b'S');
-                    put_name(o, stmt.id);
-                });
-                c.queue.push_back(Expect::DescribeStatement);
-            }
-            Plan::ForgetAll => {
-                c.stmts.by_name.clear();
-                s.stmts.clear();
-                c.tx.expected += 1;
-                c.queue.push_back(Expect::Query);
-                c.scan.pass(h.total, avail);
-            }
-            Plan::Close(name) => {
-                // The server keeps the statement for others; the client only forgets it.
-                c.io.rbuf.consume(h.total);
-                c.stmts.by_name.remove(&name);
-                c.queue.push_back(Expect::MadeClose);
+        },
+        b'D' | b'C' if !whole => Plan::Wait(h.total),
+        b'D' => {
+            let (name, _) = body.get(1..).and_then(cstr).ok_or_else(bad)?;
+            match l.stmts.get(&name_of(name)) {
+                None => return Err(unknown()),
+                Some(stmt) => Plan::Describe(stmt.clone()),
             }
         }
-        if let Some(st) = stats {
-            st.client_parse_count += counted.client_parse_count;
-            st.server_parse_count += counted.server_parse_count;
-            st.bind_count += counted.bind_count;
+        b'C' => {
+            let (name, _) = body.get(1..).and_then(cstr).ok_or_else(bad)?;
+            Plan::Close(name_of(name))
         }
-        Ok(true)
+        b'Q' if !whole => Plan::Wait(h.total),
+        b'Q' => Plan::ForgetAll,
+        _ => Plan::Pass(Expect::Close),
+    };
+    l.tx.unsynced = h.tag != b'Q';
+    // SHOW STATS' prepared-statement counters, as PgBouncer 1.21+ counts them.
+    let mut counted = PoolStats::default();
+    match plan {
+        Plan::Wait(total) => {
+            l.rbuf.make_room(total, bufs);
+            return Ok(false);
+        }
+        Plan::Pass(expect) => {
+            l.queue.push_back(expect);
+            l.scan.pass(h.total, avail);
+        }
+        Plan::Parse { client_name, body } => {
+            let stmt = reg.get_or_add(&body);
+            l.rbuf.consume(h.total);
+            counted.client_parse_count += 1;
+            let n = l.stmts.add(client_name, stmt.clone());
+            if l.server_stmts.touch(stmt.id) {
+                l.queue.push_back(Expect::MadeParse(n));
+            } else {
+                let out = l.wbuf.vec(bufs);
+                prepare(out, l.server_stmts, l.queue, &stmt, limit, Some(n));
+                counted.server_parse_count += 1;
+            }
+        }
+        Plan::Bind {
+            stmt,
+            portal,
+            prefix,
+        } => {
+            let out = l.wbuf.vec(bufs);
+            if !l.server_stmts.touch(stmt.id) {
+                prepare(out, l.server_stmts, l.queue, &stmt, limit, None);
+                counted.server_parse_count += 1;
+            }
+            counted.bind_count += 1;
+            // Header and names here; the parameters stream from the client's buffer.
+            let rest = h.total - prefix;
+            out.push(b'B');
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(&portal);
+            out.push(0);
+            put_name(out, stmt.id);
+            let len = (out.len() - at + rest) as u32;
+            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            l.rbuf.consume(prefix);
+            l.scan.remaining = rest;
+            l.scan.stream(l.rbuf.len());
+            l.queue.push_back(Expect::Bind);
+        }
+        Plan::Describe(stmt) => {
+            l.rbuf.consume(h.total);
+            let out = l.wbuf.vec(bufs);
+            if !l.server_stmts.touch(stmt.id) {
+                prepare(out, l.server_stmts, l.queue, &stmt, limit, None);
+                counted.server_parse_count += 1;
+            }
+            message(out, b'D', |o| {
+                o.push(b'S');
+                put_name(o, stmt.id);
+            });
+            l.queue.push_back(Expect::DescribeStatement);
+        }
+        Plan::ForgetAll => {
+            l.stmts.by_name.clear();
+            l.server_stmts.clear();
+            l.tx.expected += 1;
+            l.queue.push_back(Expect::Query);
+            l.scan.pass(h.total, avail);
+        }
+        Plan::Close(name) => {
+            // The server keeps the statement for others; the client only forgets it.
+            l.rbuf.consume(h.total);
+            l.stmts.by_name.remove(&name);
+            l.queue.push_back(Expect::MadeClose);
+        }
     }
+    if let Some(st) = stats {
+        st.client_parse_count += counted.client_parse_count;
+        st.server_parse_count += counted.server_parse_count;
+        st.bind_count += counted.bind_count;
+    }
+    Ok(true)
 }
 
 /// Prepares `stmt` on a server, closing its least recently used statements first while it

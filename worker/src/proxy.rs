@@ -7,11 +7,26 @@
 //! refused. Bad headers and timeouts close the connection without PostgreSQL bytes: the
 //! peer is a proxy, not a PostgreSQL client.
 
-use crate::client::{CState, Close, Peer, Step};
-use crate::config::ProxyProtocol;
+use crate::config::{Config, ProxyProtocol};
 use crate::proxy_header::{self, CloudEndpoint, Decoded, Tlvs};
-use crate::worker::{Conn, Worker};
+use std::fmt;
 use std::net::SocketAddr;
+
+/// The peer's address: from the socket, or from a PROXY header when one was trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{}:{}", a.ip(), a.port()),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
+}
 
 /// What a trusted PROXY v2 header said besides the address. Boxed in the client, and only
 /// there when the header carried any of it.
@@ -104,98 +119,75 @@ impl Rejection {
     }
 }
 
-impl Worker {
-    pub(crate) fn proxy_admission(&mut self, peer: Option<SocketAddr>) -> Admission {
-        let Some(peer) = peer else {
-            // Unix-socket clients are local: there is no proxy in between.
-            return Admission::Direct;
-        };
-        let trusted = self.is_proxy_trusted(peer);
-        let mode = self.cfg.proxy_protocol;
-        match mode {
-            ProxyProtocol::Off => Admission::Direct,
-            // Peer poolers connect directly to forward cancel requests; the startup step
-            // lets nothing else through (see `peer_only`).
-            ProxyProtocol::Required if !trusted && self.is_peer(crate::client::Peer::Tcp(peer)) => {
-                Admission::Direct
-            }
-            ProxyProtocol::Required if !trusted => Admission::Refuse,
-            ProxyProtocol::Required | ProxyProtocol::Optional => Admission::Header { trusted },
-        }
+/// How a connection from `peer` (None: a Unix socket) starts. `is_peer` says whether
+/// the address is a peer pooler's; it is asked only when that decides.
+pub(crate) fn admission(
+    cfg: &Config,
+    peer: Option<SocketAddr>,
+    is_peer: impl FnOnce(Peer) -> bool,
+) -> Admission {
+    let Some(peer) = peer else {
+        // Unix-socket clients are local: there is no proxy in between.
+        return Admission::Direct;
+    };
+    let trusted = is_trusted(cfg, peer);
+    match cfg.proxy_protocol {
+        ProxyProtocol::Off => Admission::Direct,
+        // Peer poolers connect directly to forward cancel requests; the startup step
+        // lets nothing else through (see `peer_only`).
+        ProxyProtocol::Required if !trusted && is_peer(Peer::Tcp(peer)) => Admission::Direct,
+        ProxyProtocol::Required if !trusted => Admission::Refuse,
+        ProxyProtocol::Required | ProxyProtocol::Optional => Admission::Header { trusted },
     }
+}
 
-    fn is_proxy_trusted(&self, peer: SocketAddr) -> bool {
-        self.cfg.proxy_trusted.iter().any(|c| c.contains(peer.ip()))
-    }
+fn is_trusted(cfg: &Config, peer: SocketAddr) -> bool {
+    cfg.proxy_trusted.iter().any(|c| c.contains(peer.ip()))
+}
 
-    /// Whether a client was let in without a PROXY header only because it is a peer
-    /// pooler (proxy_protocol required): it may send a CancelRequest and nothing else.
-    /// `via` is the socket's own peer address (None on a Unix socket).
-    pub(crate) fn peer_only(&self, via: Option<SocketAddr>) -> bool {
-        self.cfg.proxy_protocol == ProxyProtocol::Required
-            && via.is_some_and(|a| !self.is_proxy_trusted(a))
-    }
+/// Whether a client was let in without a PROXY header only because it is a peer
+/// pooler (proxy_protocol required): it may send a CancelRequest and nothing else.
+/// `via` is the socket's own peer address (None on a Unix socket).
+pub(crate) fn peer_only(cfg: &Config, via: Option<SocketAddr>) -> bool {
+    cfg.proxy_protocol == ProxyProtocol::Required && via.is_some_and(|a| !is_trusted(cfg, a))
+}
 
-    /// Reads the header from the buffered bytes; the bytes after it stay for the
-    /// startup packet.
-    pub(crate) fn proxy_step(&mut self, ct: usize) -> Step {
-        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
-            return Step::Done;
-        };
-        let CState::Proxy { trusted } = c.state else {
-            return Step::Done;
-        };
-        let required = self.cfg.proxy_protocol == ProxyProtocol::Required;
-        match proxy_header::decode(c.io.rbuf.bytes(), self.cfg.proxy_max_header as usize) {
-            Ok(Decoded::NeedMore) => Step::Wait,
-            Ok(Decoded::NotProxy) if required => {
-                self.proxy_reject(
-                    ct,
-                    Rejection::Missing,
-                    "no PROXY header from a trusted peer".into(),
-                );
-                Step::Done
-            }
-            Ok(Decoded::NotProxy) => {
-                c.state = CState::Startup;
-                Step::Again
-            }
-            Ok(Decoded::Header { .. }) if !trusted => {
-                self.proxy_reject(
-                    ct,
-                    Rejection::Untrusted,
-                    "PROXY header from an untrusted peer (spoofing attempt?)".into(),
-                );
-                Step::Done
-            }
-            Ok(Decoded::Header { header, consumed }) => {
-                c.io.rbuf.consume(consumed);
-                if let Some(src) = header.source() {
-                    c.peer = Peer::Tcp(src);
-                }
-                c.proxy = ProxyInfo::from_tlvs(header.tlvs, self.cfg.proxy_tls_trusted);
-                c.state = CState::Startup;
-                self.stats.proxy_accepted += 1;
-                Step::Again
-            }
-            Err(e) => {
-                self.proxy_reject(ct, Rejection::Invalid, format!("invalid PROXY header: {e}"));
-                Step::Done
-            }
-        }
-    }
+/// What the first bytes of a connection admitted with [`Admission::Header`] say.
+pub(crate) enum Read {
+    /// A whole header is not there yet.
+    Wait,
+    /// No PROXY header, and none is required: the startup packet follows.
+    NotProxy,
+    /// A header from a trusted peer, `consumed` bytes long: the client is at `source`
+    /// (None for a LOCAL header, a health check), and `info` is what else it said.
+    Header {
+        consumed: usize,
+        source: Option<SocketAddr>,
+        info: Option<Box<ProxyInfo>>,
+    },
+    /// Refused: the connection closes without a word.
+    Refused(Rejection, String),
+}
 
-    /// Refuses a connection at the PROXY stage: logged, counted, closed without a word.
-    pub(crate) fn proxy_reject(&mut self, ct: usize, why: Rejection, detail: String) {
-        if let Some(c) = self.client(ct) {
-            let via = c.via.map(|a| a.to_string()).unwrap_or_default();
-            log::warn!(
-                "C-{} from {via}: PROXY header refused ({}): {detail}",
-                c.id,
-                why.as_str()
-            );
-        }
-        self.stats.proxy_rejected[why as usize] += 1;
-        self.close_client(ct, Close::Quiet("PROXY header refused"));
+/// Reads a PROXY header from the start of `bytes`, believed only when `trusted`.
+pub(crate) fn read(cfg: &Config, trusted: bool, bytes: &[u8]) -> Read {
+    let required = cfg.proxy_protocol == ProxyProtocol::Required;
+    match proxy_header::decode(bytes, cfg.proxy_max_header as usize) {
+        Ok(Decoded::NeedMore) => Read::Wait,
+        Ok(Decoded::NotProxy) if required => Read::Refused(
+            Rejection::Missing,
+            "no PROXY header from a trusted peer".into(),
+        ),
+        Ok(Decoded::NotProxy) => Read::NotProxy,
+        Ok(Decoded::Header { .. }) if !trusted => Read::Refused(
+            Rejection::Untrusted,
+            "PROXY header from an untrusted peer (spoofing attempt?)".into(),
+        ),
+        Ok(Decoded::Header { header, consumed }) => Read::Header {
+            consumed,
+            source: header.source(),
+            info: ProxyInfo::from_tlvs(header.tlvs, cfg.proxy_tls_trusted),
+        },
+        Err(e) => Read::Refused(Rejection::Invalid, format!("invalid PROXY header: {e}")),
     }
 }

@@ -1,7 +1,8 @@
 //! Server connections: connecting, logging in to PostgreSQL, reset, and closing.
 
 use crate::auth::{md5_salted_response, ScramClient, Secret};
-use crate::client::{CState, Close};
+use crate::client::CState;
+use crate::close::Close;
 use crate::config::TargetSessionAttrs;
 use crate::dns::Lookup;
 use crate::params::{self, Params};

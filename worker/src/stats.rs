@@ -1,6 +1,5 @@
 //! Counters: kept as plain numbers on the hot path, published to shared memory each tick.
 
-use crate::pool::Pools;
 use crate::shm::{bump, Shm};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,7 +27,7 @@ pub struct PoolStats {
 }
 
 impl PoolStats {
-    fn add(&mut self, o: &PoolStats) {
+    pub fn add(&mut self, o: &PoolStats) {
         self.client_parse_count += o.client_parse_count;
         self.server_parse_count += o.server_parse_count;
         self.bind_count += o.bind_count;
@@ -108,6 +107,15 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Every pool's counters added up (`Pools::totals`), for [`WorkerStats::flush`].
+#[derive(Default)]
+pub struct Totals {
+    pub all: PoolStats,
+    pub by_db: HashMap<usize, PoolStats>,
+    /// Server connections open.
+    pub servers: u64,
+}
+
 impl WorkerStats {
     /// Marks the slot as running under this process.
     pub fn started(&self, shm: &Shm, slot: usize) {
@@ -120,18 +128,9 @@ impl WorkerStats {
     }
 
     /// Publishes every counter. Totals are stored, not added, so a flush is idempotent.
-    pub fn flush(&self, shm: &Shm, slot: usize, pools: &Pools) {
+    pub fn flush(&self, shm: &Shm, slot: usize, pools: &Totals) {
         let w = shm.worker(slot);
-        let mut total = PoolStats::default();
-        let mut by_db: HashMap<usize, PoolStats> = HashMap::new();
-        let mut servers = 0u64;
-        for p in &pools.list {
-            total.add(&p.stats);
-            servers += p.total() as u64;
-            if let Some(i) = p.db_idx {
-                by_db.entry(i).or_default().add(&p.stats);
-            }
-        }
+        let (total, servers) = (&pools.all, pools.servers);
         w.accepts.store(self.accepts, Relaxed);
         w.transactions.store(total.xact_count, Relaxed);
         w.queries.store(total.query_count, Relaxed);
@@ -152,7 +151,7 @@ impl WorkerStats {
         for (k, v) in self.cancels.iter().enumerate() {
             w.cancels[k].store(*v, Relaxed);
         }
-        for (i, s) in by_db {
+        for (&i, s) in &pools.by_db {
             let d = shm.db_stats(slot, i);
             d.xact_count.store(s.xact_count, Relaxed);
             d.query_count.store(s.query_count, Relaxed);

@@ -268,7 +268,7 @@ impl Worker {
             }
             if self.now >= next_tick {
                 self.janitor();
-                self.stats.flush(&self.shm, self.slot, &self.pools);
+                self.stats.flush(&self.shm, self.slot, &self.pools.totals());
                 next_tick = self.now + TICK;
                 if self.shutdown_step() {
                     log::info!("worker {}: shutdown complete", self.slot);

@@ -5,7 +5,8 @@
 pub use pgbouncers_proto::console as parse;
 mod show;
 
-use crate::client::{CState, Close};
+use crate::client::CState;
+use crate::close::Close;
 use crate::control::{decode_rows, AdminRequest, Report, Row, What};
 use crate::logsafe::Escaped;
 use crate::wire::write::{self, Severity};

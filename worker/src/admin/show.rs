@@ -1,8 +1,9 @@
 //! SHOW commands: PgBouncer's columns, from shared memory, the config, and rows every
 //! worker sends.
 
-use crate::client::{CState, Peer};
+use crate::client::CState;
 use crate::control::{Row, What};
+use crate::proxy::Peer;
 use crate::server::SState;
 use crate::shm::{Kind, DB_COUNTERS};
 use crate::wire::write;
@@ -133,11 +134,11 @@ impl Worker {
             // This worker's own counters as of now; the others' are at most one loop tick
             // (200 ms) old: each publishes its counters to shared memory on every tick.
             "stats" | "stats_totals" | "stats_averages" => {
-                self.stats.flush(&self.shm, self.slot, &self.pools);
+                self.stats.flush(&self.shm, self.slot, &self.pools.totals());
                 self.show_stats(what)
             }
             "totals" => {
-                self.stats.flush(&self.shm, self.slot, &self.pools);
+                self.stats.flush(&self.shm, self.slot, &self.pools.totals());
                 self.show_totals()
             }
             "workers" => self.show_workers(),
