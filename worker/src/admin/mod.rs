@@ -57,6 +57,24 @@ pub fn is_console(db: &str) -> bool {
 }
 
 impl Worker {
+    /// The worker as the SHOW tables read it.
+    pub(crate) fn view(&self) -> show::View<'_> {
+        show::View {
+            slot: self.slot,
+            now: self.now,
+            cfg: &self.cfg,
+            shm: &self.shm,
+            predecessor: self.predecessor.as_deref(),
+            conns: &self.conns,
+            pools: &self.pools,
+            bufs: &self.bufs,
+            holds: &self.holds,
+            dns: &self.dns,
+            peer_cancels: &self.peer_cancels,
+            passed: &self.passed,
+        }
+    }
+
     /// The role a user has on the console, if any.
     pub(crate) fn console_role(&self, user: &str) -> Option<Role> {
         if self.cfg.admin_users.iter().any(|u| u == user) {
@@ -384,7 +402,7 @@ impl Worker {
         } else {
             // A worker run without a supervisor (tests): only its own rows exist.
             if let AdminRequest::Collect(what) = request {
-                let rows = self.collect(what);
+                let rows = self.view().collect(what);
                 if let Some(p) = self.console.pending.get_mut(&req) {
                     p.rows = rows.into_iter().map(|r| (self.slot as u8, r)).collect();
                 }
@@ -467,7 +485,7 @@ impl Worker {
 
     /// The supervisor asks for this worker's rows.
     pub(crate) fn console_collect(&mut self, req: u32, what: What) {
-        let rows = self.collect(what);
+        let rows = self.view().collect(what);
         self.send_rows(req, &rows);
     }
 
@@ -537,5 +555,42 @@ impl Worker {
             }
             None => false,
         }
+    }
+
+    pub(crate) fn console_table(&mut self, ct: usize, table: &show::Table) {
+        if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
+            table.write(c.io.wbuf.vec(&mut self.bufs));
+        }
+    }
+
+    /// SHOW <what>: answered here, or after collecting rows from every worker.
+    pub(crate) fn console_show(&mut self, ct: usize, what: &str, query: &str) {
+        if matches!(what, "stats" | "stats_totals" | "stats_averages" | "totals") {
+            // This worker's own counters as of now; the others' are at most one loop tick
+            // (200 ms) old: each publishes its counters to shared memory on every tick.
+            self.stats.flush(&self.shm, self.slot, &self.pools.totals());
+        }
+        match self.view().show(what) {
+            show::Answer::Table(table) => self.console_table(ct, &table),
+            show::Answer::Help => {
+                if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
+                    show::help(c.io.wbuf.vec(&mut self.bufs));
+                }
+            }
+            show::Answer::Collect(w) => {
+                let cmd = parse::Cmd::Show(what.to_string());
+                self.console_forward(ct, cmd, crate::control::AdminRequest::Collect(w));
+            }
+            show::Answer::Unknown => {
+                let msg = format!("invalid command '{query}', use SHOW HELP;");
+                self.console_error(ct, &msg);
+            }
+        }
+    }
+
+    /// The answer to a SHOW whose rows came from every worker.
+    pub(crate) fn console_show_rows(&mut self, ct: usize, what: &str, rows: Vec<(u8, Row)>) {
+        let table = self.view().collected(what, rows);
+        self.console_table(ct, &table);
     }
 }

@@ -1,16 +1,23 @@
 //! SHOW commands: PgBouncer's columns, from shared memory, the config, and rows every
 //! worker sends.
 
+use crate::buf::BufPool;
+use crate::cancel::PeerCancels;
 use crate::client::CState;
+use crate::config::Config;
+use crate::control::Holds;
 use crate::control::{Row, What};
+use crate::dns::Resolver;
+use crate::pool::Pools;
 use crate::proxy::Peer;
 use crate::server::SState;
+use crate::shm::Shm;
 use crate::shm::{Kind, DB_COUNTERS};
 use crate::wire::write;
-use crate::worker::{Conn, Worker};
+use crate::worker::{Conn, PassedFd};
+use slab::Slab;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Column types as PgBouncer sends them (timestamps are text there too).
@@ -110,59 +117,64 @@ fn timestamp(t: SystemTime) -> String {
     )
 }
 
-impl Worker {
-    fn wall(&self, t: Instant) -> SystemTime {
-        SystemTime::now() - self.now.saturating_duration_since(t)
-    }
+/// How the console answers a SHOW.
+pub(crate) enum Answer {
+    /// A table from this worker alone.
+    Table(Table),
+    /// SHOW HELP: the usage as a notice.
+    Help,
+    /// A table of rows from every worker, collected through the supervisor first.
+    Collect(What),
+    /// Not a SHOW this pooler knows.
+    Unknown,
+}
 
-    pub(crate) fn console_table(&mut self, ct: usize, table: &Table) {
-        if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
-            table.write(c.io.wbuf.vec(&mut self.bufs));
-        }
-    }
+/// SHOW HELP's answer: the usage as a NOTICE, then an empty SHOW.
+pub(crate) fn help(out: &mut Vec<u8>) {
+    notice(out, "Console usage", HELP);
+    write::command_complete(out, "SHOW");
+    write::ready_for_query(out, crate::relay::TxStatus::Idle);
+}
 
-    /// SHOW <what>: answered here, or after collecting rows from every worker.
-    pub(crate) fn console_show(&mut self, ct: usize, what: &str, query: &str) {
-        let table = match what {
-            "help" => return self.show_help(ct),
+/// What the SHOW tables read of a worker. Borrowed, never mutable: a SHOW changes
+/// nothing, and the tables can be built wherever the loop has the worker at hand.
+pub(crate) struct View<'a> {
+    pub slot: usize,
+    pub now: Instant,
+    pub cfg: &'a Config,
+    pub shm: &'a Shm,
+    /// The previous generation's shared memory while it drains after an online upgrade.
+    pub predecessor: Option<&'a Shm>,
+    pub conns: &'a Slab<Conn>,
+    pub pools: &'a Pools,
+    pub bufs: &'a BufPool,
+    pub holds: &'a Holds,
+    pub dns: &'a Resolver,
+    pub peer_cancels: &'a PeerCancels,
+    pub passed: &'a [PassedFd],
+}
+
+impl View<'_> {
+    /// What the console answers to SHOW `what`.
+    pub(crate) fn show(&self, what: &str) -> Answer {
+        Answer::Table(match what {
+            "help" => return Answer::Help,
             "version" => Table::new(
                 &[("version", Ty::Text)],
                 vec![vec![s(format!("pgbouncers {}", env!("CARGO_PKG_VERSION")))]],
             ),
             "config" => self.show_config(),
             "state" => self.show_state(),
-            // This worker's own counters as of now; the others' are at most one loop tick
-            // (200 ms) old: each publishes its counters to shared memory on every tick.
-            "stats" | "stats_totals" | "stats_averages" => {
-                self.stats.flush(&self.shm, self.slot, &self.pools.totals());
-                self.show_stats(what)
-            }
-            "totals" => {
-                self.stats.flush(&self.shm, self.slot, &self.pools.totals());
-                self.show_totals()
-            }
+            "stats" | "stats_totals" | "stats_averages" => self.show_stats(what),
+            "totals" => self.show_totals(),
             "workers" => self.show_workers(),
-            "pools" | "lists" | "databases" | "users" => {
-                let cmd = super::parse::Cmd::Show(what.to_string());
-                return self.console_forward(
-                    ct,
-                    cmd,
-                    crate::control::AdminRequest::Collect(What::Pools),
-                );
-            }
+            "pools" | "lists" | "databases" | "users" => return Answer::Collect(What::Pools),
             "peers" => self.show_peers(),
             "peer_pools" => self.show_peer_pools(),
             "fds" => self.show_fds(),
             // Each worker's slots and buffer free lists, and its resolver cache.
-            "mem" | "dns_hosts" => {
-                let w = if what == "mem" {
-                    What::Mem
-                } else {
-                    What::DnsHosts
-                };
-                let cmd = super::parse::Cmd::Show(what.to_string());
-                return self.console_forward(ct, cmd, crate::control::AdminRequest::Collect(w));
-            }
+            "mem" => return Answer::Collect(What::Mem),
+            "dns_hosts" => return Answer::Collect(What::DnsHosts),
             // Zones are checked only with dns_zone_check_period, which is refused.
             "dns_zones" => Table::new(
                 &[
@@ -172,26 +184,16 @@ impl Worker {
                 ],
                 Vec::new(),
             ),
-            "clients" | "servers" | "sockets" | "active_sockets" => {
-                let w = match what {
-                    "clients" => What::Clients,
-                    "servers" => What::Servers,
-                    _ => What::Sockets,
-                };
-                let cmd = super::parse::Cmd::Show(what.to_string());
-                return self.console_forward(ct, cmd, crate::control::AdminRequest::Collect(w));
-            }
-            _ => {
-                let msg = format!("invalid command '{query}', use SHOW HELP;");
-                return self.console_error(ct, &msg);
-            }
-        };
-        self.console_table(ct, &table);
+            "clients" => return Answer::Collect(What::Clients),
+            "servers" => return Answer::Collect(What::Servers),
+            "sockets" | "active_sockets" => return Answer::Collect(What::Sockets),
+            _ => return Answer::Unknown,
+        })
     }
 
     /// The answer to a SHOW whose rows came from every worker.
-    pub(crate) fn console_show_rows(&mut self, ct: usize, what: &str, rows: Vec<(u8, Row)>) {
-        let table = match what {
+    pub(crate) fn collected(&self, what: &str, rows: Vec<(u8, Row)>) -> Table {
+        match what {
             "pools" => self.show_pools(rows),
             "lists" => self.show_lists(rows),
             "databases" => self.show_databases(rows),
@@ -201,22 +203,14 @@ impl Worker {
             "mem" => show_mem(rows),
             "dns_hosts" => show_dns_hosts(rows),
             _ => show_sockets(rows),
-        };
-        self.console_table(ct, &table);
+        }
     }
 
-    fn show_help(&mut self, ct: usize) {
-        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
-            return;
-        };
-        let out = c.io.wbuf.vec(&mut self.bufs);
-        let detail = HELP;
-        notice(out, "Console usage", detail);
-        write::command_complete(out, "SHOW");
-        write::ready_for_query(out, crate::relay::TxStatus::Idle);
+    fn wall(&self, t: Instant) -> SystemTime {
+        SystemTime::now() - self.now.saturating_duration_since(t)
     }
 
-    fn show_config(&self) -> Table {
+    pub(crate) fn show_config(&self) -> Table {
         Table::new(
             &[
                 ("key", Ty::Text),
@@ -224,11 +218,11 @@ impl Worker {
                 ("default", Ty::Text),
                 ("changeable", Ty::Text),
             ],
-            crate::config::settings::show_config_rows(&self.cfg),
+            crate::config::settings::show_config_rows(self.cfg),
         )
     }
 
-    fn show_state(&self) -> Table {
+    pub(crate) fn show_state(&self) -> Table {
         let paused = !self.pools.list.is_empty() && self.pools.list.iter().all(|p| p.paused);
         let yn = |v: bool| s(if v { "yes" } else { "no" });
         Table::new(
@@ -242,7 +236,7 @@ impl Worker {
     }
 
     /// Per-database totals over every worker, plus what workers that died had counted.
-    fn db_totals(&self) -> BTreeMap<String, ([u64; DB_COUNTERS], [u64; DB_COUNTERS])> {
+    pub(crate) fn db_totals(&self) -> BTreeMap<String, ([u64; DB_COUNTERS], [u64; DB_COUNTERS])> {
         let mut out = BTreeMap::new();
         for (kind, name, i) in self.shm.names() {
             if kind != Kind::Database {
@@ -260,7 +254,7 @@ impl Worker {
         out
     }
 
-    fn show_stats(&self, what: &str) -> Table {
+    pub(crate) fn show_stats(&self, what: &str) -> Table {
         const NAMES: [&str; 8] = [
             "server_assignment_count",
             "xact_count",
@@ -359,7 +353,7 @@ impl Worker {
         Table { cols, rows }
     }
 
-    fn show_totals(&self) -> Table {
+    pub(crate) fn show_totals(&self) -> Table {
         let mut sum = [0u64; DB_COUNTERS];
         let mut avg = [0u64; DB_COUNTERS];
         for (t, a) in self.db_totals().values() {
@@ -399,7 +393,7 @@ impl Worker {
     }
 
     /// The `peers` section as configured; this pooler's own entry is listed too.
-    fn show_peers(&self) -> Table {
+    pub(crate) fn show_peers(&self) -> Table {
         let rows = (self.cfg.peers.iter())
             .map(|(id, p)| {
                 let size = p.pool_size.unwrap_or(self.cfg.default_pool_size);
@@ -419,7 +413,7 @@ impl Worker {
 
     /// One row per peer: the cancel requests this worker has forwarded there and waits on
     /// (sv_active_cancel). Over pool_size a cancel is dropped, not queued, so none wait.
-    fn show_peer_pools(&self) -> Table {
+    pub(crate) fn show_peer_pools(&self) -> Table {
         let rows = (self.cfg.peers.keys())
             .filter(|&&id| id != self.cfg.peer_id)
             .map(|&id| {
@@ -439,7 +433,7 @@ impl Worker {
         )
     }
 
-    fn show_workers(&self) -> Table {
+    pub(crate) fn show_workers(&self) -> Table {
         let mut rows = Vec::new();
         // The previous generation first, while it drains after an online upgrade.
         for shm in self.predecessor.iter().chain(std::iter::once(&self.shm)) {
@@ -452,7 +446,7 @@ impl Worker {
                 }
                 let pid = w.pid.load(Relaxed);
                 // A worker of the old generation that was killed never cleared its row.
-                if !Arc::ptr_eq(shm, &self.shm) && !process_alive(pid) {
+                if !std::ptr::eq(*shm, self.shm) && !process_alive(pid) {
                     continue;
                 }
                 let started = SystemTime::UNIX_EPOCH + Duration::from_secs(w.started.load(Relaxed));
@@ -493,7 +487,7 @@ impl Worker {
 
     /// SHOW FDS: what an online upgrade (`pgbouncers --upgrade`) passes to the new
     /// supervisor, in PgBouncer's columns. Client connections are not passed that way.
-    fn show_fds(&self) -> Table {
+    pub(crate) fn show_fds(&self) -> Table {
         let rows = self
             .passed
             .iter()
@@ -562,7 +556,7 @@ impl Worker {
     /// This worker's caches, as SHOW MEM rows without memtotal: name, size, used, free.
     /// PgBouncer lists its slab allocator's caches; here a connection is a slot of the
     /// worker's slab and holds pkt_buf-sized buffers only while it has bytes to keep.
-    fn collect_mem(&self) -> Vec<Row> {
+    pub(crate) fn collect_mem(&self) -> Vec<Row> {
         let (mut reads, mut writes) = (0usize, 0usize);
         for (_, conn) in self.conns.iter() {
             let io = match conn {
@@ -599,7 +593,7 @@ impl Worker {
 
     /// Per pool: db, user, cl_active, cl_waiting, sv_active, sv_idle, sv_tested, sv_login,
     /// maxwait in µs, pool_mode, force user, login clients.
-    fn collect_pools(&self) -> Vec<Row> {
+    pub(crate) fn collect_pools(&self) -> Vec<Row> {
         let mut counts: Vec<[u64; 3]> = vec![[0; 3]; self.pools.list.len()];
         let mut console = 0u64;
         let mut login = 0u64;
@@ -666,7 +660,7 @@ impl Worker {
     /// SHOW CLIENTS or SERVERS rows; with `buffers`, PgBouncer's seven buffer columns of
     /// SHOW SOCKETS follow: recv_pos, pkt_pos, pkt_remain, send_pos, send_remain,
     /// pkt_avail, send_avail (bytes read and not yet handled; bytes waiting to be sent).
-    fn collect_sockets(&self, clients: bool, buffers: bool) -> Vec<Row> {
+    pub(crate) fn collect_sockets(&self, clients: bool, buffers: bool) -> Vec<Row> {
         let bufs = |io: &crate::stream::Stream| -> Vec<Option<String>> {
             let read = io.rbuf.len();
             let send = io.wbuf.pending().len();
@@ -813,7 +807,7 @@ impl Worker {
     }
 
     /// SHOW POOLS: one row per (database, user) over every worker.
-    fn show_pools(&self, rows: Vec<(u8, Row)>) -> Table {
+    pub(crate) fn show_pools(&self, rows: Vec<(u8, Row)>) -> Table {
         let pools = merge_pools(rows);
         let rows = pools
             .into_iter()
@@ -871,7 +865,7 @@ impl Worker {
         )
     }
 
-    fn show_lists(&self, rows: Vec<(u8, Row)>) -> Table {
+    pub(crate) fn show_lists(&self, rows: Vec<(u8, Row)>) -> Table {
         let login: u64 = rows
             .iter()
             .filter(|(_, r)| r[0].as_deref() == Some("pgbouncer"))
@@ -916,7 +910,7 @@ impl Worker {
         )
     }
 
-    fn show_databases(&self, rows: Vec<(u8, Row)>) -> Table {
+    pub(crate) fn show_databases(&self, rows: Vec<(u8, Row)>) -> Table {
         let pools = merge_pools(rows);
         let mut clients: BTreeMap<&str, u64> = BTreeMap::new();
         let mut paused: BTreeMap<&str, bool> = BTreeMap::new();
@@ -1011,7 +1005,7 @@ impl Worker {
         )
     }
 
-    fn show_users(&self, rows: Vec<(u8, Row)>) -> Table {
+    pub(crate) fn show_users(&self, rows: Vec<(u8, Row)>) -> Table {
         let pools = merge_pools(rows);
         let mut clients: BTreeMap<String, u64> = BTreeMap::new();
         for ((_, user), p) in &pools {
