@@ -2,13 +2,17 @@
 
 use crate::client::CState;
 use crate::close::Close;
+use crate::config::Config;
 use crate::config::PoolMode;
 use crate::logsafe::Escaped;
+use crate::pool::{PoolId, Pools};
 use crate::relay::TxStatus;
 use crate::server::SState;
+use crate::shm::Shm;
 use crate::wire::fields::ErrorFields;
 use crate::wire::sqlstate;
 use crate::worker::{Conn, Worker};
+use slab::Slab;
 use std::time::{Duration, Instant};
 
 fn expired(since: Instant, limit: Duration, now: Instant) -> bool {
@@ -27,149 +31,185 @@ pub(crate) enum Action {
     NotifyQueued(usize),
 }
 
-impl Worker {
-    /// Looks at every connection's timers, then at every pool's needs.
-    pub(crate) fn janitor(&mut self) {
-        let now = self.now;
-        let cfg = &self.cfg;
-        let mut actions = std::mem::take(&mut self.janitor_scratch);
-        let mut reserve_wanted = Vec::new();
-        let global = cfg.global_timeouts();
-        // Replication servers count in their pool but are no pooled servers.
-        let mut replicating = vec![0usize; self.pools.list.len()];
-        for (t, conn) in self.conns.iter() {
-            match conn {
-                Conn::Client(c) => {
-                    let limits = c.pool.map(|p| &self.pools.get(p).limits);
-                    let mode = limits.map(|l| l.mode);
-                    let tmo = limits.map_or(global, |l| l.timeouts);
-                    match c.state {
-                        CState::Proxy { .. } => {
-                            if expired(c.connect_time, cfg.proxy_header_timeout, now) {
-                                actions.push(Action::ProxyTimeout(t));
-                            }
+/// What one janitor pass found. Kept between passes so that its lists are reused.
+#[derive(Default)]
+pub(crate) struct Findings {
+    /// What to do, in the order found.
+    actions: Vec<Action>,
+    /// Pools with a client queued past reserve_pool_timeout.
+    reserve_wanted: Vec<PoolId>,
+    /// Replication servers per pool: they count in their pool but are no pooled servers.
+    replicating: Vec<usize>,
+}
+
+/// Looks at every connection's timers and says what is due; changes nothing, so what it
+/// finds does not depend on the order it acts in.
+pub(crate) fn scan(
+    conns: &Slab<Conn>,
+    pools: &Pools,
+    cfg: &Config,
+    shm: &Shm,
+    slot: usize,
+    now: Instant,
+    out: &mut Findings,
+) {
+    out.actions.clear();
+    out.reserve_wanted.clear();
+    out.replicating.clear();
+    out.replicating.resize(pools.list.len(), 0);
+    let global = cfg.global_timeouts();
+    for (t, conn) in conns.iter() {
+        match conn {
+            Conn::Client(c) => {
+                let limits = c.pool.map(|p| &pools.get(p).limits);
+                let mode = limits.map(|l| l.mode);
+                let tmo = limits.map_or(global, |l| l.timeouts);
+                match c.state {
+                    CState::Proxy { .. } => {
+                        if expired(c.connect_time, cfg.proxy_header_timeout, now) {
+                            out.actions.push(Action::ProxyTimeout(t));
                         }
-                        CState::Startup | CState::Auth => {
-                            if expired(c.connect_time, cfg.client_login_timeout, now) {
-                                actions.push(Action::Client(t, "client_login_timeout"));
-                            }
+                    }
+                    CState::Startup | CState::Auth => {
+                        if expired(c.connect_time, cfg.client_login_timeout, now) {
+                            out.actions.push(Action::Client(t, "client_login_timeout"));
                         }
-                        // Waiting for the pool's first server: PgBouncer's words for a
-                        // login that PostgreSQL's absence held up, and its queue limit.
-                        CState::LoginWait => {
-                            if expired(c.connect_time, cfg.client_login_timeout, now) {
-                                actions
-                                    .push(Action::Client(t, "client_login_timeout (server down)"));
-                            } else if expired(c.since, tmo.query_wait, now) {
-                                actions.push(Action::Client(t, "query_wait_timeout"));
-                            }
+                    }
+                    // Waiting for the pool's first server: PgBouncer's words for a
+                    // login that PostgreSQL's absence held up, and its queue limit.
+                    CState::LoginWait => {
+                        if expired(c.connect_time, cfg.client_login_timeout, now) {
+                            out.actions
+                                .push(Action::Client(t, "client_login_timeout (server down)"));
+                        } else if expired(c.since, tmo.query_wait, now) {
+                            out.actions.push(Action::Client(t, "query_wait_timeout"));
                         }
-                        // Waiting for auth_query: a login, and a wait for a server too.
-                        CState::Lookup => {
-                            if expired(c.connect_time, cfg.client_login_timeout, now) {
-                                actions.push(Action::Client(t, "client_login_timeout"));
-                            } else if expired(c.since, tmo.query_wait, now) {
-                                actions.push(Action::Client(t, "query_wait_timeout"));
-                            }
+                    }
+                    // Waiting for auth_query: a login, and a wait for a server too.
+                    CState::Lookup => {
+                        if expired(c.connect_time, cfg.client_login_timeout, now) {
+                            out.actions.push(Action::Client(t, "client_login_timeout"));
+                        } else if expired(c.since, tmo.query_wait, now) {
+                            out.actions.push(Action::Client(t, "query_wait_timeout"));
                         }
-                        CState::Idle => {
-                            if expired(c.since, tmo.client_idle, now) {
-                                actions.push(Action::Client(t, "client_idle_timeout"));
-                            }
+                    }
+                    CState::Idle => {
+                        if expired(c.since, tmo.client_idle, now) {
+                            out.actions.push(Action::Client(t, "client_idle_timeout"));
                         }
-                        CState::Waiting => {
-                            if expired(c.since, tmo.query_wait, now) {
-                                actions.push(Action::Client(t, "query_wait_timeout"));
-                            } else if let Some(p) = c.pool {
-                                if !c.wait_notified
-                                    && c.admin.is_none()
-                                    && expired(c.since, cfg.query_wait_notify, now)
-                                {
-                                    actions.push(Action::NotifyQueued(t));
-                                }
-                                if expired(c.since, cfg.reserve_pool_timeout, now)
-                                    || cfg.reserve_pool_timeout.is_zero()
-                                {
-                                    reserve_wanted.push(p);
-                                }
-                            }
-                        }
-                        CState::Active => {
-                            // PgBouncer's order: query, idle transaction, transaction.
-                            let in_tx = c.tx.in_request() || c.tx.status != TxStatus::Idle;
-                            if c.tx.in_request() && expired(c.request_time, tmo.query, now) {
-                                actions.push(Action::Client(t, "query_timeout"));
-                            } else if !c.tx.in_request()
-                                && c.tx.status != TxStatus::Idle
-                                && expired(c.since, tmo.idle_transaction, now)
+                    }
+                    CState::Waiting => {
+                        if expired(c.since, tmo.query_wait, now) {
+                            out.actions.push(Action::Client(t, "query_wait_timeout"));
+                        } else if let Some(p) = c.pool {
+                            if !c.wait_notified
+                                && c.admin.is_none()
+                                && expired(c.since, cfg.query_wait_notify, now)
                             {
-                                actions.push(Action::Client(t, "idle transaction timeout"));
-                            } else if in_tx && expired(c.xact_start, tmo.transaction, now) {
-                                actions.push(Action::Client(t, "transaction timeout"));
-                            } else if !in_tx
-                                && mode == Some(PoolMode::Session)
-                                && expired(c.since, tmo.client_idle, now)
+                                out.actions.push(Action::NotifyQueued(t));
+                            }
+                            if expired(c.since, cfg.reserve_pool_timeout, now)
+                                || cfg.reserve_pool_timeout.is_zero()
                             {
-                                actions.push(Action::Client(t, "client_idle_timeout"));
+                                out.reserve_wanted.push(p);
                             }
                         }
                     }
-                }
-                Conn::Server(s) => {
-                    if s.replication.is_some() {
-                        if let Some(n) = replicating.get_mut(s.pool) {
-                            *n += 1;
-                        }
-                    }
-                    match s.state {
-                        SState::Connecting | SState::Login => {
-                            if expired(s.connect_time, cfg.server_connect_timeout, now) {
-                                actions.push(Action::ServerLogin(t));
-                            }
-                        }
-                        SState::Idle => {
-                            let p = self.pools.get(s.pool);
-                            if s.close_needed || p.obsolete {
-                                actions.push(Action::Server(t, "obsolete connection"));
-                            } else if p.waiting.is_empty() && self.others_starved(s.pool) {
-                                actions.push(Action::Server(t, "released for another worker"));
-                            } else if s.lifetime_over(cfg.server_lifetime, now) {
-                                actions.push(Action::Server(t, "server lifetime over"));
-                            } else if expired(s.since, cfg.server_idle_timeout, now)
-                                && p.total() > p.limits.min
-                            {
-                                actions.push(Action::Server(t, "server idle timeout"));
-                            } else if !cfg.server_check_delay.is_zero() && self.role_check_due(t) {
-                                // Found out now, not when a client needs the server: after a
-                                // promotion the pool moves before its clients come.
-                                actions.push(Action::RoleCheck(t));
-                            }
-                        }
-                        // An auth_query that outlasts any login it could serve: its client
-                        // has been told by now; the lookup fails and is not cached.
-                        SState::Reset(crate::server::OwnQuery::AuthQuery)
-                            if expired(s.since, cfg.client_login_timeout, now) =>
+                    CState::Active => {
+                        // PgBouncer's order: query, idle transaction, transaction.
+                        let in_tx = c.tx.in_request() || c.tx.status != TxStatus::Idle;
+                        if c.tx.in_request() && expired(c.request_time, tmo.query, now) {
+                            out.actions.push(Action::Client(t, "query_timeout"));
+                        } else if !c.tx.in_request()
+                            && c.tx.status != TxStatus::Idle
+                            && expired(c.since, tmo.idle_transaction, now)
                         {
-                            actions.push(Action::Server(
-                                t,
-                                "auth_query took longer than client_login_timeout",
-                            ));
+                            out.actions
+                                .push(Action::Client(t, "idle transaction timeout"));
+                        } else if in_tx && expired(c.xact_start, tmo.transaction, now) {
+                            out.actions.push(Action::Client(t, "transaction timeout"));
+                        } else if !in_tx
+                            && mode == Some(PoolMode::Session)
+                            && expired(c.since, tmo.client_idle, now)
+                        {
+                            out.actions.push(Action::Client(t, "client_idle_timeout"));
                         }
-                        SState::Active | SState::Reset(_) | SState::Canceling => {}
-                    }
-                }
-                Conn::Cancel(x) => {
-                    if expired(
-                        x.started,
-                        cfg.cancel_wait_timeout.max(Duration::from_secs(1)),
-                        now,
-                    ) {
-                        actions.push(Action::Cancel(t));
                     }
                 }
             }
+            Conn::Server(s) => {
+                if s.replication.is_some() {
+                    if let Some(n) = out.replicating.get_mut(s.pool) {
+                        *n += 1;
+                    }
+                }
+                match s.state {
+                    SState::Connecting | SState::Login => {
+                        if expired(s.connect_time, cfg.server_connect_timeout, now) {
+                            out.actions.push(Action::ServerLogin(t));
+                        }
+                    }
+                    SState::Idle => {
+                        let p = pools.get(s.pool);
+                        if s.close_needed || p.obsolete {
+                            out.actions.push(Action::Server(t, "obsolete connection"));
+                        } else if p.waiting.is_empty() && p.others_starved(shm, slot) {
+                            out.actions
+                                .push(Action::Server(t, "released for another worker"));
+                        } else if s.lifetime_over(cfg.server_lifetime, now) {
+                            out.actions.push(Action::Server(t, "server lifetime over"));
+                        } else if expired(s.since, cfg.server_idle_timeout, now)
+                            && p.total() > p.limits.min
+                        {
+                            out.actions.push(Action::Server(t, "server idle timeout"));
+                        } else if !cfg.server_check_delay.is_zero()
+                            && s.role_check_due(p, now, cfg.server_check_delay)
+                        {
+                            // Found out now, not when a client needs the server: after a
+                            // promotion the pool moves before its clients come.
+                            out.actions.push(Action::RoleCheck(t));
+                        }
+                    }
+                    // An auth_query that outlasts any login it could serve: its client
+                    // has been told by now; the lookup fails and is not cached.
+                    SState::Reset(crate::server::OwnQuery::AuthQuery)
+                        if expired(s.since, cfg.client_login_timeout, now) =>
+                    {
+                        out.actions.push(Action::Server(
+                            t,
+                            "auth_query took longer than client_login_timeout",
+                        ));
+                    }
+                    SState::Active | SState::Reset(_) | SState::Canceling => {}
+                }
+            }
+            Conn::Cancel(x) => {
+                if expired(
+                    x.started,
+                    cfg.cancel_wait_timeout.max(Duration::from_secs(1)),
+                    now,
+                ) {
+                    out.actions.push(Action::Cancel(t));
+                }
+            }
         }
-        for a in actions.drain(..) {
+    }
+}
+
+impl Worker {
+    /// Looks at every connection's timers, then at every pool's needs.
+    pub(crate) fn janitor(&mut self) {
+        let mut found = std::mem::take(&mut self.janitor_scratch);
+        scan(
+            &self.conns,
+            &self.pools,
+            &self.cfg,
+            &self.shm,
+            self.slot,
+            self.now,
+            &mut found,
+        );
+        for a in found.actions.drain(..) {
             match a {
                 Action::ProxyTimeout(t) => self.proxy_reject(
                     t,
@@ -200,13 +240,13 @@ impl Worker {
                 }
             }
         }
-        self.janitor_scratch = actions;
         self.make_forced_pools();
         // make_forced_pools may have added pools: they have no replication server yet.
         for pool in 0..self.pools.list.len() {
-            let replicating = replicating.get(pool).copied().unwrap_or(0);
-            self.pool_maintenance(pool, reserve_wanted.contains(&pool), replicating);
+            let replicating = found.replicating.get(pool).copied().unwrap_or(0);
+            self.pool_maintenance(pool, found.reserve_wanted.contains(&pool), replicating);
         }
+        self.janitor_scratch = found;
     }
 
     /// Makes the pool of every configured database with a forced user and a

@@ -327,6 +327,16 @@ impl Pool {
     }
 
     /// Whether a host other than `host` could serve a new server now: as
+    /// Whether another worker waits for capacity this pool's servers hold. This worker's
+    /// own waiting clients get its servers first, so its own mark never counts.
+    pub fn others_starved(&self, shm: &crate::shm::Shm, slot: usize) -> bool {
+        let now = crate::shm::unix_ms();
+        [self.db_idx, self.user_idx]
+            .into_iter()
+            .flatten()
+            .any(|i| shm.is_starved_elsewhere(slot, i, now))
+    }
+
     /// [`Pool::other_host_up`], but prefer-standby also takes a primary.
     pub fn other_host_usable(&self, host: usize, now: Instant) -> bool {
         let any_kind = self.target.attrs == TargetSessionAttrs::PreferStandby;

@@ -172,6 +172,17 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// Whether a server of a database with target_session_attrs was last checked
+    /// server_check_delay ago (always, when that is 0).
+    pub fn role_check_due(
+        &self,
+        pool: &crate::pool::Pool,
+        now: Instant,
+        delay: std::time::Duration,
+    ) -> bool {
+        pool.target.attrs != TargetSessionAttrs::Any && now.duration_since(self.checked_at) >= delay
+    }
+
     /// server_lifetime: connected longer than the limit, or used once when it is 0.
     pub fn lifetime_over(&self, lifetime: std::time::Duration, now: Instant) -> bool {
         if lifetime.is_zero() {
@@ -440,17 +451,6 @@ impl Worker {
         for i in [holds.0, holds.1].into_iter().flatten() {
             self.shm.release(self.slot, i);
         }
-    }
-
-    /// Whether another worker waits for capacity this pool's servers hold. This worker's
-    /// own waiting clients get its servers first, so its own mark never counts.
-    pub(crate) fn others_starved(&self, pool: PoolId) -> bool {
-        let p = self.pools.get(pool);
-        let now = crate::shm::unix_ms();
-        [p.db_idx, p.user_idx]
-            .into_iter()
-            .flatten()
-            .any(|i| self.shm.is_starved_elsewhere(self.slot, i, now))
     }
 
     /// This pool got its server, or has nobody waiting: withdraw its starved mark.
@@ -1057,7 +1057,13 @@ impl Worker {
         if !s.io.rbuf.is_empty() {
             return self.remove_server(st, "server sent data while idle");
         }
-        if !self.cfg.server_check_delay.is_zero() && self.role_check_due(st) {
+        if !self.cfg.server_check_delay.is_zero()
+            && s.role_check_due(
+                self.pools.get(s.pool),
+                self.now,
+                self.cfg.server_check_delay,
+            )
+        {
             // A busy server is never idle for long: its role is checked as it comes back.
             return self.start_check(st);
         }
@@ -1070,7 +1076,7 @@ impl Worker {
             return self.run_lookup(st, ct);
         }
         let p = self.pools.get(pool);
-        if p.paused || (p.waiting.is_empty() && self.others_starved(pool)) {
+        if p.paused || (p.waiting.is_empty() && p.others_starved(&self.shm, self.slot)) {
             // PAUSE lets servers go; a starved worker elsewhere needs this one's place.
             return self.remove_server(st, "released for pause or for another worker");
         }
@@ -1219,19 +1225,9 @@ impl Worker {
             return false;
         };
         let delay = self.cfg.server_check_delay;
-        self.role_check_due(st)
+        s.role_check_due(self.pools.get(s.pool), self.now, delay)
             || (!self.cfg.server_check_query.trim().is_empty()
                 && self.now.duration_since(s.since) >= delay)
-    }
-
-    /// Whether a server of a database with target_session_attrs was last checked
-    /// server_check_delay ago (always, when that is 0).
-    pub(crate) fn role_check_due(&self, st: usize) -> bool {
-        let Some(Conn::Server(s)) = self.conns.get(st) else {
-            return false;
-        };
-        self.pools.get(s.pool).target.attrs != TargetSessionAttrs::Any
-            && self.now.duration_since(s.checked_at) >= self.cfg.server_check_delay
     }
 
     /// Runs server_check_query on an idle server; a waiting client gets it afterwards.

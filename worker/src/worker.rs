@@ -116,7 +116,7 @@ pub struct Worker {
     /// Pools whose servers came free while clients waited: they are matched at the end of
     /// the loop pass (link.rs `activate`), as PgBouncer's per-loop activation does.
     pub(crate) activate: Vec<crate::pool::PoolId>,
-    pub(crate) janitor_scratch: Vec<crate::janitor::Action>,
+    pub(crate) janitor_scratch: crate::janitor::Findings,
     control: Option<OwnedFd>,
     /// Reports the control socket could not take yet.
     control_out: VecDeque<Vec<u8>>,
@@ -208,7 +208,7 @@ impl Worker {
             accept_paused_until: None,
             again: Vec::new(),
             activate: Vec::new(),
-            janitor_scratch: Vec::new(),
+            janitor_scratch: Default::default(),
             control: init.control,
             control_out: VecDeque::new(),
             signals: Some(signals),
