@@ -1,16 +1,23 @@
 //! A client and its server: assignment, parameter sync, the byte pump, and release.
 
+use crate::buf::BufPool;
 use crate::client::CState;
+use crate::client::Client;
 use crate::close::Close;
 use crate::config::PoolMode;
 use crate::params;
 use crate::pool::PoolId;
+use crate::prepared::Registry;
 use crate::relay::TxStatus;
 use crate::relay::{self, FromClient, FromServer, Named, Scan, TxState};
 use crate::server::SState;
+use crate::server::Server;
+use crate::stats::PoolStats;
 use crate::stream::{self, Filled};
 use crate::wire::{sqlstate, write};
 use crate::worker::{Conn, Worker};
+use std::borrow::Cow;
+use std::time::Instant;
 
 /// Rounds of the pump per event before other connections get a turn.
 const PUMP_ROUNDS: usize = 16;
@@ -279,17 +286,21 @@ impl Worker {
         self.pump(ct, st);
     }
 
-    /// Moves bytes both ways between a linked client and server until neither can move.
+    /// Moves bytes both ways between a linked client and server until neither can move,
+    /// then does what the pump's end asks for.
     pub(crate) fn pump(&mut self, ct: usize, st: usize) {
-        let Some(pool) = self.client(ct).and_then(|c| c.pool) else {
+        let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
             return;
         };
+        let Some(pool) = c.pool else {
+            return;
+        };
+        let p = self.pools.get_mut(pool);
         // A replication server is its client's alone: as in session pooling.
-        let own = matches!(self.conns.get(st), Some(Conn::Server(s)) if s.replication.is_some());
-        let mode = if own {
+        let mode = if s.replication.is_some() {
             PoolMode::Session
         } else {
-            self.pools.get(pool).limits.mode
+            p.limits.mode
         };
         // max_prepared_statements: 0 passes statement names through in every mode, as in
         // PgBouncer (a client's statement then lives on whichever server it was sent to).
@@ -298,265 +309,23 @@ impl Worker {
         } else {
             Named::Pass
         };
-        let max_packet = self.cfg.max_packet_size as usize;
-        // After a named message was rewritten, the next round only scans on: what follows
-        // it (Execute, Sync) then leaves in the same write as its rewritten head.
-        let mut scan_only = false;
-        for _ in 0..PUMP_ROUNDS {
-            let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
-                return;
-            };
-            let mut progress = false;
-
-            // Towards the server: the pooler's own query first, then the client's bytes.
-            // Once the server is about to be released, the client's next request waits
-            // for whichever server it gets next.
-            if std::mem::take(&mut scan_only) {
-                // The rewritten head waits in the server's buffer: the next round writes it.
-                progress = true;
-            } else {
-                let ready = if s.own == 0 && !s.release_pending {
-                    c.scan.ready
-                } else {
-                    0
-                };
-                match stream::flush_then_forward(&mut c.io, &mut s.io, ready, &mut self.bufs) {
-                    Ok(n) => {
-                        c.scan.sent(n);
-                        self.pools.get_mut(pool).stats.bytes_received += n as u64;
-                        progress |= n > 0;
-                    }
-                    Err(_) => return self.remove_server(st, "server connection broken"),
-                }
-                match c.io.fill(&mut self.bufs) {
-                    Ok(Filled::Bytes(_)) => progress = true,
-                    Ok(Filled::Nothing) => {}
-                    Ok(Filled::Eof) => {
-                        let unread = c.io.rbuf.bytes().get(c.scan.ready..).unwrap_or_default();
-                        let why = crate::client::eof_reason(unread);
-                        return self.close_client(ct, Close::Quiet(why));
-                    }
-                    Err(e) => {
-                        return self.close_client(ct, Close::Quiet(crate::client::io_reason(&e)))
-                    }
-                }
-            }
-            if c.scan.ready < c.io.rbuf.len() && !s.release_pending {
-                let was_idle = !c.tx.in_request();
-                let before = c.scan.ready;
-                let queue = (named == Named::Rewrite).then_some(&mut c.queue);
-                let verdict = relay::from_client(
-                    c.io.rbuf.bytes(),
-                    &mut c.scan,
-                    &mut c.tx,
-                    named,
-                    max_packet,
-                    queue,
-                );
-                if was_idle && c.tx.in_request() {
-                    c.request_time = self.now;
-                    if c.tx.status == TxStatus::Idle {
-                        c.xact_start = self.now;
-                    }
-                }
-                progress |= c.scan.ready > before;
-                match verdict {
-                    FromClient::NeedMore => {}
-                    FromClient::Terminate if c.scan.ready == 0 => {
-                        return self.close_client(ct, Close::Quiet("client close request"));
-                    }
-                    FromClient::Rewrite if c.scan.ready == 0 => {
-                        match crate::prepared::rewrite_named(
-                            crate::prepared::Link {
-                                rbuf: &mut c.io.rbuf,
-                                scan: &mut c.scan,
-                                tx: &mut c.tx,
-                                queue: &mut c.queue,
-                                stmts: &mut c.stmts,
-                                wbuf: &mut s.io.wbuf,
-                                server_stmts: &mut s.stmts,
-                            },
-                            &mut self.stmts,
-                            &mut self.bufs,
-                            c.pool.map(|p| &mut self.pools.get_mut(p).stats),
-                            max_packet,
-                            self.cfg.max_prepared_statements as usize,
-                        ) {
-                            Ok(true) => {
-                                scan_only = true;
-                                continue;
-                            }
-                            Ok(false) => {}
-                            Err(why) => return self.close_client(ct, why),
-                        }
-                    }
-                    FromClient::Unknown(tag) if c.scan.ready == 0 => {
-                        log::warn!("C-{}: unknown pkt from client: {tag}/{tag:#x}", c.id);
-                        let why = Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "unknown pkt".into());
-                        return self.close_client(ct, why);
-                    }
-                    FromClient::Terminate
-                    | FromClient::NamedParse
-                    | FromClient::Rewrite
-                    | FromClient::Unknown(_) => {}
-                    FromClient::Bad(e) => {
-                        return self.close_client(
-                            ct,
-                            Close::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
-                        );
-                    }
-                }
-            }
-
-            // Towards the client: the pooler's own messages first, then the server's bytes.
-            let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
-                return;
-            };
-            match stream::flush_then_forward(&mut s.io, &mut c.io, s.scan.ready, &mut self.bufs) {
-                Ok(n) => {
-                    s.scan.sent(n);
-                    self.pools.get_mut(pool).stats.bytes_sent += n as u64;
-                    progress |= n > 0;
-                }
-                Err(e) => return self.close_client(ct, Close::Quiet(crate::client::io_reason(&e))),
-            }
-            if s.release_pending {
-                if s.scan.ready == 0 {
-                    return self.release(ct, st);
-                }
-                if !progress {
-                    break;
-                }
-                continue;
-            }
-            match s.io.fill(&mut self.bufs) {
-                Ok(Filled::Bytes(_)) => progress = true,
-                Ok(Filled::Nothing) => {}
-                Ok(Filled::Eof) | Err(_) => return self.remove_server(st, "server conn crashed?"),
-            }
-            let before = s.scan.ready;
-            loop {
-                let track = (named == Named::Rewrite).then_some(relay::Tracking {
-                    queue: &mut c.queue,
-                    dropped: &mut c.dropped,
-                    skipping: &mut c.skipping,
-                });
-                let verdict =
-                    relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own, track);
-                for e in c.dropped.drain(..) {
-                    s.stmts.undo(e);
-                    c.stmts.undo(e);
-                }
-                match verdict {
-                    FromServer::Made => {
-                        if s.scan.ready > 0 {
-                            // Everything the server said before it goes out first.
-                            break;
-                        }
-                        if let Some(e) = c.queue.pop_front() {
-                            crate::prepared::made_answer(c.io.wbuf.vec(&mut self.bufs), e);
-                            progress = true;
-                        }
-                    }
-                    FromServer::Hidden(len) => {
-                        s.io.rbuf.consume(len);
-                        progress = true;
-                    }
-                    FromServer::NeedMore => {
-                        if let Some(total) = relay::wants_whole(s.io.rbuf.bytes(), &s.scan, s.own) {
-                            s.io.rbuf.make_room(total, &mut self.bufs);
-                        }
-                        break;
-                    }
-                    FromServer::ReadyForQuery => {
-                        c.since = self.now;
-                        let st = &mut self.pools.get_mut(pool).stats;
-                        st.query_count += 1;
-                        st.query_time_us += micros(self.now, c.request_time);
-                        c.request_time = self.now;
-                        if c.tx.status == TxStatus::Idle {
-                            st.xact_count += 1;
-                            st.xact_time_us += micros(self.now, c.xact_start);
-                        }
-                        if mode == PoolMode::Session {
-                            continue;
-                        }
-                        if c.tx.is_idle() && c.scan.at_boundary() && c.queue.is_empty() {
-                            s.release_pending = true;
-                            progress = true;
-                            break;
-                        }
-                        // PgBouncer's rule: any ReadyForQuery inside a transaction, even
-                        // one in the middle of a pipeline, closes the client, with its
-                        // words and SQLSTATE (08P01).
-                        if mode == PoolMode::Statement && c.tx.status != TxStatus::Idle {
-                            let msg = "transaction blocks not allowed in statement pooling mode";
-                            // The server's answer opens a transaction the client may not
-                            // have: drop it, tell the client why, and let the server go.
-                            s.io.rbuf.consume(s.scan.ready);
-                            s.scan = Scan::default();
-                            s.close_needed = true;
-                            return self.close_client(
-                                ct,
-                                Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg.into()),
-                            );
-                        }
-                    }
-                    FromServer::Parameter(k, v) => {
-                        if let Some(name) = params::tracked_name(k) {
-                            s.params.set(name, v);
-                            c.params.set(name, v);
-                        } else if c.params.get(k).is_some() {
-                            s.params.set(k, v);
-                            c.params.set(k, v);
-                        }
-                    }
-                    FromServer::Own { tag, body } => {
-                        let len = body.len() + 5;
-                        let done = crate::server::own_answer(
-                            tag,
-                            body,
-                            &mut s.own,
-                            &mut s.own_error,
-                            &mut s.params,
-                            Some(&mut c.params),
-                        );
-                        s.io.rbuf.consume(len);
-                        progress = true;
-                        if done {
-                            if let Some(e) = s.own_error.take() {
-                                // The client's settings can't be applied: tell it, keep the server.
-                                let e_text = e.to_string();
-                                log::warn!(
-                                    "C-{}: cannot apply session parameters: {}",
-                                    c.id,
-                                    crate::logsafe::Escaped(&e_text)
-                                );
-                                return self.close_client(ct, Close::Relay(e));
-                            }
-                        }
-                    }
-                    FromServer::Bad(e) => {
-                        return self.remove_server(st, &format!("server sent {e}"));
-                    }
-                }
-            }
-            progress |= s.scan.ready > before;
-            // A read that filled a buffer, followed by `make_room` for a message that must
-            // be whole (a long named Parse, a long ReadyForQuery-bearing message), leaves
-            // bytes that no event will announce: go round again to read them.
-            progress |= c.io.may_read() || s.io.may_read();
-            if !progress {
-                let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
-                    return;
-                };
-                c.io.release_buffers(&mut self.bufs);
-                s.io.release_buffers(&mut self.bufs);
-                return;
-            }
+        let mut ctx = Pump {
+            bufs: &mut self.bufs,
+            stats: &mut p.stats,
+            stmts: &mut self.stmts,
+            now: self.now,
+            mode,
+            named,
+            max_packet: self.cfg.max_packet_size as usize,
+            max_prepared: self.cfg.max_prepared_statements as usize,
+        };
+        match pump(c, s, &mut ctx) {
+            PumpEnd::Idle => {}
+            PumpEnd::Again => self.again.push(ct),
+            PumpEnd::Release => self.release(ct, st),
+            PumpEnd::CloseClient(why) => self.close_client(ct, why),
+            PumpEnd::RemoveServer(why) => self.remove_server(st, &why),
         }
-        // Out of rounds with work left: come back after other connections had a turn.
-        self.again.push(ct);
     }
 
     /// The client's transaction is over: the server goes back to the pool.
@@ -602,6 +371,290 @@ impl Worker {
             self.server_ready(st);
         }
     }
+}
+
+/// What the pump works with besides the two connections.
+pub(crate) struct Pump<'a> {
+    pub bufs: &'a mut BufPool,
+    /// The pool's counters.
+    pub stats: &'a mut PoolStats,
+    /// The worker's named statements (transaction pooling).
+    pub stmts: &'a mut Registry,
+    pub now: Instant,
+    /// The pool's mode; session for a replication server.
+    pub mode: PoolMode,
+    pub named: Named,
+    pub max_packet: usize,
+    pub max_prepared: usize,
+}
+
+/// How a pump run ended: what the loop must do next.
+pub(crate) enum PumpEnd {
+    /// Neither side can move: wait for the sockets.
+    Idle,
+    /// Out of rounds with work left: come back after other connections had a turn.
+    Again,
+    /// The transaction is over and its last byte is out: the server goes back.
+    Release,
+    /// The client goes, with this verdict.
+    CloseClient(Close),
+    /// The server connection is broken or misbehaved.
+    RemoveServer(Cow<'static, str>),
+}
+
+/// Moves bytes both ways between a linked client and server until neither can move or
+/// one of them must go. Touches nothing but the two connections and `ctx`.
+pub(crate) fn pump(c: &mut Client, s: &mut Server, ctx: &mut Pump<'_>) -> PumpEnd {
+    let (named, mode, max_packet) = (ctx.named, ctx.mode, ctx.max_packet);
+    // After a named message was rewritten, the next round only scans on: what follows
+    // it (Execute, Sync) then leaves in the same write as its rewritten head.
+    let mut scan_only = false;
+    for _ in 0..PUMP_ROUNDS {
+        let mut progress = false;
+
+        // Towards the server: the pooler's own query first, then the client's bytes.
+        // Once the server is about to be released, the client's next request waits
+        // for whichever server it gets next.
+        if std::mem::take(&mut scan_only) {
+            // The rewritten head waits in the server's buffer: the next round writes it.
+            progress = true;
+        } else {
+            let ready = if s.own == 0 && !s.release_pending {
+                c.scan.ready
+            } else {
+                0
+            };
+            match stream::flush_then_forward(&mut c.io, &mut s.io, ready, ctx.bufs) {
+                Ok(n) => {
+                    c.scan.sent(n);
+                    ctx.stats.bytes_received += n as u64;
+                    progress |= n > 0;
+                }
+                Err(_) => return PumpEnd::RemoveServer("server connection broken".into()),
+            }
+            match c.io.fill(ctx.bufs) {
+                Ok(Filled::Bytes(_)) => progress = true,
+                Ok(Filled::Nothing) => {}
+                Ok(Filled::Eof) => {
+                    let unread = c.io.rbuf.bytes().get(c.scan.ready..).unwrap_or_default();
+                    let why = crate::client::eof_reason(unread);
+                    return PumpEnd::CloseClient(Close::Quiet(why));
+                }
+                Err(e) => return PumpEnd::CloseClient(Close::Quiet(crate::client::io_reason(&e))),
+            }
+        }
+        if c.scan.ready < c.io.rbuf.len() && !s.release_pending {
+            let was_idle = !c.tx.in_request();
+            let before = c.scan.ready;
+            let queue = (named == Named::Rewrite).then_some(&mut c.queue);
+            let verdict = relay::from_client(
+                c.io.rbuf.bytes(),
+                &mut c.scan,
+                &mut c.tx,
+                named,
+                max_packet,
+                queue,
+            );
+            if was_idle && c.tx.in_request() {
+                c.request_time = ctx.now;
+                if c.tx.status == TxStatus::Idle {
+                    c.xact_start = ctx.now;
+                }
+            }
+            progress |= c.scan.ready > before;
+            match verdict {
+                FromClient::NeedMore => {}
+                FromClient::Terminate if c.scan.ready == 0 => {
+                    return PumpEnd::CloseClient(Close::Quiet("client close request"));
+                }
+                FromClient::Rewrite if c.scan.ready == 0 => {
+                    match crate::prepared::rewrite_named(
+                        crate::prepared::Link {
+                            rbuf: &mut c.io.rbuf,
+                            scan: &mut c.scan,
+                            tx: &mut c.tx,
+                            queue: &mut c.queue,
+                            stmts: &mut c.stmts,
+                            wbuf: &mut s.io.wbuf,
+                            server_stmts: &mut s.stmts,
+                        },
+                        ctx.stmts,
+                        ctx.bufs,
+                        Some(&mut *ctx.stats),
+                        max_packet,
+                        ctx.max_prepared,
+                    ) {
+                        Ok(true) => {
+                            scan_only = true;
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(why) => return PumpEnd::CloseClient(why),
+                    }
+                }
+                FromClient::Unknown(tag) if c.scan.ready == 0 => {
+                    log::warn!("C-{}: unknown pkt from client: {tag}/{tag:#x}", c.id);
+                    let why = Close::Fatal(sqlstate::PROTOCOL_VIOLATION, "unknown pkt".into());
+                    return PumpEnd::CloseClient(why);
+                }
+                FromClient::Terminate
+                | FromClient::NamedParse
+                | FromClient::Rewrite
+                | FromClient::Unknown(_) => {}
+                FromClient::Bad(e) => {
+                    return PumpEnd::CloseClient(Close::Fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+
+        // Towards the client: the pooler's own messages first, then the server's bytes.
+        match stream::flush_then_forward(&mut s.io, &mut c.io, s.scan.ready, ctx.bufs) {
+            Ok(n) => {
+                s.scan.sent(n);
+                ctx.stats.bytes_sent += n as u64;
+                progress |= n > 0;
+            }
+            Err(e) => return PumpEnd::CloseClient(Close::Quiet(crate::client::io_reason(&e))),
+        }
+        if s.release_pending {
+            if s.scan.ready == 0 {
+                return PumpEnd::Release;
+            }
+            if !progress {
+                break;
+            }
+            continue;
+        }
+        match s.io.fill(ctx.bufs) {
+            Ok(Filled::Bytes(_)) => progress = true,
+            Ok(Filled::Nothing) => {}
+            Ok(Filled::Eof) | Err(_) => {
+                return PumpEnd::RemoveServer("server conn crashed?".into())
+            }
+        }
+        let before = s.scan.ready;
+        loop {
+            let track = (named == Named::Rewrite).then_some(relay::Tracking {
+                queue: &mut c.queue,
+                dropped: &mut c.dropped,
+                skipping: &mut c.skipping,
+            });
+            let verdict =
+                relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own, track);
+            for e in c.dropped.drain(..) {
+                s.stmts.undo(e);
+                c.stmts.undo(e);
+            }
+            match verdict {
+                FromServer::Made => {
+                    if s.scan.ready > 0 {
+                        // Everything the server said before it goes out first.
+                        break;
+                    }
+                    if let Some(e) = c.queue.pop_front() {
+                        crate::prepared::made_answer(c.io.wbuf.vec(ctx.bufs), e);
+                        progress = true;
+                    }
+                }
+                FromServer::Hidden(len) => {
+                    s.io.rbuf.consume(len);
+                    progress = true;
+                }
+                FromServer::NeedMore => {
+                    if let Some(total) = relay::wants_whole(s.io.rbuf.bytes(), &s.scan, s.own) {
+                        s.io.rbuf.make_room(total, ctx.bufs);
+                    }
+                    break;
+                }
+                FromServer::ReadyForQuery => {
+                    c.since = ctx.now;
+                    let st = &mut *ctx.stats;
+                    st.query_count += 1;
+                    st.query_time_us += micros(ctx.now, c.request_time);
+                    c.request_time = ctx.now;
+                    if c.tx.status == TxStatus::Idle {
+                        st.xact_count += 1;
+                        st.xact_time_us += micros(ctx.now, c.xact_start);
+                    }
+                    if mode == PoolMode::Session {
+                        continue;
+                    }
+                    if c.tx.is_idle() && c.scan.at_boundary() && c.queue.is_empty() {
+                        s.release_pending = true;
+                        progress = true;
+                        break;
+                    }
+                    // PgBouncer's rule: any ReadyForQuery inside a transaction, even
+                    // one in the middle of a pipeline, closes the client, with its
+                    // words and SQLSTATE (08P01).
+                    if mode == PoolMode::Statement && c.tx.status != TxStatus::Idle {
+                        let msg = "transaction blocks not allowed in statement pooling mode";
+                        // The server's answer opens a transaction the client may not
+                        // have: drop it, tell the client why, and let the server go.
+                        s.io.rbuf.consume(s.scan.ready);
+                        s.scan = Scan::default();
+                        s.close_needed = true;
+                        return PumpEnd::CloseClient(Close::Fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            msg.into(),
+                        ));
+                    }
+                }
+                FromServer::Parameter(k, v) => {
+                    if let Some(name) = params::tracked_name(k) {
+                        s.params.set(name, v);
+                        c.params.set(name, v);
+                    } else if c.params.get(k).is_some() {
+                        s.params.set(k, v);
+                        c.params.set(k, v);
+                    }
+                }
+                FromServer::Own { tag, body } => {
+                    let len = body.len() + 5;
+                    let done = crate::server::own_answer(
+                        tag,
+                        body,
+                        &mut s.own,
+                        &mut s.own_error,
+                        &mut s.params,
+                        Some(&mut c.params),
+                    );
+                    s.io.rbuf.consume(len);
+                    progress = true;
+                    if done {
+                        if let Some(e) = s.own_error.take() {
+                            // The client's settings can't be applied: tell it, keep the server.
+                            let e_text = e.to_string();
+                            log::warn!(
+                                "C-{}: cannot apply session parameters: {}",
+                                c.id,
+                                crate::logsafe::Escaped(&e_text)
+                            );
+                            return PumpEnd::CloseClient(Close::Relay(e));
+                        }
+                    }
+                }
+                FromServer::Bad(e) => {
+                    return PumpEnd::RemoveServer(format!("server sent {e}").into());
+                }
+            }
+        }
+        progress |= s.scan.ready > before;
+        // A read that filled a buffer, followed by `make_room` for a message that must
+        // be whole (a long named Parse, a long ReadyForQuery-bearing message), leaves
+        // bytes that no event will announce: go round again to read them.
+        progress |= c.io.may_read() || s.io.may_read();
+        if !progress {
+            c.io.release_buffers(ctx.bufs);
+            s.io.release_buffers(ctx.bufs);
+            return PumpEnd::Idle;
+        }
+    }
+    // Out of rounds with work left: come back after other connections had a turn.
+    PumpEnd::Again
 }
 
 /// PgBouncer's words for a client of a database a reload took away.
