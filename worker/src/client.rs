@@ -118,6 +118,49 @@ pub(crate) struct Lookup {
 }
 
 impl Client {
+    /// A client just accepted from `peer` (None: a Unix socket), in `state`.
+    pub fn new(
+        id: u64,
+        io: Stream,
+        state: CState,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) -> Client {
+        Client {
+            id,
+            io,
+            state,
+            peer: peer.map(Peer::Tcp).unwrap_or(Peer::Unix),
+            via: peer,
+            user: "".into(),
+            db: "".into(),
+            pool: None,
+            server: None,
+            params: Params::new(),
+            tx: TxState::new(),
+            scan: Scan::default(),
+            cancel_key: 0,
+            connect_time: now,
+            since: now,
+            request_time: now,
+            xact_start: now,
+            wait_notified: false,
+            auth: None,
+            counted: false,
+            counted_db: None,
+            counted_user: None,
+            stmts: Default::default(),
+            replication: None,
+            queue: Default::default(),
+            dropped: Vec::new(),
+            skipping: false,
+            admin: None,
+            proxy: None,
+            found: None,
+            lookup: None,
+        }
+    }
+
     /// TLS protects the client's bytes: its own session with the pooler, or (with
     /// proxy_tls_trusted) the one a trusted proxy terminated.
     pub fn is_tls(&self) -> bool {
@@ -215,39 +258,7 @@ impl Worker {
         let id = crate::worker::shown_id(self.slot, self.next_id);
         self.next_id += 1;
         let io = Stream::accepted(sock);
-        let client = Client {
-            id,
-            io,
-            state,
-            peer: peer.map(Peer::Tcp).unwrap_or(Peer::Unix),
-            via: peer,
-            user: "".into(),
-            db: "".into(),
-            pool: None,
-            server: None,
-            params: Params::new(),
-            tx: TxState::new(),
-            scan: Scan::default(),
-            cancel_key: 0,
-            connect_time: self.now,
-            since: self.now,
-            request_time: self.now,
-            xact_start: self.now,
-            wait_notified: false,
-            auth: None,
-            counted: false,
-            counted_db: None,
-            counted_user: None,
-            stmts: Default::default(),
-            replication: None,
-            queue: Default::default(),
-            dropped: Vec::new(),
-            skipping: false,
-            admin: None,
-            proxy: None,
-            found: None,
-            lookup: None,
-        };
+        let client = Client::new(id, io, state, peer, self.now);
         entry.insert(Conn::Client(Box::new(client)));
     }
 

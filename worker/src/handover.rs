@@ -16,7 +16,6 @@ use crate::control::{self, Command, HandedClient, HandedProxy, Report};
 use crate::intern::intern;
 use crate::params::Params;
 use crate::proxy::Peer;
-use crate::relay::{Scan, TxState};
 use crate::stream::{Sock, Stream};
 use crate::wire::sqlstate;
 use crate::worker::{Conn, Worker};
@@ -221,46 +220,21 @@ impl Worker {
             .now
             .checked_sub(Duration::from_millis(h.age_ms))
             .unwrap_or(self.now);
-        let mut client = Client {
-            id,
-            io: Stream::accepted(sock),
-            state: CState::Idle,
-            peer: h.peer.map(Peer::Tcp).unwrap_or(Peer::Unix),
-            via: h.via,
-            user: intern(&h.user),
-            db: intern(&h.db),
-            pool: None,
-            server: None,
-            params,
-            tx: TxState::new(),
-            scan: Scan::default(),
-            cancel_key: h.cancel_key,
-            connect_time: connected,
-            since: self.now,
-            request_time: self.now,
-            xact_start: self.now,
-            wait_notified: false,
-            auth: None,
-            counted: false,
-            counted_db: None,
-            counted_user: None,
-            stmts: Default::default(),
-            queue: Default::default(),
-            dropped: Vec::new(),
-            skipping: false,
-            admin: None,
-            proxy: h.proxy.clone().map(|p| {
-                Box::new(crate::proxy::ProxyInfo {
-                    tls: p.tls,
-                    tls_cn: p.tls_cn,
-                    unique_id: p.unique_id,
-                    endpoint: p.endpoint,
-                })
-            }),
-            found: None,
-            lookup: None,
-            replication: None,
-        };
+        let mut client = Client::new(id, Stream::accepted(sock), CState::Idle, h.via, self.now);
+        client.peer = h.peer.map(Peer::Tcp).unwrap_or(Peer::Unix);
+        client.user = intern(&h.user);
+        client.db = intern(&h.db);
+        client.params = params;
+        client.cancel_key = h.cancel_key;
+        client.connect_time = connected;
+        client.proxy = h.proxy.clone().map(|p| {
+            Box::new(crate::proxy::ProxyInfo {
+                tls: p.tls,
+                tls_cn: p.tls_cn,
+                unique_id: p.unique_id,
+                endpoint: p.endpoint,
+            })
+        });
         for (name, body) in &h.stmts {
             let stmt = self.stmts.get_or_add(body);
             client.stmts.adopt(name.as_str().into(), stmt);

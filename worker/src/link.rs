@@ -524,7 +524,10 @@ pub(crate) fn pump(c: &mut Client, s: &mut Server, ctx: &mut Pump<'_>) -> PumpEn
                 return PumpEnd::Release;
             }
             if !progress {
-                break;
+                // The answer's tail waits for the client to read: its socket's next
+                // writable event comes back here. Asking to be pumped again at once
+                // would spin the loop for as long as the client is slow.
+                return PumpEnd::Idle;
             }
             continue;
         }
@@ -664,4 +667,341 @@ pub(crate) fn database_removed() -> Close {
 
 fn micros(now: std::time::Instant, since: std::time::Instant) -> u64 {
     now.saturating_duration_since(since).as_micros() as u64
+}
+
+/// The pump's own code driven over in-memory pipes: no socket, no PostgreSQL, every split
+/// of the bytes a test cares to try (rustls tests its connections the same way).
+#[cfg(test)]
+mod pump_tests {
+    use super::*;
+    use crate::stream::memory::{End, Shared};
+    use crate::stream::Sock;
+    use crate::stream::Stream;
+    use crate::wire::write::message;
+
+    /// A linked client and server, each on in-memory pipes, and what the pump borrows.
+    struct Pair {
+        c: Box<Client>,
+        s: Box<Server>,
+        /// client → pooler, pooler → client, server → pooler, pooler → server.
+        c_in: Shared,
+        c_out: Shared,
+        s_in: Shared,
+        s_out: Shared,
+        bufs: BufPool,
+        stats: PoolStats,
+        stmts: Registry,
+        mode: PoolMode,
+        named: Named,
+    }
+
+    fn client() -> (Box<Client>, Shared, Shared) {
+        let (end, i, o) = End::new();
+        let now = Instant::now();
+        let mut c = Client::new(
+            1,
+            Stream::accepted(Sock::Memory(end)),
+            CState::Active,
+            None,
+            now,
+        );
+        c.pool = Some(0);
+        c.server = Some(1);
+        (Box::new(c), i, o)
+    }
+
+    impl Pair {
+        fn new(mode: PoolMode, named: Named) -> Pair {
+            let (c, c_in, c_out) = client();
+            let (end, s_in, s_out) = End::new();
+            let addr = crate::server::ServerAddr::Unix("memory".into());
+            let io = Stream::connecting(Sock::Memory(end));
+            let mut s = Box::new(Server::connecting(2, io, 0, addr, 0, Instant::now()));
+            s.state = SState::Active;
+            s.client = Some(0);
+            Pair {
+                c,
+                s,
+                c_in,
+                c_out,
+                s_in,
+                s_out,
+                bufs: BufPool::new(4096, 16),
+                stats: PoolStats::default(),
+                stmts: Registry::default(),
+                mode,
+                named,
+            }
+        }
+
+        /// One pump call after an event that reported both sockets ready both ways.
+        fn pump(&mut self) -> PumpEnd {
+            // As epoll reports them: readable, writable, and the peer's FIN if it came.
+            let (c_eof, s_eof) = (self.c_in.borrow().closed, self.s_in.borrow().closed);
+            self.c.io.on_event(true, true, c_eof);
+            self.s.io.on_event(true, true, s_eof);
+            let mut ctx = Pump {
+                bufs: &mut self.bufs,
+                stats: &mut self.stats,
+                stmts: &mut self.stmts,
+                now: Instant::now(),
+                mode: self.mode,
+                named: self.named,
+                max_packet: 1 << 20,
+                max_prepared: 100,
+            };
+            pump(&mut self.c, &mut self.s, &mut ctx)
+        }
+
+        /// Pumps until the pump stops asking to come back: a few rounds of 16 at most
+        /// for these small exchanges, so many more means the pump spins.
+        fn settle(&mut self) -> PumpEnd {
+            for _ in 0..100 {
+                match self.pump() {
+                    PumpEnd::Again => continue,
+                    end => return end,
+                }
+            }
+            panic!("the pump keeps asking to come back with nothing to do");
+        }
+
+        fn client_sends(&self, bytes: &[u8]) {
+            self.c_in.borrow_mut().bytes.extend(bytes);
+        }
+
+        fn server_sends(&self, bytes: &[u8]) {
+            self.s_in.borrow_mut().bytes.extend(bytes);
+        }
+
+        /// The client's bytes arriving `step` at a time, each piece pumped as it comes;
+        /// the server is never released meanwhile.
+        fn client_sends_in_pieces(&mut self, bytes: &[u8], step: usize) {
+            for piece in bytes.chunks(step) {
+                self.client_sends(piece);
+                assert!(!is_release(&self.settle()));
+            }
+        }
+
+        /// The server's answer arriving `step` at a time; the pump's last ending.
+        fn server_sends_in_pieces(&mut self, bytes: &[u8], step: usize) -> PumpEnd {
+            let mut end = PumpEnd::Idle;
+            for piece in bytes.chunks(step) {
+                self.server_sends(piece);
+                end = self.settle();
+            }
+            end
+        }
+
+        fn at_server(&self) -> Vec<u8> {
+            self.s_out.borrow_mut().bytes.drain(..).collect()
+        }
+
+        fn at_client(&self) -> Vec<u8> {
+            self.c_out.borrow_mut().bytes.drain(..).collect()
+        }
+
+        /// A new client on the same server, as `link` hands it over: the server's scan
+        /// starts afresh. The one before is returned: still connected elsewhere.
+        fn next_client(&mut self) -> Box<Client> {
+            let (c, i, o) = client();
+            self.c_in = i;
+            self.c_out = o;
+            self.s.scan = Scan::default();
+            self.s.release_pending = false;
+            std::mem::replace(&mut self.c, c)
+        }
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        write::query(&mut out, sql);
+        out
+    }
+
+    /// RowDescription, DataRow, CommandComplete and ReadyForQuery with `status`.
+    fn answer(row: &str, status: TxStatus) -> Vec<u8> {
+        let mut out = Vec::new();
+        write::row_description(&mut out, &[("x", 25)]);
+        write::data_row(&mut out, [Some(row)].into_iter());
+        write::command_complete(&mut out, "SELECT 1");
+        write::ready_for_query(&mut out, status);
+        out
+    }
+
+    fn tags(mut bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        while bytes.len() >= 5 {
+            let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+            out.push(bytes[0]);
+            bytes = &bytes[1 + len..];
+        }
+        assert!(bytes.is_empty(), "a message was cut short");
+        out
+    }
+
+    fn is_release(end: &PumpEnd) -> bool {
+        matches!(end, PumpEnd::Release)
+    }
+
+    #[test]
+    fn a_query_and_its_answer_pass_unchanged_however_the_bytes_arrive() {
+        let q = query("select 1");
+        let a = answer("1", TxStatus::Idle);
+        for step in [1, 2, 3, 5, 7, 13, a.len()] {
+            let mut p = Pair::new(PoolMode::Transaction, Named::Rewrite);
+            p.client_sends_in_pieces(&q, step);
+            assert_eq!(p.at_server(), q, "step {step}");
+            let mut seen = Vec::new();
+            for (i, piece) in a.chunks(step).enumerate() {
+                p.server_sends(piece);
+                let end = p.settle();
+                seen.extend(p.at_client());
+                let last = (i + 1) * step >= a.len();
+                // The server goes back with the answer's last byte, never before it.
+                assert_eq!(is_release(&end), last, "step {step}, piece {i}");
+            }
+            assert_eq!(seen, a, "step {step}");
+            assert_eq!(p.c.tx.status, TxStatus::Idle);
+            assert_eq!((p.stats.query_count, p.stats.xact_count), (1, 1));
+        }
+    }
+
+    #[test]
+    fn a_transaction_keeps_its_server_until_it_ends() {
+        let mut p = Pair::new(PoolMode::Transaction, Named::Rewrite);
+        p.client_sends(&query("begin"));
+        p.settle();
+        p.server_sends(&answer("1", TxStatus::InTransaction));
+        assert!(matches!(p.settle(), PumpEnd::Idle));
+        assert_eq!(tags(&p.at_client()), b"TDCZ");
+        p.client_sends(&query("commit"));
+        p.settle();
+        assert_eq!(p.at_server(), [query("begin"), query("commit")].concat());
+        p.server_sends(&answer("1", TxStatus::Idle));
+        assert!(is_release(&p.settle()));
+        assert_eq!((p.stats.query_count, p.stats.xact_count), (2, 1));
+    }
+
+    #[test]
+    fn a_slow_reader_gets_every_byte_before_the_server_goes_back() {
+        let mut p = Pair::new(PoolMode::Transaction, Named::Rewrite);
+        p.c_out.borrow_mut().room = 100;
+        p.client_sends(&query("select repeat('x', 5000)"));
+        p.settle();
+        let a = answer(&"x".repeat(5000), TxStatus::Idle);
+        p.server_sends(&a);
+        let mut seen = Vec::new();
+        let mut end = p.settle();
+        while !is_release(&end) {
+            // Nothing moves until the client reads: the pump must say so, not spin.
+            assert!(matches!(end, PumpEnd::Idle));
+            let got = p.at_client();
+            assert!(
+                !got.is_empty(),
+                "stalled at {} of {} bytes",
+                seen.len(),
+                a.len()
+            );
+            seen.extend(got);
+            end = p.settle();
+        }
+        seen.extend(p.at_client());
+        assert_eq!(seen, a);
+    }
+
+    #[test]
+    fn statement_pooling_refuses_a_transaction_block_with_pgbouncers_words() {
+        let mut p = Pair::new(PoolMode::Statement, Named::Rewrite);
+        p.client_sends(&query("begin"));
+        p.settle();
+        p.server_sends(&answer("1", TxStatus::InTransaction));
+        match p.settle() {
+            PumpEnd::CloseClient(Close::Fatal(code, msg)) => {
+                assert_eq!(code, sqlstate::PROTOCOL_VIOLATION);
+                assert_eq!(
+                    msg,
+                    "transaction blocks not allowed in statement pooling mode"
+                );
+            }
+            _ => panic!("the client should be closed"),
+        }
+        // The server's answer opened a transaction: it is not reused.
+        assert!(p.s.close_needed);
+        assert!(p.at_client().is_empty());
+    }
+
+    /// Parse of `name` for `sql`, Bind of it, Execute and Sync: a driver's prepared query.
+    fn prepared(name: &str, sql: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        message(&mut out, b'P', |o| {
+            o.extend_from_slice(name.as_bytes());
+            o.push(0);
+            o.extend_from_slice(sql.as_bytes());
+            o.extend_from_slice(&[0, 0, 0]);
+        });
+        message(&mut out, b'B', |o| {
+            o.push(0);
+            o.extend_from_slice(name.as_bytes());
+            o.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        });
+        message(&mut out, b'E', |o| o.extend_from_slice(&[0, 0, 0, 0, 0]));
+        message(&mut out, b'S', |_| {});
+        out
+    }
+
+    /// ParseComplete (unless the pooler makes it), BindComplete, a row, the end.
+    fn prepared_answer(parse: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        if parse {
+            message(&mut out, b'1', |_| {});
+        }
+        message(&mut out, b'2', |_| {});
+        write::data_row(&mut out, [Some("1")].into_iter());
+        write::command_complete(&mut out, "SELECT 1");
+        write::ready_for_query(&mut out, TxStatus::Idle);
+        out
+    }
+
+    #[test]
+    fn a_named_statement_is_prepared_once_per_server_and_answered_in_its_place() {
+        for step in [1, 4, 9, 1000] {
+            let mut p = Pair::new(PoolMode::Transaction, Named::Rewrite);
+            p.client_sends_in_pieces(&prepared("s1", "select 1"), step);
+            let sent = p.at_server();
+            assert_eq!(tags(&sent), b"PBES", "step {step}");
+            // The server knows the statement under the pooler's name, not the client's.
+            let text = String::from_utf8_lossy(&sent).into_owned();
+            assert!(text.contains("PGBS_") && !text.contains("s1"), "{text:?}");
+            let end = p.server_sends_in_pieces(&prepared_answer(true), step);
+            assert!(is_release(&end), "step {step}");
+            assert_eq!(p.at_client(), prepared_answer(true));
+
+            // Another client with the same query, under another name, on the same server:
+            // no second Parse goes out, and the pooler's ParseComplete comes first.
+            // (The first client stays connected: its statement lives on in the registry.)
+            let _first = p.next_client();
+            p.client_sends_in_pieces(&prepared("other", "select 1"), step);
+            assert_eq!(tags(&p.at_server()), b"BES", "step {step}");
+            let end = p.server_sends_in_pieces(&prepared_answer(false), step);
+            assert!(is_release(&end), "step {step}");
+            assert_eq!(p.at_client(), prepared_answer(true), "step {step}");
+            assert_eq!(
+                (p.stats.client_parse_count, p.stats.server_parse_count),
+                (2, 1)
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_that_hangs_up_mid_message_is_closed_quietly() {
+        let mut p = Pair::new(PoolMode::Transaction, Named::Rewrite);
+        let q = query("select 1");
+        p.client_sends(&q[..4]);
+        p.c_in.borrow_mut().closed = true;
+        match p.settle() {
+            PumpEnd::CloseClient(Close::Quiet(_)) => {}
+            _ => panic!("the client should be closed"),
+        }
+        assert!(p.at_server().is_empty());
+    }
 }

@@ -172,6 +172,45 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// A connection to `addr` (host `host` of the pool's list) whose connect is under way.
+    pub fn connecting(
+        id: u64,
+        io: Stream,
+        pool: PoolId,
+        addr: ServerAddr,
+        host: usize,
+        now: Instant,
+    ) -> Server {
+        Server {
+            id,
+            io,
+            state: SState::Connecting,
+            pool,
+            client: None,
+            params: Params::new(),
+            backend_key: None,
+            scan: Scan::default(),
+            own: 0,
+            own_error: None,
+            release_pending: false,
+            connect_time: now,
+            since: now,
+            addr,
+            host,
+            checked_at: now,
+            role_seen: None,
+            login_params: None,
+            close_needed: false,
+            used: false,
+            stmts: Default::default(),
+            cancels: 0,
+            login: None,
+            lookup: None,
+            holds: (None, None),
+            replication: None,
+        }
+    }
+
     /// Whether a server of a database with target_session_attrs was last checked
     /// server_check_delay ago (always, when that is 0).
     pub fn role_check_due(
@@ -333,40 +372,16 @@ impl Worker {
         let io = Stream::connecting(sock);
         let id = self.new_id();
         log::debug!("S-{id}: new connection to {addr}");
-        let server = Server {
-            id,
-            io,
-            state: SState::Connecting,
-            pool,
-            client: None,
-            params: Params::new(),
-            backend_key: None,
-            scan: Scan::default(),
-            own: 0,
-            own_error: None,
-            release_pending: false,
-            connect_time: self.now,
-            since: self.now,
-            addr,
-            host,
-            checked_at: self.now,
-            role_seen: None,
-            login_params: None,
-            close_needed: false,
-            used: false,
-            stmts: Default::default(),
-            cancels: 0,
-            login: Some(Box::new(Login {
-                tls: None,
-                creds,
-                scram: None,
-                params: Vec::new(),
-                missing_creds: false,
-            })),
-            lookup: None,
-            holds,
-            replication,
-        };
+        let mut server = Server::connecting(id, io, pool, addr, host, self.now);
+        server.login = Some(Box::new(Login {
+            tls: None,
+            creds,
+            scram: None,
+            params: Vec::new(),
+            missing_creds: false,
+        }));
+        server.holds = holds;
+        server.replication = replication;
         self.conns.insert(Conn::Server(Box::new(server)));
         self.pools.get_mut(pool).launching += 1;
         true

@@ -11,6 +11,9 @@ use std::net::Shutdown;
 pub enum Sock {
     Tcp(mio::net::TcpStream),
     Unix(mio::net::UnixStream),
+    /// Tests only: an in-memory pipe, so the pump's own code runs with no socket.
+    #[cfg(test)]
+    Memory(memory::End),
 }
 
 impl Sock {
@@ -20,6 +23,8 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.as_raw_fd(),
             Sock::Unix(s) => s.as_raw_fd(),
+            #[cfg(test)]
+            Sock::Memory(_) => -1,
         }
     }
 
@@ -27,6 +32,8 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s,
             Sock::Unix(s) => s,
+            #[cfg(test)]
+            Sock::Memory(_) => unreachable!("an in-memory pipe is never registered"),
         }
     }
 
@@ -34,6 +41,8 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.read(buf),
             Sock::Unix(s) => s.read(buf),
+            #[cfg(test)]
+            Sock::Memory(m) => m.read(buf),
         }
     }
 
@@ -41,6 +50,8 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.write(buf),
             Sock::Unix(s) => s.write(buf),
+            #[cfg(test)]
+            Sock::Memory(m) => m.write(buf),
         }
     }
 
@@ -48,6 +59,8 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.write_vectored(bufs),
             Sock::Unix(s) => s.write_vectored(bufs),
+            #[cfg(test)]
+            Sock::Memory(m) => m.write_vectored(bufs),
         }
     }
 
@@ -55,6 +68,8 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.take_error(),
             Sock::Unix(s) => s.take_error(),
+            #[cfg(test)]
+            Sock::Memory(_) => Ok(None),
         }
     }
 
@@ -63,6 +78,8 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.peer_addr().is_ok(),
             Sock::Unix(s) => s.peer_addr().is_ok(),
+            #[cfg(test)]
+            Sock::Memory(_) => true,
         }
     }
 
@@ -70,6 +87,11 @@ impl Sock {
         let _ = match self {
             Sock::Tcp(s) => s.shutdown(Shutdown::Both),
             Sock::Unix(s) => s.shutdown(Shutdown::Both),
+            #[cfg(test)]
+            Sock::Memory(m) => {
+                m.shutdown();
+                Ok(())
+            }
         };
     }
 }
@@ -205,7 +227,7 @@ impl Stream {
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
         match &self.sock {
             Sock::Tcp(s) => s.local_addr().ok(),
-            Sock::Unix(_) => None,
+            _ => None,
         }
     }
 
@@ -218,7 +240,7 @@ impl Stream {
                     .ok()
                     .map(|c| c.uid())
             }
-            Sock::Tcp(_) => None,
+            _ => None,
         }
     }
 
@@ -541,6 +563,8 @@ impl Write for SockIo<'_> {
         match self.sock {
             Sock::Tcp(s) => s.write_vectored(bufs),
             Sock::Unix(s) => s.write_vectored(bufs),
+            #[cfg(test)]
+            Sock::Memory(m) => m.write_vectored(bufs),
         }
     }
 
@@ -687,6 +711,93 @@ fn own_then_forward(
         return Ok(sent);
     }
     Ok(sent + forward(src, dst, n - sent)?)
+}
+
+/// Tests only: a pair of in-memory pipes standing in for a socket, so the pump's own code
+/// runs against byte queues a test fills and reads, as rustls tests its connections.
+#[cfg(test)]
+pub mod memory {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::io;
+    use std::rc::Rc;
+
+    /// One direction of a connection.
+    #[derive(Default)]
+    pub struct Pipe {
+        pub bytes: VecDeque<u8>,
+        /// The writer is gone: reads see EOF once the bytes are read.
+        pub closed: bool,
+        /// The most bytes one write call takes (0: no limit): a short write, as a socket
+        /// may make. Reads take what is there: a short read means drained, as the
+        /// edge-triggered loop assumes.
+        pub chunk: usize,
+        /// The most bytes the pipe holds before writes would block (0: no limit).
+        pub room: usize,
+    }
+
+    pub type Shared = Rc<RefCell<Pipe>>;
+
+    /// The pooler's end of a connection: what it reads and what it writes.
+    pub struct End {
+        pub incoming: Shared,
+        pub outgoing: Shared,
+    }
+
+    impl End {
+        /// An end and, for the test, its two pipes (incoming, outgoing).
+        pub fn new() -> (End, Shared, Shared) {
+            let (i, o) = (Shared::default(), Shared::default());
+            let end = End {
+                incoming: i.clone(),
+                outgoing: o.clone(),
+            };
+            (end, i, o)
+        }
+
+        pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let mut p = self.incoming.borrow_mut();
+            if p.bytes.is_empty() {
+                return if p.closed {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(p.bytes.len());
+            for (b, v) in buf.iter_mut().zip(p.bytes.drain(..n)) {
+                *b = v;
+            }
+            Ok(n)
+        }
+
+        pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[io::IoSlice::new(buf)])
+        }
+
+        pub fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            let mut p = self.outgoing.borrow_mut();
+            let mut limit = if p.chunk == 0 { usize::MAX } else { p.chunk };
+            if p.room != 0 {
+                limit = limit.min(p.room.saturating_sub(p.bytes.len()));
+            }
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            if limit == 0 && total > 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(limit - n);
+                p.bytes.extend(&b[..take]);
+                n += take;
+            }
+            Ok(n)
+        }
+
+        pub fn shutdown(&self) {
+            self.outgoing.borrow_mut().closed = true;
+        }
+    }
 }
 
 #[cfg(test)]
