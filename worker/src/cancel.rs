@@ -34,6 +34,31 @@ pub(crate) struct CancelConn {
     target: Target,
 }
 
+impl CancelConn {
+    /// Sends the 16 bytes once connected, then waits for PostgreSQL to hang up. True when
+    /// the connection is finished: answered, refused or broken.
+    fn drive(&mut self) -> bool {
+        self.io.on_event(true, true, false);
+        if !self.sent {
+            if let Ok(Some(_)) | Err(_) = self.io.take_error() {
+                return true;
+            }
+            if !self.io.is_connected() {
+                return false;
+            }
+            // A CancelRequest goes in plaintext even to a server spoken to over TLS:
+            // PostgreSQL reads it before any authentication or hba line applies.
+            match self.io.send(&self.packet) {
+                // 16 bytes fit in any fresh socket buffer.
+                Ok(16) => self.sent = true,
+                Ok(_) => return false,
+                Err(_) => return true,
+            }
+        }
+        self.io.discard_until_eof()
+    }
+}
+
 /// Where a cancel connection goes.
 enum Target {
     /// PostgreSQL, to cancel the query of this server: (token, id).
@@ -109,8 +134,7 @@ fn new_key_from(
 
 impl Worker {
     /// A CancelRequest arrived on client connection `ct`, which any worker of any peer
-    /// may have accepted. The key's top byte is the slot of the worker that handed it
-    /// out; with peering its pid names the pooler.
+    /// may have accepted: sent where [`route`] says.
     pub(crate) fn cancel_request(&mut self, ct: usize, pid: u32, key: &[u8]) {
         let Ok(key) = <[u8; 4]>::try_from(key).map(u32::from_be_bytes) else {
             return;
@@ -118,49 +142,38 @@ impl Worker {
         let Some(from) = self.client(ct).map(|c| c.peer) else {
             return;
         };
-        let forwarded = pid & FORWARDED != 0;
-        let pid = pid & !FORWARDED;
-        if forwarded && !self.is_peer(from) {
-            log::debug!("forwarded cancel request from {from}, which is not a peer: ignored");
-            return self.count_cancel(CancelOutcome::Refused);
-        }
-        if let Some(owner) = key_owner(pid, self.cfg.peer_id) {
-            if owner != self.cfg.peer_id {
-                if forwarded {
-                    // Sent here by a peer that believed the key was ours: its peers table
-                    // and ours disagree. Forwarding again could go round in a circle.
-                    log::warn!(
-                        "cancel request forwarded from {from} names peer {owner}, not this \
-                         pooler ({}): check the peers sections",
-                        self.cfg.peer_id
-                    );
-                    return self.count_cancel(CancelOutcome::Refused);
-                }
-                let outcome = match self.forward_cancel(owner, pid, key) {
-                    true => CancelOutcome::Forwarded,
-                    false => CancelOutcome::Dropped,
-                };
-                return self.count_cancel(outcome);
+        let here = Here {
+            peer_id: self.cfg.peer_id,
+            generation: self.generation,
+            slot: self.slot,
+            workers: self.shm.workers_cap(),
+        };
+        let cancel_keys = &self.cancel_keys;
+        let held =
+            |pid: u32, key: u32| cancel_keys.contains_key(&(u64::from(pid) << 32 | u64::from(key)));
+        let forwarded_by_peer = pid & FORWARDED != 0 && {
+            // Asked only for a forwarded request: it may look a peer's name up.
+            let cfg = self.cfg.clone();
+            is_peer(&cfg, &mut self.dns, self.now, from)
+        };
+        let (route, pid) = route(pid, key, from, forwarded_by_peer, here, held);
+        let outcome = match route {
+            Route::Refused => CancelOutcome::Refused,
+            Route::Peer(owner) => match self.forward_cancel(owner, pid, key) {
+                true => CancelOutcome::Forwarded,
+                false => CancelOutcome::Dropped,
+            },
+            Route::Local => {
+                self.cancel_local(pid, key);
+                CancelOutcome::Handled
             }
-        }
-        self.count_cancel(CancelOutcome::Handled);
-        if !key_generation_matches(key, self.generation) {
-            // The other generation's key, during an online upgrade: the supervisors pass
-            // it across. A client handed over from it may be ours by now: look first.
-            if self
-                .cancel_keys
-                .contains_key(&(u64::from(pid) << 32 | u64::from(key)))
-            {
-                return self.cancel_local(pid, key);
+            Route::Supervisor => {
+                self.report(Report::Cancel { pid, key });
+                CancelOutcome::Handled
             }
-            return self.report(Report::Cancel { pid, key });
-        }
-        let slot = (key >> 24) as usize;
-        if slot == self.slot {
-            self.cancel_local(pid, key);
-        } else if slot < self.shm.workers_cap() {
-            self.report(Report::Cancel { pid, key });
-        }
+            Route::Nowhere => CancelOutcome::Handled,
+        };
+        self.count_cancel(outcome);
     }
 
     fn count_cancel(&mut self, outcome: CancelOutcome) {
@@ -169,19 +182,8 @@ impl Worker {
 
     /// Whether a connection's (PROXY-given) address is one of the configured peers'.
     pub(crate) fn is_peer(&mut self, from: From) -> bool {
-        let (now, ttls) = (self.now, (self.cfg.dns_max_ttl, self.cfg.dns_nxdomain_ttl));
         let cfg = self.cfg.clone();
-        cfg.peers.values().any(|p| match from {
-            From::Unix => p.is_unix_socket(),
-            From::Tcp(a) => {
-                let ip = canonical(a.ip());
-                match p.host.parse::<IpAddr>() {
-                    Ok(peer) => canonical(peer) == ip,
-                    Err(_) if p.is_unix_socket() => false,
-                    Err(_) => self.dns.resolves_to((&p.host, p.port), ip, now, ttls),
-                }
-            }
-        })
+        is_peer(&cfg, &mut self.dns, self.now, from)
     }
 
     /// Looks up the peers' host names ahead of need, so the first forwarded cancel from
@@ -329,32 +331,12 @@ impl Worker {
         }));
     }
 
-    /// Sends the 16 bytes once connected, then waits for PostgreSQL to hang up.
+    /// A cancel connection's socket is ready: done with it once [`CancelConn::drive`] says so.
     pub(crate) fn drive_cancel(&mut self, t: usize, ready: bool) {
         let Some(Conn::Cancel(x)) = self.conns.get_mut(t) else {
             return;
         };
-        if !ready {
-            return;
-        }
-        x.io.on_event(ready, ready, false);
-        if !x.sent {
-            if let Ok(Some(_)) | Err(_) = x.io.take_error() {
-                return self.cancel_done(t);
-            }
-            if !x.io.is_connected() {
-                return;
-            }
-            // A CancelRequest goes in plaintext even to a server spoken to over TLS:
-            // PostgreSQL reads it before any authentication or hba line applies.
-            match x.io.send(&x.packet) {
-                // 16 bytes fit in any fresh socket buffer.
-                Ok(16) => x.sent = true,
-                Ok(_) => return,
-                Err(_) => return self.cancel_done(t),
-            }
-        }
-        if x.io.discard_until_eof() {
+        if ready && x.drive() {
             self.cancel_done(t);
         }
     }
@@ -384,6 +366,109 @@ impl Worker {
             self.server_ready(st);
         }
     }
+}
+
+/// This worker's place, for routing a cancel key.
+#[derive(Clone, Copy)]
+pub(crate) struct Here {
+    /// This pooler's peer_id (0: no peering).
+    pub peer_id: u16,
+    pub generation: u32,
+    pub slot: usize,
+    /// How many worker slots this pooler has.
+    pub workers: usize,
+}
+
+/// Where a cancel request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Not taken: forwarded by what is not a peer, or forwarded to the wrong pooler.
+    Refused,
+    /// On to the peer pooler with this id, which handed the key out.
+    Peer(u16),
+    /// To one of this worker's own clients.
+    Local,
+    /// Through the supervisor: another worker's key, or the other generation's during an
+    /// online upgrade.
+    Supervisor,
+    /// A worker slot this pooler does not have: dropped, as PostgreSQL drops unknown keys.
+    Nowhere,
+}
+
+/// Where a CancelRequest for (`pid`, `key`) from `from` goes, and its pid without the
+/// forwarded mark. `forwarded_by_peer`: the request carries the mark and `from` is a
+/// configured peer; `held`: this worker handed out that key (a client handed over from
+/// the other generation keeps its key). Nothing here reads a socket or the worker.
+pub(crate) fn route(
+    pid: u32,
+    key: u32,
+    from: From,
+    forwarded_by_peer: bool,
+    here: Here,
+    held: impl FnOnce(u32, u32) -> bool,
+) -> (Route, u32) {
+    let forwarded = pid & FORWARDED != 0;
+    let pid = pid & !FORWARDED;
+    if forwarded && !forwarded_by_peer {
+        log::debug!("forwarded cancel request from {from}, which is not a peer: ignored");
+        return (Route::Refused, pid);
+    }
+    if let Some(owner) = key_owner(pid, here.peer_id) {
+        if owner != here.peer_id {
+            if forwarded {
+                // Sent here by a peer that believed the key was ours: its peers table and
+                // ours disagree. Forwarding again could go round in a circle.
+                log::warn!(
+                    "cancel request forwarded from {from} names peer {owner}, not this \
+                     pooler ({}): check the peers sections",
+                    here.peer_id
+                );
+                return (Route::Refused, pid);
+            }
+            return (Route::Peer(owner), pid);
+        }
+    }
+    if !key_generation_matches(key, here.generation) {
+        // The other generation's key, during an online upgrade: the supervisors pass it
+        // across. A client handed over from it may be ours by now: look first.
+        let route = if held(pid, key) {
+            Route::Local
+        } else {
+            Route::Supervisor
+        };
+        return (route, pid);
+    }
+    let slot = (key >> 24) as usize;
+    let route = if slot == here.slot {
+        Route::Local
+    } else if slot < here.workers {
+        Route::Supervisor
+    } else {
+        Route::Nowhere
+    };
+    (route, pid)
+}
+
+/// Whether a connection's (PROXY-given) address is one of the configured peers'; a peer
+/// named by host name is looked up (never blocking: an answer not cached yet is a no).
+fn is_peer(
+    cfg: &crate::config::Config,
+    dns: &mut crate::dns::Resolver,
+    now: Instant,
+    from: From,
+) -> bool {
+    let ttls = (cfg.dns_max_ttl, cfg.dns_nxdomain_ttl);
+    cfg.peers.values().any(|p| match from {
+        From::Unix => p.is_unix_socket(),
+        From::Tcp(a) => {
+            let ip = canonical(a.ip());
+            match p.host.parse::<IpAddr>() {
+                Ok(peer) => canonical(peer) == ip,
+                Err(_) if p.is_unix_socket() => false,
+                Err(_) => dns.resolves_to((&p.host, p.port), ip, now, ttls),
+            }
+        }
+    })
 }
 
 /// A v4-mapped IPv6 address as the IPv4 address it is, so both spellings of a peer match.
@@ -462,5 +547,87 @@ mod tests {
         assert_eq!(canonical(v4), v4);
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(canonical(v6), v6);
+    }
+
+    /// Worker 1 of 4, generation 1, peer 3 (or no peering).
+    fn here(peer_id: u16) -> Here {
+        Here {
+            peer_id,
+            generation: 1,
+            slot: 1,
+            workers: 4,
+        }
+    }
+
+    fn key(slot: u32, generation: u32) -> u32 {
+        let k = slot << 24 | 0x1234;
+        if generation & 1 == 1 {
+            k | GENERATION_BIT
+        } else {
+            k
+        }
+    }
+
+    fn peer_pid(owner: u16) -> u32 {
+        u32::from(owner) << 16 | 0x42
+    }
+
+    const FROM: From = From::Tcp(SocketAddr::new(
+        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        5,
+    ));
+
+    #[test]
+    fn a_key_goes_to_the_worker_that_handed_it_out() {
+        let never = |_: u32, _: u32| panic!("only the other generation's keys are looked up");
+        let r = |k| route(7, k, FROM, false, here(0), never).0;
+        assert_eq!(r(key(1, 1)), Route::Local);
+        assert_eq!(r(key(0, 1)), Route::Supervisor);
+        assert_eq!(r(key(3, 1)), Route::Supervisor);
+        // A slot this pooler does not have: dropped, not passed on.
+        assert_eq!(r(key(4, 1)), Route::Nowhere);
+        assert_eq!(r(key(200, 1)), Route::Nowhere);
+    }
+
+    #[test]
+    fn the_other_generations_key_crosses_unless_its_client_moved_here() {
+        let k = key(1, 2);
+        let (r, _) = route(7, k, FROM, false, here(0), |_, _| false);
+        assert_eq!(r, Route::Supervisor);
+        let (r, _) = route(7, k, FROM, false, here(0), |pid, key| (pid, key) == (7, k));
+        assert_eq!(r, Route::Local);
+    }
+
+    #[test]
+    fn with_peering_another_poolers_key_goes_to_it_once() {
+        let k = key(1, 1);
+        assert_eq!(
+            route(peer_pid(5), k, FROM, false, here(3), |_, _| false),
+            (Route::Peer(5), peer_pid(5))
+        );
+        assert_eq!(
+            route(peer_pid(3), k, FROM, false, here(3), |_, _| false).0,
+            Route::Local
+        );
+        // Forwarded to us by a peer, but naming a third pooler: the tables disagree, and a
+        // second hop could circle.
+        let forwarded = peer_pid(5) | FORWARDED;
+        assert_eq!(
+            route(forwarded, k, FROM, true, here(3), |_, _| false),
+            (Route::Refused, peer_pid(5))
+        );
+        // Forwarded and ours: taken, with the mark removed.
+        let forwarded = peer_pid(3) | FORWARDED;
+        assert_eq!(
+            route(forwarded, k, FROM, true, here(3), |_, _| false),
+            (Route::Local, peer_pid(3))
+        );
+    }
+
+    #[test]
+    fn a_forwarded_request_is_taken_only_from_a_peer() {
+        let forwarded = peer_pid(3) | FORWARDED;
+        let (r, _) = route(forwarded, key(1, 1), FROM, false, here(3), |_, _| false);
+        assert_eq!(r, Route::Refused);
     }
 }
