@@ -82,7 +82,13 @@ impl Worker {
         }
         if !p.paused {
             if let Some(&st) = p.idle.last() {
-                if self.needs_check(st) {
+                if crate::server::needs_check(
+                    &self.conns,
+                    st,
+                    self.pools.get(pool),
+                    &self.cfg,
+                    self.now,
+                ) {
                     // The client waits for this server to pass server_check_query.
                     self.pools.get_mut(pool).waiting.push_back((ct, id));
                     return self.start_check(st);
@@ -122,7 +128,13 @@ impl Worker {
                 let Some(ct) = self.next_waiting(pool) else {
                     break;
                 };
-                if self.needs_check(st) {
+                if crate::server::needs_check(
+                    &self.conns,
+                    st,
+                    self.pools.get(pool),
+                    &self.cfg,
+                    self.now,
+                ) {
                     // The client waits for this server to pass server_check_query.
                     let id = self.client(ct).map_or(0, |c| c.id);
                     self.pools.get_mut(pool).waiting.push_front((ct, id));

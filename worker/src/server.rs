@@ -1,12 +1,13 @@
 //! Server connections: connecting, logging in to PostgreSQL, reset, and closing.
 
 use crate::auth::{md5_salted_response, ScramClient, Secret};
+use crate::buf::BufPool;
 use crate::client::CState;
 use crate::close::Close;
-use crate::config::TargetSessionAttrs;
+use crate::config::{Config, TargetSessionAttrs};
 use crate::dns::Lookup;
 use crate::params::{self, Params};
-use crate::pool::{PoolId, Role, Welcome};
+use crate::pool::{Pool, PoolId, Role, Welcome};
 use crate::relay::{self, FromServer, Scan};
 use crate::stream::{Filled, Sock, Stream};
 use crate::wire::fields::{self, ErrorFields};
@@ -171,7 +172,188 @@ pub(crate) struct Server {
     pub replication: Option<(std::rc::Rc<crate::client::Replication>, usize, u64)>,
 }
 
+/// Whether idle server `st` of `pool` must pass server_check_query (or, for a database
+/// with target_session_attrs, its role check) before a client gets it.
+pub(crate) fn needs_check(
+    conns: &slab::Slab<Conn>,
+    st: usize,
+    pool: &Pool,
+    cfg: &Config,
+    now: Instant,
+) -> bool {
+    matches!(conns.get(st), Some(Conn::Server(s)) if s.needs_check(pool, cfg, now))
+}
+
 impl Server {
+    /// Whether an idle server must pass server_check_query (or, for a database with
+    /// target_session_attrs, its role check) before a client gets it.
+    pub fn needs_check(&self, pool: &Pool, cfg: &Config, now: Instant) -> bool {
+        let delay = cfg.server_check_delay;
+        self.role_check_due(pool, now, delay)
+            || (!cfg.server_check_query.trim().is_empty()
+                && now.duration_since(self.since) >= delay)
+    }
+
+    /// The server's answer to SSLRequest: `S` starts TLS, `N` goes on in cleartext when
+    /// server_tls_sslmode allows it. Ok(false) while the byte has not come.
+    fn tls_answer(&mut self, pool: &Pool, tls_required: bool) -> Result<bool, ErrorFields> {
+        let s = self;
+        let proto = |m: &str| error_fields(sqlstate::PROTOCOL_VIOLATION, m.to_string());
+        let Some(&answer) = s.io.rbuf.bytes().first() else {
+            return Ok(false);
+        };
+        let Some(config) = s.login.as_mut().and_then(|l| l.tls.take()) else {
+            return Err(proto("login state lost"));
+        };
+        match answer {
+            b'S' => {
+                // Anything after `S` came in cleartext and could have been injected by
+                // whoever sits on the path (CVE-2021-23222); libpq refuses it too.
+                if s.io.rbuf.len() > 1 {
+                    return Err(proto("server sent unencrypted data after SSL response"));
+                }
+                s.io.rbuf.consume(1);
+                let Some(host) = pool.target.hosts.get(s.host) else {
+                    return Err(error_fields(
+                        sqlstate::CONNECTION_FAILURE,
+                        "the database's host list changed by reload".into(),
+                    ));
+                };
+                let name = crate::tls::server_name(host)
+                    .map_err(|e| error_fields(sqlstate::CONNECTION_FAILURE, e))?;
+                s.io.start_tls_connect(config, name).map_err(|e| {
+                    let msg = format!("could not start TLS with server: {e}");
+                    error_fields(sqlstate::CONNECTION_FAILURE, msg)
+                })?;
+            }
+            b'N' => {
+                s.io.rbuf.consume(1);
+                if tls_required {
+                    return Err(error_fields(
+                        sqlstate::CONNECTION_FAILURE,
+                        "server does not support SSL, but SSL was required".into(),
+                    ));
+                }
+            }
+            _ => return Err(proto("server answered SSLRequest with neither S nor N")),
+        }
+        Ok(true)
+    }
+
+    /// Handles one login message; Ok(true) once ReadyForQuery ends the login.
+    fn login_message(
+        &mut self,
+        user: &str,
+        bufs: &mut BufPool,
+        tag: u8,
+        body: &[u8],
+    ) -> Result<bool, ErrorFields> {
+        let s = self;
+        let proto = |m: &str| error_fields(sqlstate::PROTOCOL_VIOLATION, m.to_string());
+        let Some(login) = s.login.as_mut() else {
+            return Err(proto("login state lost"));
+        };
+        let out = s.io.wbuf.vec(bufs);
+        match tag {
+            b'R' => {
+                let (code, rest) =
+                    fields::u32_be(body).ok_or_else(|| proto("short authentication request"))?;
+                match code {
+                    0 => {}
+                    3 => match &login.creds {
+                        Creds::Password(p) => write::password_message(out, p.as_bytes()),
+                        _ => {
+                            login.missing_creds = true;
+                            return Err(no_password(user, "cleartext"));
+                        }
+                    },
+                    5 => {
+                        let salt: [u8; 4] = rest
+                            .get(..4)
+                            .and_then(|s| s.try_into().ok())
+                            .ok_or_else(|| proto("short md5 salt"))?;
+                        let hash = match &login.creds {
+                            Creds::Password(p) => crate::auth::md5_password_hash(user, p),
+                            Creds::Md5(h) => *h,
+                            _ => {
+                                login.missing_creds = true;
+                                return Err(no_password(user, "md5"));
+                            }
+                        };
+                        write::password_message(out, md5_salted_response(&hash, salt).as_bytes());
+                    }
+                    10 => {
+                        let offers_scram = rest.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                        if !offers_scram {
+                            return Err(proto("server offers no supported SASL mechanism"));
+                        }
+                        let nonce =
+                            crate::auth::random_nonce().map_err(|e| proto(&e.to_string()))?;
+                        let client = match &login.creds {
+                            Creds::Password(p) => ScramClient::with_password(p, nonce),
+                            Creds::Keys {
+                                client_key,
+                                server_key,
+                            } => ScramClient::with_keys(*client_key, *server_key, nonce),
+                            _ => {
+                                login.missing_creds = true;
+                                return Err(no_password(user, "SCRAM"));
+                            }
+                        };
+                        write::sasl_initial_response(out, "SCRAM-SHA-256", &client.client_first());
+                        login.scram = Some(client);
+                    }
+                    11 => {
+                        let scram = login
+                            .scram
+                            .as_mut()
+                            .ok_or_else(|| proto("unexpected SASL continue"))?;
+                        let reply = scram
+                            .handle_server_first(rest)
+                            .map_err(|e| scram_error(user, e))?;
+                        write::sasl_response(out, &reply);
+                    }
+                    12 => {
+                        let scram = login
+                            .scram
+                            .as_mut()
+                            .ok_or_else(|| proto("unexpected SASL final"))?;
+                        scram
+                            .handle_server_final(rest)
+                            .map_err(|e| scram_error(user, e))?;
+                    }
+                    other => {
+                        return Err(error_fields(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            format!("server requested unsupported authentication method {other}"),
+                        ))
+                    }
+                }
+            }
+            b'S' => {
+                if let Some((k, v)) = fields::parameter_status(body) {
+                    login.params.push((k.to_string(), v.to_string()));
+                }
+            }
+            b'K' => {
+                if let (Some((pid, rest)), true) = (fields::u32_be(body), body.len() == 8) {
+                    let (key, _) = fields::u32_be(rest).unwrap_or((0, rest));
+                    s.backend_key = Some((pid, key));
+                }
+            }
+            b'E' => return Err(ErrorFields::parse(body)),
+            b'N' | b'v' => {}
+            b'Z' => return Ok(true),
+            other => {
+                return Err(proto(&format!(
+                    "unexpected message type {} during login",
+                    other as char
+                )))
+            }
+        }
+        Ok(false)
+    }
+
     /// A connection to `addr` (host `host` of the pool's list) whose connect is under way.
     pub fn connecting(
         id: u64,
@@ -581,55 +763,6 @@ impl Worker {
         }
     }
 
-    /// The server's answer to SSLRequest: `S` starts TLS, `N` goes on in cleartext when
-    /// server_tls_sslmode allows it. Ok(false) while the byte has not come.
-    fn tls_answer(&mut self, st: usize) -> Result<bool, ErrorFields> {
-        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-            return Ok(false);
-        };
-        let proto = |m: &str| error_fields(sqlstate::PROTOCOL_VIOLATION, m.to_string());
-        let Some(&answer) = s.io.rbuf.bytes().first() else {
-            return Ok(false);
-        };
-        let Some(config) = s.login.as_mut().and_then(|l| l.tls.take()) else {
-            return Err(proto("login state lost"));
-        };
-        match answer {
-            b'S' => {
-                // Anything after `S` came in cleartext and could have been injected by
-                // whoever sits on the path (CVE-2021-23222); libpq refuses it too.
-                if s.io.rbuf.len() > 1 {
-                    return Err(proto("server sent unencrypted data after SSL response"));
-                }
-                s.io.rbuf.consume(1);
-                let Some(host) = self.pools.get(s.pool).target.hosts.get(s.host) else {
-                    return Err(error_fields(
-                        sqlstate::CONNECTION_FAILURE,
-                        "the database's host list changed by reload".into(),
-                    ));
-                };
-                let name = crate::tls::server_name(host)
-                    .map_err(|e| error_fields(sqlstate::CONNECTION_FAILURE, e))?;
-                s.io.start_tls_connect(config, name).map_err(|e| {
-                    let msg = format!("could not start TLS with server: {e}");
-                    error_fields(sqlstate::CONNECTION_FAILURE, msg)
-                })?;
-            }
-            b'N' => {
-                s.io.rbuf.consume(1);
-                if self.cfg.server_tls_sslmode.required() {
-                    return Err(error_fields(
-                        sqlstate::CONNECTION_FAILURE,
-                        "server does not support SSL, but SSL was required".into(),
-                    ));
-                }
-            }
-            _ => return Err(proto("server answered SSLRequest with neither S nor N")),
-        }
-        self.send_startup(st);
-        Ok(true)
-    }
-
     /// Reads and answers the server's login messages.
     fn server_login_io(&mut self, st: usize) {
         loop {
@@ -656,8 +789,19 @@ impl Worker {
             let negotiating = matches!(self.conns.get(st),
                 Some(Conn::Server(s)) if s.login.as_ref().is_some_and(|l| l.tls.is_some()));
             if negotiating {
-                match self.tls_answer(st) {
-                    Ok(true) => continue,
+                let answer = match self.conns.get_mut(st) {
+                    Some(Conn::Server(s)) => {
+                        let required = self.cfg.server_tls_sslmode.required();
+                        s.tls_answer(self.pools.get(s.pool), required)
+                    }
+                    _ => Ok(false),
+                };
+                match answer {
+                    Ok(true) => {
+                        // SSLRequest answered (and TLS started if agreed): now the startup.
+                        self.send_startup(st);
+                        continue;
+                    }
                     Ok(false) if got == Filled::Eof => {
                         let msg = "server closed the connection during SSL negotiation".into();
                         return self.server_login_failed(
@@ -693,7 +837,8 @@ impl Worker {
                     }
                 };
                 s.io.rbuf.consume(body.len() + 5);
-                match self.login_message(st, tag, &body) {
+                let user = &self.pools.get(s.pool).target.user;
+                match s.login_message(user, &mut self.bufs, tag, &body) {
                     Ok(true) => return self.server_logged_in(st),
                     Ok(false) => {}
                     Err(e) => return self.server_login_failed(st, e),
@@ -714,117 +859,6 @@ impl Worker {
                 return;
             }
         }
-    }
-
-    /// Handles one login message; Ok(true) once ReadyForQuery ends the login.
-    fn login_message(&mut self, st: usize, tag: u8, body: &[u8]) -> Result<bool, ErrorFields> {
-        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-            return Ok(false);
-        };
-        let proto = |m: &str| error_fields(sqlstate::PROTOCOL_VIOLATION, m.to_string());
-        let Some(login) = s.login.as_mut() else {
-            return Err(proto("login state lost"));
-        };
-        let out = s.io.wbuf.vec(&mut self.bufs);
-        let user = &self.pools.get(s.pool).target.user;
-        match tag {
-            b'R' => {
-                let (code, rest) =
-                    fields::u32_be(body).ok_or_else(|| proto("short authentication request"))?;
-                match code {
-                    0 => {}
-                    3 => match &login.creds {
-                        Creds::Password(p) => write::password_message(out, p.as_bytes()),
-                        _ => {
-                            login.missing_creds = true;
-                            return Err(no_password(user, "cleartext"));
-                        }
-                    },
-                    5 => {
-                        let salt: [u8; 4] = rest
-                            .get(..4)
-                            .and_then(|s| s.try_into().ok())
-                            .ok_or_else(|| proto("short md5 salt"))?;
-                        let hash = match &login.creds {
-                            Creds::Password(p) => crate::auth::md5_password_hash(user, p),
-                            Creds::Md5(h) => *h,
-                            _ => {
-                                login.missing_creds = true;
-                                return Err(no_password(user, "md5"));
-                            }
-                        };
-                        write::password_message(out, md5_salted_response(&hash, salt).as_bytes());
-                    }
-                    10 => {
-                        let offers_scram = rest.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
-                        if !offers_scram {
-                            return Err(proto("server offers no supported SASL mechanism"));
-                        }
-                        let nonce =
-                            crate::auth::random_nonce().map_err(|e| proto(&e.to_string()))?;
-                        let client = match &login.creds {
-                            Creds::Password(p) => ScramClient::with_password(p, nonce),
-                            Creds::Keys {
-                                client_key,
-                                server_key,
-                            } => ScramClient::with_keys(*client_key, *server_key, nonce),
-                            _ => {
-                                login.missing_creds = true;
-                                return Err(no_password(user, "SCRAM"));
-                            }
-                        };
-                        write::sasl_initial_response(out, "SCRAM-SHA-256", &client.client_first());
-                        login.scram = Some(client);
-                    }
-                    11 => {
-                        let scram = login
-                            .scram
-                            .as_mut()
-                            .ok_or_else(|| proto("unexpected SASL continue"))?;
-                        let reply = scram
-                            .handle_server_first(rest)
-                            .map_err(|e| scram_error(user, e))?;
-                        write::sasl_response(out, &reply);
-                    }
-                    12 => {
-                        let scram = login
-                            .scram
-                            .as_mut()
-                            .ok_or_else(|| proto("unexpected SASL final"))?;
-                        scram
-                            .handle_server_final(rest)
-                            .map_err(|e| scram_error(user, e))?;
-                    }
-                    other => {
-                        return Err(error_fields(
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            format!("server requested unsupported authentication method {other}"),
-                        ))
-                    }
-                }
-            }
-            b'S' => {
-                if let Some((k, v)) = fields::parameter_status(body) {
-                    login.params.push((k.to_string(), v.to_string()));
-                }
-            }
-            b'K' => {
-                if let (Some((pid, rest)), true) = (fields::u32_be(body), body.len() == 8) {
-                    let (key, _) = fields::u32_be(rest).unwrap_or((0, rest));
-                    s.backend_key = Some((pid, key));
-                }
-            }
-            b'E' => return Err(ErrorFields::parse(body)),
-            b'N' | b'v' => {}
-            b'Z' => return Ok(true),
-            other => {
-                return Err(proto(&format!(
-                    "unexpected message type {} during login",
-                    other as char
-                )))
-            }
-        }
-        Ok(false)
     }
 
     /// Login succeeded: remember the welcome, check the role target_session_attrs asks
@@ -1233,18 +1267,6 @@ impl Worker {
         self.reset_io(st, what);
     }
 
-    /// Whether an idle server must pass server_check_query (or, for a database with
-    /// target_session_attrs, its role check) before a client gets it.
-    pub(crate) fn needs_check(&self, st: usize) -> bool {
-        let Some(Conn::Server(s)) = self.conns.get(st) else {
-            return false;
-        };
-        let delay = self.cfg.server_check_delay;
-        s.role_check_due(self.pools.get(s.pool), self.now, delay)
-            || (!self.cfg.server_check_query.trim().is_empty()
-                && self.now.duration_since(s.since) >= delay)
-    }
-
     /// Runs server_check_query on an idle server; a waiting client gets it afterwards.
     /// For a database with target_session_attrs the role check runs instead: it proves
     /// the connection alive too, and a server on a host whose role changed (a promotion,
@@ -1432,7 +1454,13 @@ impl Worker {
                 break;
             }
             let Some(&st) = p.idle.last() else { break };
-            if self.needs_check(st) {
+            if crate::server::needs_check(
+                &self.conns,
+                st,
+                self.pools.get(pool),
+                &self.cfg,
+                self.now,
+            ) {
                 // Checked first; server_ready then serves the lookups.
                 self.start_check(st);
                 continue;
