@@ -183,10 +183,73 @@ impl Client {
             None => self.proxy.as_ref()?.tls_cn.clone(),
         }
     }
+    /// The password a client is checked against: the auth file's, or what auth_query
+    /// found (nothing once its rolvaliduntil has passed).
+    fn login_secret(&self, auth: &crate::auth_cache::AuthCache) -> Option<Secret> {
+        match &self.found {
+            Some(f) => f.usable(std::time::SystemTime::now()).cloned(),
+            None => auth.secret(&self.user).cloned(),
+        }
+    }
+
+    /// Takes the client's places in its database's and its user's client counts, all
+    /// workers together (max_db_client_connections, max_user_client_connections; PgBouncer
+    /// 1.24+). Where PgBouncer checks them: at the startup packet, after max_client_conn,
+    /// before any password, the database first; its words, SQLSTATE 08P01 as its
+    /// disconnect_client sends. The console is not counted. Only configured databases and
+    /// users the pooler knows get a place in the shared name table, so made-up names cannot
+    /// fill it; a name that does not fit in the table is not limited (as for servers).
+    fn take_name_places(
+        &mut self,
+        cfg: &crate::config::Config,
+        auth: &crate::auth_cache::AuthCache,
+        shm: &crate::shm::Shm,
+        slot: usize,
+    ) -> Option<&'static str> {
+        if self.admin.is_some() {
+            return None;
+        }
+        if cfg.database_entry(&self.db).is_some() {
+            if let Some(i) = shm.name_index(crate::shm::Kind::Database, &self.db) {
+                let limit = cfg.max_db_client_connections_for(&self.db);
+                if !shm.acquire_name_client(slot, i, limit) {
+                    return Some("client connections exceeded (max_db_client_connections)");
+                }
+                self.counted_db = Some(i);
+            }
+        }
+        if cfg.users.contains_key(&*self.user) || auth.secret(&self.user).is_some() {
+            if let Some(i) = shm.name_index(crate::shm::Kind::User, &self.user) {
+                let limit = cfg.max_user_client_connections_for(&self.user);
+                if !shm.acquire_name_client(slot, i, limit) {
+                    return Some("client connections exceeded (max_user_client_connections)");
+                }
+                self.counted_user = Some(i);
+            }
+        }
+        None
+    }
+
     /// `C-<id>: db/user@addr:port`, PgBouncer's way of naming a client in logs.
     pub fn name(&self) -> ClientName<'_> {
         ClientName(self)
     }
+}
+
+/// A place in the pooler-wide client count (max_client_conn). While an online
+/// upgrade's previous generation drains, its clients count too: the limit holds for
+/// both generations together.
+fn acquire_client_place(
+    max: u32,
+    shm: &crate::shm::Shm,
+    predecessor: Option<&crate::shm::Shm>,
+    slot: usize,
+) -> bool {
+    let room = match predecessor {
+        Some(old) if max != 0 => max.saturating_sub(old.clients()),
+        _ => max,
+    };
+    (max == 0 || room > 0) && shm.acquire_client(slot, room)
 }
 
 pub(crate) struct ClientName<'a>(&'a Client);
@@ -718,7 +781,8 @@ impl Worker {
                 );
             }
         }
-        if !self.acquire_client_place() {
+        let (max, pred) = (self.cfg.max_client_conn, self.predecessor.as_deref());
+        if !acquire_client_place(max, &self.shm, pred, self.slot) {
             return self.close_client(
                 ct,
                 Close::Fatal(
@@ -730,57 +794,16 @@ impl Worker {
         if let Some(c) = self.client(ct) {
             c.counted = true;
         }
-        if let Some(why) = self.count_client(ct) {
+        let why = match self.conns.get_mut(ct) {
+            Some(Conn::Client(c)) => {
+                c.take_name_places(&self.cfg, &self.auth, &self.shm, self.slot)
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
             return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, why.into()));
         }
         self.begin_auth(ct);
-    }
-
-    /// A place in the pooler-wide client count (max_client_conn). While an online
-    /// upgrade's previous generation drains, its clients count too: the limit holds for
-    /// both generations together.
-    fn acquire_client_place(&mut self) -> bool {
-        let max = self.cfg.max_client_conn;
-        let room = match &self.predecessor {
-            Some(old) if max != 0 => max.saturating_sub(old.clients()),
-            _ => max,
-        };
-        (max == 0 || room > 0) && self.shm.acquire_client(self.slot, room)
-    }
-
-    /// Takes the client's places in its database's and its user's client counts, all
-    /// workers together (max_db_client_connections, max_user_client_connections; PgBouncer
-    /// 1.24+). Where PgBouncer checks them: at the startup packet, after max_client_conn,
-    /// before any password, the database first; its words, SQLSTATE 08P01 as its
-    /// disconnect_client sends. The console is not counted. Only configured databases and
-    /// users the pooler knows get a place in the shared name table, so made-up names cannot
-    /// fill it; a name that does not fit in the table is not limited (as for servers).
-    fn count_client(&mut self, ct: usize) -> Option<&'static str> {
-        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
-            return None;
-        };
-        if c.admin.is_some() {
-            return None;
-        }
-        if self.cfg.database_entry(&c.db).is_some() {
-            if let Some(i) = self.shm.name_index(crate::shm::Kind::Database, &c.db) {
-                let limit = self.cfg.max_db_client_connections_for(&c.db);
-                if !self.shm.acquire_name_client(self.slot, i, limit) {
-                    return Some("client connections exceeded (max_db_client_connections)");
-                }
-                c.counted_db = Some(i);
-            }
-        }
-        if self.cfg.users.contains_key(&*c.user) || self.auth.secret(&c.user).is_some() {
-            if let Some(i) = self.shm.name_index(crate::shm::Kind::User, &c.user) {
-                let limit = self.cfg.max_user_client_connections_for(&c.user);
-                if !self.shm.acquire_name_client(self.slot, i, limit) {
-                    return Some("client connections exceeded (max_user_client_connections)");
-                }
-                c.counted_user = Some(i);
-            }
-        }
-        None
     }
 
     /// Sends the first authentication request for the configured method.
@@ -818,7 +841,10 @@ impl Worker {
                 return self.start_lookup(ct, source);
             }
         }
-        let secret = self.login_secret(ct);
+        let secret = match self.conns.get(ct) {
+            Some(Conn::Client(c)) => c.login_secret(&self.auth),
+            _ => None,
+        };
         let scram_stored = matches!(secret, Some(Secret::Scram(_)));
         let step = match method {
             Method::Trust { listed } => {
@@ -896,18 +922,6 @@ impl Worker {
         c.auth = Some(step);
     }
 
-    /// The password a client is checked against: the auth file's, or what auth_query
-    /// found (nothing once its rolvaliduntil has passed).
-    fn login_secret(&self, ct: usize) -> Option<Secret> {
-        let Some(Conn::Client(c)) = self.conns.get(ct) else {
-            return None;
-        };
-        match &c.found {
-            Some(f) => f.usable(std::time::SystemTime::now()).cloned(),
-            None => self.auth.secret(&c.user).cloned(),
-        }
-    }
-
     /// A user missing from the auth file: use a fresh cached auth_query answer, or queue
     /// the client for a server of the auth pool to run the query (server.rs).
     fn start_lookup(&mut self, ct: usize, source: crate::config::AuthSource) {
@@ -969,7 +983,10 @@ impl Worker {
 
     /// One PasswordMessage / SASLInitialResponse / SASLResponse from the client.
     fn on_auth_message(&mut self, ct: usize, body: &[u8]) {
-        let secret = self.login_secret(ct);
+        let secret = match self.conns.get(ct) {
+            Some(Conn::Client(c)) => c.login_secret(&self.auth),
+            _ => None,
+        };
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };

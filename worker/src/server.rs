@@ -197,23 +197,22 @@ impl Server {
     /// The server's answer to SSLRequest: `S` starts TLS, `N` goes on in cleartext when
     /// server_tls_sslmode allows it. Ok(false) while the byte has not come.
     fn tls_answer(&mut self, pool: &Pool, tls_required: bool) -> Result<bool, ErrorFields> {
-        let s = self;
         let proto = |m: &str| error_fields(sqlstate::PROTOCOL_VIOLATION, m.to_string());
-        let Some(&answer) = s.io.rbuf.bytes().first() else {
+        let Some(&answer) = self.io.rbuf.bytes().first() else {
             return Ok(false);
         };
-        let Some(config) = s.login.as_mut().and_then(|l| l.tls.take()) else {
+        let Some(config) = self.login.as_mut().and_then(|l| l.tls.take()) else {
             return Err(proto("login state lost"));
         };
         match answer {
             b'S' => {
                 // Anything after `S` came in cleartext and could have been injected by
                 // whoever sits on the path (CVE-2021-23222); libpq refuses it too.
-                if s.io.rbuf.len() > 1 {
+                if self.io.rbuf.len() > 1 {
                     return Err(proto("server sent unencrypted data after SSL response"));
                 }
-                s.io.rbuf.consume(1);
-                let Some(host) = pool.target.hosts.get(s.host) else {
+                self.io.rbuf.consume(1);
+                let Some(host) = pool.target.hosts.get(self.host) else {
                     return Err(error_fields(
                         sqlstate::CONNECTION_FAILURE,
                         "the database's host list changed by reload".into(),
@@ -221,13 +220,13 @@ impl Server {
                 };
                 let name = crate::tls::server_name(host)
                     .map_err(|e| error_fields(sqlstate::CONNECTION_FAILURE, e))?;
-                s.io.start_tls_connect(config, name).map_err(|e| {
+                self.io.start_tls_connect(config, name).map_err(|e| {
                     let msg = format!("could not start TLS with server: {e}");
                     error_fields(sqlstate::CONNECTION_FAILURE, msg)
                 })?;
             }
             b'N' => {
-                s.io.rbuf.consume(1);
+                self.io.rbuf.consume(1);
                 if tls_required {
                     return Err(error_fields(
                         sqlstate::CONNECTION_FAILURE,
@@ -248,12 +247,11 @@ impl Server {
         tag: u8,
         body: &[u8],
     ) -> Result<bool, ErrorFields> {
-        let s = self;
         let proto = |m: &str| error_fields(sqlstate::PROTOCOL_VIOLATION, m.to_string());
-        let Some(login) = s.login.as_mut() else {
+        let Some(login) = self.login.as_mut() else {
             return Err(proto("login state lost"));
         };
-        let out = s.io.wbuf.vec(bufs);
+        let out = self.io.wbuf.vec(bufs);
         match tag {
             b'R' => {
                 let (code, rest) =
@@ -338,7 +336,7 @@ impl Server {
             b'K' => {
                 if let (Some((pid, rest)), true) = (fields::u32_be(body), body.len() == 8) {
                     let (key, _) = fields::u32_be(rest).unwrap_or((0, rest));
-                    s.backend_key = Some((pid, key));
+                    self.backend_key = Some((pid, key));
                 }
             }
             b'E' => return Err(ErrorFields::parse(body)),
