@@ -173,17 +173,7 @@ impl Worker {
             }
             Route::Nowhere => CancelOutcome::Handled,
         };
-        self.count_cancel(outcome);
-    }
-
-    fn count_cancel(&mut self, outcome: CancelOutcome) {
         self.stats.cancels[outcome as usize] += 1;
-    }
-
-    /// Whether a connection's (PROXY-given) address is one of the configured peers'.
-    pub(crate) fn is_peer(&mut self, from: From) -> bool {
-        let cfg = self.cfg.clone();
-        is_peer(&cfg, &mut self.dns, self.now, from)
     }
 
     /// Looks up the peers' host names ahead of need, so the first forwarded cancel from
@@ -223,7 +213,7 @@ impl Worker {
                 }
             }
         };
-        let mut sock = match self.connect_from_own_address(&addr) {
+        let mut sock = match connect_from_own_address(&self.cfg, &addr) {
             Ok(sock) => sock,
             Err(e) => {
                 log::warn!("peer {owner}: cannot connect to {addr} to forward a cancel: {e}");
@@ -248,38 +238,6 @@ impl Worker {
             target: Target::Peer(owner),
         }));
         true
-    }
-
-    /// Connects to a peer from this pooler's own entry in `peers` when that is an address
-    /// of this host, so the peer recognises it; from the kernel's choice otherwise.
-    fn connect_from_own_address(&self, addr: &ServerAddr) -> std::io::Result<Sock> {
-        let ServerAddr::Tcp(to) = addr else {
-            return addr.connect();
-        };
-        let own = self.cfg.peers.get(&self.cfg.peer_id);
-        let Some(ip) = own.and_then(|p| p.host.parse::<IpAddr>().ok()) else {
-            return addr.connect();
-        };
-        if ip.is_unspecified() || ip.is_ipv4() != to.is_ipv4() {
-            return addr.connect();
-        }
-        let sock = socket2::Socket::new(
-            socket2::Domain::for_address(*to),
-            socket2::Type::STREAM.nonblocking(),
-            None,
-        )?;
-        if sock.bind(&SocketAddr::new(ip, 0).into()).is_err() {
-            // Not an address of this host (a load balancer's, say): let the kernel choose.
-            return addr.connect();
-        }
-        match sock.connect(&(*to).into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        let s = mio::net::TcpStream::from_std(sock.into());
-        let _ = s.set_nodelay(true);
-        Ok(Sock::Tcp(s))
     }
 
     /// Cancels the query of one of this worker's clients. Unknown keys are dropped
@@ -451,7 +409,7 @@ pub(crate) fn route(
 
 /// Whether a connection's (PROXY-given) address is one of the configured peers'; a peer
 /// named by host name is looked up (never blocking: an answer not cached yet is a no).
-fn is_peer(
+pub(crate) fn is_peer(
     cfg: &crate::config::Config,
     dns: &mut crate::dns::Resolver,
     now: Instant,
@@ -469,6 +427,41 @@ fn is_peer(
             }
         }
     })
+}
+
+/// Connects to a peer from this pooler's own entry in `peers` when that is an address
+/// of this host, so the peer recognises it; from the kernel's choice otherwise.
+fn connect_from_own_address(
+    cfg: &crate::config::Config,
+    addr: &ServerAddr,
+) -> std::io::Result<Sock> {
+    let ServerAddr::Tcp(to) = addr else {
+        return addr.connect();
+    };
+    let own = cfg.peers.get(&cfg.peer_id);
+    let Some(ip) = own.and_then(|p| p.host.parse::<IpAddr>().ok()) else {
+        return addr.connect();
+    };
+    if ip.is_unspecified() || ip.is_ipv4() != to.is_ipv4() {
+        return addr.connect();
+    }
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(*to),
+        socket2::Type::STREAM.nonblocking(),
+        None,
+    )?;
+    if sock.bind(&SocketAddr::new(ip, 0).into()).is_err() {
+        // Not an address of this host (a load balancer's, say): let the kernel choose.
+        return addr.connect();
+    }
+    match sock.connect(&(*to).into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let s = mio::net::TcpStream::from_std(sock.into());
+    let _ = s.set_nodelay(true);
+    Ok(Sock::Tcp(s))
 }
 
 /// A v4-mapped IPv6 address as the IPv4 address it is, so both spellings of a peer match.
