@@ -435,7 +435,7 @@ impl Worker {
         };
         match c.state {
             CState::Proxy { trusted } => {
-                match crate::proxy::read(&self.cfg, trusted, c.io.rbuf.bytes()) {
+                match crate::proxy::read(&self.cfg, trusted, c.io.unread()) {
                     Read::Wait => Step::Wait,
                     Read::NotProxy => {
                         c.state = CState::Startup;
@@ -446,7 +446,7 @@ impl Worker {
                         source,
                         info,
                     } => {
-                        c.io.rbuf.consume(consumed);
+                        c.io.consume(consumed);
                         if let Some(src) = source {
                             c.peer = Peer::Tcp(src);
                         }
@@ -464,18 +464,18 @@ impl Worker {
             CState::Startup => {
                 // A TLS handshake record where a length belongs: direct TLS. No startup
                 // packet starts so (its length would be over 350 MB).
-                if !c.io.is_tls() && c.io.rbuf.bytes().first() == Some(&0x16) {
+                if !c.io.is_tls() && c.io.unread().first() == Some(&0x16) {
                     if let Some(accept) = self.tls.accept.clone().filter(|_| !c.io.is_unix()) {
                         return self.direct_tls(ct, &accept);
                     }
                 }
-                let (packet, n) = match startup::decode(c.io.rbuf.bytes()) {
+                let (packet, n) = match startup::decode(c.io.unread()) {
                     Ok(Some(p)) => p,
                     Ok(None) => {
                         // The decoder has checked the length (<= 10000): make room for it.
-                        if let Some(l) = c.io.rbuf.bytes().first_chunk::<4>() {
+                        if let Some(l) = c.io.unread().first_chunk::<4>() {
                             let total = u32::from_be_bytes(*l) as usize;
-                            c.io.rbuf.make_room(total, &mut self.bufs);
+                            c.io.make_room(total, &mut self.bufs);
                         }
                         return Step::Wait;
                     }
@@ -491,7 +491,7 @@ impl Worker {
                         return Step::Done;
                     }
                 };
-                c.io.rbuf.consume(n);
+                c.io.consume(n);
                 let (via, peer) = (c.via, c.peer);
                 if !matches!(packet, FirstPacket::Cancel { .. })
                     && crate::proxy::peer_only(&self.cfg, via)
@@ -508,7 +508,7 @@ impl Worker {
                     FirstPacket::SslRequest => self.ssl_request(ct),
                     FirstPacket::GssEncRequest => {
                         if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
-                            c.io.wbuf.vec(&mut self.bufs).push(b'N');
+                            c.io.out(&mut self.bufs).push(b'N');
                         }
                         Step::Again
                     }
@@ -524,11 +524,11 @@ impl Worker {
                 }
             }
             CState::Auth => {
-                let (tag, body) = match frame::message(c.io.rbuf.bytes(), MAX_AUTH_MESSAGE) {
+                let (tag, body) = match frame::message(c.io.unread(), MAX_AUTH_MESSAGE) {
                     Ok(Some((h, body))) => (h.tag, body.to_vec()),
                     Ok(None) => {
-                        if let Ok(Some(h)) = frame::header(c.io.rbuf.bytes(), MAX_AUTH_MESSAGE) {
-                            c.io.rbuf.make_room(h.total, &mut self.bufs);
+                        if let Ok(Some(h)) = frame::header(c.io.unread(), MAX_AUTH_MESSAGE) {
+                            c.io.make_room(h.total, &mut self.bufs);
                         }
                         return Step::Wait;
                     }
@@ -538,7 +538,7 @@ impl Worker {
                         return Step::Done;
                     }
                 };
-                c.io.rbuf.consume(body.len() + 5);
+                c.io.consume(body.len() + 5);
                 if tag != b'p' {
                     self.close_client(
                         ct,
@@ -571,13 +571,13 @@ impl Worker {
             return Step::Done;
         }
         let Some(accept) = accept.filter(|_| !c.io.is_unix()) else {
-            c.io.wbuf.vec(&mut self.bufs).push(b'N');
+            c.io.out(&mut self.bufs).push(b'N');
             return Step::Again;
         };
         // Bytes that followed the SSLRequest before `S` was sent travelled in cleartext:
         // taking them as part of the session would let whoever sits on the path inject a
         // startup packet (PostgreSQL's CVE-2021-23222 class). PostgreSQL refuses them too.
-        if !c.io.rbuf.is_empty() {
+        if !c.io.unread().is_empty() {
             self.stats.tls_failures[TlsFailure::Unencrypted as usize] += 1;
             let msg = "received unencrypted data after SSL request".to_string();
             self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
@@ -642,11 +642,7 @@ impl Worker {
             .map(|(k, _)| k.as_str())
             .collect();
         if s.minor > NEWEST_MINOR || !unknown.is_empty() {
-            write::negotiate_protocol_version(
-                c.io.wbuf.vec(&mut self.bufs),
-                NEWEST_MINOR,
-                &unknown,
-            );
+            write::negotiate_protocol_version(c.io.out(&mut self.bufs), NEWEST_MINOR, &unknown);
         }
         let Some(user) = s.get("user").filter(|u| !u.is_empty()) else {
             return self.close_client(
@@ -911,7 +907,7 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        let out = c.io.wbuf.vec(&mut self.bufs);
+        let out = c.io.out(&mut self.bufs);
         match &step {
             AuthStep::Cleartext => write::auth_cleartext(out),
             AuthStep::Md5 { salt } => write::auth_md5(out, *salt),
@@ -1074,7 +1070,7 @@ impl Worker {
                 match server.handle_client_first_as(plus, data) {
                     Ok(reply) => {
                         *started = true;
-                        write::auth_sasl_continue(c.io.wbuf.vec(&mut self.bufs), &reply);
+                        write::auth_sasl_continue(c.io.out(&mut self.bufs), &reply);
                         return;
                     }
                     Err(e) => {
@@ -1088,7 +1084,7 @@ impl Worker {
             }
             AuthStep::Scram { server, .. } => match server.handle_client_final(body) {
                 Ok(success) => {
-                    write::auth_sasl_final(c.io.wbuf.vec(&mut self.bufs), &success.server_final);
+                    write::auth_sasl_final(c.io.out(&mut self.bufs), &success.server_final);
                     if let Some(Secret::Scram(s)) = &secret {
                         let server_key = s.server_key;
                         self.auth
@@ -1160,7 +1156,7 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        write::auth_ok(c.io.wbuf.vec(&mut self.bufs));
+        write::auth_ok(c.io.out(&mut self.bufs));
         c.pool = Some(pool);
         if self.cfg.log_connections {
             let via = match (c.via, c.peer) {
@@ -1220,7 +1216,7 @@ impl Worker {
             let msg = "could not generate a random cancel key".to_string();
             return self.close_client(ct, Close::Fatal(sqlstate::INTERNAL_ERROR, msg));
         };
-        let out = c.io.wbuf.vec(&mut self.bufs);
+        let out = c.io.out(&mut self.bufs);
         for (k, v) in &welcome.params {
             let v = match params::tracked_name(k) {
                 Some(name) => match c.params.get(name) {
@@ -1257,7 +1253,7 @@ impl Worker {
         };
         c.wait_notified = true;
         let text = "No server connection available in postgres backend, client being queued";
-        let out = c.io.wbuf.vec(&mut self.bufs);
+        let out = c.io.out(&mut self.bufs);
         write::error_response(out, Severity::Notice, "00000", text);
         self.drive_client(ct);
     }
@@ -1273,7 +1269,7 @@ impl Worker {
         loop {
             match c.io.fill(&mut self.bufs) {
                 Ok(Filled::Eof) => {
-                    let why = eof_reason(c.io.rbuf.bytes());
+                    let why = eof_reason(c.io.unread());
                     return self.close_client(ct, Close::Quiet(why));
                 }
                 Err(e) => return self.close_client(ct, Close::Quiet(io_reason(&e))),
@@ -1281,7 +1277,7 @@ impl Worker {
                 Ok(Filled::Nothing) => break,
             }
         }
-        if c.io.rbuf.is_empty() {
+        if c.io.unread().is_empty() {
             c.io.release_buffers(&mut self.bufs);
             return;
         }
@@ -1291,7 +1287,7 @@ impl Worker {
         if c.admin.is_some() {
             return self.console_input(ct);
         }
-        if c.io.rbuf.bytes()[0] == b'X' {
+        if c.io.unread()[0] == b'X' {
             return self.close_client(ct, Close::Quiet("client close request"));
         }
         self.request_server(ct);
@@ -1336,7 +1332,7 @@ impl Worker {
                 Close::Relay(e) => (e.code(), e.message()),
             };
             if !code.is_empty() {
-                write::error_response(c.io.wbuf.vec(&mut self.bufs), Severity::Fatal, code, msg);
+                write::error_response(c.io.out(&mut self.bufs), Severity::Fatal, code, msg);
             }
         }
         let _ = c.io.flush_own(&mut self.bufs);

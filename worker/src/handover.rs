@@ -73,8 +73,8 @@ impl Worker {
             && c.scan.at_boundary()
             && c.queue.is_empty()
             && !c.skipping
-            && c.io.rbuf.is_empty()
-            && c.io.wbuf.is_empty()
+            && c.io.unread().is_empty()
+            && c.io.nothing_to_send()
     }
 
     /// Sends client `ct` to the supervisor and forgets it; false when the channel cannot

@@ -291,7 +291,7 @@ impl Worker {
         let mut sql = String::new();
         // A replication server got the client's parameters in its startup packet.
         if s.replication.is_none() && params::sync_statements(&c.params, &s.params, &mut sql) {
-            write::query(s.io.wbuf.vec(&mut self.bufs), &sql);
+            write::query(s.io.out(&mut self.bufs), &sql);
             s.own += 1;
             params::apply_extras(&c.params, &mut s.params);
         }
@@ -372,7 +372,7 @@ impl Worker {
             && s.own == 0
             && s.scan.ready == 0
             && s.scan.at_boundary()
-            && s.io.rbuf.is_empty();
+            && s.io.unread().is_empty();
         if !clean {
             return self.remove_server(st, "client disconnect while server was not ready");
         }
@@ -448,19 +448,19 @@ pub(crate) fn pump(c: &mut Client, s: &mut Server, ctx: &mut Pump<'_>) -> PumpEn
                 Ok(Filled::Bytes(_)) => progress = true,
                 Ok(Filled::Nothing) => {}
                 Ok(Filled::Eof) => {
-                    let unread = c.io.rbuf.bytes().get(c.scan.ready..).unwrap_or_default();
+                    let unread = c.io.unread().get(c.scan.ready..).unwrap_or_default();
                     let why = crate::client::eof_reason(unread);
                     return PumpEnd::CloseClient(Close::Quiet(why));
                 }
                 Err(e) => return PumpEnd::CloseClient(Close::Quiet(crate::client::io_reason(&e))),
             }
         }
-        if c.scan.ready < c.io.rbuf.len() && !s.release_pending {
+        if c.scan.ready < c.io.unread().len() && !s.release_pending {
             let was_idle = !c.tx.in_request();
             let before = c.scan.ready;
             let queue = (named == Named::Rewrite).then_some(&mut c.queue);
             let verdict = relay::from_client(
-                c.io.rbuf.bytes(),
+                c.io.unread(),
                 &mut c.scan,
                 &mut c.tx,
                 named,
@@ -482,12 +482,12 @@ pub(crate) fn pump(c: &mut Client, s: &mut Server, ctx: &mut Pump<'_>) -> PumpEn
                 FromClient::Rewrite if c.scan.ready == 0 => {
                     match crate::prepared::rewrite_named(
                         crate::prepared::Link {
-                            rbuf: &mut c.io.rbuf,
+                            rbuf: c.io.input_mut(),
                             scan: &mut c.scan,
                             tx: &mut c.tx,
                             queue: &mut c.queue,
                             stmts: &mut c.stmts,
-                            wbuf: &mut s.io.wbuf,
+                            wbuf: s.io.output_mut(),
                             server_stmts: &mut s.stmts,
                         },
                         ctx.stmts,
@@ -557,8 +557,7 @@ pub(crate) fn pump(c: &mut Client, s: &mut Server, ctx: &mut Pump<'_>) -> PumpEn
                 dropped: &mut c.dropped,
                 skipping: &mut c.skipping,
             });
-            let verdict =
-                relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut c.tx, s.own, track);
+            let verdict = relay::from_server(s.io.unread(), &mut s.scan, &mut c.tx, s.own, track);
             for e in c.dropped.drain(..) {
                 s.stmts.undo(e);
                 c.stmts.undo(e);
@@ -570,17 +569,17 @@ pub(crate) fn pump(c: &mut Client, s: &mut Server, ctx: &mut Pump<'_>) -> PumpEn
                         break;
                     }
                     if let Some(e) = c.queue.pop_front() {
-                        crate::prepared::made_answer(c.io.wbuf.vec(ctx.bufs), e);
+                        crate::prepared::made_answer(c.io.out(ctx.bufs), e);
                         progress = true;
                     }
                 }
                 FromServer::Hidden(len) => {
-                    s.io.rbuf.consume(len);
+                    s.io.consume(len);
                     progress = true;
                 }
                 FromServer::NeedMore => {
-                    if let Some(total) = relay::wants_whole(s.io.rbuf.bytes(), &s.scan, s.own) {
-                        s.io.rbuf.make_room(total, ctx.bufs);
+                    if let Some(total) = relay::wants_whole(s.io.unread(), &s.scan, s.own) {
+                        s.io.make_room(total, ctx.bufs);
                     }
                     break;
                 }
@@ -609,7 +608,7 @@ pub(crate) fn pump(c: &mut Client, s: &mut Server, ctx: &mut Pump<'_>) -> PumpEn
                         let msg = "transaction blocks not allowed in statement pooling mode";
                         // The server's answer opens a transaction the client may not
                         // have: drop it, tell the client why, and let the server go.
-                        s.io.rbuf.consume(s.scan.ready);
+                        s.io.consume(s.scan.ready);
                         s.scan = Scan::default();
                         s.close_needed = true;
                         return PumpEnd::CloseClient(Close::Fatal(
@@ -637,7 +636,7 @@ pub(crate) fn pump(c: &mut Client, s: &mut Server, ctx: &mut Pump<'_>) -> PumpEn
                         &mut s.params,
                         Some(&mut c.params),
                     );
-                    s.io.rbuf.consume(len);
+                    s.io.consume(len);
                     progress = true;
                     if done {
                         if let Some(e) = s.own_error.take() {

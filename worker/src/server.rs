@@ -198,7 +198,7 @@ impl Server {
     /// server_tls_sslmode allows it. Ok(false) while the byte has not come.
     fn tls_answer(&mut self, pool: &Pool, tls_required: bool) -> Result<bool, ErrorFields> {
         let proto = |m: &str| error_fields(sqlstate::PROTOCOL_VIOLATION, m.to_string());
-        let Some(&answer) = self.io.rbuf.bytes().first() else {
+        let Some(&answer) = self.io.unread().first() else {
             return Ok(false);
         };
         let Some(config) = self.login.as_mut().and_then(|l| l.tls.take()) else {
@@ -208,10 +208,10 @@ impl Server {
             b'S' => {
                 // Anything after `S` came in cleartext and could have been injected by
                 // whoever sits on the path (CVE-2021-23222); libpq refuses it too.
-                if self.io.rbuf.len() > 1 {
+                if self.io.unread().len() > 1 {
                     return Err(proto("server sent unencrypted data after SSL response"));
                 }
-                self.io.rbuf.consume(1);
+                self.io.consume(1);
                 let Some(host) = pool.target.hosts.get(self.host) else {
                     return Err(error_fields(
                         sqlstate::CONNECTION_FAILURE,
@@ -226,7 +226,7 @@ impl Server {
                 })?;
             }
             b'N' => {
-                self.io.rbuf.consume(1);
+                self.io.consume(1);
                 if tls_required {
                     return Err(error_fields(
                         sqlstate::CONNECTION_FAILURE,
@@ -251,7 +251,7 @@ impl Server {
         let Some(login) = self.login.as_mut() else {
             return Err(proto("login state lost"));
         };
-        let out = self.io.wbuf.vec(bufs);
+        let out = self.io.out(bufs);
         match tag {
             b'R' => {
                 let (code, rest) =
@@ -707,7 +707,7 @@ impl Worker {
                     (tls, &s.addr, s.login.as_mut())
                 {
                     login.tls = Some(config);
-                    write::ssl_request(s.io.wbuf.vec(&mut self.bufs));
+                    write::ssl_request(s.io.out(&mut self.bufs));
                 } else {
                     self.send_startup(st);
                 }
@@ -757,7 +757,7 @@ impl Worker {
                 startup.push(("replication", r.kind));
                 startup.extend(r.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             }
-            write::startup_message(s.io.wbuf.vec(&mut self.bufs), &startup);
+            write::startup_message(s.io.out(&mut self.bufs), &startup);
         }
     }
 
@@ -818,12 +818,11 @@ impl Worker {
                 let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
                     return;
                 };
-                let (tag, body) = match frame::message(s.io.rbuf.bytes(), relay::MAX_INSPECTED) {
+                let (tag, body) = match frame::message(s.io.unread(), relay::MAX_INSPECTED) {
                     Ok(Some((h, body))) => (h.tag, body.to_vec()),
                     Ok(None) => {
-                        if let Ok(Some(h)) = frame::header(s.io.rbuf.bytes(), relay::MAX_INSPECTED)
-                        {
-                            s.io.rbuf.make_room(h.total, &mut self.bufs);
+                        if let Ok(Some(h)) = frame::header(s.io.unread(), relay::MAX_INSPECTED) {
+                            s.io.make_room(h.total, &mut self.bufs);
                         }
                         break;
                     }
@@ -834,7 +833,7 @@ impl Worker {
                         );
                     }
                 };
-                s.io.rbuf.consume(body.len() + 5);
+                s.io.consume(body.len() + 5);
                 let user = &self.pools.get(s.pool).target.user;
                 match s.login_message(user, &mut self.bufs, tag, &body) {
                     Ok(true) => return self.server_logged_in(st),
@@ -851,7 +850,7 @@ impl Worker {
                 return;
             };
             if got == Filled::Nothing
-                && (s.io.wbuf.is_empty() || !s.io.is_writable())
+                && (s.io.nothing_to_send() || !s.io.is_writable())
                 && !s.io.may_read()
             {
                 return;
@@ -1101,7 +1100,7 @@ impl Worker {
             // Back to the pool once PostgreSQL has finished the cancel (cancel_finished).
             return self.set_server_state(st, SState::Canceling);
         }
-        if !s.io.rbuf.is_empty() {
+        if !s.io.unread().is_empty() {
             return self.remove_server(st, "server sent data while idle");
         }
         if !self.cfg.server_check_delay.is_zero()
@@ -1199,7 +1198,7 @@ impl Worker {
             let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
                 return false;
             };
-            match frame::message(s.io.rbuf.bytes(), relay::MAX_INSPECTED) {
+            match frame::message(s.io.unread(), relay::MAX_INSPECTED) {
                 Ok(Some((h, body))) => {
                     match h.tag {
                         b'N' | b'A' => {}
@@ -1220,12 +1219,12 @@ impl Worker {
                             return false;
                         }
                     }
-                    s.io.rbuf.consume(h.total);
+                    s.io.consume(h.total);
                 }
                 Ok(None) => {
                     // A long notice: make room so the next read can complete it.
-                    if let Ok(Some(h)) = frame::header(s.io.rbuf.bytes(), relay::MAX_INSPECTED) {
-                        s.io.rbuf.make_room(h.total, &mut self.bufs);
+                    if let Ok(Some(h)) = frame::header(s.io.unread(), relay::MAX_INSPECTED) {
+                        s.io.make_room(h.total, &mut self.bufs);
                     }
                     return true;
                 }
@@ -1259,7 +1258,7 @@ impl Worker {
         let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;
         };
-        write::query(s.io.wbuf.vec(&mut self.bufs), query);
+        write::query(s.io.out(&mut self.bufs), query);
         s.own += 1;
         s.scan = Scan::default();
         self.reset_io(st, what);
@@ -1297,7 +1296,7 @@ impl Worker {
             }
             let mut tx = crate::relay::TxState::new();
             loop {
-                match relay::from_server(s.io.rbuf.bytes(), &mut s.scan, &mut tx, s.own, None) {
+                match relay::from_server(s.io.unread(), &mut s.scan, &mut tx, s.own, None) {
                     FromServer::Own { tag, body } => {
                         let len = body.len() + 5;
                         if tag == b'D' && matches!(what, OwnQuery::Role { .. }) {
@@ -1319,7 +1318,7 @@ impl Worker {
                                 None,
                             ),
                         };
-                        s.io.rbuf.consume(len);
+                        s.io.consume(len);
                         progress = true;
                         if done && what == OwnQuery::AuthQuery {
                             return self.lookup_done(st);
@@ -1360,8 +1359,8 @@ impl Worker {
                         }
                     }
                     FromServer::NeedMore => {
-                        if let Some(total) = relay::wants_whole(s.io.rbuf.bytes(), &s.scan, s.own) {
-                            s.io.rbuf.make_room(total, &mut self.bufs);
+                        if let Some(total) = relay::wants_whole(s.io.unread(), &s.scan, s.own) {
+                            s.io.make_room(total, &mut self.bufs);
                         }
                         break;
                     }
@@ -1507,7 +1506,7 @@ impl Worker {
         let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;
         };
-        crate::auth_query::write_request(s.io.wbuf.vec(&mut self.bufs), &query, &user);
+        crate::auth_query::write_request(s.io.out(&mut self.bufs), &query, &user);
         s.own += 1;
         s.scan = Scan::default();
         s.lookup = Some(lookup);

@@ -145,8 +145,8 @@ pub struct Stream {
     /// Plaintext rustls decrypted that did not fit in the buffer yet. No event announces
     /// it, so it counts as something left to read.
     tls_pending: bool,
-    pub rbuf: InBuf,
-    pub wbuf: OutBuf,
+    rbuf: InBuf,
+    wbuf: OutBuf,
     readable: bool,
     writable: bool,
     /// The peer's FIN was reported. It may have come with the last bytes, and edge
@@ -200,6 +200,59 @@ impl Stream {
             // An error here shows again on the next read or write.
             let _ = self.flush_tls();
         }
+    }
+
+    /// The bytes read and not yet consumed.
+    #[inline]
+    pub fn unread(&self) -> &[u8] {
+        self.rbuf.bytes()
+    }
+
+    /// Drops the first `n` unread bytes (handled or forwarded).
+    #[inline]
+    pub fn consume(&mut self, n: usize) {
+        self.rbuf.consume(n);
+    }
+
+    /// Makes the read buffer able to hold a message of `total` bytes whole.
+    pub fn make_room(&mut self, total: usize, pool: &mut BufPool) {
+        self.rbuf.make_room(total, pool);
+    }
+
+    /// The pooler's own output (answers, queries it makes), written before anything
+    /// forwarded; takes a buffer from the pool when it has none.
+    #[inline]
+    pub fn out(&mut self, pool: &mut BufPool) -> &mut Vec<u8> {
+        self.wbuf.vec(pool)
+    }
+
+    /// The pooler's own output not yet written.
+    pub fn pending(&self) -> &[u8] {
+        self.wbuf.pending()
+    }
+
+    pub fn nothing_to_send(&self) -> bool {
+        self.wbuf.is_empty()
+    }
+
+    /// Whether the stream holds a buffer from the pool (SHOW MEM, SHOW SOCKETS).
+    pub fn has_read_buffer(&self) -> bool {
+        self.rbuf.has_storage()
+    }
+
+    pub fn has_write_buffer(&self) -> bool {
+        self.wbuf.has_storage()
+    }
+
+    /// The read buffer, for code that rewrites a message in place while the other end's
+    /// output buffer is borrowed too (`prepared::rewrite_named`).
+    pub fn input_mut(&mut self) -> &mut InBuf {
+        &mut self.rbuf
+    }
+
+    /// The output buffer, likewise.
+    pub fn output_mut(&mut self) -> &mut OutBuf {
+        &mut self.wbuf
     }
 
     pub fn is_readable(&self) -> bool {

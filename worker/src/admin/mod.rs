@@ -91,7 +91,7 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        let out = c.io.wbuf.vec(&mut self.bufs);
+        let out = c.io.out(&mut self.bufs);
         write::auth_ok(out);
         let version = format!("{}/bouncer", env!("CARGO_PKG_VERSION"));
         for (k, v) in [
@@ -123,11 +123,11 @@ impl Worker {
             if c.state != CState::Idle {
                 return;
             }
-            let (tag, body) = match frame::message(c.io.rbuf.bytes(), MAX_QUERY) {
+            let (tag, body) = match frame::message(c.io.unread(), MAX_QUERY) {
                 Ok(Some((h, body))) => (h.tag, body.to_vec()),
                 Ok(None) => {
-                    if let Ok(Some(h)) = frame::header(c.io.rbuf.bytes(), MAX_QUERY) {
-                        c.io.rbuf.make_room(h.total, &mut self.bufs);
+                    if let Ok(Some(h)) = frame::header(c.io.unread(), MAX_QUERY) {
+                        c.io.make_room(h.total, &mut self.bufs);
                     }
                     // The buffer may have been full with more on the socket: edge-triggered
                     // readiness will not say so again, so read on next turn.
@@ -143,7 +143,7 @@ impl Worker {
                     )
                 }
             };
-            c.io.rbuf.consume(body.len() + 5);
+            c.io.consume(body.len() + 5);
             match tag {
                 b'Q' => {
                     let text = body.strip_suffix(&[0]).unwrap_or(&body);
@@ -195,7 +195,7 @@ impl Worker {
             // The message can quote the query (an invalid command, a database name).
             log::info!("{}: console error: {}", c.name(), Escaped(msg));
         }
-        let out = c.io.wbuf.vec(&mut self.bufs);
+        let out = c.io.out(&mut self.bufs);
         write::error_response(out, Severity::Error, code, msg);
         write::ready_for_query(out, crate::relay::TxStatus::Idle);
     }
@@ -205,7 +205,7 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        let out = c.io.wbuf.vec(&mut self.bufs);
+        let out = c.io.out(&mut self.bufs);
         write::command_complete(out, tag);
         write::ready_for_query(out, crate::relay::TxStatus::Idle);
     }
@@ -241,7 +241,7 @@ impl Worker {
                 let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
                     return;
                 };
-                let out = c.io.wbuf.vec(&mut self.bufs);
+                let out = c.io.out(&mut self.bufs);
                 write::error_response(out, Severity::Notice, "00000", "SET ignored");
                 return self.console_done(ct, "SET");
             }
@@ -437,12 +437,7 @@ impl Worker {
         c.state = CState::Idle;
         for slot in &missing {
             let msg = format!("worker {slot} did not answer in time; its rows are missing");
-            write::error_response(
-                c.io.wbuf.vec(&mut self.bufs),
-                Severity::Notice,
-                "01000",
-                &msg,
-            );
+            write::error_response(c.io.out(&mut self.bufs), Severity::Notice, "01000", &msg);
         }
         match (p.cmd, error) {
             (Cmd::Reload, Some(_)) => self.console_error_code(
@@ -559,7 +554,7 @@ impl Worker {
 
     pub(crate) fn console_table(&mut self, ct: usize, table: &show::Table) {
         if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
-            table.write(c.io.wbuf.vec(&mut self.bufs));
+            table.write(c.io.out(&mut self.bufs));
         }
     }
 
@@ -574,7 +569,7 @@ impl Worker {
             show::Answer::Table(table) => self.console_table(ct, &table),
             show::Answer::Help => {
                 if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
-                    show::help(c.io.wbuf.vec(&mut self.bufs));
+                    show::help(c.io.out(&mut self.bufs));
                 }
             }
             show::Answer::Collect(w) => {

@@ -564,8 +564,8 @@ impl View<'_> {
                 Conn::Server(s) => &s.io,
                 Conn::Cancel(_) => continue,
             };
-            reads += usize::from(io.rbuf.has_storage());
-            writes += usize::from(io.wbuf.has_storage());
+            reads += usize::from(io.has_read_buffer());
+            writes += usize::from(io.has_write_buffer());
         }
         let (free_reads, free_writes) = self.bufs.free();
         let buf = self.bufs.size();
@@ -662,8 +662,8 @@ impl View<'_> {
     /// pkt_avail, send_avail (bytes read and not yet handled; bytes waiting to be sent).
     pub(crate) fn collect_sockets(&self, clients: bool, buffers: bool) -> Vec<Row> {
         let bufs = |io: &crate::stream::Stream| -> Vec<Option<String>> {
-            let read = io.rbuf.len();
-            let send = io.wbuf.pending().len();
+            let read = io.unread().len();
+            let send = io.pending().len();
             vec![s(read), s(0), s(0), s(0), s(0), s(read), s(send)]
         };
         let mut rows = Vec::new();
