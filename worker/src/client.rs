@@ -767,7 +767,7 @@ impl Worker {
         if crate::admin::is_console(&db) {
             // PgBouncer refuses users without a console role before any password.
             let user = c.user.clone();
-            let role = self.console_role(&user);
+            let role = crate::admin::console_role(&self.cfg, &user);
             let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
                 return;
             };

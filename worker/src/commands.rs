@@ -6,10 +6,11 @@ use crate::close::Close;
 use crate::config::Config;
 use crate::control::{Report, Snapshot, Until};
 use crate::logsafe::Escaped;
-use crate::pool::{Limits, PoolId, Target};
+use crate::pool::{Limits, PoolId, Pools, Target};
 use crate::server::SState;
 use crate::wire::sqlstate;
 use crate::worker::{Conn, Worker};
+use slab::Slab;
 use std::sync::Arc;
 
 impl Worker {
@@ -199,7 +200,7 @@ impl Worker {
     pub(crate) fn check_waits(&mut self) {
         let mut i = 0;
         while i < self.waits.len() {
-            if self.holds_now(&self.waits[i].1) {
+            if holds_now(&self.conns, &self.pools, &self.waits[i].1) {
                 let (req, _) = self.waits.swap_remove(i);
                 self.report(Report::Rows {
                     req,
@@ -209,25 +210,6 @@ impl Worker {
             } else {
                 i += 1;
             }
-        }
-    }
-
-    fn holds_now(&self, until: &Until) -> bool {
-        let of = |db: &Option<String>, pool: &str| db.as_deref().is_none_or(|d| d == pool);
-        match until {
-            // Pools resumed meanwhile no longer hold the PAUSE up.
-            Until::Paused(db) => self
-                .pools
-                .list
-                .iter()
-                .filter(|p| of(db, &p.db))
-                .all(|p| !p.paused || p.total() == 0),
-            Until::Closed(db) => !self.conns.iter().any(|(_, c)| {
-                matches!(c, Conn::Server(s) if {
-                    let p = self.pools.get(s.pool);
-                    of(db, &p.db) && (s.close_needed || p.obsolete)
-                })
-            }),
         }
     }
 
@@ -314,5 +296,23 @@ impl Worker {
             self.remove_server(t, "shutting down");
         }
         true
+    }
+}
+
+fn holds_now(conns: &Slab<Conn>, pools: &Pools, until: &Until) -> bool {
+    let of = |db: &Option<String>, pool: &str| db.as_deref().is_none_or(|d| d == pool);
+    match until {
+        // Pools resumed meanwhile no longer hold the PAUSE up.
+        Until::Paused(db) => pools
+            .list
+            .iter()
+            .filter(|p| of(db, &p.db))
+            .all(|p| !p.paused || p.total() == 0),
+        Until::Closed(db) => !conns.iter().any(|(_, c)| {
+            matches!(c, Conn::Server(s) if {
+                let p = pools.get(s.pool);
+                of(db, &p.db) && (s.close_needed || p.obsolete)
+            })
+        }),
     }
 }

@@ -7,6 +7,7 @@ mod show;
 
 use crate::client::CState;
 use crate::close::Close;
+use crate::config::Config;
 use crate::control::{decode_rows, AdminRequest, Report, Row, What};
 use crate::logsafe::Escaped;
 use crate::wire::write::{self, Severity};
@@ -72,17 +73,6 @@ impl Worker {
             dns: &self.dns,
             peer_cancels: &self.peer_cancels,
             passed: &self.passed,
-        }
-    }
-
-    /// The role a user has on the console, if any.
-    pub(crate) fn console_role(&self, user: &str) -> Option<Role> {
-        if self.cfg.admin_users.iter().any(|u| u == user) {
-            Some(Role::Admin)
-        } else if self.cfg.stats_users.iter().any(|u| u == user) {
-            Some(Role::Stats)
-        } else {
-            None
         }
     }
 
@@ -293,7 +283,7 @@ impl Worker {
                 self.console_forward(ct, cmd.clone(), AdminRequest::ShutdownWait { clients })
             }
             Cmd::Set { ref key, ref value } => {
-                if let Some(why) = self.set_refused(key, value) {
+                if let Some(why) = set_refused(&self.hba, key, value) {
                     return self.console_error(ct, &format!("SET failed: {why}"));
                 }
                 let req = AdminRequest::Set {
@@ -308,7 +298,7 @@ impl Worker {
                 if db.is_empty() {
                     return self.console_error(ct, "a database is required");
                 }
-                if let Err(msg) = self.console_db_arg(db, verb) {
+                if let Err(msg) = console_db_arg(&self.cfg, db, verb) {
                     return self.console_error(ct, &msg);
                 }
                 log::info!(
@@ -327,7 +317,7 @@ impl Worker {
                 let reconnect = matches!(cmd, Cmd::Reconnect(_));
                 if let Some(d) = db {
                     let verb = if reconnect { "reconnect" } else { "wait in" };
-                    if let Err(msg) = self.console_db_arg(d, verb) {
+                    if let Err(msg) = console_db_arg(&self.cfg, d, verb) {
                         return self.console_error(ct, &msg);
                     }
                 }
@@ -346,37 +336,6 @@ impl Worker {
                  restart traffic",
             ),
         }
-    }
-
-    /// Why a SET must be refused here rather than applied. The supervisor reads the auth and
-    /// hba files at start and on RELOAD only, so a SET of their paths would show in SHOW
-    /// CONFIG and never be loaded; and `auth_type hba` with no hba rules loaded would refuse
-    /// every login, the console's own included, until a SIGHUP.
-    fn set_refused(&self, key: &str, value: &str) -> Option<String> {
-        let key = key.to_ascii_lowercase();
-        match key.as_str() {
-            "auth_file" | "auth_hba_file" => Some(format!(
-                "{key} cannot be changed with SET: edit it in the configuration file and RELOAD"
-            )),
-            "auth_type" if value.trim().eq_ignore_ascii_case("hba") && self.hba.is_empty() => Some(
-                "auth_type hba needs the rules of an auth_hba_file and none are loaded: \
-                     set auth_hba_file in the configuration file and RELOAD"
-                    .into(),
-            ),
-            _ => None,
-        }
-    }
-
-    /// A database named in a console command: PgBouncer's errors for the console itself
-    /// and for names the configuration does not have.
-    fn console_db_arg(&self, db: &str, verb: &str) -> Result<(), String> {
-        if is_console(db) {
-            return Err(format!("cannot {verb} admin db: {db}"));
-        }
-        if self.cfg.database_entry(db).is_none() {
-            return Err(format!("no such database: {db}"));
-        }
-        Ok(())
     }
 
     /// Sends a console command on to the supervisor; the client waits for its answer.
@@ -588,4 +547,46 @@ impl Worker {
         let table = self.view().collected(what, rows);
         self.console_table(ct, &table);
     }
+}
+
+/// The role a user has on the console, if any.
+pub(crate) fn console_role(cfg: &Config, user: &str) -> Option<Role> {
+    if cfg.admin_users.iter().any(|u| u == user) {
+        Some(Role::Admin)
+    } else if cfg.stats_users.iter().any(|u| u == user) {
+        Some(Role::Stats)
+    } else {
+        None
+    }
+}
+
+/// Why a SET must be refused here rather than applied. The supervisor reads the auth and
+/// hba files at start and on RELOAD only, so a SET of their paths would show in SHOW
+/// CONFIG and never be loaded; and `auth_type hba` with no hba rules loaded would refuse
+/// every login, the console's own included, until a SIGHUP.
+fn set_refused(hba: &crate::auth::hba::Hba, key: &str, value: &str) -> Option<String> {
+    let key = key.to_ascii_lowercase();
+    match key.as_str() {
+        "auth_file" | "auth_hba_file" => Some(format!(
+            "{key} cannot be changed with SET: edit it in the configuration file and RELOAD"
+        )),
+        "auth_type" if value.trim().eq_ignore_ascii_case("hba") && hba.is_empty() => Some(
+            "auth_type hba needs the rules of an auth_hba_file and none are loaded: \
+                 set auth_hba_file in the configuration file and RELOAD"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// A database named in a console command: PgBouncer's errors for the console itself
+/// and for names the configuration does not have.
+fn console_db_arg(cfg: &Config, db: &str, verb: &str) -> Result<(), String> {
+    if is_console(db) {
+        return Err(format!("cannot {verb} admin db: {db}"));
+    }
+    if cfg.database_entry(db).is_none() {
+        return Err(format!("no such database: {db}"));
+    }
+    Ok(())
 }
