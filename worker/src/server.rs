@@ -184,6 +184,36 @@ pub(crate) fn needs_check(
     matches!(conns.get(st), Some(Conn::Server(s)) if s.needs_check(pool, cfg, now))
 }
 
+/// Server `st` of pool `p` leaves `state`: out of the count or list that state keeps. With
+/// [`enter`], the one place a pool's server counts change, for a state change
+/// (`Worker::set_server_state`) and a close (`Worker::remove_server`) alike.
+fn leave(p: &mut Pool, st: usize, state: SState) {
+    match state {
+        SState::Connecting | SState::Login => p.launching -= 1,
+        SState::Idle => {
+            if let Some(i) = p.idle.iter().rposition(|&t| t == st) {
+                p.idle.remove(i);
+            }
+        }
+        SState::Active => p.active -= 1,
+        SState::Reset(_) => p.resetting -= 1,
+        SState::Canceling => p.canceling -= 1,
+    }
+}
+
+/// Server `st` of pool `p` enters `state`.
+fn enter(p: &mut Pool, st: usize, state: SState, round_robin: bool) {
+    match state {
+        SState::Connecting | SState::Login => p.launching += 1,
+        // `idle` is handed out from its end: round-robin puts a server at the front.
+        SState::Idle if round_robin => p.idle.insert(0, st),
+        SState::Idle => p.idle.push(st),
+        SState::Active => p.active += 1,
+        SState::Reset(_) => p.resetting += 1,
+        SState::Canceling => p.canceling += 1,
+    }
+}
+
 impl Server {
     /// Whether an idle server must pass server_check_query (or, for a database with
     /// target_session_attrs, its role check) before a client gets it.
@@ -562,8 +592,8 @@ impl Worker {
         }));
         server.holds = holds;
         server.replication = replication;
-        self.conns.insert(Conn::Server(Box::new(server)));
-        self.pools.get_mut(pool).launching += 1;
+        let st = self.conns.insert(Conn::Server(Box::new(server)));
+        enter(self.pools.get_mut(pool), st, SState::Connecting, false);
         true
     }
 
@@ -1141,28 +1171,9 @@ impl Worker {
         };
         let old = std::mem::replace(&mut s.state, new);
         s.since = self.now;
-        let round_robin = self.cfg.server_round_robin;
         let p = self.pools.get_mut(s.pool);
-        match old {
-            SState::Connecting | SState::Login => p.launching -= 1,
-            SState::Idle => {
-                if let Some(i) = p.idle.iter().rposition(|&t| t == st) {
-                    p.idle.remove(i);
-                }
-            }
-            SState::Active => p.active -= 1,
-            SState::Reset(_) => p.resetting -= 1,
-            SState::Canceling => p.canceling -= 1,
-        }
-        match new {
-            SState::Connecting | SState::Login => p.launching += 1,
-            // `idle` is handed out from its end: round-robin puts a server at the front.
-            SState::Idle if round_robin => p.idle.insert(0, st),
-            SState::Idle => p.idle.push(st),
-            SState::Active => p.active += 1,
-            SState::Reset(_) => p.resetting += 1,
-            SState::Canceling => p.canceling += 1,
-        }
+        leave(p, st, old);
+        enter(p, st, new, self.cfg.server_round_robin);
     }
 
     /// Idle servers should say nothing; notices are dropped, anything else ends them.
@@ -1417,14 +1428,7 @@ impl Worker {
         let Some(Conn::Server(s)) = self.conns.get(st) else {
             return;
         };
-        let p = self.pools.get_mut(pool);
-        match s.state {
-            SState::Connecting | SState::Login => p.launching -= 1,
-            SState::Idle => p.idle.retain(|&t| t != st),
-            SState::Active => p.active -= 1,
-            SState::Reset(_) => p.resetting -= 1,
-            SState::Canceling => p.canceling -= 1,
-        }
+        leave(self.pools.get_mut(pool), st, s.state);
         if let Some(Conn::Server(mut s)) = self.conns.try_remove(st) {
             self.give_back(s.holds);
             if s.state != SState::Connecting {
