@@ -274,27 +274,8 @@ impl Worker {
         let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
             return;
         };
-        if let Some(pool) = c.pool {
-            let stats = &mut self.pools.get_mut(pool).stats;
-            stats.server_assignments += 1;
-            stats.wait_time_us += micros(self.now, c.since);
-        }
-        c.server = Some(st);
-        c.state = CState::Active;
-        c.since = self.now;
-        c.tx = TxState::new();
-        c.scan = Scan::default();
-        s.client = Some(ct);
-        s.used = true;
-        s.scan = Scan::default();
-        s.release_pending = false;
-        let mut sql = String::new();
-        // A replication server got the client's parameters in its startup packet.
-        if s.replication.is_none() && params::sync_statements(&c.params, &s.params, &mut sql) {
-            write::query(s.io.out(&mut self.bufs), &sql);
-            s.own += 1;
-            params::apply_extras(&c.params, &mut s.params);
-        }
+        let stats = c.pool.map(|p| &mut self.pools.get_mut(p).stats);
+        pair((ct, c), (st, s), stats, &mut self.bufs, self.now);
         self.pump(ct, st);
     }
 
@@ -382,6 +363,38 @@ impl Worker {
         } else {
             self.server_ready(st);
         }
+    }
+}
+
+/// Links client `ct` and server `st`: both start a fresh scan, and SETs for the client's
+/// parameters the server does not have yet go first. `stats`: the pool's counters (the
+/// wait just ended, one more assignment).
+pub(crate) fn pair(
+    (ct, c): (usize, &mut Client),
+    (st, s): (usize, &mut Server),
+    stats: Option<&mut PoolStats>,
+    bufs: &mut BufPool,
+    now: Instant,
+) {
+    if let Some(stats) = stats {
+        stats.server_assignments += 1;
+        stats.wait_time_us += micros(now, c.since);
+    }
+    c.server = Some(st);
+    c.state = CState::Active;
+    c.since = now;
+    c.tx = TxState::new();
+    c.scan = Scan::default();
+    s.client = Some(ct);
+    s.used = true;
+    s.scan = Scan::default();
+    s.release_pending = false;
+    let mut sql = String::new();
+    // A replication server got the client's parameters in its startup packet.
+    if s.replication.is_none() && params::sync_statements(&c.params, &s.params, &mut sql) {
+        write::query(s.io.out(bufs), &sql);
+        s.own += 1;
+        params::apply_extras(&c.params, &mut s.params);
     }
 }
 
@@ -712,24 +725,32 @@ mod pump_tests {
         let mut c = Client::new(
             1,
             Stream::accepted(Sock::Memory(end)),
-            CState::Active,
+            CState::Waiting,
             None,
             now,
         );
+        // Logged in to pool 0 and waiting for a server: `pair` links it.
         c.pool = Some(0);
-        c.server = Some(1);
         (Box::new(c), i, o)
     }
 
     impl Pair {
         fn new(mode: PoolMode, named: Named) -> Pair {
-            let (c, c_in, c_out) = client();
+            let (mut c, c_in, c_out) = client();
             let (end, s_in, s_out) = End::new();
             let addr = crate::server::ServerAddr::Unix("memory".into());
             let io = Stream::connecting(Sock::Memory(end));
             let mut s = Box::new(Server::connecting(2, io, 0, addr, 0, Instant::now()));
+            // Logged in (the login is not what these tests are about), then linked.
             s.state = SState::Active;
-            s.client = Some(0);
+            let (mut bufs, mut stats) = (BufPool::new(4096, 16), PoolStats::default());
+            pair(
+                (0, &mut c),
+                (1, &mut s),
+                Some(&mut stats),
+                &mut bufs,
+                Instant::now(),
+            );
             Pair {
                 c,
                 s,
@@ -737,8 +758,8 @@ mod pump_tests {
                 c_out,
                 s_in,
                 s_out,
-                bufs: BufPool::new(4096, 16),
-                stats: PoolStats::default(),
+                bufs,
+                stats,
                 stmts: Registry::default(),
                 mode,
                 named,
@@ -811,14 +832,20 @@ mod pump_tests {
             self.c_out.borrow_mut().bytes.drain(..).collect()
         }
 
-        /// A new client on the same server, as `link` hands it over: the server's scan
-        /// starts afresh. The one before is returned: still connected elsewhere.
+        /// A new client linked to the same server, as `Worker::link` does it. The one
+        /// before is returned: still connected, as if it had gone on elsewhere.
         fn next_client(&mut self) -> Box<Client> {
-            let (c, i, o) = client();
+            let (mut c, i, o) = client();
             self.c_in = i;
             self.c_out = o;
-            self.s.scan = Scan::default();
-            self.s.release_pending = false;
+            let stats = Some(&mut self.stats);
+            pair(
+                (0, &mut c),
+                (1, &mut self.s),
+                stats,
+                &mut self.bufs,
+                Instant::now(),
+            );
             std::mem::replace(&mut self.c, c)
         }
     }
