@@ -281,7 +281,8 @@ impl Worker {
     /// `replicating`: the pool's replication servers, left out of its size.
     fn pool_maintenance(&mut self, pool: usize, use_reserve: bool, replicating: usize) {
         if self.pools.get(pool).waiting.is_empty() {
-            self.no_longer_starved(pool);
+            let slot = self.slot;
+            self.pools.get_mut(pool).no_longer_starved(&self.shm, slot);
         }
         let p = self.pools.get(pool);
         if p.paused {

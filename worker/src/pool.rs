@@ -337,6 +337,55 @@ impl Pool {
             .any(|i| shm.is_starved_elsewhere(slot, i, now))
     }
 
+    /// Takes this pool's places under max_db_connections and max_user_connections, which
+    /// hold for the whole pooler. On refusal the pool is marked starved so other workers
+    /// hand back idle servers.
+    pub fn take_global_places(
+        &mut self,
+        cfg: &crate::config::Config,
+        shm: &crate::shm::Shm,
+        slot: usize,
+    ) -> Option<(Option<usize>, Option<usize>)> {
+        let (db_idx, user_idx) = (self.db_idx, self.user_idx);
+        let db_limit = cfg.max_db_connections_for(&self.db);
+        let user_limit = cfg.max_user_connections_for(&self.user);
+        let got_db = db_idx.is_none_or(|i| shm.acquire(slot, i, db_limit));
+        let got_user = got_db && user_idx.is_none_or(|i| shm.acquire(slot, i, user_limit));
+        if got_db && got_user {
+            self.no_longer_starved(shm, slot);
+            return Some((db_idx, user_idx));
+        }
+        if got_db {
+            if let Some(i) = db_idx {
+                shm.release(slot, i);
+            }
+        }
+        let until = crate::shm::unix_ms() + 1000;
+        let blocked = if got_db { user_idx } else { db_idx };
+        if let Some(i) = blocked {
+            shm.mark_starved(slot, i, until);
+        }
+        if !self.starved {
+            log::info!(
+                "{}/{}: max_db_connections or max_user_connections reached; clients wait",
+                crate::logsafe::Escaped(&self.db),
+                crate::logsafe::Escaped(&self.user)
+            );
+            self.starved = true;
+        }
+        None
+    }
+
+    /// This pool got its server, or has nobody waiting: withdraw its starved mark.
+    pub fn no_longer_starved(&mut self, shm: &crate::shm::Shm, slot: usize) {
+        if self.starved {
+            self.starved = false;
+            for i in [self.db_idx, self.user_idx].into_iter().flatten() {
+                shm.clear_starved(slot, i);
+            }
+        }
+    }
+
     /// [`Pool::other_host_up`], but prefer-standby also takes a primary.
     pub fn other_host_usable(&self, host: usize, now: Instant) -> bool {
         let any_kind = self.target.attrs == TargetSessionAttrs::PreferStandby;

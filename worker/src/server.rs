@@ -184,6 +184,33 @@ pub(crate) fn needs_check(
     matches!(conns.get(st), Some(Conn::Server(s)) if s.needs_check(pool, cfg, now))
 }
 
+fn server_creds(pool: &Pool, auth: &crate::auth_cache::AuthCache) -> Creds {
+    let t = &pool.target;
+    if let Some(pw) = &t.password {
+        return Creds::Password(pw.clone());
+    }
+    // The auth file's secret, else one auth_query found (never for a listed user).
+    let secret = auth.secret(&t.user).or(pool.auth_secret.as_ref());
+    match secret {
+        Some(Secret::Plain(p)) => Creds::Password(p.clone()),
+        Some(Secret::Md5(h)) => Creds::Md5(*h),
+        Some(Secret::Scram(s)) => match auth.client_key(&t.user, &s.server_key) {
+            Some(client_key) => Creds::Keys {
+                client_key,
+                server_key: s.server_key,
+            },
+            None => Creds::None,
+        },
+        None => Creds::None,
+    }
+}
+
+fn give_back(shm: &crate::shm::Shm, slot: usize, holds: (Option<usize>, Option<usize>)) {
+    for i in [holds.0, holds.1].into_iter().flatten() {
+        shm.release(slot, i);
+    }
+}
+
 /// Server `st` of pool `p` leaves `state`: out of the count or list that state keeps. With
 /// [`enter`], the one place a pool's server counts change, for a state change
 /// (`Worker::set_server_state`) and a close (`Worker::remove_server`) alike.
@@ -459,43 +486,6 @@ impl Worker {
         }
     }
 
-    /// Takes this pool's places under max_db_connections and max_user_connections, which
-    /// hold for the whole pooler. On refusal the pool is marked starved so other workers
-    /// hand back idle servers.
-    fn take_global_places(&mut self, pool: PoolId) -> Option<(Option<usize>, Option<usize>)> {
-        let p = self.pools.get(pool);
-        let (db_idx, user_idx) = (p.db_idx, p.user_idx);
-        let db_limit = self.cfg.max_db_connections_for(&p.db);
-        let user_limit = self.cfg.max_user_connections_for(&p.user);
-        let got_db = db_idx.is_none_or(|i| self.shm.acquire(self.slot, i, db_limit));
-        let got_user =
-            got_db && user_idx.is_none_or(|i| self.shm.acquire(self.slot, i, user_limit));
-        if got_db && got_user {
-            self.no_longer_starved(pool);
-            return Some((db_idx, user_idx));
-        }
-        if got_db {
-            if let Some(i) = db_idx {
-                self.shm.release(self.slot, i);
-            }
-        }
-        let until = crate::shm::unix_ms() + 1000;
-        let blocked = if got_db { user_idx } else { db_idx };
-        if let Some(i) = blocked {
-            self.shm.mark_starved(self.slot, i, until);
-        }
-        let p = self.pools.get_mut(pool);
-        if !p.starved {
-            log::info!(
-                "{}/{}: max_db_connections or max_user_connections reached; clients wait",
-                crate::logsafe::Escaped(&p.db),
-                crate::logsafe::Escaped(&p.user)
-            );
-            p.starved = true;
-        }
-        None
-    }
-
     /// Starts one new server connection for a pool; false when a global limit says no or
     /// no host can be tried now. A host whose connection fails at once is marked down and
     /// the next one is tried.
@@ -520,13 +510,17 @@ impl Worker {
         pool: PoolId,
         replication: Option<(std::rc::Rc<crate::client::Replication>, usize, u64)>,
     ) -> bool {
-        let Some(holds) = self.take_global_places(pool) else {
+        let Some(holds) = self
+            .pools
+            .get_mut(pool)
+            .take_global_places(&self.cfg, &self.shm, self.slot)
+        else {
             return false;
         };
         let (host, addr, mut sock) = loop {
             let now = self.now;
             let Some(host) = self.pools.get_mut(pool).pick_host(now) else {
-                self.give_back(holds);
+                give_back(&self.shm, self.slot, holds);
                 self.no_host_left(pool);
                 return false;
             };
@@ -542,7 +536,7 @@ impl Worker {
                     Lookup::Ready(a) => Ok(ServerAddr::Tcp(a)),
                     // The resolver thread wakes the loop, which serves this pool again.
                     Lookup::Pending => {
-                        self.give_back(holds);
+                        give_back(&self.shm, self.slot, holds);
                         return false;
                     }
                     Lookup::Failed(e) => Err(std::io::Error::other(e)),
@@ -556,12 +550,12 @@ impl Worker {
                     match self.host_failed(pool, host, &err) {
                         HostLeft::Usable => continue,
                         HostLeft::WrongKind => {
-                            self.give_back(holds);
+                            give_back(&self.shm, self.slot, holds);
                             self.no_host_fits(pool);
                             return false;
                         }
                         HostLeft::None => {
-                            self.give_back(holds);
+                            give_back(&self.shm, self.slot, holds);
                             self.pool_login_failed(pool, err, true, true, 0);
                             return false;
                         }
@@ -574,11 +568,11 @@ impl Worker {
         }
         let entry_key = self.conns.vacant_entry().key();
         if let Err(e) = self.register(entry_key, &mut sock) {
-            self.give_back(holds);
+            give_back(&self.shm, self.slot, holds);
             log::warn!("cannot register server socket: {e}");
             return false;
         }
-        let creds = self.server_creds(pool);
+        let creds = server_creds(self.pools.get(pool), &self.auth);
         let io = Stream::connecting(sock);
         let id = self.new_id();
         log::debug!("S-{id}: new connection to {addr}");
@@ -669,47 +663,6 @@ impl Worker {
             if self.client(ct).is_some_and(|c| c.id == id) {
                 self.close_client(ct, Close::Relay(err.clone()));
             }
-        }
-    }
-
-    fn give_back(&mut self, holds: (Option<usize>, Option<usize>)) {
-        for i in [holds.0, holds.1].into_iter().flatten() {
-            self.shm.release(self.slot, i);
-        }
-    }
-
-    /// This pool got its server, or has nobody waiting: withdraw its starved mark.
-    pub(crate) fn no_longer_starved(&mut self, pool: PoolId) {
-        let p = self.pools.get_mut(pool);
-        if p.starved {
-            p.starved = false;
-            for i in [p.db_idx, p.user_idx].into_iter().flatten() {
-                self.shm.clear_starved(self.slot, i);
-            }
-        }
-    }
-
-    fn server_creds(&self, pool: PoolId) -> Creds {
-        let t = &self.pools.get(pool).target;
-        if let Some(pw) = &t.password {
-            return Creds::Password(pw.clone());
-        }
-        // The auth file's secret, else one auth_query found (never for a listed user).
-        let secret = self
-            .auth
-            .secret(&t.user)
-            .or(self.pools.get(pool).auth_secret.as_ref());
-        match secret {
-            Some(Secret::Plain(p)) => Creds::Password(p.clone()),
-            Some(Secret::Md5(h)) => Creds::Md5(*h),
-            Some(Secret::Scram(s)) => match self.auth.client_key(&t.user, &s.server_key) {
-                Some(client_key) => Creds::Keys {
-                    client_key,
-                    server_key: s.server_key,
-                },
-                None => Creds::None,
-            },
-            None => Creds::None,
         }
     }
 
@@ -1430,7 +1383,7 @@ impl Worker {
         };
         leave(self.pools.get_mut(pool), st, s.state);
         if let Some(Conn::Server(mut s)) = self.conns.try_remove(st) {
-            self.give_back(s.holds);
+            give_back(&self.shm, self.slot, s.holds);
             if s.state != SState::Connecting {
                 let mut bye = Vec::with_capacity(5);
                 write::terminate(&mut bye);
