@@ -82,13 +82,7 @@ impl Worker {
         }
         if !p.paused {
             if let Some(&st) = p.idle.last() {
-                if crate::server::needs_check(
-                    &self.conns,
-                    st,
-                    self.pools.get(pool),
-                    &self.cfg,
-                    self.now,
-                ) {
+                if crate::server::needs_check(&self.conns, st, p, &self.cfg, self.now) {
                     // The client waits for this server to pass server_check_query.
                     self.pools.get_mut(pool).waiting.push_back((ct, id));
                     return self.start_check(st);

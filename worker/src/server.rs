@@ -1408,13 +1408,7 @@ impl Worker {
                 break;
             }
             let Some(&st) = p.idle.last() else { break };
-            if crate::server::needs_check(
-                &self.conns,
-                st,
-                self.pools.get(pool),
-                &self.cfg,
-                self.now,
-            ) {
+            if crate::server::needs_check(&self.conns, st, p, &self.cfg, self.now) {
                 // Checked first; server_ready then serves the lookups.
                 self.start_check(st);
                 continue;
