@@ -40,7 +40,7 @@ impl Worker {
         let ready: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c, Conn::Client(c) if self.can_hand_over(c)))
+            .filter(|(_, c)| matches!(c, Conn::Client(c) if can_hand_over(c, &self.pools)))
             .map(|(t, _)| t)
             .collect();
         for ct in ready {
@@ -49,32 +49,6 @@ impl Worker {
                 break;
             }
         }
-    }
-
-    fn can_hand_over(&self, c: &Client) -> bool {
-        let pooled = c.pool.is_some_and(|p| {
-            matches!(
-                self.pools.get(p).limits.mode,
-                PoolMode::Transaction | PoolMode::Statement
-            )
-        });
-        pooled
-            && c.state == CState::Idle
-            && c.server.is_none()
-            && c.admin.is_none()
-            // A replication client's startup (replication=...) is not handed over: it
-            // stays and drains with the old generation, as session clients do.
-            && c.replication.is_none()
-            && c.found.is_none()
-            && c.lookup.is_none()
-            && !c.io.is_tls()
-            && c.tx.is_idle()
-            && c.scan.ready == 0
-            && c.scan.at_boundary()
-            && c.queue.is_empty()
-            && !c.skipping
-            && c.io.unread().is_empty()
-            && c.io.nothing_to_send()
     }
 
     /// Sends client `ct` to the supervisor and forgets it; false when the channel cannot
@@ -306,4 +280,33 @@ impl Worker {
         }
         true
     }
+}
+
+/// Whether client `c` can move to the next generation now: transaction or statement
+/// pooling, between transactions, with nothing buffered either way and no state that
+/// cannot travel (TLS, auth_query's answer, the console, replication).
+fn can_hand_over(c: &Client, pools: &crate::pool::Pools) -> bool {
+    let pooled = c.pool.is_some_and(|p| {
+        matches!(
+            pools.get(p).limits.mode,
+            PoolMode::Transaction | PoolMode::Statement
+        )
+    });
+    pooled
+        && c.state == CState::Idle
+        && c.server.is_none()
+        && c.admin.is_none()
+        // A replication client's startup (replication=...) is not handed over: it
+        // stays and drains with the old generation, as session clients do.
+        && c.replication.is_none()
+        && c.found.is_none()
+        && c.lookup.is_none()
+        && !c.io.is_tls()
+        && c.tx.is_idle()
+        && c.scan.ready == 0
+        && c.scan.at_boundary()
+        && c.queue.is_empty()
+        && !c.skipping
+        && c.io.unread().is_empty()
+        && c.io.nothing_to_send()
 }
