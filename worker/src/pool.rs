@@ -3,7 +3,7 @@
 use crate::wire::fields::ErrorFields;
 use crate::wire::sqlstate;
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub type PoolId = usize;
 
@@ -326,7 +326,6 @@ impl Pool {
             .any(|(i, h)| i != host && !h.down(now))
     }
 
-    /// Whether a host other than `host` could serve a new server now: as
     /// Whether another worker waits for capacity this pool's servers hold. This worker's
     /// own waiting clients get its servers first, so its own mark never counts.
     pub fn others_starved(&self, shm: &crate::shm::Shm, slot: usize) -> bool {
@@ -386,6 +385,40 @@ impl Pool {
         }
     }
 
+    /// A host of the pool failed for a reason of its own (no connection, PostgreSQL
+    /// starting or stopping): it is skipped for server_login_retry. Says what is left.
+    pub fn host_failed(
+        &mut self,
+        host: usize,
+        err: &ErrorFields,
+        now: Instant,
+        retry: Duration,
+    ) -> HostLeft {
+        let Some(state) = self.hosts.get_mut(host) else {
+            // A server of the host list before a reload: nothing to learn.
+            return HostLeft::Usable;
+        };
+        state.down_until = Some(now + retry);
+        let left = if self.other_host_usable(host, now) {
+            HostLeft::Usable
+        } else if self.other_host_alive(host, now) {
+            HostLeft::WrongKind
+        } else {
+            HostLeft::None
+        };
+        if left != HostLeft::None {
+            log::warn!(
+                "{}/{}: host {} skipped for server_login_retry: {}",
+                crate::logsafe::Escaped(&self.db),
+                crate::logsafe::Escaped(&self.user),
+                crate::logsafe::Escaped(&self.target.hosts[host]),
+                crate::logsafe::Escaped(&err.to_string())
+            );
+        }
+        left
+    }
+
+    /// Whether a host other than `host` could serve a new server now: as
     /// [`Pool::other_host_up`], but prefer-standby also takes a primary.
     pub fn other_host_usable(&self, host: usize, now: Instant) -> bool {
         let any_kind = self.target.attrs == TargetSessionAttrs::PreferStandby;
@@ -394,6 +427,17 @@ impl Pool {
             .enumerate()
             .any(|(i, h)| i != host && !h.down(now) && (any_kind || !h.misfit(now)))
     }
+}
+
+/// What is left of a pool's host list once a host failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostLeft {
+    /// Another host may take a new server now.
+    Usable,
+    /// Other hosts are up but of the wrong kind for target_session_attrs.
+    WrongKind,
+    /// Every host is down: the pool's login fails.
+    None,
 }
 
 /// All pools of a worker, found by (database, server user).
@@ -557,6 +601,30 @@ mod tests {
     }
 
     const RETRY: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn a_failed_host_is_skipped_and_says_what_is_left() {
+        let now = Instant::now();
+        let err = ErrorFields::default();
+        let mut p = pool(
+            &["a", "b"],
+            LoadBalanceHosts::RoundRobin,
+            Default::default(),
+        );
+        assert_eq!(p.host_failed(0, &err, now, RETRY), HostLeft::Usable);
+        assert_eq!(p.hosts[0].down_until, Some(now + RETRY));
+        // The other host is up but of the wrong kind: the pool waits for it.
+        p.hosts[1].misfit_until = Some(now + RETRY);
+        assert_eq!(p.host_failed(0, &err, now, RETRY), HostLeft::WrongKind);
+        assert_eq!(p.host_failed(1, &err, now, RETRY), HostLeft::None);
+        // A host index from before a reload changed the list teaches nothing.
+        assert_eq!(p.host_failed(7, &err, now, RETRY), HostLeft::Usable);
+        assert_eq!(
+            p.pick_host(now + RETRY),
+            Some(0),
+            "back after server_login_retry"
+        );
+    }
 
     #[test]
     fn round_robin_skips_hosts_that_are_down_until_their_retry() {

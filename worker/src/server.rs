@@ -7,7 +7,7 @@ use crate::close::Close;
 use crate::config::{Config, TargetSessionAttrs};
 use crate::dns::Lookup;
 use crate::params::{self, Params};
-use crate::pool::{Pool, PoolId, Role, Welcome};
+use crate::pool::{HostLeft, Pool, PoolId, Role, Welcome};
 use crate::relay::{self, FromServer, Scan};
 use crate::stream::{Filled, Sock, Stream};
 use crate::wire::fields::{self, ErrorFields};
@@ -547,7 +547,12 @@ impl Worker {
                 Err(e) => {
                     let msg = format!("could not connect to server {name}:{port}: {e}");
                     let err = error_fields(sqlstate::CONNECTION_FAILURE, msg);
-                    match self.host_failed(pool, host, &err) {
+                    match self.pools.get_mut(pool).host_failed(
+                        host,
+                        &err,
+                        self.now,
+                        self.cfg.server_login_retry,
+                    ) {
                         HostLeft::Usable => continue,
                         HostLeft::WrongKind => {
                             give_back(&self.shm, self.slot, holds);
@@ -589,36 +594,6 @@ impl Worker {
         let st = self.conns.insert(Conn::Server(Box::new(server)));
         enter(self.pools.get_mut(pool), st, SState::Connecting, false);
         true
-    }
-
-    /// A host of the pool failed for a reason of its own (no connection, PostgreSQL
-    /// starting or stopping): it is skipped for server_login_retry. Says what is left.
-    fn host_failed(&mut self, pool: PoolId, host: usize, err: &ErrorFields) -> HostLeft {
-        let retry = self.cfg.server_login_retry;
-        let now = self.now;
-        let p = self.pools.get_mut(pool);
-        let Some(state) = p.hosts.get_mut(host) else {
-            // A server of the host list before a reload: nothing to learn.
-            return HostLeft::Usable;
-        };
-        state.down_until = Some(now + retry);
-        let left = if p.other_host_usable(host, now) {
-            HostLeft::Usable
-        } else if p.other_host_alive(host, now) {
-            HostLeft::WrongKind
-        } else {
-            HostLeft::None
-        };
-        if left != HostLeft::None {
-            log::warn!(
-                "{}/{}: host {} skipped for server_login_retry: {}",
-                crate::logsafe::Escaped(&p.db),
-                crate::logsafe::Escaped(&p.user),
-                crate::logsafe::Escaped(&p.target.hosts[host]),
-                crate::logsafe::Escaped(&err.to_string())
-            );
-        }
-        left
     }
 
     /// No host can take a new server now. When every host is down the pool fails as one
@@ -992,7 +967,12 @@ impl Worker {
         let counted = usize::from(matches!(s.state, SState::Reset(_)));
         if about_host(&err) {
             let why = format!("login failed: {}", err.message());
-            match self.host_failed(pool, host, &err) {
+            match self.pools.get_mut(pool).host_failed(
+                host,
+                &err,
+                self.now,
+                self.cfg.server_login_retry,
+            ) {
                 // Another host is tried at once (removing the server serves the queue
                 // again); the pool is not failing while a host is left.
                 HostLeft::Usable => return self.remove_server(st, &why),
@@ -1559,17 +1539,6 @@ pub(crate) fn own_answer(
         _ => {}
     }
     false
-}
-
-/// What is left of a pool's host list once a host failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HostLeft {
-    /// Another host may take a new server now.
-    Usable,
-    /// Other hosts are up but of the wrong kind for target_session_attrs.
-    WrongKind,
-    /// Every host is down: the pool's login fails.
-    None,
 }
 
 /// Whether a login failure says something about the host rather than the database or
