@@ -296,10 +296,9 @@ impl Worker {
             let _ = s.set_nodelay(true);
             crate::stream::tune_tcp(s, &self.cfg);
         }
-        let cfg = self.cfg.clone();
-        let (dns, now) = (&mut self.dns, self.now);
-        let is_peer = |p| crate::cancel::is_peer(&cfg, dns, now, p);
-        let state = match crate::proxy::admission(&cfg, peer, is_peer) {
+        let (cfg, dns, now) = (&self.cfg, &mut self.dns, self.now);
+        let is_peer = |p| crate::cancel::is_peer(cfg, dns, now, p);
+        let state = match crate::proxy::admission(cfg, peer, is_peer) {
             crate::proxy::Admission::Direct => CState::Startup,
             crate::proxy::Admission::Header { trusted } => CState::Proxy { trusted },
             crate::proxy::Admission::Refuse => {

@@ -1,8 +1,7 @@
 //! A client and its server: assignment, parameter sync, the byte pump, and release.
 
 use crate::buf::BufPool;
-use crate::client::CState;
-use crate::client::Client;
+use crate::client::{CState, Client};
 use crate::close::Close;
 use crate::config::PoolMode;
 use crate::params;
@@ -10,8 +9,7 @@ use crate::pool::PoolId;
 use crate::prepared::Registry;
 use crate::relay::TxStatus;
 use crate::relay::{self, FromClient, FromServer, Named, Scan, TxState};
-use crate::server::SState;
-use crate::server::Server;
+use crate::server::{SState, Server};
 use crate::stats::PoolStats;
 use crate::stream::{self, Filled};
 use crate::wire::{sqlstate, write};
@@ -289,20 +287,12 @@ impl Worker {
         } else {
             p.limits.mode
         };
-        // max_prepared_statements: 0 passes statement names through in every mode, as in
-        // PgBouncer (a client's statement then lives on whichever server it was sent to).
-        let named = if mode != PoolMode::Session && self.cfg.max_prepared_statements > 0 {
-            Named::Rewrite
-        } else {
-            Named::Pass
-        };
         let mut ctx = Pump {
             bufs: &mut self.bufs,
             stats: &mut p.stats,
             stmts: &mut self.stmts,
             now: self.now,
             mode,
-            named,
             max_packet: self.cfg.max_packet_size as usize,
             max_prepared: self.cfg.max_prepared_statements as usize,
         };
@@ -402,8 +392,8 @@ pub(crate) struct Pump<'a> {
     pub now: Instant,
     /// The pool's mode; session for a replication server.
     pub mode: PoolMode,
-    pub named: Named,
     pub max_packet: usize,
+    /// max_prepared_statements: 0 passes statement names through.
     pub max_prepared: usize,
 }
 
@@ -424,7 +414,14 @@ pub(crate) enum PumpEnd {
 /// Moves bytes both ways between a linked client and server until neither can move or
 /// one of them must go. Touches nothing but the two connections and `ctx`.
 pub(crate) fn pump(c: &mut Client, s: &mut Server, ctx: &mut Pump<'_>) -> PumpEnd {
-    let (named, mode, max_packet) = (ctx.named, ctx.mode, ctx.max_packet);
+    let (mode, max_packet) = (ctx.mode, ctx.max_packet);
+    // max_prepared_statements: 0 passes statement names through in every mode, as in
+    // PgBouncer (a client's statement then lives on whichever server it was sent to).
+    let named = if mode != PoolMode::Session && ctx.max_prepared > 0 {
+        Named::Rewrite
+    } else {
+        Named::Pass
+    };
     // After a named message was rewritten, the next round only scans on: what follows
     // it (Execute, Sync) then leaves in the same write as its rewritten head.
     let mut scan_only = false;
@@ -710,7 +707,6 @@ mod pump_tests {
         stats: PoolStats,
         stmts: Registry,
         mode: PoolMode,
-        named: Named,
     }
 
     fn client() -> (Box<Client>, Shared, Shared) {
@@ -729,7 +725,7 @@ mod pump_tests {
     }
 
     impl Pair {
-        fn new(mode: PoolMode, named: Named) -> Pair {
+        fn new(mode: PoolMode) -> Pair {
             let (mut c, c_in, c_out) = client();
             let (end, s_in, s_out) = End::new();
             let addr = crate::server::ServerAddr::Unix("memory".into());
@@ -756,7 +752,6 @@ mod pump_tests {
                 stats,
                 stmts: Registry::default(),
                 mode,
-                named,
             }
         }
 
@@ -772,7 +767,6 @@ mod pump_tests {
                 stmts: &mut self.stmts,
                 now: Instant::now(),
                 mode: self.mode,
-                named: self.named,
                 max_packet: 1 << 20,
                 max_prepared: 100,
             };
@@ -880,7 +874,7 @@ mod pump_tests {
         let q = query("select 1");
         let a = answer("1", TxStatus::Idle);
         for step in [1, 2, 3, 5, 7, 13, a.len()] {
-            let mut p = Pair::new(PoolMode::Transaction, Named::Rewrite);
+            let mut p = Pair::new(PoolMode::Transaction);
             p.client_sends_in_pieces(&q, step);
             assert_eq!(p.at_server(), q, "step {step}");
             let mut seen = Vec::new();
@@ -900,7 +894,7 @@ mod pump_tests {
 
     #[test]
     fn a_transaction_keeps_its_server_until_it_ends() {
-        let mut p = Pair::new(PoolMode::Transaction, Named::Rewrite);
+        let mut p = Pair::new(PoolMode::Transaction);
         p.client_sends(&query("begin"));
         p.settle();
         p.server_sends(&answer("1", TxStatus::InTransaction));
@@ -916,7 +910,7 @@ mod pump_tests {
 
     #[test]
     fn a_slow_reader_gets_every_byte_before_the_server_goes_back() {
-        let mut p = Pair::new(PoolMode::Transaction, Named::Rewrite);
+        let mut p = Pair::new(PoolMode::Transaction);
         p.c_out.borrow_mut().room = 100;
         p.client_sends(&query("select repeat('x', 5000)"));
         p.settle();
@@ -943,7 +937,7 @@ mod pump_tests {
 
     #[test]
     fn statement_pooling_refuses_a_transaction_block_with_pgbouncers_words() {
-        let mut p = Pair::new(PoolMode::Statement, Named::Rewrite);
+        let mut p = Pair::new(PoolMode::Statement);
         p.client_sends(&query("begin"));
         p.settle();
         p.server_sends(&answer("1", TxStatus::InTransaction));
@@ -997,7 +991,7 @@ mod pump_tests {
     #[test]
     fn a_named_statement_is_prepared_once_per_server_and_answered_in_its_place() {
         for step in [1, 4, 9, 1000] {
-            let mut p = Pair::new(PoolMode::Transaction, Named::Rewrite);
+            let mut p = Pair::new(PoolMode::Transaction);
             p.client_sends_in_pieces(&prepared("s1", "select 1"), step);
             let sent = p.at_server();
             assert_eq!(tags(&sent), b"PBES", "step {step}");
@@ -1026,7 +1020,7 @@ mod pump_tests {
 
     #[test]
     fn a_client_that_hangs_up_mid_message_is_closed_quietly() {
-        let mut p = Pair::new(PoolMode::Transaction, Named::Rewrite);
+        let mut p = Pair::new(PoolMode::Transaction);
         let q = query("select 1");
         p.client_sends(&q[..4]);
         p.c_in.borrow_mut().closed = true;
