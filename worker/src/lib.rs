@@ -17,6 +17,7 @@ mod handover;
 mod janitor;
 mod link;
 pub mod logfile;
+mod login;
 pub mod logsafe;
 mod pool;
 mod prepared;

@@ -3,6 +3,7 @@
 //! answer covers the whole pooler.
 
 pub use pgbouncers_proto::console as parse;
+pub(crate) mod role;
 mod show;
 
 use crate::client::CState;
@@ -14,20 +15,11 @@ use crate::wire::write::{self, Severity};
 use crate::wire::{frame, sqlstate};
 use crate::worker::{Conn, Worker};
 use parse::Cmd;
+use role::{is_console, Role};
 use std::collections::HashMap;
 
-/// Database names that mean the console.
-pub const DB_NAMES: [&str; 2] = ["pgbouncers", "pgbouncer"];
 /// Longest console query accepted.
 const MAX_QUERY: usize = 64 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// In admin_users: every command.
-    Admin,
-    /// In stats_users: SHOW only.
-    Stats,
-}
 
 /// A console command waiting for the supervisor (and maybe every worker).
 pub(crate) struct Pending {
@@ -52,10 +44,6 @@ const FAKE_PARAMS: [(&str, &str); 6] = [
     ("timezone", "GMT"),
     ("extra_float_digits", "2"),
 ];
-
-pub fn is_console(db: &str) -> bool {
-    DB_NAMES.contains(&db)
-}
 
 impl Worker {
     /// The worker as the SHOW tables read it.
@@ -546,17 +534,6 @@ impl Worker {
     pub(crate) fn console_show_rows(&mut self, ct: usize, what: &str, rows: Vec<(u8, Row)>) {
         let table = self.view().collected(what, rows);
         self.console_table(ct, &table);
-    }
-}
-
-/// The role a user has on the console, if any.
-pub(crate) fn console_role(cfg: &Config, user: &str) -> Option<Role> {
-    if cfg.admin_users.iter().any(|u| u == user) {
-        Some(Role::Admin)
-    } else if cfg.stats_users.iter().any(|u| u == user) {
-        Some(Role::Stats)
-    } else {
-        None
     }
 }
 

@@ -1,5 +1,7 @@
 //! One worker's mio event loop: accepting, dispatching events, and the connection table.
 
+mod clients;
+
 use crate::auth_cache::AuthCache;
 use crate::buf::BufPool;
 use crate::client::Client;

@@ -1,0 +1,543 @@
+//! The loop's side of a client: accepting it, reading its socket, and carrying out what
+//! its login steps (login.rs) decide: a cancel, an auth_query lookup, the pool's greeting,
+//! the close.
+
+use super::{Conn, Worker};
+use crate::client::{eof_reason, io_reason, CState, Client, Lookup};
+use crate::close::Close;
+use crate::login::{self, Next};
+use crate::logsafe::Escaped;
+use crate::params;
+use crate::proxy::{Peer, Rejection};
+use crate::stats::TlsFailure;
+use crate::stream::{Filled, Sock, Stream};
+use crate::wire::sqlstate;
+use crate::wire::write::{self, Severity};
+use std::net::SocketAddr;
+
+impl Worker {
+    pub(crate) fn add_client(&mut self, mut sock: Sock, peer: Option<SocketAddr>) {
+        if let Sock::Tcp(s) = &sock {
+            let _ = s.set_nodelay(true);
+            crate::stream::tune_tcp(s, &self.cfg);
+        }
+        let (cfg, dns, now) = (&self.cfg, &mut self.dns, self.now);
+        let is_peer = |p| crate::cancel::is_peer(cfg, dns, now, p);
+        let state = match crate::proxy::admission(cfg, peer, is_peer) {
+            crate::proxy::Admission::Direct => CState::Startup,
+            crate::proxy::Admission::Header { trusted } => CState::Proxy { trusted },
+            crate::proxy::Admission::Refuse => {
+                let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+                log::warn!("connection from untrusted peer {peer} refused: proxy_protocol is required (spoofing attempt?)");
+                self.stats.proxy_rejected[crate::proxy::Rejection::Untrusted as usize] += 1;
+                sock.shutdown();
+                return;
+            }
+        };
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            sock.source(),
+            mio::Token(token),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register client socket: {e}");
+            return;
+        }
+        let id = crate::worker::shown_id(self.slot, self.next_id);
+        self.next_id += 1;
+        let io = Stream::accepted(sock);
+        let client = Client::new(id, io, state, peer, self.now);
+        entry.insert(Conn::Client(Box::new(client)));
+    }
+
+    pub(crate) fn client(&mut self, ct: usize) -> Option<&mut Client> {
+        match self.conns.get_mut(ct) {
+            Some(Conn::Client(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Acts on whatever a client's socket allows now.
+    pub(crate) fn drive_client(&mut self, ct: usize) {
+        let Some(c) = self.client(ct) else { return };
+        match c.state {
+            CState::Proxy { .. }
+            | CState::Startup
+            | CState::Auth
+            | CState::Lookup
+            | CState::LoginWait => self.login_io(ct),
+            CState::Idle | CState::Waiting => self.unlinked_io(ct),
+            CState::Active => {
+                if let Some(st) = c.server {
+                    self.pump(ct, st);
+                }
+            }
+        }
+    }
+
+    /// Reads and answers login traffic until the socket has nothing more.
+    fn login_io(&mut self, ct: usize) {
+        loop {
+            let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+                return;
+            };
+            if let Err(e) = c.io.flush_own(&mut self.bufs) {
+                return self.close_client(ct, Close::Quiet(io_reason(&e)));
+            }
+            if matches!(c.state, CState::LoginWait | CState::Lookup) {
+                // Bytes sent before the greeting (or the password request) wait in the
+                // buffer; only EOF matters.
+                match c.io.fill(&mut self.bufs) {
+                    Ok(Filled::Eof) | Err(_) => {
+                        return self.close_client(ct, Close::Quiet("client close request"))
+                    }
+                    _ => return,
+                }
+            }
+            let got = match c.io.fill(&mut self.bufs) {
+                Ok(f) => f,
+                Err(e) => {
+                    if c.io.tls_handshaking() {
+                        // rustls's reason names a protocol step, never the peer's bytes.
+                        log::info!("{}: TLS handshake failed: {e}", c.name());
+                        self.stats.tls_failures[TlsFailure::ClientHandshake as usize] += 1;
+                    }
+                    return self.close_client(ct, Close::Quiet(io_reason(&e)));
+                }
+            };
+            if got == Filled::Eof {
+                // A client may send its last bytes with its FIN: libpq and the postgres
+                // crate shut down their side right after a CancelRequest, and behind a
+                // PROXY header the two arrive in one read. Use what is buffered first.
+                // Then the client is gone: whatever state the bytes led to (a login
+                // waiting for a server, say), it is closed, unless a step closed it.
+                let id = self.client(ct).map(|c| c.id);
+                while self.login_step(ct) == Step::Again {}
+                if id.is_some() && self.client(ct).map(|c| c.id) == id {
+                    self.close_client(ct, Close::Quiet("client unexpected eof"));
+                }
+                return;
+            }
+            match self.login_step(ct) {
+                Step::Again => continue,
+                Step::Wait => {
+                    // A read that filled the buffer leaves the socket readable: a step
+                    // that only made room (a startup packet past the PROXY header's
+                    // read, say) must read again, or edge triggering never says so.
+                    if got == Filled::Nothing && !c_may_read(&self.conns, ct) {
+                        // Nothing new arrived and nothing buffered could be used.
+                        if let Some(Conn::Client(c)) = self.conns.get_mut(ct) {
+                            c.io.release_buffers(&mut self.bufs);
+                        }
+                        return;
+                    }
+                }
+                Step::Done => return,
+            }
+        }
+    }
+
+    /// Runs one login step of client `ct` and carries out what it decided.
+    fn login_step(&mut self, ct: usize) -> Step {
+        self.step_login(ct, |c, cx| c.login_step(cx))
+    }
+
+    /// Sends the first authentication request (again, after an auth_query lookup).
+    pub(crate) fn begin_auth(&mut self, ct: usize) {
+        self.step_login(ct, |c, cx| c.begin_auth(cx));
+    }
+
+    /// Lends client `ct` what a login step needs, runs `step` and carries out its answer.
+    fn step_login(
+        &mut self,
+        ct: usize,
+        step: impl FnOnce(&mut Client, &mut login::Ctx) -> Next,
+    ) -> Step {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return Step::Done;
+        };
+        let mut cx = login::Ctx {
+            cfg: &self.cfg,
+            bufs: &mut self.bufs,
+            stats: &mut self.stats,
+            auth: &mut self.auth,
+            hba: &self.hba,
+            tls: self.tls.accept.as_ref(),
+            shm: &self.shm,
+            predecessor: self.predecessor.as_deref(),
+            slot: self.slot,
+        };
+        match step(c, &mut cx) {
+            Next::Again => Step::Again,
+            Next::Wait => Step::Wait,
+            Next::Elsewhere => Step::Done,
+            Next::Close(why) => {
+                self.close_client(ct, why);
+                Step::Done
+            }
+            Next::Cancel { pid, key } => {
+                self.cancel_request(ct, pid, &key);
+                self.close_client(ct, Close::Quiet("cancel request"));
+                Step::Done
+            }
+            Next::Lookup(source) => {
+                self.start_lookup(ct, source);
+                Step::Again
+            }
+            Next::Authenticated => {
+                self.client_authenticated(ct);
+                Step::Again
+            }
+        }
+    }
+
+    /// Refuses a connection at the PROXY stage: logged, counted, closed without a word.
+    pub(crate) fn proxy_reject(&mut self, ct: usize, why: Rejection, detail: String) {
+        if let Some(Conn::Client(c)) = self.conns.get(ct) {
+            let close = c.proxy_refused(&mut self.stats, why, detail);
+            self.close_client(ct, close);
+        }
+    }
+
+    /// A user missing from the auth file: use a fresh cached auth_query answer, or queue
+    /// the client for a server of the auth pool to run the query (server.rs).
+    fn start_lookup(&mut self, ct: usize, source: crate::config::AuthSource) {
+        let Some(c) = self.client(ct) else { return };
+        let key = crate::auth_query::key(&source, &c.user);
+        let ttl = self.cfg.auth_query_cache_ttl;
+        if let Some(found) = self.auth.lookups.get(&key, self.now, ttl) {
+            let found = Box::new(found.clone());
+            if let Some(c) = self.client(ct) {
+                c.found = Some(found);
+            }
+            return self.begin_auth(ct);
+        }
+        // PgBouncer's checks of the authentication database, and its words.
+        let dbname = source.dbname.as_str();
+        if self.cfg.database(dbname).is_none() {
+            if let Some(c) = self.client(ct) {
+                log::error!(
+                    "{}: authentication database \"{}\" is not configured.",
+                    c.name(),
+                    Escaped(dbname)
+                );
+            }
+            let msg = "bouncer config error".to_string();
+            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+        }
+        if self.holds.is_disabled(dbname) {
+            let msg = format!("authentication database \"{dbname}\" is disabled");
+            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+        }
+        let pool = match self.pools.for_auth(
+            crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
+            dbname,
+            &source.user,
+        ) {
+            Ok(p) => p,
+            Err(msg) => {
+                return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg))
+            }
+        };
+        let retry = self.cfg.server_login_retry;
+        if let Some(msg) = self.pools.get(pool).fast_fail(self.now, retry) {
+            return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
+        }
+        let now = self.now;
+        let Some(c) = self.client(ct) else { return };
+        c.state = CState::Lookup;
+        c.since = now;
+        c.lookup = Some(Box::new(Lookup {
+            pool,
+            server: None,
+            key,
+            query: source.query,
+        }));
+        let id = c.id;
+        self.pools.get_mut(pool).lookups.push_back((ct, id));
+        self.serve_lookups(pool);
+    }
+
+    /// The client proved who it is: find its pool and greet it once the pool can.
+    fn client_authenticated(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        if c.admin.is_some() {
+            return self.console_welcome(ct);
+        }
+        let (db, user) = (c.db.to_string(), c.user.to_string());
+        let found = c.found.as_ref().and_then(|f| f.secret.clone());
+        // A DISABLEd database, likewise only after the password and in PgBouncer's words.
+        if self.holds.is_disabled(&db) {
+            let msg = format!("database \"{db}\" is disabled");
+            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+        }
+        // An unknown database is told only now, after the password, as PgBouncer does:
+        // before it, a client that cannot log in would learn which databases exist. Its
+        // words and SQLSTATE (08P01) are PgBouncer's, with no AuthenticationOk first.
+        let pool = match self.pools.for_client(
+            crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
+            &db,
+            &user,
+        ) {
+            Ok(p) => p,
+            Err(msg) => {
+                return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg))
+            }
+        };
+        if let Some(secret) = found {
+            // The server login of this user's own pool uses what PostgreSQL gave (md5, or
+            // the SCRAM secret with the ClientKey this login recovered); refreshed at
+            // every lookup, so a changed password reaches new server logins too.
+            let p = self.pools.get_mut(pool);
+            if p.user == user && !p.forced {
+                p.auth_secret = Some(secret);
+            }
+        }
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        write::auth_ok(c.io.out(&mut self.bufs));
+        c.pool = Some(pool);
+        if self.cfg.log_connections {
+            let via = match (c.via, c.peer) {
+                (Some(v), Peer::Tcp(p)) if v != p => format!(" via={v}"),
+                _ => String::new(),
+            };
+            let mut tls = if c.is_tls() {
+                format!(" tls={}", c.tls_description())
+            } else {
+                String::new()
+            };
+            if let Some(p) = &c.proxy {
+                if let Some(id) = &p.unique_id {
+                    tls.push_str(&format!(" proxy_id={id}"));
+                }
+                if let Some(e) = &p.endpoint {
+                    tls.push_str(&format!(" endpoint={e}"));
+                }
+            }
+            log::info!(
+                "{}: login attempt: db={} user={}{via}{tls} worker={}",
+                c.name(),
+                Escaped(&db),
+                Escaped(&user),
+                self.slot
+            );
+        }
+        let p = self.pools.get_mut(pool);
+        if p.welcome.is_some() {
+            return self.finish_login(ct);
+        }
+        if let Some(msg) = p.fast_fail(self.now, self.cfg.server_login_retry) {
+            return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
+        }
+        c.state = CState::LoginWait;
+        c.since = self.now;
+        let id = c.id;
+        p.login_waiting.push((ct, id));
+        self.serve_waiting(pool);
+    }
+
+    /// Sends the welcome: parameters, cancel key and the first ReadyForQuery.
+    pub(crate) fn finish_login(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let Some(pool) = c.pool else { return };
+        let Some(welcome) = self.pools.get(pool).welcome.as_ref() else {
+            return;
+        };
+        let Some((pid, secret)) =
+            crate::cancel::new_key(self.slot, self.cfg.peer_id, self.generation)
+        else {
+            // A guessable key would let anyone cancel this client's queries: refuse the
+            // login instead, as when any other secret cannot be made.
+            log::error!("{}: no randomness for a cancel key", c.name());
+            let msg = "could not generate a random cancel key".to_string();
+            return self.close_client(ct, Close::Fatal(sqlstate::INTERNAL_ERROR, msg));
+        };
+        let out = c.io.out(&mut self.bufs);
+        for (k, v) in &welcome.params {
+            let v = match params::tracked_name(k) {
+                Some(name) => match c.params.get(name) {
+                    Some(mine) => mine.to_string(),
+                    None => {
+                        c.params.set(name, v);
+                        v.clone()
+                    }
+                },
+                None => v.clone(),
+            };
+            write::parameter_status(out, k, &v);
+        }
+        write::backend_key_data(out, pid, secret);
+        if !self.cfg.login_notify_message.is_empty() {
+            let notice = &self.cfg.login_notify_message;
+            write::error_response(out, write::Severity::Notice, "00000", notice);
+        }
+        write::ready_for_query(out, crate::relay::TxStatus::Idle);
+        self.pools.get_mut(pool).stats.client_login_count += 1;
+        let key = (pid as u64) << 32 | secret as u64;
+        c.cancel_key = key;
+        c.state = CState::Idle;
+        c.since = self.now;
+        let id = c.id;
+        self.cancel_keys.insert(key, (ct, id));
+        self.drive_client(ct);
+    }
+
+    /// Tells a client queued for query_wait_notify that it waits, in PgBouncer's words.
+    pub(crate) fn notify_queued(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        c.wait_notified = true;
+        let text = "No server connection available in postgres backend, client being queued";
+        let out = c.io.out(&mut self.bufs);
+        write::error_response(out, Severity::Notice, "00000", text);
+        self.drive_client(ct);
+    }
+
+    /// A logged-in client without a server: watch for EOF, Terminate, or a request.
+    fn unlinked_io(&mut self, ct: usize) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        if let Err(e) = c.io.flush_own(&mut self.bufs) {
+            return self.close_client(ct, Close::Quiet(io_reason(&e)));
+        }
+        loop {
+            match c.io.fill(&mut self.bufs) {
+                Ok(Filled::Eof) => {
+                    let why = eof_reason(c.io.unread());
+                    return self.close_client(ct, Close::Quiet(why));
+                }
+                Err(e) => return self.close_client(ct, Close::Quiet(io_reason(&e))),
+                Ok(Filled::Bytes(_)) => continue,
+                Ok(Filled::Nothing) => break,
+            }
+        }
+        if c.io.unread().is_empty() {
+            c.io.release_buffers(&mut self.bufs);
+            return;
+        }
+        if c.state != CState::Idle {
+            return;
+        }
+        if c.admin.is_some() {
+            return self.console_input(ct);
+        }
+        if c.io.unread()[0] == b'X' {
+            return self.close_client(ct, Close::Quiet("client close request"));
+        }
+        self.request_server(ct);
+    }
+
+    /// Closes a client, telling it why when there is something to tell.
+    pub(crate) fn close_client(&mut self, ct: usize, why: Close) {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        let reason: &str = match &why {
+            Close::Quiet(r) => r,
+            Close::Fatal(_, m) => m,
+            Close::Relay(e) => e.message(),
+        };
+        let told = !matches!(why, Close::Quiet(_));
+        if self.cfg.log_disconnections || (told && self.cfg.log_pooler_errors) {
+            let age = self.now.duration_since(c.connect_time).as_secs();
+            // The reason can quote the client (a database or parameter name) or a server.
+            log::info!(
+                "{}: closing because: {} (age={age}s) worker={}",
+                c.name(),
+                Escaped(reason),
+                self.slot
+            );
+        }
+        // An error can only be told at a message boundary of what the client receives.
+        let at_boundary = match c.server {
+            Some(st) => match self.conns.get(st) {
+                Some(Conn::Server(s)) => s.scan.ready == 0 && s.scan.at_boundary(),
+                _ => true,
+            },
+            None => true,
+        };
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return;
+        };
+        if at_boundary {
+            let (code, msg) = match &why {
+                Close::Quiet(_) => ("", ""),
+                Close::Fatal(code, msg) => (*code, msg.as_str()),
+                Close::Relay(e) => (e.code(), e.message()),
+            };
+            if !code.is_empty() {
+                write::error_response(c.io.out(&mut self.bufs), Severity::Fatal, code, msg);
+            }
+        }
+        let _ = c.io.flush_own(&mut self.bufs);
+        let clean = c.tx.is_idle() && c.scan.ready == 0 && c.scan.at_boundary();
+        let server = c.server.take();
+        let key = c.cancel_key;
+        let pool = c.pool;
+        let id = c.id;
+        let state = c.state;
+        let lookup = c.lookup.take();
+        if c.counted {
+            self.shm.release_client(self.slot);
+        }
+        for i in [c.counted_db.take(), c.counted_user.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.shm.release_name_client(self.slot, i);
+        }
+        if c.admin.is_some() {
+            self.console_forget(ct, id);
+        }
+        if key != 0 && self.cancel_keys.get(&key).map(|e| e.1) == Some(id) {
+            self.cancel_keys.remove(&key);
+        }
+        if let (Some(st), Some(pool)) = (server, pool) {
+            let mode = self.pools.get(pool).limits.mode;
+            self.client_left_server(st, clean, mode);
+        }
+        // A lookup still queued leaves the queue; one already running finishes on its
+        // server, whose answer is cached for the next try.
+        if let Some(l) = lookup.filter(|l| l.server.is_none()) {
+            self.pools
+                .get_mut(l.pool)
+                .lookups
+                .retain(|(t, i)| (*t, *i) != (ct, id));
+        }
+        if let (Some(pool), CState::LoginWait) = (pool, state) {
+            self.pools
+                .get_mut(pool)
+                .login_waiting
+                .retain(|(t, i)| (*t, *i) != (ct, id));
+        }
+        if let Some(Conn::Client(mut c)) = self.conns.try_remove(ct) {
+            c.io.shutdown();
+            c.io.drop_buffers(&mut self.bufs);
+        }
+    }
+}
+
+/// Whether client `ct` still has bytes to read that no event will announce.
+fn c_may_read(conns: &slab::Slab<Conn>, ct: usize) -> bool {
+    matches!(conns.get(ct), Some(Conn::Client(c)) if c.io.may_read())
+}
+
+/// How far the login loop got with one step.
+#[derive(PartialEq, Eq)]
+enum Step {
+    /// Something was handled; look again.
+    Again,
+    /// A whole message is not there yet.
+    Wait,
+    /// The client is gone or waits on something else.
+    Done,
+}
