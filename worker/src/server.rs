@@ -9,6 +9,7 @@ use crate::dns::Lookup;
 use crate::params::{self, Params};
 use crate::pool::{HostLeft, Pool, PoolId, Role, Welcome};
 use crate::relay::{self, FromServer, Scan};
+use crate::stats::{TlsFailure, WorkerStats};
 use crate::stream::{Filled, Sock, Stream};
 use crate::wire::fields::{self, ErrorFields};
 use crate::wire::write;
@@ -17,6 +18,7 @@ use crate::worker::{Conn, Worker};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +172,34 @@ pub(crate) struct Server {
     /// A replication client's own server: its startup, and the client (slot, id). Never
     /// pooled: it is linked at login and closed when the client leaves.
     pub replication: Option<(std::rc::Rc<crate::client::Replication>, usize, u64)>,
+}
+
+/// How a server's login ended, or that it has not yet.
+pub(crate) enum LoginEnd {
+    /// Waiting for PostgreSQL.
+    Wait,
+    /// ReadyForQuery: logged in.
+    LoggedIn,
+    /// The login failed; `tls` when TLS could not be set up with the server (no TLS where
+    /// it is required, a certificate refused).
+    Failed { err: ErrorFields, tls: bool },
+}
+
+/// How one of the pooler's own queries ended, or that it has not yet.
+pub(crate) enum OwnEnd {
+    /// Waiting for the rest of the answer.
+    Wait,
+    /// Close the server, for this reason.
+    Remove(String),
+    /// connect_query, or the role check right after login, failed: every new server
+    /// would fail it too, so it counts as a login failure.
+    LoginFailed(ErrorFields),
+    /// The auth_query's answer is whole (`Server::lookup`).
+    LookupDone,
+    /// The role check answered.
+    RoleKnown { role: Role, after_login: bool },
+    /// Answered: the server is free.
+    Ready,
 }
 
 /// Whether idle server `st` of `pool` must pass server_check_query (or, for a database
@@ -407,6 +437,286 @@ impl Server {
             }
         }
         Ok(false)
+    }
+
+    /// The connect finished: ask for TLS (over TCP only, as libpq and PgBouncer do, and
+    /// when server TLS is on), or send the startup packet.
+    fn connected(
+        &mut self,
+        pool: &Pool,
+        bufs: &mut BufPool,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) {
+        if let (Some(config), ServerAddr::Tcp(_), Some(login)) =
+            (tls, &self.addr, self.login.as_mut())
+        {
+            login.tls = Some(config.clone());
+            write::ssl_request(self.io.out(bufs));
+        } else {
+            self.send_startup(pool, bufs);
+        }
+    }
+
+    /// Queues the startup packet: the first thing the server reads, or the first inside TLS.
+    fn send_startup(&mut self, pool: &Pool, bufs: &mut BufPool) {
+        let mut startup = vec![
+            ("user", pool.target.user.as_str()),
+            ("database", pool.target.dbname.as_str()),
+        ];
+        // The database's application_name; a client's own is SET on top of it.
+        if let Some(app) = &pool.target.application_name {
+            startup.push(("application_name", app.as_str()));
+        }
+        // The database's client_encoding, DateStyle and TimeZone: what its clients get
+        // unless they ask for their own (then SET on top, as for every parameter).
+        startup.extend(
+            pool.target
+                .startup_params
+                .iter()
+                .map(|(k, v)| (*k, v.as_str())),
+        );
+        // A replication server takes the client's parameters in its startup packet:
+        // physical replication connections refuse SET.
+        if let Some((r, _, _)) = &self.replication {
+            // The client's application_name, when it sent one, instead of the database's.
+            startup.retain(|(k, _)| r.params.iter().all(|(n, _)| n != k));
+            startup.push(("replication", r.kind));
+            startup.extend(r.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        write::startup_message(self.io.out(bufs), &startup);
+    }
+
+    /// Reads and answers the server's login messages until the socket has nothing more
+    /// or the login ends.
+    fn login_io(
+        &mut self,
+        pool: &Pool,
+        bufs: &mut BufPool,
+        stats: &mut WorkerStats,
+        tls_required: bool,
+    ) -> LoginEnd {
+        let failed = |msg: String| LoginEnd::Failed {
+            err: error_fields(sqlstate::CONNECTION_FAILURE, msg),
+            tls: false,
+        };
+        loop {
+            if let Err(e) = self.io.flush_own(bufs) {
+                return failed(format!("server connection failed during login: {e}"));
+            }
+            let got = match self.io.fill(bufs) {
+                Ok(g) => g,
+                Err(e) => {
+                    if self.io.tls_handshaking() {
+                        stats.tls_failures[TlsFailure::ServerHandshake as usize] += 1;
+                    }
+                    return failed(format!("server connection failed during login: {e}"));
+                }
+            };
+            if self.login.as_ref().is_some_and(|l| l.tls.is_some()) {
+                match self.tls_answer(pool, tls_required) {
+                    Ok(true) => {
+                        // SSLRequest answered (and TLS started if agreed): now the startup.
+                        self.send_startup(pool, bufs);
+                        continue;
+                    }
+                    Ok(false) if got == Filled::Eof => {
+                        return failed("server closed the connection during SSL negotiation".into())
+                    }
+                    Ok(false) if self.io.may_read() => continue,
+                    Ok(false) => return LoginEnd::Wait,
+                    Err(err) => return LoginEnd::Failed { err, tls: true },
+                }
+            }
+            loop {
+                let (tag, body) = match frame::message(self.io.unread(), relay::MAX_INSPECTED) {
+                    Ok(Some((h, body))) => (h.tag, body.to_vec()),
+                    Ok(None) => {
+                        if let Ok(Some(h)) = frame::header(self.io.unread(), relay::MAX_INSPECTED) {
+                            self.io.make_room(h.total, bufs);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        return LoginEnd::Failed {
+                            err: error_fields(
+                                sqlstate::PROTOCOL_VIOLATION,
+                                format!("server sent {e}"),
+                            ),
+                            tls: false,
+                        };
+                    }
+                };
+                self.io.consume(body.len() + 5);
+                match self.login_message(&pool.target.user, bufs, tag, &body) {
+                    Ok(true) => return LoginEnd::LoggedIn,
+                    Ok(false) => {}
+                    Err(err) => return LoginEnd::Failed { err, tls: false },
+                }
+            }
+            if got == Filled::Eof {
+                return failed("server closed the connection during login".into());
+            }
+            if got == Filled::Nothing
+                && (self.io.nothing_to_send() || !self.io.is_writable())
+                && !self.io.may_read()
+            {
+                return LoginEnd::Wait;
+            }
+        }
+    }
+
+    /// Reads the answer to one of the pooler's own queries (`what`) until the socket has
+    /// nothing more or the answer ends.
+    fn own_query_io(&mut self, what: OwnQuery, bufs: &mut BufPool) -> OwnEnd {
+        loop {
+            if self.io.flush_own(bufs).is_err() {
+                let why = format!("server connection failed during {}", what.what());
+                return OwnEnd::Remove(why);
+            }
+            let got = self.io.fill(bufs);
+            let mut progress = matches!(got, Ok(Filled::Bytes(_)));
+            if !matches!(got, Ok(Filled::Bytes(_) | Filled::Nothing)) {
+                let why = format!("server closed the connection during {}", what.what());
+                return OwnEnd::Remove(why);
+            }
+            let mut tx = crate::relay::TxState::new();
+            loop {
+                match relay::from_server(self.io.unread(), &mut self.scan, &mut tx, self.own, None)
+                {
+                    FromServer::Own { tag, body } => {
+                        let len = body.len() + 5;
+                        if tag == b'D' && matches!(what, OwnQuery::Role { .. }) {
+                            self.role_seen = role_from_row(body);
+                        }
+                        let done = match self.lookup.as_mut() {
+                            Some(l) => {
+                                // Errors are the lookup's to judge; the server stays usable.
+                                l.answer.on_message(tag, body);
+                                let mut error = None;
+                                own_answer(
+                                    tag,
+                                    body,
+                                    &mut self.own,
+                                    &mut error,
+                                    &mut self.params,
+                                    None,
+                                )
+                            }
+                            None => own_answer(
+                                tag,
+                                body,
+                                &mut self.own,
+                                &mut self.own_error,
+                                &mut self.params,
+                                None,
+                            ),
+                        };
+                        self.io.consume(len);
+                        progress = true;
+                        if done {
+                            return self.own_query_done(what);
+                        }
+                    }
+                    FromServer::NeedMore => {
+                        if let Some(total) =
+                            relay::wants_whole(self.io.unread(), &self.scan, self.own)
+                        {
+                            self.io.make_room(total, bufs);
+                        }
+                        break;
+                    }
+                    _ => return OwnEnd::Remove(format!("unexpected data during {}", what.what())),
+                }
+            }
+            // Room made for a long answer: read on, no event will say there is more.
+            progress |= self.io.may_read();
+            if !progress {
+                return OwnEnd::Wait;
+            }
+        }
+    }
+
+    /// The last ReadyForQuery owed for one of the pooler's own queries came.
+    fn own_query_done(&mut self, what: OwnQuery) -> OwnEnd {
+        if what == OwnQuery::AuthQuery {
+            return OwnEnd::LookupDone;
+        }
+        if let Some(mut e) = self.own_error.take() {
+            if what == OwnQuery::Connect {
+                // Every new server would fail it again: a login failure, so
+                // server_login_retry spaces the attempts out.
+                e.message = Some(format!("connect_query failed: {}", e.message()));
+                return OwnEnd::LoginFailed(e);
+            }
+            if what == (OwnQuery::Role { after_login: true }) {
+                // As connect_query: every new server would fail it.
+                e.message = Some(format!(
+                    "target_session_attrs check failed: {}",
+                    e.message()
+                ));
+                return OwnEnd::LoginFailed(e);
+            }
+            return OwnEnd::Remove(format!("{} failed: {e}", what.what()));
+        }
+        self.scan = Scan::default();
+        if let OwnQuery::Role { after_login } = what {
+            return match self.role_seen.take() {
+                Some(role) => OwnEnd::RoleKnown { role, after_login },
+                None => OwnEnd::Remove("target_session_attrs check returned no row".into()),
+            };
+        }
+        OwnEnd::Ready
+    }
+
+    /// An idle server should say nothing: notices are dropped and parameter reports kept;
+    /// anything else, or a hang-up, is the reason to close it.
+    fn idle_io(&mut self, bufs: &mut BufPool) -> Result<(), String> {
+        loop {
+            match self.io.fill(bufs) {
+                Ok(Filled::Bytes(_) | Filled::Nothing) => {}
+                Ok(Filled::Eof) | Err(_) => return Err("server closed the connection".into()),
+            }
+            self.idle_messages(bufs)?;
+            if !self.io.may_read() {
+                break;
+            }
+        }
+        self.io.release_buffers(bufs);
+        Ok(())
+    }
+
+    /// Handles the whole messages an idle server sent.
+    fn idle_messages(&mut self, bufs: &mut BufPool) -> Result<(), String> {
+        loop {
+            match frame::message(self.io.unread(), relay::MAX_INSPECTED) {
+                Ok(Some((h, body))) => {
+                    match h.tag {
+                        b'N' | b'A' => {}
+                        b'S' => {
+                            if let Some((k, v)) = fields::parameter_status(body) {
+                                if let Some(name) = params::tracked_name(k) {
+                                    self.params.set(name, v);
+                                }
+                            }
+                        }
+                        b'E' => {
+                            let e = ErrorFields::parse(body);
+                            return Err(format!("server error while idle: {e}"));
+                        }
+                        _ => return Err("idle server got unexpected data".into()),
+                    }
+                    self.io.consume(h.total);
+                }
+                Ok(None) => {
+                    // A long notice: make room so the next read can complete it.
+                    if let Ok(Some(h)) = frame::header(self.io.unread(), relay::MAX_INSPECTED) {
+                        self.io.make_room(h.total, bufs);
+                    }
+                    return Ok(());
+                }
+                Err(_) => return Err("idle server sent a bad message".into()),
+            }
+        }
     }
 
     /// A connection to `addr` (host `host` of the pool's list) whose connect is under way.
@@ -659,16 +969,8 @@ impl Worker {
                     return;
                 }
                 s.state = SState::Login;
-                // TLS is asked for over TCP only, as libpq and PgBouncer do.
-                let tls = self.tls.connect.clone();
-                if let (Some(config), ServerAddr::Tcp(_), Some(login)) =
-                    (tls, &s.addr, s.login.as_mut())
-                {
-                    login.tls = Some(config);
-                    write::ssl_request(s.io.out(&mut self.bufs));
-                } else {
-                    self.send_startup(st);
-                }
+                let tls = self.tls.connect.as_ref();
+                s.connected(self.pools.get(s.pool), &mut self.bufs, tls);
                 self.server_login_io(st);
             }
             SState::Login => self.server_login_io(st),
@@ -684,135 +986,21 @@ impl Worker {
         }
     }
 
-    /// Queues the startup packet: the first thing the server reads, or the first inside TLS.
-    fn send_startup(&mut self, st: usize) {
+    /// Reads and answers the server's login messages; acts on how the login ends.
+    fn server_login_io(&mut self, st: usize) {
         let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;
         };
-        {
-            let pool = self.pools.get(s.pool);
-            let mut startup = vec![
-                ("user", pool.target.user.as_str()),
-                ("database", pool.target.dbname.as_str()),
-            ];
-            // The database's application_name; a client's own is SET on top of it.
-            if let Some(app) = &pool.target.application_name {
-                startup.push(("application_name", app.as_str()));
-            }
-            // The database's client_encoding, DateStyle and TimeZone: what its clients get
-            // unless they ask for their own (then SET on top, as for every parameter).
-            startup.extend(
-                pool.target
-                    .startup_params
-                    .iter()
-                    .map(|(k, v)| (*k, v.as_str())),
-            );
-            // A replication server takes the client's parameters in its startup packet:
-            // physical replication connections refuse SET.
-            if let Some((r, _, _)) = &s.replication {
-                // The client's application_name, when it sent one, instead of the database's.
-                startup.retain(|(k, _)| r.params.iter().all(|(n, _)| n != k));
-                startup.push(("replication", r.kind));
-                startup.extend(r.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            }
-            write::startup_message(s.io.out(&mut self.bufs), &startup);
-        }
-    }
-
-    /// Reads and answers the server's login messages.
-    fn server_login_io(&mut self, st: usize) {
-        loop {
-            let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-                return;
-            };
-            if let Err(e) = s.io.flush_own(&mut self.bufs) {
-                let msg = format!("server connection failed during login: {e}");
-                return self
-                    .server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, msg));
-            }
-            let got = match s.io.fill(&mut self.bufs) {
-                Ok(g) => g,
-                Err(e) => {
-                    if s.io.tls_handshaking() {
-                        let k = crate::stats::TlsFailure::ServerHandshake as usize;
-                        self.stats.tls_failures[k] += 1;
-                    }
-                    let msg = format!("server connection failed during login: {e}");
-                    return self
-                        .server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, msg));
-                }
-            };
-            let negotiating = matches!(self.conns.get(st),
-                Some(Conn::Server(s)) if s.login.as_ref().is_some_and(|l| l.tls.is_some()));
-            if negotiating {
-                let answer = match self.conns.get_mut(st) {
-                    Some(Conn::Server(s)) => {
-                        let required = self.cfg.server_tls_sslmode.required();
-                        s.tls_answer(self.pools.get(s.pool), required)
-                    }
-                    _ => Ok(false),
-                };
-                match answer {
-                    Ok(true) => {
-                        // SSLRequest answered (and TLS started if agreed): now the startup.
-                        self.send_startup(st);
-                        continue;
-                    }
-                    Ok(false) if got == Filled::Eof => {
-                        let msg = "server closed the connection during SSL negotiation".into();
-                        return self.server_login_failed(
-                            st,
-                            error_fields(sqlstate::CONNECTION_FAILURE, msg),
-                        );
-                    }
-                    Ok(false) => match self.conns.get(st) {
-                        Some(Conn::Server(s)) if s.io.may_read() => continue,
-                        _ => return,
-                    },
-                    Err(e) => return self.login_failed(st, e, true),
-                }
-            }
-            loop {
-                let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-                    return;
-                };
-                let (tag, body) = match frame::message(s.io.unread(), relay::MAX_INSPECTED) {
-                    Ok(Some((h, body))) => (h.tag, body.to_vec()),
-                    Ok(None) => {
-                        if let Ok(Some(h)) = frame::header(s.io.unread(), relay::MAX_INSPECTED) {
-                            s.io.make_room(h.total, &mut self.bufs);
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        return self.server_login_failed(
-                            st,
-                            error_fields(sqlstate::PROTOCOL_VIOLATION, format!("server sent {e}")),
-                        );
-                    }
-                };
-                s.io.consume(body.len() + 5);
-                let user = &self.pools.get(s.pool).target.user;
-                match s.login_message(user, &mut self.bufs, tag, &body) {
-                    Ok(true) => return self.server_logged_in(st),
-                    Ok(false) => {}
-                    Err(e) => return self.server_login_failed(st, e),
-                }
-            }
-            if got == Filled::Eof {
-                let msg = "server closed the connection during login".to_string();
-                return self
-                    .server_login_failed(st, error_fields(sqlstate::CONNECTION_FAILURE, msg));
-            }
-            let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-                return;
-            };
-            if got == Filled::Nothing
-                && (s.io.nothing_to_send() || !s.io.is_writable())
-                && !s.io.may_read()
-            {
-                return;
-            }
+        let required = self.cfg.server_tls_sslmode.required();
+        match s.login_io(
+            self.pools.get(s.pool),
+            &mut self.bufs,
+            &mut self.stats,
+            required,
+        ) {
+            LoginEnd::Wait => {}
+            LoginEnd::LoggedIn => self.server_logged_in(st),
+            LoginEnd::Failed { err, tls } => self.login_failed(st, err, tls),
         }
     }
 
@@ -1109,74 +1297,13 @@ impl Worker {
         enter(p, st, new, self.cfg.server_round_robin);
     }
 
-    /// Idle servers should say nothing; notices are dropped, anything else ends them.
+    /// Idle servers should say nothing: one that did is closed.
     fn idle_server_io(&mut self, st: usize) {
-        loop {
-            let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-                return;
-            };
-            match s.io.fill(&mut self.bufs) {
-                Ok(Filled::Bytes(_)) => {}
-                Ok(Filled::Nothing) => {}
-                Ok(Filled::Eof) | Err(_) => {
-                    return self.remove_server(st, "server closed the connection")
-                }
-            }
-            if !self.idle_server_messages(st) {
-                return;
-            }
-            match self.conns.get(st) {
-                Some(Conn::Server(s)) if s.io.may_read() => {}
-                Some(Conn::Server(_)) => break,
-                _ => return,
-            }
-        }
-        if let Some(Conn::Server(s)) = self.conns.get_mut(st) {
-            s.io.release_buffers(&mut self.bufs);
-        }
-    }
-
-    /// Handles the whole messages an idle server sent; false once the server is gone.
-    fn idle_server_messages(&mut self, st: usize) -> bool {
-        loop {
-            let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-                return false;
-            };
-            match frame::message(s.io.unread(), relay::MAX_INSPECTED) {
-                Ok(Some((h, body))) => {
-                    match h.tag {
-                        b'N' | b'A' => {}
-                        b'S' => {
-                            if let Some((k, v)) = fields::parameter_status(body) {
-                                if let Some(name) = params::tracked_name(k) {
-                                    s.params.set(name, v);
-                                }
-                            }
-                        }
-                        b'E' => {
-                            let e = ErrorFields::parse(body);
-                            self.remove_server(st, &format!("server error while idle: {e}"));
-                            return false;
-                        }
-                        _ => {
-                            self.remove_server(st, "idle server got unexpected data");
-                            return false;
-                        }
-                    }
-                    s.io.consume(h.total);
-                }
-                Ok(None) => {
-                    // A long notice: make room so the next read can complete it.
-                    if let Ok(Some(h)) = frame::header(s.io.unread(), relay::MAX_INSPECTED) {
-                        s.io.make_room(h.total, &mut self.bufs);
-                    }
-                    return true;
-                }
-                Err(_) => {
-                    self.remove_server(st, "idle server sent a bad message");
-                    return false;
-                }
-            }
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        if let Err(why) = s.idle_io(&mut self.bufs) {
+            self.remove_server(st, &why);
         }
     }
 
@@ -1223,102 +1350,18 @@ impl Worker {
         self.run_own_query(st, OwnQuery::Check, &cfg.server_check_query);
     }
 
+    /// Reads the answer to one of the pooler's own queries; acts on how it ends.
     fn reset_io(&mut self, st: usize, what: OwnQuery) {
-        loop {
-            let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-                return;
-            };
-            if s.io.flush_own(&mut self.bufs).is_err() {
-                let why = format!("server connection failed during {}", what.what());
-                return self.remove_server(st, &why);
-            }
-            let got = s.io.fill(&mut self.bufs);
-            let mut progress = matches!(got, Ok(Filled::Bytes(_)));
-            if !matches!(got, Ok(Filled::Bytes(_) | Filled::Nothing)) {
-                let why = format!("server closed the connection during {}", what.what());
-                return self.remove_server(st, &why);
-            }
-            let mut tx = crate::relay::TxState::new();
-            loop {
-                match relay::from_server(s.io.unread(), &mut s.scan, &mut tx, s.own, None) {
-                    FromServer::Own { tag, body } => {
-                        let len = body.len() + 5;
-                        if tag == b'D' && matches!(what, OwnQuery::Role { .. }) {
-                            s.role_seen = role_from_row(body);
-                        }
-                        let done = match s.lookup.as_mut() {
-                            Some(l) => {
-                                // Errors are the lookup's to judge; the server stays usable.
-                                l.answer.on_message(tag, body);
-                                let mut error = None;
-                                own_answer(tag, body, &mut s.own, &mut error, &mut s.params, None)
-                            }
-                            None => own_answer(
-                                tag,
-                                body,
-                                &mut s.own,
-                                &mut s.own_error,
-                                &mut s.params,
-                                None,
-                            ),
-                        };
-                        s.io.consume(len);
-                        progress = true;
-                        if done && what == OwnQuery::AuthQuery {
-                            return self.lookup_done(st);
-                        }
-                        if done {
-                            if let Some(e) = s.own_error.take() {
-                                if what == OwnQuery::Connect {
-                                    // Every new server would fail it again: a login failure,
-                                    // so server_login_retry spaces the attempts out.
-                                    let mut e = e;
-                                    e.message =
-                                        Some(format!("connect_query failed: {}", e.message()));
-                                    return self.server_login_failed(st, e);
-                                }
-                                if what == (OwnQuery::Role { after_login: true }) {
-                                    // As connect_query: every new server would fail it.
-                                    let mut e = e;
-                                    e.message = Some(format!(
-                                        "target_session_attrs check failed: {}",
-                                        e.message()
-                                    ));
-                                    return self.server_login_failed(st, e);
-                                }
-                                let why = format!("{} failed: {e}", what.what());
-                                return self.remove_server(st, &why);
-                            }
-                            s.scan = Scan::default();
-                            if let OwnQuery::Role { after_login } = what {
-                                return match s.role_seen.take() {
-                                    Some(role) => self.role_known(st, role, after_login),
-                                    None => self.remove_server(
-                                        st,
-                                        "target_session_attrs check returned no row",
-                                    ),
-                                };
-                            }
-                            return self.server_ready(st);
-                        }
-                    }
-                    FromServer::NeedMore => {
-                        if let Some(total) = relay::wants_whole(s.io.unread(), &s.scan, s.own) {
-                            s.io.make_room(total, &mut self.bufs);
-                        }
-                        break;
-                    }
-                    _ => {
-                        let why = format!("unexpected data during {}", what.what());
-                        return self.remove_server(st, &why);
-                    }
-                }
-            }
-            // Room made for a long answer: read on, no event will say there is more.
-            progress |= s.io.may_read();
-            if !progress {
-                return;
-            }
+        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
+            return;
+        };
+        match s.own_query_io(what, &mut self.bufs) {
+            OwnEnd::Wait => {}
+            OwnEnd::Remove(why) => self.remove_server(st, &why),
+            OwnEnd::LoginFailed(e) => self.server_login_failed(st, e),
+            OwnEnd::LookupDone => self.lookup_done(st),
+            OwnEnd::RoleKnown { role, after_login } => self.role_known(st, role, after_login),
+            OwnEnd::Ready => self.server_ready(st),
         }
     }
 
