@@ -74,7 +74,7 @@ proto_sans_io() {
 
 step fmt cargo fmt --all -- --check
 step sans-io proto_sans_io
-step modules python3 scripts/module_cycles.py --allow scripts/module_cycles.allow
+step modules python3 scripts/module_cycles.py
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo_test "$@"
 # The benchmark's smoke run, so scripts/bench.sh cannot rot (it is not a measurement).

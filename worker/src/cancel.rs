@@ -12,19 +12,16 @@
 //! takes it only from a configured peer's address and never forwards it again, so a
 //! wrong `peers` table costs one hop at most, never a loop.
 
-use crate::control::Report;
 use crate::proxy::Peer as From;
-use crate::server::{SState, ServerAddr};
-use crate::stats::CancelOutcome;
+use crate::server::ServerAddr;
 use crate::stream::{Sock, Stream};
 use crate::wire::write;
-use crate::worker::{Conn, Worker};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 /// The pid bit that marks a cancel request one peer forwarded to another.
-const FORWARDED: u32 = 1 << 31;
+pub(crate) const FORWARDED: u32 = 1 << 31;
 
 pub(crate) struct CancelConn {
     io: Stream,
@@ -35,9 +32,38 @@ pub(crate) struct CancelConn {
 }
 
 impl CancelConn {
+    /// A connection under way to `target`, to send it the CancelRequest for (pid, key);
+    /// `forwarded` marks one a peer pooler sends on to the peer that owns the key.
+    pub(crate) fn new(
+        sock: Sock,
+        target: Target,
+        pid: u32,
+        key: u32,
+        forwarded: bool,
+        now: Instant,
+    ) -> CancelConn {
+        let pid = if forwarded { pid | FORWARDED } else { pid };
+        let mut out = Vec::with_capacity(16);
+        write::cancel_request(&mut out, pid, &key.to_be_bytes());
+        let mut packet = [0u8; 16];
+        packet.copy_from_slice(&out);
+        CancelConn {
+            io: Stream::connecting(sock),
+            packet,
+            sent: false,
+            started: now,
+            target,
+        }
+    }
+
+    /// Where it goes.
+    pub(crate) fn target(&self) -> Target {
+        self.target
+    }
+
     /// Sends the 16 bytes once connected, then waits for PostgreSQL to hang up. True when
     /// the connection is finished: answered, refused or broken.
-    fn drive(&mut self) -> bool {
+    pub(crate) fn drive(&mut self) -> bool {
         self.io.on_event(true, true, false);
         if !self.sent {
             if let Ok(Some(_)) | Err(_) = self.io.take_error() {
@@ -60,7 +86,8 @@ impl CancelConn {
 }
 
 /// Where a cancel connection goes.
-enum Target {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target {
     /// PostgreSQL, to cancel the query of this server: (token, id).
     Server(usize, u64),
     /// The peer pooler with this id, which handed the key out.
@@ -77,6 +104,18 @@ impl PeerCancels {
     /// Forwarded cancels waiting on `peer`'s answer now (SHOW PEER_POOLS).
     pub(crate) fn in_flight(&self, peer: u16) -> u32 {
         self.in_flight.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// A cancel went to `peer`.
+    pub(crate) fn sent(&mut self, peer: u16) {
+        *self.in_flight.entry(peer).or_default() += 1;
+    }
+
+    /// `peer` is done with a cancel (answered, refused, or given up on).
+    pub(crate) fn answered(&mut self, peer: u16) {
+        if let Some(n) = self.in_flight.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -130,200 +169,6 @@ fn new_key_from(
     };
     let secret = (slot as u32 & 0xff) << 24 | (u32::from_be_bytes([s0, s1, s2, s3]) & 0x00ff_ffff);
     Some((pid, secret))
-}
-
-impl Worker {
-    /// A CancelRequest arrived on client connection `ct`, which any worker of any peer
-    /// may have accepted: sent where [`route`] says.
-    pub(crate) fn cancel_request(&mut self, ct: usize, pid: u32, key: &[u8]) {
-        let Ok(key) = <[u8; 4]>::try_from(key).map(u32::from_be_bytes) else {
-            return;
-        };
-        let Some(from) = self.client(ct).map(|c| c.peer) else {
-            return;
-        };
-        let here = Here {
-            peer_id: self.cfg.peer_id,
-            generation: self.generation,
-            slot: self.slot,
-            workers: self.shm.workers_cap(),
-        };
-        let cancel_keys = &self.cancel_keys;
-        let held =
-            |pid: u32, key: u32| cancel_keys.contains_key(&(u64::from(pid) << 32 | u64::from(key)));
-        let forwarded_by_peer = pid & FORWARDED != 0 && {
-            // Asked only for a forwarded request: it may look a peer's name up.
-            let cfg = self.cfg.clone();
-            is_peer(&cfg, &mut self.dns, self.now, from)
-        };
-        let (route, pid) = route(pid, key, from, forwarded_by_peer, here, held);
-        let outcome = match route {
-            Route::Refused => CancelOutcome::Refused,
-            Route::Peer(owner) => match self.forward_cancel(owner, pid, key) {
-                true => CancelOutcome::Forwarded,
-                false => CancelOutcome::Dropped,
-            },
-            Route::Local => {
-                self.cancel_local(pid, key);
-                CancelOutcome::Handled
-            }
-            Route::Supervisor => {
-                self.report(Report::Cancel { pid, key });
-                CancelOutcome::Handled
-            }
-            Route::Nowhere => CancelOutcome::Handled,
-        };
-        self.stats.cancels[outcome as usize] += 1;
-    }
-
-    /// Looks up the peers' host names ahead of need, so the first forwarded cancel from
-    /// one is recognised and the first one forwarded to one is not dropped.
-    pub(crate) fn warm_peer_names(&mut self) {
-        let (now, ttls) = (self.now, (self.cfg.dns_max_ttl, self.cfg.dns_nxdomain_ttl));
-        for p in self.cfg.peers.values() {
-            if !p.is_unix_socket() && p.host.parse::<IpAddr>().is_err() {
-                self.dns.lookup(&p.host, p.port, now, ttls.0, ttls.1);
-            }
-        }
-    }
-
-    /// Sends a cancel request on to the peer that handed its key out, marked as forwarded.
-    /// False when it cannot be sent: the peer is unknown, at pool_size or unreachable.
-    fn forward_cancel(&mut self, owner: u16, pid: u32, key: u32) -> bool {
-        let Some(peer) = self.cfg.peers.get(&owner).cloned() else {
-            log::debug!("cancel request for peer {owner}, which is not in peers: ignored");
-            return false;
-        };
-        let limit = peer.pool_size.unwrap_or(self.cfg.default_pool_size);
-        if self.peer_cancels.in_flight(owner) >= limit {
-            log::warn!(
-                "peer {owner}: {limit} cancel requests already in flight (pool_size): one dropped"
-            );
-            return false;
-        }
-        let addr = if peer.is_unix_socket() {
-            ServerAddr::Unix(format!("{}/.s.PGSQL.{}", peer.host, peer.port).into())
-        } else {
-            let (now, max, nx) = (self.now, self.cfg.dns_max_ttl, self.cfg.dns_nxdomain_ttl);
-            match self.dns.lookup(&peer.host, peer.port, now, max, nx) {
-                crate::dns::Lookup::Ready(a) => ServerAddr::Tcp(a),
-                other => {
-                    log::warn!("peer {owner}: host name not resolved ({other:?}): cancel dropped");
-                    return false;
-                }
-            }
-        };
-        let mut sock = match connect_from_own_address(&self.cfg, &addr) {
-            Ok(sock) => sock,
-            Err(e) => {
-                log::warn!("peer {owner}: cannot connect to {addr} to forward a cancel: {e}");
-                return false;
-            }
-        };
-        log::debug!("cancel request forwarded to peer {owner} at {addr}");
-        let mut out = Vec::with_capacity(16);
-        write::cancel_request(&mut out, pid | FORWARDED, &key.to_be_bytes());
-        let mut packet = [0u8; 16];
-        packet.copy_from_slice(&out);
-        let t = self.conns.vacant_entry().key();
-        if self.register(t, &mut sock).is_err() {
-            return false;
-        }
-        *self.peer_cancels.in_flight.entry(owner).or_default() += 1;
-        self.conns.insert(Conn::Cancel(CancelConn {
-            io: Stream::connecting(sock),
-            packet,
-            sent: false,
-            started: self.now,
-            target: Target::Peer(owner),
-        }));
-        true
-    }
-
-    /// Cancels the query of one of this worker's clients. Unknown keys are dropped
-    /// silently, as PostgreSQL does.
-    pub(crate) fn cancel_local(&mut self, pid: u32, key: u32) {
-        let k = (pid as u64) << 32 | key as u64;
-        let Some(&(ct, id)) = self.cancel_keys.get(&k) else {
-            log::debug!("cancel request with an unknown key");
-            return;
-        };
-        let Some(c) = self.client(ct).filter(|c| c.id == id) else {
-            return;
-        };
-        let Some(st) = c.server else {
-            log::debug!("{}: cancel request while no query runs", c.name());
-            return;
-        };
-        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-            return;
-        };
-        let Some((spid, skey)) = s.backend_key else {
-            return;
-        };
-        let mut sock = match s.addr.connect() {
-            Ok(sock) => sock,
-            Err(e) => {
-                log::warn!("cannot connect to send a cancel request: {e}");
-                return;
-            }
-        };
-        let target = Target::Server(st, s.id);
-        let mut out = Vec::with_capacity(16);
-        write::cancel_request(&mut out, spid, &skey.to_be_bytes());
-        let mut packet = [0u8; 16];
-        packet.copy_from_slice(&out);
-        let t = self.conns.vacant_entry().key();
-        if self.register(t, &mut sock).is_err() {
-            return;
-        }
-        if let Some(Conn::Server(s)) = self.conns.get_mut(st) {
-            s.cancels += 1;
-        }
-        self.conns.insert(Conn::Cancel(CancelConn {
-            io: Stream::connecting(sock),
-            packet,
-            sent: false,
-            started: self.now,
-            target,
-        }));
-    }
-
-    /// A cancel connection's socket is ready: done with it once [`CancelConn::drive`] says so.
-    pub(crate) fn drive_cancel(&mut self, t: usize, ready: bool) {
-        let Some(Conn::Cancel(x)) = self.conns.get_mut(t) else {
-            return;
-        };
-        if ready && x.drive() {
-            self.cancel_done(t);
-        }
-    }
-
-    /// A cancel connection is finished (or given up on): its server may be reused.
-    pub(crate) fn cancel_done(&mut self, t: usize) {
-        let Some(Conn::Cancel(x)) = self.conns.try_remove(t) else {
-            return;
-        };
-        let (st, id) = match x.target {
-            Target::Server(st, id) => (st, id),
-            Target::Peer(peer) => {
-                if let Some(n) = self.peer_cancels.in_flight.get_mut(&peer) {
-                    *n = n.saturating_sub(1);
-                }
-                return;
-            }
-        };
-        let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
-            return;
-        };
-        if s.id != id {
-            return;
-        }
-        s.cancels = s.cancels.saturating_sub(1);
-        if s.cancels == 0 && s.state == SState::Canceling {
-            self.server_ready(st);
-        }
-    }
 }
 
 /// This worker's place, for routing a cancel key.
@@ -431,7 +276,7 @@ pub(crate) fn is_peer(
 
 /// Connects to a peer from this pooler's own entry in `peers` when that is an address
 /// of this host, so the peer recognises it; from the kernel's choice otherwise.
-fn connect_from_own_address(
+pub(crate) fn connect_from_own_address(
     cfg: &crate::config::Config,
     addr: &ServerAddr,
 ) -> std::io::Result<Sock> {

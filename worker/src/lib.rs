@@ -9,11 +9,13 @@ pub mod buf;
 mod cancel;
 mod client;
 mod close;
-pub(crate) mod commands;
+
 pub mod config;
+pub(crate) mod conn;
 pub mod control;
 mod dns;
-mod handover;
+
+mod init;
 mod janitor;
 mod link;
 pub mod logfile;
@@ -30,7 +32,8 @@ pub mod tls;
 mod worker;
 
 pub use cancel::key_generation_matches;
-pub use worker::{run, ListenSocket, PassedFd, WorkerInit};
+pub use init::{ListenSocket, PassedFd, WorkerInit};
+pub use worker::run;
 
 // The sans-IO protocol crate, under the paths these modules had when they lived here.
 pub(crate) use pgbouncers_proto::intern;

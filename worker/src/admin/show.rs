@@ -5,16 +5,17 @@ use crate::buf::BufPool;
 use crate::cancel::PeerCancels;
 use crate::client::CState;
 use crate::config::Config;
+use crate::conn::Conn;
 use crate::control::Holds;
 use crate::control::{Row, What};
 use crate::dns::Resolver;
+use crate::init::PassedFd;
 use crate::pool::Pools;
 use crate::proxy::Peer;
 use crate::server::SState;
 use crate::shm::Shm;
 use crate::shm::{Kind, DB_COUNTERS};
 use crate::wire::write;
-use crate::worker::{Conn, PassedFd};
 use slab::Slab;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -1358,7 +1359,7 @@ mod tests {
 
     #[test]
     fn ids_carry_the_slot() {
-        use crate::worker::shown_id;
+        use crate::conn::shown_id;
         assert_eq!(shown_id(3, 5) & 0xff, 3);
         assert_ne!(shown_id(3, 5), shown_id(4, 5));
         assert!(shown_id(255, u64::MAX) <= i32::MAX as u64);

@@ -1,14 +1,22 @@
 //! One worker's mio event loop: accepting, dispatching events, and the connection table.
 
+mod cancels;
 mod clients;
+mod commands;
+mod console;
+mod handover;
+mod janitor;
+mod links;
+mod servers;
+
+pub(crate) use crate::conn::{shown_id, Conn};
+pub use crate::init::{ListenSocket, PassedFd, WorkerInit};
 
 use crate::auth_cache::AuthCache;
 use crate::buf::BufPool;
-use crate::client::Client;
 use crate::config::Config;
 use crate::control::{self, Command, Report};
 use crate::pool::Pools;
-use crate::server::Server;
 use crate::shm::Shm;
 use crate::stats::WorkerStats;
 use crate::stream::Sock;
@@ -33,62 +41,9 @@ const SIGNALS: usize = usize::MAX - 1;
 /// The resolver thread's wake-ups.
 const DNS: usize = usize::MAX - 2;
 
-/// A listening socket handed over by the supervisor.
-pub enum ListenSocket {
-    Tcp(std::net::TcpListener),
-    Unix(std::os::unix::net::UnixListener),
-}
-
-pub struct WorkerInit {
-    /// This worker's slot number (0-based), encoded in cancel keys.
-    pub slot: usize,
-    pub config: Arc<Config>,
-    /// The auth file's content as the supervisor read and checked it.
-    pub userlist: Option<String>,
-    /// The hba file's content, likewise.
-    pub hba: Option<String>,
-    pub listeners: Vec<ListenSocket>,
-    /// Key for mock SCRAM exchanges; the same in every worker so salts never vary.
-    pub mock_key: [u8; 32],
-    /// This worker's end of its control socketpair.
-    pub control: Option<OwnedFd>,
-    pub shm: Arc<Shm>,
-    /// PAUSE and DISABLE in force when this worker starts.
-    pub holds: control::Holds,
-    /// The pooler generation (1 at a cold start, one more at each online upgrade): its
-    /// parity is in every cancel key this worker hands out.
-    pub generation: u32,
-    /// The previous generation's shared memory while it drains after an online upgrade:
-    /// SHOW WORKERS lists its workers too.
-    pub predecessor: Option<Arc<Shm>>,
-    /// The descriptors an online upgrade passes to the next generation (SHOW FDS).
-    pub passed: Arc<Vec<PassedFd>>,
-}
-
-/// A descriptor the supervisor passes to its successor at an online upgrade.
-#[derive(Debug, Clone)]
-pub struct PassedFd {
-    /// Its number in the supervisor (and, after exec, in the successor).
-    pub fd: i32,
-    /// `listen` (a slot's TCP socket), `unix` (the Unix socket) or `shm`.
-    pub task: &'static str,
-    /// The worker slot a TCP socket belongs to.
-    pub slot: Option<usize>,
-    pub addr: String,
-    pub port: u16,
-}
-
 enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
-}
-
-/// Everything in the connection table.
-pub(crate) enum Conn {
-    Client(Box<Client>),
-    Server(Box<Server>),
-    /// An outgoing CancelRequest on its way to a PostgreSQL server.
-    Cancel(crate::cancel::CancelConn),
 }
 
 pub struct Worker {
@@ -128,7 +83,7 @@ pub struct Worker {
     /// Named statements clients prepared, for transaction pooling.
     pub(crate) stmts: crate::prepared::Registry,
     /// Admin console requests waiting for the supervisor.
-    pub(crate) console: crate::admin::Requests,
+    pub(crate) console: console::Requests,
     /// What PAUSE and DISABLE hold, as the supervisor last told every worker.
     pub(crate) holds: control::Holds,
     /// Console commands waiting on this worker: (request, condition).
@@ -514,14 +469,6 @@ impl Worker {
         self.next_id += 1;
         shown_id(self.slot, id)
     }
-}
-
-/// A client's or server's id from its worker's sequence number `n`: what logs (`C-<id>`,
-/// `S-<id>`), SHOW CLIENTS/SERVERS and KILL_CLIENT all use, one sequence for clients and
-/// servers as in PgBouncer. Unique across workers without a shared counter (the low byte
-/// is the slot), so not sequential as PgBouncer's; 31 bits, as the column is int4.
-pub(crate) fn shown_id(slot: usize, n: u64) -> u64 {
-    ((n & 0x7f_ffff) << 8) | (slot as u64 & 0xff)
 }
 
 /// The hba rules from text the supervisor validated; none at all refuses everyone.

@@ -9,16 +9,17 @@
 //! sees nothing. Bytes it sent meanwhile wait in the socket's kernel buffer, which moves
 //! with it. Server connections stay: each generation has its own (see ARCHITECTURE.md).
 
+use super::Worker;
 use crate::client::{CState, Client};
 use crate::close::Close;
 use crate::config::PoolMode;
+use crate::conn::Conn;
 use crate::control::{self, Command, HandedClient, HandedProxy, Report};
 use crate::intern::intern;
 use crate::params::Params;
 use crate::proxy::Peer;
 use crate::stream::{Sock, Stream};
 use crate::wire::sqlstate;
-use crate::worker::{Conn, Worker};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -184,7 +185,7 @@ impl Worker {
             return;
         }
         // As new_id, which would borrow all of self while the slab's entry is held.
-        let id = crate::worker::shown_id(self.slot, self.next_id);
+        let id = crate::conn::shown_id(self.slot, self.next_id);
         self.next_id += 1;
         let mut params = Params::new();
         for (k, v) in &h.params {

@@ -1,15 +1,16 @@
 //! What the supervisor (or a signal) asks of a worker: reload, pause, resume, disable,
 //! reconnect, the waits of console commands, and shutdown.
 
+use super::Worker;
 use crate::client::CState;
 use crate::close::Close;
 use crate::config::Config;
+use crate::conn::Conn;
 use crate::control::{Report, Snapshot, Until};
 use crate::logsafe::Escaped;
 use crate::pool::{Limits, PoolId, Pools, Target};
 use crate::server::SState;
 use crate::wire::sqlstate;
-use crate::worker::{Conn, Worker};
 use slab::Slab;
 use std::sync::Arc;
 
