@@ -12,16 +12,17 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a client is, with what is valid only there.
 pub(crate) enum CState {
     /// Reading a PROXY header; believed only when `trusted`.
     Proxy { trusted: bool },
-    /// Reading the startup packet (or an SSL/GSS/cancel request before it).
+    /// Reading the startup packet (or an SSL/GSS/cancel request before it), and on until
+    /// the authentication request goes out (after an auth_query lookup, again).
     Startup,
-    /// Exchanging password or SASL messages.
-    Auth,
-    /// Waiting for auth_query to find the user's password (client.lookup says where).
-    Lookup,
+    /// Exchanging password or SASL messages: the exchange in progress.
+    Auth(AuthStep),
+    /// Waiting for auth_query to find the user's password: queued, or running.
+    Lookup(Box<Lookup>),
     /// Authenticated; waiting for the pool's first server login to greet the client.
     LoginWait,
     /// Logged in, no request in flight, no server.
@@ -71,7 +72,6 @@ pub(crate) struct Client {
     pub xact_start: Instant,
     /// This wait in the queue was told (query_wait_notify).
     pub wait_notified: bool,
-    pub auth: Option<AuthStep>,
     /// Holds a place in the pooler-wide client count (max_client_conn).
     pub counted: bool,
     /// Name-table indexes of the database's and the user's client counts this client holds
@@ -94,8 +94,6 @@ pub(crate) struct Client {
     pub proxy: Option<Box<crate::proxy::ProxyInfo>>,
     /// The user's password as auth_query found it; `None` while the auth file is used.
     pub found: Option<Box<crate::auth_query::Found>>,
-    /// In `CState::Lookup`: the lookup waited for or running.
-    pub lookup: Option<Box<Lookup>>,
 }
 
 /// A client's auth_query lookup: queued in `pool`, then running on `server`.
@@ -134,7 +132,6 @@ impl Client {
             request_time: now,
             xact_start: now,
             wait_notified: false,
-            auth: None,
             counted: false,
             counted_db: None,
             counted_user: None,
@@ -146,7 +143,6 @@ impl Client {
             admin: None,
             proxy: None,
             found: None,
-            lookup: None,
         }
     }
 

@@ -66,7 +66,7 @@ pub(crate) fn scan(
                             out.actions.push(Action::ProxyTimeout(t));
                         }
                     }
-                    CState::Startup | CState::Auth => {
+                    CState::Startup | CState::Auth(_) => {
                         if expired(c.connect_time, cfg.client_login_timeout, now) {
                             out.actions.push(Action::Client(t, "client_login_timeout"));
                         }
@@ -82,7 +82,7 @@ pub(crate) fn scan(
                         }
                     }
                     // Waiting for auth_query: a login, and a wait for a server too.
-                    CState::Lookup => {
+                    CState::Lookup(_) => {
                         if expired(c.connect_time, cfg.client_login_timeout, now) {
                             out.actions.push(Action::Client(t, "client_login_timeout"));
                         } else if expired(c.since, tmo.query_wait, now) {

@@ -93,7 +93,7 @@ impl Client {
                 }
             }
             CState::Startup => self.first_packet(cx),
-            CState::Auth => {
+            CState::Auth(_) => {
                 let (tag, body) = match frame::message(self.io.unread(), MAX_AUTH_MESSAGE) {
                     Ok(Some((h, body))) => (h.tag, body.to_vec()),
                     Ok(None) => {
@@ -363,7 +363,6 @@ impl Client {
             }
         }
         self.params = params;
-        self.state = CState::Auth;
         if is_console(&self.db) {
             // PgBouncer refuses users without a console role before any password.
             self.admin = console_role(cfg, &self.user);
@@ -425,12 +424,12 @@ impl Client {
                 if listed && secret.is_none() {
                     return self.auth_failed(cx);
                 }
-                return Next::Authenticated;
+                return self.authenticated();
             }
             Method::Cert => {
                 // PostgreSQL's rule: the certificate's CN is the user, compared exactly.
                 if self.certificate_cn().as_deref() == Some(user.as_str()) {
-                    return Next::Authenticated;
+                    return self.authenticated();
                 }
                 let msg = format!("certificate authentication failed for user \"{user}\"");
                 log::info!("{}: {}", self.name(), Escaped(&msg));
@@ -486,7 +485,7 @@ impl Client {
             }
             AuthStep::Scram { .. } => write::auth_sasl(out, &["SCRAM-SHA-256"]),
         }
-        self.auth = Some(step);
+        self.state = CState::Auth(step);
         Next::Again
     }
 
@@ -494,7 +493,7 @@ impl Client {
     fn on_auth_message(&mut self, cx: &mut Ctx, body: &[u8]) -> Next {
         let secret = self.login_secret(cx.auth);
         let user = self.user.to_string();
-        let Some(step) = self.auth.as_mut() else {
+        let CState::Auth(step) = &mut self.state else {
             let msg = "unexpected password message".to_string();
             return Next::Close(Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
         };
@@ -574,11 +573,16 @@ impl Client {
             },
         };
         if ok {
-            self.auth = None;
-            Next::Authenticated
+            self.authenticated()
         } else {
             self.auth_failed(cx)
         }
+    }
+
+    /// The client proved who it is; the loop finds its pool and greets it.
+    fn authenticated(&mut self) -> Next {
+        self.state = CState::LoginWait;
+        Next::Authenticated
     }
 
     /// A wrong password (or none to check against), in PostgreSQL's words for both, so a

@@ -683,7 +683,10 @@ impl View<'_> {
                     // Clients still logging in: only SHOW SOCKETS lists them (cl_login).
                     let login = matches!(
                         c.state,
-                        CState::Proxy { .. } | CState::Startup | CState::Auth | CState::Lookup
+                        CState::Proxy { .. }
+                            | CState::Startup
+                            | CState::Auth(_)
+                            | CState::Lookup(_)
                     );
                     if login && !buffers {
                         continue;
@@ -700,7 +703,7 @@ impl View<'_> {
                         CState::LoginWait => "waiting",
                         _ => "idle",
                     };
-                    let wait = if c.state == CState::Waiting {
+                    let wait = if matches!(c.state, CState::Waiting) {
                         self.now.saturating_duration_since(c.since)
                     } else {
                         Duration::ZERO

@@ -64,8 +64,8 @@ impl Worker {
         match c.state {
             CState::Proxy { .. }
             | CState::Startup
-            | CState::Auth
-            | CState::Lookup
+            | CState::Auth(_)
+            | CState::Lookup(_)
             | CState::LoginWait => self.login_io(ct),
             CState::Idle | CState::Waiting => self.unlinked_io(ct),
             CState::Active => {
@@ -85,7 +85,7 @@ impl Worker {
             if let Err(e) = c.io.flush_own(&mut self.bufs) {
                 return self.close_client(ct, Close::Quiet(io_reason(&e)));
             }
-            if matches!(c.state, CState::LoginWait | CState::Lookup) {
+            if matches!(c.state, CState::LoginWait | CState::Lookup(_)) {
                 // Bytes sent before the greeting (or the password request) wait in the
                 // buffer; only EOF matters.
                 match c.io.fill(&mut self.bufs) {
@@ -246,14 +246,13 @@ impl Worker {
         }
         let now = self.now;
         let Some(c) = self.client(ct) else { return };
-        c.state = CState::Lookup;
-        c.since = now;
-        c.lookup = Some(Box::new(Lookup {
+        c.state = CState::Lookup(Box::new(Lookup {
             pool,
             server: None,
             key,
             query: source.query,
         }));
+        c.since = now;
         let id = c.id;
         self.pools.get_mut(pool).lookups.push_back((ct, id));
         self.serve_lookups(pool);
@@ -424,7 +423,7 @@ impl Worker {
             c.io.release_buffers(&mut self.bufs);
             return;
         }
-        if c.state != CState::Idle {
+        if !matches!(c.state, CState::Idle) {
             return;
         }
         if c.admin.is_some() {
@@ -484,8 +483,8 @@ impl Worker {
         let key = c.cancel_key;
         let pool = c.pool;
         let id = c.id;
-        let state = c.state;
-        let lookup = c.lookup.take();
+        // The state's data goes with it: a closed client is in no state.
+        let state = std::mem::replace(&mut c.state, CState::Startup);
         if c.counted {
             self.shm.release_client(self.slot);
         }
@@ -507,13 +506,14 @@ impl Worker {
         }
         // A lookup still queued leaves the queue; one already running finishes on its
         // server, whose answer is cached for the next try.
-        if let Some(l) = lookup.filter(|l| l.server.is_none()) {
-            self.pools
-                .get_mut(l.pool)
-                .lookups
-                .retain(|(t, i)| (*t, *i) != (ct, id));
+        match &state {
+            CState::Lookup(l) if l.server.is_none() => {
+                let queue = &mut self.pools.get_mut(l.pool).lookups;
+                queue.retain(|(t, i)| (*t, *i) != (ct, id));
+            }
+            _ => {}
         }
-        if let (Some(pool), CState::LoginWait) = (pool, state) {
+        if let (Some(pool), CState::LoginWait) = (pool, &state) {
             self.pools
                 .get_mut(pool)
                 .login_waiting

@@ -252,8 +252,8 @@ impl Worker {
                     let idle = match c.state {
                         CState::Proxy { .. }
                         | CState::Startup
-                        | CState::Auth
-                        | CState::Lookup
+                        | CState::Auth(_)
+                        | CState::Lookup(_)
                         | CState::LoginWait
                         | CState::Idle => true,
                         // A console client waiting on the supervisor (e.g. its SHUTDOWN).

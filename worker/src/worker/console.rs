@@ -81,7 +81,7 @@ impl Worker {
             let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
                 return;
             };
-            if c.state != CState::Idle {
+            if !matches!(c.state, CState::Idle) {
                 return;
             }
             let (tag, body) = match frame::message(c.io.unread(), MAX_QUERY) {

@@ -294,14 +294,13 @@ fn can_hand_over(c: &Client, pools: &crate::pool::Pools) -> bool {
         )
     });
     pooled
-        && c.state == CState::Idle
+        && matches!(c.state, CState::Idle)
         && c.server.is_none()
         && c.admin.is_none()
         // A replication client's startup (replication=...) is not handed over: it
         // stays and drains with the old generation, as session clients do.
         && c.replication.is_none()
         && c.found.is_none()
-        && c.lookup.is_none()
         && !c.io.is_tls()
         && c.tx.is_idle()
         && c.scan.ready == 0

@@ -135,7 +135,7 @@ impl Worker {
         let mut next = None;
         while let Some((ct, id)) = p.waiting.pop_front() {
             if let Some(Conn::Client(c)) = self.conns.get(ct) {
-                if c.id == id && c.state == CState::Waiting {
+                if c.id == id && matches!(c.state, CState::Waiting) {
                     if c.replication.is_some() {
                         // Never given a pooled server: serve_waiting starts its own.
                         own.push((ct, id));
@@ -207,12 +207,11 @@ impl Worker {
             // Not started yet: ask again, through the pool the config names now.
             let Some(c) = self
                 .client(ct)
-                .filter(|c| c.id == id && c.state == CState::Lookup)
+                .filter(|c| c.id == id && matches!(c.state, CState::Lookup(_)))
             else {
                 continue;
             };
-            c.lookup = None;
-            c.state = CState::Auth;
+            c.state = CState::Startup;
             self.begin_auth(ct);
         }
         for (ct, id) in waiting {

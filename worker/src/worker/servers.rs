@@ -269,9 +269,9 @@ impl Worker {
     /// A replication server logged in: link it to its client, still waiting for it, or
     /// close it when the client has gone.
     fn link_replication(&mut self, st: usize, ct: usize, id: u64) {
-        let waiting = self
-            .client(ct)
-            .is_some_and(|c| c.id == id && c.state == CState::Waiting && c.server.is_none());
+        let waiting = self.client(ct).is_some_and(|c| {
+            c.id == id && matches!(c.state, CState::Waiting) && c.server.is_none()
+        });
         if !waiting {
             return self.remove_server(st, "replication client was closed");
         }
@@ -679,8 +679,8 @@ impl Worker {
         }
         while let Some((ct, id)) = p.lookups.pop_front() {
             if let Some(Conn::Client(c)) = self.conns.get(ct) {
-                let queued = c.lookup.as_ref().is_some_and(|l| l.server.is_none());
-                if c.id == id && c.state == CState::Lookup && queued {
+                let queued = matches!(&c.state, CState::Lookup(l) if l.server.is_none());
+                if c.id == id && queued {
                     return Some(ct);
                 }
             }
@@ -694,7 +694,9 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        let Some(l) = c.lookup.as_mut() else { return };
+        let CState::Lookup(l) = &mut c.state else {
+            return;
+        };
         l.server = Some(st);
         let lookup = Box::new(ServerLookup {
             client: (ct, c.id),
@@ -750,18 +752,17 @@ impl Worker {
         let now = self.now;
         let waiting = self
             .client(ct)
-            .filter(|c| c.id == id && c.state == CState::Lookup);
+            .filter(|c| c.id == id && matches!(c.state, CState::Lookup(_)));
         let Some(c) = waiting else {
             if let Err(why) = result {
                 log::warn!("auth_query failed: {}", crate::logsafe::Escaped(&why));
             }
             return;
         };
-        c.lookup = None;
+        c.state = CState::Startup;
         match result {
             Ok(found) => {
                 c.found = Some(Box::new(found));
-                c.state = CState::Auth;
                 c.since = now;
                 self.begin_auth(ct);
                 self.drive_client(ct);
