@@ -652,3 +652,209 @@ fn acquire_client_place(max: u32, shm: &Shm, predecessor: Option<&Shm>, slot: us
     };
     (max == 0 || room > 0) && shm.acquire_client(slot, room)
 }
+
+/// The login steps driven over in-memory pipes: no socket, no loop, every split of the
+/// bytes a test cares to try.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthType;
+    use crate::stream::memory::{End, Shared};
+    use crate::stream::{Sock, Stream};
+    use std::time::Instant;
+
+    /// A client on in-memory pipes and everything a login step borrows.
+    struct Login {
+        c: Client,
+        c_in: Shared,
+        c_out: Shared,
+        cfg: Config,
+        bufs: BufPool,
+        stats: WorkerStats,
+        auth: AuthCache,
+        hba: Hba,
+        shm: Shm,
+    }
+
+    impl Login {
+        /// md5 authentication; the auth file knows alice (password `secret`).
+        fn new() -> Login {
+            let (end, c_in, c_out) = End::new();
+            let io = Stream::accepted(Sock::Memory(end));
+            let c = Client::new(1, io, CState::Startup, None, Instant::now());
+            let cfg = Config {
+                auth_type: AuthType::Md5,
+                ..Config::default()
+            };
+            Login {
+                c,
+                c_in,
+                c_out,
+                cfg,
+                bufs: BufPool::new(4096, 16),
+                stats: WorkerStats::default(),
+                auth: AuthCache::from_text(Some("\"alice\" \"secret\"\n"), [7; 32]),
+                hba: Hba::default(),
+                shm: Shm::create(1, 16).expect("shared memory"),
+            }
+        }
+
+        /// Delivers `bytes` and runs login steps as the loop does, until one is not
+        /// `Again`; returns that one.
+        fn send(&mut self, bytes: &[u8]) -> Next {
+            self.c_in.borrow_mut().bytes.extend(bytes);
+            let mut cx = Ctx {
+                cfg: &self.cfg,
+                bufs: &mut self.bufs,
+                stats: &mut self.stats,
+                auth: &mut self.auth,
+                hba: &self.hba,
+                tls: None,
+                shm: &self.shm,
+                predecessor: None,
+                slot: 0,
+            };
+            // As epoll reports it: readable and writable.
+            self.c.io.on_event(true, true, false);
+            self.c.io.fill(cx.bufs).expect("read");
+            loop {
+                let next = self.c.login_step(&mut cx);
+                self.c.io.flush_own(cx.bufs).expect("write");
+                if !matches!(next, Next::Again) {
+                    return next;
+                }
+            }
+        }
+
+        /// What the pooler sent the client so far, as (tag, body) messages.
+        fn sent(&self) -> Vec<(u8, Vec<u8>)> {
+            let bytes: Vec<u8> = self.c_out.borrow_mut().bytes.drain(..).collect();
+            let mut rest = &bytes[..];
+            let mut out = Vec::new();
+            while let Ok(Some((h, body))) = frame::message(rest, usize::MAX) {
+                out.push((h.tag, body.to_vec()));
+                rest = &rest[h.total..];
+            }
+            assert!(rest.is_empty(), "a partial message was sent: {rest:?}");
+            out
+        }
+    }
+
+    fn startup(user: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        write::startup_message(&mut out, &[("user", user), ("database", "app")]);
+        out
+    }
+
+    /// The salt of the AuthenticationMD5Password the client was sent.
+    fn md5_request(l: &Login) -> [u8; 4] {
+        let sent = l.sent();
+        assert_eq!(sent.len(), 1, "one message: {sent:?}");
+        let (tag, body) = &sent[0];
+        assert_eq!((*tag, &body[..4]), (b'R', &5u32.to_be_bytes()[..]));
+        body[4..8].try_into().unwrap()
+    }
+
+    fn password(user: &str, pw: &str, salt: [u8; 4]) -> Vec<u8> {
+        let hash = crate::auth::md5_password_hash(user, pw);
+        let resp = crate::auth::md5_salted_response(&hash, salt);
+        let mut out = Vec::new();
+        write::password_message(&mut out, resp.as_bytes());
+        out
+    }
+
+    fn fatal(next: Next) -> (&'static str, String) {
+        match next {
+            Next::Close(Close::Fatal(code, msg)) => (code, msg),
+            _ => panic!("expected a FATAL close"),
+        }
+    }
+
+    #[test]
+    fn a_startup_packet_split_anywhere_gets_one_password_request() {
+        let packet = startup("alice");
+        for cut in 0..=packet.len() {
+            let mut l = Login::new();
+            let first = l.send(&packet[..cut]);
+            if cut < packet.len() {
+                assert!(
+                    matches!(first, Next::Wait),
+                    "cut at {cut}: waits for the rest"
+                );
+                assert!(l.sent().is_empty(), "cut at {cut}: nothing said yet");
+            }
+            assert!(matches!(l.send(&packet[cut..]), Next::Wait), "cut at {cut}");
+            md5_request(&l);
+            assert!(matches!(l.c.state, CState::Auth(AuthStep::Md5 { .. })));
+            assert_eq!((&*l.c.user, &*l.c.db), ("alice", "app"));
+        }
+    }
+
+    #[test]
+    fn the_right_md5_password_authenticates() {
+        let mut l = Login::new();
+        l.send(&startup("alice"));
+        let salt = md5_request(&l);
+        assert!(matches!(
+            l.send(&password("alice", "secret", salt)),
+            Next::Authenticated
+        ));
+        assert!(matches!(l.c.state, CState::LoginWait));
+        assert_eq!(l.stats.auth_failures, 0);
+    }
+
+    #[test]
+    fn a_wrong_password_and_an_unknown_user_are_told_alike() {
+        // The same request and the same words: a client cannot learn who exists.
+        let mut known = Login::new();
+        known.send(&startup("alice"));
+        let salt = md5_request(&known);
+        let (code, msg) = fatal(known.send(&password("alice", "guess", salt)));
+        assert_eq!(code, "28P01");
+        assert_eq!(msg, "password authentication failed for user \"alice\"");
+
+        let mut unknown = Login::new();
+        unknown.send(&startup("mallory"));
+        let salt = md5_request(&unknown);
+        let (code, msg) = fatal(unknown.send(&password("mallory", "secret", salt)));
+        assert_eq!(code, "28P01");
+        assert_eq!(msg, "password authentication failed for user \"mallory\"");
+        assert_eq!(
+            (known.stats.auth_failures, unknown.stats.auth_failures),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn encryption_requests_without_tls_are_answered_n_and_the_login_goes_on() {
+        let mut l = Login::new();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]); // GSSENCRequest
+        write::ssl_request(&mut bytes);
+        bytes.extend(startup("alice"));
+        assert!(matches!(l.send(&bytes), Next::Wait));
+        let out: Vec<u8> = l.c_out.borrow().bytes.iter().take(2).copied().collect();
+        assert_eq!(out, b"NN");
+        l.c_out.borrow_mut().bytes.drain(..2);
+        md5_request(&l);
+    }
+
+    #[test]
+    fn a_cancel_request_goes_to_the_loop_and_anything_else_first_is_refused() {
+        let mut l = Login::new();
+        let mut bytes = Vec::new();
+        write::cancel_request(&mut bytes, 42, &7u32.to_be_bytes());
+        match l.send(&bytes) {
+            Next::Cancel { pid, key } => assert_eq!((pid, key), (42, 7u32.to_be_bytes().to_vec())),
+            _ => panic!("a cancel request is the loop's to route"),
+        }
+        let mut l = Login::new();
+        l.send(&startup("alice"));
+        md5_request(&l);
+        let mut query = Vec::new();
+        write::query(&mut query, "SELECT 1");
+        let (code, msg) = fatal(l.send(&query));
+        assert_eq!(code, "08P01");
+        assert_eq!(msg, "expected password response, got message type Q");
+    }
+}
