@@ -176,7 +176,7 @@ pub(crate) fn scan(
                             "auth_query took longer than client_login_timeout",
                         ));
                     }
-                    SState::Active | SState::Reset(_) | SState::Canceling => {}
+                    SState::Active { .. } | SState::Reset(_) | SState::Canceling => {}
                 }
             }
             Conn::Cancel(x) => {

@@ -37,7 +37,11 @@ pub(crate) fn pair(
     c.since = now;
     c.tx = TxState::new();
     c.scan = Scan::default();
-    s.client = Some(ct);
+    debug_assert_eq!(
+        s.linked_client(),
+        Some(ct),
+        "the loop makes the server Active first"
+    );
     s.used = true;
     s.scan = Scan::default();
     s.release_pending = false;
@@ -401,7 +405,7 @@ mod pump_tests {
             let io = Stream::connecting(Sock::Memory(end));
             let mut s = Box::new(Server::connecting(2, io, 0, addr, 0, Instant::now()));
             // Logged in (the login is not what these tests are about), then linked.
-            s.state = SState::Active;
+            s.state = SState::Active { client: Some(0) };
             let (mut bufs, mut stats) = (BufPool::new(4096, 16), PoolStats::default());
             pair(
                 (0, &mut c),

@@ -22,8 +22,12 @@ pub(crate) enum SState {
     Connecting,
     Login,
     Idle,
-    /// Linked to a client (possibly still syncing its parameters).
-    Active,
+    /// Linked to `client` (possibly still syncing its parameters). `None` once the client
+    /// let go (release, or the client closed) and the server is on its way back to the
+    /// pool or out: nothing may reach that client through it any more.
+    Active {
+        client: Option<usize>,
+    },
     /// Running one of the pooler's own queries (reset, connect or check) before going
     /// back to the pool; PgBouncer's "tested".
     Reset(OwnQuery),
@@ -129,7 +133,6 @@ pub(crate) struct Server {
     pub io: Stream,
     pub state: SState,
     pub pool: PoolId,
-    pub client: Option<usize>,
     /// Tracked parameters as reported, and extras as the pooler set them.
     pub params: Params,
     pub backend_key: Option<(u32, u32)>,
@@ -236,7 +239,7 @@ pub(crate) fn leave(p: &mut Pool, st: usize, state: SState) {
                 p.idle.remove(i);
             }
         }
-        SState::Active => p.active -= 1,
+        SState::Active { .. } => p.active -= 1,
         SState::Reset(_) => p.resetting -= 1,
         SState::Canceling => p.canceling -= 1,
     }
@@ -249,7 +252,7 @@ pub(crate) fn enter(p: &mut Pool, st: usize, state: SState, round_robin: bool) {
         // `idle` is handed out from its end: round-robin puts a server at the front.
         SState::Idle if round_robin => p.idle.insert(0, st),
         SState::Idle => p.idle.push(st),
-        SState::Active => p.active += 1,
+        SState::Active { .. } => p.active += 1,
         SState::Reset(_) => p.resetting += 1,
         SState::Canceling => p.canceling += 1,
     }
@@ -703,6 +706,22 @@ impl Server {
         }
     }
 
+    /// The client this server serves, while it serves one.
+    pub(crate) fn linked_client(&self) -> Option<usize> {
+        match self.state {
+            SState::Active { client } => client,
+            _ => None,
+        }
+    }
+
+    /// The linked client let go: the server stays Active (and counted so) until the loop
+    /// moves it on, but serves nobody.
+    pub(crate) fn unlink(&mut self) {
+        if let SState::Active { client } = &mut self.state {
+            *client = None;
+        }
+    }
+
     /// The server logs in with `creds` and holds `holds` (its shared-memory places).
     pub(crate) fn logging_in(
         mut self,
@@ -768,7 +787,6 @@ impl Server {
             io,
             state: SState::Connecting,
             pool,
-            client: None,
             params: Params::new(),
             backend_key: None,
             scan: Scan::default(),

@@ -762,13 +762,13 @@ impl View<'_> {
                     };
                     let (laddr, lport) = local(&sv.io);
                     let state = match sv.state {
-                        SState::Active => "active",
+                        SState::Active { .. } => "active",
                         SState::Idle => "idle",
                         SState::Reset(_) => "tested",
                         SState::Canceling => "being_canceled",
                         SState::Connecting | SState::Login => "new",
                     };
-                    let link = sv.client.and_then(|ct| match self.conns.get(ct) {
+                    let link = sv.linked_client().and_then(|ct| match self.conns.get(ct) {
                         Some(Conn::Client(c)) => Some(ptr(1, c.id)),
                         _ => None,
                     });

@@ -139,7 +139,7 @@ impl Worker {
                     let Some(ct) = self.next_waiting(id) else {
                         break;
                     };
-                    self.set_server_state(st, SState::Active);
+                    self.set_server_state(st, SState::Active { client: Some(ct) });
                     self.link(ct, st);
                 }
                 // auth_query lookups queued during the pause, then new servers.

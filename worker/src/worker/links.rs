@@ -77,7 +77,7 @@ impl Worker {
                     self.pools.get_mut(pool).waiting.push_back((ct, id));
                     return self.start_check(st);
                 }
-                self.set_server_state(st, SState::Active);
+                self.set_server_state(st, SState::Active { client: Some(ct) });
                 return self.link(ct, st);
             }
             if let Some(msg) = p.fast_fail(self.now, self.cfg.server_login_retry) {
@@ -119,7 +119,7 @@ impl Worker {
                     self.start_check(st);
                     continue;
                 }
-                self.set_server_state(st, SState::Active);
+                self.set_server_state(st, SState::Active { client: Some(ct) });
                 self.link(ct, st);
             }
         }
@@ -298,7 +298,7 @@ impl Worker {
         c.server = None;
         c.state = CState::Idle;
         c.since = self.now;
-        s.client = None;
+        s.unlink();
         s.release_pending = false;
         if self.cfg.server_reset_query_always {
             self.start_reset(st);
@@ -314,7 +314,7 @@ impl Worker {
         let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;
         };
-        s.client = None;
+        s.unlink();
         if s.replication.is_some() {
             return self.remove_server(st, "replication client disconnected");
         }

@@ -212,11 +212,8 @@ impl Worker {
             }
             SState::Login => self.server_login_io(st),
             SState::Idle => self.idle_server_io(st),
-            SState::Active => {
-                if let Some(ct) = s.client {
-                    self.pump(ct, st);
-                }
-            }
+            SState::Active { client: Some(ct) } => self.pump(ct, st),
+            SState::Active { client: None } => {}
             SState::Reset(what) => self.reset_io(st, what),
             // Quiet until its cancel is done; anything it says now is for nobody.
             SState::Canceling => self.idle_server_io(st),
@@ -275,7 +272,7 @@ impl Worker {
         if !waiting {
             return self.remove_server(st, "replication client was closed");
         }
-        self.set_server_state(st, SState::Active);
+        self.set_server_state(st, SState::Active { client: Some(ct) });
         self.link(ct, st);
     }
 
@@ -606,7 +603,7 @@ impl Worker {
             s.name(&self.pools),
             crate::logsafe::Escaped(reason)
         );
-        let client = s.client;
+        let client = s.linked_client();
         let pool = s.pool;
         if let (None, Some((_, ct, id))) = (client, &s.replication) {
             // A replication client waits for this server alone: it is told now.
@@ -622,6 +619,9 @@ impl Worker {
         if let Some(ct) = client {
             if let Some(c) = self.client(ct) {
                 c.server = None;
+            }
+            if let Some(Conn::Server(s)) = self.conns.get_mut(st) {
+                s.unlink();
             }
             self.close_client(
                 ct,
