@@ -114,8 +114,13 @@ impl Worker {
                 // waiting for a server, say), it is closed, unless a step closed it.
                 let id = self.client(ct).map(|c| c.id);
                 while self.login_step(ct) == Step::Again {}
-                if id.is_some() && self.client(ct).map(|c| c.id) == id {
-                    self.close_client(ct, Close::Quiet("client unexpected eof"));
+                match self.client(ct) {
+                    // A Terminate after a login that just ended is a clean goodbye.
+                    Some(c) if Some(c.id) == id => {
+                        let why = eof_reason(c.io.unread());
+                        self.close_client(ct, Close::Quiet(why));
+                    }
+                    _ => {}
                 }
                 return;
             }
@@ -385,7 +390,8 @@ impl Worker {
         c.since = self.now;
         let id = c.id;
         self.cancel_keys.insert(key, (ct, id));
-        self.drive_client(ct);
+        // Its first request may have come with its password: read later in this pass.
+        self.again.push(ct);
     }
 
     /// Tells a client queued for query_wait_notify that it waits, in PgBouncer's words.
@@ -397,7 +403,7 @@ impl Worker {
         let text = "No server connection available in postgres backend, client being queued";
         let out = c.io.out(&mut self.bufs);
         write::error_response(out, Severity::Notice, "00000", text);
-        self.drive_client(ct);
+        self.again.push(ct);
     }
 
     /// A logged-in client without a server: watch for EOF, Terminate, or a request.

@@ -305,8 +305,9 @@ impl Worker {
         } else {
             self.server_ready(st);
         }
-        // A request that arrived meanwhile asks for a server again.
-        self.drive_client(ct);
+        // A request that arrived meanwhile asks for a server again, later in this loop
+        // pass: driving the client from here would re-enter the pump that released it.
+        self.again.push(ct);
     }
 
     /// A linked client is going away: keep its server if it is clean, else close it.

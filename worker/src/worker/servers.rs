@@ -765,7 +765,7 @@ impl Worker {
                 c.found = Some(Box::new(found));
                 c.since = now;
                 self.begin_auth(ct);
-                self.drive_client(ct);
+                self.again.push(ct);
             }
             Err(why) => {
                 log::warn!(
