@@ -36,6 +36,11 @@ pub(crate) struct Findings {
     pub(crate) reserve_wanted: Vec<PoolId>,
     /// Replication servers per pool: they count in their pool but are no pooled servers.
     pub(crate) replicating: Vec<usize>,
+    /// Servers whose auth_query outlasted client_login_timeout: closed after `actions`,
+    /// so that their clients, due in the same pass, hear client_login_timeout first and
+    /// not the lookup's failure (which would depend on who sits first in the table).
+    /// (token, server id): the token may hold another connection by then.
+    pub(crate) lookups_over: Vec<(usize, u64)>,
 }
 
 /// Looks at every connection's timers and says what is due; changes nothing, so what it
@@ -53,6 +58,7 @@ pub(crate) fn scan(
     out.reserve_wanted.clear();
     out.replicating.clear();
     out.replicating.resize(pools.list.len(), 0);
+    out.lookups_over.clear();
     let global = cfg.global_timeouts();
     for (t, conn) in conns.iter() {
         match conn {
@@ -171,10 +177,7 @@ pub(crate) fn scan(
                     SState::Reset(crate::server::OwnQuery::AuthQuery)
                         if expired(s.since, cfg.client_login_timeout, now) =>
                     {
-                        out.actions.push(Action::Server(
-                            t,
-                            "auth_query took longer than client_login_timeout",
-                        ));
+                        out.lookups_over.push((t, s.id));
                     }
                     SState::Active { .. } | SState::Reset(_) | SState::Canceling => {}
                 }

@@ -55,6 +55,11 @@ impl Worker {
                 }
             }
         }
+        for &(t, id) in &found.lookups_over {
+            if self.server(t).is_some_and(|s| s.id == id) {
+                self.remove_server(t, "auth_query took longer than client_login_timeout");
+            }
+        }
         self.make_forced_pools();
         // make_forced_pools may have added pools: they have no replication server yet.
         for pool in 0..self.pools.list.len() {
