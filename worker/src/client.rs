@@ -29,8 +29,8 @@ pub(crate) enum CState {
     Idle,
     /// Has sent a request and waits in its pool's queue for a server.
     Waiting,
-    /// Linked to a server.
-    Active,
+    /// Linked to `server`.
+    Active { server: usize },
 }
 
 /// The authentication exchange in progress.
@@ -57,7 +57,6 @@ pub(crate) struct Client {
     pub user: Rc<str>,
     pub db: Rc<str>,
     pub pool: Option<PoolId>,
-    pub server: Option<usize>,
     pub params: Params,
     pub tx: TxState,
     pub scan: Scan,
@@ -122,7 +121,6 @@ impl Client {
             user: "".into(),
             db: "".into(),
             pool: None,
-            server: None,
             params: Params::new(),
             tx: TxState::new(),
             scan: Scan::default(),
@@ -143,6 +141,14 @@ impl Client {
             admin: None,
             proxy: None,
             found: None,
+        }
+    }
+
+    /// The server this client is linked to, while it is.
+    pub fn linked_server(&self) -> Option<usize> {
+        match self.state {
+            CState::Active { server } => Some(server),
+            _ => None,
         }
     }
 

@@ -117,7 +117,7 @@ pub(crate) fn scan(
                             }
                         }
                     }
-                    CState::Active => {
+                    CState::Active { .. } => {
                         // PgBouncer's order: query, idle transaction, transaction.
                         let in_tx = c.tx.in_request() || c.tx.status != TxStatus::Idle;
                         if c.tx.in_request() && expired(c.request_time, tmo.query, now) {

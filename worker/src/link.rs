@@ -32,8 +32,7 @@ pub(crate) fn pair(
         stats.server_assignments += 1;
         stats.wait_time_us += micros(now, c.since);
     }
-    c.server = Some(st);
-    c.state = CState::Active;
+    c.state = CState::Active { server: st };
     c.since = now;
     c.tx = TxState::new();
     c.scan = Scan::default();

@@ -614,7 +614,7 @@ impl View<'_> {
                     let w = self.now.saturating_duration_since(c.since).as_micros() as u64;
                     counts[p][2] = counts[p][2].max(w);
                 }
-                CState::Active | CState::Idle => counts[p][0] += 1,
+                CState::Active { .. } | CState::Idle => counts[p][0] += 1,
                 _ => login += 1,
             }
         }
@@ -699,7 +699,7 @@ impl View<'_> {
                     let state = match c.state {
                         _ if login => "login",
                         CState::Waiting if c.admin.is_none() => "waiting",
-                        CState::Active => "active",
+                        CState::Active { .. } => "active",
                         CState::LoginWait => "waiting",
                         _ => "idle",
                     };
@@ -713,7 +713,7 @@ impl View<'_> {
                     } else {
                         c.db.to_string()
                     };
-                    let link = c.server.and_then(|st| match self.conns.get(st) {
+                    let link = c.linked_server().and_then(|st| match self.conns.get(st) {
                         Some(Conn::Server(s)) => Some(ptr(2, s.id)),
                         _ => None,
                     });

@@ -121,7 +121,7 @@ impl Worker {
         let Some(c) = self.client(ct).filter(|c| c.id == id) else {
             return;
         };
-        let Some(st) = c.server else {
+        let Some(st) = c.linked_server() else {
             log::debug!("{}: cancel request while no query runs", c.name());
             return;
         };

@@ -68,11 +68,7 @@ impl Worker {
             | CState::Lookup(_)
             | CState::LoginWait => self.login_io(ct),
             CState::Idle | CState::Waiting => self.unlinked_io(ct),
-            CState::Active => {
-                if let Some(st) = c.server {
-                    self.pump(ct, st);
-                }
-            }
+            CState::Active { server } => self.pump(ct, server),
         }
     }
 
@@ -462,13 +458,16 @@ impl Worker {
                 self.slot
             );
         }
+        // Its server, if the link holds on both sides: remove_server unlinks the server
+        // before it closes the client, so that server is neither waited for nor handed
+        // back.
+        let server = c.linked_server().filter(|&st| {
+            matches!(self.conns.get(st), Some(Conn::Server(s)) if s.linked_client() == Some(ct))
+        });
         // An error can only be told at a message boundary of what the client receives.
-        let at_boundary = match c.server {
-            Some(st) => match self.conns.get(st) {
-                Some(Conn::Server(s)) => s.scan.ready == 0 && s.scan.at_boundary(),
-                _ => true,
-            },
-            None => true,
+        let at_boundary = match server.and_then(|st| self.conns.get(st)) {
+            Some(Conn::Server(s)) => s.scan.ready == 0 && s.scan.at_boundary(),
+            _ => true,
         };
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
@@ -485,7 +484,6 @@ impl Worker {
         }
         let _ = c.io.flush_own(&mut self.bufs);
         let clean = c.tx.is_idle() && c.scan.ready == 0 && c.scan.at_boundary();
-        let server = c.server.take();
         let key = c.cancel_key;
         let pool = c.pool;
         let id = c.id;

@@ -261,7 +261,7 @@ impl Worker {
                         // Linked: mid-transaction, or (transaction pooling) about to be
                         // released with its last answer still being written; it becomes Idle
                         // once released. Sessions last until the client leaves.
-                        CState::Active => false,
+                        CState::Active { .. } => false,
                     };
                     if idle || overdue {
                         clients.push(t);

@@ -295,7 +295,6 @@ fn can_hand_over(c: &Client, pools: &crate::pool::Pools) -> bool {
     });
     pooled
         && matches!(c.state, CState::Idle)
-        && c.server.is_none()
         && c.admin.is_none()
         // A replication client's startup (replication=...) is not handed over: it
         // stays and drains with the old generation, as session clients do.

@@ -295,7 +295,6 @@ impl Worker {
         let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
             return;
         };
-        c.server = None;
         c.state = CState::Idle;
         c.since = self.now;
         s.unlink();

@@ -266,9 +266,9 @@ impl Worker {
     /// A replication server logged in: link it to its client, still waiting for it, or
     /// close it when the client has gone.
     fn link_replication(&mut self, st: usize, ct: usize, id: u64) {
-        let waiting = self.client(ct).is_some_and(|c| {
-            c.id == id && matches!(c.state, CState::Waiting) && c.server.is_none()
-        });
+        let waiting = self
+            .client(ct)
+            .is_some_and(|c| c.id == id && matches!(c.state, CState::Waiting));
         if !waiting {
             return self.remove_server(st, "replication client was closed");
         }
@@ -610,16 +610,14 @@ impl Worker {
             let (ct, id) = (*ct, *id);
             if self
                 .client(ct)
-                .is_some_and(|c| c.id == id && c.server.is_none())
+                .is_some_and(|c| c.id == id && c.linked_server().is_none())
             {
                 let msg = format!("replication server connection failed: {reason}");
                 self.close_client(ct, Close::Fatal(sqlstate::CONNECTION_FAILURE, msg));
             }
         }
         if let Some(ct) = client {
-            if let Some(c) = self.client(ct) {
-                c.server = None;
-            }
+            // Unlinked first, so the client's close does not hand this server back.
             if let Some(Conn::Server(s)) = self.conns.get_mut(st) {
                 s.unlink();
             }
