@@ -297,6 +297,14 @@ impl Worker {
         };
         c.state = CState::Idle;
         c.since = self.now;
+        // A request that arrived meanwhile asks for a server again, later in this pass:
+        // driving the client from here would re-enter the pump that released it. With
+        // nothing buffered and nothing left to read, its next event does that, and its
+        // buffers go back to the pool now.
+        let more = !c.io.unread().is_empty() || c.io.may_read();
+        if !more {
+            c.io.release_buffers(&mut self.bufs);
+        }
         s.unlink();
         s.release_pending = false;
         if self.cfg.server_reset_query_always {
@@ -304,9 +312,9 @@ impl Worker {
         } else {
             self.server_ready(st);
         }
-        // A request that arrived meanwhile asks for a server again, later in this loop
-        // pass: driving the client from here would re-enter the pump that released it.
-        self.again.push(ct);
+        if more {
+            self.again.push(ct);
+        }
     }
 
     /// A linked client is going away: keep its server if it is clean, else close it.

@@ -209,9 +209,17 @@ impl Worker {
             for ev in events.iter() {
                 self.on_event(ev);
             }
-            let again = std::mem::take(&mut self.again);
-            for t in again {
+            // Those queued while these are driven wait for the next pass. Drained in place:
+            // taking the Vec would free and allocate it again at every pass.
+            let queued = self.again.len();
+            for i in 0..queued {
+                let t = self.again[i];
                 self.drive(t);
+            }
+            if self.again.len() == queued {
+                self.again.clear();
+            } else {
+                self.again.drain(..queued);
             }
             if !self.activate.is_empty() {
                 self.activate();
