@@ -152,6 +152,20 @@ impl Client {
         }
     }
 
+    /// Gives back the client's places in the pooler-wide, database and user client counts
+    /// (max_client_conn, max_db_client_connections, max_user_client_connections).
+    pub fn give_back_places(&mut self, shm: &crate::shm::Shm, slot: usize) {
+        if std::mem::take(&mut self.counted) {
+            shm.release_client(slot);
+        }
+        for i in [self.counted_db.take(), self.counted_user.take()]
+            .into_iter()
+            .flatten()
+        {
+            shm.release_name_client(slot, i);
+        }
+    }
+
     /// TLS protects the client's bytes: its own session with the pooler, or (with
     /// proxy_tls_trusted) the one a trusted proxy terminated.
     pub fn is_tls(&self) -> bool {

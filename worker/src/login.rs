@@ -806,23 +806,17 @@ mod tests {
     #[test]
     fn a_wrong_password_and_an_unknown_user_are_told_alike() {
         // The same request and the same words: a client cannot learn who exists.
-        let mut known = Login::new();
-        known.send(&startup("alice"));
-        let salt = md5_request(&known);
-        let (code, msg) = fatal(known.send(&password("alice", "guess", salt)));
-        assert_eq!(code, "28P01");
-        assert_eq!(msg, "password authentication failed for user \"alice\"");
-
-        let mut unknown = Login::new();
-        unknown.send(&startup("mallory"));
-        let salt = md5_request(&unknown);
-        let (code, msg) = fatal(unknown.send(&password("mallory", "secret", salt)));
-        assert_eq!(code, "28P01");
-        assert_eq!(msg, "password authentication failed for user \"mallory\"");
-        assert_eq!(
-            (known.stats.auth_failures, unknown.stats.auth_failures),
-            (1, 1)
-        );
+        let refused = |user: &str, pw: &str| {
+            let mut l = Login::new();
+            l.send(&startup(user));
+            let salt = md5_request(&l);
+            let (code, msg) = fatal(l.send(&password(user, pw, salt)));
+            assert_eq!(l.stats.auth_failures, 1, "{user}");
+            (code, msg)
+        };
+        let words = |user: &str| format!("password authentication failed for user \"{user}\"");
+        assert_eq!(refused("alice", "guess"), ("28P01", words("alice")));
+        assert_eq!(refused("mallory", "secret"), ("28P01", words("mallory")));
     }
 
     #[test]

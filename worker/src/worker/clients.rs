@@ -34,21 +34,15 @@ impl Worker {
                 return;
             }
         };
-        let entry = self.conns.vacant_entry();
-        let token = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            sock.source(),
-            mio::Token(token),
-            mio::Interest::READABLE | mio::Interest::WRITABLE,
-        ) {
+        let token = self.conns.vacant_entry().key();
+        if let Err(e) = self.register(token, &mut sock) {
             log::warn!("cannot register client socket: {e}");
             return;
         }
-        let id = crate::worker::shown_id(self.slot, self.next_id);
-        self.next_id += 1;
+        let id = self.new_id();
         let io = Stream::accepted(sock);
         let client = Client::new(id, io, state, peer, self.now);
-        entry.insert(Conn::Client(Box::new(client)));
+        self.conns.insert(Conn::Client(Box::new(client)));
     }
 
     pub(crate) fn client(&mut self, ct: usize) -> Option<&mut Client> {
@@ -489,15 +483,7 @@ impl Worker {
         let id = c.id;
         // The state's data goes with it: a closed client is in no state.
         let state = std::mem::replace(&mut c.state, CState::Startup);
-        if c.counted {
-            self.shm.release_client(self.slot);
-        }
-        for i in [c.counted_db.take(), c.counted_user.take()]
-            .into_iter()
-            .flatten()
-        {
-            self.shm.release_name_client(self.slot, i);
-        }
+        c.give_back_places(&self.shm, self.slot);
         if c.admin.is_some() {
             self.console_forget(ct, id);
         }

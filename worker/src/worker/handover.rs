@@ -129,15 +129,7 @@ impl Worker {
             );
         }
         let _ = self.poll.registry().deregister(c.io.sock_mut().source());
-        if c.counted {
-            self.shm.release_client(self.slot);
-        }
-        for i in [c.counted_db.take(), c.counted_user.take()]
-            .into_iter()
-            .flatten()
-        {
-            self.shm.release_name_client(self.slot, i);
-        }
+        c.give_back_places(&self.shm, self.slot);
         if self.cancel_keys.get(&c.cancel_key).map(|e| e.1) == Some(c.id) {
             self.cancel_keys.remove(&c.cancel_key);
         }
@@ -174,19 +166,13 @@ impl Worker {
             Sock::Tcp(mio::net::TcpStream::from_std(s))
         };
         let mut sock = sock;
-        let entry = self.conns.vacant_entry();
-        let ct = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            sock.source(),
-            mio::Token(ct),
-            mio::Interest::READABLE | mio::Interest::WRITABLE,
-        ) {
+        // Registered under the slab key the client gets below: nothing is inserted between.
+        let ct = self.conns.vacant_entry().key();
+        if let Err(e) = self.register(ct, &mut sock) {
             log::warn!("cannot register a handed-over client: {e}");
             return;
         }
-        // As new_id, which would borrow all of self while the slab's entry is held.
-        let id = crate::conn::shown_id(self.slot, self.next_id);
-        self.next_id += 1;
+        let id = self.new_id();
         let mut params = Params::new();
         for (k, v) in &h.params {
             params.set(k, v);
@@ -214,7 +200,8 @@ impl Worker {
             let stmt = self.stmts.get_or_add(body);
             client.stmts.adopt(name.as_str().into(), stmt);
         }
-        entry.insert(Conn::Client(Box::new(client)));
+        let inserted = self.conns.insert(Conn::Client(Box::new(client)));
+        debug_assert_eq!(inserted, ct);
         // It was counted in the old generation, which has let go of it: its place moves
         // here whatever the limits say now (refusing it would be a disconnect).
         if self.shm.acquire_client(self.slot, 0) {

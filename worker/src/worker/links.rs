@@ -29,19 +29,9 @@ impl Worker {
             // A reload removed the database, or changed its forced user: move to the pool
             // the config now names, or tell the client, but never launch a server for a
             // pool that would only close it again.
-            let (db, user) = (c.db.clone(), c.user.clone());
-            match self.pools.for_client(
-                crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
-                &db,
-                &user,
-            ) {
-                Ok(p) if !self.pools.get(p).obsolete => {
-                    pool = p;
-                    if let Some(c) = self.client(ct) {
-                        c.pool = Some(p);
-                    }
-                }
-                _ => return self.close_client(ct, database_removed()),
+            match self.move_to_current_pool(ct) {
+                Some(p) => pool = p,
+                None => return self.close_client(ct, database_removed()),
             }
         }
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
@@ -221,19 +211,11 @@ impl Worker {
             }
         }
         for (ct, id) in greeting {
-            let Some(c) = self.client(ct).filter(|c| c.id == id) else {
+            if self.client(ct).is_none_or(|c| c.id != id) {
                 continue;
-            };
-            let (db, user) = (c.db.clone(), c.user.clone());
-            match self.pools.for_client(
-                crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
-                &db,
-                &user,
-            ) {
-                Ok(p) if !self.pools.get(p).obsolete => {
-                    if let Some(c) = self.client(ct) {
-                        c.pool = Some(p);
-                    }
+            }
+            match self.move_to_current_pool(ct) {
+                Some(p) => {
                     if self.pools.get(p).welcome.is_some() {
                         self.finish_login(ct);
                     } else {
@@ -241,9 +223,23 @@ impl Worker {
                         self.serve_waiting(p);
                     }
                 }
-                _ => self.close_client(ct, database_removed()),
+                None => self.close_client(ct, database_removed()),
             }
         }
+    }
+
+    /// Moves client `ct` to the pool the config names now for its database and user (a
+    /// reload retired the one it had); None when there is none, or only a retired one.
+    fn move_to_current_pool(&mut self, ct: usize) -> Option<PoolId> {
+        let c = self.client(ct)?;
+        let (db, user) = (c.db.clone(), c.user.clone());
+        let setting = crate::pool::Setting(&self.cfg, &self.holds, &self.shm);
+        let p = self.pools.for_client(setting, &db, &user).ok()?;
+        if self.pools.get(p).obsolete {
+            return None;
+        }
+        self.client(ct)?.pool = Some(p);
+        Some(p)
     }
 
     /// Links a client to a server; states are already Waiting and Active.
