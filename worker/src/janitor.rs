@@ -146,7 +146,7 @@ pub(crate) fn scan(
                     }
                 }
                 match s.state {
-                    SState::Connecting | SState::Login => {
+                    SState::Connecting(_) | SState::Login(_) => {
                         if expired(s.connect_time, cfg.server_connect_timeout, now) {
                             out.actions.push(Action::ServerLogin(t));
                         }

@@ -402,7 +402,14 @@ mod pump_tests {
             let (end, s_in, s_out) = End::new();
             let addr = crate::server::ServerAddr::Unix("memory".into());
             let io = Stream::connecting(Sock::Memory(end));
-            let mut s = Box::new(Server::connecting(2, io, 0, addr, 0, Instant::now()));
+            let mut s = Box::new(Server::connecting(
+                2,
+                io,
+                0,
+                (addr, 0),
+                crate::server::Creds::None,
+                Instant::now(),
+            ));
             // Logged in (the login is not what these tests are about), then linked.
             s.state = SState::Active { client: Some(0) };
             let (mut bufs, mut stats) = (BufPool::new(4096, 16), PoolStats::default());

@@ -17,10 +17,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a server is, with what is valid only there.
 pub(crate) enum SState {
-    Connecting,
-    Login,
+    /// The connect (TCP or Unix) is under way; the login waits for it.
+    Connecting(Box<Login>),
+    /// Logging in to PostgreSQL: TLS, authentication, the parameters reported so far.
+    Login(Box<Login>),
     Idle,
     /// Linked to `client` (possibly still syncing its parameters). `None` once the client
     /// let go (release, or the client closed) and the server is on its way back to the
@@ -108,7 +110,8 @@ pub(crate) enum Creds {
     },
 }
 
-struct Login {
+/// A server login in progress.
+pub(crate) struct Login {
     /// SSLRequest sent; the server's one-byte answer decides whether TLS starts.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     creds: Creds,
@@ -163,7 +166,6 @@ pub(crate) struct Server {
     pub stmts: crate::prepared::ServerStmts,
     /// Cancel requests sent for this server and not yet finished by PostgreSQL.
     pub cancels: u32,
-    login: Option<Box<Login>>,
     /// The auth_query running here, and for whom.
     pub lookup: Option<Box<ServerLookup>>,
     /// Shared-memory places this server holds (database, user), given back when it closes.
@@ -231,9 +233,9 @@ pub(crate) fn give_back(shm: &crate::shm::Shm, slot: usize, holds: (Option<usize
 /// Server `st` of pool `p` leaves `state`: out of the count or list that state keeps. With
 /// [`enter`], the one place a pool's server counts change, for a state change
 /// (`Worker::set_server_state`) and a close (`Worker::remove_server`) alike.
-pub(crate) fn leave(p: &mut Pool, st: usize, state: SState) {
+pub(crate) fn leave(p: &mut Pool, st: usize, state: &SState) {
     match state {
-        SState::Connecting | SState::Login => p.launching -= 1,
+        SState::Connecting(_) | SState::Login(_) => p.launching -= 1,
         SState::Idle => {
             if let Some(i) = p.idle.iter().rposition(|&t| t == st) {
                 p.idle.remove(i);
@@ -246,9 +248,9 @@ pub(crate) fn leave(p: &mut Pool, st: usize, state: SState) {
 }
 
 /// Server `st` of pool `p` enters `state`.
-pub(crate) fn enter(p: &mut Pool, st: usize, state: SState, round_robin: bool) {
+pub(crate) fn enter(p: &mut Pool, st: usize, state: &SState, round_robin: bool) {
     match state {
-        SState::Connecting | SState::Login => p.launching += 1,
+        SState::Connecting(_) | SState::Login(_) => p.launching += 1,
         // `idle` is handed out from its end: round-robin puts a server at the front.
         SState::Idle if round_robin => p.idle.insert(0, st),
         SState::Idle => p.idle.push(st),
@@ -275,7 +277,7 @@ impl Server {
         let Some(&answer) = self.io.unread().first() else {
             return Ok(false);
         };
-        let Some(config) = self.login.as_mut().and_then(|l| l.tls.take()) else {
+        let Some(config) = self.login_mut().and_then(|l| l.tls.take()) else {
             return Err(proto("login state lost"));
         };
         match answer {
@@ -322,7 +324,7 @@ impl Server {
         body: &[u8],
     ) -> Result<bool, ErrorFields> {
         let proto = |m: &str| error_fields(sqlstate::PROTOCOL_VIOLATION, m.to_string());
-        let Some(login) = self.login.as_mut() else {
+        let (SState::Connecting(login) | SState::Login(login)) = &mut self.state else {
             return Err(proto("login state lost"));
         };
         let out = self.io.out(bufs);
@@ -434,8 +436,14 @@ impl Server {
         bufs: &mut BufPool,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) {
-        if let (Some(config), ServerAddr::Tcp(_), Some(login)) =
-            (tls, &self.addr, self.login.as_mut())
+        // Connecting and Login both count as launching: the login moves over, and no
+        // pool count changes.
+        self.state = match std::mem::replace(&mut self.state, SState::Canceling) {
+            SState::Connecting(login) => SState::Login(login),
+            other => other,
+        };
+        if let (Some(config), ServerAddr::Tcp(_), SState::Login(login)) =
+            (tls, &self.addr, &mut self.state)
         {
             login.tls = Some(config.clone());
             write::ssl_request(self.io.out(bufs));
@@ -499,7 +507,7 @@ impl Server {
                     return failed(format!("server connection failed during login: {e}"));
                 }
             };
-            if self.login.as_ref().is_some_and(|l| l.tls.is_some()) {
+            if matches!(&self.state, SState::Login(l) if l.tls.is_some()) {
                 match self.tls_answer(pool, tls_required) {
                     Ok(true) => {
                         // SSLRequest answered (and TLS started if agreed): now the startup.
@@ -722,21 +730,18 @@ impl Server {
         }
     }
 
-    /// The server logs in with `creds` and holds `holds` (its shared-memory places).
-    pub(crate) fn logging_in(
-        mut self,
-        creds: Creds,
-        holds: (Option<usize>, Option<usize>),
-    ) -> Server {
-        self.login = Some(Box::new(Login {
-            tls: None,
-            creds,
-            scram: None,
-            params: Vec::new(),
-            missing_creds: false,
-        }));
+    /// The server holds `holds` (its shared-memory places, given back when it closes).
+    pub(crate) fn holding(mut self, holds: (Option<usize>, Option<usize>)) -> Server {
         self.holds = holds;
         self
+    }
+
+    /// The login in progress, while the server is connecting or logging in.
+    fn login_mut(&mut self) -> Option<&mut Login> {
+        match &mut self.state {
+            SState::Connecting(l) | SState::Login(l) => Some(l),
+            _ => None,
+        }
     }
 
     /// The shared-memory places this server holds (database, user).
@@ -748,7 +753,10 @@ impl Server {
     /// it reported, when it reported one (PostgreSQL 14+).
     pub(crate) fn logged_in(&mut self, now: Instant) -> Option<Role> {
         self.checked_at = now;
-        let params = self.login.take().map(|l| l.params).unwrap_or_default();
+        let params = self
+            .login_mut()
+            .map(|l| std::mem::take(&mut l.params))
+            .unwrap_or_default();
         for (k, v) in &params {
             if let Some(name) = params::tracked_name(k) {
                 self.params.set(name, v);
@@ -770,22 +778,30 @@ impl Server {
 
     /// The server asked for a password this worker does not have yet.
     pub(crate) fn missing_creds(&self) -> bool {
-        self.login.as_ref().is_some_and(|l| l.missing_creds)
+        matches!(&self.state, SState::Connecting(l) | SState::Login(l) if l.missing_creds)
     }
 
-    /// A connection to `addr` (host `host` of the pool's list) whose connect is under way.
+    /// A connection to `addr` (host `host` of the pool's list) whose connect is under way,
+    /// to log in with `creds`.
     pub fn connecting(
         id: u64,
         io: Stream,
         pool: PoolId,
-        addr: ServerAddr,
-        host: usize,
+        (addr, host): (ServerAddr, usize),
+        creds: Creds,
         now: Instant,
     ) -> Server {
+        let login = Login {
+            tls: None,
+            creds,
+            scram: None,
+            params: Vec::new(),
+            missing_creds: false,
+        };
         Server {
             id,
             io,
-            state: SState::Connecting,
+            state: SState::Connecting(Box::new(login)),
             pool,
             params: Params::new(),
             backend_key: None,
@@ -804,7 +820,6 @@ impl Server {
             used: false,
             stmts: Default::default(),
             cancels: 0,
-            login: None,
             lookup: None,
             holds: (None, None),
             replication: None,

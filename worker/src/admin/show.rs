@@ -766,7 +766,7 @@ impl View<'_> {
                         SState::Idle => "idle",
                         SState::Reset(_) => "tested",
                         SState::Canceling => "being_canceled",
-                        SState::Connecting | SState::Login => "new",
+                        SState::Connecting(_) | SState::Login(_) => "new",
                     };
                     let link = sv.linked_client().and_then(|ct| match self.conns.get(ct) {
                         Some(Conn::Client(c)) => Some(ptr(1, c.id)),

@@ -176,7 +176,7 @@ impl Worker {
             return;
         }
         s.cancels = s.cancels.saturating_sub(1);
-        if s.cancels == 0 && s.state == SState::Canceling {
+        if s.cancels == 0 && matches!(s.state, SState::Canceling) {
             self.server_ready(st);
         }
     }

@@ -267,7 +267,7 @@ impl Worker {
                         clients.push(t);
                     }
                 }
-                Conn::Server(s) if s.state == SState::Idle || overdue => servers.push(t),
+                Conn::Server(s) if matches!(s.state, SState::Idle) || overdue => servers.push(t),
                 _ => {}
             }
         }

@@ -49,7 +49,10 @@ impl Worker {
                 Action::NotifyQueued(t) => self.notify_queued(t),
                 // Only if an earlier action did not give it to a client meanwhile.
                 Action::RoleCheck(t) => {
-                    if self.server(t).is_some_and(|s| s.state == SState::Idle) {
+                    if self
+                        .server(t)
+                        .is_some_and(|s| matches!(s.state, SState::Idle))
+                    {
                         self.start_check(t)
                     }
                 }

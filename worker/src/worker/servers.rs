@@ -136,10 +136,11 @@ impl Worker {
         let id = self.new_id();
         log::debug!("S-{id}: new connection to {addr}");
         let mut server =
-            Server::connecting(id, io, pool, addr, host, self.now).logging_in(creds, holds);
+            Server::connecting(id, io, pool, (addr, host), creds, self.now).holding(holds);
         server.replication = replication;
+        enter(self.pools.get_mut(pool), entry_key, &server.state, false);
         let st = self.conns.insert(Conn::Server(Box::new(server)));
-        enter(self.pools.get_mut(pool), st, SState::Connecting, false);
+        debug_assert_eq!(st, entry_key);
         true
     }
 
@@ -192,8 +193,8 @@ impl Worker {
         let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;
         };
-        match s.state {
-            SState::Connecting => {
+        match &s.state {
+            SState::Connecting(_) => {
                 if !s.io.is_writable() {
                     return;
                 }
@@ -205,16 +206,15 @@ impl Worker {
                 if !s.io.is_connected() {
                     return;
                 }
-                s.state = SState::Login;
                 let tls = self.tls.connect.as_ref();
                 s.connected(self.pools.get(s.pool), &mut self.bufs, tls);
                 self.server_login_io(st);
             }
-            SState::Login => self.server_login_io(st),
+            SState::Login(_) => self.server_login_io(st),
             SState::Idle => self.idle_server_io(st),
-            SState::Active { client: Some(ct) } => self.pump(ct, st),
+            &SState::Active { client: Some(ct) } => self.pump(ct, st),
             SState::Active { client: None } => {}
-            SState::Reset(what) => self.reset_io(st, what),
+            &SState::Reset(what) => self.reset_io(st, what),
             // Quiet until its cancel is done; anything it says now is for nobody.
             SState::Canceling => self.idle_server_io(st),
         }
@@ -517,8 +517,8 @@ impl Worker {
         let old = std::mem::replace(&mut s.state, new);
         s.since = self.now;
         let p = self.pools.get_mut(s.pool);
-        leave(p, st, old);
-        enter(p, st, new, self.cfg.server_round_robin);
+        leave(p, st, &old);
+        enter(p, st, &s.state, self.cfg.server_round_robin);
     }
 
     /// Idle servers should say nothing: one that did is closed.
@@ -629,10 +629,10 @@ impl Worker {
         let Some(Conn::Server(s)) = self.conns.get(st) else {
             return;
         };
-        leave(self.pools.get_mut(pool), st, s.state);
+        leave(self.pools.get_mut(pool), st, &s.state);
         if let Some(Conn::Server(mut s)) = self.conns.try_remove(st) {
             give_back(&self.shm, self.slot, s.holds());
-            if s.state != SState::Connecting {
+            if !matches!(s.state, SState::Connecting(_)) {
                 let mut bye = Vec::with_capacity(5);
                 write::terminate(&mut bye);
                 let _ = s.io.send(&bye);
