@@ -194,3 +194,78 @@ pub(crate) fn scan(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Client, Lookup};
+    use crate::config::{LoadBalanceHosts, TargetSessionAttrs};
+    use crate::pool::{Limits, Pool, Target};
+    use crate::server::{Creds, OwnQuery, Server, ServerAddr};
+    use crate::stream::memory::End;
+    use crate::stream::{Sock, Stream};
+
+    fn pools() -> Pools {
+        let target = Target {
+            hosts: vec!["localhost".into()],
+            port: 5432,
+            dbname: "app".into(),
+            user: "auth".into(),
+            password: None,
+            application_name: None,
+            startup_params: Vec::new(),
+            load_balance: LoadBalanceHosts::Disable,
+            attrs: TargetSessionAttrs::Any,
+        };
+        let limits = Limits {
+            mode: PoolMode::Transaction,
+            size: 10,
+            min: 0,
+            reserve: 0,
+            timeouts: Default::default(),
+        };
+        let mut pools = Pools::default();
+        pools.add(Pool::new("app".into(), "auth".into(), target, limits));
+        pools
+    }
+
+    #[test]
+    fn an_overdue_lookup_server_is_closed_after_its_client_wherever_it_sits() {
+        // The server running the lookup sits before its client in the table (a slot an
+        // earlier connection freed): the client must still be told client_login_timeout,
+        // not the lookup's failure, so the server is not among the ordered actions.
+        let t0 = Instant::now();
+        let mut conns = Slab::new();
+        let addr = (ServerAddr::Unix("memory".into()), 0);
+        let io = Stream::connecting(Sock::Memory(End::new().0));
+        let mut s = Server::connecting(7, io, 0, addr, Creds::None, t0);
+        s.state = SState::Reset(OwnQuery::AuthQuery);
+        let st = conns.insert(Conn::Server(Box::new(s)));
+        let lookup = Lookup {
+            pool: 0,
+            server: Some(st),
+            key: ("app".into(), "slow".into()),
+            query: String::new(),
+        };
+        let state = CState::Lookup(Box::new(lookup));
+        let io = Stream::accepted(Sock::Memory(End::new().0));
+        let ct = conns.insert(Conn::Client(Box::new(Client::new(8, io, state, None, t0))));
+        assert!(st < ct);
+        let cfg = Config {
+            client_login_timeout: Duration::from_secs(1),
+            ..Config::default()
+        };
+        let shm = Shm::create(1, 16).expect("shared memory");
+        let mut found = Findings::default();
+        let later = t0 + Duration::from_secs(2);
+        scan(&conns, &pools(), &cfg, &shm, 0, later, &mut found);
+        assert!(matches!(
+            found.actions[..],
+            [Action::Client(t, "client_login_timeout")] if t == ct
+        ));
+        assert_eq!(found.lookups_over, [(st, 7)]);
+        // Not due yet: neither is found.
+        scan(&conns, &pools(), &cfg, &shm, 0, t0, &mut found);
+        assert!(found.actions.is_empty() && found.lookups_over.is_empty());
+    }
+}
