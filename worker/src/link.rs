@@ -571,12 +571,18 @@ mod pump_tests {
         }
     }
 
-    #[test]
-    fn a_transaction_keeps_its_server_until_it_ends() {
-        let mut p = Pair::new(PoolMode::Transaction);
+    /// A pair whose client sent BEGIN and whose server answered it, not yet pumped back.
+    fn begun(mode: PoolMode) -> Pair {
+        let mut p = Pair::new(mode);
         p.client_sends(&query("begin"));
         p.settle();
         p.server_sends(&answer("1", TxStatus::InTransaction));
+        p
+    }
+
+    #[test]
+    fn a_transaction_keeps_its_server_until_it_ends() {
+        let mut p = begun(PoolMode::Transaction);
         assert!(matches!(p.settle(), PumpEnd::Idle));
         assert_eq!(tags(&p.at_client()), b"TDCZ");
         p.client_sends(&query("commit"));
@@ -616,10 +622,7 @@ mod pump_tests {
 
     #[test]
     fn statement_pooling_refuses_a_transaction_block_with_pgbouncers_words() {
-        let mut p = Pair::new(PoolMode::Statement);
-        p.client_sends(&query("begin"));
-        p.settle();
-        p.server_sends(&answer("1", TxStatus::InTransaction));
+        let mut p = begun(PoolMode::Statement);
         match p.settle() {
             PumpEnd::CloseClient(Close::Fatal(code, msg)) => {
                 assert_eq!(code, sqlstate::PROTOCOL_VIOLATION);

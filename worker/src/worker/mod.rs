@@ -216,11 +216,7 @@ impl Worker {
                 let t = self.again[i];
                 self.drive(t);
             }
-            if self.again.len() == queued {
-                self.again.clear();
-            } else {
-                self.again.drain(..queued);
-            }
+            self.again.drain(..queued);
             if !self.activate.is_empty() {
                 self.activate();
             }
