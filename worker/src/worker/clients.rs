@@ -2,6 +2,7 @@
 //! its login steps (login.rs) decide: a cancel, an auth_query lookup, the pool's greeting,
 //! the close.
 
+use super::followups::Followup;
 use super::{Conn, Worker};
 use crate::client::{eof_reason, io_reason, CState, Client, Lookup};
 use crate::close::Close;
@@ -431,7 +432,8 @@ impl Worker {
         self.request_server(ct);
     }
 
-    /// Closes a client, telling it why when there is something to tell.
+    /// Closes a client, telling it why when there is something to tell. Its server, if
+    /// linked, is left to the loop's follow-ups (followups.rs).
     pub(crate) fn close_client(&mut self, ct: usize, why: Close) {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
@@ -491,8 +493,19 @@ impl Worker {
             self.cancel_keys.remove(&key);
         }
         if let (Some(st), Some(pool)) = (server, pool) {
+            // Unlinked now, so nothing this pass sees it as this client's; what becomes of
+            // it is the loop's follow-up.
             let mode = self.pools.get(pool).limits.mode;
-            self.client_left_server(st, clean, mode);
+            if let Some(s) = self.server(st) {
+                s.unlink();
+                let id = s.id;
+                self.followups.push_back(Followup::ServerLeft {
+                    st,
+                    id,
+                    clean,
+                    mode,
+                });
+            }
         }
         // A lookup still queued leaves the queue; one already running finishes on its
         // server, whose answer is cached for the next try.

@@ -4,6 +4,7 @@ mod cancels;
 mod clients;
 mod commands;
 mod console;
+mod followups;
 mod handover;
 mod janitor;
 mod links;
@@ -73,6 +74,9 @@ pub struct Worker {
     /// Pools whose servers came free while clients waited: they are matched at the end of
     /// the loop pass (link.rs `activate`), as PgBouncer's per-loop activation does.
     pub(crate) activate: Vec<crate::pool::PoolId>,
+    /// What closed connections left for others, applied by `settle` (followups.rs) as
+    /// each handler returns.
+    followups: VecDeque<followups::Followup>,
     pub(crate) janitor_scratch: crate::janitor::Findings,
     control: Option<OwnedFd>,
     /// Reports the control socket could not take yet.
@@ -165,6 +169,7 @@ impl Worker {
             accept_paused_until: None,
             again: Vec::new(),
             activate: Vec::new(),
+            followups: VecDeque::new(),
             janitor_scratch: Default::default(),
             control: init.control,
             control_out: VecDeque::new(),
@@ -206,8 +211,11 @@ impl Worker {
                 }
             }
             self.now = Instant::now();
+            // Every handler below is followed by `settle`: what its closes left for other
+            // connections is done before the next handler looks at them.
             for ev in events.iter() {
                 self.on_event(ev);
+                self.settle();
             }
             // Those queued while these are driven wait for the next pass. Drained in place:
             // taking the Vec would free and allocate it again at every pass.
@@ -215,26 +223,33 @@ impl Worker {
             for i in 0..queued {
                 let t = self.again[i];
                 self.drive(t);
+                self.settle();
             }
             self.again.drain(..queued);
             if !self.activate.is_empty() {
                 self.activate();
+                self.settle();
             }
             self.accept_all();
+            self.settle();
             if self.handing_over {
                 self.hand_over_idle();
+                self.settle();
             }
             if !self.waits.is_empty() {
                 self.check_waits();
+                self.settle();
             }
             if self.now >= next_tick {
                 self.janitor();
+                self.settle();
                 self.stats.flush(&self.shm, self.slot, &self.pools.totals());
                 next_tick = self.now + TICK;
                 if self.shutdown_step() {
                     log::info!("worker {}: shutdown complete", self.slot);
                     return Ok(());
                 }
+                self.settle();
             }
         }
     }

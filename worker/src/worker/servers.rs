@@ -1,6 +1,7 @@
 //! The loop's side of servers: launching them, and acting on how their logins, own
 //! queries and idle reads end (server.rs): into the pool, to a client, or closed.
 
+use super::followups::Followup;
 use super::Worker;
 use crate::client::CState;
 use crate::close::Close;
@@ -589,7 +590,9 @@ impl Worker {
         }
     }
 
-    /// Closes a server connection and forgets it; a linked client is told and closed.
+    /// Closes a server connection and forgets it. What that leaves for others (a linked or
+    /// replication client to tell, an auth_query lookup to fail, waiting clients to serve)
+    /// is queued for the loop's follow-ups (followups.rs).
     pub(crate) fn remove_server(&mut self, st: usize, reason: &str) {
         let lookup = match self.conns.get_mut(st) {
             Some(Conn::Server(s)) => s.lookup.take(),
@@ -613,7 +616,9 @@ impl Worker {
                 .is_some_and(|c| c.id == id && c.linked_server().is_none())
             {
                 let msg = format!("replication server connection failed: {reason}");
-                self.close_client(ct, Close::Fatal(sqlstate::CONNECTION_FAILURE, msg));
+                let why = Close::Fatal(sqlstate::CONNECTION_FAILURE, msg);
+                self.followups
+                    .push_back(Followup::CloseClient { ct, id, why });
             }
         }
         if let Some(ct) = client {
@@ -621,10 +626,11 @@ impl Worker {
             if let Some(Conn::Server(s)) = self.conns.get_mut(st) {
                 s.unlink();
             }
-            self.close_client(
-                ct,
-                Close::Fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?".into()),
-            );
+            if let Some(id) = self.client(ct).map(|c| c.id) {
+                let why = Close::Fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?".into());
+                self.followups
+                    .push_back(Followup::CloseClient { ct, id, why });
+            }
         }
         let Some(Conn::Server(s)) = self.conns.get(st) else {
             return;
@@ -642,9 +648,11 @@ impl Worker {
         }
         if let Some(l) = lookup {
             let (ct, id) = l.client;
-            self.lookup_answered(ct, id, Err(format!("server connection lost: {reason}")));
+            let why = reason.to_string();
+            self.followups
+                .push_back(Followup::LookupLost { ct, id, why });
         }
-        self.serve_waiting(pool);
+        self.followups.push_back(Followup::ServeWaiting(pool));
     }
 
     /// Gives idle servers of auth_user's pool to clients waiting for auth_query, and

@@ -1,0 +1,57 @@
+//! What a closed connection leaves for others, queued by `close_client` and `remove_server`
+//! and applied by the loop in one place once the handler that closed it returns.
+
+use super::Worker;
+use crate::close::Close;
+use crate::config::PoolMode;
+use crate::pool::PoolId;
+
+/// One thing a close leaves to do to another connection or to a pool. A connection is
+/// named by its slot and its id: the slot may be free, or hold a newer connection, by
+/// the time the loop gets here.
+pub(crate) enum Followup {
+    /// A client left the server it was linked to (unlinked already, so nothing takes it
+    /// meanwhile): the server is reset, made ready, or closed.
+    ServerLeft {
+        st: usize,
+        id: u64,
+        clean: bool,
+        mode: PoolMode,
+    },
+    /// A client whose server went away is told why and closed.
+    CloseClient { ct: usize, id: u64, why: Close },
+    /// A client's auth_query lookup ran on a server that closed before answering.
+    LookupLost { ct: usize, id: u64, why: String },
+    /// A server left the pool: its waiting clients may get a server now.
+    ServeWaiting(PoolId),
+}
+
+impl Worker {
+    /// Applies the queued follow-ups, and those they queue in turn, in order. Each close
+    /// only queues what it leaves, so no close runs inside another.
+    pub(crate) fn settle(&mut self) {
+        while let Some(f) = self.followups.pop_front() {
+            match f {
+                Followup::ServerLeft {
+                    st,
+                    id,
+                    clean,
+                    mode,
+                } => {
+                    if self.server(st).is_some_and(|s| s.id == id) {
+                        self.client_left_server(st, clean, mode);
+                    }
+                }
+                Followup::CloseClient { ct, id, why } => {
+                    if self.client(ct).is_some_and(|c| c.id == id) {
+                        self.close_client(ct, why);
+                    }
+                }
+                Followup::LookupLost { ct, id, why } => {
+                    self.lookup_answered(ct, id, Err(format!("server connection lost: {why}")))
+                }
+                Followup::ServeWaiting(pool) => self.serve_waiting(pool),
+            }
+        }
+    }
+}
