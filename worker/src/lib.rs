@@ -7,6 +7,7 @@ mod auth_cache;
 mod auth_query;
 pub mod buf;
 mod cancel;
+mod channel;
 mod client;
 mod close;
 

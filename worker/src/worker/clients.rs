@@ -144,14 +144,56 @@ impl Worker {
         self.step_login(ct, |c, cx| c.begin_auth(cx));
     }
 
-    /// Lends client `ct` what a login step needs, runs `step` and carries out its answer.
+    /// Runs `step` on client `ct` and carries out its answer.
     fn step_login(
         &mut self,
         ct: usize,
         step: impl FnOnce(&mut Client, &mut login::Ctx) -> Next,
     ) -> Step {
-        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+        let Some(mut next) = self.lend_login(ct, step) else {
             return Step::Done;
+        };
+        loop {
+            return match next {
+                Next::Again => Step::Again,
+                Next::Wait => Step::Wait,
+                Next::Elsewhere => Step::Done,
+                Next::Close(why) => {
+                    self.close_client(ct, why);
+                    Step::Done
+                }
+                Next::Cancel { pid, key } => {
+                    self.cancel_request(ct, pid, &key);
+                    self.close_client(ct, Close::Quiet("cancel request"));
+                    Step::Done
+                }
+                Next::Lookup(source) => {
+                    if self.start_lookup(ct, source) {
+                        // The cache knew the user: the login goes on at once.
+                        match self.lend_login(ct, |c, cx| c.begin_auth(cx)) {
+                            Some(n) => next = n,
+                            None => return Step::Done,
+                        }
+                        continue;
+                    }
+                    Step::Again
+                }
+                Next::Authenticated => {
+                    self.client_authenticated(ct);
+                    Step::Again
+                }
+            };
+        }
+    }
+
+    /// Lends client `ct` what a login step needs and runs `step`; None when it is gone.
+    fn lend_login(
+        &mut self,
+        ct: usize,
+        step: impl FnOnce(&mut Client, &mut login::Ctx) -> Next,
+    ) -> Option<Next> {
+        let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
+            return None;
         };
         let mut cx = login::Ctx {
             cfg: &self.cfg,
@@ -164,28 +206,7 @@ impl Worker {
             predecessor: self.predecessor.as_deref(),
             slot: self.slot,
         };
-        match step(c, &mut cx) {
-            Next::Again => Step::Again,
-            Next::Wait => Step::Wait,
-            Next::Elsewhere => Step::Done,
-            Next::Close(why) => {
-                self.close_client(ct, why);
-                Step::Done
-            }
-            Next::Cancel { pid, key } => {
-                self.cancel_request(ct, pid, &key);
-                self.close_client(ct, Close::Quiet("cancel request"));
-                Step::Done
-            }
-            Next::Lookup(source) => {
-                self.start_lookup(ct, source);
-                Step::Again
-            }
-            Next::Authenticated => {
-                self.client_authenticated(ct);
-                Step::Again
-            }
-        }
+        Some(step(c, &mut cx))
     }
 
     /// Refuses a connection at the PROXY stage: logged, counted, closed without a word.
@@ -196,10 +217,13 @@ impl Worker {
         }
     }
 
-    /// A user missing from the auth file: use a fresh cached auth_query answer, or queue
-    /// the client for a server of the auth pool to run the query (server.rs).
-    fn start_lookup(&mut self, ct: usize, source: crate::config::AuthSource) {
-        let Some(c) = self.client(ct) else { return };
+    /// A user missing from the auth file: true when a fresh cached auth_query answer is
+    /// there; else the client is queued for a server of the auth pool to run the query
+    /// (server.rs), or closed.
+    fn start_lookup(&mut self, ct: usize, source: crate::config::AuthSource) -> bool {
+        let Some(c) = self.client(ct) else {
+            return false;
+        };
         let key = crate::auth_query::key(&source, &c.user);
         let ttl = self.cfg.auth_query_cache_ttl;
         if let Some(found) = self.auth.lookups.get(&key, self.now, ttl) {
@@ -207,7 +231,7 @@ impl Worker {
             if let Some(c) = self.client(ct) {
                 c.found = Some(found);
             }
-            return self.begin_auth(ct);
+            return true;
         }
         // PgBouncer's checks of the authentication database, and its words.
         let dbname = source.dbname.as_str();
@@ -220,11 +244,13 @@ impl Worker {
                 );
             }
             let msg = "bouncer config error".to_string();
-            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+            self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+            return false;
         }
         if self.holds.is_disabled(dbname) {
             let msg = format!("authentication database \"{dbname}\" is disabled");
-            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+            self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+            return false;
         }
         let pool = match self.pools.for_auth(
             crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
@@ -233,15 +259,19 @@ impl Worker {
         ) {
             Ok(p) => p,
             Err(msg) => {
-                return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg))
+                self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
+                return false;
             }
         };
         let retry = self.cfg.server_login_retry;
         if let Some(msg) = self.pools.get(pool).fast_fail(self.now, retry) {
-            return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
+            self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
+            return false;
         }
         let now = self.now;
-        let Some(c) = self.client(ct) else { return };
+        let Some(c) = self.client(ct) else {
+            return false;
+        };
         c.state = CState::Lookup(Box::new(Lookup {
             pool,
             server: None,
@@ -252,6 +282,7 @@ impl Worker {
         let id = c.id;
         self.pools.get_mut(pool).lookups.push_back((ct, id));
         self.serve_lookups(pool);
+        false
     }
 
     /// The client proved who it is: find its pool and greet it once the pool can.

@@ -399,8 +399,9 @@ impl Worker {
             }
         }
         self.flush_console(ct);
-        // Queries that arrived while this one waited.
-        self.console_input(ct);
+        // Queries that arrived while this one waited: read later in this pass, as any
+        // idle client's.
+        self.again.push(ct);
     }
 
     /// The client of a pending request left: forget the request.

@@ -1,7 +1,9 @@
-//! What a closed connection leaves for others, queued by `close_client` and `remove_server`
-//! and applied by the loop in one place once the handler that closed it returns.
+//! What a handler leaves for other connections and pools: queued by `close_client`,
+//! `remove_server` and a retired pool's queues, and applied by the loop in one place once
+//! the handler returns.
 
 use super::Worker;
+use crate::client::CState;
 use crate::close::Close;
 use crate::config::PoolMode;
 use crate::pool::PoolId;
@@ -24,6 +26,11 @@ pub(crate) enum Followup {
     LookupLost { ct: usize, id: u64, why: String },
     /// A server left the pool: its waiting clients may get a server now.
     ServeWaiting(PoolId),
+    /// A client taken off a retired pool's queue (or a replication client queued during a
+    /// pause) asks for a server again.
+    RequestServer { ct: usize, id: u64 },
+    /// A client taken off a retired pool's auth_query queue starts its login over.
+    BeginAuth { ct: usize, id: u64 },
 }
 
 impl Worker {
@@ -51,6 +58,19 @@ impl Worker {
                     self.lookup_answered(ct, id, Err(format!("server connection lost: {why}")))
                 }
                 Followup::ServeWaiting(pool) => self.serve_waiting(pool),
+                Followup::RequestServer { ct, id } => {
+                    if self.client(ct).is_some_and(|c| c.id == id) {
+                        self.request_server(ct);
+                    }
+                }
+                Followup::BeginAuth { ct, id } => {
+                    if self
+                        .client(ct)
+                        .is_some_and(|c| c.id == id && matches!(c.state, CState::Startup))
+                    {
+                        self.begin_auth(ct);
+                    }
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The loop's side of linking: a client's request finds a server (an idle one, a new one,
 //! or a place in the queue), the pair pumps (link.rs), and the server goes back.
 
+use super::followups::Followup;
 use super::servers::needs_check;
 use super::Worker;
 use crate::client::CState;
@@ -165,7 +166,9 @@ impl Worker {
             !repl
         });
         for ct in own {
-            self.request_server(ct);
+            if let Some(id) = self.client(ct).map(|c| c.id) {
+                self.followups.push_back(Followup::RequestServer { ct, id });
+            }
         }
         let p = self.pools.get(pool);
         let greeting = usize::from(p.welcome.is_none() && !p.login_waiting.is_empty());
@@ -202,12 +205,12 @@ impl Worker {
                 continue;
             };
             c.state = CState::Startup;
-            self.begin_auth(ct);
+            self.followups.push_back(Followup::BeginAuth { ct, id });
         }
         for (ct, id) in waiting {
             if let Some(c) = self.client(ct).filter(|c| c.id == id) {
                 c.state = CState::Idle;
-                self.request_server(ct);
+                self.followups.push_back(Followup::RequestServer { ct, id });
             }
         }
         for (ct, id) in greeting {
@@ -220,7 +223,7 @@ impl Worker {
                         self.finish_login(ct);
                     } else {
                         self.pools.get_mut(p).login_waiting.push((ct, id));
-                        self.serve_waiting(p);
+                        self.followups.push_back(Followup::ServeWaiting(p));
                     }
                 }
                 None => self.close_client(ct, database_removed()),

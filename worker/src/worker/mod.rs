@@ -15,6 +15,7 @@ pub use crate::init::{ListenSocket, PassedFd, WorkerInit};
 
 use crate::auth_cache::AuthCache;
 use crate::buf::BufPool;
+use crate::channel::{Channel, Received};
 use crate::config::Config;
 use crate::control::{self, Command, Report};
 use crate::pool::Pools;
@@ -78,9 +79,8 @@ pub struct Worker {
     /// each handler returns.
     followups: VecDeque<followups::Followup>,
     pub(crate) janitor_scratch: crate::janitor::Findings,
-    control: Option<OwnedFd>,
-    /// Reports the control socket could not take yet.
-    control_out: VecDeque<Vec<u8>>,
+    /// The supervisor's control channel.
+    control: Channel,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     pub(crate) shm: Arc<Shm>,
     pub(crate) stats: WorkerStats,
@@ -171,8 +171,7 @@ impl Worker {
             activate: Vec::new(),
             followups: VecDeque::new(),
             janitor_scratch: Default::default(),
-            control: init.control,
-            control_out: VecDeque::new(),
+            control: Channel::new(init.control),
             signals: Some(signals),
             shm: init.shm,
             stats: WorkerStats::default(),
@@ -320,37 +319,25 @@ impl Worker {
         }
     }
 
-    /// Reads every command the supervisor sent and flushes queued reports.
+    /// Flushes queued reports and runs every command the supervisor sent.
     fn control_io(&mut self) {
-        let Some(fd) = self.control.as_ref().map(|f| f.as_raw_fd()) else {
-            return;
-        };
-        while let Some(msg) = self.control_out.front() {
-            match control::send(fd, msg, None) {
-                Ok(()) => {
-                    self.control_out.pop_front();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    log::warn!("worker {}: control channel: {e}", self.slot);
-                    self.control_out.clear();
-                    break;
-                }
-            }
-        }
+        self.control.flush(self.slot);
         let mut buf = [0u8; control::MAX_MESSAGE];
         loop {
-            match control::recv(fd, &mut buf) {
-                Ok(Some((n, fd))) => match Command::decode(&buf[..n]) {
-                    Ok(cmd) => self.on_command(cmd, fd),
-                    Err(e) => log::warn!("worker {}: bad control message: {}", self.slot, e.0),
-                },
-                Ok(None) => return,
-                Err(e) => {
+            match self.control.recv(&mut buf) {
+                Received::Command(cmd, fd) => {
+                    self.on_command(cmd, fd);
+                    self.settle();
+                }
+                Received::Bad(e) => log::warn!("worker {}: bad control message: {e}", self.slot),
+                Received::Empty => return,
+                Received::Closed(fd, e) => {
                     // The supervisor is gone; PR_SET_PDEATHSIG ends us too, but be sure.
                     log::warn!("worker {}: control channel closed: {e}", self.slot);
-                    let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-                    self.control = None;
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&fd.as_raw_fd()));
                     self.begin_shutdown(false);
                     return;
                 }
@@ -359,20 +346,17 @@ impl Worker {
     }
 
     pub(crate) fn has_control(&self) -> bool {
-        self.control.is_some()
+        self.control.is_open()
     }
 
     /// The control socket, for a message that carries a descriptor.
     pub(crate) fn control_raw_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.control.as_ref().map(|f| f.as_raw_fd())
+        self.control.raw_fd()
     }
 
     /// Sends a report to the supervisor, queueing it if the channel is full.
     pub(crate) fn report(&mut self, r: Report) {
-        let mut msg = Vec::with_capacity(16);
-        r.encode(&mut msg);
-        self.control_out.push_back(msg);
-        self.control_io();
+        self.control.report(&r, self.slot);
     }
 
     fn on_command(&mut self, cmd: Command, mut fd: Option<OwnedFd>) {

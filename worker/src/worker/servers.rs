@@ -557,7 +557,9 @@ impl Worker {
         write::query(s.io.out(&mut self.bufs), query);
         s.own += 1;
         s.scan = Scan::default();
-        self.reset_io(st, what);
+        // Sent and read later in this pass (drive_server): reading here would run what the
+        // answer decides inside whoever asked for the query.
+        self.again.push(st);
     }
 
     /// Runs server_check_query on an idle server; a waiting client gets it afterwards.
@@ -719,7 +721,8 @@ impl Worker {
         s.own += 1;
         s.scan = Scan::default();
         s.lookup = Some(lookup);
-        self.reset_io(st, OwnQuery::AuthQuery);
+        // Sent and read later in this pass, as run_own_query's.
+        self.again.push(st);
     }
 
     /// The auth_query's ReadyForQuery came: cache what it found (a failure never), give
