@@ -144,6 +144,15 @@ impl Client {
         }
     }
 
+    /// Moves the client to `new`. Every change of state goes through here, and each starts
+    /// the clock its timeouts count from (`since`): client_idle_timeout in Idle,
+    /// query_wait_timeout in Waiting and the logins' waits, idle_transaction_timeout in
+    /// Active.
+    pub fn set_state(&mut self, new: CState, now: Instant) {
+        self.state = new;
+        self.since = now;
+    }
+
     /// The server this client is linked to, while it is.
     pub fn linked_server(&self) -> Option<usize> {
         match self.state {

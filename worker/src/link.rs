@@ -32,8 +32,7 @@ pub(crate) fn pair(
         stats.server_assignments += 1;
         stats.wait_time_us += micros(now, c.since);
     }
-    c.state = CState::Active { server: st };
-    c.since = now;
+    c.set_state(CState::Active { server: st }, now);
     c.tx = TxState::new();
     c.scan = Scan::default();
     debug_assert_eq!(

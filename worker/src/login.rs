@@ -24,6 +24,7 @@ use crate::tls::Accept;
 use crate::wire::startup::{self, FirstPacket, Startup};
 use crate::wire::write;
 use crate::wire::{fields, frame, sqlstate, NEWEST_MINOR};
+use std::time::Instant;
 
 /// Longest message accepted while logging in (passwords and SASL messages).
 const MAX_AUTH_MESSAGE: usize = 8192;
@@ -42,6 +43,7 @@ pub(crate) struct Ctx<'a> {
     /// The previous generation's counts while it drains after an online upgrade.
     pub predecessor: Option<&'a Shm>,
     pub slot: usize,
+    pub now: Instant,
 }
 
 /// What the loop does after a login step.
@@ -70,7 +72,7 @@ impl Client {
                 match crate::proxy::read(cx.cfg, trusted, self.io.unread()) {
                     Read::Wait => Next::Wait,
                     Read::NotProxy => {
-                        self.state = CState::Startup;
+                        self.set_state(CState::Startup, cx.now);
                         Next::Again
                     }
                     Read::Header {
@@ -83,7 +85,7 @@ impl Client {
                             self.peer = Peer::Tcp(src);
                         }
                         self.proxy = info;
-                        self.state = CState::Startup;
+                        self.set_state(CState::Startup, cx.now);
                         cx.stats.proxy_accepted += 1;
                         Next::Again
                     }
@@ -424,12 +426,12 @@ impl Client {
                 if listed && secret.is_none() {
                     return self.auth_failed(cx);
                 }
-                return self.authenticated();
+                return self.authenticated(cx.now);
             }
             Method::Cert => {
                 // PostgreSQL's rule: the certificate's CN is the user, compared exactly.
                 if self.certificate_cn().as_deref() == Some(user.as_str()) {
-                    return self.authenticated();
+                    return self.authenticated(cx.now);
                 }
                 let msg = format!("certificate authentication failed for user \"{user}\"");
                 log::info!("{}: {}", self.name(), Escaped(&msg));
@@ -485,7 +487,7 @@ impl Client {
             }
             AuthStep::Scram { .. } => write::auth_sasl(out, &["SCRAM-SHA-256"]),
         }
-        self.state = CState::Auth(step);
+        self.set_state(CState::Auth(step), cx.now);
         Next::Again
     }
 
@@ -573,15 +575,15 @@ impl Client {
             },
         };
         if ok {
-            self.authenticated()
+            self.authenticated(cx.now)
         } else {
             self.auth_failed(cx)
         }
     }
 
     /// The client proved who it is; the loop finds its pool and greets it.
-    fn authenticated(&mut self) -> Next {
-        self.state = CState::LoginWait;
+    fn authenticated(&mut self, now: Instant) -> Next {
+        self.set_state(CState::LoginWait, now);
         Next::Authenticated
     }
 
@@ -713,6 +715,7 @@ mod tests {
                 shm: &self.shm,
                 predecessor: None,
                 slot: 0,
+                now: Instant::now(),
             };
             // As epoll reports it: readable and writable.
             self.c.io.on_event(true, true, false);

@@ -205,6 +205,7 @@ impl Worker {
             shm: &self.shm,
             predecessor: self.predecessor.as_deref(),
             slot: self.slot,
+            now: self.now,
         };
         Some(step(c, &mut cx))
     }
@@ -272,13 +273,13 @@ impl Worker {
         let Some(c) = self.client(ct) else {
             return false;
         };
-        c.state = CState::Lookup(Box::new(Lookup {
+        let lookup = Lookup {
             pool,
             server: None,
             key,
             query: source.query,
-        }));
-        c.since = now;
+        };
+        c.set_state(CState::Lookup(Box::new(lookup)), now);
         let id = c.id;
         self.pools.get_mut(pool).lookups.push_back((ct, id));
         self.serve_lookups(pool);
@@ -360,8 +361,7 @@ impl Worker {
         if let Some(msg) = p.fast_fail(self.now, self.cfg.server_login_retry) {
             return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
         }
-        c.state = CState::LoginWait;
-        c.since = self.now;
+        c.set_state(CState::LoginWait, self.now);
         let id = c.id;
         p.login_waiting.push((ct, id));
         self.serve_waiting(pool);
@@ -408,8 +408,7 @@ impl Worker {
         self.pools.get_mut(pool).stats.client_login_count += 1;
         let key = (pid as u64) << 32 | secret as u64;
         c.cancel_key = key;
-        c.state = CState::Idle;
-        c.since = self.now;
+        c.set_state(CState::Idle, self.now);
         let id = c.id;
         self.cancel_keys.insert(key, (ct, id));
         // Its first request may have come with its password: read later in this pass.

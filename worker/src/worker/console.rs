@@ -68,8 +68,7 @@ impl Worker {
         }
         write::backend_key_data(out, 0, 0);
         write::ready_for_query(out, crate::relay::TxStatus::Idle);
-        c.state = CState::Idle;
-        c.since = self.now;
+        c.set_state(CState::Idle, self.now);
         if self.cfg.log_connections {
             log::info!("{}: console login worker={}", c.name(), self.slot);
         }
@@ -314,8 +313,7 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        c.state = CState::Waiting;
-        c.since = self.now;
+        c.set_state(CState::Waiting, self.now);
         let client = (ct, c.id);
         let req = self.console.next;
         self.console.next = self.console.next.wrapping_add(1);
@@ -364,7 +362,7 @@ impl Worker {
         if c.id != id {
             return;
         }
-        c.state = CState::Idle;
+        c.set_state(CState::Idle, self.now);
         for slot in &missing {
             let msg = format!("worker {slot} did not answer in time; its rows are missing");
             write::error_response(c.io.out(&mut self.bufs), Severity::Notice, "01000", &msg);

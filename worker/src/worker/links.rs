@@ -38,8 +38,7 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        c.state = CState::Waiting;
-        c.since = self.now;
+        c.set_state(CState::Waiting, self.now);
         c.wait_notified = false;
         let id = c.id;
         if c.replication.is_some() {
@@ -196,6 +195,7 @@ impl Worker {
         let waiting: Vec<(usize, u64)> = p.waiting.drain(..).collect();
         let greeting = std::mem::take(&mut p.login_waiting);
         let lookups: Vec<(usize, u64)> = p.lookups.drain(..).collect();
+        let now = self.now;
         for (ct, id) in lookups {
             // Not started yet: ask again, through the pool the config names now.
             let Some(c) = self
@@ -204,12 +204,12 @@ impl Worker {
             else {
                 continue;
             };
-            c.state = CState::Startup;
+            c.set_state(CState::Startup, now);
             self.followups.push_back(Followup::BeginAuth { ct, id });
         }
         for (ct, id) in waiting {
             if let Some(c) = self.client(ct).filter(|c| c.id == id) {
-                c.state = CState::Idle;
+                c.set_state(CState::Idle, now);
                 self.followups.push_back(Followup::RequestServer { ct, id });
             }
         }
@@ -299,8 +299,7 @@ impl Worker {
         let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
             return;
         };
-        c.state = CState::Idle;
-        c.since = self.now;
+        c.set_state(CState::Idle, self.now);
         // A request that arrived meanwhile asks for a server again, later in this pass:
         // driving the client from here would re-enter the pump that released it. With
         // nothing buffered and nothing left to read, its next event does that, and its

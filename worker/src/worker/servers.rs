@@ -768,11 +768,10 @@ impl Worker {
             }
             return;
         };
-        c.state = CState::Startup;
+        c.set_state(CState::Startup, now);
         match result {
             Ok(found) => {
                 c.found = Some(Box::new(found));
-                c.since = now;
                 self.begin_auth(ct);
                 self.again.push(ct);
             }
