@@ -138,6 +138,7 @@ impl InBuf {
     }
 
     /// Hands the storage back when nothing is buffered.
+    #[inline]
     pub fn release(&mut self, pool: &mut BufPool) {
         if self.is_empty() && !self.data.is_empty() {
             pool.put_read(std::mem::take(&mut self.data));
@@ -197,6 +198,8 @@ impl OutBuf {
         }
     }
 
+    /// Hands the storage back when everything was sent.
+    #[inline]
     pub fn release(&mut self, pool: &mut BufPool) {
         if self.is_empty() && self.data.capacity() != 0 {
             pool.put_write(std::mem::take(&mut self.data));

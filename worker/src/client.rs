@@ -148,6 +148,7 @@ impl Client {
     /// the clock its timeouts count from (`since`): client_idle_timeout in Idle,
     /// query_wait_timeout in Waiting and the logins' waits, idle_transaction_timeout in
     /// Active.
+    #[inline]
     pub fn set_state(&mut self, new: CState, now: Instant) {
         self.state = new;
         self.since = now;

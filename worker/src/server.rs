@@ -715,6 +715,7 @@ impl Server {
     }
 
     /// The client this server serves, while it serves one.
+    #[inline]
     pub(crate) fn linked_client(&self) -> Option<usize> {
         match self.state {
             SState::Active { client } => client,

@@ -20,7 +20,8 @@ pub(crate) enum Followup {
         clean: bool,
         mode: PoolMode,
     },
-    /// A client whose server went away is told why and closed.
+    /// A replication client whose own server went away before they were linked is told
+    /// why and closed. (A linked client is closed with its server at once.)
     CloseClient { ct: usize, id: u64, why: Close },
     /// A client's auth_query lookup ran on a server that closed before answering.
     LookupLost { ct: usize, id: u64, why: String },
@@ -35,8 +36,17 @@ pub(crate) enum Followup {
 
 impl Worker {
     /// Applies the queued follow-ups, and those they queue in turn, in order. Each close
-    /// only queues what it leaves, so no close runs inside another.
+    /// only queues what it leaves, so no close runs inside another. Called after every
+    /// handler, and nearly always with nothing queued: only that test is inlined.
+    #[inline]
     pub(crate) fn settle(&mut self) {
+        if !self.followups.is_empty() {
+            self.apply_followups();
+        }
+    }
+
+    #[inline(never)]
+    fn apply_followups(&mut self) {
         while let Some(f) = self.followups.pop_front() {
             match f {
                 Followup::ServerLeft {

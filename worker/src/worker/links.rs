@@ -261,11 +261,6 @@ impl Worker {
         let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
             return;
         };
-        if s.linked_client() != Some(ct) {
-            // Its server was closed in this handler, and its slot perhaps taken since: the
-            // client's own close is a queued follow-up.
-            return;
-        }
         let Some(pool) = c.pool else {
             return;
         };

@@ -592,9 +592,9 @@ impl Worker {
         }
     }
 
-    /// Closes a server connection and forgets it. What that leaves for others (a linked or
-    /// replication client to tell, an auth_query lookup to fail, waiting clients to serve)
-    /// is queued for the loop's follow-ups (followups.rs).
+    /// Closes a server connection and forgets it, and its linked client with it. What that
+    /// leaves for others (a replication client to tell, an auth_query lookup to fail,
+    /// waiting clients to serve) is queued for the loop's follow-ups (followups.rs).
     pub(crate) fn remove_server(&mut self, st: usize, reason: &str) {
         let lookup = match self.conns.get_mut(st) {
             Some(Conn::Server(s)) => s.lookup.take(),
@@ -624,15 +624,14 @@ impl Worker {
             }
         }
         if let Some(ct) = client {
-            // Unlinked first, so the client's close does not hand this server back.
+            // The linked client goes with it, now: a client linked to a server that is
+            // gone must never be pumped. Unlinked first, so the client's close does not
+            // hand this server back (it queues nothing).
             if let Some(Conn::Server(s)) = self.conns.get_mut(st) {
                 s.unlink();
             }
-            if let Some(id) = self.client(ct).map(|c| c.id) {
-                let why = Close::Fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?".into());
-                self.followups
-                    .push_back(Followup::CloseClient { ct, id, why });
-            }
+            let why = Close::Fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?".into());
+            self.close_client(ct, why);
         }
         let Some(Conn::Server(s)) = self.conns.get(st) else {
             return;
