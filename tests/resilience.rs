@@ -1,6 +1,7 @@
 //! Resilience and operations: a stopped worker, an unwritable log, privileges dropped after
-//! binding a privileged port, a transaction committing across a graceful shutdown, and the
-//! console's counters covering every worker's short connections.
+//! binding a privileged port, a transaction committing across a graceful shutdown, the
+//! console's counters covering every worker's short connections, and a worker out of
+//! descriptors.
 
 mod common;
 
@@ -545,4 +546,63 @@ fn a_reload_that_names_another_log_file_moves_the_log_there_and_back_to_stderr()
         .log()
         .contains("login attempt")));
     assert_eq!(read(&second).matches("login attempt").count(), in_second);
+}
+
+/// The lowest descriptor number process `pid` does not hold: the one its next socket gets.
+fn lowest_free_fd(pid: i32) -> u64 {
+    let held: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the worker's descriptors are listed")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !held.contains(n)).unwrap()
+}
+
+/// Sets process `pid`'s soft RLIMIT_NOFILE, keeping its hard limit.
+fn set_nofile(pid: i32, soft: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads `new` and writes `old`, two rlimits that live for the call.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim) };
+    assert_eq!(rc, 0, "reading the worker's RLIMIT_NOFILE");
+    lim.rlim_cur = soft;
+    // SAFETY: as above.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "setting the worker's RLIMIT_NOFILE to {soft}");
+}
+
+/// Out of descriptors, a worker stops accepting for a second instead of spinning on a
+/// listener it cannot serve; its clients go on meanwhile, and it takes the connections that
+/// queued once it has descriptors again.
+#[test]
+fn out_of_descriptors_pauses_accepting_and_then_takes_the_queue() {
+    let pooler = PoolerSetup::new().start_with_args(&config(""), &["--workers", "1"]);
+    let worker = pooler.wait_for_children(1, secs(5))[0];
+    let mut before = pooler.connect(TRUST_USER, "", "app");
+    assert_eq!(scalar(&mut before, "SELECT 1").unwrap(), "1");
+    // Its next descriptor is over the limit: every accept fails with EMFILE.
+    set_nofile(worker, lowest_free_fd(worker));
+    // Its login reads with a 10 s timeout: a worker that never resumed fails the test.
+    let port = pooler.port();
+    let queued = thread::spawn(move || {
+        let startup = startup_packet(&[("user", TRUST_USER), ("database", "app")]);
+        let mut s = common::wire::raw_login(port, &startup, "")?;
+        Ok::<_, String>(common::wire::run_query(&mut s, "SELECT 3").0)
+    });
+    assert!(
+        pooler.wait_for_log("pausing accepts for 1s", secs(5)),
+        "no pause in the log:\n{}",
+        pooler.log()
+    );
+    // A client it already has is served as before.
+    assert_eq!(scalar(&mut before, "SELECT 2").unwrap(), "2");
+    assert!(
+        !queued.is_finished(),
+        "a client got in with no descriptor to spare"
+    );
+    set_nofile(worker, 1024);
+    assert_eq!(queued.join().unwrap(), Ok(vec!["3".to_string()]));
+    let mut after = pooler.connect(TRUST_USER, "", "app");
+    assert_eq!(scalar(&mut after, "SELECT 4").unwrap(), "4");
 }

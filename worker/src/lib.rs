@@ -19,6 +19,7 @@ mod dns;
 mod init;
 mod janitor;
 mod link;
+mod listeners;
 pub mod logfile;
 mod login;
 pub mod logsafe;

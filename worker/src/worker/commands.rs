@@ -1,7 +1,7 @@
 //! What the supervisor (or a signal) asks of a worker: reload, pause, resume, disable,
 //! reconnect, the waits of console commands, and shutdown.
 
-use super::Worker;
+use super::{Shutdown, Worker};
 use crate::client::CState;
 use crate::close::Close;
 use crate::config::Config;
@@ -219,11 +219,14 @@ impl Worker {
     /// (SIGINT) idle ones go now, the rest when their transaction (session, in session
     /// pooling) ends. Either way shutdown_timeout, when not 0, bounds the wait.
     pub(crate) fn begin_shutdown(&mut self, wait_for_clients: bool) {
-        if self.shutdown_since.is_some() {
+        if self.shutdown.is_some() {
             return;
         }
-        self.shutdown_since = Some(self.now);
-        self.shutdown_waits_for_clients = wait_for_clients;
+        self.shutdown = Some(Shutdown {
+            since: self.now,
+            waits_for_clients: wait_for_clients,
+            hands_over: false,
+        });
         self.close_listeners();
         self.shm
             .worker(self.slot)
@@ -234,13 +237,18 @@ impl Worker {
 
     /// One step of a shutdown in progress: closes who may go now; true once nobody is left.
     pub(crate) fn shutdown_step(&mut self) -> bool {
-        let Some(since) = self.shutdown_since else {
+        let Some(Shutdown {
+            since,
+            waits_for_clients,
+            ..
+        }) = self.shutdown
+        else {
             return false;
         };
         let timeout = self.cfg.shutdown_timeout;
         let overdue = !timeout.is_zero() && self.now.duration_since(since) >= timeout;
         let any_client = self.conns.iter().any(|(_, c)| matches!(c, Conn::Client(_)));
-        if self.shutdown_waits_for_clients && !overdue && any_client {
+        if waits_for_clients && !overdue && any_client {
             // Clients go on as before, with their servers, until the last one leaves.
             return false;
         }

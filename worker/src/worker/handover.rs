@@ -27,15 +27,17 @@ impl Worker {
     /// `Command::UpgradeDrain`: stop accepting, serve who stays until they leave (at most
     /// shutdown_timeout), and hand every client over as soon as it is idle.
     pub(crate) fn begin_upgrade_drain(&mut self) {
-        self.handing_over = true;
         self.begin_shutdown(true);
+        if let Some(s) = &mut self.shutdown {
+            s.hands_over = true;
+        }
         self.hand_over_idle();
     }
 
     /// Hands over every client that can go now. Called on each turn of the loop while
     /// draining for an upgrade, so a busy client goes between two of its transactions.
     pub(crate) fn hand_over_idle(&mut self) {
-        if !self.handing_over || !self.has_control() {
+        if !self.shutdown.as_ref().is_some_and(|s| s.hands_over) || !self.has_control() {
             return;
         }
         let ready: Vec<usize> = self

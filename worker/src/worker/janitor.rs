@@ -77,7 +77,7 @@ impl Worker {
     /// janitor does (1.21+). Per-user pools still start at their first login: their
     /// users are not known before.
     fn make_forced_pools(&mut self) {
-        if self.shutdown_since.is_some() {
+        if self.shutdown.is_some() {
             return;
         }
         let wanted: Vec<(String, String)> = self
@@ -117,7 +117,7 @@ impl Worker {
         }
         // A pool with a forced user is filled from the start, as in PgBouncer 1.21+; a
         // per-user pool that never logged in has no welcome: only clients' logins start it.
-        if (p.welcome.is_some() || p.forced) && self.shutdown_since.is_none() {
+        if (p.welcome.is_some() || p.forced) && self.shutdown.is_none() {
             let mut need = p.limits.min.saturating_sub(p.total());
             while need > 0
                 && self

@@ -16,7 +16,7 @@ use crate::wire::sqlstate;
 impl Worker {
     /// A logged-in client has a request: give it a server now or queue it.
     pub(crate) fn request_server(&mut self, ct: usize) {
-        if self.shutdown_since.is_some() && !self.shutdown_waits_for_clients {
+        if self.shutdown.as_ref().is_some_and(|s| !s.waits_for_clients) {
             // During a shutdown (SIGINT) no new transaction starts; the last one has
             // finished. SIGTERM's shutdown serves clients until they leave.
             let msg = "pgbouncers is shutting down".to_string();

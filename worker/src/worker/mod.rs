@@ -11,18 +11,18 @@ mod links;
 mod servers;
 
 pub(crate) use crate::conn::{shown_id, Conn};
-pub use crate::init::{ListenSocket, PassedFd, WorkerInit};
+pub use crate::init::{PassedFd, WorkerInit};
 
 use crate::auth_cache::AuthCache;
 use crate::buf::BufPool;
 use crate::channel::{Channel, Received};
 use crate::config::Config;
 use crate::control::{self, Command, Report};
+use crate::listeners::{Accepted, Listeners};
 use crate::pool::Pools;
 use crate::shm::Shm;
 use crate::stats::WorkerStats;
 use crate::stream::Sock;
-use mio::net::{TcpListener, UnixListener};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -43,9 +43,14 @@ const SIGNALS: usize = usize::MAX - 1;
 /// The resolver thread's wake-ups.
 const DNS: usize = usize::MAX - 2;
 
-enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
+/// A graceful shutdown in progress.
+pub(crate) struct Shutdown {
+    pub since: Instant,
+    /// It waits for every client to leave (SIGTERM, PgBouncer's "super safe shutdown")
+    /// rather than only for transactions to end (SIGINT).
+    pub waits_for_clients: bool,
+    /// Draining after an online upgrade: idle clients go to the new generation.
+    pub hands_over: bool,
 }
 
 pub struct Worker {
@@ -55,7 +60,7 @@ pub struct Worker {
     pub(crate) passed: Arc<Vec<PassedFd>>,
     pub(crate) poll: Poll,
     pub(crate) conns: Slab<Conn>,
-    listeners: Vec<(Listener, bool)>,
+    listeners: Listeners,
     pub(crate) pools: Pools,
     pub(crate) bufs: BufPool,
     pub(crate) cfg: Arc<Config>,
@@ -68,8 +73,6 @@ pub struct Worker {
     pub(crate) peer_cancels: crate::cancel::PeerCancels,
     pub(crate) next_id: u64,
     pub(crate) now: Instant,
-    /// Set when accepting failed for lack of descriptors: retry after this instant.
-    accept_paused_until: Option<Instant>,
     /// Connections with work left over after their fair share of a turn.
     pub(crate) again: Vec<usize>,
     /// Pools whose servers came free while clients waited: they are matched at the end of
@@ -93,12 +96,7 @@ pub struct Worker {
     /// Console commands waiting on this worker: (request, condition).
     pub(crate) waits: Vec<(u32, control::Until)>,
     /// Set once a graceful shutdown began.
-    pub(crate) shutdown_since: Option<Instant>,
-    /// Draining after an online upgrade: idle clients go to the new generation.
-    pub(crate) handing_over: bool,
-    /// The shutdown waits for every client to leave (SIGTERM, PgBouncer's "super safe
-    /// shutdown") rather than only for transactions to end (SIGINT).
-    pub(crate) shutdown_waits_for_clients: bool,
+    pub(crate) shutdown: Option<Shutdown>,
     /// Server host names, looked up on a thread so the loop never blocks on DNS.
     pub(crate) dns: crate::dns::Resolver,
     /// TLS configurations for both sides, rebuilt on reload.
@@ -108,25 +106,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(init: WorkerInit) -> io::Result<Worker> {
         let poll = Poll::new()?;
-        let mut listeners = Vec::new();
-        for (i, l) in init.listeners.into_iter().enumerate() {
-            let mut l = match l {
-                ListenSocket::Tcp(l) => {
-                    l.set_nonblocking(true)?;
-                    Listener::Tcp(TcpListener::from_std(l))
-                }
-                ListenSocket::Unix(l) => {
-                    l.set_nonblocking(true)?;
-                    Listener::Unix(UnixListener::from_std(l))
-                }
-            };
-            let token = Token(LISTENER_BASE + i);
-            match &mut l {
-                Listener::Tcp(l) => poll.registry().register(l, token, Interest::READABLE)?,
-                Listener::Unix(l) => poll.registry().register(l, token, Interest::READABLE)?,
-            }
-            listeners.push((l, true));
-        }
+        let listeners = Listeners::new(init.listeners, poll.registry(), LISTENER_BASE)?;
         if let Some(fd) = &init.control {
             poll.registry().register(
                 &mut SourceFd(&fd.as_raw_fd()),
@@ -166,7 +146,6 @@ impl Worker {
             peer_cancels: Default::default(),
             next_id: 1,
             now,
-            accept_paused_until: None,
             again: Vec::new(),
             activate: Vec::new(),
             followups: VecDeque::new(),
@@ -179,9 +158,7 @@ impl Worker {
             console: Default::default(),
             holds: init.holds,
             waits: Vec::new(),
-            shutdown_since: None,
-            handing_over: false,
-            shutdown_waits_for_clients: false,
+            shutdown: None,
             dns,
             tls,
         };
@@ -195,10 +172,7 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let busy = !self.again.is_empty()
-                || !self.activate.is_empty()
-                || (self.listeners.iter().any(|(_, ready)| *ready)
-                    && self.accept_paused_until.is_none());
+            let busy = !self.again.is_empty() || !self.activate.is_empty() || self.listeners.busy();
             let timeout = if busy {
                 Duration::ZERO
             } else {
@@ -231,7 +205,7 @@ impl Worker {
             }
             self.accept_all();
             self.settle();
-            if self.handing_over {
+            if self.shutdown.as_ref().is_some_and(|s| s.hands_over) {
                 self.hand_over_idle();
                 self.settle();
             }
@@ -273,7 +247,7 @@ impl Worker {
                 .as_mut()
                 .is_some_and(|s| s.pending().next().is_some());
             if got_term {
-                if self.shutdown_since.is_some() {
+                if self.shutdown.is_some() {
                     // As PgBouncer: a second SIGTERM ends a shutdown in progress at once.
                     log::info!(
                         "worker {}: got SIGTERM while shutting down, fast exit",
@@ -290,10 +264,7 @@ impl Worker {
             return;
         }
         if t >= LISTENER_BASE {
-            if let Some((_, ready)) = self.listeners.get_mut(t - LISTENER_BASE) {
-                *ready = true;
-            }
-            return;
+            return self.listeners.readable(t - LISTENER_BASE);
         }
         let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
         let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
@@ -401,59 +372,28 @@ impl Worker {
 
     /// Stops accepting: the supervisor keeps the sockets for a successor.
     pub(crate) fn close_listeners(&mut self) {
-        for (mut l, _) in self.listeners.drain(..) {
-            let _ = match &mut l {
-                Listener::Tcp(l) => self.poll.registry().deregister(l),
-                Listener::Unix(l) => self.poll.registry().deregister(l),
-            };
-        }
+        self.listeners.close(self.poll.registry());
     }
 
+    /// Accepts from every listener with connections waiting, a batch from each.
     fn accept_all(&mut self) {
-        if let Some(until) = self.accept_paused_until {
-            if self.now < until {
-                return;
-            }
-            self.accept_paused_until = None;
-            for l in &mut self.listeners {
-                l.1 = true;
-            }
+        if !self.listeners.resume(self.now) {
+            return;
         }
         for i in 0..self.listeners.len() {
-            if self.listeners[i].1 {
-                self.accept_from(i);
+            if !self.listeners.is_ready(i) {
+                continue;
             }
-        }
-    }
-
-    fn accept_from(&mut self, i: usize) {
-        for _ in 0..ACCEPT_BATCH {
-            let accepted = match &self.listeners[i].0 {
-                Listener::Tcp(l) => l.accept().map(|(s, a)| (Sock::Tcp(s), Some(a))),
-                Listener::Unix(l) => l.accept().map(|(s, _)| (Sock::Unix(s), None)),
-            };
-            match accepted {
-                Ok((sock, peer)) => {
-                    self.stats.accepts += 1;
-                    self.add_client(sock, peer);
+            for _ in 0..ACCEPT_BATCH {
+                match self.listeners.accept(i, self.now) {
+                    Accepted::Conn(sock, peer) => {
+                        self.stats.accepts += 1;
+                        self.add_client(sock, peer);
+                    }
+                    Accepted::Empty => break,
+                    Accepted::Paused => return,
+                    Accepted::Skipped => {}
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.listeners[i].1 = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    ) =>
-                {
-                    log::warn!("accept failed: {e}; pausing accepts for 1s");
-                    self.accept_paused_until = Some(self.now + Duration::from_secs(1));
-                    return;
-                }
-                // ECONNABORTED and friends concern one connection only.
-                Err(e) => log::debug!("accept: {e}"),
             }
         }
     }
