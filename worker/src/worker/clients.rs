@@ -462,8 +462,9 @@ impl Worker {
         self.request_server(ct);
     }
 
-    /// Closes a client, telling it why when there is something to tell. Its server, if
-    /// linked, is left to the loop's follow-ups (followups.rs).
+    /// Closes a client, telling it why when there is something to tell. Its linked server
+    /// is unlinked now; whether it is reset, made ready or closed is a follow-up
+    /// (followups.rs).
     pub(crate) fn close_client(&mut self, ct: usize, why: Close) {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;

@@ -73,13 +73,15 @@ pub struct Worker {
     pub(crate) peer_cancels: crate::cancel::PeerCancels,
     pub(crate) next_id: u64,
     pub(crate) now: Instant,
-    /// Connections with work left over after their fair share of a turn.
+    /// Connections to drive again later in this pass (or the next): work left over after
+    /// their fair share of a turn, a released client with bytes buffered, a server whose
+    /// own query was just sent, a console client with queries queued.
     pub(crate) again: Vec<usize>,
     /// Pools whose servers came free while clients waited: they are matched at the end of
     /// the loop pass (link.rs `activate`), as PgBouncer's per-loop activation does.
     pub(crate) activate: Vec<crate::pool::PoolId>,
-    /// What closed connections left for others, applied by `settle` (followups.rs) as
-    /// each handler returns.
+    /// What handlers left for other connections and pools, applied by `settle`
+    /// (followups.rs) as each handler returns.
     followups: VecDeque<followups::Followup>,
     pub(crate) janitor_scratch: crate::janitor::Findings,
     /// The supervisor's control channel.
