@@ -23,7 +23,8 @@ pub(crate) enum Followup {
     /// A replication client whose own server went away before they were linked is told
     /// why and closed. (A linked client is closed with its server at once.)
     CloseClient { ct: usize, id: u64, why: Close },
-    /// A client's auth_query lookup ran on a server that closed before answering.
+    /// A client's auth_query lookup ran on a server that closed before answering; `why`
+    /// is what the log says.
     LookupLost { ct: usize, id: u64, why: String },
     /// A server left the pool: its waiting clients may get a server now.
     ServeWaiting(PoolId),
@@ -64,9 +65,7 @@ impl Worker {
                         self.close_client(ct, why);
                     }
                 }
-                Followup::LookupLost { ct, id, why } => {
-                    self.lookup_answered(ct, id, Err(format!("server connection lost: {why}")))
-                }
+                Followup::LookupLost { ct, id, why } => self.lookup_answered(ct, id, Err(why)),
                 Followup::ServeWaiting(pool) => self.serve_waiting(pool),
                 Followup::RequestServer { ct, id } => {
                     if self.client(ct).is_some_and(|c| c.id == id) {

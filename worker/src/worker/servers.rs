@@ -649,7 +649,7 @@ impl Worker {
         }
         if let Some(l) = lookup {
             let (ct, id) = l.client;
-            let why = reason.to_string();
+            let why = format!("server connection lost: {reason}");
             self.followups
                 .push_back(Followup::LookupLost { ct, id, why });
         }
