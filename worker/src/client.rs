@@ -23,14 +23,18 @@ pub(crate) enum CState {
     Auth(AuthStep),
     /// Waiting for auth_query to find the user's password: queued, or running.
     Lookup(Box<Lookup>),
-    /// Authenticated; waiting for the pool's first server login to greet the client.
-    LoginWait,
-    /// Logged in, no request in flight, no server.
-    Idle,
-    /// Has sent a request and waits in its pool's queue for a server.
-    Waiting,
-    /// Linked to `server`.
-    Active { server: usize },
+    /// Authenticated; waiting for `pool`'s first server login to greet the client.
+    LoginWait { pool: PoolId },
+    /// Logged in to `pool`, no request in flight, no server.
+    Idle { pool: PoolId },
+    /// Has sent a request and waits in `pool`'s queue for a server.
+    Waiting { pool: PoolId },
+    /// Linked to `server`, one of `pool`'s.
+    Active { pool: PoolId, server: usize },
+    /// Logged in to the admin console, no command in flight.
+    Console,
+    /// An admin console command waits for the supervisor's answer to request `req`.
+    ConsoleWaiting { req: u32 },
 }
 
 /// The authentication exchange in progress.
@@ -56,7 +60,6 @@ pub(crate) struct Client {
     /// Interned: thousands of clients of one pool share the strings.
     pub user: Rc<str>,
     pub db: Rc<str>,
-    pub pool: Option<PoolId>,
     pub params: Params,
     pub tx: TxState,
     pub scan: Scan,
@@ -120,7 +123,6 @@ impl Client {
             via: peer,
             user: "".into(),
             db: "".into(),
-            pool: None,
             params: Params::new(),
             tx: TxState::new(),
             scan: Scan::default(),
@@ -157,8 +159,31 @@ impl Client {
     /// The server this client is linked to, while it is.
     pub fn linked_server(&self) -> Option<usize> {
         match self.state {
-            CState::Active { server } => Some(server),
+            CState::Active { server, .. } => Some(server),
             _ => None,
+        }
+    }
+
+    /// The pool the client logged in to, once it has one (never for the console).
+    pub fn pool(&self) -> Option<PoolId> {
+        match self.state {
+            CState::LoginWait { pool }
+            | CState::Idle { pool }
+            | CState::Waiting { pool }
+            | CState::Active { pool, .. } => Some(pool),
+            _ => None,
+        }
+    }
+
+    /// The same state in pool `new`: a reload retired the old one. The state's clock goes
+    /// on, as the client's wait does.
+    pub fn move_to_pool(&mut self, new: PoolId) {
+        match &mut self.state {
+            CState::LoginWait { pool }
+            | CState::Idle { pool }
+            | CState::Waiting { pool }
+            | CState::Active { pool, .. } => *pool = new,
+            _ => {}
         }
     }
 

@@ -63,7 +63,7 @@ pub(crate) fn scan(
     for (t, conn) in conns.iter() {
         match conn {
             Conn::Client(c) => {
-                let limits = c.pool.map(|p| &pools.get(p).limits);
+                let limits = c.pool().map(|p| &pools.get(p).limits);
                 let mode = limits.map(|l| l.mode);
                 let tmo = limits.map_or(global, |l| l.timeouts);
                 match c.state {
@@ -79,7 +79,7 @@ pub(crate) fn scan(
                     }
                     // Waiting for the pool's first server: PgBouncer's words for a
                     // login that PostgreSQL's absence held up, and its queue limit.
-                    CState::LoginWait => {
+                    CState::LoginWait { .. } => {
                         if expired(c.connect_time, cfg.client_login_timeout, now) {
                             out.actions
                                 .push(Action::Client(t, "client_login_timeout (server down)"));
@@ -95,19 +95,22 @@ pub(crate) fn scan(
                             out.actions.push(Action::Client(t, "query_wait_timeout"));
                         }
                     }
-                    CState::Idle => {
+                    CState::Idle { .. } | CState::Console => {
                         if expired(c.since, tmo.client_idle, now) {
                             out.actions.push(Action::Client(t, "client_idle_timeout"));
                         }
                     }
-                    CState::Waiting => {
+                    // A console command waiting for the supervisor: as a query's wait.
+                    CState::ConsoleWaiting { .. } => {
                         if expired(c.since, tmo.query_wait, now) {
                             out.actions.push(Action::Client(t, "query_wait_timeout"));
-                        } else if let Some(p) = c.pool {
-                            if !c.wait_notified
-                                && c.admin.is_none()
-                                && expired(c.since, cfg.query_wait_notify, now)
-                            {
+                        }
+                    }
+                    CState::Waiting { pool: p } => {
+                        if expired(c.since, tmo.query_wait, now) {
+                            out.actions.push(Action::Client(t, "query_wait_timeout"));
+                        } else {
+                            if !c.wait_notified && expired(c.since, cfg.query_wait_notify, now) {
                                 out.actions.push(Action::NotifyQueued(t));
                             }
                             if expired(c.since, cfg.reserve_pool_timeout, now)

@@ -18,21 +18,21 @@ use std::time::Instant;
 /// Rounds of the pump per event before other connections get a turn.
 const PUMP_ROUNDS: usize = 16;
 
-/// Links client `ct` and server `st`: both start a fresh scan, and SETs for the client's
-/// parameters the server does not have yet go first. `stats`: the pool's counters (the
-/// wait just ended, one more assignment).
+/// Links client `ct` and server `st`, one of the pool the client waits in: both start a
+/// fresh scan, and SETs for the client's parameters the server does not have yet go
+/// first. `stats`: the pool's counters (the wait just ended, one more assignment).
 pub(crate) fn pair(
     (ct, c): (usize, &mut Client),
     (st, s): (usize, &mut Server),
-    stats: Option<&mut PoolStats>,
+    stats: &mut PoolStats,
     bufs: &mut BufPool,
     now: Instant,
 ) {
-    if let Some(stats) = stats {
-        stats.server_assignments += 1;
-        stats.wait_time_us += micros(now, c.since);
-    }
-    c.set_state(CState::Active { server: st }, now);
+    debug_assert_eq!(c.pool(), Some(s.pool), "a client gets a server of its pool");
+    stats.server_assignments += 1;
+    stats.wait_time_us += micros(now, c.since);
+    let pool = s.pool;
+    c.set_state(CState::Active { pool, server: st }, now);
     c.tx = TxState::new();
     c.scan = Scan::default();
     debug_assert_eq!(
@@ -383,15 +383,14 @@ mod pump_tests {
     fn client() -> (Box<Client>, Shared, Shared) {
         let (end, i, o) = End::new();
         let now = Instant::now();
-        let mut c = Client::new(
+        let c = Client::new(
             1,
             Stream::accepted(Sock::Memory(end)),
-            CState::Waiting,
+            // Logged in to pool 0 and waiting for a server: `pair` links it.
+            CState::Waiting { pool: 0 },
             None,
             now,
         );
-        // Logged in to pool 0 and waiting for a server: `pair` links it.
-        c.pool = Some(0);
         (Box::new(c), i, o)
     }
 
@@ -415,7 +414,7 @@ mod pump_tests {
             pair(
                 (0, &mut c),
                 (1, &mut s),
-                Some(&mut stats),
+                &mut stats,
                 &mut bufs,
                 Instant::now(),
             );
@@ -504,11 +503,10 @@ mod pump_tests {
             let (mut c, i, o) = client();
             self.c_in = i;
             self.c_out = o;
-            let stats = Some(&mut self.stats);
             pair(
                 (0, &mut c),
                 (1, &mut self.s),
-                stats,
+                &mut self.stats,
                 &mut self.bufs,
                 Instant::now(),
             );

@@ -58,7 +58,8 @@ pub(crate) enum Next {
     Cancel { pid: u32, key: Vec<u8> },
     /// The user is not in the auth file: look its password up with auth_query.
     Lookup(AuthSource),
-    /// The client proved who it is: find its pool and greet it.
+    /// The client proved who it is: find its pool and greet it. The client's state is
+    /// still its login's: the loop moves it on (`client_authenticated`).
     Authenticated,
     /// The client is past its login (or waits for the loop): nothing to step here.
     Elsewhere,
@@ -426,12 +427,12 @@ impl Client {
                 if listed && secret.is_none() {
                     return self.auth_failed(cx);
                 }
-                return self.authenticated(cx.now);
+                return Next::Authenticated;
             }
             Method::Cert => {
                 // PostgreSQL's rule: the certificate's CN is the user, compared exactly.
                 if self.certificate_cn().as_deref() == Some(user.as_str()) {
-                    return self.authenticated(cx.now);
+                    return Next::Authenticated;
                 }
                 let msg = format!("certificate authentication failed for user \"{user}\"");
                 log::info!("{}: {}", self.name(), Escaped(&msg));
@@ -575,16 +576,10 @@ impl Client {
             },
         };
         if ok {
-            self.authenticated(cx.now)
+            Next::Authenticated
         } else {
             self.auth_failed(cx)
         }
-    }
-
-    /// The client proved who it is; the loop finds its pool and greets it.
-    fn authenticated(&mut self, now: Instant) -> Next {
-        self.set_state(CState::LoginWait, now);
-        Next::Authenticated
     }
 
     /// A wrong password (or none to check against), in PostgreSQL's words for both, so a
@@ -802,7 +797,8 @@ mod tests {
             l.send(&password("alice", "secret", salt)),
             Next::Authenticated
         ));
-        assert!(matches!(l.c.state, CState::LoginWait));
+        // Nothing more from the login: the loop finds the pool and greets the client.
+        assert!(l.sent().is_empty());
         assert_eq!(l.stats.auth_failures, 0);
     }
 

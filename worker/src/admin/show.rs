@@ -604,17 +604,13 @@ impl View<'_> {
                 console += 1;
                 continue;
             }
-            let Some(p) = c.pool else {
-                login += 1;
-                continue;
-            };
             match c.state {
-                CState::Waiting => {
+                CState::Waiting { pool: p } => {
                     counts[p][1] += 1;
                     let w = self.now.saturating_duration_since(c.since).as_micros() as u64;
                     counts[p][2] = counts[p][2].max(w);
                 }
-                CState::Active { .. } | CState::Idle => counts[p][0] += 1,
+                CState::Active { pool: p, .. } | CState::Idle { pool: p } => counts[p][0] += 1,
                 _ => login += 1,
             }
         }
@@ -698,12 +694,14 @@ impl View<'_> {
                     let (laddr, lport) = local(&c.io);
                     let state = match c.state {
                         _ if login => "login",
-                        CState::Waiting if c.admin.is_none() => "waiting",
+                        CState::Waiting { .. } | CState::LoginWait { .. } => "waiting",
                         CState::Active { .. } => "active",
-                        CState::LoginWait => "waiting",
                         _ => "idle",
                     };
-                    let wait = if matches!(c.state, CState::Waiting) {
+                    let wait = if matches!(
+                        c.state,
+                        CState::Waiting { .. } | CState::ConsoleWaiting { .. }
+                    ) {
                         self.now.saturating_duration_since(c.since)
                     } else {
                         Duration::ZERO

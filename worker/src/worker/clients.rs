@@ -61,9 +61,12 @@ impl Worker {
             | CState::Startup
             | CState::Auth(_)
             | CState::Lookup(_)
-            | CState::LoginWait => self.login_io(ct),
-            CState::Idle | CState::Waiting => self.unlinked_io(ct),
-            CState::Active { server } => self.pump(ct, server),
+            | CState::LoginWait { .. } => self.login_io(ct),
+            CState::Idle { .. }
+            | CState::Waiting { .. }
+            | CState::Console
+            | CState::ConsoleWaiting { .. } => self.unlinked_io(ct),
+            CState::Active { server, .. } => self.pump(ct, server),
         }
     }
 
@@ -76,7 +79,7 @@ impl Worker {
             if let Err(e) = c.io.flush_own(&mut self.bufs) {
                 return self.close_client(ct, Close::Quiet(io_reason(&e)));
             }
-            if matches!(c.state, CState::LoginWait | CState::Lookup(_)) {
+            if matches!(c.state, CState::LoginWait { .. } | CState::Lookup(_)) {
                 // Bytes sent before the greeting (or the password request) wait in the
                 // buffer; only EOF matters.
                 match c.io.fill(&mut self.bufs) {
@@ -327,7 +330,6 @@ impl Worker {
             return;
         };
         write::auth_ok(c.io.out(&mut self.bufs));
-        c.pool = Some(pool);
         if self.cfg.log_connections {
             let via = match (c.via, c.peer) {
                 (Some(v), Peer::Tcp(p)) if v != p => format!(" via={v}"),
@@ -356,23 +358,22 @@ impl Worker {
         }
         let p = self.pools.get_mut(pool);
         if p.welcome.is_some() {
-            return self.finish_login(ct);
+            return self.finish_login(ct, pool);
         }
         if let Some(msg) = p.fast_fail(self.now, self.cfg.server_login_retry) {
             return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
         }
-        c.set_state(CState::LoginWait, self.now);
+        c.set_state(CState::LoginWait { pool }, self.now);
         let id = c.id;
         p.login_waiting.push((ct, id));
         self.serve_waiting(pool);
     }
 
-    /// Sends the welcome: parameters, cancel key and the first ReadyForQuery.
-    pub(crate) fn finish_login(&mut self, ct: usize) {
+    /// Sends the welcome of `pool`: parameters, cancel key and the first ReadyForQuery.
+    pub(crate) fn finish_login(&mut self, ct: usize, pool: crate::pool::PoolId) {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        let Some(pool) = c.pool else { return };
         let Some(welcome) = self.pools.get(pool).welcome.as_ref() else {
             return;
         };
@@ -408,7 +409,7 @@ impl Worker {
         self.pools.get_mut(pool).stats.client_login_count += 1;
         let key = (pid as u64) << 32 | secret as u64;
         c.cancel_key = key;
-        c.set_state(CState::Idle, self.now);
+        c.set_state(CState::Idle { pool }, self.now);
         let id = c.id;
         self.cancel_keys.insert(key, (ct, id));
         // Its first request may have come with its password: read later in this pass.
@@ -450,11 +451,11 @@ impl Worker {
             c.io.release_buffers(&mut self.bufs);
             return;
         }
-        if !matches!(c.state, CState::Idle) {
-            return;
-        }
-        if c.admin.is_some() {
-            return self.console_input(ct);
+        match c.state {
+            CState::Idle { .. } => {}
+            CState::Console => return self.console_input(ct),
+            // Waiting for a server or for the supervisor: the request stays buffered.
+            _ => return,
         }
         if c.io.unread()[0] == b'X' {
             return self.close_client(ct, Close::Quiet("client close request"));
@@ -512,18 +513,15 @@ impl Worker {
         let _ = c.io.flush_own(&mut self.bufs);
         let clean = c.tx.is_idle() && c.scan.ready == 0 && c.scan.at_boundary();
         let key = c.cancel_key;
-        let pool = c.pool;
         let id = c.id;
         // The state's data goes with it: a closed client is in no state.
         let state = std::mem::replace(&mut c.state, CState::Startup);
         c.give_back_places(&self.shm, self.slot);
-        if c.admin.is_some() {
-            self.console_forget(ct, id);
-        }
         if key != 0 && self.cancel_keys.get(&key).map(|e| e.1) == Some(id) {
             self.cancel_keys.remove(&key);
         }
-        if let (Some(st), Some(pool)) = (server, pool) {
+        if let (Some(st), CState::Active { pool, .. }) = (server, &state) {
+            let pool = *pool;
             // Unlinked now, so nothing this pass sees it as this client's; what becomes of
             // it is the loop's follow-up.
             let mode = self.pools.get(pool).limits.mode;
@@ -540,18 +538,20 @@ impl Worker {
         }
         // A lookup still queued leaves the queue; one already running finishes on its
         // server, whose answer is cached for the next try.
-        match &state {
+        match state {
             CState::Lookup(l) if l.server.is_none() => {
                 let queue = &mut self.pools.get_mut(l.pool).lookups;
                 queue.retain(|(t, i)| (*t, *i) != (ct, id));
             }
+            CState::LoginWait { pool } => {
+                self.pools
+                    .get_mut(pool)
+                    .login_waiting
+                    .retain(|(t, i)| (*t, *i) != (ct, id));
+            }
+            // A console command in flight: its answer has no one to go to.
+            CState::ConsoleWaiting { req } => self.console_forget(req),
             _ => {}
-        }
-        if let (Some(pool), CState::LoginWait) = (pool, &state) {
-            self.pools
-                .get_mut(pool)
-                .login_waiting
-                .retain(|(t, i)| (*t, *i) != (ct, id));
         }
         if let Some(Conn::Client(mut c)) = self.conns.try_remove(ct) {
             c.io.shutdown();

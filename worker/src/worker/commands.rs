@@ -262,14 +262,16 @@ impl Worker {
                         | CState::Startup
                         | CState::Auth(_)
                         | CState::Lookup(_)
-                        | CState::LoginWait
-                        | CState::Idle => true,
+                        | CState::LoginWait { .. }
+                        | CState::Idle { .. }
+                        | CState::Console
                         // A console client waiting on the supervisor (e.g. its SHUTDOWN).
-                        CState::Waiting => c.admin.is_some(),
+                        | CState::ConsoleWaiting { .. } => true,
+                        // Queued for a server: its request is served first.
                         // Linked: mid-transaction, or (transaction pooling) about to be
                         // released with its last answer still being written; it becomes Idle
                         // once released. Sessions last until the client leaves.
-                        CState::Active { .. } => false,
+                        CState::Waiting { .. } | CState::Active { .. } => false,
                     };
                     if idle || overdue {
                         clients.push(t);

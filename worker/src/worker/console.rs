@@ -68,7 +68,7 @@ impl Worker {
         }
         write::backend_key_data(out, 0, 0);
         write::ready_for_query(out, crate::relay::TxStatus::Idle);
-        c.set_state(CState::Idle, self.now);
+        c.set_state(CState::Console, self.now);
         if self.cfg.log_connections {
             log::info!("{}: console login worker={}", c.name(), self.slot);
         }
@@ -80,7 +80,7 @@ impl Worker {
             let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
                 return;
             };
-            if !matches!(c.state, CState::Idle) {
+            if !matches!(c.state, CState::Console) {
                 return;
             }
             let (tag, body) = match frame::message(c.io.unread(), MAX_QUERY) {
@@ -313,10 +313,10 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        c.set_state(CState::Waiting, self.now);
-        let client = (ct, c.id);
         let req = self.console.next;
         self.console.next = self.console.next.wrapping_add(1);
+        c.set_state(CState::ConsoleWaiting { req }, self.now);
+        let client = (ct, c.id);
         self.console.pending.insert(
             req,
             Pending {
@@ -362,7 +362,7 @@ impl Worker {
         if c.id != id {
             return;
         }
-        c.set_state(CState::Idle, self.now);
+        c.set_state(CState::Console, self.now);
         for slot in &missing {
             let msg = format!("worker {slot} did not answer in time; its rows are missing");
             write::error_response(c.io.out(&mut self.bufs), Severity::Notice, "01000", &msg);
@@ -402,9 +402,9 @@ impl Worker {
         self.again.push(ct);
     }
 
-    /// The client of a pending request left: forget the request.
-    pub(crate) fn console_forget(&mut self, ct: usize, id: u64) {
-        self.console.pending.retain(|_, p| p.client != (ct, id));
+    /// The client of pending request `req` left: forget the request.
+    pub(crate) fn console_forget(&mut self, req: u32) {
+        self.console.pending.remove(&req);
     }
 
     /// The supervisor asks for this worker's rows.
@@ -444,7 +444,7 @@ impl Worker {
         let mut servers = Vec::new();
         for (t, c) in self.conns.iter() {
             match c {
-                Conn::Client(c) if c.pool.is_some_and(|p| pools.contains(&p)) => clients.push(t),
+                Conn::Client(c) if c.pool().is_some_and(|p| pools.contains(&p)) => clients.push(t),
                 Conn::Server(s) if pools.contains(&s.pool) => servers.push(t),
                 _ => {}
             }

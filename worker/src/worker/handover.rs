@@ -183,7 +183,18 @@ impl Worker {
             .now
             .checked_sub(Duration::from_millis(h.age_ms))
             .unwrap_or(self.now);
-        let mut client = Client::new(id, Stream::accepted(sock), CState::Idle, h.via, self.now);
+        let pool = self.pools.for_client(
+            crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
+            &h.db,
+            &h.user,
+        );
+        // A client whose database the new configuration lacks is closed below, once it is
+        // in the table and counted like the others.
+        let state = match pool {
+            Ok(pool) => CState::Idle { pool },
+            Err(_) => CState::Startup,
+        };
+        let mut client = Client::new(id, Stream::accepted(sock), state, h.via, self.now);
         client.peer = h.peer.map(Peer::Tcp).unwrap_or(Peer::Unix);
         client.user = intern(&h.user);
         client.db = intern(&h.db);
@@ -219,20 +230,9 @@ impl Worker {
         if h.cancel_key != 0 {
             self.cancel_keys.insert(h.cancel_key, (ct, id));
         }
-        match self.pools.for_client(
-            crate::pool::Setting(&self.cfg, &self.holds, &self.shm),
-            &h.db,
-            &h.user,
-        ) {
-            Ok(pool) => {
-                if let Some(c) = self.client(ct) {
-                    c.pool = Some(pool);
-                }
-            }
-            Err(msg) => {
-                // The new configuration has no such database: as at a login.
-                return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
-            }
+        if let Err(msg) = pool {
+            // The new configuration has no such database: as at a login.
+            return self.close_client(ct, Close::Fatal(sqlstate::PROTOCOL_VIOLATION, msg));
         }
         if let Some(c) = self.client(ct) {
             log::debug!("{}: adopted from the previous generation", c.name());
@@ -276,15 +276,13 @@ impl Worker {
 /// pooling, between transactions, with nothing buffered either way and no state that
 /// cannot travel (TLS, auth_query's answer, the console, replication).
 fn can_hand_over(c: &Client, pools: &crate::pool::Pools) -> bool {
-    let pooled = c.pool.is_some_and(|p| {
-        matches!(
-            pools.get(p).limits.mode,
-            PoolMode::Transaction | PoolMode::Statement
-        )
-    });
-    pooled
-        && matches!(c.state, CState::Idle)
-        && c.admin.is_none()
+    let CState::Idle { pool } = c.state else {
+        return false;
+    };
+    matches!(
+        pools.get(pool).limits.mode,
+        PoolMode::Transaction | PoolMode::Statement
+    )
         // A replication client's startup (replication=...) is not handed over: it
         // stays and drains with the old generation, as session clients do.
         && c.replication.is_none()

@@ -149,7 +149,7 @@ impl Worker {
         let p = self.pools.get(pool);
         let conns = &self.conns;
         let live = p.waiting.iter().any(|&(ct, id)| {
-            matches!(conns.get(ct), Some(Conn::Client(c)) if c.id == id && matches!(c.state, CState::Waiting))
+            matches!(conns.get(ct), Some(Conn::Client(c)) if c.id == id && matches!(c.state, CState::Waiting { .. }))
         });
         if live && !p.idle.is_empty() {
             // Not when this tick freed the server itself: its hand-over is due next pass.

@@ -25,7 +25,9 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        let Some(mut pool) = c.pool else { return };
+        let CState::Idle { mut pool } = c.state else {
+            return;
+        };
         if self.pools.get(pool).obsolete {
             // A reload removed the database, or changed its forced user: move to the pool
             // the config now names, or tell the client, but never launch a server for a
@@ -38,7 +40,7 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        c.set_state(CState::Waiting, self.now);
+        c.set_state(CState::Waiting { pool }, self.now);
         c.wait_notified = false;
         let id = c.id;
         if c.replication.is_some() {
@@ -125,7 +127,7 @@ impl Worker {
         let mut next = None;
         while let Some((ct, id)) = p.waiting.pop_front() {
             if let Some(Conn::Client(c)) = self.conns.get(ct) {
-                if c.id == id && matches!(c.state, CState::Waiting) {
+                if c.id == id && matches!(c.state, CState::Waiting { .. }) {
                     if c.replication.is_some() {
                         // Never given a pooled server: serve_waiting starts its own.
                         own.push((ct, id));
@@ -209,7 +211,7 @@ impl Worker {
         }
         for (ct, id) in waiting {
             if let Some(c) = self.client(ct).filter(|c| c.id == id) {
-                c.set_state(CState::Idle, now);
+                c.set_state(CState::Idle { pool }, now);
                 self.followups.push_back(Followup::RequestServer { ct, id });
             }
         }
@@ -220,7 +222,7 @@ impl Worker {
             match self.move_to_current_pool(ct) {
                 Some(p) => {
                     if self.pools.get(p).welcome.is_some() {
-                        self.finish_login(ct);
+                        self.finish_login(ct, p);
                     } else {
                         self.pools.get_mut(p).login_waiting.push((ct, id));
                         self.followups.push_back(Followup::ServeWaiting(p));
@@ -241,7 +243,7 @@ impl Worker {
         if self.pools.get(p).obsolete {
             return None;
         }
-        self.client(ct)?.pool = Some(p);
+        self.client(ct)?.move_to_pool(p);
         Some(p)
     }
 
@@ -250,7 +252,7 @@ impl Worker {
         let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
             return;
         };
-        let stats = c.pool.map(|p| &mut self.pools.get_mut(p).stats);
+        let stats = &mut self.pools.get_mut(s.pool).stats;
         pair((ct, c), (st, s), stats, &mut self.bufs, self.now);
         self.pump(ct, st);
     }
@@ -261,7 +263,7 @@ impl Worker {
         let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
             return;
         };
-        let Some(pool) = c.pool else {
+        let CState::Active { pool, .. } = c.state else {
             return;
         };
         let p = self.pools.get_mut(pool);
@@ -294,7 +296,10 @@ impl Worker {
         let Some((Conn::Client(c), Conn::Server(s))) = self.conns.get2_mut(ct, st) else {
             return;
         };
-        c.set_state(CState::Idle, self.now);
+        let CState::Active { pool, .. } = c.state else {
+            return;
+        };
+        c.set_state(CState::Idle { pool }, self.now);
         // A request that arrived meanwhile asks for a server again, later in this pass:
         // driving the client from here would re-enter the pump that released it. With
         // nothing buffered and nothing left to read, its next event does that, and its

@@ -269,7 +269,7 @@ impl Worker {
     fn link_replication(&mut self, st: usize, ct: usize, id: u64) {
         let waiting = self
             .client(ct)
-            .is_some_and(|c| c.id == id && matches!(c.state, CState::Waiting));
+            .is_some_and(|c| c.id == id && matches!(c.state, CState::Waiting { .. }));
         if !waiting {
             return self.remove_server(st, "replication client was closed");
         }
@@ -305,7 +305,7 @@ impl Worker {
         }
         for (ct, id) in waiting {
             if self.client(ct).is_some_and(|c| c.id == id) {
-                self.finish_login(ct);
+                self.finish_login(ct, pool);
             }
         }
     }
