@@ -4,6 +4,7 @@
 
 pub use pgbouncers_proto::console as parse;
 pub(crate) mod role;
+pub(crate) mod session;
 pub(crate) mod show;
 
 use crate::config::Config;

@@ -295,7 +295,12 @@ impl Worker {
             return;
         };
         if c.admin.is_some() {
-            return self.console_welcome(ct);
+            let mut session = crate::admin::session::Session {
+                c,
+                bufs: &mut self.bufs,
+                cfg: &self.cfg,
+            };
+            return session.welcome(self.now, self.slot);
         }
         let (db, user) = (c.db.to_string(), c.user.to_string());
         let found = c.found.as_ref().and_then(|f| f.secret.clone());
