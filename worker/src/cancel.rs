@@ -16,7 +16,7 @@ use crate::proxy::Peer as From;
 use crate::server::ServerAddr;
 use crate::stream::{Sock, Stream};
 use crate::wire::write;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -92,6 +92,36 @@ pub(crate) enum Target {
     Server(usize, u64),
     /// The peer pooler with this id, which handed the key out.
     Peer(u16),
+}
+
+/// What routing a cancel needs to know: the keys this worker handed out, and the cancels
+/// it forwarded to peers.
+#[derive(Default)]
+pub(crate) struct Cancels {
+    /// Key (pid << 32 | secret) -> the client it was handed to: (slab key, client id).
+    keys: HashMap<u64, (usize, u64)>,
+    /// Cancel requests forwarded to peer poolers and not yet answered.
+    pub peers: PeerCancels,
+}
+
+impl Cancels {
+    /// `key` was handed to client `id` in slot `ct`, at its login or its adoption.
+    pub(crate) fn hand_out(&mut self, key: u64, ct: usize, id: u64) {
+        self.keys.insert(key, (ct, id));
+    }
+
+    /// Client `id` is leaving: its key cancels nothing any more. A key another client
+    /// holds now is left alone.
+    pub(crate) fn forget(&mut self, key: u64, id: u64) {
+        if self.keys.get(&key).is_some_and(|&(_, i)| i == id) {
+            self.keys.remove(&key);
+        }
+    }
+
+    /// The client `key` was handed to, while it is here.
+    pub(crate) fn owner(&self, key: u64) -> Option<(usize, u64)> {
+        self.keys.get(&key).copied()
+    }
 }
 
 /// Cancel requests this worker has forwarded to peers and not yet seen answered, by peer id.

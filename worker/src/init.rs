@@ -7,6 +7,18 @@ use crate::shm::Shm;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+/// Where a worker stands among the pooler's generations (online upgrades).
+pub(crate) struct Lineage {
+    /// 1 at a cold start, one more at each online upgrade: its parity is in every cancel
+    /// key this worker hands out.
+    pub generation: u32,
+    /// The previous generation's shared memory while it drains: its client counts hold
+    /// against max_client_conn, and SHOW WORKERS lists its workers.
+    pub predecessor: Option<Arc<Shm>>,
+    /// The descriptors an online upgrade passes to the next generation (SHOW FDS).
+    pub passed: Arc<Vec<PassedFd>>,
+}
+
 /// A listening socket handed over by the supervisor.
 pub enum ListenSocket {
     Tcp(std::net::TcpListener),

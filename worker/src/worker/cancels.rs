@@ -23,13 +23,16 @@ impl Worker {
         };
         let here = Here {
             peer_id: self.cfg.peer_id,
-            generation: self.generation,
+            generation: self.lineage.generation,
             slot: self.slot,
             workers: self.shm.workers_cap(),
         };
-        let cancel_keys = &self.cancel_keys;
-        let held =
-            |pid: u32, key: u32| cancel_keys.contains_key(&(u64::from(pid) << 32 | u64::from(key)));
+        let cancels = &self.cancels;
+        let held = |pid: u32, key: u32| {
+            cancels
+                .owner(u64::from(pid) << 32 | u64::from(key))
+                .is_some()
+        };
         let forwarded_by_peer = pid & FORWARDED != 0 && {
             // Asked only for a forwarded request: it may look a peer's name up.
             let cfg = self.cfg.clone();
@@ -74,7 +77,7 @@ impl Worker {
             return false;
         };
         let limit = peer.pool_size.unwrap_or(self.cfg.default_pool_size);
-        if self.peer_cancels.in_flight(owner) >= limit {
+        if self.cancels.peers.in_flight(owner) >= limit {
             log::warn!(
                 "peer {owner}: {limit} cancel requests already in flight (pool_size): one dropped"
             );
@@ -104,7 +107,7 @@ impl Worker {
         if self.register(t, &mut sock).is_err() {
             return false;
         }
-        self.peer_cancels.sent(owner);
+        self.cancels.peers.sent(owner);
         let x = CancelConn::new(sock, Target::Peer(owner), pid, key, true, self.now);
         self.conns.insert(Conn::Cancel(x));
         true
@@ -114,7 +117,7 @@ impl Worker {
     /// silently, as PostgreSQL does.
     pub(crate) fn cancel_local(&mut self, pid: u32, key: u32) {
         let k = (pid as u64) << 32 | key as u64;
-        let Some(&(ct, id)) = self.cancel_keys.get(&k) else {
+        let Some((ct, id)) = self.cancels.owner(k) else {
             log::debug!("cancel request with an unknown key");
             return;
         };
@@ -167,7 +170,7 @@ impl Worker {
         };
         let (st, id) = match x.target() {
             Target::Server(st, id) => (st, id),
-            Target::Peer(peer) => return self.peer_cancels.answered(peer),
+            Target::Peer(peer) => return self.cancels.peers.answered(peer),
         };
         let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;

@@ -206,7 +206,7 @@ impl Worker {
             hba: &self.hba,
             tls: self.tls.accept.as_ref(),
             shm: &self.shm,
-            predecessor: self.predecessor.as_deref(),
+            predecessor: self.lineage.predecessor.as_deref(),
             slot: self.slot,
             now: self.now,
         };
@@ -383,7 +383,7 @@ impl Worker {
             return;
         };
         let Some((pid, secret)) =
-            crate::cancel::new_key(self.slot, self.cfg.peer_id, self.generation)
+            crate::cancel::new_key(self.slot, self.cfg.peer_id, self.lineage.generation)
         else {
             // A guessable key would let anyone cancel this client's queries: refuse the
             // login instead, as when any other secret cannot be made.
@@ -416,9 +416,9 @@ impl Worker {
         c.cancel_key = key;
         c.set_state(CState::Idle { pool }, self.now);
         let id = c.id;
-        self.cancel_keys.insert(key, (ct, id));
+        self.cancels.hand_out(key, ct, id);
         // Its first request may have come with its password: read later in this pass.
-        self.again.push(ct);
+        self.later.again.push(ct);
     }
 
     /// Tells a client queued for query_wait_notify that it waits, in PgBouncer's words.
@@ -430,7 +430,7 @@ impl Worker {
         let text = "No server connection available in postgres backend, client being queued";
         let out = c.io.out(&mut self.bufs);
         write::error_response(out, Severity::Notice, "00000", text);
-        self.again.push(ct);
+        self.later.again.push(ct);
     }
 
     /// A logged-in client without a server: watch for EOF, Terminate, or a request.
@@ -522,9 +522,7 @@ impl Worker {
         // The state's data goes with it: a closed client is in no state.
         let state = std::mem::replace(&mut c.state, CState::Startup);
         c.give_back_places(&self.shm, self.slot);
-        if key != 0 && self.cancel_keys.get(&key).map(|e| e.1) == Some(id) {
-            self.cancel_keys.remove(&key);
-        }
+        self.cancels.forget(key, id);
         if let (Some(st), CState::Active { pool, .. }) = (server, &state) {
             let pool = *pool;
             // Unlinked now, so nothing this pass sees it as this client's; what becomes of
@@ -533,7 +531,7 @@ impl Worker {
             if let Some(s) = self.server(st) {
                 s.unlink();
                 let id = s.id;
-                self.followups.push_back(Followup::ServerLeft {
+                self.later.follow(Followup::ServerLeft {
                     st,
                     id,
                     clean,

@@ -193,16 +193,16 @@ impl Worker {
 
     /// A console command waits for `until` in every worker; this one answers when it holds.
     pub(crate) fn wait_for(&mut self, req: u32, until: Until) {
-        self.waits.push((req, until));
+        self.console.waits.push((req, until));
         self.check_waits();
     }
 
     /// Answers the waits whose condition holds now. Called from the loop while any wait.
     pub(crate) fn check_waits(&mut self) {
         let mut i = 0;
-        while i < self.waits.len() {
-            if holds_now(&self.conns, &self.pools, &self.waits[i].1) {
-                let (req, _) = self.waits.swap_remove(i);
+        while i < self.console.waits.len() {
+            if holds_now(&self.conns, &self.pools, &self.console.waits[i].1) {
+                let (req, _) = self.console.waits.swap_remove(i);
                 self.report(Report::Rows {
                     req,
                     chunk: Vec::new(),

@@ -19,11 +19,15 @@ pub(crate) struct Pending {
     rows: Vec<(u8, Row)>,
 }
 
-/// Console requests in flight, by request number.
+/// Console commands in flight: this worker's clients' requests to the supervisor, and the
+/// supervisor's waits on this worker (WAIT_CLOSE, PAUSE).
 #[derive(Default)]
 pub(crate) struct Requests {
     next: u32,
+    /// This worker's clients' commands, by request number.
     pending: HashMap<u32, Pending>,
+    /// Requests that wait on this worker: (request, condition); answered when it holds.
+    pub waits: Vec<(u32, crate::control::Until)>,
 }
 
 impl Worker {
@@ -34,14 +38,14 @@ impl Worker {
             now: self.now,
             cfg: &self.cfg,
             shm: &self.shm,
-            predecessor: self.predecessor.as_deref(),
+            predecessor: self.lineage.predecessor.as_deref(),
             conns: &self.conns,
             pools: &self.pools,
             bufs: &self.bufs,
             holds: &self.holds,
             dns: &self.dns,
-            peer_cancels: &self.peer_cancels,
-            passed: &self.passed,
+            peer_cancels: &self.cancels.peers,
+            passed: &self.lineage.passed,
         }
     }
 
@@ -77,7 +81,7 @@ impl Worker {
                     // The buffer may have been full with more on the socket: edge-triggered
                     // readiness will not say so again, so read on next turn.
                     if read_on {
-                        self.again.push(ct);
+                        self.later.again.push(ct);
                     }
                     return;
                 }
@@ -159,7 +163,7 @@ impl Worker {
         session.finished(p.cmd, error, &missing, rows, table);
         // Flushed, and queries that arrived while this one waited read, later in this
         // pass, as any idle client's.
-        self.again.push(ct);
+        self.later.again.push(ct);
     }
 
     /// The client of pending request `req` left: forget the request.

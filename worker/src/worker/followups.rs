@@ -41,14 +41,14 @@ impl Worker {
     /// handler, and nearly always with nothing queued: only that test is inlined.
     #[inline]
     pub(crate) fn settle(&mut self) {
-        if !self.followups.is_empty() {
+        if !self.later.followups.is_empty() {
             self.apply_followups();
         }
     }
 
     #[inline(never)]
     fn apply_followups(&mut self) {
-        while let Some(f) = self.followups.pop_front() {
+        while let Some(f) = self.later.followups.pop_front() {
             match f {
                 Followup::ServerLeft {
                     st,

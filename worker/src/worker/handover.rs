@@ -132,9 +132,7 @@ impl Worker {
         }
         let _ = self.poll.registry().deregister(c.io.sock_mut().source());
         c.give_back_places(&self.shm, self.slot);
-        if self.cancel_keys.get(&c.cancel_key).map(|e| e.1) == Some(c.id) {
-            self.cancel_keys.remove(&c.cancel_key);
-        }
+        self.cancels.forget(c.cancel_key, c.id);
         c.io.drop_buffers(&mut self.bufs);
     }
 
@@ -228,7 +226,7 @@ impl Worker {
                 .remember_client_key(&h.user, server_key, client_key);
         }
         if h.cancel_key != 0 {
-            self.cancel_keys.insert(h.cancel_key, (ct, id));
+            self.cancels.hand_out(h.cancel_key, ct, id);
         }
         if let Err(msg) = pool {
             // The new configuration has no such database: as at a login.

@@ -154,13 +154,13 @@ impl Worker {
         if live && !p.idle.is_empty() {
             // Not when this tick freed the server itself: its hand-over is due next pass.
             // (A client waiting for another server's check gets this idle one now.)
-            if !self.activate.contains(&pool) {
+            if !self.later.activations.contains(&pool) {
                 log::info!(
                     "{}/{}: clients waiting while a server is idle: handing it over",
                     Escaped(&p.db),
                     Escaped(&p.user)
                 );
-                self.defer_activation(pool);
+                self.later.activate(pool);
             }
         } else if live && p.total() == 0 {
             self.serve_waiting(pool);

@@ -60,7 +60,7 @@ impl Worker {
         if !p.paused && !p.idle.is_empty() && !p.waiting.is_empty() {
             // Servers freed this pass go to the clients queued before this one.
             p.waiting.push_back((ct, id));
-            return self.defer_activation(pool);
+            return self.later.activate(pool);
         }
         if !p.paused {
             if let Some(&st) = p.idle.last() {
@@ -80,26 +80,19 @@ impl Worker {
         self.serve_waiting(pool);
     }
 
-    /// Matches a pool's idle servers with its waiting clients at the end of this loop pass.
-    pub(crate) fn defer_activation(&mut self, pool: PoolId) {
-        if !self.activate.contains(&pool) {
-            self.activate.push(pool);
-        }
-    }
-
     /// The end of a loop pass: servers that came free during it go to the clients waiting
     /// in their pools, oldest first. Done once per pass, like PgBouncer's per-loop
     /// activation, so that a pass writes the answers it read to their clients back to back
     /// and only then sends the queued queries on: fewer, fuller wake-ups on both sides.
     pub(crate) fn activate(&mut self) {
         // Transactions that end during this (their clients' next requests) queue again.
-        while !self.activate.is_empty() {
+        while !self.later.activations.is_empty() {
             self.activate_pools();
         }
     }
 
     fn activate_pools(&mut self) {
-        for pool in std::mem::take(&mut self.activate) {
+        for pool in std::mem::take(&mut self.later.activations) {
             while let Some(&st) = self.pools.get(pool).idle.last() {
                 let Some(ct) = self.next_waiting(pool) else {
                     break;
@@ -168,7 +161,7 @@ impl Worker {
         });
         for ct in own {
             if let Some(id) = self.client(ct).map(|c| c.id) {
-                self.followups.push_back(Followup::RequestServer { ct, id });
+                self.later.follow(Followup::RequestServer { ct, id });
             }
         }
         let p = self.pools.get(pool);
@@ -207,12 +200,12 @@ impl Worker {
                 continue;
             };
             c.set_state(CState::Startup, now);
-            self.followups.push_back(Followup::BeginAuth { ct, id });
+            self.later.follow(Followup::BeginAuth { ct, id });
         }
         for (ct, id) in waiting {
             if let Some(c) = self.client(ct).filter(|c| c.id == id) {
                 c.set_state(CState::Idle { pool }, now);
-                self.followups.push_back(Followup::RequestServer { ct, id });
+                self.later.follow(Followup::RequestServer { ct, id });
             }
         }
         for (ct, id) in greeting {
@@ -225,7 +218,7 @@ impl Worker {
                         self.finish_login(ct, p);
                     } else {
                         self.pools.get_mut(p).login_waiting.push((ct, id));
-                        self.followups.push_back(Followup::ServeWaiting(p));
+                        self.later.follow(Followup::ServeWaiting(p));
                     }
                 }
                 None => self.close_client(ct, database_removed()),
@@ -284,7 +277,7 @@ impl Worker {
         };
         match pump(c, s, &mut ctx) {
             PumpEnd::Idle => {}
-            PumpEnd::Again => self.again.push(ct),
+            PumpEnd::Again => self.later.again.push(ct),
             PumpEnd::Release => self.release(ct, st),
             PumpEnd::CloseClient(why) => self.close_client(ct, why),
             PumpEnd::RemoveServer(why) => self.remove_server(st, &why),
@@ -316,7 +309,7 @@ impl Worker {
             self.server_ready(st);
         }
         if more {
-            self.again.push(ct);
+            self.later.again.push(ct);
         }
     }
 

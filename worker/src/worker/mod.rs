@@ -11,7 +11,8 @@ mod links;
 mod servers;
 
 pub(crate) use crate::conn::{shown_id, Conn};
-pub use crate::init::{PassedFd, WorkerInit};
+use crate::init::Lineage;
+pub use crate::init::WorkerInit;
 
 use crate::auth_cache::AuthCache;
 use crate::buf::BufPool;
@@ -19,14 +20,15 @@ use crate::channel::{Channel, Received};
 use crate::config::Config;
 use crate::control::{self, Command, Report};
 use crate::listeners::{Accepted, Listeners};
-use crate::pool::Pools;
+use crate::pool::{PoolId, Pools};
 use crate::shm::Shm;
 use crate::stats::WorkerStats;
 use crate::stream::Sock;
+use followups::Followup;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -43,6 +45,36 @@ const SIGNALS: usize = usize::MAX - 1;
 /// The resolver thread's wake-ups.
 const DNS: usize = usize::MAX - 2;
 
+/// What handlers leave for later in the loop pass: the loop's three queues. Work for other
+/// connections and pools waits here rather than running inside the handler that found it.
+#[derive(Default)]
+pub(crate) struct Later {
+    /// Connections to drive again later in this pass (or the next): work left over after
+    /// their fair share of a turn, a released client with bytes buffered, a server whose
+    /// own query was just sent, a console client with queries queued.
+    pub again: Vec<usize>,
+    /// Pools whose servers came free while clients waited: they are matched at the end of
+    /// the loop pass (links.rs `activate`), as PgBouncer's per-loop activation does.
+    activations: Vec<PoolId>,
+    /// What handlers left for other connections and pools, applied by `settle`
+    /// (followups.rs) as each handler returns.
+    followups: VecDeque<Followup>,
+}
+
+impl Later {
+    /// Matches `pool`'s idle servers with its waiting clients at the end of this pass.
+    pub fn activate(&mut self, pool: PoolId) {
+        if !self.activations.contains(&pool) {
+            self.activations.push(pool);
+        }
+    }
+
+    /// Leaves `f` for `settle`, after the handler that queues it.
+    pub fn follow(&mut self, f: Followup) {
+        self.followups.push_back(f);
+    }
+}
+
 /// A graceful shutdown in progress.
 pub(crate) struct Shutdown {
     pub since: Instant,
@@ -55,9 +87,8 @@ pub(crate) struct Shutdown {
 
 pub struct Worker {
     pub(crate) slot: usize,
-    pub(crate) generation: u32,
-    pub(crate) predecessor: Option<Arc<Shm>>,
-    pub(crate) passed: Arc<Vec<PassedFd>>,
+    /// Its generation, and what it inherited at an online upgrade.
+    pub(crate) lineage: Lineage,
     pub(crate) poll: Poll,
     pub(crate) conns: Slab<Conn>,
     listeners: Listeners,
@@ -67,22 +98,12 @@ pub struct Worker {
     pub(crate) auth: AuthCache,
     /// auth_hba_file rules, for auth_type hba.
     pub(crate) hba: crate::auth::hba::Hba,
-    /// Cancel keys handed to clients: (pid << 32 | key) -> (token, client id).
-    pub(crate) cancel_keys: HashMap<u64, (usize, u64)>,
-    /// Cancel requests forwarded to peer poolers and not yet answered.
-    pub(crate) peer_cancels: crate::cancel::PeerCancels,
+    /// Cancel keys handed to clients, and cancels forwarded to peers.
+    pub(crate) cancels: crate::cancel::Cancels,
     pub(crate) next_id: u64,
     pub(crate) now: Instant,
-    /// Connections to drive again later in this pass (or the next): work left over after
-    /// their fair share of a turn, a released client with bytes buffered, a server whose
-    /// own query was just sent, a console client with queries queued.
-    pub(crate) again: Vec<usize>,
-    /// Pools whose servers came free while clients waited: they are matched at the end of
-    /// the loop pass (link.rs `activate`), as PgBouncer's per-loop activation does.
-    pub(crate) activate: Vec<crate::pool::PoolId>,
-    /// What handlers left for other connections and pools, applied by `settle`
-    /// (followups.rs) as each handler returns.
-    followups: VecDeque<followups::Followup>,
+    /// What handlers leave for later in the loop pass.
+    pub(crate) later: Later,
     pub(crate) janitor_scratch: crate::janitor::Findings,
     /// The supervisor's control channel.
     control: Channel,
@@ -91,12 +112,10 @@ pub struct Worker {
     pub(crate) stats: WorkerStats,
     /// Named statements clients prepared, for transaction pooling.
     pub(crate) stmts: crate::prepared::Registry,
-    /// Admin console requests waiting for the supervisor.
+    /// Console commands in flight, either way between this worker and the supervisor.
     pub(crate) console: console::Requests,
     /// What PAUSE and DISABLE hold, as the supervisor last told every worker.
     pub(crate) holds: control::Holds,
-    /// Console commands waiting on this worker: (request, condition).
-    pub(crate) waits: Vec<(u32, control::Until)>,
     /// Set once a graceful shutdown began.
     pub(crate) shutdown: Option<Shutdown>,
     /// Server host names, looked up on a thread so the loop never blocks on DNS.
@@ -133,9 +152,11 @@ impl Worker {
         let now = Instant::now();
         let mut w = Worker {
             slot: init.slot,
-            generation: init.generation,
-            predecessor: init.predecessor,
-            passed: init.passed,
+            lineage: Lineage {
+                generation: init.generation,
+                predecessor: init.predecessor,
+                passed: init.passed,
+            },
             poll,
             conns: Slab::with_capacity(1024),
             listeners,
@@ -144,13 +165,10 @@ impl Worker {
             cfg,
             auth,
             hba: parse_hba(init.hba.as_deref()),
-            cancel_keys: HashMap::new(),
-            peer_cancels: Default::default(),
+            cancels: Default::default(),
             next_id: 1,
             now,
-            again: Vec::new(),
-            activate: Vec::new(),
-            followups: VecDeque::new(),
+            later: Later::default(),
             janitor_scratch: Default::default(),
             control: Channel::new(init.control),
             signals: Some(signals),
@@ -159,7 +177,6 @@ impl Worker {
             stmts: Default::default(),
             console: Default::default(),
             holds: init.holds,
-            waits: Vec::new(),
             shutdown: None,
             dns,
             tls,
@@ -174,7 +191,9 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let busy = !self.again.is_empty() || !self.activate.is_empty() || self.listeners.busy();
+            let busy = !self.later.again.is_empty()
+                || !self.later.activations.is_empty()
+                || self.listeners.busy();
             let timeout = if busy {
                 Duration::ZERO
             } else {
@@ -194,14 +213,14 @@ impl Worker {
             }
             // Those queued while these are driven wait for the next pass. Drained in place:
             // taking the Vec would free and allocate it again at every pass.
-            let queued = self.again.len();
+            let queued = self.later.again.len();
             for i in 0..queued {
-                let t = self.again[i];
+                let t = self.later.again[i];
                 self.drive(t);
                 self.settle();
             }
-            self.again.drain(..queued);
-            if !self.activate.is_empty() {
+            self.later.again.drain(..queued);
+            if !self.later.activations.is_empty() {
                 self.activate();
                 self.settle();
             }
@@ -211,7 +230,7 @@ impl Worker {
                 self.hand_over_idle();
                 self.settle();
             }
-            if !self.waits.is_empty() {
+            if !self.console.waits.is_empty() {
                 self.check_waits();
                 self.settle();
             }

@@ -506,7 +506,7 @@ impl Worker {
         if !self.pools.get(pool).waiting.is_empty() {
             // A waiting client gets it at the end of this loop pass: the answers read in
             // this pass reach their clients back to back before new queries go out.
-            self.defer_activation(pool);
+            self.later.activate(pool);
         }
     }
 
@@ -559,7 +559,7 @@ impl Worker {
         s.scan = Scan::default();
         // Sent and read later in this pass (drive_server): reading here would run what the
         // answer decides inside whoever asked for the query.
-        self.again.push(st);
+        self.later.again.push(st);
     }
 
     /// Runs server_check_query on an idle server; a waiting client gets it afterwards.
@@ -619,8 +619,7 @@ impl Worker {
             {
                 let msg = format!("replication server connection failed: {reason}");
                 let why = Close::Fatal(sqlstate::CONNECTION_FAILURE, msg);
-                self.followups
-                    .push_back(Followup::CloseClient { ct, id, why });
+                self.later.follow(Followup::CloseClient { ct, id, why });
             }
         }
         if let Some(ct) = client {
@@ -650,10 +649,9 @@ impl Worker {
         if let Some(l) = lookup {
             let (ct, id) = l.client;
             let why = format!("server connection lost: {reason}");
-            self.followups
-                .push_back(Followup::LookupLost { ct, id, why });
+            self.later.follow(Followup::LookupLost { ct, id, why });
         }
-        self.followups.push_back(Followup::ServeWaiting(pool));
+        self.later.follow(Followup::ServeWaiting(pool));
     }
 
     /// Gives idle servers of auth_user's pool to clients waiting for auth_query, and
@@ -721,7 +719,7 @@ impl Worker {
         s.scan = Scan::default();
         s.lookup = Some(lookup);
         // Sent and read later in this pass, as run_own_query's.
-        self.again.push(st);
+        self.later.again.push(st);
     }
 
     /// The auth_query's ReadyForQuery came: cache what it found (a failure never), give
@@ -772,7 +770,7 @@ impl Worker {
             Ok(found) => {
                 c.found = Some(Box::new(found));
                 self.begin_auth(ct);
-                self.again.push(ct);
+                self.later.again.push(ct);
             }
             Err(why) => {
                 log::warn!(
