@@ -25,9 +25,8 @@ impl Worker {
         let Some(Conn::Client(c)) = self.conns.get_mut(ct) else {
             return;
         };
-        let CState::Idle { mut pool } = c.state else {
-            return;
-        };
+        // Idle with a request, or (a replication client queued during a pause) Waiting.
+        let Some(mut pool) = c.pool() else { return };
         if self.pools.get(pool).obsolete {
             // A reload removed the database, or changed its forced user: move to the pool
             // the config now names, or tell the client, but never launch a server for a
