@@ -177,12 +177,13 @@ pub(crate) fn scan(
                     }
                     // An auth_query that outlasts any login it could serve: its client
                     // has been told by now; the lookup fails and is not cached.
-                    SState::Reset(crate::server::OwnQuery::AuthQuery)
-                        if expired(s.since, cfg.client_login_timeout, now) =>
-                    {
+                    SState::Lookup(_) if expired(s.since, cfg.client_login_timeout, now) => {
                         out.lookups_over.push((t, s.id));
                     }
-                    SState::Active { .. } | SState::Reset(_) | SState::Canceling => {}
+                    SState::Active { .. }
+                    | SState::Reset(_)
+                    | SState::Lookup(_)
+                    | SState::Canceling => {}
                 }
             }
             Conn::Cancel(x) => {
@@ -204,7 +205,7 @@ mod tests {
     use crate::client::{Client, Lookup};
     use crate::config::{LoadBalanceHosts, TargetSessionAttrs};
     use crate::pool::{Limits, Pool, Target};
-    use crate::server::{Creds, OwnQuery, Server, ServerAddr};
+    use crate::server::{Creds, Server, ServerAddr, ServerLookup};
     use crate::stream::memory::End;
     use crate::stream::{Sock, Stream};
 
@@ -242,7 +243,11 @@ mod tests {
         let addr = (ServerAddr::Unix("memory".into()), 0);
         let io = Stream::connecting(Sock::Memory(End::new().0));
         let mut s = Server::connecting(7, io, 0, addr, Creds::None, t0);
-        s.state = SState::Reset(OwnQuery::AuthQuery);
+        s.state = SState::Lookup(Box::new(ServerLookup {
+            client: (1, 8),
+            key: ("app".into(), "slow".into()),
+            answer: Default::default(),
+        }));
         let st = conns.insert(Conn::Server(Box::new(s)));
         let lookup = Lookup {
             pool: 0,

@@ -33,6 +33,9 @@ pub(crate) enum SState {
     /// Running one of the pooler's own queries (reset, connect or check) before going
     /// back to the pool; PgBouncer's "tested".
     Reset(OwnQuery),
+    /// Running a client's auth_query (`OwnQuery::AuthQuery`): for whom, and the answer so
+    /// far. Counted and shown as `Reset`.
+    Lookup(Box<ServerLookup>),
     /// Released while a cancel request for its last client is still on its way: reusing
     /// it now could cancel the next client's query instead.
     Canceling,
@@ -47,7 +50,7 @@ pub(crate) enum OwnQuery {
     Connect,
     /// server_check_query, before reuse after server_check_delay idle.
     Check,
-    /// auth_query, for a client whose user is not in the auth file (`Server::lookup`).
+    /// auth_query, for a client whose user is not in the auth file (`SState::Lookup`).
     AuthQuery,
     /// The role check of a database with target_session_attrs: right after login
     /// (`after_login`), then again every server_check_delay.
@@ -166,8 +169,6 @@ pub(crate) struct Server {
     pub stmts: crate::prepared::ServerStmts,
     /// Cancel requests sent for this server and not yet finished by PostgreSQL.
     pub cancels: u32,
-    /// The auth_query running here, and for whom.
-    pub lookup: Option<Box<ServerLookup>>,
     /// Shared-memory places this server holds (database, user), given back when it closes.
     holds: (Option<usize>, Option<usize>),
     /// A replication client's own server: its startup, and the client (slot, id). Never
@@ -195,7 +196,7 @@ pub(crate) enum OwnEnd {
     /// connect_query, or the role check right after login, failed: every new server
     /// would fail it too, so it counts as a login failure.
     LoginFailed(ErrorFields),
-    /// The auth_query's answer is whole (`Server::lookup`).
+    /// The auth_query's answer is whole (`SState::Lookup`).
     LookupDone,
     /// The role check answered.
     RoleKnown { role: Role, after_login: bool },
@@ -242,7 +243,7 @@ pub(crate) fn leave(p: &mut Pool, st: usize, state: &SState) {
             }
         }
         SState::Active { .. } => p.active -= 1,
-        SState::Reset(_) => p.resetting -= 1,
+        SState::Reset(_) | SState::Lookup(_) => p.resetting -= 1,
         SState::Canceling => p.canceling -= 1,
     }
 }
@@ -255,7 +256,7 @@ pub(crate) fn enter(p: &mut Pool, st: usize, state: &SState, round_robin: bool) 
         SState::Idle if round_robin => p.idle.insert(0, st),
         SState::Idle => p.idle.push(st),
         SState::Active { .. } => p.active += 1,
-        SState::Reset(_) => p.resetting += 1,
+        SState::Reset(_) | SState::Lookup(_) => p.resetting += 1,
         SState::Canceling => p.canceling += 1,
     }
 }
@@ -583,8 +584,8 @@ impl Server {
                         if tag == b'D' && matches!(what, OwnQuery::Role { .. }) {
                             self.role_seen = role_from_row(body);
                         }
-                        let done = match self.lookup.as_mut() {
-                            Some(l) => {
+                        let done = match &mut self.state {
+                            SState::Lookup(l) => {
                                 // Errors are the lookup's to judge; the server stays usable.
                                 l.answer.on_message(tag, body);
                                 let mut error = None;
@@ -597,7 +598,7 @@ impl Server {
                                     None,
                                 )
                             }
-                            None => own_answer(
+                            _ => own_answer(
                                 tag,
                                 body,
                                 &mut self.own,
@@ -821,7 +822,6 @@ impl Server {
             used: false,
             stmts: Default::default(),
             cancels: 0,
-            lookup: None,
             holds: (None, None),
             replication: None,
         }

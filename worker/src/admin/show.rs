@@ -762,7 +762,7 @@ impl View<'_> {
                     let state = match sv.state {
                         SState::Active { .. } => "active",
                         SState::Idle => "idle",
-                        SState::Reset(_) => "tested",
+                        SState::Reset(_) | SState::Lookup(_) => "tested",
                         SState::Canceling => "being_canceled",
                         SState::Connecting(_) | SState::Login(_) => "new",
                     };

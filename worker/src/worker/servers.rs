@@ -216,6 +216,7 @@ impl Worker {
             &SState::Active { client: Some(ct) } => self.pump(ct, st),
             SState::Active { client: None } => {}
             &SState::Reset(what) => self.reset_io(st, what),
+            SState::Lookup(_) => self.reset_io(st, OwnQuery::AuthQuery),
             // Quiet until its cancel is done; anything it says now is for nobody.
             SState::Canceling => self.idle_server_io(st),
         }
@@ -377,7 +378,7 @@ impl Worker {
         let tls_refused = tls_refused || s.io.tls_handshaking();
         let not_up = !tls_refused && crate::pool::LoginFailure::says_not_up(&err);
         // A server whose connect_query failed counts as logged in: it serves nobody.
-        let counted = usize::from(matches!(s.state, SState::Reset(_)));
+        let counted = usize::from(matches!(s.state, SState::Reset(_) | SState::Lookup(_)));
         if about_host(&err) {
             let why = format!("login failed: {}", err.message());
             match self.pools.get_mut(pool).host_failed(
@@ -596,10 +597,6 @@ impl Worker {
     /// leaves for others (a replication client to tell, an auth_query lookup to fail,
     /// waiting clients to serve) is queued for the loop's follow-ups (followups.rs).
     pub(crate) fn remove_server(&mut self, st: usize, reason: &str) {
-        let lookup = match self.conns.get_mut(st) {
-            Some(Conn::Server(s)) => s.lookup.take(),
-            _ => return,
-        };
         let Some(Conn::Server(s)) = self.conns.get(st) else {
             return;
         };
@@ -636,7 +633,11 @@ impl Worker {
             return;
         };
         leave(self.pools.get_mut(pool), st, &s.state);
+        let mut lookup = None;
         if let Some(Conn::Server(mut s)) = self.conns.try_remove(st) {
+            if let SState::Lookup(l) = &s.state {
+                lookup = Some(l.client);
+            }
             give_back(&self.shm, self.slot, s.holds());
             if !matches!(s.state, SState::Connecting(_)) {
                 let mut bye = Vec::with_capacity(5);
@@ -646,8 +647,7 @@ impl Worker {
             s.io.shutdown();
             s.io.drop_buffers(&mut self.bufs);
         }
-        if let Some(l) = lookup {
-            let (ct, id) = l.client;
+        if let Some((ct, id)) = lookup {
             let why = format!("server connection lost: {reason}");
             self.later.follow(Followup::LookupLost { ct, id, why });
         }
@@ -710,14 +710,13 @@ impl Worker {
         });
         let query = std::mem::take(&mut l.query);
         let user = c.user.clone();
-        self.set_server_state(st, SState::Reset(OwnQuery::AuthQuery));
+        self.set_server_state(st, SState::Lookup(lookup));
         let Some(Conn::Server(s)) = self.conns.get_mut(st) else {
             return;
         };
         crate::auth_query::write_request(s.io.out(&mut self.bufs), &query, &user);
         s.own += 1;
         s.scan = Scan::default();
-        s.lookup = Some(lookup);
         // Sent and read later in this pass, as run_own_query's.
         self.later.again.push(st);
     }
@@ -729,15 +728,12 @@ impl Worker {
             return;
         };
         s.scan = Scan::default();
-        let Some(l) = s.lookup.take() else {
+        // Taken out of the state, which server_ready replaces.
+        let SState::Lookup(l) = &mut s.state else {
             return self.server_ready(st);
         };
-        let ServerLookup {
-            client,
-            key,
-            answer,
-        } = *l;
-        let result = answer.finish();
+        let (client, key) = (l.client, std::mem::take(&mut l.key));
+        let result = std::mem::take(&mut l.answer).finish();
         if let Ok(found) = &result {
             let ttl = self.cfg.auth_query_cache_ttl;
             self.auth.lookups.put(key, self.now, ttl, found.clone());
