@@ -726,15 +726,7 @@ mod tests {
 
         /// What the pooler sent the client so far, as (tag, body) messages.
         fn sent(&self) -> Vec<(u8, Vec<u8>)> {
-            let bytes: Vec<u8> = self.c_out.borrow_mut().bytes.drain(..).collect();
-            let mut rest = &bytes[..];
-            let mut out = Vec::new();
-            while let Ok(Some((h, body))) = frame::message(rest, usize::MAX) {
-                out.push((h.tag, body.to_vec()));
-                rest = &rest[h.total..];
-            }
-            assert!(rest.is_empty(), "a partial message was sent: {rest:?}");
-            out
+            self.c_out.borrow_mut().take_messages()
         }
     }
 

@@ -791,6 +791,22 @@ pub mod memory {
 
     pub type Shared = Rc<RefCell<Pipe>>;
 
+    impl Pipe {
+        /// Takes what was written as whole protocol messages, (tag, body) each; a partial
+        /// message fails the test.
+        pub fn take_messages(&mut self) -> Vec<(u8, Vec<u8>)> {
+            let bytes: Vec<u8> = self.bytes.drain(..).collect();
+            let mut rest = &bytes[..];
+            let mut out = Vec::new();
+            while let Ok(Some((h, body))) = crate::wire::frame::message(rest, usize::MAX) {
+                out.push((h.tag, body.to_vec()));
+                rest = &rest[h.total..];
+            }
+            assert!(rest.is_empty(), "a partial message was sent: {rest:?}");
+            out
+        }
+    }
+
     /// The pooler's end of a connection: what it reads and what it writes.
     pub struct End {
         pub incoming: Shared,

@@ -383,15 +383,7 @@ mod tests {
         /// What the console sent the client so far, as (tag, body) messages.
         fn sent(&mut self) -> Vec<(u8, Vec<u8>)> {
             self.c.io.flush_own(&mut self.bufs).expect("write");
-            let bytes: Vec<u8> = self.c_out.borrow_mut().bytes.drain(..).collect();
-            let mut rest = &bytes[..];
-            let mut out = Vec::new();
-            while let Ok(Some((h, body))) = frame::message(rest, usize::MAX) {
-                out.push((h.tag, body.to_vec()));
-                rest = &rest[h.total..];
-            }
-            assert!(rest.is_empty(), "a partial message was sent: {rest:?}");
-            out
+            self.c_out.borrow_mut().take_messages()
         }
 
         /// The sent messages' tags, and the ERROR or NOTICE among them, if one.
