@@ -9,7 +9,7 @@ use crate::close::Close;
 use crate::config::PoolMode;
 use crate::conn::Conn;
 use crate::link::{database_removed, pair, pump, Pump, PumpEnd};
-use crate::pool::PoolId;
+use crate::pool::{PoolId, Serve};
 use crate::server::SState;
 use crate::wire::sqlstate;
 
@@ -55,28 +55,33 @@ impl Worker {
             }
             return;
         }
-        let p = self.pools.get_mut(pool);
-        if !p.paused && !p.idle.is_empty() && !p.waiting.is_empty() {
-            // Servers freed this pass go to the clients queued before this one.
-            p.waiting.push_back((ct, id));
-            return self.later.activate(pool);
-        }
-        if !p.paused {
-            if let Some(&st) = p.idle.last() {
-                if needs_check(&self.conns, st, p, &self.cfg, self.now) {
-                    // The client waits for this server to pass server_check_query.
-                    self.pools.get_mut(pool).waiting.push_back((ct, id));
-                    return self.start_check(st);
-                }
+        let (p, cfg, now) = (self.pools.get(pool), &self.cfg, self.now);
+        let check = match p.idle.last() {
+            Some(&st) => needs_check(&self.conns, st, p, cfg, now),
+            None => false,
+        };
+        let serve = p.serve(now, cfg.server_login_retry, check);
+        match serve {
+            Serve::Link(st) => {
                 self.set_server_state(st, SState::Active { client: Some(ct) });
-                return self.link(ct, st);
+                self.link(ct, st);
             }
-            if let Some(msg) = p.fast_fail(self.now, self.cfg.server_login_retry) {
-                return self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
+            Serve::Check(st) => {
+                self.pools.get_mut(pool).waiting.push_back((ct, id));
+                self.start_check(st);
+            }
+            Serve::Behind => {
+                self.pools.get_mut(pool).waiting.push_back((ct, id));
+                self.later.activate(pool);
+            }
+            Serve::Queue => {
+                self.pools.get_mut(pool).waiting.push_back((ct, id));
+                self.serve_waiting(pool);
+            }
+            Serve::Refuse(msg) => {
+                self.close_client(ct, Close::Fatal(sqlstate::CANNOT_CONNECT_NOW, msg));
             }
         }
-        p.waiting.push_back((ct, id));
-        self.serve_waiting(pool);
     }
 
     /// The end of a loop pass: servers that came free during it go to the clients waiting
