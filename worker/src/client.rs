@@ -19,6 +19,10 @@ pub(crate) enum CState {
     /// Reading the startup packet (or an SSL/GSS/cancel request before it), and on until
     /// the authentication request goes out (after an auth_query lookup, again).
     Startup,
+    /// A peer pooler let in without a PROXY header (proxy_protocol required): reading its
+    /// first packet, which may only be a CancelRequest. Decided at accept, as every
+    /// admission is: a reload does not change how a connection already accepted starts.
+    PeerCancel,
     /// Exchanging password or SASL messages: the exchange in progress.
     Auth(AuthStep),
     /// Waiting for auth_query to find the user's password: queued, or running.

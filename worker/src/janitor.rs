@@ -72,7 +72,7 @@ pub(crate) fn scan(
                             out.actions.push(Action::ProxyTimeout(t));
                         }
                     }
-                    CState::Startup | CState::Auth(_) => {
+                    CState::Startup | CState::PeerCancel | CState::Auth(_) => {
                         if expired(c.connect_time, cfg.client_login_timeout, now) {
                             out.actions.push(Action::Client(t, "client_login_timeout"));
                         }

@@ -95,7 +95,8 @@ impl Client {
                     }
                 }
             }
-            CState::Startup => self.first_packet(cx),
+            CState::Startup => self.first_packet(cx, false),
+            CState::PeerCancel => self.first_packet(cx, true),
             CState::Auth(_) => {
                 let (tag, body) = match frame::message(self.io.unread(), MAX_AUTH_MESSAGE) {
                     Ok(Some((h, body))) => (h.tag, body.to_vec()),
@@ -142,7 +143,8 @@ impl Client {
     }
 
     /// The connection's first packet: a startup packet, or a request before one.
-    fn first_packet(&mut self, cx: &mut Ctx) -> Next {
+    /// `cancel_only`: a peer pooler's connection (`CState::PeerCancel`).
+    fn first_packet(&mut self, cx: &mut Ctx, cancel_only: bool) -> Next {
         // A TLS handshake record where a length belongs: direct TLS. No startup packet
         // starts so (its length would be over 350 MB).
         if !self.io.is_tls() && self.io.unread().first() == Some(&0x16) {
@@ -170,9 +172,7 @@ impl Client {
             }
         };
         self.io.consume(n);
-        if !matches!(packet, FirstPacket::Cancel { .. })
-            && crate::proxy::peer_only(cx.cfg, self.via)
-        {
+        if cancel_only && !matches!(packet, FirstPacket::Cancel { .. }) {
             log::warn!(
                 "{}: a peer pooler without a PROXY header may only send cancel requests: \
                  refused (proxy_protocol is required)",
@@ -841,5 +841,28 @@ mod tests {
         let (code, msg) = fatal(l.send(&query));
         assert_eq!(code, "08P01");
         assert_eq!(msg, "expected password response, got message type Q");
+    }
+
+    #[test]
+    fn a_peer_pooler_let_in_without_a_proxy_header_may_only_cancel() {
+        // Decided at accept (`CState::PeerCancel`), whatever the config says by the time
+        // the first packet comes: a reload in between changes nothing for this connection.
+        let mut l = Login::new();
+        l.c.state = CState::PeerCancel;
+        assert!(matches!(
+            l.send(&startup("alice")),
+            Next::Close(Close::Quiet("peer sent no cancel request"))
+        ));
+        assert!(l.sent().is_empty(), "refused without a word");
+        assert_eq!(l.stats.proxy_rejected[Rejection::Untrusted as usize], 1);
+        let mut l = Login::new();
+        l.c.state = CState::PeerCancel;
+        let mut bytes = Vec::new();
+        write::cancel_request(&mut bytes, 42, &7u32.to_be_bytes());
+        assert!(matches!(l.send(&bytes), Next::Cancel { pid: 42, .. }));
+        // A client that connected directly goes on to its login.
+        let mut l = Login::new();
+        assert!(matches!(l.send(&startup("alice")), Next::Wait));
+        md5_request(&l);
     }
 }

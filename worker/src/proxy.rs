@@ -93,6 +93,9 @@ fn printable(bytes: &[u8]) -> String {
 pub(crate) enum Admission {
     /// No PROXY header is expected: read the PostgreSQL startup packet.
     Direct,
+    /// A peer pooler, let in without a PROXY header although one is required, to forward
+    /// a cancel: its first packet may only be a CancelRequest.
+    PeerCancel,
     /// Read a PROXY header first; `trusted` says whether it may be believed.
     Header { trusted: bool },
     /// Refused at once: `required` and the peer is not trusted.
@@ -134,8 +137,8 @@ pub(crate) fn admission(
     match cfg.proxy_protocol {
         ProxyProtocol::Off => Admission::Direct,
         // Peer poolers connect directly to forward cancel requests; the startup step
-        // lets nothing else through (see `peer_only`).
-        ProxyProtocol::Required if !trusted && is_peer(Peer::Tcp(peer)) => Admission::Direct,
+        // lets nothing else through (`CState::PeerCancel`).
+        ProxyProtocol::Required if !trusted && is_peer(Peer::Tcp(peer)) => Admission::PeerCancel,
         ProxyProtocol::Required if !trusted => Admission::Refuse,
         ProxyProtocol::Required | ProxyProtocol::Optional => Admission::Header { trusted },
     }
@@ -143,13 +146,6 @@ pub(crate) fn admission(
 
 fn is_trusted(cfg: &Config, peer: SocketAddr) -> bool {
     cfg.proxy_trusted.iter().any(|c| c.contains(peer.ip()))
-}
-
-/// Whether a client was let in without a PROXY header only because it is a peer
-/// pooler (proxy_protocol required): it may send a CancelRequest and nothing else.
-/// `via` is the socket's own peer address (None on a Unix socket).
-pub(crate) fn peer_only(cfg: &Config, via: Option<SocketAddr>) -> bool {
-    cfg.proxy_protocol == ProxyProtocol::Required && via.is_some_and(|a| !is_trusted(cfg, a))
 }
 
 /// What the first bytes of a connection admitted with [`Admission::Header`] say.

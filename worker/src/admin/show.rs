@@ -681,6 +681,7 @@ impl View<'_> {
                         c.state,
                         CState::Proxy { .. }
                             | CState::Startup
+                            | CState::PeerCancel
                             | CState::Auth(_)
                             | CState::Lookup(_)
                     );

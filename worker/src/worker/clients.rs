@@ -26,6 +26,7 @@ impl Worker {
         let is_peer = |p| crate::cancel::is_peer(cfg, dns, now, p);
         let state = match crate::proxy::admission(cfg, peer, is_peer) {
             crate::proxy::Admission::Direct => CState::Startup,
+            crate::proxy::Admission::PeerCancel => CState::PeerCancel,
             crate::proxy::Admission::Header { trusted } => CState::Proxy { trusted },
             crate::proxy::Admission::Refuse => {
                 let peer = peer.map(|p| p.to_string()).unwrap_or_default();
@@ -59,6 +60,7 @@ impl Worker {
         match c.state {
             CState::Proxy { .. }
             | CState::Startup
+            | CState::PeerCancel
             | CState::Auth(_)
             | CState::Lookup(_)
             | CState::LoginWait { .. } => self.login_io(ct),

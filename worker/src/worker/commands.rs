@@ -260,6 +260,7 @@ impl Worker {
                     let idle = match c.state {
                         CState::Proxy { .. }
                         | CState::Startup
+                        | CState::PeerCancel
                         | CState::Auth(_)
                         | CState::Lookup(_)
                         | CState::LoginWait { .. }
